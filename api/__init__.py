@@ -1,0 +1,1 @@
+"""Flask intake API (app factory in :mod:`api.app`)."""

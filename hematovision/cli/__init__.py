@@ -1,0 +1,28 @@
+"""The ``hematovision`` command: one click group; each area's commands live in their own module.
+
+Heavy imports (TensorFlow, OpenSlide, Flask, Celery) happen inside the commands, so ``--help``
+stays fast.
+"""
+
+from __future__ import annotations
+
+import click
+
+from hematovision import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="hematovision")
+def main() -> None:
+    """HematoVision: digital morphology for peripheral blood smears."""
+
+
+def _register() -> None:
+    from hematovision.cli import detect_commands, model_commands, service_commands, slide_commands
+
+    for module in (service_commands, slide_commands, model_commands, detect_commands):
+        for command in module.COMMANDS:
+            main.add_command(command)
+
+
+_register()

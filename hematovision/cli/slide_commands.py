@@ -1,0 +1,5 @@
+"""Placeholder: commands of this area are added here."""
+
+import click
+
+COMMANDS: list[click.Command] = []

@@ -1,0 +1,1 @@
+"""Celery workers: the Celery app factory and the thin slide tasks."""
