@@ -18,9 +18,15 @@ def main() -> None:
 
 
 def _register() -> None:
-    from hematovision.cli import detect_commands, model_commands, service_commands, slide_commands
+    from hematovision.cli import (
+        demo_command,
+        detect_commands,
+        model_commands,
+        service_commands,
+        slide_commands,
+    )
 
-    for module in (service_commands, slide_commands, model_commands, detect_commands):
+    for module in (demo_command, service_commands, slide_commands, model_commands, detect_commands):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -1,5 +1,165 @@
-"""Placeholder: commands of this area are added here."""
+"""``hematovision train``, ``evaluate`` and ``bench``: the white-cell classifier's commands.
+
+TensorFlow and the model package are imported inside the commands, so ``--help`` stays fast.
+Problems with the user's input (missing folder, not a model directory) end with a one-line
+message and exit status 2 (click's usage error), never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
 
 import click
 
-COMMANDS: list[click.Command] = []
+
+def _progress_factory(enabled: bool) -> Any:
+    if not enabled:
+        return None
+
+    def factory(total: int, label: str) -> Any:
+        bar = click.progressbar(length=total, label=label, file=sys.stderr)
+        bar.__enter__()
+        return bar
+
+    return factory
+
+
+def _quiet_tensorflow() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _threads(threads: int | None) -> None:
+    if threads:
+        import tensorflow as tf
+
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
+        except RuntimeError:
+            pass
+
+
+@click.command("train")
+@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path),
+              help="Image folder: one subfolder per class, one centred cell per image.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Model directory to write.")
+@click.option("--epochs", default=12, show_default=True, help="Fine-tuning epochs (0 = frozen backbone + head only).")
+@click.option("--head-epochs", default=200, show_default=True, help="Most epochs of the head on frozen features.")
+@click.option("--seed", default=1, show_default=True, help="Seed of the split, initialisation and augmentation.")
+@click.option("--input-px", default=128, show_default=True, help="Network input size in pixels.")
+@click.option("--crop-um", default=24.0, show_default=True, help="Physical side of each crop in µm.")
+@click.option("--mpp", default=None, type=float, help="µm/px of the training images [default: PBC 0.08].")
+@click.option("--backbone", default="efficientnet_lite0", show_default=True)
+@click.option("--unfreeze-from", default="block5a", show_default=True, help="First backbone block fine-tuned.")
+@click.option("--lr", "finetune_lr", default=2e-4, show_default=True, help="Fine-tuning learning rate.")
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--patience", default=3, show_default=True, help="Early-stopping patience (epochs).")
+@click.option("--limit-per-class", default=None, type=int, help="Use at most this many images per class.")
+@click.option("--version", "model_version", default="1.0.0", show_default=True)
+@click.option("--threads", default=2, show_default=True, help="CPU threads for TensorFlow (0 = all).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def train_command(data_dir: Path, out_dir: Path, epochs: int, head_epochs: int, seed: int, input_px: int,
+                  crop_um: float, mpp: float | None, backbone: str, unfreeze_from: str, finetune_lr: float,
+                  batch_size: int, patience: int, limit_per_class: int | None, model_version: str,
+                  threads: int, quiet: bool) -> None:
+    """Train the white-cell classifier (frozen head, then fine-tuning) and write a model directory."""
+    _quiet_tensorflow()
+    if not data_dir.is_dir():
+        raise click.UsageError(f"data folder not found: {data_dir}")
+    if input_px < 32:
+        raise click.UsageError("--input-px must be at least 32")
+    from hemato_model.training import DataError, TrainConfig, train
+    from hematovision.datasets import PBC_MPP
+
+    cfg = TrainConfig(data_dir=str(data_dir), out_dir=str(out_dir), backbone=backbone, input_px=input_px,
+                      crop_um=crop_um, mpp=mpp or PBC_MPP, seed=seed, epochs=epochs, head_epochs=head_epochs,
+                      unfreeze_from=unfreeze_from, finetune_lr=finetune_lr, batch_size=batch_size,
+                      patience=patience, limit_per_class=limit_per_class, version=model_version)
+    try:
+        meta = train(cfg, progress=_progress_factory(not quiet), verbose=0 if quiet else 1, threads=threads or None)
+    except DataError as exc:
+        raise click.UsageError(str(exc)) from None
+    info = meta["training"]
+    click.echo(json.dumps({"model_dir": str(out_dir), "classes": meta["classes"], "input_px": meta["input_px"],
+                           "crop_um": meta["crop_um"], "threshold": meta["threshold"],
+                           "val_accuracy": info["val_accuracy"], "val_unidentified_rate": info["val_unidentified_rate"],
+                           "seconds": info["seconds"]}))
+
+
+@click.command("evaluate")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path),
+              help="Image folder (one subfolder per class); folders not named like a model class are skipped.")
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
+              help="Model directory [default: settings.model_dir, the shipped model].")
+@click.option("--mpp", type=float, default=None,
+              help="µm/px of the images: the crop is crop_um around the image centre at this scale "
+                   "[default: single centred cells at PBC scale, 0.08].")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default=None,
+              help="Only the files of this part of the model's split.json (e.g. its held-out test set).")
+@click.option("--bccd", "bccd_dir", type=click.Path(path_type=Path), default=None,
+              help="Out-of-domain test on a BCCD folder (WBC boxes + extra/wbc_subtype_labels.csv).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the default output).")
+@click.option("--plot", type=click.Path(path_type=Path), default=None, help="Write the confusion matrix PNG here.")
+@click.option("--threads", default=2, show_default=True, help="CPU threads for TensorFlow (0 = all).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def evaluate_command(data_dir: Path | None, model_dir: Path | None, mpp: float | None, split: str | None,
+                     bccd_dir: Path | None, as_json: bool, plot: Path | None, threads: int, quiet: bool) -> None:
+    """Evaluate a classifier on an image folder (or BCCD) and print one JSON object."""
+    _quiet_tensorflow()
+    from hematovision.settings import load_settings
+
+    if data_dir is None and bccd_dir is None:
+        raise click.UsageError("give --data DIR or --bccd DIR")
+    if data_dir is not None and not data_dir.is_dir():
+        raise click.UsageError(f"data folder not found: {data_dir}")
+    if bccd_dir is not None and not bccd_dir.is_dir():
+        raise click.UsageError(f"BCCD folder not found: {bccd_dir}")
+    if mpp is not None and mpp <= 0:
+        raise click.UsageError("--mpp must be positive")
+    model_dir = model_dir or load_settings().model_dir
+    _threads(threads)
+    from hemato_model.classifier import Classifier, ModelError
+    from hemato_model.evaluation import evaluate_bccd, evaluate_folder, plot_confusion
+    from hemato_model.training import DataError
+
+    try:
+        clf = Classifier.load(model_dir)
+        t0 = time.time()
+        if bccd_dir is not None:
+            result = evaluate_bccd(clf, bccd_dir, mpp)
+        else:
+            assert data_dir is not None
+            result = evaluate_folder(clf, data_dir, mpp, split, progress=_progress_factory(not quiet))
+    except (ModelError, DataError) as exc:
+        raise click.UsageError(str(exc)) from None
+    result["seconds"] = round(time.time() - t0, 1)
+    if plot is not None:
+        plot_confusion(result, plot)
+        result["plot"] = str(plot)
+    click.echo(json.dumps(result))
+
+
+@click.command("bench")
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None)
+@click.option("--n", "n_crops", default=512, show_default=True, help="Crops per timed pass.")
+@click.option("--threads", default=2, show_default=True)
+def bench_command(model_dir: Path | None, n_crops: int, threads: int) -> None:
+    """Cells per second of the classifier vs Keras ResNet50 at 224 px (one JSON object)."""
+    _quiet_tensorflow()
+    root = Path(__file__).resolve().parents[2]
+    sys.path.insert(0, str(root))
+    try:
+        from benchmarks.classifier_speed import run_benchmark
+    except ImportError:
+        raise click.UsageError("benchmarks/classifier_speed.py is not available in this installation") from None
+    from hematovision.settings import load_settings
+
+    click.echo(json.dumps(run_benchmark(model_dir or load_settings().model_dir, n_crops, threads)))
+
+
+COMMANDS: list[click.Command] = [train_command, evaluate_command, bench_command]

@@ -1,0 +1,26 @@
+# The two commands a newcomer needs: `make demo` (the main job) and `make test` (the test suite).
+# Each creates the virtual environment and installs the pinned dependencies first.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test install lint clean
+
+$(STAMP): requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.lock
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/hematovision demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -ra
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

@@ -1,0 +1,36 @@
+"""The Flask application factory."""
+
+from __future__ import annotations
+
+from flask import Flask, g
+
+from hematovision.settings import Settings
+
+
+def create_app(settings: Settings) -> Flask:
+    """Build the intake API for one installation's settings."""
+    from hematovision.db import make_engine, make_session_factory
+    from hematovision.queueing import make_celery
+
+    from api import batches, errors, health, jobs, reports
+
+    app = Flask("hematovision")
+    settings.ensure_dirs()
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_mb * 2**20
+    app.config["JSON_SORT_KEYS"] = False
+    app.extensions["hv_settings"] = settings
+    engine = make_engine(settings)
+    app.extensions["hv_engine"] = engine
+    app.extensions["hv_sessions"] = make_session_factory(engine)
+    app.extensions["hv_celery"] = make_celery(settings)
+
+    @app.teardown_appcontext
+    def _close_session(_exc: BaseException | None) -> None:
+        s = g.pop("db", None)
+        if s is not None:
+            s.close()
+
+    errors.register_error_handlers(app)
+    for bp in (health.bp, batches.bp, jobs.bp, reports.bp):
+        app.register_blueprint(bp)
+    return app

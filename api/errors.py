@@ -1,0 +1,47 @@
+"""JSON errors: every failure the API returns is ``{"error": {"code", "message"}}``."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify
+from sqlalchemy.exc import OperationalError
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def error_response(status: int, code: str, message: str):  # type: ignore[no-untyped-def]
+    resp = jsonify({"error": {"code": code, "message": message}})
+    resp.status_code = status
+    return resp
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(e: ApiError):  # type: ignore[no-untyped-def]
+        return error_response(e.status, e.code, e.message)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(e: HTTPException):  # type: ignore[no-untyped-def]
+        code = (e.name or "error").lower().replace(" ", "_")
+        if e.code == 413:
+            limit = app.config.get("MAX_CONTENT_LENGTH") or 0
+            return error_response(413, "too_large", f"upload exceeds the limit of {limit // 2**20} MiB")
+        return error_response(e.code or 500, code, e.description or e.name)
+
+    @app.errorhandler(OperationalError)
+    def _db_down(e: OperationalError):  # type: ignore[no-untyped-def]
+        log.warning("database unavailable: %s", e.__class__.__name__)
+        return error_response(503, "database_unavailable", "the results database is unavailable; retry later")
+
+    @app.errorhandler(Exception)
+    def _unexpected(e: Exception):  # type: ignore[no-untyped-def]
+        log.exception("unhandled error")
+        return error_response(500, "internal_error", "internal error; the request was not completed")

@@ -1,0 +1,133 @@
+"""Liveness and the OpenAPI 3 document."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, jsonify
+from sqlalchemy import text
+
+from api.context import db
+
+bp = Blueprint("health", __name__)
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _resp(description: str, schema: dict[str, Any] | None = None, media: str = "application/json") -> dict[str, Any]:
+    body: dict[str, Any] = {"description": description}
+    if schema is not None:
+        body["content"] = {media: {"schema": schema}}
+    return body
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    return {str(c): _resp("error", _ERROR) for c in codes}
+
+
+def _id_param(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def openapi_document() -> dict[str, Any]:
+    submit_props = {
+        "name": {"type": "string"},
+        "priority": {"type": "integer", "minimum": 0, "maximum": 9},
+        "mpp": {"type": "number", "minimum": 0.01, "maximum": 100},
+        "wbc_per_l": {"type": "number", "minimum": 0},
+        "paths": {"type": "array", "items": {"type": "string"}},
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "HematoVision intake API", "version": "1"},
+        "paths": {
+            "/healthz": {"get": {"operationId": "health", "responses": {"200": _resp("ok"), **_errors(503)}}},
+            "/api/v1/batches": {
+                "post": {
+                    "operationId": "submitBatch",
+                    "summary": "Submit slides (multipart uploads and/or server-side paths below the import root)",
+                    "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
+                                    "schema": {"type": "string", "maxLength": 200}}],
+                    "requestBody": {"required": True, "content": {
+                        "multipart/form-data": {"schema": {"type": "object", "properties": {
+                            **{k: v for k, v in submit_props.items() if k != "paths"},
+                            "paths": {"type": "array", "items": {"type": "string"}},
+                            "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                        }}},
+                        "application/json": {"schema": {"type": "object", "properties": submit_props}},
+                    }},
+                    "responses": {
+                        "202": _resp("accepted", {"$ref": "#/components/schemas/Batch"}),
+                        "200": _resp("duplicate submission (same Idempotency-Key)", {"$ref": "#/components/schemas/Batch"}),
+                        **_errors(400, 413, 422, 503),
+                    },
+                }
+            },
+            "/api/v1/batches/{batch_id}": {"get": {
+                "operationId": "getBatch", "parameters": [_id_param("batch_id")],
+                "responses": {"200": _resp("batch", {"$ref": "#/components/schemas/Batch"}), **_errors(404, 503)}}},
+            "/api/v1/jobs/{job_id}": {"get": {
+                "operationId": "getJob", "parameters": [_id_param("job_id")],
+                "responses": {"200": _resp("job", {"$ref": "#/components/schemas/Job"}), **_errors(404, 503)}}},
+            "/api/v1/jobs/{job_id}/cancel": {"post": {
+                "operationId": "cancelJob", "parameters": [_id_param("job_id")],
+                "responses": {"200": _resp("cancelled", {"$ref": "#/components/schemas/Job"}), **_errors(404, 409, 503)}}},
+            "/api/v1/slides/{slide_id}/report": {"get": {
+                "operationId": "getReport",
+                "parameters": [_id_param("slide_id"), {"name": "format", "in": "query", "required": False,
+                                                       "schema": {"type": "string", "enum": ["json", "csv"]}}],
+                "responses": {"200": {"description": "report", "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/Report"}},
+                    "text/csv": {"schema": {"type": "string"}}}}, **_errors(400, 404, 409, 503)}}},
+            "/api/v1/flags": {"get": {
+                "operationId": "getFlags",
+                "parameters": [{"name": "batch", "in": "query", "required": False, "schema": {"type": "string"}},
+                               {"name": "since", "in": "query", "required": False,
+                                "schema": {"type": "string", "format": "date-time"}}],
+                "responses": {"200": _resp("flagged slides, most severe first", {"type": "object"}),
+                              **_errors(400, 404, 503)}}},
+            "/api/v1/openapi.json": {"get": {"operationId": "openapi", "responses": {"200": _resp("this document")}}},
+        },
+        "components": {"schemas": {
+            "Error": {"type": "object", "required": ["error"], "properties": {"error": {
+                "type": "object", "required": ["code", "message"],
+                "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
+            "Job": {"type": "object", "required": ["id", "state", "progress"], "properties": {
+                "id": {"type": "string"}, "slide_id": {"type": "string"}, "batch_id": {"type": "string"},
+                "state": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled"]},
+                "progress": {"type": "number", "minimum": 0, "maximum": 1},
+                "error": {"type": "string", "nullable": True},
+                "created_at": {"type": "string", "nullable": True},
+                "started_at": {"type": "string", "nullable": True},
+                "finished_at": {"type": "string", "nullable": True},
+                "duration_s": {"type": "number", "nullable": True}}},
+            "Batch": {"type": "object", "required": ["id", "job_ids"], "properties": {
+                "id": {"type": "string"}, "name": {"type": "string", "nullable": True},
+                "priority": {"type": "integer"}, "state": {"type": "string"},
+                "progress": {"type": "number"},
+                "job_ids": {"type": "array", "items": {"type": "string"}},
+                "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}}}},
+            "Report": {"type": "object", "required": ["slide_id", "status", "model", "counts", "differential", "flags"],
+                       "properties": {
+                "slide_id": {"type": "string"}, "status": {"type": "string"}, "mpp": {"type": "number"},
+                "model": {"type": "object", "properties": {"name": {"type": "string"}, "version": {"type": "string"}}},
+                "counts": {"type": "object", "properties": {"wbc": {"type": "integer"}, "rbc": {"type": "integer"},
+                                                            "platelets": {"type": "integer"}}},
+                "differential": {"type": "object", "additionalProperties": {"type": "object", "properties": {
+                    "count": {"type": "integer"}, "percent": {"type": "number"},
+                    "ci95": {"type": "array", "items": {"type": "number"}}}}},
+                "flags": {"type": "array", "items": {"type": "object", "properties": {
+                    "code": {"type": "string"}, "severity": {"type": "string"}, "message": {"type": "string"}}}}}},
+        }},
+    }
+
+
+@bp.get("/healthz")
+def healthz():  # type: ignore[no-untyped-def]
+    db().execute(text("SELECT 1"))
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/api/v1/openapi.json")
+def openapi():  # type: ignore[no-untyped-def]
+    return jsonify(openapi_document())

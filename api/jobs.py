@@ -1,0 +1,37 @@
+"""Jobs: one per slide; poll state and progress, cancel."""
+
+from __future__ import annotations
+
+from flask import Blueprint, jsonify
+from sqlalchemy import select
+
+from api.context import db
+from api.errors import ApiError
+from api.serializers import job_json
+from hematovision.models import FINAL_STATES, Job, utcnow
+
+bp = Blueprint("jobs", __name__, url_prefix="/api/v1/jobs")
+
+
+@bp.get("/<job_id>")
+def get_job(job_id: str):  # type: ignore[no-untyped-def]
+    job = db().get(Job, job_id)
+    if job is None:
+        raise ApiError(404, "not_found", f"no job {job_id}")
+    return jsonify(job_json(job))
+
+
+@bp.post("/<job_id>/cancel")
+def cancel_job(job_id: str):  # type: ignore[no-untyped-def]
+    """Cancel a queued or running job. A running worker sees the state and stops at its next check;
+    a queued message is skipped when it is delivered."""
+    session = db()
+    job = session.execute(select(Job).where(Job.id == job_id).with_for_update()).scalar_one_or_none()
+    if job is None:
+        raise ApiError(404, "not_found", f"no job {job_id}")
+    if job.state in FINAL_STATES:
+        raise ApiError(409, "already_final", f"job {job_id} is already {job.state}")
+    job.state = "cancelled"
+    job.finished_at = utcnow()
+    session.commit()
+    return jsonify(job_json(job))

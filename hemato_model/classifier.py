@@ -1,0 +1,166 @@
+"""The white-cell classifier: a model directory loaded once per process.
+
+A model is a directory holding ``model.keras`` (plain Keras 3 layers: the network takes float RGB
+0..255 crops and ends in a softmax), ``model.json`` (``name``, ``version``, ``classes``,
+``input_px``, ``crop_um``, ``threshold``, ``preprocessing``, ``sha256`` of ``model.keras``) and
+``MODEL_CARD.md``. Crops come from :func:`hemato_model.preprocessing.crop_cell` at ``crop_um`` µm
+and ``input_px`` pixels. A cell whose top probability is under ``threshold`` is reported as
+``"unidentified"`` (the low-confidence bucket) rather than forced into a class.
+
+TensorFlow/Keras are imported only when a model is loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+UNIDENTIFIED = "unidentified"
+MODEL_FILE = "model.keras"
+META_FILE = "model.json"
+
+
+class ModelError(ValueError):
+    """A model directory is missing, incomplete or corrupt."""
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class Classifier:
+    """A loaded white-cell classifier (see the module docstring for the directory layout)."""
+
+    model_dir: Path
+    name: str
+    version: str
+    classes: list[str]
+    input_px: int
+    crop_um: float
+    threshold: float
+    preprocessing: dict[str, Any]
+    meta: dict[str, Any]
+    batch_size: int = 64
+    _model: Any = field(default=None, repr=False)
+    _predict: Any = field(default=None, repr=False)
+
+    @classmethod
+    def load(cls, model_dir: str | Path, verify_sha256: bool = True) -> Classifier:
+        """Load a model directory (safe mode: no Lambda or custom layers are deserialised).
+
+        Raises:
+            ModelError: missing files, bad ``model.json`` or a checksum mismatch.
+        """
+        model_dir = Path(model_dir)
+        meta_path, model_path = model_dir / META_FILE, model_dir / MODEL_FILE
+        if not meta_path.is_file() or not model_path.is_file():
+            raise ModelError(f"{model_dir}: not a model directory (needs {MODEL_FILE} and {META_FILE})")
+        try:
+            meta = json.loads(meta_path.read_text())
+            required = ("name", "version", "classes", "input_px", "crop_um", "threshold")
+            missing = [k for k in required if k not in meta]
+            if missing:
+                raise ModelError(f"{meta_path}: missing {', '.join(missing)}")
+        except json.JSONDecodeError as exc:
+            raise ModelError(f"{meta_path}: not valid JSON ({exc})") from exc
+        if verify_sha256 and meta.get("sha256") and sha256_file(model_path) != meta["sha256"]:
+            raise ModelError(f"{model_path}: sha256 differs from {META_FILE}; the file is corrupt or was replaced")
+
+        import keras
+
+        model = keras.models.load_model(model_path, compile=False, safe_mode=True)
+        n_out = int(model.outputs[0].shape[-1])
+        if n_out != len(meta["classes"]):
+            raise ModelError(f"{model_path}: {n_out} outputs but {len(meta['classes'])} classes in {META_FILE}")
+        clf = cls(
+            model_dir=model_dir,
+            name=str(meta["name"]),
+            version=str(meta["version"]),
+            classes=list(meta["classes"]),
+            input_px=int(meta["input_px"]),
+            crop_um=float(meta["crop_um"]),
+            threshold=float(meta["threshold"]),
+            preprocessing=dict(meta.get("preprocessing", {})),
+            meta=meta,
+        )
+        clf._model = model
+        log.info("loaded classifier %s %s from %s", clf.name, clf.version, model_dir)
+        return clf
+
+    def _compiled(self) -> Any:
+        if self._predict is None:
+            import tensorflow as tf
+
+            model = self._model
+            spec = tf.TensorSpec((None, self.input_px, self.input_px, 3), tf.uint8)
+
+            @tf.function(input_signature=[spec], reduce_retracing=True)
+            def predict(x: Any) -> Any:
+                return model(tf.cast(x, tf.float32), training=False)
+
+            self._predict = predict
+        return self._predict
+
+    def predict_proba(self, crops: np.ndarray) -> np.ndarray:
+        """Class probabilities of a batch of crops.
+
+        Args:
+            crops: uint8 (N, input_px, input_px, 3) RGB, cut by ``crop_cell`` at ``crop_um``.
+
+        Returns:
+            float32 (N, len(classes)); rows sum to 1.
+        """
+        crops = np.asarray(crops)
+        if crops.ndim == 3:
+            crops = crops[None]
+        expected = (self.input_px, self.input_px, 3)
+        if crops.ndim != 4 or crops.shape[1:] != expected:
+            raise ValueError(f"crops must be (N, {self.input_px}, {self.input_px}, 3), got {crops.shape}")
+        if len(crops) == 0:
+            return np.zeros((0, len(self.classes)), dtype=np.float32)
+        if crops.dtype != np.uint8:
+            crops = np.clip(crops, 0, 255).astype(np.uint8)
+        predict = self._compiled()
+        out = [np.asarray(predict(crops[i : i + self.batch_size])) for i in range(0, len(crops), self.batch_size)]
+        return np.concatenate(out).astype(np.float32)
+
+    def labels_from_proba(self, proba: np.ndarray) -> list[tuple[str, float]]:
+        """(label, top probability) per row; ``"unidentified"`` under the threshold."""
+        top = proba.argmax(axis=1)
+        result = []
+        for i, k in enumerate(top):
+            p = float(proba[i, k])
+            result.append((self.classes[k] if p >= self.threshold else UNIDENTIFIED, p))
+        return result
+
+    def classify(self, crops: np.ndarray) -> list[tuple[str, float]]:
+        """Label and top probability of each crop; low-confidence crops are ``"unidentified"``."""
+        return self.labels_from_proba(self.predict_proba(crops))
+
+
+_CACHE: dict[Path, Classifier] = {}
+_LOCK = threading.Lock()
+
+
+def load_classifier(model_dir: str | Path) -> Classifier:
+    """The classifier of ``model_dir``, loaded once per process and then reused."""
+    key = Path(model_dir).resolve()
+    with _LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = Classifier.load(key)
+        return _CACHE[key]

@@ -1,0 +1,322 @@
+"""The per-slide analysis: where to look, find cells, classify white cells, aggregate.
+
+Method (as digital morphology analysers do it, cf. CellaVision's "scan at low power, capture at high
+power"):
+
+1. **Evaluable smear area** on a thumbnail (~8 µm/px): stained pixels (saturation or darkness above
+   the glass background), closed and filled; empty glass is never read at full resolution.
+2. **Small slides** (field images, demo slides up to ``full_res_max_mpix``) are tiled at level 0 with
+   overlap and every cell kind is detected; a cell belongs to the tile whose core holds its centre,
+   so nothing is counted twice.
+3. **Whole slides** take two passes: white-cell candidates are found on a low-resolution level
+   (``candidate_mpp``, ~2 µm/px) chunk by chunk inside the smear area; only a window around each
+   candidate is read at level 0, where the cell is confirmed and its box refined. Red cells and
+   platelets are counted in ``rbc_fields`` full-resolution fields spread over the smear. Reading stops
+   once ``target_wbc`` white cells are classified unless a full count is asked for.
+4. Every white cell is cut at the model's physical crop size (µm) and classified in batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from hemato_model.detection import Detection, detect_cells
+from hemato_model.preprocessing import crop_cell
+from hematovision.results import WBC, CellResult, SlideAnalysis
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[float, str], None]
+
+
+class AnalysisCancelled(Exception):
+    """Raised when ``should_stop`` says the job was cancelled."""
+
+
+@dataclass
+class PipelineParams:
+    target_wbc: int = 200
+    full_count: bool = False
+    full_res_max_mpix: float = 64.0
+    tile_px: int = 1024
+    overlap_um: float = 30.0
+    candidate_mpp: float = 2.0
+    chunk_px: int = 1024
+    rbc_fields: int = 12
+    field_um: float = 150.0
+    batch_size: int = 64
+    thumb_mpp: float = 8.0
+
+
+def smear_mask(thumb: np.ndarray) -> np.ndarray:
+    """Boolean mask of the stained smear on a thumbnail (True = evaluable area)."""
+    from scipy import ndimage as ndi
+    from skimage.color import rgb2hsv
+
+    hsv = rgb2hsv(thumb)
+    gray = thumb.mean(axis=2)
+    stained = (hsv[..., 1] > 0.08) | (gray < 200)
+    stained = ndi.binary_closing(stained, iterations=3)
+    stained = ndi.binary_fill_holes(stained)
+    return ndi.binary_opening(stained, iterations=1)
+
+
+class _Classifier:  # the part of hemato_model.classifier.Classifier the pipeline uses
+    name: str
+    version: str
+    classes: list[str]
+    input_px: int
+    crop_um: float
+
+    def classify(self, crops: np.ndarray) -> list[tuple[str, float]]: ...
+
+
+class _Batcher:
+    """Collects white-cell crops and classifies them a batch at a time (crops are dropped after)."""
+
+    def __init__(self, classifier: _Classifier, batch_size: int) -> None:
+        self.classifier = classifier
+        self.batch_size = batch_size
+        self.cells: list[CellResult] = []
+        self._pending: list[tuple[CellResult, np.ndarray]] = []
+        self.seconds = 0.0
+
+    def add(self, cell: CellResult, crop: np.ndarray) -> None:
+        self.cells.append(cell)
+        self._pending.append((cell, crop))
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def flush(self) -> None:
+        t = time.perf_counter()
+        for i in range(0, len(self._pending), self.batch_size):
+            part = self._pending[i : i + self.batch_size]
+            labels = self.classifier.classify(np.stack([crop for _, crop in part]))
+            for (cell, _), (label, prob) in zip(part, labels, strict=True):
+                cell.label, cell.probability = label, float(prob)
+        self._pending = []
+        self.seconds += time.perf_counter() - t
+
+
+def _tiles(width: int, height: int, tile: int, overlap: int) -> Iterator[tuple[int, int, int, int]]:
+    step = tile
+    for y in range(0, height, step):
+        for x in range(0, width, step):
+            x0, y0 = max(0, x - overlap), max(0, y - overlap)
+            x1, y1 = min(width, x + step + overlap), min(height, y + step + overlap)
+            yield x0, y0, x1 - x0, y1 - y0
+
+
+def _centre(d: Detection) -> tuple[float, float]:
+    x0, y0, x1, y1 = d.bbox
+    return ((x0 + x1) / 2.0, (y0 + y1) / 2.0)
+
+
+def analyze_slide(
+    slide,  # hematovision.slides.Slide
+    classifier: _Classifier,
+    params: PipelineParams | None = None,
+    progress: ProgressFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> SlideAnalysis:
+    """Analyse one slide; see the module docstring for the method."""
+    params = params or PipelineParams()
+    progress = progress or (lambda _f, _m: None)
+    t0 = time.perf_counter()
+    w, h = slide.dimensions
+    mpp = float(slide.mpp)
+    result = SlideAnalysis(
+        mpp=mpp, width=w, height=h, model_name=classifier.name, model_version=classifier.version,
+        classes=list(classifier.classes),
+    )
+    # 1. Where to look.
+    thumb_down = max(1.0, params.thumb_mpp / mpp)
+    level = slide.get_best_level_for_downsample(thumb_down)
+    lw, lh = slide.level_dimensions[level]
+    thumb = slide.read_region((0, 0), level, (lw, lh))
+    mask = smear_mask(thumb)
+    down = w / lw
+    result.area_mm2 = float(mask.sum()) * (down * mpp / 1000.0) ** 2
+    result.timings_s["smear_area"] = time.perf_counter() - t0
+    progress(0.02, "smear area found")
+    batcher = _Batcher(classifier, params.batch_size)
+
+    def check_stop() -> None:
+        if should_stop is not None and should_stop():
+            raise AnalysisCancelled("cancelled")
+
+    if w * h / 1e6 <= params.full_res_max_mpix or params.full_count:
+        _full_resolution(slide, result, batcher, mask, down, params, progress, check_stop)
+    else:
+        _two_pass(slide, result, batcher, mask, down, params, progress, check_stop)
+    batcher.flush()
+    result.cells.extend(batcher.cells)
+    result.timings_s["classify"] = batcher.seconds
+    result.timings_s["total"] = time.perf_counter() - t0
+    progress(1.0, "done")
+    return result
+
+
+def _in_mask(mask: np.ndarray, down: float, x: float, y: float) -> bool:
+    my, mx = int(y / down), int(x / down)
+    return 0 <= my < mask.shape[0] and 0 <= mx < mask.shape[1] and bool(mask[my, mx])
+
+
+def _full_resolution(slide, result, batcher, mask, down, params, progress, check_stop) -> None:
+    """Level-0 tiling over the smear area; every kind detected; cells owned by their tile core."""
+    w, h, mpp = result.width, result.height, result.mpp
+    overlap = int(math.ceil(params.overlap_um / mpp))
+    crop_px = int(math.ceil(batcher.classifier.crop_um / mpp))
+    tiles = list(_tiles(w, h, params.tile_px, overlap))
+    t_detect = 0.0
+    for i, (x0, y0, tw, th) in enumerate(tiles):
+        check_stop()
+        cx0, cy0 = x0 + (overlap if x0 > 0 else 0), y0 + (overlap if y0 > 0 else 0)
+        core = (cx0, cy0, min(w, cx0 + params.tile_px), min(h, cy0 + params.tile_px))
+        if not mask[int(cy0 / down) : int(math.ceil(core[3] / down)) + 1,
+                    int(cx0 / down) : int(math.ceil(core[2] / down)) + 1].any():
+            continue
+        t = time.perf_counter()
+        region = slide.read_region((x0, y0), 0, (tw, th))
+        dets = detect_cells(region, mpp)
+        t_detect += time.perf_counter() - t
+        result.fields_analysed += 1
+        for d in dets:
+            cx, cy = _centre(d)
+            gx, gy = x0 + cx, y0 + cy
+            if not (core[0] <= gx < core[2] and core[1] <= gy < core[3]):
+                continue
+            bx0, by0, bx1, by1 = d.bbox
+            cell = CellResult(d.kind, (x0 + bx0, y0 + by0, x0 + bx1, y0 + by1), float(d.score))
+            if d.kind == WBC:
+                crop = _crop_from_slide(slide, gx, gy, crop_px, mpp, batcher.classifier, region, (x0, y0))
+                batcher.add(cell, crop)
+            else:
+                result.cells.append(cell)
+        if batcher.pending >= params.batch_size:
+            batcher.flush()
+        progress(0.05 + 0.9 * (i + 1) / len(tiles), f"tile {i + 1}/{len(tiles)}")
+    result.timings_s["detect"] = t_detect
+
+
+def _crop_from_slide(slide, gx, gy, crop_px, mpp, classifier, region=None, origin=(0, 0)) -> np.ndarray:
+    """The classifier's input for a cell centred at level-0 (gx, gy)."""
+    half = crop_px // 2 + 2
+    ox, oy = origin
+    if region is not None:
+        rx, ry = gx - ox, gy - oy
+        if half <= rx < region.shape[1] - half and half <= ry < region.shape[0] - half:
+            return crop_cell(region, (rx, ry), mpp, classifier.crop_um, classifier.input_px)
+    x0, y0 = int(gx) - half, int(gy) - half
+    window = slide.read_region((x0, y0), 0, (2 * half, 2 * half))
+    return crop_cell(window, (gx - x0, gy - y0), mpp, classifier.crop_um, classifier.input_px)
+
+
+def _two_pass(slide, result, batcher, mask, down, params, progress, check_stop) -> None:
+    """Low-resolution white-cell candidates, full resolution only around them."""
+    w, h, mpp = result.width, result.height, result.mpp
+    level = slide.get_best_level_for_downsample(params.candidate_mpp / mpp)
+    lw, lh = slide.level_dimensions[level]
+    ds = w / lw
+    level_mpp = mpp * ds
+    crop_px = int(math.ceil(batcher.classifier.crop_um / mpp))
+    win_px = int(math.ceil(30.0 / mpp))  # 30 µm window to confirm and refine a candidate
+    accepted: dict[tuple[int, int], list[tuple[float, float]]] = {}
+    cell_um = 10.0
+    grid = cell_um / mpp
+
+    def duplicate(x: float, y: float) -> bool:
+        gx, gy = int(x // grid), int(y // grid)
+        for dx in (-1, 0, 1):
+            for dy in (-1, 0, 1):
+                for px, py in accepted.get((gx + dx, gy + dy), []):
+                    if (px - x) ** 2 + (py - y) ** 2 < grid**2:
+                        return True
+        return False
+
+    chunks = list(_tiles(lw, lh, params.chunk_px, int(math.ceil(20.0 / level_mpp))))
+    t_cand = t_refine = 0.0
+    n_wbc = 0
+    for i, (cx0, cy0, cw, ch) in enumerate(chunks):
+        check_stop()
+        mx0, my0 = int(cx0 * ds / down), int(cy0 * ds / down)
+        mx1, my1 = int(math.ceil((cx0 + cw) * ds / down)), int(math.ceil((cy0 + ch) * ds / down))
+        if not mask[my0 : my1 + 1, mx0 : mx1 + 1].any():
+            continue
+        t = time.perf_counter()
+        low = slide.read_region((int(cx0 * ds), int(cy0 * ds)), level, (cw, ch))
+        cands = detect_cells(low, level_mpp, kinds=("wbc",))
+        t_cand += time.perf_counter() - t
+        t = time.perf_counter()
+        for d in cands:
+            lx, ly = _centre(d)
+            gx, gy = (cx0 + lx) * ds, (cy0 + ly) * ds
+            if not _in_mask(mask, down, gx, gy) or duplicate(gx, gy):
+                continue
+            wx0, wy0 = int(gx) - win_px, int(gy) - win_px
+            window = slide.read_region((wx0, wy0), 0, (2 * win_px, 2 * win_px))
+            fine = [f for f in detect_cells(window, mpp, kinds=("wbc",))]
+            if not fine:
+                continue
+            best = min(fine, key=lambda f: (_centre(f)[0] - win_px) ** 2 + (_centre(f)[1] - win_px) ** 2)
+            fx, fy = _centre(best)
+            ax, ay = wx0 + fx, wy0 + fy
+            if duplicate(ax, ay):
+                continue
+            accepted.setdefault((int(ax // grid), int(ay // grid)), []).append((ax, ay))
+            bx0, by0, bx1, by1 = best.bbox
+            cell = CellResult(WBC, (wx0 + bx0, wy0 + by0, wx0 + bx1, wy0 + by1), float(best.score))
+            batcher.add(cell, _crop_from_slide(slide, ax, ay, crop_px, mpp, batcher.classifier, window,
+                                               (wx0, wy0)))
+            n_wbc += 1
+        t_refine += time.perf_counter() - t
+        result.fields_analysed += 1
+        if batcher.pending >= params.batch_size:
+            batcher.flush()
+        progress(0.05 + 0.8 * min(1.0, max((i + 1) / len(chunks), n_wbc / max(1, params.target_wbc))),
+                 f"{n_wbc} white cells")
+        if not params.full_count and _white_cells(batcher) >= params.target_wbc:
+            batcher.flush()
+            if _white_cells(batcher) >= params.target_wbc:
+                result.stopped_early = True
+                break
+    result.timings_s["candidates"] = t_cand
+    result.timings_s["refine"] = t_refine
+    _count_fields(slide, result, mask, down, params, check_stop)
+    progress(0.95, "red cells and platelets counted")
+
+
+def _white_cells(batcher: _Batcher) -> int:
+    from hematovision.flags import NON_WBC_CLASSES
+
+    return sum(1 for c in batcher.cells if c.label is None or c.label not in NON_WBC_CLASSES)
+
+
+def _count_fields(slide, result, mask, down, params, check_stop) -> None:
+    """Red cells and platelets in full-resolution fields spread evenly over the smear area."""
+    t = time.perf_counter()
+    mpp = result.mpp
+    field_px = int(params.field_um / mpp)
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return
+    rng = np.random.default_rng(0)
+    picks = rng.choice(len(xs), size=min(params.rbc_fields, len(xs)), replace=False)
+    for p in sorted(picks):
+        check_stop()
+        gx, gy = int(xs[p] * down), int(ys[p] * down)
+        x0 = min(max(0, gx - field_px // 2), max(0, result.width - field_px))
+        y0 = min(max(0, gy - field_px // 2), max(0, result.height - field_px))
+        region = slide.read_region((x0, y0), 0, (field_px, field_px))
+        for d in detect_cells(region, mpp, kinds=("rbc", "platelet")):
+            bx0, by0, bx1, by1 = d.bbox
+            result.cells.append(CellResult(d.kind, (x0 + bx0, y0 + by0, x0 + bx1, y0 + by1), float(d.score)))
+    result.timings_s["fields"] = time.perf_counter() - t

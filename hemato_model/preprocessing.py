@@ -1,0 +1,153 @@
+"""Cell crops at a fixed physical size, and the training-time augmentation.
+
+Every crop the classifier sees, in training and on a slide, is ``crop_um`` µm square around the
+cell centre, resampled to ``out_px`` pixels, so the model sees cells at one scale whatever the
+scanner (``mpp``). Beyond the image edge the crop is filled by reflection.
+
+Augmentation follows the usual recipe for stain and scanner robustness in microscopy (Tellez et
+al., "Quantifying the effects of data augmentation and stain color normalization in convolutional
+neural networks for computational pathology", Med. Image Anal. 58:101544, 2019): geometry (flips,
+90° and free rotation, scale jitter, shifts), HED stain jitter (per-stain gain and offset in optical
+density space), per-channel gain/offset, brightness/contrast/saturation/hue, and mild blur/resolution
+loss. It runs in the ``tf.data`` pipeline, not in the saved model, so the model file holds only
+plain inference layers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+#: The default physical crop side and network input of the shipped model.
+DEFAULT_CROP_UM = 24.0
+DEFAULT_INPUT_PX = 128
+
+
+def crop_cell(image: np.ndarray, center_xy: tuple[float, float], mpp: float, crop_um: float,
+              out_px: int) -> np.ndarray:
+    """Cut a ``crop_um`` µm square centred on ``center_xy`` and resample it to ``out_px`` pixels.
+
+    Args:
+        image: (H, W, 3) uint8 RGB (a grey (H, W) image is stacked to RGB).
+        center_xy: cell centre (x, y) in image pixels (floats allowed).
+        mpp: µm per pixel of ``image``.
+        crop_um: side of the square in µm.
+        out_px: side of the result in pixels.
+
+    Returns:
+        (out_px, out_px, 3) uint8. Parts beyond the image are filled by reflecting the image.
+    """
+    if mpp <= 0 or crop_um <= 0 or out_px <= 0:
+        raise ValueError("mpp, crop_um and out_px must be positive")
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = np.stack([img] * 3, axis=-1)
+    if img.ndim != 3 or img.shape[2] < 3:
+        raise ValueError(f"expected an (H, W, 3) RGB image, got shape {img.shape}")
+    img = img[..., :3]
+    if img.dtype != np.uint8:
+        img = np.clip(img, 0, 255).astype(np.uint8)
+    h, w = img.shape[:2]
+    side = crop_um / mpp
+    cx, cy = float(center_xy[0]), float(center_xy[1])
+    x0, y0 = cx - side / 2.0, cy - side / 2.0
+    ix0, iy0 = math.floor(x0) - 1, math.floor(y0) - 1
+    ix1, iy1 = math.ceil(x0 + side) + 1, math.ceil(y0 + side) + 1
+    pad = (max(0, -iy0), max(0, iy1 - h)), (max(0, -ix0), max(0, ix1 - w))
+    region = img[max(0, iy0):min(h, iy1), max(0, ix0):min(w, ix1)]
+    if region.size == 0:
+        raise ValueError(f"centre {center_xy} lies outside the {w}x{h} image")
+    if any(p for pair in pad for p in pair):
+        mode = "reflect" if min(region.shape[:2]) > 1 else "edge"
+        region = np.pad(region, (pad[0], pad[1], (0, 0)), mode=mode)
+    box = (x0 - ix0, y0 - iy0, x0 - ix0 + side, y0 - iy0 + side)
+    pil = Image.fromarray(np.ascontiguousarray(region))
+    resample = Image.Resampling.BILINEAR if side >= out_px else Image.Resampling.BICUBIC
+    return np.asarray(pil.resize((out_px, out_px), resample=resample, box=box), dtype=np.uint8)
+
+
+def load_centered_crop(path: str | Path, mpp: float, crop_um: float, out_px: int) -> np.ndarray:
+    """Read an image file holding one centred cell and cut its crop at the image centre."""
+    with Image.open(path) as im:
+        arr = np.asarray(im.convert("RGB"))
+    h, w = arr.shape[:2]
+    return crop_cell(arr, ((w - 1) / 2.0 + 0.5, (h - 1) / 2.0 + 0.5), mpp, crop_um, out_px)
+
+
+# Ruifrok & Johnston, "Quantification of histochemical staining by color deconvolution",
+# Anal. Quant. Cytol. Histol. 23:291, 2001: the rows are the optical-density vectors of
+# haematoxylin, eosin and DAB (skimage.color.hed_from_rgb's inverse).
+_RGB_FROM_HED = np.array(
+    [[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=np.float32
+)
+_RGB_FROM_HED = _RGB_FROM_HED / np.linalg.norm(_RGB_FROM_HED, axis=1, keepdims=True)
+_HED_FROM_RGB = np.linalg.inv(_RGB_FROM_HED).astype(np.float32)
+
+
+def make_augmenter(seed: int, strength: float = 1.0) -> Callable[[Any], Any]:
+    """Build a batch augmentation function for ``tf.data``: float32 (N, H, W, 3) 0..255 in and out.
+
+    Args:
+        seed: seed of the Keras random layers (the pipeline is reproducible given the data order).
+        strength: scales the colour jitter (1.0 = the shipped model's setting).
+    """
+    import keras
+    import tensorflow as tf
+
+    geometry = keras.Sequential(
+        [
+            keras.layers.RandomFlip("horizontal_and_vertical", seed=seed),
+            keras.layers.RandomRotation(0.5, fill_mode="reflect", seed=seed + 1),
+            keras.layers.RandomZoom((-0.15, 0.15), fill_mode="reflect", seed=seed + 2),
+            keras.layers.RandomTranslation(0.06, 0.06, fill_mode="reflect", seed=seed + 3),
+        ],
+        name="geometry_augmentation",
+    )
+    rgb_from_hed = tf.constant(_RGB_FROM_HED)
+    hed_from_rgb = tf.constant(_HED_FROM_RGB)
+    gen = tf.random.Generator.from_seed(seed + 4)
+
+    def augment(images: Any) -> Any:
+        x = geometry(images, training=True)
+        n = tf.shape(x)[0]
+        # HED stain jitter in optical density space.
+        od = -tf.math.log((x + 1.0) / 256.0)
+        hed = tf.einsum("nhwc,cd->nhwd", od, hed_from_rgb)
+        alpha = gen.uniform((n, 1, 1, 3), 1.0 - 0.15 * strength, 1.0 + 0.15 * strength)
+        beta = gen.uniform((n, 1, 1, 3), -0.04 * strength, 0.04 * strength)
+        od = tf.einsum("nhwd,dc->nhwc", hed * alpha + beta, rgb_from_hed)
+        x = tf.clip_by_value(256.0 * tf.exp(-od) - 1.0, 0.0, 255.0)
+        # Per-channel gain/offset (camera white balance), brightness and contrast.
+        gain = gen.uniform((n, 1, 1, 3), 1.0 - 0.08 * strength, 1.0 + 0.08 * strength)
+        offset = gen.uniform((n, 1, 1, 3), -12.0 * strength, 12.0 * strength)
+        x = x * gain + offset
+        mean = tf.reduce_mean(x, axis=(1, 2, 3), keepdims=True)
+        contrast = gen.uniform((n, 1, 1, 1), 1.0 - 0.2 * strength, 1.0 + 0.2 * strength)
+        bright = gen.uniform((n, 1, 1, 1), -20.0 * strength, 20.0 * strength)
+        x = (x - mean) * contrast + mean + bright
+        x = tf.clip_by_value(x, 0.0, 255.0) / 255.0
+        # Saturation and hue.
+        hsv = tf.image.rgb_to_hsv(x)
+        dh = gen.uniform((n, 1, 1), -0.04 * strength, 0.04 * strength)
+        ds = gen.uniform((n, 1, 1), 1.0 - 0.25 * strength, 1.0 + 0.25 * strength)
+        hsv = tf.stack(
+            [tf.math.floormod(hsv[..., 0] + dh, 1.0), tf.clip_by_value(hsv[..., 1] * ds, 0.0, 1.0),
+             hsv[..., 2]],
+            axis=-1,
+        )
+        x = tf.image.hsv_to_rgb(hsv) * 255.0
+        # Resolution loss (other optics, JPEG): down- and up-sample a random half of the batch.
+        size = tf.shape(x)[1:3]
+        factor = gen.uniform((), 0.55, 1.0)
+        small = tf.cast(tf.cast(size, tf.float32) * factor, tf.int32)
+        blurred = tf.image.resize(tf.image.resize(x, small, method="area"), size, method="bilinear")
+        pick = tf.cast(gen.uniform((n, 1, 1, 1)) < 0.5, tf.float32)
+        x = pick * blurred + (1.0 - pick) * x
+        return tf.clip_by_value(x, 0.0, 255.0)
+
+    return augment

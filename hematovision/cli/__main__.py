@@ -1,0 +1,3 @@
+from hematovision.cli import main
+
+main()

@@ -1,0 +1,527 @@
+"""Slide I/O: one ``Slide`` interface over whole-slide images (OpenSlide) and plain field images (Pillow).
+
+Whole-slide formats (Aperio SVS, generic tiled TIFF, Hamamatsu NDPI/VMS, MIRAX MRXS, Leica SCN,
+Philips TIFF, Ventana BIF, DICOM, …) are read with OpenSlide (openslide-python on the openslide-bin
+wheel), which reads tiles on demand so slides of any size open in constant memory. Plain field
+images (JPEG, PNG, BMP, non-tiled TIFF) are decoded once with Pillow and served as a one-level
+slide; because they are decoded whole, their size is capped (``FIELD_IMAGE_MAX_PIXELS``) to refuse
+decompression bombs — a large image must come as a tiled pyramid.
+
+Scale (µm per level-0 pixel) is what every physical measurement downstream depends on, so it is
+resolved explicitly and its origin recorded in ``Slide.mpp_source``:
+  1. ``"submission"`` — the value given with the upload (the lab knows its scanner best);
+  2. ``"slide"`` — what the file states: ``openslide.mpp-x`` (SVS ``MPP``, TIFF resolution tags in
+     cm or inch, …), or an image's resolution (JFIF/PNG pHYs/TIFF). A stated scale is used only when
+     it is plausible for a microscope (``PLAUSIBLE_MPP``): the 72 or 96 dpi that cameras and editors
+     write by default would mean 353 µm/px and is ignored;
+  3. ``"default"`` — the installation's ``HEMATOVISION_DEFAULT_MPP``;
+  4. otherwise ``SlideError``.
+
+Every problem a user can cause (missing, empty, truncated or corrupt file, a text file with a slide's
+name, unsupported format, decompression bomb, no scale) raises ``SlideError``, a ``ValueError``
+whose message is meant to be shown to a lab user as is.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import warnings
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+logger = logging.getLogger(__name__)
+
+#: Largest plain (non-pyramidal) image decoded whole: 120 Mpx ≈ 360 MB of RGB.
+FIELD_IMAGE_MAX_PIXELS = 120_000_000
+#: Stated scales outside this range (µm/px) are not microscope scales and are ignored.
+PLAUSIBLE_MPP = (0.01, 20.0)
+#: Pillow formats accepted as field images.
+FIELD_IMAGE_FORMATS = {"JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG", "BMP": "BMP", "TIFF": "TIFF"}
+#: Largest region ``read_region`` returns in one call (pixels).
+MAX_REGION_PIXELS = 256 * 1024 * 1024
+
+_SUPPORTED = (
+    "whole-slide images that OpenSlide reads (Aperio .svs, tiled pyramidal TIFF, Hamamatsu .ndpi, "
+    "MIRAX .mrxs, Leica .scn, Philips TIFF, Ventana .bif, DICOM) or a JPEG, PNG, BMP or TIFF "
+    "field image"
+)
+_NO_MPP_HINT = "give mpp with the submission or set HEMATOVISION_DEFAULT_MPP"
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+class SlideError(ValueError):
+    """A slide that cannot be used; the message is written for a lab user."""
+
+
+# --------------------------------------------------------------------------------------------------
+# the interface
+
+
+class Slide:
+    """An open slide: level geometry, scale and RGB region reads (level-0 coordinates)."""
+
+    path: Path
+    format: str
+    mpp: float
+    mpp_source: str
+    level_dimensions: tuple[tuple[int, int], ...]
+    level_downsamples: tuple[float, ...]
+    properties: dict[str, str]
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        """Level-0 (width, height) in pixels."""
+        return self.level_dimensions[0]
+
+    @property
+    def level_count(self) -> int:
+        return len(self.level_dimensions)
+
+    def get_best_level_for_downsample(self, downsample: float) -> int:
+        """The highest-resolution level whose downsample is at most ``downsample`` (like OpenSlide)."""
+        best = 0
+        for i, d in enumerate(self.level_downsamples):
+            if d <= downsample * (1 + 1e-6):
+                best = i
+        return best
+
+    def read_region(
+        self, location: tuple[int, int], level: int, size: tuple[int, int]
+    ) -> np.ndarray:
+        """RGB pixels of a region: ``location`` in level-0 pixels, ``size`` (w, h) in ``level`` pixels.
+
+        Areas outside the image (and transparent areas) are white. Returns (h, w, 3) uint8.
+        """
+        x0, y0 = int(location[0]), int(location[1])
+        w, h = int(size[0]), int(size[1])
+        if not 0 <= level < self.level_count:
+            raise SlideError(f"level {level} does not exist; this slide has {self.level_count}")
+        if w <= 0 or h <= 0:
+            raise SlideError(f"region size must be positive, got {w}×{h}")
+        if w * h > MAX_REGION_PIXELS:
+            raise SlideError(f"region {w}×{h} is too large to read at once; read it in tiles")
+        return self._read(x0, y0, level, w, h)
+
+    def thumbnail(self, max_px: int = 1024) -> np.ndarray:
+        """The whole slide, downscaled so the longer side is at most ``max_px``; (h, w, 3) uint8.
+
+        Reads the best pyramid level in chunks, so a slide with few levels never decodes a huge
+        level at once.
+        """
+        w0, h0 = self.dimensions
+        scale = min(1.0, max_px / max(w0, h0))
+        out_w, out_h = max(1, round(w0 * scale)), max(1, round(h0 * scale))
+        level = self.get_best_level_for_downsample(1.0 / scale)
+        ds = self.level_downsamples[level]
+        lw, lh = self.level_dimensions[level]
+        out = Image.new("RGB", (out_w, out_h), "white")
+        chunk = 4096
+        for ly in range(0, lh, chunk):
+            for lx in range(0, lw, chunk):
+                cw, ch = min(chunk, lw - lx), min(chunk, lh - ly)
+                part = self._read(round(lx * ds), round(ly * ds), level, cw, ch)
+                # target box of this chunk in the thumbnail
+                tx0, ty0 = round(lx * ds * scale), round(ly * ds * scale)
+                tx1 = round((lx + cw) * ds * scale)
+                ty1 = round((ly + ch) * ds * scale)
+                if tx1 > tx0 and ty1 > ty0:
+                    img = Image.fromarray(part).resize((tx1 - tx0, ty1 - ty0), Image.Resampling.BOX)
+                    out.paste(img, (tx0, ty0))
+        return np.asarray(out).copy()
+
+    def close(self) -> None:  # pragma: no cover - overridden
+        pass
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        w, h = self.dimensions
+        return (
+            f"<{type(self).__name__} {self.path.name!r} {self.format} {w}×{h} "
+            f"levels={self.level_count} mpp={self.mpp:g} ({self.mpp_source})>"
+        )
+
+    def stated_mpp(self) -> float | None:
+        """µm/px that the file itself states, if any (and plausible)."""
+        return None
+
+    def _read(self, x0: int, y0: int, level: int, w: int, h: int) -> np.ndarray:
+        raise NotImplementedError
+
+
+class OpenSlideSlide(Slide):
+    """A whole-slide image read through OpenSlide."""
+
+    def __init__(self, path: Path, vendor: str, osr: Any) -> None:
+        self.path = path
+        self.format = vendor
+        self._osr = osr
+        self.level_dimensions = tuple((int(w), int(h)) for w, h in osr.level_dimensions)
+        self.level_downsamples = tuple(float(d) for d in osr.level_downsamples)
+        self.properties = dict(osr.properties)
+
+    def _read(self, x0: int, y0: int, level: int, w: int, h: int) -> np.ndarray:
+        import openslide
+
+        try:
+            rgba = np.asarray(self._osr.read_region((x0, y0), level, (w, h)))
+        except openslide.OpenSlideError as exc:
+            raise SlideError(
+                f"{self.path.name}: the image data could not be decoded ({exc}); the file is "
+                "probably truncated or corrupt — copy or upload it again"
+            ) from exc
+        alpha = rgba[..., 3]
+        if alpha.min() == 255:
+            return np.ascontiguousarray(rgba[..., :3])
+        # un-premultiplied RGBA over white; fully transparent (outside the slide) becomes white
+        a = alpha[..., None].astype(np.uint16)
+        rgb = (rgba[..., :3].astype(np.uint16) * a + 255 * (255 - a) + 127) // 255
+        return rgb.astype(np.uint8)
+
+    def close(self) -> None:
+        self._osr.close()
+
+    def stated_mpp(self) -> float | None:
+        """µm/px the file states (OpenSlide's, else TIFF resolution tags), if plausible."""
+        p = self.properties
+        for key in ("openslide.mpp-x", "openslide.mpp-y"):
+            value = _float(p.get(key))
+            if value is not None:
+                mpp_y = _float(p.get("openslide.mpp-y"))
+                if mpp_y is not None and abs(mpp_y - value) > 0.01 * value:
+                    logger.warning("%s: anisotropic pixels (mpp-x %s, mpp-y %s); using mpp-x",
+                                   self.path.name, value, mpp_y)
+                return _plausible(value, self.path.name)
+        res = _float(p.get("tiff.XResolution"))
+        unit = (p.get("tiff.ResolutionUnit") or "").lower()
+        if res and res > 0 and unit in ("centimeter", "inch"):
+            return _plausible((1e4 if unit == "centimeter" else 25400.0) / res, self.path.name)
+        return None
+
+
+class ImageSlide(Slide):
+    """A plain field image (JPEG/PNG/BMP/non-tiled TIFF), decoded once and kept in memory."""
+
+    def __init__(self, path: Path, pixels: np.ndarray, pil_format: str, info: dict[str, Any]) -> None:
+        self.path = path
+        self.format = "image"
+        self._pixels: np.ndarray | None = pixels
+        h, w = pixels.shape[:2]
+        self.level_dimensions = ((w, h),)
+        self.level_downsamples = (1.0,)
+        self.properties = {"image.format": pil_format}
+        self._info = info
+
+    @property
+    def pixels(self) -> np.ndarray:
+        """The whole decoded image, (h, w, 3) uint8 (read-only view)."""
+        if self._pixels is None:
+            raise SlideError(f"{self.path.name}: the slide has been closed")
+        view = self._pixels.view()
+        view.flags.writeable = False
+        return view
+
+    def _read(self, x0: int, y0: int, level: int, w: int, h: int) -> np.ndarray:
+        img = self.pixels
+        ih, iw = img.shape[:2]
+        out = np.full((h, w, 3), 255, np.uint8)
+        sx0, sy0 = max(0, x0), max(0, y0)
+        sx1, sy1 = min(iw, x0 + w), min(ih, y0 + h)
+        if sx1 > sx0 and sy1 > sy0:
+            out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = img[sy0:sy1, sx0:sx1]
+        return out
+
+    def close(self) -> None:
+        self._pixels = None
+
+    def stated_mpp(self) -> float | None:
+        """µm/px from the image's resolution (JFIF density, PNG pHYs, TIFF tags), if plausible."""
+        dpi = self._info.get("dpi")
+        if not dpi:
+            return None
+        try:
+            dpi_x = float(dpi[0])
+        except (TypeError, ValueError, IndexError):
+            return None
+        if not dpi_x > 0:
+            return None
+        return _plausible(25400.0 / dpi_x, self.path.name)
+
+
+# --------------------------------------------------------------------------------------------------
+# opening
+
+
+def open_slide(
+    path: str | os.PathLike[str], mpp: float | None = None, default_mpp: float | None = None
+) -> Slide:
+    """Open a whole-slide image or a field image.
+
+    Args:
+        path: The file (for MIRAX, the ``.mrxs`` beside its data folder).
+        mpp: µm/px given with the submission; wins over what the file states.
+        default_mpp: Installation default, used only when neither the submission nor the file
+            states a scale.
+
+    Raises:
+        SlideError: With a message for a lab user (see the module docstring).
+    """
+    path = Path(path)
+    mpp = _check_mpp(mpp, "the submitted scale (mpp)")
+    default_mpp = _check_mpp(default_mpp, "HEMATOVISION_DEFAULT_MPP")
+    name = path.name
+    if not path.exists():
+        raise SlideError(f"{name}: file not found ({path})")
+    if path.is_dir():
+        raise SlideError(f"{name} is a folder, not a slide file")
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            head = fh.read(512)
+    except OSError as exc:
+        raise SlideError(f"{name}: cannot read the file ({exc.strerror or exc})") from exc
+    if size == 0:
+        raise SlideError(f"{name} is empty (0 bytes): the upload or copy did not complete")
+
+    slide = _open_openslide(path, head)
+    if slide is None:
+        slide = _open_image(path, head)
+    try:
+        stated = slide.stated_mpp()
+        if mpp is not None:
+            slide.mpp, slide.mpp_source = mpp, "submission"
+        elif stated is not None:
+            slide.mpp, slide.mpp_source = stated, "slide"
+        elif default_mpp is not None:
+            slide.mpp, slide.mpp_source = default_mpp, "default"
+        else:
+            raise SlideError(f"{name} states no microns per pixel; {_NO_MPP_HINT}")
+    except BaseException:
+        slide.close()
+        raise
+    return slide
+
+
+def validate_slide(
+    path: str | os.PathLike[str], mpp: float | None = None, default_mpp: float | None = None
+) -> dict[str, Any]:
+    """Cheap acceptance check before an upload is queued: open, decode a little, close.
+
+    Reads a small region of the lowest-resolution level (written last, so a truncated file shows
+    there) and of the centre of level 0, and for TIFF-based files checks that every tile or strip
+    the file lists lies inside the file.
+
+    Returns:
+        ``{"format", "dimensions": [w, h], "mpp", "mpp_source", "level_count",
+        "level_dimensions"}``.
+    """
+    path = Path(path)
+    with open_slide(path, mpp=mpp, default_mpp=default_mpp) as slide:
+        if isinstance(slide, OpenSlideSlide):
+            _check_tiff_extent(path)
+        last = slide.level_count - 1
+        lw, lh = slide.level_dimensions[last]
+        slide.read_region((0, 0), last, (min(lw, 512), min(lh, 512)))
+        w, h = slide.dimensions
+        slide.read_region((max(0, w // 2 - 128), max(0, h // 2 - 128)), 0, (min(w, 256), min(h, 256)))
+        return {
+            "format": slide.format,
+            "dimensions": [w, h],
+            "mpp": slide.mpp,
+            "mpp_source": slide.mpp_source,
+            "level_count": slide.level_count,
+            "level_dimensions": [list(d) for d in slide.level_dimensions],
+        }
+
+
+def _open_openslide(path: Path, head: bytes) -> Slide | None:
+    """An OpenSlide slide if OpenSlide recognises the file; None if it does not."""
+    import openslide
+
+    name = path.name
+    try:
+        vendor = openslide.OpenSlide.detect_format(str(path))
+    except openslide.OpenSlideError as exc:
+        raise SlideError(f"{name} could not be read ({exc}); the file is probably corrupt") from exc
+    if vendor is None:
+        if head.startswith(_TIFF_MAGIC):
+            _check_tiff_readable(path)
+        return None
+    try:
+        osr = openslide.OpenSlide(str(path))
+    except openslide.OpenSlideUnsupportedFormatError as exc:
+        raise SlideError(f"{name}: unsupported {vendor} slide ({exc})") from exc
+    except openslide.OpenSlideError as exc:
+        raise SlideError(
+            f"{name} looks like a {vendor} slide but could not be opened ({exc}); the file is "
+            "probably truncated or corrupt — copy or upload it again"
+        ) from exc
+    return OpenSlideSlide(path, vendor, osr)
+
+
+def _check_tiff_readable(path: Path) -> None:
+    """A TIFF that OpenSlide rejected: explain why if it is truncated, corrupt or a tiled TIFF."""
+    import tifffile
+
+    name = path.name
+    tiff_log = logging.getLogger("tifffile")
+    level = tiff_log.level
+    tiff_log.setLevel(logging.CRITICAL)  # damaged files are reported by our message, not its log
+    try:
+        with tifffile.TiffFile(path) as tif:
+            pages = list(tif.pages)
+            size = path.stat().st_size
+            for page in pages:
+                if _segments_end(page) > size:
+                    raise SlideError(
+                        f"{name} is truncated: its image data end beyond the end of the file "
+                        f"({size} bytes) — the upload or copy did not complete"
+                    )
+    except SlideError:
+        raise
+    except Exception as exc:  # tifffile raises many kinds on garbage
+        raise SlideError(
+            f"{name} is a damaged TIFF file ({exc}); it is probably truncated or corrupt"
+        ) from exc
+    finally:
+        tiff_log.setLevel(level)
+
+
+def _check_tiff_extent(path: Path) -> None:
+    """Raise if a TIFF-based slide lists tiles beyond the end of the file (a truncated upload)."""
+    with path.open("rb") as fh:
+        if not fh.read(4).startswith(_TIFF_MAGIC):
+            return
+    _check_tiff_readable(path)
+
+
+def _segments_end(page: Any) -> int:
+    offsets = getattr(page, "dataoffsets", None) or ()
+    counts = getattr(page, "databytecounts", None) or ()
+    end = 0
+    for off, cnt in zip(offsets, counts, strict=False):
+        if cnt:
+            end = max(end, int(off) + int(cnt))
+    return end
+
+
+def _open_image(path: Path, head: bytes) -> ImageSlide:
+    """Decode a plain field image with Pillow (refusing huge or unsupported ones)."""
+    name = path.name
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+    except Image.DecompressionBombError as exc:
+        raise SlideError(_bomb_message(name, None)) from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        if _looks_like_text(head):
+            snippet = head[:40].decode("utf-8", "replace").strip().splitlines()[0][:40]
+            raise SlideError(
+                f"{name} is a text file (it starts with {snippet!r}), not a slide image — was an "
+                "error page or a link saved instead of the slide?"
+            ) from exc
+        raise SlideError(f"{name} is not a format HematoVision can read; use {_SUPPORTED}") from exc
+    with im:
+        fmt = (im.format or "").upper()
+        if fmt not in FIELD_IMAGE_FORMATS:
+            raise SlideError(
+                f"{name} is a {fmt or 'unknown'} image, which HematoVision does not accept; "
+                f"use {_SUPPORTED}"
+            )
+        w, h = im.size
+        if w <= 0 or h <= 0:
+            raise SlideError(f"{name} declares an empty image ({w}×{h})")
+        if w * h > FIELD_IMAGE_MAX_PIXELS:
+            raise SlideError(_bomb_message(name, (w, h)))
+        info = dict(im.info)
+        try:
+            im.load()
+            im = ImageOps.exif_transpose(im) or im
+            pixels = _to_rgb(im)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            raise SlideError(
+                f"{name}: the {FIELD_IMAGE_FORMATS[fmt]} image could not be decoded ({exc}); the "
+                "file is probably truncated or corrupt — copy or upload it again"
+            ) from exc
+    return ImageSlide(path, pixels, FIELD_IMAGE_FORMATS[fmt], info)
+
+
+def _to_rgb(im: Image.Image) -> np.ndarray:
+    """(h, w, 3) uint8 RGB: alpha over white, 16-bit scaled, palette/grey expanded."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(im).astype(np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        grey = np.clip(arr * (255.0 / top) + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(bg, rgba).convert("RGB")).copy()
+    return np.asarray(im.convert("RGB")).copy()
+
+
+def _bomb_message(name: str, size: tuple[int, int] | None) -> str:
+    dims = f" ({size[0]}×{size[1]} px)" if size else ""
+    return (
+        f"{name} declares a huge image{dims} that is not a tiled pyramid; plain images above "
+        f"{FIELD_IMAGE_MAX_PIXELS // 1_000_000} megapixels are refused (decompression-bomb guard). "
+        "Save large scans as a tiled pyramidal TIFF or the scanner's own format (e.g. "
+        "vips tiffsave in.tif out.tif --tile --pyramid --compression jpeg)"
+    )
+
+
+def _looks_like_text(head: bytes) -> bool:
+    if not head or b"\x00" in head:
+        return False
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    printable = sum(ch.isprintable() or ch in "\r\n\t" for ch in text)
+    return printable >= 0.95 * len(text)
+
+
+def _check_mpp(value: float | None, what: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        v = float(value)
+    except (TypeError, ValueError) as exc:
+        raise SlideError(f"{what} must be a number of microns per pixel, got {value!r}") from exc
+    if not (v > 0 and math.isfinite(v)):
+        raise SlideError(f"{what} must be a positive number of microns per pixel, got {value!r}")
+    return v
+
+
+def _float(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        v = float(value)
+    except ValueError:
+        return None
+    return v if v > 0 and math.isfinite(v) else None
+
+
+def _plausible(mpp: float, name: str) -> float | None:
+    lo, hi = PLAUSIBLE_MPP
+    if lo <= mpp <= hi:
+        return mpp
+    logger.info("%s states %.4g µm/px, not a microscope scale; ignoring it", name, mpp)
+    return None

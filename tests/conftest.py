@@ -1,0 +1,45 @@
+"""Shared fixtures in the style of Flask's tutorial: settings -> app -> client."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hematovision.datasets import have_pbc
+from hematovision.settings import Settings, load_settings
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    return load_settings().data_root
+
+
+@pytest.fixture(scope="session")
+def real_data(data_root: Path) -> Path:
+    if not have_pbc(data_root):
+        pytest.skip(f"real PBC images not found under {data_root} (set HEMATOVISION_DATA_ROOT)")
+    return data_root
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    (tmp_path / "import").mkdir()
+    return Settings(var_dir=tmp_path / "var", database_url="", broker_url="", import_root=tmp_path / "import")
+
+
+@pytest.fixture
+def app(settings: Settings):  # type: ignore[no-untyped-def]
+    from api.app import create_app
+    from hematovision.migrate import upgrade
+
+    upgrade(settings)
+    app = create_app(settings)
+    app.config["TESTING"] = True
+    yield app
+    app.extensions["hv_engine"].dispose()
+
+
+@pytest.fixture
+def client(app):  # type: ignore[no-untyped-def]
+    return app.test_client()

@@ -1,0 +1,139 @@
+"""Crops at physical size and the shipped classifier on real held-out PBC cells."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hemato_model.classifier import UNIDENTIFIED, Classifier, ModelError, load_classifier, sha256_file
+from hemato_model.preprocessing import crop_cell
+from hematovision.datasets import PBC_MPP, pbc_root
+from hematovision.settings import SHIPPED_MODEL_DIR, load_settings
+
+
+def _disk_image(mpp: float, diameter_um: float, size_um: float = 40.0) -> np.ndarray:
+    n = int(round(size_um / mpp))
+    yy, xx = np.mgrid[0:n, 0:n] + 0.5
+    inside = (xx - n / 2) ** 2 + (yy - n / 2) ** 2 <= (diameter_um / mpp / 2) ** 2
+    img = np.full((n, n, 3), 230, dtype=np.uint8)
+    img[inside] = (120, 40, 160)
+    return img
+
+
+def test_crop_cell_cuts_the_exact_region_at_unit_scale() -> None:
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (100, 120, 3), dtype=np.uint8)
+    crop = crop_cell(img, (50.0, 60.0), mpp=0.5, crop_um=20.0, out_px=40)
+    assert crop.shape == (40, 40, 3) and crop.dtype == np.uint8
+    np.testing.assert_array_equal(crop, img[40:80, 30:70])
+
+
+def test_crop_cell_pads_by_reflection_beyond_the_edge() -> None:
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 256, (50, 50, 3), dtype=np.uint8)
+    crop = crop_cell(img, (0.0, 25.0), mpp=1.0, crop_um=20, out_px=20)
+    assert crop.shape == (20, 20, 3)
+    # Right half is the image; the left half mirrors it (numpy 'reflect' about column 0).
+    np.testing.assert_array_equal(crop[:, 10:], img[15:35, 0:10])
+    np.testing.assert_array_equal(crop[:, 9], img[15:35, 1])
+
+
+def test_crop_cell_keeps_physical_size_across_scanners() -> None:
+    fractions = []
+    for mpp in (0.071, 0.08, 0.2):
+        crop = crop_cell(_disk_image(mpp, 12.0), (20.0 / mpp, 20.0 / mpp), mpp, crop_um=24.0, out_px=128)
+        fractions.append(float((crop[..., 1] < 135).mean()))
+    expected = np.pi * 6.0**2 / 24.0**2  # 12 µm disk in a 24 µm square
+    assert all(abs(f - expected) < 0.01 for f in fractions), (fractions, expected)
+
+
+def test_crop_cell_rejects_bad_arguments() -> None:
+    img = np.zeros((10, 10, 3), dtype=np.uint8)
+    with pytest.raises(ValueError):
+        crop_cell(img, (5, 5), mpp=0, crop_um=10, out_px=8)
+    with pytest.raises(ValueError):
+        crop_cell(img, (500, 500), mpp=1.0, crop_um=4, out_px=8)
+
+
+@pytest.fixture(scope="module")
+def shipped() -> Classifier:
+    if not (SHIPPED_MODEL_DIR / "model.keras").is_file():
+        pytest.fail(f"shipped model missing: {SHIPPED_MODEL_DIR}")
+    return Classifier.load(SHIPPED_MODEL_DIR)
+
+
+def test_shipped_model_metadata(shipped: Classifier) -> None:
+    meta = json.loads((SHIPPED_MODEL_DIR / "model.json").read_text())
+    assert shipped.name == "wbc-effnetlite0"
+    assert shipped.classes == sorted(shipped.classes) and len(shipped.classes) == 8
+    assert 0.5 <= shipped.threshold < 1.0
+    assert shipped.input_px == meta["input_px"] and shipped.crop_um == meta["crop_um"]
+    assert meta["sha256"] == sha256_file(SHIPPED_MODEL_DIR / "model.keras")
+    assert (SHIPPED_MODEL_DIR / "MODEL_CARD.md").is_file()
+    total = sum(p.stat().st_size for p in SHIPPED_MODEL_DIR.iterdir())
+    assert total < 25 * 1024 * 1024
+
+
+def test_shipped_model_classifies_held_out_pbc_cells(shipped: Classifier) -> None:
+    root = pbc_root(load_settings().data_root)
+    if not root.is_dir():
+        pytest.skip(f"PBC images not found at {root}")
+    split = json.loads((SHIPPED_MODEL_DIR / "split.json").read_text())
+    assert not set(split["test"]) & set(split["train"])
+    picks = []
+    for cls in shipped.classes:
+        picks += [p for p in split["test"] if p.startswith(cls + "/")][:2]
+    crops = []
+    for rel in picks:
+        from PIL import Image
+
+        with Image.open(root / rel) as im:
+            arr = np.asarray(im.convert("RGB"))
+        h, w = arr.shape[:2]
+        crops.append(crop_cell(arr, (w / 2, h / 2), PBC_MPP, shipped.crop_um, shipped.input_px))
+    batch = np.stack(crops)
+    proba = shipped.predict_proba(batch)
+    assert proba.shape == (len(picks), 8) and proba.dtype == np.float32
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-4)
+    predicted = [shipped.classes[k] for k in proba.argmax(axis=1)]
+    truth = [rel.split("/")[0] for rel in picks]
+    assert predicted == truth
+    labels = shipped.classify(batch)
+    assert all(lab in (t, UNIDENTIFIED) for (lab, _), t in zip(labels, truth))
+    assert sum(lab == t for (lab, _), t in zip(labels, truth)) >= len(truth) - 2
+
+
+def test_classify_puts_low_confidence_in_the_unidentified_bucket(shipped: Classifier) -> None:
+    crops = np.full((3, shipped.input_px, shipped.input_px, 3), 200, dtype=np.uint8)
+    saved = shipped.threshold
+    try:
+        shipped.threshold = 1.01
+        assert [lab for lab, _ in shipped.classify(crops)] == [UNIDENTIFIED] * 3
+    finally:
+        shipped.threshold = saved
+
+
+def test_predict_proba_checks_the_crop_shape(shipped: Classifier) -> None:
+    with pytest.raises(ValueError, match="crops must be"):
+        shipped.predict_proba(np.zeros((2, 17, 17, 3), dtype=np.uint8))
+    assert shipped.predict_proba(np.zeros((0, shipped.input_px, shipped.input_px, 3), np.uint8)).shape == (0, 8)
+
+
+def test_load_classifier_is_cached_once_per_process() -> None:
+    assert load_classifier(SHIPPED_MODEL_DIR) is load_classifier(str(SHIPPED_MODEL_DIR))
+
+
+def test_corrupt_or_missing_model_dir_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="not a model directory"):
+        Classifier.load(tmp_path)
+    bad = tmp_path / "bad"
+    shutil.copytree(SHIPPED_MODEL_DIR, bad)
+    meta = json.loads((bad / "model.json").read_text())
+    meta["sha256"] = "0" * 64
+    (bad / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="sha256"):
+        Classifier.load(bad)

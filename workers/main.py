@@ -1,0 +1,6 @@
+"""Entry module for Celery's own command line: ``celery -A workers.main worker -Q slides``."""
+
+from hematovision.settings import load_settings
+from workers.celery_app import create_worker_app
+
+app = create_worker_app(load_settings())

@@ -1,0 +1,61 @@
+"""The slide task: thin, idempotent, taking only a job id.
+
+The model and the database engine are created once per worker process (lazily, on the first task).
+Transient errors (database or broker unreachable) are retried; a slide that fails the pipeline is
+retried up to ``task_max_retries`` times, then its job ends ``failed`` with the reason; bad input
+(``SlideError``) fails at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from typing import Any
+
+from celery import shared_task
+from sqlalchemy.exc import OperationalError
+
+from hematovision.queueing import PROCESS_SLIDE
+from hematovision.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@lru_cache(maxsize=4)
+def _session_factory(settings_json: str):  # type: ignore[no-untyped-def]
+    from hematovision.db import make_engine, make_session_factory
+
+    return make_session_factory(make_engine(Settings.model_validate_json(settings_json)))
+
+
+def _settings(task: Any) -> Settings:
+    return task.app.conf.hv_settings
+
+
+@shared_task(bind=True, name=PROCESS_SLIDE, max_retries=None, acks_late=True)
+def process_slide(self, job_id: str) -> str:  # type: ignore[no-untyped-def]
+    from hemato_model.classifier import load_classifier
+    from hematovision.slides import SlideError
+    from workers.processing import mark_failed, run_job
+
+    settings = _settings(self)
+    factory = _session_factory(settings.model_dump_json())
+    try:
+        classifier = load_classifier(settings.model_dir)
+        state = run_job(settings, factory, classifier, job_id)
+        log.info("job %s: %s", job_id, state)
+        return state
+    except OperationalError as exc:  # database away: retry, the job stays as it was
+        log.warning("job %s: database unavailable (%s); retrying", job_id, exc.__class__.__name__)
+        raise self.retry(exc=exc, countdown=min(60, 5 * (self.request.retries + 1)))
+    except SlideError as exc:
+        mark_failed(factory, job_id, f"slide rejected: {exc}")
+        return "failed"
+    except Exception as exc:  # the pipeline crashed on this slide
+        retries = self.request.retries
+        final = retries >= settings.task_max_retries
+        mark_failed(factory, job_id, f"{exc.__class__.__name__}: {exc}", final=final)
+        log.exception("job %s failed (attempt %d)", job_id, retries + 1)
+        if final:
+            return "failed"
+        raise self.retry(exc=exc, countdown=2 * (retries + 1))
