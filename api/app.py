@@ -12,7 +12,7 @@ def create_app(settings: Settings) -> Flask:
     from hematovision.db import make_engine, make_session_factory
     from hematovision.queueing import make_celery
 
-    from api import batches, errors, health, jobs, reports
+    from api import auth, batches, errors, health, jobs, reports
 
     app = Flask("hematovision")
     settings.ensure_dirs()
@@ -31,6 +31,7 @@ def create_app(settings: Settings) -> Flask:
             s.close()
 
     errors.register_error_handlers(app)
+    auth.register_auth(app)
     for bp in (health.bp, batches.bp, jobs.bp, reports.bp):
         app.register_blueprint(bp)
     return app

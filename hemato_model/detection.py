@@ -79,8 +79,9 @@ NUCLEUS_REL_THRESHOLD = 2.6
 NUCLEUS_MIN_EXCESS_OD = 0.06
 #: ... and at least this absolute OD.
 NUCLEUS_MIN_OD = 0.08
-#: Platelets are paler than nuclei: their threshold is this fraction of the nuclear one.
-PLATELET_THRESHOLD_FRACTION = 0.8
+#: Platelet threshold as a fraction of the nuclear one (lower finds pale platelets but also
+#: stained specks on red cells: 0.8 tripled false positives on CBC).
+PLATELET_THRESHOLD_FRACTION = 1.0
 #: Platelet pixels pass blue like nuclei (see ``NUCLEUS_MIN_CHROMA``).
 PLATELET_MIN_CHROMA = 0.5
 #: Red-cell pieces smaller than this fraction of a red cell's area are dropped (inside the field).

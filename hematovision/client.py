@@ -16,10 +16,12 @@ class ApiClientError(RuntimeError):
 
 
 class ApiClient:
-    def __init__(self, base_url: str, timeout_s: float = 60.0) -> None:
+    def __init__(self, base_url: str, api_key: str | None = None, timeout_s: float = 60.0) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
         self.http = requests.Session()
+        if api_key:
+            self.http.headers["X-API-Key"] = api_key
 
     def _call(self, method: str, path: str, **kw: Any) -> requests.Response:
         try:

@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     api_port: int = 8000
     worker_concurrency: int = 1
     flag_rules: Path | None = Field(default=None, description="Flag-rule TOML; empty = shipped rules.")
+    auth_required: bool = Field(default=True, description="API keys required (all but /healthz).")
 
     @property
     def resolved_var_dir(self) -> Path:

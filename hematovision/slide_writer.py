@@ -198,7 +198,9 @@ def write_pyramid(
         for ty in range(tiles_y):
             y0 = ty * tile_px
             th = min(tile_px, height - y0)
-            band = np.empty((th, width, 3), np.uint8) if levels else None
+            # the tile row, already halved: tiles start at even offsets, so reducing tile by tile
+            # equals reducing the whole band, without holding the full-resolution band
+            half = np.empty(((th + 1) // 2, (width + 1) // 2, 3), np.uint8) if levels else None
             encoded: list[bytes] = []
             for tx in range(tiles_x):
                 x0 = tx * tile_px
@@ -209,13 +211,14 @@ def write_pyramid(
                         f"tile_fn({x0}, {y0}, {tw}, {th}) returned {tile.shape} {tile.dtype}, "
                         f"expected ({th}, {tw}, 3) uint8"
                     )
-                if band is not None:
-                    band[:, x0 : x0 + tw] = tile
+                if half is not None:
+                    small = _downsample2(tile)
+                    half[:, x0 // 2 : x0 // 2 + small.shape[1]] = small
                 encoded.append(_encode(tile, tile_px, quality))
             # cascade before yielding: tifffile stops pulling after the last tile, so work placed
             # after the final ``yield`` would never run
-            if band is not None:
-                push(0, _downsample2(band))
+            if half is not None:
+                push(0, half)
             if progress is not None:
                 progress(tiles_x)
             yield from encoded

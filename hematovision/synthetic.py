@@ -34,7 +34,7 @@ import logging
 import math
 import os
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,8 +163,8 @@ def _rbc_sprite(rng: np.random.Generator, mpp: float) -> tuple[np.ndarray, float
     r = d_um / 2.0 / mpp
     ecc = float(rng.uniform(1.0, 1.10))
     ang = float(rng.uniform(0, math.pi))
-    pallor = float(rng.uniform(0.30, 0.48))
-    depth = float(rng.uniform(0.45, 0.70))
+    pallor = float(rng.uniform(0.32, 0.50))
+    depth = float(rng.uniform(0.55, 0.80))
     dark = float(rng.uniform(0.85, 1.2))
     half = int(math.ceil(r * ecc)) + 1
     x, y = _grid(half)
@@ -425,17 +425,24 @@ def plan_smear(
     spacing = max(WBC_MASK_UM.values()) / mpp + 2
     margin = max(WBC_MASK_UM.values()) / 2.0 / mpp + 2
     wbc_xy: list[tuple[float, float]] = []
-    tries = 0
-    while len(wbc_xy) < n_wbc and tries < 200 * max(n_wbc, 1) + 1000:
-        tries += 1
-        x, y = rng.uniform(margin, width - margin), rng.uniform(margin, height - margin)
-        if margin * 2 >= min(width, height):
-            break
-        if geom.coverage(np.float64(x), np.float64(y)) < 0.95:
+    grid: dict[tuple[int, int], list[tuple[float, float]]] = {}  # spatial hash, cell = spacing
+    misses = 0
+    room = margin * 2 < min(width, height)
+    while room and len(wbc_xy) < n_wbc and misses < 5000:
+        x, y = float(rng.uniform(margin, width - margin)), float(rng.uniform(margin, height - margin))
+        rho = math.hypot((x - geom.cx) / geom.ax, (y - geom.cy) / geom.ay)
+        gx_, gy_ = int(x // spacing), int(y // spacing)
+        if rho > 1.0 - geom.feather or any(
+            (x - px) ** 2 + (y - py) ** 2 < spacing * spacing
+            for dx in (-1, 0, 1)
+            for dy in (-1, 0, 1)
+            for px, py in grid.get((gx_ + dx, gy_ + dy), ())
+        ):
+            misses += 1  # consecutive failures: the smear is full
             continue
-        if any((x - px) ** 2 + (y - py) ** 2 < spacing * spacing for px, py in wbc_xy):
-            continue
+        misses = 0
         wbc_xy.append((x, y))
+        grid.setdefault((gx_, gy_), []).append((x, y))
     if len(wbc_xy) < n_wbc:
         notes.append(
             f"only {len(wbc_xy)} of {n_wbc} white cells fit without overlapping; make the slide "
@@ -573,7 +580,7 @@ class _BinIndex:
 class SmearRenderer:
     """Renders any level-0 region of a planned smear; a ``slide_writer.TileFn``."""
 
-    def __init__(self, plan: SmearPlan, cache_size: int = 512) -> None:
+    def __init__(self, plan: SmearPlan, cache_size: int = 256) -> None:
         self.plan = plan
         self._rbc_index = _BinIndex(plan.rbc_xy, plan.width, plan.height)
         self._plt_index = _BinIndex(plan.plt_xy, plan.width, plan.height)
@@ -702,7 +709,9 @@ def _manifest_head(plan: SmearPlan, fmt: str, out_path: Path) -> dict[str, Any]:
     }
 
 
-def _iter_cell_json(plan: SmearPlan, data_root: Path | None, include_rbc: bool = True):  # type: ignore[no-untyped-def]
+def _iter_cell_json(plan: SmearPlan, data_root: Path | None, include_rbc: bool = True,
+                    as_text: bool = False) -> Iterator[Any]:
+    """Manifest cell entries (dicts, or JSON text when ``as_text``: millions of red cells)."""
     for w in plan.wbcs:
         cx, cy = w.center
         bx0, by0, bx1, by1 = w.bbox_rel
@@ -715,7 +724,8 @@ def _iter_cell_json(plan: SmearPlan, data_root: Path | None, include_rbc: bool =
                     src = str(Path(w.source_file).resolve().relative_to(Path(data_root).resolve()))
                 except ValueError:
                     pass
-        yield {"kind": "wbc", "class": w.cls, "center": [cx, cy], "bbox": box, "source_file": src}
+        cell = {"kind": "wbc", "class": w.cls, "center": [cx, cy], "bbox": box, "source_file": src}
+        yield json.dumps(cell, separators=(", ", ": ")) if as_text else cell
     for kind, xy, var, sprites in (
         ("rbc", plan.rbc_xy, plan.rbc_var, plan.rbc_sprites),
         ("platelet", plan.plt_xy, plan.plt_var, plan.plt_sprites),
@@ -725,6 +735,13 @@ def _iter_cell_json(plan: SmearPlan, data_root: Path | None, include_rbc: bool =
         halves = np.array([s.shape[0] // 2 for s in sprites])
         for (cx, cy), v in zip(xy.tolist(), var.tolist(), strict=True):
             hh = int(halves[v])
+            if as_text:
+                yield (
+                    f'{{"kind": "{kind}", "class": null, "center": [{cx}, {cy}], "bbox": '
+                    f"[{max(0, cx - hh)}, {max(0, cy - hh)}, {min(plan.width, cx + hh + 1)}, "
+                    f'{min(plan.height, cy + hh + 1)}], "source_file": null}}'
+                )
+                continue
             yield {
                 "kind": kind, "class": None, "center": [cx, cy],
                 "bbox": [max(0, cx - hh), max(0, cy - hh), min(plan.width, cx + hh + 1),
@@ -744,8 +761,8 @@ def write_manifest(plan: SmearPlan, fmt: str, out_path: Path, data_root: Path | 
             fh.write(f"  {json.dumps(k)}: {json.dumps(v)},\n")
         fh.write('  "cells": [')
         first = True
-        for cell in _iter_cell_json(plan, data_root):
-            fh.write(("\n    " if first else ",\n    ") + json.dumps(cell, separators=(", ", ": ")))
+        for cell in _iter_cell_json(plan, data_root, include_rbc=True, as_text=True):
+            fh.write(("\n    " if first else ",\n    ") + cell)
             first = False
         fh.write("\n  ]\n}\n")
     os.replace(tmp, target)
@@ -754,7 +771,7 @@ def write_manifest(plan: SmearPlan, fmt: str, out_path: Path, data_root: Path | 
 
 def make_slide(
     out_path: str | os.PathLike[str],
-    data_root: str | os.PathLike[str] | None,
+    data_root: str | os.PathLike[str] | Any | None,
     width: int = 8192,
     height: int = 8192,
     mpp: float = 0.25,
@@ -773,7 +790,8 @@ def make_slide(
 
     Args:
         out_path: Slide file to write (``.tiff`` or ``.svs`` by ``fmt``).
-        data_root: The shared data folder (``settings.data_root``); PBC cells are read below it.
+        data_root: The shared data folder (or a ``Settings``, whose ``data_root`` is used); PBC
+            cells are read below it. None: procedural cells only.
         width, height: Level-0 size in pixels.
         mpp: µm per pixel at level 0 (0.25 ≈ a 40× scan).
         n_wbc: White cells to place (fewer are placed if they do not fit; see ``notes``).
@@ -799,6 +817,8 @@ def make_slide(
     out = Path(out_path)
     if not out.parent.is_dir():
         raise ValueError(f"the folder {out.parent} does not exist")
+    if data_root is not None and hasattr(data_root, "data_root"):  # a Settings object
+        data_root = data_root.data_root
     root = Path(data_root) if data_root is not None else None
     plan = plan_smear(
         width, height, mpp, n_wbc, seed, data_root=root, source=source, wbc_mix=wbc_mix,

@@ -40,6 +40,16 @@ def app(settings: Settings):  # type: ignore[no-untyped-def]
     app.extensions["hv_engine"].dispose()
 
 
+def make_key(app, scope: str = "admin", name: str = "tests") -> str:  # type: ignore[no-untyped-def]
+    from hematovision.apikeys import create_key
+
+    with app.extensions["hv_sessions"]() as s, s.begin():
+        return create_key(s, name, scope)
+
+
 @pytest.fixture
 def client(app):  # type: ignore[no-untyped-def]
-    return app.test_client()
+    """A test client that presents an admin key."""
+    c = app.test_client()
+    c.environ_base["HTTP_X_API_KEY"] = make_key(app)
+    return c

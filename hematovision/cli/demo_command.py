@@ -42,7 +42,7 @@ def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[
 @click.command()
 @click.option("--var-dir", type=click.Path(file_okay=False), default="var/demo", show_default=True,
               help="Where the demo keeps its database, queue, slides and reports (emptied first).")
-@click.option("--size", type=int, default=6144, show_default=True, help="Slide width and height, px.")
+@click.option("--size", type=int, default=4096, show_default=True, help="Slide width and height, px.")
 @click.option("--mpp", type=float, default=0.25, show_default=True)
 @click.option("--timeout", type=float, default=1800, show_default=True, help="Give up after this many seconds.")
 def demo(var_dir: str, size: int, mpp: float, timeout: float) -> None:
@@ -86,12 +86,19 @@ def demo(var_dir: str, size: int, mpp: float, timeout: float) -> None:
                    f"placed ({manifest['source']})")
     click.echo("2/4 migrating the results database and starting the API and a worker")
     upgrade(settings)
+    from hematovision.apikeys import create_key
+    from hematovision.db import make_engine, make_session_factory, transaction
+
+    engine = make_engine(settings)
+    with transaction(make_session_factory(engine)) as s:
+        api_key = create_key(s, "demo", "submit")
+    engine.dispose()
     procs = [
         _start(["serve", "--port", str(port)], env, var / "api.log"),
         _start(["worker", "--loglevel", "WARNING"], env, var / "worker.log"),
     ]
     try:
-        client = ApiClient(f"http://127.0.0.1:{port}")
+        client = ApiClient(f"http://127.0.0.1:{port}", api_key)
         deadline = time.monotonic() + 60
         while True:
             try:

@@ -25,10 +25,10 @@ def _setup_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def _client(api: str):  # type: ignore[no-untyped-def]
+def _client(api: str, api_key: str | None):  # type: ignore[no-untyped-def]
     from hematovision.client import ApiClient
 
-    return ApiClient(api)
+    return ApiClient(api, api_key)
 
 
 def _api_errors(fn):  # type: ignore[no-untyped-def]
@@ -47,8 +47,14 @@ def _api_errors(fn):  # type: ignore[no-untyped-def]
     return wrapper
 
 
-api_option = click.option("--api", envvar=API_URL_ENV, default="http://127.0.0.1:8000", show_default=True,
-                          help="Base URL of the HematoVision API.")
+_api_url = click.option("--api", envvar=API_URL_ENV, default="http://127.0.0.1:8000", show_default=True,
+                        help="Base URL of the HematoVision API.")
+_api_key = click.option("--api-key", envvar="HEMATOVISION_API_KEY", default=None,
+                        help="API key (or HEMATOVISION_API_KEY); create one with `hematovision keys create`.")
+
+
+def api_option(fn):  # type: ignore[no-untyped-def]
+    return _api_url(_api_key(fn))
 
 
 @click.command()
@@ -119,9 +125,9 @@ def db_upgrade(revision: str) -> None:
 @api_option
 @_api_errors
 def submit(paths: tuple[str, ...], server_path: bool, name: str | None, priority: int | None,
-           mpp: float | None, idempotency_key: str | None, wait: bool, api: str) -> None:
+           mpp: float | None, idempotency_key: str | None, wait: bool, api: str, api_key: str | None) -> None:
     """Submit slides to the API as one batch."""
-    client = _client(api)
+    client = _client(api, api_key)
     files: list[Path] = []
     if not server_path:
         for p in paths:
@@ -156,11 +162,11 @@ def _wait(client, batch_id: str) -> dict:  # type: ignore[no-untyped-def]
 @click.argument("ident")
 @api_option
 @_api_errors
-def status(ident: str, api: str) -> None:
+def status(ident: str, api: str, api_key: str | None) -> None:
     """Show a batch or a job (by id)."""
     from hematovision.client import ApiClientError
 
-    client = _client(api)
+    client = _client(api, api_key)
     try:
         doc = client.batch(ident)
     except ApiClientError as e:
@@ -176,9 +182,9 @@ def status(ident: str, api: str) -> None:
 @click.option("--out", type=click.Path(dir_okay=False, writable=True), default=None, help="Write to a file.")
 @api_option
 @_api_errors
-def report(slide_id: str, fmt: str, out: str | None, api: str) -> None:
+def report(slide_id: str, fmt: str, out: str | None, api: str, api_key: str | None) -> None:
     """Fetch one slide's report."""
-    body = _client(api).report(slide_id, fmt)
+    body = _client(api, api_key).report(slide_id, fmt)
     text = json.dumps(body, indent=2) if fmt == "json" else str(body)
     if out:
         Path(out).write_text(text)
@@ -193,9 +199,9 @@ def report(slide_id: str, fmt: str, out: str | None, api: str) -> None:
 @click.option("--format", "fmt", type=click.Choice(["json", "table"]), default="table", show_default=True)
 @api_option
 @_api_errors
-def flags(batch: str | None, since: str | None, fmt: str, api: str) -> None:
+def flags(batch: str | None, since: str | None, fmt: str, api: str, api_key: str | None) -> None:
     """The leukemia-flag report: flagged slides, most severe first."""
-    doc = _client(api).flags(batch, since)
+    doc = _client(api, api_key).flags(batch, since)
     if fmt == "json":
         click.echo(json.dumps(doc, indent=2))
         return
@@ -264,4 +270,55 @@ def process(paths: tuple[str, ...], out_dir: str, mpp: float | None, model_dir: 
         sys.exit(1)
 
 
-COMMANDS: list[click.Command] = [serve, worker, db, submit, status, report, flags, process]
+@click.group()
+def keys() -> None:
+    """API keys (stored hashed; a key is shown once, when created)."""
+
+
+@keys.command("create")
+@click.option("--scope", type=click.Choice(["read", "submit", "admin"]), required=True,
+              help="read: results; submit: also submit and cancel; admin: everything.")
+@click.option("--name", default="default", show_default=True, help="Who or what uses the key (audit log).")
+def keys_create(scope: str, name: str) -> None:
+    """Create an API key and print it."""
+    from hematovision.apikeys import create_key
+    from hematovision.db import make_engine, make_session_factory, transaction
+
+    settings = _settings()
+    try:
+        with transaction(make_session_factory(make_engine(settings))) as s:
+            key = create_key(s, name, scope)
+    except Exception as e:
+        raise click.ClickException(f"cannot store the key: {e.__class__.__name__} (run `hematovision db upgrade`?)") from None
+    click.echo(key)
+    click.echo(f"scope {scope}, name {name}: keep it safe, it is not shown again", err=True)
+
+
+@keys.command("list")
+def keys_list() -> None:
+    """List keys (prefix, name, scope, state)."""
+    from sqlalchemy import select
+
+    from hematovision.db import make_engine, make_session_factory
+    from hematovision.models import ApiKey
+
+    with make_session_factory(make_engine(_settings()))() as s:
+        for k in s.execute(select(ApiKey).order_by(ApiKey.id)).scalars():
+            click.echo(f"{k.prefix}…  {k.scope:<7} {k.name:<20} {'revoked' if k.revoked_at else 'active'}")
+
+
+@keys.command("revoke")
+@click.argument("prefix")
+def keys_revoke(prefix: str) -> None:
+    """Revoke the key(s) starting with PREFIX (as `keys list` shows it)."""
+    from hematovision.apikeys import revoke_key
+    from hematovision.db import make_engine, make_session_factory, transaction
+
+    with transaction(make_session_factory(make_engine(_settings()))) as s:
+        n = revoke_key(s, prefix)
+    if not n:
+        raise click.ClickException(f"no active key with prefix {prefix}")
+    click.echo(f"revoked {n} key(s)")
+
+
+COMMANDS: list[click.Command] = [serve, worker, db, submit, status, report, flags, process, keys]

@@ -73,6 +73,7 @@ class Stack:
 
     env: dict[str, str]
     api_url: str
+    api_key: str
     var_dir: Path
     procs: dict[str, subprocess.Popen[bytes]]
 
@@ -105,7 +106,7 @@ class Stack:
     def client(self):  # type: ignore[no-untyped-def]
         from hematovision.client import ApiClient
 
-        return ApiClient(self.api_url)
+        return ApiClient(self.api_url, self.api_key)
 
 
 def start_stack(var_dir: Path, database_url: str, broker_url: str, **extra: str) -> Stack:
@@ -127,8 +128,16 @@ def start_stack(var_dir: Path, database_url: str, broker_url: str, **extra: str)
     for k in ("HEMATOVISION_DATA_ROOT", "HEMATOVISION_MODEL_DIR"):
         if k in os.environ:
             env[k] = os.environ[k]
-    upgrade(Settings(var_dir=var_dir, database_url=database_url, broker_url=broker_url))
-    stack = Stack(env, f"http://127.0.0.1:{port}", var_dir, {})
+    settings = Settings(var_dir=var_dir, database_url=database_url, broker_url=broker_url)
+    upgrade(settings)
+    from hematovision.apikeys import create_key
+    from hematovision.db import make_engine, make_session_factory, transaction
+
+    engine = make_engine(settings)
+    with transaction(make_session_factory(engine)) as s:
+        key = create_key(s, "integration-tests", "admin")
+    engine.dispose()
+    stack = Stack(env, f"http://127.0.0.1:{port}", key, var_dir, {})
     stack.start("api", "serve", "--port", str(port))
     deadline = time.monotonic() + 60
     while True:

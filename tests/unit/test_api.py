@@ -147,8 +147,12 @@ def test_upload_over_the_size_limit(settings) -> None:  # type: ignore[no-untype
     from api.app import create_app
     from hematovision.migrate import upgrade
 
+    from tests.conftest import make_key
+
     settings.max_upload_mb = 1
     upgrade(settings)
-    client = create_app(settings).test_client()
+    app = create_app(settings)
+    client = app.test_client()
+    client.environ_base["HTTP_X_API_KEY"] = make_key(app)
     r = upload(client, ("big.png", b"\0" * (2 * 2**20)), mpp=0.25)
     assert r.status_code == 413 and r.json["error"]["code"] == "too_large"
