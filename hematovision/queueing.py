@@ -49,7 +49,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         conf["worker_enable_remote_control"] = False
     else:
         conf["broker_transport_options"] = {
-            "visibility_timeout": 2 * settings.task_time_limit_s + 600,
+            "visibility_timeout": settings.visibility_timeout_s,
             "queue_order_strategy": "priority",
             "priority_steps": list(range(10)),
             "sep": ":",

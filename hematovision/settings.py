@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     full_count: bool = Field(default=False, description="Analyse the whole smear, not just target_wbc.")
     task_max_retries: int = Field(default=3, description="Retries of a slide task on transient errors.")
     task_time_limit_s: int = Field(default=3600, description="Hard time limit of one slide task.")
+    visibility_timeout_s: int = Field(
+        default=7800, description="Redis: an unacknowledged slide is re-delivered after this (> longest task)."
+    )
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     worker_concurrency: int = 1

@@ -449,11 +449,11 @@ def _open_image(path: Path, head: bytes) -> ImageSlide:
             raise SlideError(f"{name} declares an empty image ({w}×{h})")
         if w * h > FIELD_IMAGE_MAX_PIXELS:
             raise SlideError(_bomb_message(name, (w, h)))
-        info = dict(im.info)
+        info = {str(k): v for k, v in im.info.items()}
         try:
             im.load()
-            im = ImageOps.exif_transpose(im) or im
-            pixels = _to_rgb(im)
+            upright = ImageOps.exif_transpose(im) or im
+            pixels = _to_rgb(upright)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             raise SlideError(
                 f"{name}: the {FIELD_IMAGE_FORMATS[fmt]} image could not be decoded ({exc}); the "

@@ -198,7 +198,8 @@ def _soft_disc(half: int, radius: float, feather: float) -> np.ndarray:
     x, y = _grid(half)
     rr = np.sqrt(x * x + y * y)
     t = np.clip((radius - rr) / max(feather, 1e-3) + 0.5, 0.0, 1.0)
-    return (t * t * (3.0 - 2.0 * t)).astype(np.float32)
+    out: np.ndarray = (t * t * (3.0 - 2.0 * t)).astype(np.float32)
+    return out
 
 
 def _load_pbc(path: Path) -> np.ndarray:
@@ -212,8 +213,8 @@ def _pbc_background(rgb: np.ndarray) -> np.ndarray:
     """The crop's own background colour: median of its brightest fifth."""
     flat = rgb[::3, ::3].reshape(-1, 3).astype(np.float32)  # a ninth of the pixels is plenty
     lum = flat.mean(axis=1)
-    bg = np.median(flat[lum >= np.percentile(lum, 80)], axis=0)
-    return np.maximum(bg, 1.0)
+    bg: np.ndarray = np.maximum(np.median(flat[lum >= np.percentile(lum, 80)], axis=0), 1.0)
+    return bg
 
 
 def _pbc_cell_box_um(rgb: np.ndarray, cls: str) -> tuple[float, float, float, float]:
@@ -276,7 +277,8 @@ def _pbc_sprite(path: Path, cls: str, mpp: float) -> np.ndarray:
     )
     t = np.clip(np.asarray(img, np.float32) / bg[None, None, :], 0.0, 1.0)
     m = _soft_disc(half, mask_um / 2.0 / mpp - 1.0 / mpp, 2.0 / mpp)[..., None]
-    return (1.0 + m * (t - 1.0)).astype(np.float32)
+    factor: np.ndarray = (1.0 + m * (t - 1.0)).astype(np.float32)
+    return factor
 
 
 def _procedural_wbc(cls: str, rng: np.random.Generator, mpp: float) -> tuple[np.ndarray, float]:
@@ -503,7 +505,7 @@ def plan_smear(
     keep &= (xs >= 0) & (xs < width) & (ys >= 0) & (ys < height)
     rbc_xy = np.stack([xs[keep], ys[keep]], axis=1).round().astype(np.int32)
     del xs, ys, keep
-    rbc_var = rrng.integers(0, len(rbc_sprites), rbc_xy.shape[0]).astype(np.int16)
+    rbc_var: np.ndarray = rrng.integers(0, len(rbc_sprites), size=(rbc_xy.shape[0],)).astype(np.int16)
 
     # --- platelets: about one per 15 red cells, anywhere in the smear
     prng = np.random.default_rng([seed, 4])
@@ -512,7 +514,7 @@ def plan_smear(
     py = prng.uniform(0, height, n_cand).astype(np.float32)
     pk = prng.random(n_cand, dtype=np.float32) < geom.rbc_density(px, py, width) / 0.5 * 0.8
     plt_xy = np.stack([px[pk], py[pk]], axis=1).round().astype(np.int32)
-    plt_var = prng.integers(0, len(plt_sprites), plt_xy.shape[0]).astype(np.int16)
+    plt_var: np.ndarray = prng.integers(0, len(plt_sprites), size=(plt_xy.shape[0],)).astype(np.int16)
 
     # --- clear red cells and platelets under white cells (real white cells push them aside)
     if wbcs:

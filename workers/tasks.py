@@ -1,9 +1,10 @@
 """The slide task: thin, idempotent, taking only a job id.
 
 The model and the database engine are created once per worker process (lazily, on the first task).
-Transient errors (database or broker unreachable) are retried; a slide that fails the pipeline is
-retried up to ``task_max_retries`` times, then its job ends ``failed`` with the reason; bad input
-(``SlideError``) fails at once.
+Database outages are retried without limit (the job stays as it was); a slide that fails the
+pipeline (a crash, or data that cannot be decoded, which may be a passing storage fault) is retried up
+to ``task_max_retries`` times, then its job ends ``failed`` with the reason. Intake already rejected
+files that cannot be opened at all.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ def _settings(task: Any) -> Settings:
 @shared_task(bind=True, name=PROCESS_SLIDE, max_retries=None, acks_late=True)
 def process_slide(self, job_id: str) -> str:  # type: ignore[no-untyped-def]
     from hemato_model.classifier import load_classifier
-    from hematovision.slides import SlideError
     from workers.processing import mark_failed, run_job
 
     settings = _settings(self)
@@ -48,13 +48,11 @@ def process_slide(self, job_id: str) -> str:  # type: ignore[no-untyped-def]
     except OperationalError as exc:  # database away: retry, the job stays as it was
         log.warning("job %s: database unavailable (%s); retrying", job_id, exc.__class__.__name__)
         raise self.retry(exc=exc, countdown=min(60, 5 * (self.request.retries + 1)))
-    except SlideError as exc:
-        mark_failed(factory, job_id, f"slide rejected: {exc}")
-        return "failed"
-    except Exception as exc:  # the pipeline crashed on this slide
+    except Exception as exc:  # the pipeline crashed or could not read this slide
         retries = self.request.retries
         final = retries >= settings.task_max_retries
-        mark_failed(factory, job_id, f"{exc.__class__.__name__}: {exc}", final=final)
+        reason = str(exc) if exc.__class__.__name__ == "SlideError" else f"{exc.__class__.__name__}: {exc}"
+        mark_failed(factory, job_id, reason, final=final)
         log.exception("job %s failed (attempt %d)", job_id, retries + 1)
         if final:
             return "failed"

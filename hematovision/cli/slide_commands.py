@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -31,14 +33,13 @@ class _LazyBar:
     """A click progress bar shown from the first tile on (input errors stay one line)."""
 
     def __init__(self, length: int, label: str) -> None:
-        self.length, self.label = length, label
-        self._bar = None
+        self._length = length
+        self._label = label
+        self._bar: Any = None
 
     def update(self, n: int) -> None:
         if self._bar is None:
-            self._bar = click.progressbar(
-                length=self.length, label=self.label, file=click.get_text_stream("stderr")
-            )
+            self._bar = click.progressbar(length=self._length, label=self._label, file=sys.stderr)
             self._bar.__enter__()
         self._bar.update(n)
 

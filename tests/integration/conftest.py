@@ -151,24 +151,41 @@ def start_stack(var_dir: Path, database_url: str, broker_url: str, **extra: str)
     return stack
 
 
+def _backend(request, name: str) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    if name == "embedded":
+        return "", ""
+    db_url = request.getfixturevalue("postgres_url")
+    broker = request.getfixturevalue("redis_url")
+    import redis
+    from sqlalchemy import create_engine, text
+
+    redis.Redis.from_url(broker).flushdb()
+    eng = create_engine(db_url)
+    with eng.begin() as c:
+        c.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    eng.dispose()
+    return db_url, broker
+
+
 @pytest.fixture(params=["postgres+redis", "embedded"])
 def stack(request, tmp_path: Path) -> Iterator[Stack]:  # type: ignore[no-untyped-def]
-    if request.param == "postgres+redis":
-        db_url = request.getfixturevalue("postgres_url")
-        broker = request.getfixturevalue("redis_url")
-        import redis
-
-        redis.Redis.from_url(broker).flushdb()
-        from sqlalchemy import create_engine, text
-
-        eng = create_engine(db_url)
-        with eng.begin() as c:
-            c.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
-        eng.dispose()
-    else:
-        db_url, broker = "", ""
+    """API + one worker, on PostgreSQL/Redis and again on the embedded defaults."""
+    db_url, broker = _backend(request, request.param)
     s = start_stack(tmp_path / "var", db_url, broker)
     s.start_worker()
+    try:
+        yield s
+    finally:
+        for name in list(s.procs):
+            s.stop(name)
+
+
+@pytest.fixture
+def pg_stack(request, tmp_path: Path) -> Iterator[Stack]:  # type: ignore[no-untyped-def]
+    """API only (tests start their own workers) on PostgreSQL/Redis, with a short visibility
+    timeout so that a killed worker's slide is re-delivered within the test."""
+    db_url, broker = _backend(request, "postgres+redis")
+    s = start_stack(tmp_path / "var", db_url, broker, visibility_timeout_s="15", task_max_retries="2")
     try:
         yield s
     finally:
