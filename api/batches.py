@@ -122,7 +122,7 @@ def submit_batch():  # type: ignore[no-untyped-def]
             try:
                 info = validate_slide(dest, mpp=mpp, default_mpp=cfg.default_mpp)
             except SlideError as e:
-                raise ApiError(422, "invalid_slide", f"{fname}: {e}") from None
+                raise ApiError(422, "invalid_slide", _named(fname, e)) from None
             staged.append((fname, dest, info))
         server_items: list[tuple[str, Path, dict[str, Any]]] = []
         for raw in paths:
@@ -130,7 +130,7 @@ def submit_batch():  # type: ignore[no-untyped-def]
             try:
                 info = validate_slide(real, mpp=mpp, default_mpp=cfg.default_mpp)
             except SlideError as e:
-                raise ApiError(422, "invalid_slide", f"{raw}: {e}") from None
+                raise ApiError(422, "invalid_slide", _named(raw, e)) from None
             server_items.append((real.name, real, info))
         batch = Batch(name=name, priority=5 if priority is None else int(priority), idempotency_key=key or None)
         session.add(batch)
@@ -178,6 +178,13 @@ def submit_batch():  # type: ignore[no-untyped-def]
         raise ApiError(503, "broker_unavailable", "the job queue is unavailable; nothing was submitted") from None
     body = batch_json(batch, with_jobs=True)
     return jsonify(body), 202
+
+
+def _named(name: str, err: Exception) -> str:
+    """The slide's message, led by the name the client gave (once)."""
+    msg = str(err)
+    base = os.path.basename(name)
+    return msg if msg.startswith(base) else f"{name}: {msg}"
 
 
 def _cleanup(staging: Path | None, final_dir: Path | None) -> None:

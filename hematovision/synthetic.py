@@ -184,7 +184,7 @@ def _platelet_sprite(rng: np.random.Generator, mpp: float) -> tuple[np.ndarray, 
     r = d_um / 2.0 / mpp
     half = int(math.ceil(r * 1.3)) + 1
     x, y = _grid(half)
-    od_map = np.zeros(x.shape[1:] + y.shape[:1], np.float32).T
+    od_map = np.zeros((2 * half + 1, 2 * half + 1), np.float32)
     for _ in range(int(rng.integers(2, 5))):
         bx, by = rng.normal(0, r * 0.3, 2)
         br = r * rng.uniform(0.45, 0.75)
