@@ -62,6 +62,8 @@ def _server_path(raw: str) -> Path:
     root = settings().import_root
     if root is None:
         raise ApiError(400, "paths_disabled", "server-side paths are disabled (no import root is configured)")
+    if not raw or "\x00" in raw or len(raw) > 4096:
+        raise ApiError(400, "invalid_path", "a server-side path must be a non-empty path without NUL bytes")
     root_real = Path(os.path.realpath(root))
     candidate = Path(raw)
     if not candidate.is_absolute():

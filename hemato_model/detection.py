@@ -176,20 +176,18 @@ def _glass(rgb: np.ndarray, block_px: int) -> np.ndarray:
     by = np.linspace(0, h, nby + 1).astype(int)
     bx = np.linspace(0, w, nbx + 1).astype(int)
     grid = np.empty((nby, nbx, 3), np.float32)
+    step = 2 if block_px >= 16 else 1  # every other pixel is plenty for a percentile
     for i in range(nby):
         for j in range(nbx):
-            block = rgb[by[i] : by[i + 1], bx[j] : bx[j + 1]].reshape(-1, 3)
+            block = rgb[by[i] : by[i + 1] : step, bx[j] : bx[j + 1] : step].reshape(-1, 3)
             grid[i, j] = np.percentile(block, 90, axis=0)
     floor = GLASS_MIN_FRACTION * field_glass.sum()
     dim = grid.sum(axis=2) < floor
     grid[dim] = field_glass
     if nby >= 3 and nbx >= 3:
         grid = np.stack([ndi.median_filter(grid[..., c], 3, mode="nearest") for c in range(3)], 2)
-    zoom = (h / nby, w / nbx)
-    yy = (np.arange(h) + 0.5) / zoom[0] - 0.5
-    xx = (np.arange(w) + 0.5) / zoom[1] - 0.5
-    coords = np.meshgrid(np.clip(yy, 0, nby - 1), np.clip(xx, 0, nbx - 1), indexing="ij")
-    return np.stack([ndi.map_coordinates(grid[..., c], coords, order=1) for c in range(3)], 2)
+    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(grid[..., c]), mode="F")
+                                .resize((w, h), Image.Resampling.BILINEAR)) for c in range(3)], 2)
 
 
 def _cell_threshold(od: np.ndarray) -> float:
@@ -254,30 +252,51 @@ class _Group:
 
 
 def _merge_groups(groups: list[_Group], max_extent_px: float, max_gap_px: float) -> list[_Group]:
-    """Merge nuclear groups that are near each other and still fit in one cell (greedy)."""
-    merged = True
-    while merged and len(groups) > 1:
-        merged = False
-        for i in range(len(groups)):
-            for j in range(i + 1, len(groups)):
-                a, b = groups[i].box, groups[j].box
-                ux0, uy0 = min(a[0], b[0]), min(a[1], b[1])
-                ux1, uy1 = max(a[2], b[2]), max(a[3], b[3])
-                gap_x = max(0.0, max(a[0], b[0]) - min(a[2], b[2]))
-                gap_y = max(0.0, max(a[1], b[1]) - min(a[3], b[3]))
-                if max(ux1 - ux0, uy1 - uy0) <= max_extent_px and max(gap_x, gap_y) <= max_gap_px:
-                    area = groups[i].area + groups[j].area
-                    contrast = (
-                        groups[i].contrast * groups[i].area + groups[j].contrast * groups[j].area
-                    ) / area
-                    groups[i] = _Group([ux0, uy0, ux1, uy1], area, contrast,
-                                       groups[i].labels + groups[j].labels)
-                    del groups[j]
-                    merged = True
-                    break
-            if merged:
-                break
-    return groups
+    """Merge nuclear groups that are near each other and together still fit in one cell.
+
+    Union-find over the pairs whose centres are within ``max_extent_px`` (a k-d tree finds
+    them), closest pairs first; a pair joins when the gap between the two current boxes is at
+    most ``max_gap_px`` and their union box is at most ``max_extent_px`` on its longer side.
+    """
+    if len(groups) < 2:
+        return groups
+    from scipy.spatial import cKDTree
+
+    boxes = np.array([g.box for g in groups], float)
+    centres = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], 1)
+    pairs = np.array(sorted(cKDTree(centres).query_pairs(max_extent_px)), int).reshape(-1, 2)
+    if len(pairs) == 0:
+        return groups
+    d = np.linalg.norm(centres[pairs[:, 0]] - centres[pairs[:, 1]], axis=1)
+    parent = list(range(len(groups)))
+    box = [list(b) for b in boxes]
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in pairs[np.argsort(d)]:
+        a, b = root(int(i)), root(int(j))
+        if a == b:
+            continue
+        ba, bb = box[a], box[b]
+        union = [min(ba[0], bb[0]), min(ba[1], bb[1]), max(ba[2], bb[2]), max(ba[3], bb[3])]
+        gap = max(max(ba[0], bb[0]) - min(ba[2], bb[2]), max(ba[1], bb[1]) - min(ba[3], bb[3]))
+        if max(union[2] - union[0], union[3] - union[1]) <= max_extent_px and gap <= max_gap_px:
+            parent[b] = a
+            box[a] = union
+    merged: dict[int, _Group] = {}
+    for k, g in enumerate(groups):
+        r = root(k)
+        if r not in merged:
+            merged[r] = _Group(box[r], 0.0, 0.0, [])
+        m = merged[r]
+        m.contrast = (m.contrast * m.area + g.contrast * g.area) / (m.area + g.area)
+        m.area += g.area
+        m.labels += g.labels
+    return list(merged.values())
 
 
 def _white_cells(field: _Field) -> tuple[list[tuple[list[float], float]], np.ndarray]:
@@ -393,10 +412,28 @@ def _red_cells(field: _Field, wbc_boxes: Sequence[Sequence[float]],
                            threshold_abs=0.3 * r_px, labels=comp, exclude_border=False)
     if len(peaks) == 0:
         return []
-    markers = np.zeros((h, w), np.int32)
-    markers[peaks[:, 0], peaks[:, 1]] = np.arange(1, len(peaks) + 1)
-    regions = watershed(-dist_s, markers, mask=mask)
-    n = len(peaks)
+    # one marker: the component is the cell; the watershed runs only where cells touch
+    n_comp = int(comp.max())
+    per_comp = np.bincount(comp[peaks[:, 0], peaks[:, 1]], minlength=n_comp + 1)
+    multi = per_comp > 1
+    regions = np.zeros((h, w), np.int32)
+    single = (per_comp == 1)[comp] & mask
+    single_ids = np.zeros(n_comp + 1, np.int32)
+    single_ids[per_comp == 1] = np.arange(1, int((per_comp == 1).sum()) + 1)
+    regions[single] = single_ids[comp[single]]
+    n = int((per_comp == 1).sum())
+    clump = multi[comp] & mask
+    if clump.any():
+        in_clump = multi[comp[peaks[:, 0], peaks[:, 1]]]
+        cp = peaks[in_clump]
+        markers = np.zeros((h, w), np.int32)
+        markers[cp[:, 0], cp[:, 1]] = np.arange(n + 1, n + len(cp) + 1)
+        ys, xs = np.nonzero(clump)
+        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        ws = watershed(-dist_s[y0:y1, x0:x1], markers[y0:y1, x0:x1], mask=clump[y0:y1, x0:x1])
+        sub = regions[y0:y1, x0:x1]
+        sub[ws > 0] = ws[ws > 0]
+        n += len(cp)
     idx = np.arange(1, n + 1)
     areas = ndi.sum_labels(mask, regions, idx)
     out = []
