@@ -84,6 +84,8 @@ NUCLEUS_MIN_OD = 0.08
 PLATELET_THRESHOLD_FRACTION = 1.0
 #: Platelet pixels pass blue like nuclei (see ``NUCLEUS_MIN_CHROMA``).
 PLATELET_MIN_CHROMA = 0.5
+#: Least area of a platelet's stained core, µm² (pale platelets show only a small dark core).
+PLATELET_MIN_AREA_UM2 = 0.88
 #: Red-cell pieces smaller than this fraction of a red cell's area are dropped (inside the field).
 RBC_MIN_AREA_FRACTION = 0.35
 RBC_MIN_AREA_FRACTION_BORDER = 0.5
@@ -361,7 +363,7 @@ def _platelets(field: _Field, wbc_boxes: Sequence[Sequence[float]]) -> list[tupl
     idx = np.arange(1, n + 1)
     areas = ndi.sum_labels(mask, labels, idx)
     stain_mean = ndi.mean(field.stain, labels, idx)
-    lo = np.pi * (PLATELET_DIAMETER_UM[0] / 2) ** 2 * 0.5
+    lo = PLATELET_MIN_AREA_UM2
     hi = np.pi * (PLATELET_DIAMETER_UM[1] / 2) ** 2 * 1.6
     out = []
     for k, sl in enumerate(ndi.find_objects(labels)):

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from schemathesis.checks import not_a_server_error
 
-EXAMPLES_PER_OPERATION = 160
+EXAMPLES_PER_OPERATION = 200
 
 
 def test_no_server_error_in_1000_generated_requests(app, client) -> None:  # type: ignore[no-untyped-def]
