@@ -109,7 +109,7 @@ class Classifier:
             model = self._model
             spec = tf.TensorSpec((None, self.input_px, self.input_px, 3), tf.uint8)
 
-            @tf.function(input_signature=[spec], reduce_retracing=True)
+            @tf.function(input_signature=[spec], reduce_retracing=True)  # type: ignore[untyped-decorator]
             def predict(x: Any) -> Any:
                 return model(tf.cast(x, tf.float32), training=False)
 

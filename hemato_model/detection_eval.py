@@ -44,15 +44,17 @@ def iou_matrix(pred: Sequence[BBox], true: Sequence[BBox]) -> np.ndarray:
     inter = iw * ih
     area_p = (p[..., 2] - p[..., 0]) * (p[..., 3] - p[..., 1])
     area_t = (t[..., 2] - t[..., 0]) * (t[..., 3] - t[..., 1])
-    return inter / np.maximum(area_p + area_t - inter, 1e-9)
+    out: np.ndarray = inter / np.maximum(area_p + area_t - inter, 1e-9)
+    return out
 
 
 def _centre_inside(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """[i, j]: centre of box a[i] lies inside box b[j]."""
     cx = (a[:, 0] + a[:, 2]) / 2
     cy = (a[:, 1] + a[:, 3]) / 2
-    return ((cx[:, None] >= b[None, :, 0]) & (cx[:, None] < b[None, :, 2])
-            & (cy[:, None] >= b[None, :, 1]) & (cy[:, None] < b[None, :, 3]))
+    inside: np.ndarray = ((cx[:, None] >= b[None, :, 0]) & (cx[:, None] < b[None, :, 2])
+                          & (cy[:, None] >= b[None, :, 1]) & (cy[:, None] < b[None, :, 3]))
+    return inside
 
 
 def match_boxes(pred: Sequence[BBox], true: Sequence[BBox],

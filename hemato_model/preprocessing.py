@@ -63,8 +63,8 @@ def crop_cell(image: np.ndarray, center_xy: tuple[float, float], mpp: float, cro
     if region.size == 0:
         raise ValueError(f"centre {center_xy} lies outside the {w}x{h} image")
     if any(p for pair in pad for p in pair):
-        mode = "reflect" if min(region.shape[:2]) > 1 else "edge"
-        region = np.pad(region, (pad[0], pad[1], (0, 0)), mode=mode)
+        widths = (pad[0], pad[1], (0, 0))
+        region = np.pad(region, widths, mode="reflect") if min(region.shape[:2]) > 1 else np.pad(region, widths, mode="edge")
     box = (x0 - ix0, y0 - iy0, x0 - ix0 + side, y0 - iy0 + side)
     pil = Image.fromarray(np.ascontiguousarray(region))
     resample = Image.Resampling.BILINEAR if side >= out_px else Image.Resampling.BICUBIC

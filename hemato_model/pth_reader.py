@@ -199,4 +199,5 @@ def load_state_dict(path: str | Path) -> OrderedDict[str, np.ndarray]:
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
         raise PthError(f"{path}: top-level object is {type(obj).__name__}, not a state dict")
-    return _materialise(obj)
+    result: OrderedDict[str, np.ndarray] = _materialise(obj)
+    return result

@@ -63,10 +63,11 @@ class TrainConfig:
     epochs: int = 12
     batch_size: int = 32
     head_lr: float = 1e-3
-    finetune_lr: float = 2e-4
-    unfreeze_from: str = "block5a"
+    finetune_lr: float = 3e-4
+    unfreeze_from: str = "block3a"
+    warmup_epochs: int = 1
     dropout: float = 0.2
-    patience: int = 3
+    patience: int = 6
     target_accuracy: float = 0.99
     threshold_floor: float = 0.5
     version: str = "1.0.0"
@@ -192,7 +193,7 @@ def choose_threshold(proba: np.ndarray, y: np.ndarray, target_accuracy: float, f
 def _features(backbone: Any, x: np.ndarray, batch: int) -> np.ndarray:
     import tensorflow as tf
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True)  # type: ignore[untyped-decorator]
     def f(b: Any) -> Any:
         return backbone(tf.cast(b, tf.float32), training=False)
 
@@ -257,7 +258,12 @@ def fine_tune(model: Any, backbone: Any, x_train: np.ndarray, y_train: np.ndarra
     val_ds = tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(64).map(
         lambda x, y: (tf.cast(x, tf.float32), y))
     steps = max(1, int(np.ceil(len(x_train) / cfg.batch_size))) * cfg.epochs
-    schedule = keras.optimizers.schedules.CosineDecay(cfg.finetune_lr, decay_steps=steps, alpha=0.05)
+    warmup = min(steps // 2, max(1, int(np.ceil(len(x_train) / cfg.batch_size))) * cfg.warmup_epochs)
+    # Linear warm-up from lr/10 (the fresh gradients would otherwise wreck the trained head), then
+    # cosine decay to 5 % (Loshchilov & Hutter, "SGDR", ICLR 2017; Goyal et al. 2017 warm-up).
+    schedule = keras.optimizers.schedules.CosineDecay(
+        cfg.finetune_lr / 10, decay_steps=max(1, steps - warmup), alpha=0.05,
+        warmup_target=cfg.finetune_lr, warmup_steps=warmup)
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
     t0 = time.time()

@@ -148,9 +148,11 @@ def evaluate_detection(data_dir: Path, fmt: str, images_dir: Path | None, split:
         click.echo(json.dumps(result, indent=2))
         return
     click.echo(f"{result['n_images']} images, matching: {result['matching_rule']}")
-    for kind, m in result["per_kind"].items():  # type: ignore[union-attr]
-        def pct(v: float | None) -> str:
-            return "  n/a" if v is None else f"{100 * v:5.1f}%"
+    def pct(v: float | None) -> str:
+        return "  n/a" if v is None else f"{100 * v:5.1f}%"
+
+    for kind, tally in scores.tallies.items():
+        m = tally.as_dict()
         click.echo(f"  {kind:9s} precision {pct(m['precision'])}  recall {pct(m['recall'])}  "
                    f"count error {pct(m['count_error'])}  ({m['n_pred']} found / {m['n_true']} true)")
 
