@@ -6,9 +6,10 @@ queue). The slide is generated from real PBC cells with a ground-truth manifest.
 Tolerances (stated here, checked below):
 - white cells found: within 10 % of the white cells placed (erythroblasts and platelet-class cells
   are not white cells and are excluded on both sides);
-- differential: every class within 15 percentage points of the truth, and the total variation
-  distance between the two distributions at most 0.20 (the slide is scanned at 0.25 µm/px, three
-  times coarser than the PBC crops the model was trained on).
+- the low-confidence bucket (``unidentified``) holds at most 30 % of the white cells;
+- differential of the identified cells (renormalised): every class within 15 percentage points of
+  the truth, and the total variation distance between the two distributions at most 0.20 (the slide
+  is scanned at 0.25 µm/px, three times coarser than the PBC crops the model was trained on).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 WBC_TOLERANCE = 0.10
 CLASS_POINTS = 15.0
 MAX_TVD = 0.20
+MAX_UNIDENTIFIED = 30.0
 
 
 def truth_differential(manifest: dict) -> tuple[int, dict[str, float]]:
@@ -49,7 +51,9 @@ def test_generated_slide_over_http_matches_ground_truth(stack, real_data: Path, 
     n_true, truth = truth_differential(manifest)
     n_found = report["counts"]["wbc"]
     assert abs(n_found - n_true) <= WBC_TOLERANCE * n_true, (n_found, n_true)
-    found = {k: v["percent"] for k, v in report["differential"].items()}
+    assert report["differential"]["unidentified"]["percent"] <= MAX_UNIDENTIFIED, report["differential"]
+    named = {k: v["count"] for k, v in report["differential"].items() if k != "unidentified"}
+    found = {k: 100.0 * v / sum(named.values()) for k, v in named.items()}
     for cls in set(truth) | set(found):
         assert abs(found.get(cls, 0.0) - truth.get(cls, 0.0)) <= CLASS_POINTS, (cls, found, truth)
     tvd = 0.5 * sum(abs(found.get(c, 0.0) - truth.get(c, 0.0)) for c in set(truth) | set(found)) / 100

@@ -77,8 +77,7 @@ def test_postgres_unreachable_then_back(postgres_url: str, redis_url: str, small
         final = client.wait_for_batch(batch["id"], timeout_s=600)
         assert final["states"] == {"succeeded": len(small_slides)}, (final, stack.log("worker"))
     finally:
-        for name in list(stack.procs):
-            stack.stop(name)
+        stack.stop_all()
         proxy.stop()
 
 
@@ -120,8 +119,7 @@ def test_redis_restart_loses_no_job(postgres_url: str, small_slides, tmp_path: P
         assert final["states"] == {"succeeded": len(small_slides)}, (final, stack.log("worker"))
         assert all(j["attempts"] >= 1 for j in final["jobs"])
     finally:
-        for name in list(stack.procs):
-            stack.stop(name)
+        stack.stop_all()
         redis_proc.terminate()
         redis_proc.wait(timeout=30)
 
