@@ -32,10 +32,9 @@ def _audit_action() -> str | None:
         return "submit"
     if ep == "jobs.cancel_job":
         return "cancel"
-    if ep == "reports.slide_report":
-        return "export" if request.args.get("format") == "csv" else "read"
-    if ep == "reports.flag_report":
-        return "read"
+    if ep in ("reports.slide_report", "reports.flag_report"):
+        # Any rendering other than the JSON document (CSV, PDF, HL7) leaves the system: an export.
+        return "export" if request.args.get("format") in ("csv", "pdf", "hl7") else "read"
     return None
 
 

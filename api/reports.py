@@ -1,8 +1,14 @@
-"""Slide reports and the leukemia-flag report."""
+"""Slide reports (JSON, CSV, PDF, HL7 v2.5) and the leukemia-flag report (JSON, CSV, PDF).
+
+PDFs are rendered into memory for each request; nothing is served from a path a client names. The
+slide file is opened only from the path stored when the slide was accepted.
+"""
 
 from __future__ import annotations
 
+import io
 from datetime import UTC, datetime
+from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 from sqlalchemy import select
@@ -11,17 +17,46 @@ from api.context import db
 from api.errors import ApiError
 from api.serializers import iso
 from hematovision.flags import SEVERITY_RANK
-from hematovision.models import Batch, FlagRecord, Slide
+from hematovision.models import Batch, Cell, FlagRecord, Slide
 from hematovision.reports import report_csv
 
 bp = Blueprint("reports", __name__, url_prefix="/api/v1")
 
+SLIDE_REPORT_FORMATS = ("json", "csv", "pdf", "hl7")
+FLAG_REPORT_FORMATS = ("json", "csv", "pdf")
+
+
+def _format(allowed: tuple[str, ...]) -> str:
+    fmt = request.args.get("format", "json")
+    if fmt not in allowed:
+        raise ApiError(400, "invalid_format", f"format must be one of {', '.join(allowed)}")
+    return fmt
+
+
+def _attachment(body: str | bytes, content_type: str, filename: str) -> Response:
+    return Response(body, content_type=content_type,
+                    headers={"Content-Disposition": f'attachment; filename="{filename}"',
+                             "Cache-Control": "no-store"})
+
+
+def _slide_pdf(slide: Slide, report: dict[str, Any]) -> bytes:
+    from hematovision.report_pdf import slide_pictures, slide_report_pdf
+
+    rows = db().execute(select(Cell.kind, Cell.x0, Cell.y0, Cell.x1, Cell.y1, Cell.label, Cell.probability)
+                        .where(Cell.slide_id == slide.id, Cell.kind == "wbc")).all()
+    cells = [{"kind": r.kind, "bbox": [r.x0, r.y0, r.x1, r.y1], "label": r.label, "probability": r.probability}
+             for r in rows]
+    pics = slide_pictures(slide.path, slide.mpp, cells)
+    buf = io.BytesIO()
+    slide_report_pdf(report, buf, thumbnail=pics.thumbnail, thumb_downsample=pics.thumb_downsample, cells=cells,
+                     gallery=pics.gallery, gallery_probabilities=pics.gallery_probabilities,
+                     pictures_note=pics.note)
+    return buf.getvalue()
+
 
 @bp.get("/slides/<slide_id>/report")
 def slide_report(slide_id: str):  # type: ignore[no-untyped-def]
-    fmt = request.args.get("format", "json")
-    if fmt not in ("json", "csv"):
-        raise ApiError(400, "invalid_format", "format must be json or csv")
+    fmt = _format(SLIDE_REPORT_FORMATS)
     slide = db().get(Slide, slide_id)
     if slide is None:
         raise ApiError(404, "not_found", f"no slide {slide_id}")
@@ -31,18 +66,20 @@ def slide_report(slide_id: str):  # type: ignore[no-untyped-def]
     report = dict(slide.report)
     report["batch_id"] = slide.batch_id
     report["filename"] = slide.filename
+    report["analysed_at"] = iso(slide.analysed_at)
     if fmt == "csv":
-        return Response(report_csv(report), mimetype="text/csv",
-                        headers={"Content-Disposition": f'attachment; filename="{slide_id}.csv"'})
+        return _attachment(report_csv(report), "text/csv; charset=utf-8", f"{slide.id}.csv")
+    if fmt == "pdf":
+        return _attachment(_slide_pdf(slide, report), "application/pdf", f"{slide.id}.pdf")
+    if fmt == "hl7":
+        from hematovision.hl7_export import HL7_MEDIA_TYPE, oru_r01
+
+        return _attachment(oru_r01(report).encode("utf-8"), f"{HL7_MEDIA_TYPE}; charset=utf-8", f"{slide.id}.hl7")
     return jsonify(report)
 
 
-@bp.get("/flags")
-def flag_report():  # type: ignore[no-untyped-def]
-    """Flagged slides, most severe first (then most recent)."""
+def _flag_document(batch_id: str | None, since_raw: str | None) -> dict[str, Any]:
     session = db()
-    batch_id = request.args.get("batch")
-    since_raw = request.args.get("since")
     q = select(Slide).where(Slide.analysed_at.is_not(None), Slide.max_severity.is_not(None))
     if batch_id:
         if session.get(Batch, batch_id) is None:
@@ -72,4 +109,23 @@ def flag_report():  # type: ignore[no-untyped-def]
             "flags": [{"code": f.code, "severity": f.severity, "message": f.message,
                        "evidence": f.evidence} for f in flags],
         })
-    return jsonify({"batch": batch_id, "since": since_raw, "count": len(items), "slides": items})
+    return {"batch": batch_id, "since": since_raw, "count": len(items), "slides": items}
+
+
+@bp.get("/flags")
+def flag_report():  # type: ignore[no-untyped-def]
+    """Flagged slides, most severe first (then most recent), as JSON, CSV or PDF."""
+    fmt = _format(FLAG_REPORT_FORMATS)
+    doc = _flag_document(request.args.get("batch"), request.args.get("since"))
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    if fmt == "csv":
+        from hematovision.flag_report import flag_report_csv
+
+        return _attachment(flag_report_csv(doc), "text/csv; charset=utf-8", f"flags-{stamp}.csv")
+    if fmt == "pdf":
+        from hematovision.flag_report import flag_report_pdf
+
+        buf = io.BytesIO()
+        flag_report_pdf(doc, buf)
+        return _attachment(buf.getvalue(), "application/pdf", f"flags-{stamp}.pdf")
+    return jsonify(doc)

@@ -15,6 +15,15 @@ class ApiClientError(RuntimeError):
     """The API answered with an error (its message is kept) or could not be reached."""
 
 
+def _body(resp: requests.Response, fmt: str) -> dict[str, Any] | str | bytes:
+    if fmt == "json":
+        doc: dict[str, Any] = resp.json()
+        return doc
+    if fmt == "pdf":
+        return resp.content
+    return resp.content.decode("utf-8")  # CSV and HL7 are UTF-8 whatever the Content-Type says
+
+
 class ApiClient:
     def __init__(self, base_url: str, api_key: str | None = None, timeout_s: float = 60.0) -> None:
         self.base_url = base_url.rstrip("/")
@@ -68,13 +77,18 @@ class ApiClient:
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._call("POST", f"/api/v1/jobs/{job_id}/cancel").json()
 
-    def report(self, slide_id: str, fmt: str = "json") -> dict[str, Any] | str:
+    def report(self, slide_id: str, fmt: str = "json") -> dict[str, Any] | str | bytes:
+        """One slide's report: a dict (``json``), text (``csv``, ``hl7``) or the PDF's bytes (``pdf``)."""
         resp = self._call("GET", f"/api/v1/slides/{slide_id}/report", params={"format": fmt})
-        return resp.json() if fmt == "json" else resp.text
+        return _body(resp, fmt)
 
-    def flags(self, batch: str | None = None, since: str | None = None) -> dict[str, Any]:
+    def flags(self, batch: str | None = None, since: str | None = None,
+              fmt: str = "json") -> dict[str, Any] | str | bytes:
+        """The leukemia-flag report: a dict (``json``), text (``csv``) or the PDF's bytes (``pdf``)."""
         params = {k: v for k, v in (("batch", batch), ("since", since)) if v}
-        return self._call("GET", "/api/v1/flags", params=params).json()
+        if fmt != "json":
+            params["format"] = fmt
+        return _body(self._call("GET", "/api/v1/flags", params=params), fmt)
 
     def wait_for_batch(
         self,

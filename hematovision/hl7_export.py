@@ -228,4 +228,4 @@ def oru_r01(
     spm.spm_1 = "1"
     _set(spm.spm_2, slide_id)  # EIP: the slide is the specimen HematoVision saw
     _set(spm.spm_4, "BLD", "Whole blood", "HL70487")
-    return msg.to_er7()
+    return str(msg.to_er7())

@@ -92,6 +92,8 @@ def demo(var_dir: str, size: int, mpp: float, timeout: float) -> None:
             assert isinstance(rep, dict)
             (reports_dir / f"{job['filename']}.json").write_text(json.dumps(rep, indent=2))
             (reports_dir / f"{job['filename']}.csv").write_text(str(client.report(job["slide_id"], "csv")))
+            pdf = client.report(job["slide_id"], "pdf")
+            (reports_dir / f"{job['filename']}.pdf").write_bytes(pdf if isinstance(pdf, bytes) else pdf.encode())
             top = sorted(rep["differential"].items(), key=lambda kv: -kv[1]["count"])[:3]
             diff = ", ".join(f"{k} {v['percent']:.0f}% [{v['ci95'][0]:.0f}-{v['ci95'][1]:.0f}]" for k, v in top)
             fl = ", ".join(f["code"] for f in rep["flags"]) or "none"
@@ -101,7 +103,8 @@ def demo(var_dir: str, size: int, mpp: float, timeout: float) -> None:
         flagged = client.flags(batch=batch["id"])
         click.echo(f"\nflag report: {flagged['count']} flagged slide(s), most severe first "
                    f"(GET /api/v1/flags?batch={batch['id']})")
-        click.echo(f"reports: {reports_dir}  (JSON and CSV per slide)")
+        (reports_dir / "flag-report.pdf").write_bytes(client.flags(batch=batch["id"], fmt="pdf"))
+        click.echo(f"reports: {reports_dir}  (JSON, CSV and PDF per slide; flag-report.pdf)")
         click.echo(f"logs: {var / 'api.log'}, {var / 'worker.log'}")
         click.echo("Decision support only: a technologist reviews every differential.")
     finally:

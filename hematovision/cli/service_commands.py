@@ -178,39 +178,62 @@ def status(ident: str, api: str, api_key: str | None) -> None:
 
 @click.command()
 @click.argument("slide_id")
-@click.option("--format", "fmt", type=click.Choice(["json", "csv"]), default="json", show_default=True)
-@click.option("--out", type=click.Path(dir_okay=False, writable=True), default=None, help="Write to a file.")
+@click.option("--format", "fmt", type=click.Choice(["json", "csv", "pdf", "hl7"]), default="json",
+              show_default=True, help="pdf: the printable report with slide overview and cell gallery; "
+                                      "hl7: an HL7 v2.5 ORU^R01 message for the LIS.")
+@click.option("--out", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write to a file (required for pdf).")
 @api_option
 @_api_errors
 def report(slide_id: str, fmt: str, out: str | None, api: str, api_key: str | None) -> None:
     """Fetch one slide's report."""
+    if fmt == "pdf" and not out:
+        raise click.UsageError("--format pdf needs --out FILE")
     body = _client(api, api_key).report(slide_id, fmt)
-    text = json.dumps(body, indent=2) if fmt == "json" else str(body)
+    if isinstance(body, bytes):  # the PDF, written unchanged
+        data = body
+    else:
+        text = json.dumps(body, indent=2) if fmt == "json" else str(body)
+        if fmt == "hl7" and not out:
+            text = text.replace("\r", "\n")  # one segment per line on a terminal; a file keeps \r
+        data = text.encode("utf-8")
     if out:
-        Path(out).write_text(text)
+        Path(out).write_bytes(data)
         click.echo(f"report written to {out}")
     else:
-        click.echo(text)
+        click.echo(data.decode("utf-8"))
 
 
 @click.command()
 @click.option("--batch", default=None, help="Only this batch.")
 @click.option("--since", default=None, help="Only slides analysed since this ISO time.")
-@click.option("--format", "fmt", type=click.Choice(["json", "table"]), default="table", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "pdf"]), default="table",
+              show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write to a file (required for pdf).")
 @api_option
 @_api_errors
-def flags(batch: str | None, since: str | None, fmt: str, api: str, api_key: str | None) -> None:
+def flags(batch: str | None, since: str | None, fmt: str, out: str | None, api: str, api_key: str | None) -> None:
     """The leukemia-flag report: flagged slides, most severe first."""
-    doc = _client(api, api_key).flags(batch, since)
-    if fmt == "json":
-        click.echo(json.dumps(doc, indent=2))
-        return
-    if not doc["slides"]:
-        click.echo("no flagged slides")
-    for s in doc["slides"]:
-        click.echo(f"{(s['max_severity'] or '').upper():<10} {s['filename']:<30} slide {s['slide_id']}  WBC {s['counts']['wbc']}")
-        for f in s["flags"]:
-            click.echo(f"    [{f['severity']}] {f['code']}: {f['message']}")
+    if fmt == "pdf" and not out:
+        raise click.UsageError("--format pdf needs --out FILE")
+    body = _client(api, api_key).flags(batch, since, "json" if fmt == "table" else fmt)
+    if isinstance(body, bytes):  # the PDF, written unchanged
+        data = body
+    elif fmt == "table":
+        lines = [] if body["slides"] else ["no flagged slides"]
+        for s in body["slides"]:
+            lines.append(f"{(s['max_severity'] or '').upper():<10} {s['filename']:<30} slide {s['slide_id']}  "
+                         f"WBC {s['counts']['wbc']}")
+            lines += [f"    [{f['severity']}] {f['code']}: {f['message']}" for f in s["flags"]]
+        data = "\n".join(lines).encode("utf-8")
+    else:
+        data = (json.dumps(body, indent=2) if fmt == "json" else str(body)).encode("utf-8")
+    if out:
+        Path(out).write_bytes(data)
+        click.echo(f"flag report written to {out}")
+    else:
+        click.echo(data.decode("utf-8"))
 
 
 @click.command()

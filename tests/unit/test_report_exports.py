@@ -1,0 +1,217 @@
+"""Report exports: the slide PDF, the HL7 v2.5 ORU^R01 message, the flag report as CSV and PDF.
+
+Results are stored as a worker would store them (``workers.processing.store_analysis``, no worker)
+for a real small slide written by ``hematovision.synthetic.make_slide``; the labels come from the
+slide's manifest, with some lymphocytes relabelled as blasts so that flags are raised.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import threading
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from hl7apy.consts import VALIDATION_LEVEL
+from hl7apy.parser import parse_message
+from pypdf import PdfReader
+from sqlalchemy import select
+
+from hematovision.flag_report import flag_report_csv
+from hematovision.hl7_export import oru_r01
+from hematovision.models import AuditEntry, Batch, Job, Slide
+from hematovision.reports import build_report
+from hematovision.results import CellResult, SlideAnalysis
+from hematovision.synthetic import make_slide
+from workers.processing import store_analysis
+
+MODEL_VERSION = "9.8.7-test"
+CLASSES = ["basophil", "blast", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil"]
+
+
+def store_slide(app, path: Path, labels: list[str], filename: str = "smear.tiff") -> tuple[str, dict]:  # type: ignore[no-untyped-def]
+    """Insert a batch, slide and job, and store an analysis with ``labels`` on the slide's cells."""
+    import json
+
+    manifest = json.loads(Path(f"{path}.manifest.json").read_text())
+    boxes = [c["bbox"] for c in manifest["cells"] if c["kind"] == "wbc"]
+    cells = [CellResult("wbc", tuple(boxes[i % len(boxes)]), 0.9, lab, 0.5 + 0.4 * (i % 5) / 4)
+             for i, lab in enumerate(labels)]
+    cells += [CellResult(c["kind"], tuple(c["bbox"]), 0.8) for c in manifest["cells"] if c["kind"] != "wbc"]
+    analysis = SlideAnalysis(mpp=0.25, width=manifest["width"], height=manifest["height"], model_name="wbc-test",
+                             model_version=MODEL_VERSION, classes=CLASSES, cells=cells)
+    factory = app.extensions["hv_sessions"]
+    with factory() as s, s.begin():
+        b = Batch(name="night")
+        s.add(b)
+        s.flush()
+        sl = Slide(batch_id=b.id, filename=filename, path=str(path), mpp=0.25)
+        s.add(sl)
+        s.flush()
+        job = Job(slide_id=sl.id, batch_id=b.id)
+        s.add(job)
+        s.flush()
+        slide_id, job_id = sl.id, job.id
+    report = build_report(analysis, slide_id=slide_id)
+    assert store_analysis(factory, job_id, analysis, report)
+    return slide_id, report
+
+
+@pytest.fixture
+def slide_file(tmp_path: Path, data_root: Path) -> Path:
+    path = tmp_path / "s.tiff"
+    make_slide(path, data_root, 1024, 1024, mpp=0.25, n_wbc=8, seed=1)
+    return path
+
+
+CRITICAL = ["blast"] * 30 + ["neutrophil"] * 50 + ["lymphocyte"] * 20  # 30 % blasts
+REVIEW = ["lymphocyte"] * 60 + ["neutrophil"] * 40  # 60 % lymphocytes
+
+
+def pdf_text(data: bytes) -> str:
+    return "\n".join(page.extract_text() for page in PdfReader(io.BytesIO(data)).pages)
+
+
+def test_slide_pdf_has_flags_model_and_pictures(app, client, slide_file: Path) -> None:  # type: ignore[no-untyped-def]
+    slide_id, report = store_slide(app, slide_file, CRITICAL)
+    r = client.get(f"/api/v1/slides/{slide_id}/report?format=pdf")
+    assert r.status_code == 200 and r.mimetype == "application/pdf"
+    assert r.data.startswith(b"%PDF") and b"%%EOF" in r.data[-1024:]
+    text = pdf_text(r.data)
+    assert "SUSPECTED_ACUTE_LEUKEMIA" in text and MODEL_VERSION in text and "2026.11" in text
+    assert "not yet verified" in text and "Decision support only" in text
+    assert "Blast" in text and "30.0" in text  # the differential row
+    images = sum(len(p.images) for p in PdfReader(io.BytesIO(r.data)).pages)
+    assert images >= 2  # the overview and at least one gallery crop
+    with app.extensions["hv_sessions"]() as s:
+        actions = [a.action for a in s.execute(select(AuditEntry)).scalars()]
+    assert actions == ["export"]
+
+
+def test_slide_pdf_still_renders_when_the_slide_file_is_gone(app, client, slide_file: Path) -> None:  # type: ignore[no-untyped-def]
+    slide_id, _ = store_slide(app, slide_file, REVIEW)
+    slide_file.unlink()
+    r = client.get(f"/api/v1/slides/{slide_id}/report?format=pdf")
+    assert r.status_code == 200 and r.data.startswith(b"%PDF")
+    text = pdf_text(r.data)
+    assert "could not be read" in text and "LYMPHOCYTOSIS" in text
+    assert str(slide_file) not in text  # the server path is not disclosed
+
+
+def test_verified_report_says_who(slide_file: Path) -> None:
+    from hematovision.report_pdf import slide_report_pdf
+
+    report = {"slide_id": "x1", "model": {"name": "m", "version": "1"}, "counts": {"wbc": 0}, "differential": {},
+              "flags": [], "verified_by": "J. Doe, MLS", "verified_at": "2026-11-27T07:30:00Z"}
+    buf = io.BytesIO()
+    slide_report_pdf(report, buf, thumbnail=None, invariant=1)
+    assert "VERIFIED by J. Doe, MLS" in pdf_text(buf.getvalue())
+
+
+def test_hl7_message_parses_back_with_one_obx_per_class(app, client, slide_file: Path) -> None:  # type: ignore[no-untyped-def]
+    slide_id, report = store_slide(app, slide_file, CRITICAL)
+    r = client.get(f"/api/v1/slides/{slide_id}/report?format=hl7")
+    assert r.status_code == 200 and r.mimetype == "x-application/hl7-v2+er7"
+    er7 = r.data.decode("utf-8")
+    assert er7.startswith("MSH|^~\\&|") and "\n" not in er7
+    msg = parse_message(er7, find_groups=True, validation_level=VALIDATION_LEVEL.STRICT)
+    assert msg.name == "ORU_R01" and msg.validate()
+    assert msg.msh.msh_9.to_er7() == "ORU^R01^ORU_R01" and msg.msh.msh_12.to_er7() == "2.5"
+    order = msg.oru_r01_patient_result.oru_r01_order_observation
+    assert order.obr.obr_3.to_er7().startswith(slide_id) and order.obr.obr_25.to_er7() == "P"
+    values = {}
+    for obs in order.children.get("ORU_R01_OBSERVATION"):
+        code = obs.obx.obx_3.obx_3_1.to_er7()
+        values[code] = (obs.obx.obx_5.to_er7(), obs.obx.obx_6.obx_6_1.to_er7())
+    diff_codes = {c for c in values if c not in ("HV-WBCN", "HV-NRBC100")}
+    assert len(diff_codes) == len(report["differential"])
+    assert values["HV-BLAST"] == ("30", "%") and values["HV-NEUTROPHIL"] == ("50", "%")
+    assert values["HV-WBCN"][0] == "100"
+    notes = [n.nte_3.to_er7() for n in order.children.get("NTE")]
+    assert any("SUSPECTED_ACUTE_LEUKEMIA" in n for n in notes)
+    assert any(MODEL_VERSION in n for n in notes) and any("Decision support only" in n for n in notes)
+
+
+def test_hl7_escapes_delimiters_in_free_text() -> None:
+    report = {"slide_id": "s|1", "model": {"name": "m", "version": "1"}, "counts": {"wbc": 10},
+              "differential": {"neutrophil": {"count": 10, "percent": 100.0, "ci95": [69.2, 100.0]}},
+              "flags": [{"code": "X", "severity": "review", "message": "a|b^c&d~e\\f"}], "limits": "decision support"}
+    er7 = oru_r01(report, control_id="c1", ascii_only=True)
+    msg = parse_message(er7, find_groups=True)
+    order = msg.oru_r01_patient_result.oru_r01_order_observation
+    assert order.nte.nte_3.to_er7() == "FLAG [review] X: a\\F\\b\\S\\c\\T\\d\\R\\e\\E\\f"
+    assert msg.oru_r01_patient_result.oru_r01_patient.pid.pid_3.cx_1.to_er7() == "s\\F\\1"
+    assert "MSH-18" not in er7 and er7.split("\r")[0].count("|") == 11  # no MSH-18 when ASCII only
+
+
+def test_flag_report_csv_and_pdf_most_severe_first(app, client, slide_file: Path) -> None:  # type: ignore[no-untyped-def]
+    review_id, _ = store_slide(app, slide_file, REVIEW, filename="=HYPERLINK(x).tiff")
+    critical_id, _ = store_slide(app, slide_file, CRITICAL, filename="critical.tiff")
+    r = client.get("/api/v1/flags?format=csv")
+    assert r.status_code == 200 and r.mimetype == "text/csv"
+    rows = list(csv.DictReader(io.StringIO(r.data.decode("utf-8"))))
+    assert [row["slide_id"] for row in rows][0] == critical_id and rows[-1]["slide_id"] == review_id
+    assert rows[0]["severity"] == "critical" and rows[0]["code"] == "SUSPECTED_ACUTE_LEUKEMIA"
+    assert rows[0]["percent"] == "30.0" and float(rows[0]["ci95_low"]) < 30.0 < float(rows[0]["ci95_high"])
+    assert {row["filename"] for row in rows if row["slide_id"] == review_id} == {"'=HYPERLINK(x).tiff"}
+    r = client.get("/api/v1/flags?format=pdf")
+    assert r.status_code == 200 and r.data.startswith(b"%PDF")
+    text = pdf_text(r.data)
+    assert text.index("critical.tiff") < text.index("HYPERLINK") and "LYMPHOCYTOSIS" in text
+    with app.extensions["hv_sessions"]() as s:
+        assert [a.action for a in s.execute(select(AuditEntry)).scalars()] == ["export", "export"]
+
+
+def test_flag_report_csv_sorts_a_document_in_any_order() -> None:
+    doc = {"slides": [
+        {"slide_id": "b", "max_severity": "borderline", "flags": [{"severity": "borderline", "code": "B"}]},
+        {"slide_id": "c", "max_severity": "critical",
+         "flags": [{"severity": "review", "code": "R"}, {"severity": "critical", "code": "C"}]},
+        {"slide_id": "r", "max_severity": "review", "flags": [{"severity": "review", "code": "R"}]}]}
+    rows = list(csv.DictReader(io.StringIO(flag_report_csv(doc))))
+    assert [(r["slide_id"], r["code"]) for r in rows] == [("c", "C"), ("c", "R"), ("r", "R"), ("b", "B")]
+
+
+def test_bad_formats_are_json_400(client) -> None:  # type: ignore[no-untyped-def]
+    for url in ("/api/v1/slides/nope/report?format=docx", "/api/v1/flags?format=hl7", "/api/v1/flags?format=xml"):
+        r = client.get(url)
+        assert r.status_code == 400 and r.json["error"]["code"] == "invalid_format", url
+    doc = client.get("/api/v1/openapi.json").json
+    params = doc["paths"]["/api/v1/slides/{slide_id}/report"]["get"]["parameters"]
+    assert params[1]["schema"]["enum"] == ["json", "csv", "pdf", "hl7"]
+    assert "application/pdf" in doc["paths"]["/api/v1/flags"]["get"]["responses"]["200"]["content"]
+
+
+def test_cli_writes_pdf_and_hl7_over_http(app, client, slide_file: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from werkzeug.serving import make_server
+
+    from hematovision.cli import main
+
+    slide_id, _ = store_slide(app, slide_file, CRITICAL)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    api = ["--api", f"http://127.0.0.1:{server.server_port}", "--api-key", client.environ_base["HTTP_X_API_KEY"]]
+    try:
+        runner = CliRunner()
+        res = runner.invoke(main, ["report", slide_id, "--format", "pdf", *api])
+        assert res.exit_code != 0 and "--out" in res.output
+        out = tmp_path / "r.pdf"
+        res = runner.invoke(main, ["report", slide_id, "--format", "pdf", "--out", str(out), *api])
+        assert res.exit_code == 0, res.output
+        assert out.read_bytes().startswith(b"%PDF") and "SUSPECTED_ACUTE_LEUKEMIA" in pdf_text(out.read_bytes())
+        hl7 = tmp_path / "r.hl7"
+        assert runner.invoke(main, ["report", slide_id, "--format", "hl7", "--out", str(hl7), *api]).exit_code == 0
+        assert hl7.read_bytes().count(b"\rOBX|") >= len(CLASSES) - 1
+        res = runner.invoke(main, ["flags", "--format", "csv", *api])
+        assert res.exit_code == 0 and "SUSPECTED_ACUTE_LEUKEMIA" in res.output
+        flags_pdf = tmp_path / "f.pdf"
+        res = runner.invoke(main, ["flags", "--format", "pdf", "--out", str(flags_pdf), *api])
+        assert res.exit_code == 0 and flags_pdf.read_bytes().startswith(b"%PDF")
+        res = runner.invoke(main, ["flags", *api])
+        assert res.exit_code == 0 and res.output.startswith("CRITICAL")
+    finally:
+        server.shutdown()
+        thread.join(5)
