@@ -245,14 +245,17 @@ def _two_pass(slide, result, batcher, mask, down, params, progress, check_stop) 
     chunks = list(_tiles(lw, lh, params.chunk_px, int(math.ceil(20.0 / level_mpp))))
     t_cand = t_refine = 0.0
     n_wbc = 0
-    for i, (cx0, cy0, cw, ch) in enumerate(chunks):
-        check_stop()
+    def in_smear(c: tuple[int, int, int, int]) -> bool:
+        cx0, cy0, cw, ch = c
         mx0, my0 = int(cx0 * ds / down), int(cy0 * ds / down)
         mx1, my1 = int(math.ceil((cx0 + cw) * ds / down)), int(math.ceil((cy0 + ch) * ds / down))
-        if not mask[my0 : my1 + 1, mx0 : mx1 + 1].any():
-            continue
+        return bool(mask[my0 : my1 + 1, mx0 : mx1 + 1].any())
+
+    chunks = [c for c in chunks if in_smear(c)]
+    reads = _prefetch(chunks, lambda c: slide.read_region((int(c[0] * ds), int(c[1] * ds)), level, (c[2], c[3])))
+    for i, ((cx0, cy0, cw, ch), low) in enumerate(zip(chunks, reads, strict=False)):
+        check_stop()
         t = time.perf_counter()
-        low = slide.read_region((int(cx0 * ds), int(cy0 * ds)), level, (cw, ch))
         cands = detect_cells(low, level_mpp, kinds=("wbc",))
         t_cand += time.perf_counter() - t
         t = time.perf_counter()
@@ -292,6 +295,20 @@ def _two_pass(slide, result, batcher, mask, down, params, progress, check_stop) 
     result.timings_s["refine"] = t_refine
     _count_fields(slide, result, mask, down, params, check_stop)
     progress(0.95, "red cells and platelets counted")
+
+
+def _prefetch(items: list, read: Callable, depth: int = 2) -> Iterator[np.ndarray]:
+    """Yield ``read(item)`` in order while the next reads run on a thread (OpenSlide and JPEG
+    decoding release the GIL), so slide reading overlaps detection and classification."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="slide-read") as pool:
+        pending = [pool.submit(read, it) for it in items[:depth]]
+        for k in range(len(items)):
+            result = pending.pop(0).result()
+            if k + depth < len(items):
+                pending.append(pool.submit(read, items[k + depth]))
+            yield result
 
 
 def _white_cells(batcher: _Batcher) -> int:
