@@ -62,16 +62,21 @@ def _server_path(raw: str) -> Path:
     root = settings().import_root
     if root is None:
         raise ApiError(400, "paths_disabled", "server-side paths are disabled (no import root is configured)")
-    if not raw or "\x00" in raw or len(raw) > 4096:
+    if not raw or "\x00" in raw or len(raw) > 4096 or any(len(part) > 255 for part in raw.split("/")):
         raise ApiError(400, "invalid_path", "a server-side path must be a non-empty path without NUL bytes")
     root_real = Path(os.path.realpath(root))
     candidate = Path(raw)
     if not candidate.is_absolute():
         candidate = root_real / candidate
-    real = Path(os.path.realpath(candidate))
-    if real != root_real and root_real not in real.parents:
+    try:
+        real = Path(os.path.realpath(candidate))
+        inside = real == root_real or root_real in real.parents
+        exists = inside and real.is_file()
+    except (OSError, ValueError):
+        raise ApiError(400, "invalid_path", f"path {raw[:200]!r} cannot be resolved") from None
+    if not inside:
         raise ApiError(400, "path_outside_root", f"path {raw!r} is outside the import root")
-    if not real.is_file():
+    if not exists:
         raise ApiError(400, "path_not_found", f"path {raw!r} does not exist below the import root")
     return real
 
@@ -79,7 +84,7 @@ def _server_path(raw: str) -> Path:
 def _safe_upload_name(name: str | None) -> str:
     if not name:
         raise ApiError(400, "invalid_upload", "an uploaded file has no filename")
-    if "/" in name or "\\" in name or name.startswith(".") or ".." in name or "\x00" in name:
+    if "/" in name or "\\" in name or name.startswith(".") or ".." in name or "\x00" in name or len(name) > 200:
         raise ApiError(400, "invalid_filename", f"upload name {name!r} is not a plain file name")
     safe = secure_filename(name)
     if not safe:

@@ -73,6 +73,8 @@ class TrainConfig:
     version: str = "1.0.0"
     name: str = MODEL_NAME
     limit_per_class: int | None = None
+    init_from: str | None = None
+    aug_strength: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -161,6 +163,21 @@ def build_model(backbone_name: str, input_px: int, n_classes: int, dropout: floa
     return keras.Model(inputs, outputs, name="wbc_classifier"), backbone
 
 
+def load_for_training(model_dir: Path, classes: list[str], cfg: TrainConfig) -> tuple[Any, Any]:
+    """(model, backbone) of an existing model directory, to continue fine-tuning it.
+
+    Raises:
+        DataError: the directory's classes or input size differ from this run's.
+    """
+    import keras
+
+    meta = json.loads((model_dir / "model.json").read_text())
+    if meta["classes"] != classes or int(meta["input_px"]) != cfg.input_px:
+        raise DataError(f"{model_dir}: classes/input_px differ from this training run")
+    model = keras.models.load_model(model_dir / "model.keras", compile=False, safe_mode=True)
+    return model, model.get_layer(cfg.backbone)
+
+
 def class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
     """Inverse-frequency weights, normalised to mean 1 (balanced data -> all 1)."""
     counts = np.bincount(y, minlength=n_classes).astype(float)
@@ -247,7 +264,7 @@ def fine_tune(model: Any, backbone: Any, x_train: np.ndarray, y_train: np.ndarra
     log.info("fine-tuning %d backbone layers from %s", n_trainable, cfg.unfreeze_from)
 
     n_classes = int(model.outputs[0].shape[-1])
-    augment = make_augmenter(cfg.seed)
+    augment = make_augmenter(cfg.seed, cfg.aug_strength)
     train_ds = (
         tf.data.Dataset.from_tensor_slices((x_train, y_train))
         .shuffle(len(x_train), seed=cfg.seed, reshuffle_each_iteration=True)
@@ -327,8 +344,12 @@ def train(cfg: TrainConfig, progress: ProgressFactory | None = None, verbose: in
     tr, va = np.array(split["train"]), np.array(split["val"])
     if len(va) == 0:
         raise DataError("validation split is empty: add images")
-    model, backbone = build_model(cfg.backbone, cfg.input_px, len(classes), cfg.dropout)
-    head_info = fit_head(model, backbone, x_all[tr], y_all[tr], x_all[va], y_all[va], cfg, verbose)
+    if cfg.init_from:
+        model, backbone = load_for_training(Path(cfg.init_from), classes, cfg)
+        head_info: dict[str, Any] = {"init_from": str(cfg.init_from)}
+    else:
+        model, backbone = build_model(cfg.backbone, cfg.input_px, len(classes), cfg.dropout)
+        head_info = fit_head(model, backbone, x_all[tr], y_all[tr], x_all[va], y_all[va], cfg, verbose)
     ft_info: dict[str, Any] = {"epochs": 0}
     if cfg.epochs > 0:
         ft_info = fine_tune(model, backbone, x_all[tr], y_all[tr], x_all[va], y_all[va], cfg, verbose)
