@@ -103,15 +103,37 @@ class Classifier:
         return clf
 
     def _compiled(self) -> Any:
+        """Batched inference compiled once for the active Keras backend: a ``tf.function`` on
+        TensorFlow (CPU workers), ``jax.jit`` on JAX (GPU workers: ``KERAS_BACKEND=jax``)."""
         if self._predict is None:
-            import tensorflow as tf
+            import keras
 
             model = self._model
-            spec = tf.TensorSpec((None, self.input_px, self.input_px, 3), tf.uint8)
+            if keras.backend.backend() == "tensorflow":
+                import tensorflow as tf
 
-            @tf.function(input_signature=[spec], reduce_retracing=True)  # type: ignore[untyped-decorator]
-            def predict(x: Any) -> Any:
-                return model(tf.cast(x, tf.float32), training=False)
+                spec = tf.TensorSpec((None, self.input_px, self.input_px, 3), tf.uint8)
+
+                @tf.function(input_signature=[spec], reduce_retracing=True)  # type: ignore[untyped-decorator]
+                def predict(x: Any) -> Any:
+                    return model(tf.cast(x, tf.float32), training=False)
+
+            elif keras.backend.backend() == "jax":
+                import jax
+                import jax.numpy as jnp
+
+                @jax.jit
+                def _jit(trainable: Any, non_trainable: Any, x: Any) -> Any:
+                    y, _ = model.stateless_call(trainable, non_trainable, x.astype(jnp.float32), training=False)
+                    return y
+
+                def predict(x: Any) -> Any:
+                    return _jit([v.value for v in model.trainable_variables],
+                                [v.value for v in model.non_trainable_variables], x)
+
+            else:
+                def predict(x: Any) -> Any:
+                    return model.predict_on_batch(np.asarray(x, dtype=np.float32))
 
             self._predict = predict
         return self._predict

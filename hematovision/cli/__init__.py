@@ -19,6 +19,7 @@ def main() -> None:
 
 def _register() -> None:
     from hematovision.cli import (
+        bench_command,
         demo_command,
         detect_commands,
         model_commands,
@@ -26,7 +27,8 @@ def _register() -> None:
         slide_commands,
     )
 
-    for module in (demo_command, service_commands, slide_commands, model_commands, detect_commands):
+    for module in (demo_command, service_commands, slide_commands, model_commands, detect_commands,
+                   bench_command):
         for command in module.COMMANDS:
             main.add_command(command)
 

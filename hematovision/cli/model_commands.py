@@ -150,7 +150,7 @@ def evaluate_command(data_dir: Path | None, model_dir: Path | None, mpp: float |
     click.echo(json.dumps(result))
 
 
-@click.command("bench")
+@click.command("bench-classifier")
 @click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None)
 @click.option("--n", "n_crops", default=512, show_default=True, help="Crops per timed pass.")
 @click.option("--threads", default=2, show_default=True)
