@@ -73,8 +73,8 @@ def mask_scale_bar(image: np.ndarray, box_frac: tuple[float, float] = SCALE_BAR_
                    band_px: int = 6) -> np.ndarray:
     """Copy of ``image`` with the bottom-right scale-bar box filled with the local background.
 
-    The fill is the per-channel median of a ``band_px`` band above and left of the box (a flat
-    patch: no edge, no text), so a masked corner looks like glass.
+    The fill is the per-channel median of the brighter half of a ``band_px`` band above and left
+    of the box (glass, not the cells crossing the band): a flat patch, no edge, no text.
     """
     arr = np.array(image, dtype=np.uint8, copy=True)
     h, w = arr.shape[:2]
@@ -84,7 +84,8 @@ def mask_scale_bar(image: np.ndarray, box_frac: tuple[float, float] = SCALE_BAR_
         arr[max(0, y0 - band_px):y0, max(0, x0 - band_px):].reshape(-1, 3),
         arr[y0:, max(0, x0 - band_px):x0].reshape(-1, 3),
     ])
-    arr[y0:, x0:] = np.median(band, axis=0).astype(np.uint8)
+    bright = band.sum(1) >= np.median(band.sum(1))
+    arr[y0:, x0:] = np.median(band[bright], axis=0).astype(np.uint8)
     return arr
 
 
@@ -117,6 +118,23 @@ def pbc_reference(pbc_dir: str | Path, files: Sequence[str], n: int = 160, seed:
         with Image.open(Path(pbc_dir) / files[i]) as im:
             images.append(np.asarray(im.convert("RGB").resize((120, 121))))
     return lab_stats(images)
+
+
+def field_crops(masked: np.ndarray, mpp: float, reference: dict[str, list[float]],
+                crop_um: float = DEFAULT_CROP_UM, input_px: int = DEFAULT_INPUT_PX) -> list[np.ndarray]:
+    """White-cell crops of one field whose scale bar is already masked (:func:`mask_scale_bar`).
+
+    Cells are detected on the field as it is and cut from its colour-normalised copy, strongest
+    detections first, at most ``MAX_CELLS_PER_FIELD``, none closer than ``EDGE_MARGIN_UM`` to the
+    border.
+    """
+    norm = reinhard_normalise(masked, reference)
+    h, w = masked.shape[:2]
+    margin = EDGE_MARGIN_UM / mpp
+    dets = [d for d in detect_cells(masked, mpp, kinds=("wbc",))
+            if margin <= d.center[0] <= w - margin and margin <= d.center[1] <= h - margin]
+    dets = sorted(dets, key=lambda d: -d.score)[:MAX_CELLS_PER_FIELD]
+    return [crop_cell(norm, d.center, mpp, crop_um, input_px) for d in dets]
 
 
 @dataclass
@@ -211,13 +229,7 @@ def build_blast_crops(all_root: str | Path, out_dir: str | Path, reference: dict
     for f, arr, est in zip(fields, images, estimates):
         fallback = est is None or not PLAUSIBLE_MPP[0] <= est <= PLAUSIBLE_MPP[1]
         mpp = median_mpp if fallback else float(est)  # type: ignore[arg-type]
-        norm = reinhard_normalise(arr, reference)
-        h, w = arr.shape[:2]
-        margin = EDGE_MARGIN_UM / mpp
-        dets = [d for d in detect_cells(arr, mpp, kinds=("wbc",))
-                if margin <= d.center[0] <= w - margin and margin <= d.center[1] <= h - margin]
-        dets = sorted(dets, key=lambda d: -d.score)[:MAX_CELLS_PER_FIELD]
-        crops = [crop_cell(norm, d.center, mpp, crop_um, input_px) for d in dets]
+        crops = field_crops(arr, mpp, reference, crop_um, input_px)
         drop = drop_by(np.stack(crops)) if (drop_by and crops) else [False] * len(crops)
         part = group_part[f.group]
         names = []
@@ -281,3 +293,25 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def rebuild_field_crops(doc: dict[str, Any], all_root: str | Path, part: str = "test",
+                        source_classes: Sequence[str] | None = None) -> list[tuple[dict[str, Any], np.ndarray]]:
+    """Recut the crops of one part of a blast ``split.json`` from the ALL images themselves.
+
+    Uses the recorded µm/px, colour reference and kept crop names, so the crops are those of
+    :func:`build_blast_crops` without needing its output folder (e.g. in tests and benchmarks).
+    Returns (field record, crops (K, input_px, input_px, 3)) for every field with kept crops.
+    """
+    out = []
+    for f in doc["fields"]:
+        if f["part"] != part or not f["crops"] or (source_classes and f["class"] not in source_classes):
+            continue
+        with Image.open(Path(all_root) / f["field"]) as im:
+            arr = mask_scale_bar(np.asarray(im.convert("RGB")))
+        crops = field_crops(arr, float(f["mpp_used"]), doc["colour_reference_lab"], float(doc["crop_um"]),
+                            int(doc["input_px"]))
+        stem = Path(f["field"]).stem
+        keep = [k for k in range(len(crops)) if f"{f['label']}/{stem}_c{k}.png" in set(f["crops"])]
+        out.append((f, np.stack([crops[k] for k in keep])))
+    return out

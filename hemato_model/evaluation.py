@@ -126,6 +126,10 @@ def evaluate_folder(clf: Classifier, data_dir: str | Path, mpp: float | None = N
         if not split_path.is_file():
             raise DataError(f"{clf.model_dir} has no split.json, so --split cannot be used")
         split_doc = json.loads(split_path.read_text())
+        extra = split_doc.get("extra")
+        if extra and Path(extra["data_dir"]).resolve() == Path(data_dir).resolve():
+            split_doc = extra  # the --extra-data folder the model was trained with
+            mpp = mpp or float(extra["mpp"])
         if split not in split_doc:
             raise DataError(f"split.json has no part {split!r} (train, val, test)")
         split_files = split_doc[split]
@@ -275,3 +279,87 @@ def evaluate_bccd(clf: Classifier, bccd_root: str | Path, mpp: float | None = No
                               "macro_recall": round(1.0 / len(BCCD_CLASSES), 4)},
         "predicted_counts": {c: predicted.count(c) for c in sorted(set(predicted))},
     }
+
+
+def _rate(k: int, n: int) -> dict[str, Any]:
+    from hematovision.stats import percent_interval
+
+    lo, hi = percent_interval(k, n)
+    return {"k": k, "n": n, "rate": round(k / n, 4) if n else None, "ci95_pct": [lo, hi]}
+
+
+def evaluate_blast(clf: Classifier, blast_dir: str | Path, pbc_dir: str | Path | None = None,
+                   bccd_root: str | Path | None = None, split: str = "test") -> dict[str, Any]:
+    """Blast sensitivity/specificity on held-out ALL fields, and false-blast rates on normal cells.
+
+    ``blast_dir`` is the output of :mod:`hemato_model.blast_data` (crops + ``split.json``). A cell
+    is "called a blast" when ``blast`` is its top class (the differential counts top classes above
+    the threshold; a blast under it becomes ``unidentified``, so the thresholded figures are also
+    given). Per cell: sensitivity over crops of Early/Pre/Pro fields, specificity over crops of
+    Benign (hematogone) fields. Per field: a field is called positive when at least half of its
+    cells are called blasts. False-blast rates: PBC lymphocytes of the model's held-out ``split``
+    (and all PBC test white cells), and BCCD single-WBC lymphocytes (:func:`bccd_cells`).
+    Rates come with exact 95 % intervals (percent).
+    """
+    from PIL import Image
+
+    from hematovision.datasets import BCCD_MPP
+    from hemato_model.preprocessing import crop_cell
+
+    if "blast" not in clf.classes:
+        raise DataError(f"{clf.name} {clf.version} has no 'blast' class")
+    b = clf.classes.index("blast")
+    root = Path(blast_dir)
+    doc = json.loads((root / "split.json").read_text())
+    fields = [f for f in doc["fields"] if f["part"] == split and f["crops"]]
+    names = [c for f in fields for c in f["crops"]]
+    scale = float(doc["crop_um"]) / int(doc["input_px"])
+    crops = load_crops([root / n for n in names], scale, clf.crop_um, clf.input_px)
+    proba = clf.predict_proba(crops)
+    top_blast = proba.argmax(1) == b
+    kept_blast = top_blast & (proba.max(1) >= clf.threshold)
+    called = dict(zip(names, top_blast))
+    is_blast = np.array([n.startswith("blast/") for n in names])
+    out: dict[str, Any] = {"model": f"{clf.name} {clf.version}", "split": split, "threshold": clf.threshold}
+    out["per_cell"] = {
+        "sensitivity": _rate(int(top_blast[is_blast].sum()), int(is_blast.sum())),
+        "specificity_hematogones": _rate(int((~top_blast[~is_blast]).sum()), int((~is_blast).sum())),
+        "sensitivity_above_threshold": _rate(int(kept_blast[is_blast].sum()), int(is_blast.sum())),
+        "hematogones_called_lymphocyte": _rate(
+            int((proba[~is_blast].argmax(1) == clf.classes.index("lymphocyte")).sum()), int((~is_blast).sum())),
+        "predicted_on_blast_cells": dict(sorted(
+            {c: int((proba[is_blast].argmax(1) == i).sum()) for i, c in enumerate(clf.classes)}.items())),
+    }
+    pos = [f for f in fields if f["label"] == "blast"]
+    neg = [f for f in fields if f["label"] != "blast"]
+
+    def positive(f: dict[str, Any]) -> bool:
+        return 2 * sum(bool(called[c]) for c in f["crops"]) >= len(f["crops"])
+
+    out["per_field"] = {
+        "rule": "field positive when >= half of its cells are called blast",
+        "sensitivity": _rate(sum(positive(f) for f in pos), len(pos)),
+        "specificity": _rate(sum(not positive(f) for f in neg), len(neg)),
+        "fields_without_cells": sum(1 for f in doc["fields"] if f["part"] == split and not f["crops"]),
+    }
+    for cls in ("Early", "Pre", "Pro"):
+        sub = [c for f in fields if f["class"] == cls for c in f["crops"]]
+        out["per_cell"][f"sensitivity_{cls}"] = _rate(sum(bool(called[c]) for c in sub), len(sub))
+    if pbc_dir is not None:
+        from hematovision.datasets import PBC_MPP
+
+        files = json.loads((clf.model_dir / "split.json").read_text())[split]
+        wbc = [f for f in files if f.split("/")[0] not in ("erythroblast", "platelet")]
+        p = clf.predict_proba(load_crops([Path(pbc_dir) / f for f in wbc], PBC_MPP, clf.crop_um, clf.input_px))
+        lym = np.array([f.startswith("lymphocyte/") for f in wbc])
+        out["false_blast_pbc_lymphocytes"] = _rate(int((p[lym].argmax(1) == b).sum()), int(lym.sum()))
+        out["false_blast_pbc_all_wbc"] = _rate(int((p.argmax(1) == b).sum()), len(wbc))
+    if bccd_root is not None:
+        cells = [c for c in bccd_cells(bccd_root) if c[2] == "lymphocyte"]
+        bc = np.empty((len(cells), clf.input_px, clf.input_px, 3), dtype=np.uint8)
+        for i, (jpg, centre, _) in enumerate(cells):
+            with Image.open(jpg) as im:
+                bc[i] = crop_cell(np.asarray(im.convert("RGB")), centre, BCCD_MPP, clf.crop_um, clf.input_px)
+        p = clf.predict_proba(bc)
+        out["false_blast_bccd_lymphocytes"] = _rate(int((p.argmax(1) == b).sum()), len(cells))
+    return out

@@ -76,6 +76,7 @@ class TrainConfig:
     init_from: str | None = None
     aug_strength: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict)
+    extra_data: str | None = None
 
 
 def list_image_folder(data_dir: str | Path) -> tuple[list[Path], list[str]]:
@@ -163,19 +164,65 @@ def build_model(backbone_name: str, input_px: int, n_classes: int, dropout: floa
     return keras.Model(inputs, outputs, name="wbc_classifier"), backbone
 
 
-def load_for_training(model_dir: Path, classes: list[str], cfg: TrainConfig) -> tuple[Any, Any]:
-    """(model, backbone) of an existing model directory, to continue fine-tuning it.
+def load_for_training(model_dir: Path, classes: list[str], cfg: TrainConfig) -> tuple[Any, Any, bool]:
+    """(model, backbone, head_needs_fit) of an existing model directory, to continue training it.
+
+    With the same classes the model is returned as it is. When this run adds classes (e.g.
+    ``blast`` from ``--extra-data``) a new model is built: the backbone weights are copied, the
+    head's columns of the known classes are copied by name and each new class starts from the
+    mean of the old columns; ``head_needs_fit`` is then True (the head stage runs first).
 
     Raises:
-        DataError: the directory's classes or input size differ from this run's.
+        DataError: the input size differs, or the old model has a class this run lacks.
     """
     import keras
 
     meta = json.loads((model_dir / "model.json").read_text())
-    if meta["classes"] != classes or int(meta["input_px"]) != cfg.input_px:
-        raise DataError(f"{model_dir}: classes/input_px differ from this training run")
-    model = keras.models.load_model(model_dir / "model.keras", compile=False, safe_mode=True)
-    return model, model.get_layer(cfg.backbone)
+    if int(meta["input_px"]) != cfg.input_px:
+        raise DataError(f"{model_dir}: input_px differs from this training run")
+    old = keras.models.load_model(model_dir / "model.keras", compile=False, safe_mode=True)
+    if meta["classes"] == classes:
+        return old, old.get_layer(cfg.backbone), False
+    missing = set(meta["classes"]) - set(classes)
+    if missing:
+        raise DataError(f"{model_dir}: classes {sorted(missing)} are not in this training run")
+    model, backbone = build_model(cfg.backbone, cfg.input_px, len(classes), cfg.dropout)
+    backbone.set_weights(old.get_layer(cfg.backbone).get_weights())
+    kernel, bias = old.get_layer("head").get_weights()
+    new_kernel = np.repeat(kernel.mean(axis=1, keepdims=True), len(classes), axis=1)
+    new_bias = np.full(len(classes), float(bias.mean()), dtype=bias.dtype)
+    for j, c in enumerate(classes):
+        if c in meta["classes"]:
+            i = meta["classes"].index(c)
+            new_kernel[:, j], new_bias[j] = kernel[:, i], bias[i]
+    model.get_layer("head").set_weights([new_kernel, new_bias])
+    return model, backbone, True
+
+
+def read_extra_data(extra_dir: str | Path, cfg: TrainConfig) -> tuple[list[Path], list[str], dict[str, list[int]]]:
+    """Crops of an extra class folder (e.g. ``hemato_model.blast_data``'s output) and their split.
+
+    The folder holds ``<class>/<crop>`` images already cut at the model's scale (``input_px``
+    pixels = ``crop_um`` µm). Its own ``split.json`` (lists ``train``/``val``/``test`` of relative
+    paths, e.g. split by field group) is used when present; otherwise the files are split like
+    the main data.
+
+    Raises:
+        DataError: no images, or a ``split.json`` made for another crop size.
+    """
+    root = Path(extra_dir)
+    paths, labels = list_image_folder(root)
+    rel = [str(p.resolve().relative_to(root.resolve())) for p in paths]
+    split_path = root / "split.json"
+    if split_path.is_file():
+        doc = json.loads(split_path.read_text())
+        if float(doc.get("crop_um", cfg.crop_um)) != cfg.crop_um or int(doc.get("input_px", cfg.input_px)) != cfg.input_px:
+            raise DataError(f"{split_path}: crops were cut at another crop_um/input_px than this run's")
+        index = {r: i for i, r in enumerate(rel)}
+        split = {k: sorted(index[r] for r in doc.get(k, []) if r in index) for k in ("train", "val", "test")}
+    else:
+        split = split_files(labels, cfg.seed, cfg.val_fraction, cfg.test_fraction)
+    return paths, labels, split
 
 
 def class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
@@ -332,21 +379,39 @@ def train(cfg: TrainConfig, progress: ProgressFactory | None = None, verbose: in
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     data_root = Path(cfg.data_dir).resolve()
+    # The main data's split depends on its own files only, so adding extra data leaves it unchanged.
     split = split_files(labels, cfg.seed, cfg.val_fraction, cfg.test_fraction)
     rel = [str(p.resolve().relative_to(data_root)) for p in paths]
-    (out_dir / "split.json").write_text(json.dumps(
-        {"seed": cfg.seed, "data_dir": str(cfg.data_dir), "classes": classes,
-         "fractions": {"val": cfg.val_fraction, "test": cfg.test_fraction},
-         **{k: [rel[i] for i in v] for k, v in split.items()}}, indent=1) + "\n")
+    split_doc: dict[str, Any] = {
+        "seed": cfg.seed, "data_dir": str(cfg.data_dir), "classes": classes,
+        "fractions": {"val": cfg.val_fraction, "test": cfg.test_fraction},
+        **{k: [rel[i] for i in v] for k, v in split.items()}}
+    x_all = load_crops(paths, cfg.mpp, cfg.crop_um, cfg.input_px, progress)
+    if cfg.extra_data:
+        e_paths, e_labels, e_split = read_extra_data(cfg.extra_data, cfg)
+        e_root = Path(cfg.extra_data).resolve()
+        e_rel = [str(p.resolve().relative_to(e_root)) for p in e_paths]
+        split_doc["extra"] = {"data_dir": str(cfg.extra_data), "mpp": cfg.crop_um / cfg.input_px,
+                              **{k: [e_rel[i] for i in v] for k, v in e_split.items()}}
+        offset = len(paths)
+        for k in split:
+            split[k] = split[k] + [offset + i for i in e_split[k]]
+        x_all = np.concatenate([x_all, load_crops(e_paths, cfg.crop_um / cfg.input_px, cfg.crop_um,
+                                                  cfg.input_px, progress, label="Extra crops")])
+        paths, labels = paths + e_paths, labels + e_labels
+        classes = sorted(set(labels))
+        split_doc["classes"] = classes
+    (out_dir / "split.json").write_text(json.dumps(split_doc, indent=1) + "\n")
 
     y_all = np.array([classes.index(lab) for lab in labels])
-    x_all = load_crops(paths, cfg.mpp, cfg.crop_um, cfg.input_px, progress)
     tr, va = np.array(split["train"]), np.array(split["val"])
     if len(va) == 0:
         raise DataError("validation split is empty: add images")
     if cfg.init_from:
-        model, backbone = load_for_training(Path(cfg.init_from), classes, cfg)
+        model, backbone, needs_head = load_for_training(Path(cfg.init_from), classes, cfg)
         head_info: dict[str, Any] = {"init_from": str(cfg.init_from)}
+        if needs_head:
+            head_info.update(fit_head(model, backbone, x_all[tr], y_all[tr], x_all[va], y_all[va], cfg, verbose))
     else:
         model, backbone = build_model(cfg.backbone, cfg.input_px, len(classes), cfg.dropout)
         head_info = fit_head(model, backbone, x_all[tr], y_all[tr], x_all[va], y_all[va], cfg, verbose)
@@ -381,6 +446,7 @@ def train(cfg: TrainConfig, progress: ProgressFactory | None = None, verbose: in
         "training": {
             "config": asdict(cfg),
             "n_train": int(len(tr)), "n_val": int(len(va)), "n_test": int(len(split["test"])),
+            "n_per_class_train": {c: int((y_all[tr] == i).sum()) for i, c in enumerate(classes)},
             "head": head_info, "fine_tune": ft_info, "seconds": seconds,
             "val_accuracy": round(val_acc, 4),
             "threshold_rule": f"lowest top-probability cut-off >= {cfg.threshold_floor} keeping "

@@ -64,12 +64,17 @@ def _threads(threads: int | None) -> None:
 @click.option("--aug-strength", default=1.0, show_default=True, help="Scale of the colour/stain jitter.")
 @click.option("--limit-per-class", default=None, type=int, help="Use at most this many images per class.")
 @click.option("--version", "model_version", default="1.0.0", show_default=True)
+@click.option("--name", "model_name", default=None, help="Model name [default: wbc-effnetlite0].")
+@click.option("--extra-data", type=click.Path(path_type=Path), default=None,
+              help="Second image folder of crops already at model scale (input_px = crop_um), whose "
+                   "subfolders add classes or cells (e.g. blast crops from hemato_model.blast_data); "
+                   "its split.json is used if present. The --data split is unchanged by it.")
 @click.option("--threads", default=2, show_default=True, help="CPU threads for TensorFlow (0 = all).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train_command(data_dir: Path, out_dir: Path, epochs: int, head_epochs: int, seed: int, input_px: int,
                   crop_um: float, mpp: float | None, backbone: str, unfreeze_from: str, finetune_lr: float,
                   batch_size: int, patience: int, init_from: Path | None, aug_strength: float, limit_per_class: int | None, model_version: str,
-                  threads: int, quiet: bool) -> None:
+                  model_name: str | None, extra_data: Path | None, threads: int, quiet: bool) -> None:
     """Train the white-cell classifier (frozen head, then fine-tuning) and write a model directory."""
     _quiet_tensorflow()
     if not data_dir.is_dir():
@@ -78,14 +83,17 @@ def train_command(data_dir: Path, out_dir: Path, epochs: int, head_epochs: int, 
         raise click.UsageError(f"--init-from: not a model directory: {init_from}")
     if input_px < 32:
         raise click.UsageError("--input-px must be at least 32")
-    from hemato_model.training import DataError, TrainConfig, train
+    if extra_data is not None and not extra_data.is_dir():
+        raise click.UsageError(f"--extra-data: folder not found: {extra_data}")
+    from hemato_model.training import MODEL_NAME, DataError, TrainConfig, train
     from hematovision.datasets import PBC_MPP
 
     cfg = TrainConfig(data_dir=str(data_dir), out_dir=str(out_dir), backbone=backbone, input_px=input_px,
                       crop_um=crop_um, mpp=mpp or PBC_MPP, seed=seed, epochs=epochs, head_epochs=head_epochs,
                       unfreeze_from=unfreeze_from, finetune_lr=finetune_lr, batch_size=batch_size,
                       patience=patience, limit_per_class=limit_per_class, version=model_version,
-                      init_from=str(init_from) if init_from else None, aug_strength=aug_strength)
+                      init_from=str(init_from) if init_from else None, aug_strength=aug_strength,
+                      name=model_name or MODEL_NAME, extra_data=str(extra_data) if extra_data else None)
     try:
         meta = train(cfg, progress=_progress_factory(not quiet), verbose=0 if quiet else 1, threads=threads or None)
     except DataError as exc:

@@ -1,0 +1,162 @@
+"""How well the blast flags fire at known blast fractions, with the blast model on held-out cells.
+
+This **samples crops, it does not render slides**: for each blast level (0, 2, 5, 10, 20, 30, 50 % of
+white cells) and each white-cell count (100, 200, 500), ``--reps`` populations are drawn — blasts
+from the crops of the held-out (test) ALL fields of the model's blast split (Early/Pre/Pro fields,
+recut from ``shared/data/aria_all`` with the recorded µm/px and colour reference), normal white
+cells from the model's held-out PBC test split, mixed as a normal differential (neutrophil 58 %,
+lymphocyte 30 %, monocyte 6 %, eosinophil 3 %, ig 2 %, basophil 1 %). Every crop is classified once
+by the model; a population's labels (threshold applied: low-confidence cells are ``unidentified``)
+go through :func:`hematovision.reports.differential` and :func:`hematovision.flags.evaluate_flags`
+exactly as a slide's would. Cells are drawn with replacement (the held-out pools hold a few
+hundred cells), so populations of 500 reuse cells; detection is not exercised (every cell is a
+detected white cell), and all blasts come from one lab's B-ALL cases.
+
+Per level and count it prints the share of populations with each flag: ``critical``
+(SUSPECTED_ACUTE_LEUKEMIA at critical severity), ``review`` (BLASTS), ``borderline`` (a
+``*_BORDERLINE`` blast flag) and ``any`` (any blast flag). Sensitivity/specificity in ``summary``:
+the critical flag against truth "blasts ≥ 20 %", and "BLASTS review or critical" against
+truth "blasts ≥ 5 %", over populations of ≥ 200 cells (below 200 the count is insufficient and
+the rules drop borderline flags).
+
+    python benchmarks/blast_flag_evidence.py [--model DIR] [--reps 200] [--seed 0] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+DEFAULT_MODEL = ROOT / "hemato_model" / "models" / "wbc-blast-effnetlite0-v2"
+LEVELS_PCT = (0, 2, 5, 10, 20, 30, 50)
+TOTALS = (100, 200, 500)
+NORMAL_MIX = {"neutrophil": 0.58, "lymphocyte": 0.30, "monocyte": 0.06, "eosinophil": 0.03, "ig": 0.02,
+              "basophil": 0.01}
+
+
+def _pools(clf: Any, data_root: Path) -> tuple[list[str], dict[str, list[str]]]:
+    """Labels (threshold applied) of the held-out blast crops and of PBC test cells per class."""
+    from hematovision.datasets import PBC_MPP
+    from hemato_model.blast_data import rebuild_field_crops
+    from hemato_model.training import load_crops
+
+    model_dir = Path(clf.model_dir)
+    doc = json.loads((model_dir / "blast_split.json").read_text())
+    fields = rebuild_field_crops(doc, data_root / "aria_all", "test", ("Early", "Pre", "Pro"))
+    blast_crops = np.concatenate([c for _, c in fields])
+    blast_labels = [lab for lab, _ in clf.classify(blast_crops)]
+    split = json.loads((model_dir / "split.json").read_text())
+    pbc_dir = Path(split["data_dir"])
+    if not pbc_dir.is_dir():
+        pbc_dir = data_root / "pbc_subset" / "PBC_dataset_normal_DIB"
+    normals: dict[str, list[str]] = {}
+    for cls in NORMAL_MIX:
+        files = [pbc_dir / f for f in split["test"] if f.startswith(cls + "/")]
+        crops = load_crops(files, PBC_MPP, clf.crop_um, clf.input_px)
+        normals[cls] = [lab for lab, _ in clf.classify(crops)]
+    return blast_labels, normals
+
+
+def simulate(blast_labels: list[str], normals: dict[str, list[str]], classes: list[str], reps: int,
+             seed: int) -> dict[str, Any]:
+    """The flag table (see the module docstring)."""
+    from hematovision.flags import evaluate_flags
+    from hematovision.reports import differential
+
+    rng = np.random.default_rng(seed)
+    mix_classes = list(NORMAL_MIX)
+    mix_p = np.array([NORMAL_MIX[c] for c in mix_classes])
+    table = []
+    outcomes: list[tuple[int, int, bool, bool]] = []  # level, n, critical, review-or-critical
+    for n in TOTALS:
+        for level in LEVELS_PCT:
+            n_blast = int(round(n * level / 100))
+            counts: Counter[str] = Counter()
+            measured = []
+            for _ in range(reps):
+                labels = [blast_labels[i] for i in rng.integers(0, len(blast_labels), n_blast)]
+                kinds = rng.choice(len(mix_classes), size=n - n_blast, p=mix_p)
+                for k in kinds:
+                    pool = normals[mix_classes[k]]
+                    labels.append(pool[rng.integers(0, len(pool))])
+                diff, n_wbc, ery = differential(labels, classes)
+                flags = evaluate_flags({k: v["count"] for k, v in diff.items()}, n_wbc, erythroblasts=ery)
+                codes = {f.code: f.severity for f in flags}
+                crit = codes.get("SUSPECTED_ACUTE_LEUKEMIA") == "critical"
+                review = "BLASTS" in codes
+                border = any(c.endswith("_BORDERLINE") and c.split("_BORDERLINE")[0] in
+                             ("SUSPECTED_ACUTE_LEUKEMIA", "BLASTS") for c in codes)
+                counts.update({"critical": crit, "review": review, "borderline": border,
+                               "any": crit or review or border or "SUSPECTED_ACUTE_LEUKEMIA" in codes})
+                measured.append(diff.get("blast", {}).get("percent", 0.0))
+                outcomes.append((level, n, crit, crit or review or codes.get("SUSPECTED_ACUTE_LEUKEMIA") == "critical"))
+            table.append({"true_blast_pct": level, "n_wbc": n, "reps": reps,
+                          "measured_blast_pct_mean": round(float(np.mean(measured)), 1),
+                          **{k: round(counts[k] / reps, 3) for k in ("critical", "review", "borderline", "any")}})
+
+    def sens_spec(cut: float, idx: int) -> dict[str, Any]:
+        sel = [o for o in outcomes if o[1] >= 200]
+        pos = [o[idx] for o in sel if o[0] >= cut]
+        neg = [not o[idx] for o in sel if o[0] < cut]
+        return {"truth": f"blasts >= {cut:g}%", "sensitivity": round(float(np.mean(pos)), 3),
+                "specificity": round(float(np.mean(neg)), 3), "n_pos": len(pos), "n_neg": len(neg)}
+
+    return {"table": table, "summary": {
+        "SUSPECTED_ACUTE_LEUKEMIA (critical)": sens_spec(20, 2),
+        "BLASTS review or critical": sens_spec(5, 3),
+        "note": "populations of >= 200 white cells; levels 0/2 % are negatives for both flags"}}
+
+
+def run(model_dir: Path, reps: int, seed: int, threads: int) -> dict[str, Any]:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
+    except RuntimeError:
+        pass
+    from hematovision.settings import load_settings
+    from hemato_model.classifier import Classifier
+
+    clf = Classifier.load(model_dir)
+    data_root = Path(load_settings().data_root) / "data"
+    if not (data_root / "aria_all").is_dir():
+        data_root = ROOT.parent / "shared" / "data"
+    blast_labels, normals = _pools(clf, data_root)
+    result = simulate(blast_labels, normals, clf.classes, reps, seed)
+    return {
+        "model": f"{clf.name} {clf.version}", "method": "sampled held-out crops, not rendered slides",
+        "seed": seed, "reps": reps, "normal_mix": NORMAL_MIX,
+        "pool_sizes": {"blast": len(blast_labels), **{k: len(v) for k, v in normals.items()}},
+        "blast_pool_called_blast": round(blast_labels.count("blast") / len(blast_labels), 4),
+        "blast_pool_unidentified": round(blast_labels.count("unidentified") / len(blast_labels), 4),
+        "normal_pool_called_blast": round(sum(v.count("blast") for v in normals.values())
+                                          / sum(len(v) for v in normals.values()), 4),
+        **result,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    ap.add_argument("--reps", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    print(json.dumps(run(args.model, args.reps, args.seed, args.threads), indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""The blast data preparation (scale-bar mask, µm/px estimate) and the v2 blast model's guards.
+
+Fast (well under a minute): a few ALL fields and the 82 held-out PBC lymphocytes. Tests that need
+the shared data skip when it is absent; the model tests need only the shipped model directory.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hemato_model.blast_data import SCALE_BAR_BOX, mask_scale_bar, rebuild_field_crops
+from hemato_model.detection import estimate_mpp
+from hematovision.datasets import PBC_MPP
+from hematovision.settings import load_settings
+
+MODEL_DIR = Path(__file__).resolve().parents[2] / "hemato_model" / "models" / "wbc-blast-effnetlite0-v2"
+DATA = Path(load_settings().data_root) / "data"
+ALL_ROOT = DATA / "aria_all"
+PBC_DIR = DATA / "pbc_subset" / "PBC_dataset_normal_DIB"
+
+needs_all = pytest.mark.skipif(not (ALL_ROOT / "images").is_dir(), reason="shared ALL data not available")
+needs_pbc = pytest.mark.skipif(not PBC_DIR.is_dir(), reason="shared PBC data not available")
+
+
+def _all_fields(n_per_class: int) -> list[Path]:
+    return [f for c in ("Benign", "Early", "Pre", "Pro")
+            for f in sorted((ALL_ROOT / "images" / c).glob("*.jpg"))[:n_per_class]]
+
+
+def test_mask_scale_bar_replaces_the_corner_with_background() -> None:
+    img = np.full((224, 224, 3), 240, dtype=np.uint8)
+    img[100:140, 100:140] = (120, 60, 160)  # a cell elsewhere stays
+    img[205:217, 192:220] = 0  # the scale-bar mark
+    img[208:212, 196:216] = (255, 0, 0)
+    out = mask_scale_bar(img)
+    bw, bh = round(SCALE_BAR_BOX[0] * 224), round(SCALE_BAR_BOX[1] * 224)
+    corner = out[224 - bh:, 224 - bw:]
+    assert (corner == 240).all()  # filled with the glass colour, mark gone
+    assert (out[100:140, 100:140] == (120, 60, 160)).all()
+    assert (img[205:217, 192:220] == 0).any()  # the input is not modified
+
+
+@needs_all
+def test_mask_removes_the_real_scale_bar() -> None:
+    for path in _all_fields(2):
+        arr = np.asarray(Image.open(path).convert("RGB"))
+        out = mask_scale_bar(arr)
+        corner = out[-26:, -40:].reshape(-1, 3)
+        assert (corner == corner[0]).all()  # one flat colour
+        assert corner[0].mean() > 150  # glass-like, not the dark mark
+        assert (out[:-26] == arr[:-26]).all()
+
+
+@needs_all
+def test_estimated_mpp_is_plausible_on_all_fields() -> None:
+    estimates = []
+    for path in _all_fields(3):
+        arr = mask_scale_bar(np.asarray(Image.open(path).convert("RGB")))
+        try:
+            estimates.append(estimate_mpp(arr))
+        except ValueError:
+            continue
+    assert len(estimates) >= 8
+    # 224-px fields of a 100× camera image: red cells 10-40 px across -> about 0.18-0.75 µm/px.
+    assert 0.18 <= float(np.median(estimates)) <= 0.75
+
+
+@pytest.fixture(scope="module")
+def clf():  # type: ignore[no-untyped-def]
+    from hemato_model.classifier import Classifier
+
+    return Classifier.load(MODEL_DIR)
+
+
+def test_v2_model_loads_with_a_blast_class(clf) -> None:  # type: ignore[no-untyped-def]
+    assert "blast" in clf.classes and len(clf.classes) == 9
+    assert clf.version.startswith("2.") and clf.crop_um == 24.0 and clf.input_px == 128
+    for name in ("model.keras", "model.json", "split.json", "blast_split.json", "metrics.json", "MODEL_CARD.md"):
+        assert (MODEL_DIR / name).is_file()
+    assert (MODEL_DIR / "model.keras").stat().st_size < 25 * 2**20
+
+
+@needs_all
+def test_v2_calls_most_held_out_blasts_blast(clf) -> None:  # type: ignore[no-untyped-def]
+    doc = json.loads((MODEL_DIR / "blast_split.json").read_text())
+    picked = []
+    for cls in ("Early", "Pre", "Pro"):
+        picked += [f for f in doc["fields"] if f["part"] == "test" and f["class"] == cls and f["crops"]][:3]
+    sub = dict(doc, fields=picked)
+    crops = np.concatenate([c for _, c in rebuild_field_crops(sub, ALL_ROOT, "test")])
+    top = clf.predict_proba(crops).argmax(1)
+    share = float((top == clf.classes.index("blast")).mean())
+    assert len(crops) >= 9 and share >= 0.6, share
+
+
+@needs_pbc
+def test_v2_false_blast_rate_on_pbc_lymphocytes_within_the_card(clf) -> None:  # type: ignore[no-untyped-def]
+    from hemato_model.training import load_crops
+
+    metrics = json.loads((MODEL_DIR / "metrics.json").read_text())
+    stated = metrics["blast"]["false_blast_pbc_lymphocytes"]["rate"]
+    split = json.loads((MODEL_DIR / "split.json").read_text())
+    files = [PBC_DIR / f for f in split["test"] if f.startswith("lymphocyte/")]
+    crops = load_crops(files, PBC_MPP, clf.crop_um, clf.input_px)
+    rate = float((clf.predict_proba(crops).argmax(1) == clf.classes.index("blast")).mean())
+    assert len(files) == 82
+    assert rate <= stated + 1e-9
