@@ -13,12 +13,14 @@ from pathlib import Path
 
 import click
 
+NORMAL = {"neutrophil": 0.58, "lymphocyte": 0.30, "monocyte": 0.07, "eosinophil": 0.03, "basophil": 0.01,
+          "ig": 0.01}
 DEMO_SLIDES = (
-    # name, format, white cells, class mix (None = normal adult differential)
-    ("normal-smear.tiff", "tiff", 240, None),
-    ("lymphocytosis.svs", "svs", 240, {"lymphocyte": 0.62, "neutrophil": 0.25, "monocyte": 0.05,
-                                        "ig": 0.06, "eosinophil": 0.02}),
-    ("scant-smear.tiff", "tiff", 60, None),
+    # name, format, white cells, class mix of the white cells placed
+    ("normal-smear.tiff", "tiff", 240, NORMAL),
+    ("lymphocytosis.svs", "svs", 240, {"lymphocyte": 0.66, "neutrophil": 0.22, "monocyte": 0.05,
+                                        "ig": 0.05, "eosinophil": 0.02}),
+    ("scant-smear.tiff", "tiff", 60, NORMAL),
 )
 
 
@@ -81,7 +83,7 @@ def demo(var_dir: str, size: int, mpp: float, timeout: float) -> None:
         reports_dir = var / "reports"
         reports_dir.mkdir(exist_ok=True)
         click.echo("4/4 results")
-        header = f"{'slide':<22}{'state':<11}{'WBC':>5}{'RBC':>7}{'PLT':>6}  {'differential (top 3, 95% CI)':<50}flags"
+        header = f"{'slide':<22}{'state':<11}{'WBC':>5}{'RBC':>7}{'PLT':>6}  {'differential (top 3, 95% CI)':<58}flags"
         click.echo(header)
         click.echo("-" * (len(header) + 20))
         for job in final["jobs"]:
@@ -99,7 +101,7 @@ def demo(var_dir: str, size: int, mpp: float, timeout: float) -> None:
             fl = ", ".join(f["code"] for f in rep["flags"]) or "none"
             c = rep["counts"]
             click.echo(f"{job['filename']:<22}{job['state']:<11}{c['wbc']:>5}{c['rbc']:>7}{c['platelets']:>6}  "
-                       f"{diff:<50}{fl}")
+                       f"{diff:<58}{fl}")
         flagged = client.flags(batch=batch["id"])
         click.echo(f"\nflag report: {flagged['count']} flagged slide(s), most severe first "
                    f"(GET /api/v1/flags?batch={batch['id']})")

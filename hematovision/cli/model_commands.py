@@ -117,18 +117,24 @@ def train_command(data_dir: Path, out_dir: Path, epochs: int, head_epochs: int, 
               help="Only the files of this part of the model's split.json (e.g. its held-out test set).")
 @click.option("--bccd", "bccd_dir", type=click.Path(path_type=Path), default=None,
               help="Out-of-domain test on a BCCD folder (WBC boxes + extra/wbc_subtype_labels.csv).")
+@click.option("--blast-data", "blast_dir", type=click.Path(path_type=Path), default=None,
+              help="Blast evaluation on a hemato_model.blast_data folder (held-out ALL fields), with "
+                   "false-blast rates on --data (PBC, held-out --split) and --bccd lymphocytes if given.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the default output).")
 @click.option("--plot", type=click.Path(path_type=Path), default=None, help="Write the confusion matrix PNG here.")
 @click.option("--threads", default=2, show_default=True, help="CPU threads for TensorFlow (0 = all).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def evaluate_command(data_dir: Path | None, model_dir: Path | None, mpp: float | None, split: str | None,
-                     bccd_dir: Path | None, as_json: bool, plot: Path | None, threads: int, quiet: bool) -> None:
+                     bccd_dir: Path | None, blast_dir: Path | None, as_json: bool, plot: Path | None,
+                     threads: int, quiet: bool) -> None:
     """Evaluate a classifier on an image folder (or BCCD) and print one JSON object."""
     _quiet_tensorflow()
     from hematovision.settings import load_settings
 
-    if data_dir is None and bccd_dir is None:
-        raise click.UsageError("give --data DIR or --bccd DIR")
+    if data_dir is None and bccd_dir is None and blast_dir is None:
+        raise click.UsageError("give --data DIR, --bccd DIR or --blast-data DIR")
+    if blast_dir is not None and not (blast_dir / "split.json").is_file():
+        raise click.UsageError(f"--blast-data: no split.json in {blast_dir} (make it with hemato_model.blast_data)")
     if data_dir is not None and not data_dir.is_dir():
         raise click.UsageError(f"data folder not found: {data_dir}")
     if bccd_dir is not None and not bccd_dir.is_dir():
@@ -138,13 +144,16 @@ def evaluate_command(data_dir: Path | None, model_dir: Path | None, mpp: float |
     model_dir = model_dir or load_settings().model_dir
     _threads(threads)
     from hemato_model.classifier import Classifier, ModelError
-    from hemato_model.evaluation import evaluate_bccd, evaluate_folder, plot_confusion
+    from hemato_model.evaluation import evaluate_bccd, evaluate_blast, evaluate_folder, plot_confusion
     from hemato_model.training import DataError
 
     try:
         clf = Classifier.load(model_dir)
         t0 = time.time()
-        if bccd_dir is not None:
+        if blast_dir is not None:
+            result = evaluate_blast(clf, blast_dir, data_dir, bccd_dir, split or "test")
+            plot = None
+        elif bccd_dir is not None:
             result = evaluate_bccd(clf, bccd_dir, mpp)
         else:
             assert data_dir is not None

@@ -110,3 +110,41 @@ def test_v2_false_blast_rate_on_pbc_lymphocytes_within_the_card(clf) -> None:  #
     rate = float((clf.predict_proba(crops).argmax(1) == clf.classes.index("blast")).mean())
     assert len(files) == 82
     assert rate <= stated + 1e-9
+
+
+def _folder(root: Path, colours: dict[str, tuple[int, int, int]], per_class: int, px: int) -> None:
+    rng = np.random.default_rng(len(colours))
+    yy, xx = np.mgrid[0:px, 0:px]
+    for cls, colour in colours.items():
+        (root / cls).mkdir(parents=True)
+        for i in range(per_class):
+            img = np.full((px, px, 3), 235, dtype=np.uint8)
+            img[(xx - px / 2) ** 2 + (yy - px / 2) ** 2 <= (px / 4) ** 2] = colour
+            img = np.clip(img.astype(int) + rng.integers(-10, 11, img.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(root / cls / f"{cls}_{i:02d}.png")
+
+
+def test_train_extra_data_adds_a_class_and_keeps_the_main_split(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from hematovision.cli import main
+
+    _folder(tmp_path / "main", {"alpha": (200, 60, 60), "beta": (60, 60, 200)}, 7, 80)
+    _folder(tmp_path / "extra", {"blast": (120, 40, 160)}, 8, 32)  # already at model scale
+    extra_split = {"crop_um": 6.0, "input_px": 32, "train": [f"blast/blast_{i:02d}.png" for i in range(5)],
+                   "val": ["blast/blast_05.png"], "test": ["blast/blast_06.png", "blast/blast_07.png"]}
+    (tmp_path / "extra" / "split.json").write_text(json.dumps(extra_split))
+    common = ["--data", str(tmp_path / "main"), "--epochs", "1", "--head-epochs", "3", "--input-px", "32",
+              "--crop-um", "6", "--mpp", "0.1", "--seed", "3", "--quiet"]
+    runner = CliRunner()
+    first = runner.invoke(main, ["train", "--out", str(tmp_path / "m1"), *common])
+    assert first.exit_code == 0, first.output
+    second = runner.invoke(main, ["train", "--out", str(tmp_path / "m2"), "--init-from", str(tmp_path / "m1"),
+                                  "--extra-data", str(tmp_path / "extra"), "--name", "x-blast", *common])
+    assert second.exit_code == 0, second.output
+    meta = json.loads((tmp_path / "m2" / "model.json").read_text())
+    assert meta["name"] == "x-blast" and meta["classes"] == ["alpha", "beta", "blast"]
+    s1 = json.loads((tmp_path / "m1" / "split.json").read_text())
+    s2 = json.loads((tmp_path / "m2" / "split.json").read_text())
+    assert all(s1[k] == s2[k] for k in ("train", "val", "test"))
+    assert s2["extra"]["test"] == extra_split["test"] and s2["extra"]["train"] == extra_split["train"]
