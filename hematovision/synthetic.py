@@ -72,7 +72,7 @@ WBC_DIAMETER_UM = {"lymphocyte": 9.0, "erythroblast": 9.5, "basophil": 11.0, "ne
 GLASS_RGB = np.array([250.0, 247.0, 242.0], np.float32)
 PLASMA_T = np.array([0.985, 0.935, 0.875], np.float32)  # smear background relative to glass
 RBC_T = np.array([0.82, 0.72, 0.82], np.float32)  # full-thickness red cell
-PLATELET_T = np.array([0.62, 0.45, 0.72], np.float32)
+PLATELET_T = np.array([0.55, 0.38, 0.86], np.float32)  # blue-purple granules (as PBC platelets)
 NUCLEUS_T = np.array([0.36, 0.17, 0.66], np.float32)
 
 #: Above this many cells the returned manifest leaves out red-cell entries (the file has all).
