@@ -96,3 +96,12 @@ def pg_stack(request, tmp_path: Path) -> Iterator[LocalStack]:  # type: ignore[n
     db_url, broker = _backend(request, "postgres+redis")
     with start_stack(tmp_path / "var", db_url, broker, visibility_timeout_s="15", task_max_retries="2") as s:
         yield s
+
+
+@pytest.fixture
+def pg_stack_steady(request, tmp_path: Path) -> Iterator[LocalStack]:  # type: ignore[no-untyped-def]
+    """API only on PostgreSQL/Redis with the production visibility timeout (no re-delivery while a
+    slide is still being analysed)."""
+    db_url, broker = _backend(request, "postgres+redis")
+    with start_stack(tmp_path / "var", db_url, broker) as s:
+        yield s
