@@ -17,6 +17,7 @@ def create_app(settings: Settings) -> Flask:
     app = Flask("hematovision")
     settings.ensure_dirs()
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_mb * 2**20
+    app.config["MAX_FORM_PARTS"] = settings.max_batch_parts
     app.config["JSON_SORT_KEYS"] = False
     app.extensions["hv_settings"] = settings
     engine = make_engine(settings)

@@ -32,7 +32,13 @@ def register_error_handlers(app: Flask) -> None:
     def _http_error(e: HTTPException):  # type: ignore[no-untyped-def]
         code = (e.name or "error").lower().replace(" ", "_")
         if e.code == 413:
+            from flask import request
+
             limit = app.config.get("MAX_CONTENT_LENGTH") or 0
+            if request.content_length is not None and request.content_length <= limit:
+                parts = app.config.get("MAX_FORM_PARTS")
+                return error_response(413, "too_many_parts",
+                                      f"too many files and fields in one submission (limit {parts}); split the batch")
             return error_response(413, "too_large", f"upload exceeds the limit of {limit // 2**20} MiB")
         return error_response(e.code or 500, code, e.description or e.name)
 

@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     import_root: Path | None = Field(default=None, description="Server-side slide paths must lie below it.")
     default_mpp: float | None = Field(default=None, description="µm/px for slides that state none.")
     max_upload_mb: int = Field(default=4096, description="Largest accepted upload, MiB.")
+    max_batch_parts: int = Field(default=5000, description="Most files + fields in one multipart submission.")
     min_wbc: int = Field(default=200, description="Fewer white cells: the differential is insufficient.")
     target_wbc: int = Field(default=200, description="Stop once this many white cells are classified.")
     full_count: bool = Field(default=False, description="Analyse the whole smear, not just target_wbc.")

@@ -156,3 +156,18 @@ def test_upload_over_the_size_limit(settings) -> None:  # type: ignore[no-untype
     client.environ_base["HTTP_X_API_KEY"] = make_key(app)
     r = upload(client, ("big.png", b"\0" * (2 * 2**20)), mpp=0.25)
     assert r.status_code == 413 and r.json["error"]["code"] == "too_large"
+
+
+def test_too_many_files_in_one_submission(settings) -> None:  # type: ignore[no-untyped-def]
+    from api.app import create_app
+    from hematovision.migrate import upgrade
+    from tests.conftest import make_key
+
+    settings.max_batch_parts = 3
+    upgrade(settings)
+    app = create_app(settings)
+    client = app.test_client()
+    client.environ_base["HTTP_X_API_KEY"] = make_key(app)
+    r = upload(client, *[(f"{i}.png", png_bytes()) for i in range(4)], mpp=0.25)
+    assert r.status_code == 413 and r.json["error"]["code"] == "too_many_parts"
+    assert rows(app)["Batch"] == 0
