@@ -171,3 +171,28 @@ def test_too_many_files_in_one_submission(settings) -> None:  # type: ignore[no-
     r = upload(client, *[(f"{i}.png", png_bytes()) for i in range(4)], mpp=0.25)
     assert r.status_code == 413 and r.json["error"]["code"] == "too_many_parts"
     assert rows(app)["Batch"] == 0
+
+
+def test_hostile_files_get_422_and_write_nothing(app, client, settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Decompression bomb, truncated pyramid TIFF and SVS, an unsupported format: 4xx JSON, no rows."""
+    from hematovision.synthetic import make_slide
+    from tests.unit.test_slides import _png_header
+
+    tiff = tmp_path / "s.tiff"
+    make_slide(tiff, tmp_path / "no-data", 1024, 1024, mpp=0.25, n_wbc=2, seed=1, source="procedural")
+    svs = tmp_path / "s.svs"
+    make_slide(svs, tmp_path / "no-data", 1024, 1024, mpp=0.25, n_wbc=2, seed=1, fmt="svs", source="procedural")
+    gif = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(gif, format="GIF")
+    cases = {
+        "bomb.png": _png_header(200_000, 200_000),
+        "cut.tiff": tiff.read_bytes()[: tiff.stat().st_size // 2],
+        "cut.svs": svs.read_bytes()[: svs.stat().st_size // 2],
+        "cells.gif": gif.getvalue(),
+    }
+    for name, data in cases.items():
+        r = upload(client, (name, data), mpp=0.25)
+        assert r.status_code == 422, (name, r.json)
+        assert r.json["error"]["code"] == "invalid_slide" and name in r.json["error"]["message"]
+    assert rows(app) == {"Batch": 0, "Slide": 0, "Job": 0}
+    assert queued_messages(settings) == 0

@@ -1,0 +1,38 @@
+"""`hematovision process`: bad files end with one line each and a non-zero exit; good ones finish."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from hematovision.cli import main
+
+
+def test_process_reports_bad_files_and_finishes_good_ones(real_data: Path, tmp_path: Path) -> None:
+    from hematovision.synthetic import make_slide
+
+    good = tmp_path / "good.tiff"
+    make_slide(good, real_data, 1024, 1024, mpp=0.25, n_wbc=6, seed=3)
+    empty = tmp_path / "empty.svs"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.svs"
+    text.write_text("scanner log, not a slide\n" * 20)
+    jpeg = next((real_data / "data/bccd/BCCD/JPEGImages").glob("*.jpg")).read_bytes()
+    truncated = tmp_path / "cut.jpg"
+    truncated.write_bytes(jpeg[: len(jpeg) // 3])
+    out = tmp_path / "reports"
+    result = CliRunner().invoke(main, ["process", str(empty), str(good), str(text), str(truncated),
+                                       "--mpp", "0.25", "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 3, result.output
+    assert any("empty.svs" in e and "empty" in e for e in errors)
+    assert any("notes.svs" in e and "text" in e for e in errors)
+    assert any("cut.jpg" in e for e in errors)
+    assert "3 of 4 slide(s) failed" in result.output
+    report = json.loads((out / "good.tiff.report.json").read_text())
+    assert report["counts"]["wbc"] >= 5 and report["model"]["version"]
+    assert sorted(p.name for p in out.iterdir()) == ["good.tiff.report.json"]
