@@ -33,6 +33,9 @@ def create_app(settings: Settings) -> Flask:
 
     errors.register_error_handlers(app)
     auth.register_auth(app)
+    from api.metrics import init_metrics
+
+    init_metrics(app)
     for bp in (health.bp, batches.bp, jobs.bp, reports.bp):
         app.register_blueprint(bp)
     return app

@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     api_port: int = 8000
     worker_concurrency: int = 1
     flag_rules: Path | None = Field(default=None, description="Flag-rule TOML; empty = shipped rules.")
+    log_format: str = Field(default="text", description="text or json (one JSON object per line).")
+    worker_metrics_port: int = Field(default=0, description="Serve a worker's Prometheus metrics here (0 = off).")
     auth_required: bool = Field(default=True, description="API keys required (all but /healthz).")
 
     @property

@@ -188,4 +188,9 @@ def run_job(
     report = build_report(analysis, slide_id=ticket.slide_id, source=os.path.basename(ticket.path),
                           wbc_per_l=ticket.wbc_per_l, rules=rules)
     stored = store_analysis(factory, job_id, analysis, report, getattr(classifier, "sha256", None))
+    if stored:
+        from hematovision.observability import CELLS_CLASSIFIED, CLASSIFY_SECONDS
+
+        CELLS_CLASSIFIED.inc(sum(1 for c in analysis.cells if c.label is not None))
+        CLASSIFY_SECONDS.inc(analysis.timings_s.get("classify", 0.0))
     return "succeeded" if stored else (job_state(factory, job_id) or "skipped")

@@ -10,6 +10,7 @@ files that cannot be opened at all.
 from __future__ import annotations
 
 import logging
+import time
 from functools import lru_cache
 from typing import Any
 
@@ -38,22 +39,31 @@ def process_slide(self, job_id: str) -> str:  # type: ignore[no-untyped-def]
     from hemato_model.classifier import load_classifier
     from workers.processing import mark_failed, run_job
 
+    from hematovision.observability import SLIDE_OUTCOMES, SLIDE_SECONDS
+
     settings = _settings(self)
     factory = _session_factory(settings.model_dump_json())
+    started = time.perf_counter()
     try:
         classifier = load_classifier(settings.model_dir)
         state = run_job(settings, factory, classifier, job_id)
-        log.info("job %s: %s", job_id, state)
+        SLIDE_OUTCOMES.labels(state).inc()
+        if state == "succeeded":
+            SLIDE_SECONDS.observe(time.perf_counter() - started)
+        log.info("job %s: %s", job_id, state, extra={"job_id": job_id})
         return state
     except OperationalError as exc:  # database away: retry, the job stays as it was
-        log.warning("job %s: database unavailable (%s); retrying", job_id, exc.__class__.__name__)
+        SLIDE_OUTCOMES.labels("retry_db").inc()
+        log.warning("job %s: database unavailable (%s); retrying", job_id, exc.__class__.__name__,
+                    extra={"job_id": job_id})
         raise self.retry(exc=exc, countdown=min(60, 5 * (self.request.retries + 1)))
     except Exception as exc:  # the pipeline crashed or could not read this slide
         retries = self.request.retries
         final = retries >= settings.task_max_retries
         reason = str(exc) if exc.__class__.__name__ == "SlideError" else f"{exc.__class__.__name__}: {exc}"
         mark_failed(factory, job_id, reason, final=final)
-        log.exception("job %s failed (attempt %d)", job_id, retries + 1)
+        SLIDE_OUTCOMES.labels("failed" if final else "retry").inc()
+        log.exception("job %s failed (attempt %d)", job_id, retries + 1, extra={"job_id": job_id})
         if final:
             return "failed"
         raise self.retry(exc=exc, countdown=2 * (retries + 1))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import logging
+import os
 import sys
 from pathlib import Path
 
@@ -22,7 +22,9 @@ def _settings(var_dir: str | None = None) -> Settings:
 
 
 def _setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from hematovision.observability import configure_logging
+
+    configure_logging(level, os.environ.get("HEMATOVISION_LOG_FORMAT", "text"))
 
 
 def _client(api: str, api_key: str | None):  # type: ignore[no-untyped-def]
@@ -89,6 +91,10 @@ def worker(concurrency: int | None, pool: str, queues: str, loglevel: str) -> No
     _setup_logging(loglevel)
     settings = _settings()
     app = create_worker_app(settings)
+    if settings.worker_metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.worker_metrics_port, addr=settings.api_host)
     argv = ["worker", f"--loglevel={loglevel}", f"--pool={pool}", "-Q", queues,
             f"--concurrency={concurrency or settings.worker_concurrency}", "--without-gossip",
             "--without-mingle"]

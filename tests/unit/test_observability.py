@@ -1,0 +1,32 @@
+"""Prometheus metrics of the API and structured JSON logs."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+from hematovision.observability import JsonFormatter
+from tests.unit.test_api import png_bytes, upload
+
+
+def test_metrics_endpoint_counts_jobs_queue_and_requests(app, client) -> None:  # type: ignore[no-untyped-def]
+    assert app.test_client().get("/metrics").status_code == 401
+    upload(client, ("a.png", png_bytes()), ("b.png", png_bytes()), mpp=0.25)
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'hematovision_jobs{state="queued"} 2.0' in text
+    assert "hematovision_queue_depth 2.0" in text
+    assert 'hematovision_http_requests_total{endpoint="batches.submit_batch",method="POST",status="202"} 1.0' in text
+
+
+def test_json_logs_carry_job_ids() -> None:
+    buf = io.StringIO()
+    handler = logging.StreamHandler(buf)
+    handler.setFormatter(JsonFormatter())
+    log = logging.getLogger("hv-test-json")
+    log.addHandler(handler)
+    log.propagate = False
+    log.warning("job %s: retrying", "j1", extra={"job_id": "j1", "slide_id": "s1"})
+    line = json.loads(buf.getvalue())
+    assert line["message"] == "job j1: retrying" and line["job_id"] == "j1" and line["slide_id"] == "s1"
+    assert line["level"] == "WARNING" and line["ts"].endswith("Z")
