@@ -182,6 +182,15 @@ def status(ident: str, api: str, api_key: str | None) -> None:
     click.echo(json.dumps(doc, indent=2))
 
 
+def _emit(data: bytes, out: str | None, what: str) -> None:
+    """Write the bytes to ``out`` unchanged, or print them."""
+    if out:
+        Path(out).write_bytes(data)
+        click.echo(f"{what} written to {out}")
+    else:
+        click.echo(data.decode("utf-8"))
+
+
 @click.command()
 @click.argument("slide_id")
 @click.option("--format", "fmt", type=click.Choice(["json", "csv", "pdf", "hl7"]), default="json",
@@ -203,11 +212,7 @@ def report(slide_id: str, fmt: str, out: str | None, api: str, api_key: str | No
         if fmt == "hl7" and not out:
             text = text.replace("\r", "\n")  # one segment per line on a terminal; a file keeps \r
         data = text.encode("utf-8")
-    if out:
-        Path(out).write_bytes(data)
-        click.echo(f"report written to {out}")
-    else:
-        click.echo(data.decode("utf-8"))
+    _emit(data, out, "report")
 
 
 @click.command()
@@ -235,11 +240,7 @@ def flags(batch: str | None, since: str | None, fmt: str, out: str | None, api: 
         data = "\n".join(lines).encode("utf-8")
     else:
         data = (json.dumps(body, indent=2) if fmt == "json" else str(body)).encode("utf-8")
-    if out:
-        Path(out).write_bytes(data)
-        click.echo(f"flag report written to {out}")
-    else:
-        click.echo(data.decode("utf-8"))
+    _emit(data, out, "flag report")
 
 
 @click.command()
