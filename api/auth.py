@@ -2,7 +2,8 @@
 
 Every endpoint except ``/healthz`` needs a key (header ``X-API-Key`` or ``Authorization: Bearer``):
 GET needs scope ``read``, anything else ``submit`` (``admin`` may do all). Submissions,
-cancellations, report reads and exports and flag-report reads are written to the audit log.
+cancellations, reclassifications, sign-offs, report reads and exports and flag-report reads are
+written to the audit log.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ from api.context import db
 from api.errors import ApiError
 
 log = logging.getLogger(__name__)
-PUBLIC_ENDPOINTS = frozenset({"health.healthz", "static"})
+#: The review pages and their static files hold no data (all data comes from the keyed API).
+UI_ENDPOINTS = frozenset({"ui.index", "ui.batches_page", "ui.batch_page", "ui.flags_page", "ui.slide_page",
+                          "ui.gallery_page", "ui.static"})
+PUBLIC_ENDPOINTS = frozenset({"health.healthz", "static"}) | UI_ENDPOINTS
 
 
 def _presented_key() -> str | None:
@@ -32,6 +36,10 @@ def _audit_action() -> str | None:
         return "submit"
     if ep == "jobs.cancel_job":
         return "cancel"
+    if ep == "review.label_cell":
+        return "reclassify"
+    if ep == "review.signoff":
+        return "signoff"
     if ep in ("reports.slide_report", "reports.flag_report"):
         # Any rendering other than the JSON document (CSV, PDF, HL7) leaves the system: an export.
         return "export" if request.args.get("format") in ("csv", "pdf", "hl7") else "read"

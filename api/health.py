@@ -43,6 +43,13 @@ def openapi_document() -> dict[str, Any]:
         "paths": {
             "/healthz": {"get": {"operationId": "health", "responses": {"200": _resp("ok"), **_errors(503)}}},
             "/api/v1/batches": {
+                "get": {
+                    "operationId": "listBatches", "summary": "The most recent batches with state and progress",
+                    "parameters": [{"name": "limit", "in": "query", "required": False,
+                                    "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}}],
+                    "responses": {"200": _resp("batches", {"type": "object", "required": ["batches"]}),
+                                  **_errors(400, 503)},
+                },
                 "post": {
                     "operationId": "submitBatch",
                     "summary": "Submit slides (multipart uploads and/or server-side paths below the import root)",
@@ -97,6 +104,49 @@ def openapi_document() -> dict[str, Any]:
                     "text/csv": {"schema": {"type": "string"}},
                     "application/pdf": {"schema": {"type": "string", "format": "binary"}}}},
                     **_errors(400, 404, 503)}}},
+            "/api/v1/slides/{slide_id}/cells": {"get": {
+                "operationId": "getSlideCells",
+                "summary": "The slide's detected cells (white cells by default), with labels and review state",
+                "parameters": [_id_param("slide_id"),
+                               {"name": "kind", "in": "query", "required": False,
+                                "schema": {"type": "string", "default": "wbc",
+                                           "enum": ["wbc", "rbc", "platelet", "all"]}},
+                               {"name": "label", "in": "query", "required": False, "schema": {"type": "string"}}],
+                "responses": {"200": _resp("cells", {"type": "object", "required": ["slide_id", "cells"]}),
+                              **_errors(400, 404, 503)}}},
+            "/api/v1/cells/{cell_id}/label": {"post": {
+                "operationId": "reclassifyCell",
+                "summary": "Reclassify a white cell (technologist review); answers the recomputed differential",
+                "parameters": [{"name": "cell_id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["label"], "properties": {"label": {"type": "string"}}}}}},
+                "responses": {"200": _resp("the cell and the slide's new differential and flags",
+                                           {"type": "object", "required": ["cell", "differential", "flags"]}),
+                              **_errors(400, 404, 409, 503)}}},
+            "/api/v1/slides/{slide_id}/signoff": {"post": {
+                "operationId": "signOffSlide",
+                "summary": "Sign the slide off (verified_by, verified_at); read-only afterwards. 409 while cells "
+                           "are unidentified",
+                "parameters": [_id_param("slide_id")],
+                "responses": {"200": _resp("signed off", {"type": "object",
+                                                          "required": ["verified_by", "verified_at"]}),
+                              **_errors(404, 409, 503)}}},
+            "/api/v1/slides/{slide_id}/dzi": {"get": {
+                "operationId": "getSlideDzi", "summary": "DeepZoom descriptor of the slide image",
+                "parameters": [_id_param("slide_id")],
+                "responses": {"200": _resp("DZI", {"type": "string"}, "application/xml"), **_errors(404, 503)}}},
+            "/api/v1/slides/{slide_id}/tiles/{level}/{col}_{row}.jpeg": {"get": {
+                "operationId": "getSlideTile", "summary": "One DeepZoom tile (JPEG)",
+                "parameters": [_id_param("slide_id")] + [
+                    {"name": n, "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}}
+                    for n in ("level", "col", "row")],
+                "responses": {"200": _resp("tile", {"type": "string", "format": "binary"}, "image/jpeg"),
+                              **_errors(404, 503)}}},
+            "/api/v1/cells/{cell_id}/image": {"get": {
+                "operationId": "getCellImage", "summary": "The cell cut from the slide (JPEG)",
+                "parameters": [{"name": "cell_id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+                "responses": {"200": _resp("cell image", {"type": "string", "format": "binary"}, "image/jpeg"),
+                              **_errors(404, 503)}}},
             "/api/v1/openapi.json": {"get": {"operationId": "openapi", "responses": {"200": _resp("this document")}}},
         },
         "components": {"schemas": {

@@ -77,6 +77,7 @@ class TrainConfig:
     aug_strength: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict)
     extra_data: str | None = None
+    min_resolution: float | None = None
 
 
 def list_image_folder(data_dir: str | Path) -> tuple[list[Path], list[str]]:
@@ -311,7 +312,22 @@ def fine_tune(model: Any, backbone: Any, x_train: np.ndarray, y_train: np.ndarra
     log.info("fine-tuning %d backbone layers from %s", n_trainable, cfg.unfreeze_from)
 
     n_classes = int(model.outputs[0].shape[-1])
-    augment = make_augmenter(cfg.seed, cfg.aug_strength)
+    base_augment = make_augmenter(cfg.seed, cfg.aug_strength)
+    augment = base_augment
+    if cfg.min_resolution:
+        # Extra resolution loss (down-sampling of half the batch to min_resolution..1 of the side and
+        # back, before the usual augmentation): camera fields such as the ALL set are cut from
+        # ~50-90 px of a 224-px field and up-sampled, so without it "blurred" alone could mean "blast".
+        gen = tf.random.Generator.from_seed(cfg.seed + 11)
+        low = float(cfg.min_resolution)
+
+        def augment(x: Any) -> Any:
+            size = tf.shape(x)[1:3]
+            factor = gen.uniform((), low, 1.0)
+            small = tf.maximum(tf.cast(tf.cast(size, tf.float32) * factor, tf.int32), 8)
+            blurred = tf.image.resize(tf.image.resize(x, small, method="area"), size, method="bicubic")
+            pick = tf.cast(gen.uniform((tf.shape(x)[0], 1, 1, 1)) < 0.5, tf.float32)
+            return base_augment(tf.clip_by_value(pick * blurred + (1.0 - pick) * x, 0.0, 255.0))
     train_ds = (
         tf.data.Dataset.from_tensor_slices((x_train, y_train))
         .shuffle(len(x_train), seed=cfg.seed, reshuffle_each_iteration=True)
@@ -441,7 +457,9 @@ def train(cfg: TrainConfig, progress: ProgressFactory | None = None, verbose: in
             "input": "uint8 RGB crops; the model casts to float 0..255 and normalises (x-127)/128 inside",
             "training_mpp": cfg.mpp,
             "augmentation": "flips, rotation, zoom ±15%, shift ±6%, HED stain jitter, channel gain/offset, "
-                            "brightness/contrast/saturation/hue, random resolution loss",
+                            "brightness/contrast/saturation/hue, random resolution loss"
+                            + (f" (extra: down to {cfg.min_resolution:g} of the side)" if cfg.min_resolution else ""),
+            **({"extra_data": "crops already at model scale from " + str(cfg.extra_data)} if cfg.extra_data else {}),
         },
         "training": {
             "config": asdict(cfg),

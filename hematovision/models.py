@@ -74,6 +74,9 @@ class Slide(Base):
     max_severity: Mapped[str | None] = mapped_column(String(20))
     analysed_at: Mapped[datetime | None] = mapped_column(index=True)
     report: Mapped[dict[str, Any] | None]
+    # Technologist sign-off (issue 7): once set, the slide's results are read-only.
+    verified_by: Mapped[str | None] = mapped_column(String(100))
+    verified_at: Mapped[datetime | None]
 
     batch: Mapped[Batch] = relationship(back_populates="slides")
     job: Mapped[Job] = relationship(back_populates="slide", uselist=False)
@@ -139,6 +142,21 @@ class FlagRecord(Base):
     evidence: Mapped[dict[str, Any]] = mapped_column(default=dict)
     rules_version: Mapped[str] = mapped_column(String(50))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class CellReview(Base):
+    """One reclassification of a cell by a technologist: who, when, from which label to which."""
+
+    __tablename__ = "cell_reviews"
+    __table_args__ = (Index("ix_cell_reviews_slide_at", "slide_id", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    cell_id: Mapped[int] = mapped_column(ForeignKey("cells.id", ondelete="CASCADE"), index=True)
+    slide_id: Mapped[str] = mapped_column(ForeignKey("slides.id", ondelete="CASCADE"))
+    from_label: Mapped[str | None] = mapped_column(String(50))
+    to_label: Mapped[str] = mapped_column(String(50))
+    actor: Mapped[str] = mapped_column(String(100))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class ApiKey(Base):

@@ -69,12 +69,16 @@ def _threads(threads: int | None) -> None:
               help="Second image folder of crops already at model scale (input_px = crop_um), whose "
                    "subfolders add classes or cells (e.g. blast crops from hemato_model.blast_data); "
                    "its split.json is used if present. The --data split is unchanged by it.")
+@click.option("--min-resolution", default=None, type=click.FloatRange(0.1, 1.0),
+              help="Extra resolution-loss augmentation: half of each batch down-sampled to this "
+                   "fraction of its side (random, up to 1) and back [default: none].")
 @click.option("--threads", default=2, show_default=True, help="CPU threads for TensorFlow (0 = all).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train_command(data_dir: Path, out_dir: Path, epochs: int, head_epochs: int, seed: int, input_px: int,
                   crop_um: float, mpp: float | None, backbone: str, unfreeze_from: str, finetune_lr: float,
                   batch_size: int, patience: int, init_from: Path | None, aug_strength: float, limit_per_class: int | None, model_version: str,
-                  model_name: str | None, extra_data: Path | None, threads: int, quiet: bool) -> None:
+                  model_name: str | None, extra_data: Path | None, min_resolution: float | None,
+                  threads: int, quiet: bool) -> None:
     """Train the white-cell classifier (frozen head, then fine-tuning) and write a model directory."""
     _quiet_tensorflow()
     if not data_dir.is_dir():
@@ -93,7 +97,8 @@ def train_command(data_dir: Path, out_dir: Path, epochs: int, head_epochs: int, 
                       unfreeze_from=unfreeze_from, finetune_lr=finetune_lr, batch_size=batch_size,
                       patience=patience, limit_per_class=limit_per_class, version=model_version,
                       init_from=str(init_from) if init_from else None, aug_strength=aug_strength,
-                      name=model_name or MODEL_NAME, extra_data=str(extra_data) if extra_data else None)
+                      name=model_name or MODEL_NAME, extra_data=str(extra_data) if extra_data else None,
+                      min_resolution=min_resolution)
     try:
         meta = train(cfg, progress=_progress_factory(not quiet), verbose=0 if quiet else 1, threads=threads or None)
     except DataError as exc:

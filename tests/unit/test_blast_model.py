@@ -140,7 +140,8 @@ def test_train_extra_data_adds_a_class_and_keeps_the_main_split(tmp_path: Path) 
     first = runner.invoke(main, ["train", "--out", str(tmp_path / "m1"), *common])
     assert first.exit_code == 0, first.output
     second = runner.invoke(main, ["train", "--out", str(tmp_path / "m2"), "--init-from", str(tmp_path / "m1"),
-                                  "--extra-data", str(tmp_path / "extra"), "--name", "x-blast", *common])
+                                  "--extra-data", str(tmp_path / "extra"), "--name", "x-blast",
+                                  "--min-resolution", "0.4", *common])
     assert second.exit_code == 0, second.output
     meta = json.loads((tmp_path / "m2" / "model.json").read_text())
     assert meta["name"] == "x-blast" and meta["classes"] == ["alpha", "beta", "blast"]

@@ -1,0 +1,237 @@
+"""Review API: cells, reclassification, sign-off, DeepZoom tiles and cell crops.
+
+The slide image is opened only from the path stored when the slide was accepted (never one a client
+names), through OpenSlide (``openslide.open_slide``: OpenSlide for WSI formats, its ``ImageSlide``
+for plain images); DeepZoom tiles come from ``openslide.deepzoom.DeepZoomGenerator`` without
+``limit_bounds``, so viewer coordinates are level-0 pixels, the same as the stored cell boxes.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections import OrderedDict
+from typing import Any
+
+from flask import Blueprint, Response, g, jsonify, request
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
+
+from api.context import db, settings
+from api.errors import ApiError
+from api.serializers import batch_json, iso
+from hematovision.models import Batch, Cell, CellReview, Slide
+from hematovision.review import ReviewError, reclassify, sign_off, slide_classes
+
+bp = Blueprint("review", __name__, url_prefix="/api/v1")
+
+TILE_PX, TILE_OVERLAP, TILE_QUALITY = 254, 1, 80
+CROP_OUT_PX = 160
+_STATUS = {"not_found": 404, "invalid": 400, "conflict": 409}
+
+
+def _cell_id(cell_id: int) -> int:
+    if not 0 < cell_id < 2**63:  # beyond a database integer: no such cell
+        raise ApiError(404, "not_found", f"no cell {cell_id}")
+    return cell_id
+
+
+def _review_error(e: ReviewError) -> ApiError:
+    return ApiError(_STATUS[e.kind], e.code, e.message)
+
+
+def _slide(slide_id: str) -> Slide:
+    slide = db().get(Slide, slide_id)
+    if slide is None:
+        raise ApiError(404, "not_found", f"no slide {slide_id}")
+    return slide
+
+
+def _rules() -> dict[str, Any]:
+    from hematovision.flags import load_rules
+
+    s = settings()
+    rules = load_rules(s.flag_rules)
+    rules["insufficient"]["min_wbc"] = s.min_wbc  # as the worker applies them
+    return rules
+
+
+def cell_json(cell: Cell, original: dict[int, str | None] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"id": cell.id, "kind": cell.kind, "bbox": [cell.x0, cell.y0, cell.x1, cell.y1],
+                            "label": cell.label, "probability": cell.probability,
+                            "image_url": f"/api/v1/cells/{cell.id}/image"}
+    if original is not None:
+        body["reviewed"] = cell.id in original
+        body["model_label"] = original.get(cell.id, cell.label)
+    return body
+
+
+def _review_state(report: dict[str, Any]) -> dict[str, Any]:
+    return {k: report.get(k) for k in ("counts", "differential", "differential_sufficient", "unidentified",
+                                       "flags", "max_severity", "rules_version", "reviewed_cells")}
+
+
+# --- batches (the morning screen's list) -----------------------------------------------------------
+
+@bp.get("/batches")
+def list_batches():  # type: ignore[no-untyped-def]
+    """The most recent batches with state and progress (``limit``, default 50, at most 500)."""
+    raw = request.args.get("limit", "50")
+    if not raw.isdigit() or not 1 <= int(raw) <= 500:
+        raise ApiError(400, "invalid_limit", "limit must be an integer from 1 to 500")
+    q = (select(Batch).options(selectinload(Batch.slides).selectinload(Slide.job))
+         .order_by(Batch.created_at.desc()).limit(int(raw)))
+    batches = db().execute(q).scalars().all()
+    return jsonify({"count": len(batches), "batches": [batch_json(b, with_jobs=True) for b in batches]})
+
+
+# --- cells, reclassification, sign-off ------------------------------------------------------------
+
+@bp.get("/slides/<slide_id>/cells")
+def slide_cells(slide_id: str):  # type: ignore[no-untyped-def]
+    """The slide's cells (``kind``: wbc (default), rbc, platelet or all; optional ``label``)."""
+    slide = _slide(slide_id)
+    kind = request.args.get("kind", "wbc")
+    if kind not in ("wbc", "rbc", "platelet", "all"):
+        raise ApiError(400, "invalid_kind", "kind must be one of wbc, rbc, platelet, all")
+    q = select(Cell).where(Cell.slide_id == slide.id).order_by(Cell.id)
+    if kind != "all":
+        q = q.where(Cell.kind == kind)
+    label = request.args.get("label")
+    if label:
+        q = q.where(Cell.label.is_(None) | (Cell.label == label) if label == "unidentified" else Cell.label == label)
+    cells = db().execute(q).scalars().all()
+    original: dict[int, str | None] = {}
+    for r in db().execute(select(CellReview).where(CellReview.slide_id == slide.id)
+                          .order_by(CellReview.at.desc(), CellReview.id.desc())).scalars():
+        original[r.cell_id] = r.from_label  # oldest review last: its from_label is the model's
+    report = slide.report or {}
+    return jsonify({
+        "slide_id": slide.id, "filename": slide.filename, "batch_id": slide.batch_id,
+        "width": slide.width, "height": slide.height, "mpp": slide.mpp,
+        "ready": slide.report is not None,
+        "classes": slide_classes(report) if report else [],
+        "verified_by": slide.verified_by, "verified_at": iso(slide.verified_at),
+        "count": len(cells), "cells": [cell_json(c, original) for c in cells],
+    })
+
+
+def _json_body() -> dict[str, Any]:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_body", 'send a JSON object, e.g. {"label": "lymphocyte"}')
+    return body
+
+
+@bp.post("/cells/<int:cell_id>/label")
+def label_cell(cell_id: int):  # type: ignore[no-untyped-def]
+    """Reclassify one white cell; answers the cell and the recomputed differential and flags."""
+    label = _json_body().get("label")
+    if not isinstance(label, str) or not label:
+        raise ApiError(400, "invalid_label", 'the body needs "label": a class name or "unidentified"')
+    session = db()
+    try:
+        cell, report = reclassify(session, _cell_id(cell_id), label, g.actor, rules=_rules())
+        session.commit()
+    except ReviewError as e:
+        session.rollback()
+        raise _review_error(e) from None
+    return jsonify({"cell": cell_json(cell), "slide_id": cell.slide_id, **_review_state(report)})
+
+
+@bp.post("/slides/<slide_id>/signoff")
+def signoff(slide_id: str):  # type: ignore[no-untyped-def]
+    """Sign the slide off (verified by the key's holder); read-only afterwards."""
+    session = db()
+    try:
+        slide = sign_off(session, slide_id, g.actor)
+        session.commit()
+    except ReviewError as e:
+        session.rollback()
+        raise _review_error(e) from None
+    return jsonify({"slide_id": slide.id, "verified_by": slide.verified_by, "verified_at": iso(slide.verified_at)})
+
+
+# --- images: DeepZoom tiles and cell crops ---------------------------------------------------------
+
+class _SlideCache:
+    """A few open slides and their DeepZoom generators per process (OpenSlide handles are thread-safe;
+    Pillow-backed ``ImageSlide`` reads are serialised by the lock)."""
+
+    def __init__(self, size: int = 8) -> None:
+        self.size, self.lock, self.items = size, threading.Lock(), OrderedDict[str, Any]()
+
+    def get(self, path: str) -> Any:
+        import openslide
+        from openslide.deepzoom import DeepZoomGenerator
+
+        with self.lock:
+            if path in self.items:
+                self.items.move_to_end(path)
+                return self.items[path]
+        try:
+            osr = openslide.open_slide(path)
+        except (OSError, openslide.OpenSlideError, ValueError) as e:
+            raise ApiError(404, "image_unavailable", f"the slide image cannot be opened ({e.__class__.__name__})")
+        entry = (osr, DeepZoomGenerator(osr, tile_size=TILE_PX, overlap=TILE_OVERLAP, limit_bounds=False),
+                 threading.Lock())
+        with self.lock:
+            self.items[path] = entry
+            while len(self.items) > self.size:
+                old = self.items.popitem(last=False)[1]
+                old[0].close()
+        return entry
+
+
+_cache = _SlideCache()
+
+
+def _jpeg(image: Any, quality: int = TILE_QUALITY) -> Response:
+    buf = io.BytesIO()
+    image.convert("RGB").save(buf, "JPEG", quality=quality)
+    return Response(buf.getvalue(), content_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+
+@bp.get("/slides/<slide_id>/dzi")
+def slide_dzi(slide_id: str):  # type: ignore[no-untyped-def]
+    """The DeepZoom descriptor (XML) of the slide image."""
+    slide = _slide(slide_id)
+    _osr, dz, _lock = _cache.get(slide.path)
+    return Response(dz.get_dzi("jpeg"), content_type="application/xml")
+
+
+@bp.get("/slides/<slide_id>/tiles/<int:level>/<int:col>_<int:row>.jpeg")
+def slide_tile(slide_id: str, level: int, col: int, row: int):  # type: ignore[no-untyped-def]
+    slide = _slide(slide_id)
+    _osr, dz, lock = _cache.get(slide.path)
+    if not 0 <= level < dz.level_count:
+        raise ApiError(404, "no_such_tile", f"level must be 0..{dz.level_count - 1}")
+    cols, rows = dz.level_tiles[level]
+    if not (0 <= col < cols and 0 <= row < rows):
+        raise ApiError(404, "no_such_tile", f"level {level} has {cols}x{rows} tiles")
+    with lock:
+        tile = dz.get_tile(level, (col, row))
+    return _jpeg(tile)
+
+
+@bp.get("/cells/<int:cell_id>/image")
+def cell_image(cell_id: int):  # type: ignore[no-untyped-def]
+    """The cell cut from level 0 with a margin of half its size, as JPEG (at most 160 px)."""
+    from PIL import Image
+
+    cell = db().get(Cell, _cell_id(cell_id))
+    if cell is None:
+        raise ApiError(404, "not_found", f"no cell {cell_id}")
+    slide = _slide(cell.slide_id)
+    osr, _dz, lock = _cache.get(slide.path)
+    w, h = max(1, cell.x1 - cell.x0), max(1, cell.y1 - cell.y0)
+    side = min(2048, int(max(w, h) * 1.5) + 8)
+    x = int((cell.x0 + cell.x1) / 2 - side / 2)
+    y = int((cell.y0 + cell.y1) / 2 - side / 2)
+    with lock:
+        region = osr.read_region((x, y), 0, (side, side))
+    canvas = Image.new("RGB", region.size, (255, 255, 255))
+    canvas.paste(region, mask=region.getchannel("A"))
+    if side > CROP_OUT_PX:
+        canvas = canvas.resize((CROP_OUT_PX, CROP_OUT_PX), Image.Resampling.LANCZOS)
+    return _jpeg(canvas, quality=88)

@@ -1,0 +1,226 @@
+/* Slide review: viewer with cell outlines, differential, flags, gallery, reclassification, sign-off.
+   Keys: 1-9 assign the n-th class to the selected cell, U unidentified, N next unidentified cell,
+   arrows / J K previous and next cell, Esc clears the selection. */
+"use strict";
+HV.review = (() => {
+  const { api, el, toast, pct, sev, fmtTime } = HV;
+  const COLORS = { basophil: "#7c3aed", eosinophil: "#f97316", erythroblast: "#db2777", ig: "#0891b2", lymphocyte: "#2563eb",
+    monocyte: "#16a34a", neutrophil: "#eab308", platelet: "#65a30d", blast: "#dc2626", unidentified: "#ffffff" };
+  const color = (label) => COLORS[label || "unidentified"] || "#00e5ff";
+  const S = { slideId: null, cells: [], byId: new Map(), classes: [], report: null, sel: null, viewer: null, overlays: new Map(), readOnly: false, imgs: new Map(), changed: new Set() };
+
+  const labelOf = (c) => c.label || "unidentified";
+  const keyed = () => [...S.classes, "unidentified"];
+
+  function img(cell) {
+    if (!S.imgs.has(cell.id)) S.imgs.set(cell.id, HV.imageUrl(cell.image_url).catch(() => ""));
+    return S.imgs.get(cell.id);
+  }
+
+  function renderStatus() {
+    const badge = document.getElementById("status-badge");
+    const btn = document.getElementById("signoff");
+    if (S.readOnly) {
+      const r = S.report || {};
+      badge.className = "status verified";
+      const actor = r.verified_by || S.meta.verified_by || "";
+      badge.textContent = `Verified by ${actor.startsWith("key:") ? actor.split(":")[1] : actor} · ${fmtTime(r.verified_at || S.meta.verified_at)}`;
+      badge.title = actor;
+      btn.disabled = true; btn.textContent = "Signed off";
+    } else {
+      const open = S.cells.filter((c) => labelOf(c) === "unidentified").length;
+      badge.className = "status prelim"; badge.title = "";
+      badge.textContent = open ? `Preliminary · ${open} unidentified` : "Preliminary";
+      btn.disabled = false;
+    }
+  }
+
+  function renderDifferential() {
+    const r = S.report;
+    const tbody = document.querySelector("#differential tbody");
+    document.getElementById("diff-n").textContent = `n = ${r.counts.wbc} white cells${r.differential_sufficient ? "" : " (insufficient)"}`;
+    tbody.replaceChildren(...Object.entries(r.differential).map(([cls, d]) => {
+      const [lo, hi] = d.ci95;
+      return el("tr", { class: (d.count ? "" : "zero") + (S.changed.has(cls) ? " changed" : ""), "data-class": cls },
+        el("td", {}, el("span", { class: "swatch", style: `background:${cls === "unidentified" ? "#98a2b3" : color(cls)}` }), cls),
+        el("td", { class: "num", text: String(d.count) }),
+        el("td", { class: "num", text: pct(d.percent) }),
+        el("td", {}, el("span", { class: "ci" },
+          el("span", { class: "ci-bar" }, el("span", { class: "rng", style: `left:${lo}%;width:${Math.max(hi - lo, 0.8)}%` }), el("span", { class: "pt", style: `left:${d.percent}%` })),
+          `${pct(lo)}–${pct(hi)}`)));
+    }));
+    const flags = document.getElementById("flags");
+    flags.replaceChildren(...(r.flags.length ? r.flags.map((f) => el("li", { "data-code": f.code }, sev(f.severity), el("span", { text: f.message })))
+      : [el("li", { class: "muted", text: "No flags." })]));
+    const counts = document.getElementById("counts");
+    if (counts) {
+      const m = r.model || {};
+      counts.replaceChildren(
+        el("dt", { text: "White cells" }), el("dd", { text: String(r.counts.wbc) }),
+        el("dt", { text: "Red cells (counted fields)" }), el("dd", { text: String(r.counts.rbc) }),
+        el("dt", { text: "Platelets" }), el("dd", { text: String(r.counts.platelets) }),
+        el("dt", { text: "Nucleated red cells / 100 WBC" }), el("dd", { text: r.nrbc_per_100_wbc === null ? "—" : String(r.nrbc_per_100_wbc) }),
+        el("dt", { text: "Cells reclassified" }), el("dd", { text: String(r.reviewed_cells || 0) }),
+        el("dt", { text: "Model" }), el("dd", { text: `${m.name} ${m.version}` }),
+        el("dt", { text: "Flag rules" }), el("dd", { text: String(r.rules_version) }));
+    }
+    renderStatus();
+  }
+
+  function renderGallery() {
+    const box = document.getElementById("gallery");
+    const groups = new Map(keyed().map((k) => [k, []]));
+    for (const c of S.cells) { if (!groups.has(labelOf(c))) groups.set(labelOf(c), []); groups.get(labelOf(c)).push(c); }
+    const parts = [];
+    for (const [cls, cells] of groups) {
+      if (!cells.length) continue;
+      parts.push(el("h3", {}, el("span", { class: "swatch", style: `background:${cls === "unidentified" ? "#98a2b3" : color(cls)}` }), `${cls}`, el("span", { class: "muted small", text: `${cells.length}` })));
+      parts.push(el("div", { class: "thumbs" }, cells.map((c) => {
+        const im = el("img", { alt: `cell ${c.id} (${labelOf(c)})`, width: 72, height: 72 });
+        img(c).then((u) => { if (u) im.src = u; });
+        return el("button", { type: "button", class: "thumb" + (c.reviewed ? " reviewed" : "") + (S.sel === c.id ? " sel" : ""), "data-cell": c.id, title: `${labelOf(c)}${c.probability ? " · p=" + c.probability.toFixed(2) : ""}`, onclick: () => select(c.id, true) },
+          im, el("span", { class: "tag", text: c.probability ? c.probability.toFixed(2) : "—" }));
+      })));
+    }
+    box.replaceChildren(...(parts.length ? parts : [el("p", { class: "muted", text: "No white cells on this slide." })]));
+  }
+
+  function renderSelected() {
+    const box = document.getElementById("selected");
+    const c = S.byId.get(S.sel);
+    if (!c) { box.hidden = true; return; }
+    box.hidden = false;
+    img(c).then((u) => { if (S.sel === c.id && u) document.getElementById("sel-img").src = u; });
+    document.getElementById("sel-title").textContent = `Cell ${c.id}: ${labelOf(c)}`;
+    const orig = c.reviewed ? ` · model said ${c.model_label || "unidentified"}` : (c.probability ? ` · model confidence ${c.probability.toFixed(2)}` : "");
+    document.getElementById("sel-sub").textContent = orig + (S.readOnly ? " · signed off (read-only)" : "");
+    document.getElementById("class-keys").replaceChildren(...keyed().map((cls, i) => el("button", {
+      type: "button", class: labelOf(c) === cls ? "current" : "", disabled: S.readOnly, "data-label": cls, onclick: () => assign(cls) },
+    el("kbd", { text: cls === "unidentified" ? "U" : String(i + 1) }), cls)));
+  }
+
+  function select(id, pan = false) {
+    S.sel = id;
+    for (const [cid, o] of S.overlays) o.classList.toggle("sel", cid === id);
+    document.querySelectorAll(".thumb").forEach((t) => t.classList.toggle("sel", Number(t.dataset.cell) === id));
+    const c = S.byId.get(id);
+    if (c && pan && S.viewer && S.viewer.world.getItemCount()) {
+      const [x0, y0, x1, y1] = c.bbox;
+      S.viewer.viewport.panTo(S.viewer.viewport.imageToViewportCoordinates((x0 + x1) / 2, (y0 + y1) / 2));
+    }
+    renderSelected();
+  }
+
+  function step(delta) {
+    if (!S.cells.length) return;
+    const i = S.cells.findIndex((c) => c.id === S.sel);
+    const j = i < 0 ? 0 : (i + delta + S.cells.length) % S.cells.length;
+    select(S.cells[j].id, true);
+  }
+
+  function nextUnidentified() {
+    const i = S.cells.findIndex((c) => c.id === S.sel);
+    const order = [...S.cells.slice(i + 1), ...S.cells.slice(0, i + 1)];
+    const c = order.find((x) => labelOf(x) === "unidentified");
+    if (c) select(c.id, true); else toast("No unidentified cells left.");
+  }
+
+  async function assign(label) {
+    const c = S.byId.get(S.sel);
+    if (!c) { toast("Select a cell first (click it in the slide or the gallery)."); return; }
+    if (S.readOnly) { toast("This slide is signed off and read-only.", true); return; }
+    if (labelOf(c) === label) return;
+    const before = S.report.differential;
+    try {
+      const res = await api(`/api/v1/cells/${c.id}/label`, { method: "POST", json: { label } });
+      if (!c.reviewed) { c.reviewed = true; c.model_label = c.model_label ?? c.label; }
+      c.label = res.cell.label;
+      S.changed = new Set(Object.keys(res.differential).filter((k) => !before[k] || before[k].count !== res.differential[k].count));
+      Object.assign(S.report, res);
+      const o = S.overlays.get(c.id); if (o) o.style.setProperty("--c", color(c.label));
+      renderDifferential(); renderGallery(); renderSelected();
+      toast(`Cell ${c.id} → ${label}`);
+    } catch (e) { toast(e.message, true); if (e.status === 409) await reload(); }
+  }
+
+  async function signOff() {
+    const open = S.cells.filter((c) => labelOf(c) === "unidentified").length;
+    if (open) { toast(`${open} unidentified cell(s): classify them before signing off (N selects the next one).`, true); nextUnidentified(); return; }
+    if (!confirm("Sign off this slide? Its results become read-only and the report is final.")) return;
+    try {
+      const res = await api(`/api/v1/slides/${S.slideId}/signoff`, { method: "POST" });
+      S.readOnly = true; S.report.verified_by = res.verified_by; S.report.verified_at = res.verified_at;
+      renderStatus(); renderSelected(); toast("Signed off.");
+    } catch (e) { toast(e.message, true); }
+  }
+
+  function onKey(ev) {
+    if (ev.target.closest && ev.target.closest("input, textarea, select, dialog")) return;
+    if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
+    const k = ev.key;
+    if (/^[1-9]$/.test(k)) { const cls = S.classes[Number(k) - 1]; if (cls) { assign(cls); ev.preventDefault(); } }
+    else if (k === "u" || k === "U") { assign("unidentified"); ev.preventDefault(); }
+    else if (k === "n" || k === "N") { nextUnidentified(); ev.preventDefault(); }
+    else if (k === "ArrowRight" || k === "j") { step(1); ev.preventDefault(); }
+    else if (k === "ArrowLeft" || k === "k") { step(-1); ev.preventDefault(); }
+    else if (k === "Escape") { select(null); }
+  }
+
+  /** The DZI descriptor is fetched with the key here (OpenSeadragon sends ajaxHeaders with tile
+      requests only) and handed over as an inline DZI tile source. */
+  async function dziSource() {
+    const r = await api(`/api/v1/slides/${S.slideId}/dzi`, { raw: true });
+    if (!r.ok) throw new Error("slide image: HTTP " + r.status);
+    const x = new DOMParser().parseFromString(await r.text(), "application/xml");
+    const im = x.getElementsByTagName("Image")[0], sz = x.getElementsByTagName("Size")[0];
+    return { Image: { xmlns: "http://schemas.microsoft.com/deepzoom/2008", Url: `/api/v1/slides/${S.slideId}/tiles/`,
+      Format: im.getAttribute("Format"), Overlap: im.getAttribute("Overlap"), TileSize: im.getAttribute("TileSize"),
+      Size: { Width: sz.getAttribute("Width"), Height: sz.getAttribute("Height") } } };
+  }
+
+  async function startViewer(prefixUrl) {
+    const legend = document.getElementById("legend");
+    legend.replaceChildren(...keyed().map((cls) => el("span", {}, el("i", { style: `background:${cls === "unidentified" ? "#fff;border:1px solid #98a2b3" : color(cls)}` }), cls)));
+    S.viewer = OpenSeadragon({
+      element: document.getElementById("viewer"), prefixUrl, showNavigator: true, navigatorPosition: "TOP_RIGHT",
+      tileSources: await dziSource(), loadTilesWithAjax: true, ajaxHeaders: { "X-API-Key": HV.key() },
+      gestureSettingsMouse: { clickToZoom: false }, maxZoomPixelRatio: 2, visibilityRatio: 0.8, crossOriginPolicy: false,
+    });
+    S.viewer.addHandler("open", () => {
+      for (const c of S.cells) {
+        const [x0, y0, x1, y1] = c.bbox;
+        const e = el("div", { class: "cellbox", "data-cell": c.id, title: `cell ${c.id}` });
+        e.style.setProperty("--c", color(c.label));
+        S.viewer.addOverlay({ element: e, location: S.viewer.viewport.imageToViewportRectangle(x0, y0, x1 - x0, y1 - y0) });
+        new OpenSeadragon.MouseTracker({ element: e, clickHandler: () => select(c.id) });
+        S.overlays.set(c.id, e);
+      }
+      if (S.sel) select(S.sel);
+    });
+    S.viewer.addHandler("open-failed", (ev) => toast("Slide image: " + (ev.message || "could not be opened"), true));
+  }
+
+  async function reload() {
+    const [meta, report] = await Promise.all([api(`/api/v1/slides/${S.slideId}/cells?kind=wbc`), api(`/api/v1/slides/${S.slideId}/report`)]);
+    S.meta = meta; S.report = report; S.cells = meta.cells; S.classes = meta.classes.slice(0, 9);
+    S.byId = new Map(S.cells.map((c) => [c.id, c]));
+    S.readOnly = Boolean(meta.verified_at);
+    document.getElementById("slide-title").textContent = meta.filename;
+    const bl = document.getElementById("batch-link"); if (bl) { bl.href = `/ui/batches/${meta.batch_id}`; bl.textContent = "batch " + meta.batch_id.slice(0, 8); }
+    document.getElementById("slide-meta").textContent = `${meta.width}×${meta.height} px · ${meta.mpp} µm/px · analysed ${fmtTime(report.analysed_at)} · model ${report.model.name} ${report.model.version}`;
+    renderDifferential(); renderGallery(); renderSelected();
+  }
+
+  async function start(slideId, opts) {
+    S.slideId = slideId;
+    document.addEventListener("keydown", onKey);
+    document.getElementById("signoff").addEventListener("click", signOff);
+    try { await reload(); } catch (e) { toast(e.message, true); document.getElementById("slide-title").textContent = e.status === 409 ? "Not analysed yet" : "Slide not available"; return; }
+    if (opts.viewer && window.OpenSeadragon) {
+      try { await startViewer(opts.prefixUrl); } catch (e) { toast(e.message, true); }
+    }
+    document.body.dataset.ready = "1";
+  }
+
+  return { start, state: S };
+})();

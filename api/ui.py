@@ -1,0 +1,51 @@
+"""The technologist's review pages: server-rendered shells, filled in by the keyed JSON API.
+
+The pages hold no data and are served without a key; their scripts ask for an API key once (kept in
+the browser's ``localStorage``) and send it as ``X-API-Key`` with every request. OpenSeadragon is not
+kept in git: ``npm ci`` in ``ui/`` copies it into ``api/static/vendor/`` (git-ignored).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flask import Blueprint, redirect, render_template, url_for
+
+bp = Blueprint("ui", __name__, template_folder="templates", static_folder="static",
+               static_url_path="/ui/static")
+
+VENDOR_DIR = Path(__file__).with_name("static") / "vendor" / "openseadragon"
+
+
+def viewer_installed() -> bool:
+    return (VENDOR_DIR / "openseadragon.min.js").is_file()
+
+
+@bp.get("/")
+def index():  # type: ignore[no-untyped-def]
+    return redirect(url_for("ui.batches_page"))
+
+
+@bp.get("/ui/")
+def batches_page():  # type: ignore[no-untyped-def]
+    return render_template("batches.html", page="batches")
+
+
+@bp.get("/ui/batches/<batch_id>")
+def batch_page(batch_id: str):  # type: ignore[no-untyped-def]
+    return render_template("batch.html", page="batches", batch_id=batch_id)
+
+
+@bp.get("/ui/flags")
+def flags_page():  # type: ignore[no-untyped-def]
+    return render_template("flags.html", page="flags")
+
+
+@bp.get("/ui/slides/<slide_id>")
+def slide_page(slide_id: str):  # type: ignore[no-untyped-def]
+    return render_template("slide.html", page="slide", slide_id=slide_id, viewer=viewer_installed())
+
+
+@bp.get("/ui/slides/<slide_id>/gallery")
+def gallery_page(slide_id: str):  # type: ignore[no-untyped-def]
+    return render_template("gallery.html", page="gallery", slide_id=slide_id)

@@ -1,0 +1,167 @@
+"""The technologist's morning screen in a real browser: headless Chromium (Debian's ``chromium``)
+driven by Playwright, against the real API and a real worker on the embedded defaults.
+
+Submit a slide, wait for it, open it from the flag list, reclassify a cell with the keyboard,
+resolve the unidentified cells, sign off, and check the report JSON: ``verified_by`` is set and the
+differential changed. Skipped with the reason when Chromium, Playwright or the built viewer
+(``npm ci`` in ``ui/``) is missing -- except under ``CI=true``, where that fails the run
+(``ui/ci-setup.sh`` installs all three). ``HEMATOVISION_SCREENSHOTS=1`` also writes the screenshots
+to ``docs/screenshots/`` (always to the test's temporary folder).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hematovision.localstack import LocalStack, start_stack
+from hematovision.settings import PROJECT_ROOT
+
+CHROMIUM = os.environ.get("HEMATOVISION_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+VIEWER_JS = PROJECT_ROOT / "api" / "static" / "vendor" / "openseadragon" / "openseadragon.min.js"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+SCREENSHOTS = PROJECT_ROOT / "docs" / "screenshots"
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+
+def _missing() -> str | None:
+    if not Path(CHROMIUM).is_file():
+        return f"Chromium not found at {CHROMIUM} (apt-get install chromium, or run ui/ci-setup.sh)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the Python package playwright is not installed (pip install playwright; see ui/ci-setup.sh)"
+    if not VIEWER_JS.is_file():
+        return f"the viewer is not built ({VIEWER_JS} missing): run `npm ci` in ui/"
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    why = _missing()
+    if why:
+        if IN_CI:
+            pytest.fail(f"CI needs the browser test: {why}", pytrace=False)
+        pytest.skip(f"NOT RUN: {why}")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[LocalStack]:
+    with start_stack(tmp_path / "var", key_scope="submit", key_name="technologist", api_threads=4) as s:
+        s.start_worker()
+        yield s
+
+
+def _shot(page, tmp_path: Path, name: str, full_page: bool = False) -> None:  # type: ignore[no-untyped-def]
+    """Save a screenshot, kept under 300 KB (palette PNG when the full-colour one is larger)."""
+    from PIL import Image
+
+    out = tmp_path / f"{name}.png"
+    page.screenshot(path=str(out), full_page=full_page)
+    if out.stat().st_size > 280_000:  # photographic tiles: a 256-colour palette keeps it small and faithful
+        Image.open(out).convert("RGB").quantize(colors=256, method=Image.Quantize.FASTOCTREE,
+                                                dither=Image.Dither.FLOYDSTEINBERG).save(out, optimize=True)
+    if os.environ.get("HEMATOVISION_SCREENSHOTS") == "1":
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(out, SCREENSHOTS / f"{name}.png")
+
+
+def test_review_reclassify_and_sign_off(browser, stack: LocalStack, tmp_path: Path, data_root: Path) -> None:  # type: ignore[no-untyped-def]
+    from hematovision.client import ApiClientError
+    from hematovision.synthetic import make_slide
+
+    slide_path = tmp_path / "smear-e2e.tiff"
+    make_slide(slide_path, data_root, 1024, 1024, mpp=0.25, n_wbc=6)
+    others = [tmp_path / "smear-e2e-lymph.tiff", tmp_path / "smear-e2e-normal.tiff"]
+    make_slide(others[0], data_root, 1024, 1024, mpp=0.25, n_wbc=8, seed=1,
+               wbc_mix={"lymphocyte": 0.75, "neutrophil": 0.25})
+    make_slide(others[1], data_root, 1024, 1024, mpp=0.25, n_wbc=7, seed=2)
+    client = stack.client()
+    batch = client.submit([slide_path, *others], name="night run (e2e)")
+    final = client.wait_for_batch(batch["id"], timeout_s=600)
+    assert all(j["state"] == "succeeded" for j in final["jobs"]), (final, stack.log("worker"))
+    job = next(j for j in final["jobs"] if j["filename"] == slide_path.name)
+    slide_id = job["slide_id"]
+    before = client.report(slide_id)
+    assert before["flags"], "a 6-cell slide is flagged (insufficient differential)"
+
+    ctx = browser.new_context(viewport={"width": 1440, "height": 900}, device_scale_factor=1)
+    ctx.add_init_script(f"localStorage.setItem('hv_api_key', {stack.api_key!r});")
+    page = ctx.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("dialog", lambda d: d.accept())
+
+    page.goto(f"{stack.api_url}/ui/")
+    page.wait_for_selector("#batches a:has-text('night run (e2e)')")
+    page.wait_for_selector("#batches .pill.finished")
+    _shot(page, tmp_path, "batches")
+
+    page.goto(f"{stack.api_url}/ui/flags")
+    card = page.wait_for_selector(f"article.card[data-slide='{slide_id}']")
+    _shot(page, tmp_path, "flag-list")
+    card.query_selector("h3 a").click()
+    page.wait_for_url(f"**/ui/slides/{slide_id}")
+    page.wait_for_selector("body[data-ready='1']")
+    page.wait_for_selector(".cellbox")  # the viewer opened the DeepZoom image and drew the outlines
+    page.wait_for_function("document.querySelectorAll('#gallery img[src^=\"blob:\"]').length > 0")
+
+    # Click a counted white cell in the viewer, then press the key of another class.
+    page.locator(".cellbox").first.click(force=True)
+    page.wait_for_selector("#selected:not([hidden])")
+    state = page.evaluate("(() => { const S = HV.review.state; const c = S.byId.get(S.sel);"
+                          " return {id: c.id, label: c.label, classes: S.classes}; })()")
+    target = next(c for c in ("lymphocyte", "monocyte") if c != state["label"])
+    page.keyboard.press(str(state["classes"].index(target) + 1))
+    page.wait_for_function(f"HV.review.state.byId.get({state['id']}).label === {target!r}")
+    page.wait_for_selector("#differential tr.changed")
+    page.wait_for_selector("#toast:not(.show)")  # the confirmation has faded; tiles have settled
+    _shot(page, tmp_path, "slide-review", full_page=True)
+
+    # Every unidentified cell must be resolved before sign-off: N selects the next one.
+    lymph_key = str(state["classes"].index("lymphocyte") + 1)
+    for _ in range(50):
+        left = page.evaluate("HV.review.state.cells.filter(c => !c.label || c.label === 'unidentified').length")
+        if not left:
+            break
+        page.keyboard.press("n")
+        page.keyboard.press(lymph_key)
+        page.wait_for_function(f"HV.review.state.cells.filter(c => !c.label || c.label === 'unidentified')"
+                               f".length < {left}")
+
+    page.goto(f"{stack.api_url}/ui/slides/{slide_id}/gallery")
+    page.wait_for_selector("body[data-ready='1']")
+    page.wait_for_function("document.querySelectorAll('#gallery img[src^=\"blob:\"]').length > 0")
+    page.locator("#gallery .thumb").first.click()
+    page.wait_for_timeout(300)
+    _shot(page, tmp_path, "gallery")
+
+    page.click("#signoff")
+    page.wait_for_selector("#status-badge.verified")
+    page.wait_for_selector("#toast:not(.show)")
+    _shot(page, tmp_path, "gallery-signed-off")
+    assert not errors, errors
+
+    after = client.report(slide_id)
+    assert after["verified_by"].startswith("key:technologist:")
+    assert after["verified_at"]
+    assert after["differential"] != before["differential"]
+    assert after["differential"][target]["count"] >= before["differential"][target]["count"] + 1
+    assert after["unidentified"] == 0
+    # Read-only now: the API refuses changes.
+    with pytest.raises(ApiClientError, match="409"):
+        client._call("POST", f"/api/v1/cells/{state['id']}/label", json={"label": "monocyte"})
+    ctx.close()

@@ -1,0 +1,192 @@
+"""Technologist review: reclassification recomputes the differential and flags, sign-off locks the slide."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from hematovision.models import AuditEntry, Batch, Cell, CellReview, DifferentialEntry, FlagRecord, Job, Slide
+from hematovision.reports import build_report
+from hematovision.results import CellResult, SlideAnalysis
+from hematovision.review import ReviewError, reclassify, sign_off, slide_classes
+from hematovision.synthetic import make_slide
+from tests.conftest import make_key
+from workers.processing import store_analysis
+
+CLASSES = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet"]
+
+
+@pytest.fixture
+def analysed(app, tmp_path: Path, data_root: Path) -> str:  # type: ignore[no-untyped-def]
+    """A small real slide, analysed from its manifest (one cell left unidentified) and stored."""
+    path = tmp_path / "s.tiff"
+    manifest = make_slide(path, data_root, 1024, 1024, mpp=0.25, n_wbc=6)
+    cells = []
+    for i, c in enumerate(manifest["cells"]):
+        kind = {"platelet": "platelet"}.get(c["kind"], c["kind"])
+        label = (c["class"] or "neutrophil") if kind == "wbc" else None
+        if kind == "wbc" and label not in CLASSES:
+            label = "neutrophil"
+        if kind == "wbc" and i == 0:
+            label = None  # the model was unsure
+        cells.append(CellResult(kind, tuple(int(v) for v in c["bbox"]), 0.9, label, 0.9 if label else 0.4))
+    if not any(c.kind == "wbc" and c.label is None for c in cells):
+        first = next(c for c in cells if c.kind == "wbc")
+        first.label, first.probability = None, 0.4
+    analysis = SlideAnalysis(mpp=0.25, width=1024, height=1024, model_name="wbc-test", model_version="1",
+                             classes=CLASSES, cells=cells)
+    factory = app.extensions["hv_sessions"]
+    with factory() as s, s.begin():
+        b = Batch(name="review")
+        s.add(b)
+        s.flush()
+        sl = Slide(batch_id=b.id, filename="s.tiff", path=str(path), mpp=0.25, width=1024, height=1024)
+        s.add(sl)
+        s.flush()
+        job = Job(slide_id=sl.id, batch_id=b.id, state="running")
+        s.add(job)
+        s.flush()
+        job_id, slide_id = job.id, sl.id
+    assert store_analysis(factory, job_id, analysis, build_report(analysis, slide_id=slide_id))
+    return slide_id
+
+
+def _wbc(client, slide_id: str) -> list[dict]:  # type: ignore[no-untyped-def]
+    r = client.get(f"/api/v1/slides/{slide_id}/cells?kind=wbc")
+    assert r.status_code == 200, r.get_json()
+    return r.get_json()["cells"]
+
+
+def test_slide_classes_in_pbc_order() -> None:
+    report = {"differential": {"neutrophil": {}, "lymphocyte": {}, "unidentified": {}, "blast": {}}}
+    assert slide_classes(report) == ["erythroblast", "lymphocyte", "neutrophil", "platelet", "blast"]
+
+
+def test_reclassify_recomputes_and_records(app, analysed: str) -> None:  # type: ignore[no-untyped-def]
+    factory = app.extensions["hv_sessions"]
+    with factory() as s:
+        before = s.get(Slide, analysed).report
+    with factory() as s:
+        cell = s.execute(select(Cell).where(Cell.slide_id == analysed, Cell.kind == "wbc", Cell.label.is_not(None))
+                         .order_by(Cell.id)).scalars().first()
+        cell_id, old = cell.id, cell.label
+    new = "lymphocyte" if old != "lymphocyte" else "monocyte"
+    with factory() as s, s.begin():
+        cell, report = reclassify(s, cell_id, new, "key:alice:hv_1")
+    assert report["differential"][new]["count"] == before["differential"].get(new, {"count": 0})["count"] + 1
+    assert report["differential"][old]["count"] == before["differential"][old]["count"] - 1
+    assert report["reviewed_cells"] == 1
+    with factory() as s:
+        slide = s.get(Slide, analysed)
+        assert slide.report["differential"][new] == report["differential"][new]
+        row = s.get(DifferentialEntry, (analysed, new))
+        assert row.count == report["differential"][new]["count"]
+        assert {f.code for f in s.execute(select(FlagRecord).where(FlagRecord.slide_id == analysed)).scalars()} \
+            == {f["code"] for f in report["flags"]}
+        rev = s.execute(select(CellReview)).scalar_one()
+        assert (rev.cell_id, rev.from_label, rev.to_label, rev.actor) == (cell_id, old, new, "key:alice:hv_1")
+    # Unknown labels, unknown cells.
+    with factory() as s, s.begin(), pytest.raises(ReviewError) as e:
+        reclassify(s, cell_id, "dragon", "x")
+    assert e.value.kind == "invalid"
+    with factory() as s, s.begin(), pytest.raises(ReviewError) as e:
+        reclassify(s, 10**9, "lymphocyte", "x")
+    assert e.value.kind == "not_found"
+
+
+def test_signoff_needs_no_unidentified_then_locks(app, analysed: str) -> None:  # type: ignore[no-untyped-def]
+    factory = app.extensions["hv_sessions"]
+    with factory() as s, s.begin(), pytest.raises(ReviewError) as e:
+        sign_off(s, analysed, "key:bob:hv_2")
+    assert e.value.kind == "conflict" and "unidentified" in e.value.message
+    with factory() as s:
+        open_ids = s.execute(select(Cell.id).where(Cell.slide_id == analysed, Cell.kind == "wbc",
+                                                   Cell.label.is_(None))).scalars().all()
+    for cid in open_ids:
+        with factory() as s, s.begin():
+            reclassify(s, cid, "monocyte", "key:bob:hv_2")
+    with factory() as s, s.begin():
+        sign_off(s, analysed, "key:bob:hv_2")
+    with factory() as s:
+        slide = s.get(Slide, analysed)
+        assert slide.verified_by == "key:bob:hv_2" and slide.verified_at is not None
+        assert slide.report["verified_by"] == "key:bob:hv_2" and slide.report["verified_at"].endswith("Z")
+        assert slide.report["unidentified"] == 0
+    with factory() as s, s.begin(), pytest.raises(ReviewError) as e:
+        reclassify(s, open_ids[0], "lymphocyte", "x")
+    assert e.value.kind == "conflict"
+
+
+def test_review_api_end_to_end(app, client, analysed: str) -> None:  # type: ignore[no-untyped-def]
+    cells = _wbc(client, analysed)
+    assert cells and all(c["kind"] == "wbc" for c in cells)
+    meta = client.get(f"/api/v1/slides/{analysed}/cells").get_json()
+    assert "neutrophil" in meta["classes"] and meta["verified_by"] is None
+    # Sign-off refused while a cell is unidentified.
+    r = client.post(f"/api/v1/slides/{analysed}/signoff")
+    assert r.status_code == 409 and "unidentified" in r.get_json()["error"]["message"]
+    before = client.get(f"/api/v1/slides/{analysed}/report").get_json()
+    for c in cells:
+        if c["label"] is None:
+            r = client.post(f"/api/v1/cells/{c['id']}/label", json={"label": "eosinophil"})
+            assert r.status_code == 200, r.get_json()
+            body = r.get_json()
+            assert body["cell"]["label"] == "eosinophil" and "differential" in body and "flags" in body
+    assert client.post(f"/api/v1/cells/{cells[0]['id']}/label", json={"label": "nope"}).status_code == 400
+    assert client.post(f"/api/v1/cells/{cells[0]['id']}/label", data="x").status_code == 400
+    assert client.post("/api/v1/cells/999999/label", json={"label": "monocyte"}).status_code == 404
+    filtered = client.get(f"/api/v1/slides/{analysed}/cells?label=eosinophil").get_json()["cells"]
+    assert filtered and all(c["label"] == "eosinophil" for c in filtered) and any(c["reviewed"] for c in filtered)
+    r = client.post(f"/api/v1/slides/{analysed}/signoff")
+    assert r.status_code == 200, r.get_json()
+    after = client.get(f"/api/v1/slides/{analysed}/report").get_json()
+    assert after["verified_by"].startswith("key:tests:") and after["verified_at"]
+    assert after["differential"]["eosinophil"]["count"] > before["differential"]["eosinophil"]["count"]
+    # Read-only afterwards.
+    assert client.post(f"/api/v1/cells/{cells[0]['id']}/label", json={"label": "monocyte"}).status_code == 409
+    assert client.post(f"/api/v1/slides/{analysed}/signoff").status_code == 409
+    hl7 = client.get(f"/api/v1/slides/{analysed}/report?format=hl7").get_data(as_text=True)
+    assert "Verified by key:tests:" in hl7
+    with app.extensions["hv_sessions"]() as s:
+        actions = [a.action for a in s.execute(select(AuditEntry).order_by(AuditEntry.id)).scalars()]
+    assert "reclassify" in actions and "signoff" in actions
+
+
+def test_images_and_tiles(client, analysed: str) -> None:  # type: ignore[no-untyped-def]
+    r = client.get(f"/api/v1/slides/{analysed}/dzi")
+    assert r.status_code == 200 and b'Width="1024"' in r.data
+    top = 11  # ceil(log2(1024)) + 1 levels: 0..10
+    r = client.get(f"/api/v1/slides/{analysed}/tiles/10/0_0.jpeg")
+    assert r.status_code == 200 and r.content_type == "image/jpeg" and r.data[:2] == b"\xff\xd8"
+    assert client.get(f"/api/v1/slides/{analysed}/tiles/{top}/0_0.jpeg").status_code == 404
+    assert client.get(f"/api/v1/slides/{analysed}/tiles/10/99_0.jpeg").status_code == 404
+    cid = _wbc(client, analysed)[0]["id"]
+    r = client.get(f"/api/v1/cells/{cid}/image")
+    assert r.status_code == 200 and r.data[:2] == b"\xff\xd8"
+    assert client.get("/api/v1/slides/nope/dzi").status_code == 404
+
+
+def test_keys_scopes_and_pages(app, analysed: str) -> None:  # type: ignore[no-untyped-def]
+    anon = app.test_client()
+    assert anon.get(f"/api/v1/slides/{analysed}/cells").status_code == 401
+    for page in ("/ui/", "/ui/flags", f"/ui/slides/{analysed}", f"/ui/slides/{analysed}/gallery", "/ui/batches/x"):
+        r = anon.get(page)
+        assert r.status_code == 200 and b"HematoVision" in r.data, page
+    assert anon.get("/ui/static/hv.js").status_code == 200
+    reader = app.test_client()
+    reader.environ_base["HTTP_X_API_KEY"] = make_key(app, "read", "reader")
+    assert reader.get(f"/api/v1/slides/{analysed}/cells").status_code == 200
+    assert reader.get("/api/v1/batches").get_json()["count"] == 1
+    assert reader.post(f"/api/v1/slides/{analysed}/signoff").status_code == 403
+
+
+def test_openapi_lists_review_endpoints(client) -> None:  # type: ignore[no-untyped-def]
+    paths = client.get("/api/v1/openapi.json").get_json()["paths"]
+    for p in ("/api/v1/slides/{slide_id}/cells", "/api/v1/cells/{cell_id}/label", "/api/v1/slides/{slide_id}/signoff",
+              "/api/v1/slides/{slide_id}/dzi", "/api/v1/slides/{slide_id}/tiles/{level}/{col}_{row}.jpeg",
+              "/api/v1/cells/{cell_id}/image"):
+        assert p in paths, p
+    assert json.dumps(paths)
