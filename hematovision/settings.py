@@ -15,7 +15,9 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SHIPPED_MODEL_DIR = PROJECT_ROOT / "hemato_model" / "models" / "wbc-effnetlite0-v1"
+MODELS_DIR = PROJECT_ROOT / "hemato_model" / "models"
+#: The default classifier: 8 PBC classes + ``blast`` (v2). v1 (8 classes, no blasts) ships beside it.
+SHIPPED_MODEL_DIR = MODELS_DIR / "wbc-blast-effnetlite0-v2"
 
 
 def _default_data_root() -> Path:

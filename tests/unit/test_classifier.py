@@ -12,7 +12,9 @@ import pytest
 from hemato_model.classifier import UNIDENTIFIED, Classifier, ModelError, load_classifier, sha256_file
 from hemato_model.preprocessing import crop_cell
 from hematovision.datasets import PBC_MPP, pbc_root
-from hematovision.settings import SHIPPED_MODEL_DIR, load_settings
+from hematovision.settings import MODELS_DIR, load_settings
+
+SHIPPED_MODEL_DIR = MODELS_DIR / "wbc-effnetlite0-v1"  # the 8-class model these tests describe
 
 
 def _disk_image(mpp: float, diameter_um: float, size_um: float = 40.0) -> np.ndarray:
