@@ -16,8 +16,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MODELS_DIR = PROJECT_ROOT / "hemato_model" / "models"
-#: The default classifier: 8 PBC classes + ``blast`` (v2). v1 (8 classes, no blasts) ships beside it.
-SHIPPED_MODEL_DIR = MODELS_DIR / "wbc-blast-effnetlite0-v2"
+#: The default classifier: 8 PBC classes (v1, PBC CC BY 4.0). The v2 model beside it adds a ``blast``
+#: class learned from a data set whose licence is unverified: research/evaluation only, opt-in with
+#: HEMATOVISION_MODEL_DIR (see its model card).
+SHIPPED_MODEL_DIR = MODELS_DIR / "wbc-effnetlite0-v1"
+BLAST_MODEL_DIR = MODELS_DIR / "wbc-blast-effnetlite0-v2"
 
 
 def _default_data_root() -> Path:
