@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -146,14 +145,9 @@ def simulate(blast_labels: list[str], normals: dict[str, list[str]], classes: li
 
 
 def run(model_dir: Path, reps: int, seed: int, threads: int) -> dict[str, Any]:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
+    from hemato_model.runtime import limit_tensorflow_threads
 
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
-    except RuntimeError:
-        pass
+    limit_tensorflow_threads(threads)
     from hematovision.settings import load_settings
     from hemato_model.classifier import Classifier
 

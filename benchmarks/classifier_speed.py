@@ -56,16 +56,11 @@ def _time(fn: Any, batches: list[np.ndarray], repeats: int) -> float:
 def run_benchmark(model_dir: str | Path, n: int = 512, threads: int = 2, batch: int = 64,
                   repeats: int = 3) -> dict[str, Any]:
     """Measure both models in this process and return the JSON-able result."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
+    from hemato_model.runtime import limit_tensorflow_threads
 
-    if threads:
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-            tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
-        except RuntimeError:
-            pass
+    limit_tensorflow_threads(threads)
     import keras
+    import tensorflow as tf
 
     from hemato_model.classifier import Classifier
 

@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hemato_model.classifier import UNIDENTIFIED
 from hemato_model.training import IMAGE_SUFFIXES, DataError, ProgressFactory, load_crops
 
 if TYPE_CHECKING:

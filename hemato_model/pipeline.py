@@ -222,7 +222,7 @@ def _crop_from_slide(slide, gx, gy, crop_px, mpp, classifier, region=None, origi
 
 def _two_pass(slide, result, batcher, mask, down, params, progress, check_stop) -> None:
     """Low-resolution white-cell candidates, full resolution only around them."""
-    w, h, mpp = result.width, result.height, result.mpp
+    w, mpp = result.width, result.mpp
     level = slide.get_best_level_for_downsample(params.candidate_mpp / mpp)
     lw, lh = slide.level_dimensions[level]
     ds = w / lw

@@ -137,14 +137,10 @@ def load_crops(paths: Sequence[Path], mpp: float, crop_um: float, input_px: int,
 def configure_tensorflow(threads: int | None, seed: int) -> None:
     """Thread limits (before TF starts) and every seed (Python, numpy, TF/Keras)."""
     import keras
-    import tensorflow as tf
 
-    if threads:
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-            tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
-        except RuntimeError:  # already initialised in this process
-            log.debug("TensorFlow threads already configured")
+    from hemato_model.runtime import limit_tensorflow_threads
+
+    limit_tensorflow_threads(threads)
     os.environ.setdefault("PYTHONHASHSEED", str(seed))
     random.seed(seed)
     keras.utils.set_random_seed(seed)
@@ -453,7 +449,7 @@ def train(cfg: TrainConfig, progress: ProgressFactory | None = None, verbose: in
         "threshold": round(threshold, 6),
         "backbone": cfg.backbone,
         "preprocessing": {
-            "crop": f"square of crop_um µm around the cell centre, resampled to input_px (hemato_model.preprocessing.crop_cell)",
+            "crop": "square of crop_um µm around the cell centre, resampled to input_px (hemato_model.preprocessing.crop_cell)",
             "input": "uint8 RGB crops; the model casts to float 0..255 and normalises (x-127)/128 inside",
             "training_mpp": cfg.mpp,
             "augmentation": "flips, rotation, zoom ±15%, shift ±6%, HED stain jitter, channel gain/offset, "

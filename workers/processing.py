@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from hematovision.db import transaction
@@ -26,7 +27,6 @@ from hematovision.models import (
     FlagRecord,
     Job,
     ModelVersion,
-    Slide,
     utcnow,
 )
 from hematovision.reports import build_report
@@ -95,9 +95,16 @@ def _model_version(s: Session, name: str, version: str, sha256: str | None) -> M
         select(ModelVersion).where(ModelVersion.name == name, ModelVersion.version == version)
     ).scalar_one_or_none()
     if mv is None:
-        mv = ModelVersion(name=name, version=version, sha256=sha256)
-        s.add(mv)
-        s.flush()
+        # Two workers may register the same model at once: the unique constraint decides, and the
+        # loser reads the winner's row (a savepoint keeps the slide's transaction usable).
+        try:
+            with s.begin_nested():
+                mv = ModelVersion(name=name, version=version, sha256=sha256)
+                s.add(mv)
+        except IntegrityError:
+            mv = s.execute(
+                select(ModelVersion).where(ModelVersion.name == name, ModelVersion.version == version)
+            ).scalar_one()
     return mv
 
 

@@ -34,14 +34,9 @@ def _quiet_tensorflow() -> None:
 
 
 def _threads(threads: int | None) -> None:
-    if threads:
-        import tensorflow as tf
+    from hemato_model.runtime import limit_tensorflow_threads
 
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-            tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
-        except RuntimeError:
-            pass
+    limit_tensorflow_threads(threads)
 
 
 @click.command("train")

@@ -78,3 +78,4 @@ def test_failure_is_recorded_and_final(settings) -> None:  # type: ignore[no-unt
         job = s.get(Job, job_id)
         assert job.state == "failed" and job.error == "boom again" and job.attempts == 2
     assert claim_job(factory, job_id) is None
+
