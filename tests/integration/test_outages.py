@@ -45,6 +45,16 @@ def wait_for(pred, timeout_s: float, what: str):  # type: ignore[no-untyped-def]
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def submit_and_wait_running(stack, slides):  # type: ignore[no-untyped-def]
+    """Start a worker, submit the slides as one batch, wait until the first job runs."""
+    stack.start_worker()
+    client = stack.client()
+    batch = client.submit(slides)
+    first = batch["jobs"][0]["id"]
+    wait_for(lambda: client.job(first)["state"] == "running", 300, "a running job")
+    return client, batch, first
+
+
 def test_postgres_unreachable_then_back(postgres_url: str, redis_url: str, small_slides, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     import redis
     from sqlalchemy import create_engine, text
@@ -60,11 +70,7 @@ def test_postgres_unreachable_then_back(postgres_url: str, redis_url: str, small
     proxied = postgres_url.replace(host_port, f"127.0.0.1:{proxy.port}")
     stack = start_stack(tmp_path / "var", proxied, redis_url)
     try:
-        stack.start_worker()
-        client = stack.client()
-        batch = client.submit(small_slides)
-        first = batch["jobs"][0]["id"]
-        wait_for(lambda: client.job(first)["state"] == "running", 300, "a running job")
+        client, batch, first = submit_and_wait_running(stack, small_slides)
         proxy.stop()
         r = requests.get(f"{stack.api_url}/healthz", timeout=30)
         assert r.status_code == 503 and r.json()["error"]["code"] == "database_unavailable"
@@ -106,11 +112,7 @@ def test_redis_restart_loses_no_job(postgres_url: str, small_slides, tmp_path: P
     stack = start_stack(tmp_path / "var", postgres_url, f"redis://127.0.0.1:{port}/0",
                         visibility_timeout_s="15")
     try:
-        stack.start_worker()
-        client = stack.client()
-        batch = client.submit(small_slides)
-        first = batch["jobs"][0]["id"]
-        wait_for(lambda: client.job(first)["state"] == "running", 300, "a running job")
+        client, batch, _ = submit_and_wait_running(stack, small_slides)
         redis_proc.send_signal(signal.SIGTERM)
         redis_proc.wait(timeout=30)
         time.sleep(3)

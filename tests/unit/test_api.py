@@ -143,35 +143,32 @@ def test_cancel_a_queued_job(client) -> None:  # type: ignore[no-untyped-def]
     assert client.post(f"/api/v1/jobs/{job_id}/cancel").status_code == 409
 
 
-def test_upload_over_the_size_limit(settings) -> None:  # type: ignore[no-untyped-def]
+def client_with(settings, **overrides):  # type: ignore[no-untyped-def]
+    """A keyed test client of an app built with some settings changed."""
     from api.app import create_app
     from hematovision.migrate import upgrade
-
     from tests.conftest import make_key
 
-    settings.max_upload_mb = 1
+    for k, v in overrides.items():
+        setattr(settings, k, v)
     upgrade(settings)
     app = create_app(settings)
     client = app.test_client()
     client.environ_base["HTTP_X_API_KEY"] = make_key(app)
+    return app, client
+
+
+def test_upload_over_the_size_limit(settings) -> None:  # type: ignore[no-untyped-def]
+    _, client = client_with(settings, max_upload_mb=1)
     r = upload(client, ("big.png", b"\0" * (2 * 2**20)), mpp=0.25)
     assert r.status_code == 413 and r.json["error"]["code"] == "too_large"
 
 
 def test_too_many_files_in_one_submission(settings) -> None:  # type: ignore[no-untyped-def]
-    from api.app import create_app
-    from hematovision.migrate import upgrade
-    from tests.conftest import make_key
-
-    settings.max_batch_parts = 3
-    upgrade(settings)
-    app = create_app(settings)
-    client = app.test_client()
-    client.environ_base["HTTP_X_API_KEY"] = make_key(app)
+    app, client = client_with(settings, max_batch_parts=3)
     r = upload(client, *[(f"{i}.png", png_bytes()) for i in range(4)], mpp=0.25)
     assert r.status_code == 413 and r.json["error"]["code"] == "too_many_parts"
     assert rows(app)["Batch"] == 0
-
 
 def test_hostile_files_get_422_and_write_nothing(app, client, settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Decompression bomb, truncated pyramid TIFF and SVS, an unsupported format: 4xx JSON, no rows."""
