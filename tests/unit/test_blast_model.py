@@ -149,3 +149,23 @@ def test_train_extra_data_adds_a_class_and_keeps_the_main_split(tmp_path: Path) 
     s2 = json.loads((tmp_path / "m2" / "split.json").read_text())
     assert all(s1[k] == s2[k] for k in ("train", "val", "test"))
     assert s2["extra"]["test"] == extra_split["test"] and s2["extra"]["train"] == extra_split["train"]
+
+
+BCCD_DIR = DATA / "bccd"
+
+
+@pytest.mark.skipif(not BCCD_DIR.is_dir(), reason="shared BCCD data not available")
+def test_v2_false_blast_rate_on_bccd_lymphocytes_within_the_card(clf) -> None:  # type: ignore[no-untyped-def]
+    """Another lab's normal lymphocytes: called blasts no more often than the model card states."""
+    from hemato_model.evaluation import bccd_cells
+    from hemato_model.preprocessing import crop_cell
+    from hematovision.datasets import BCCD_MPP
+
+    metrics = json.loads((MODEL_DIR / "metrics.json").read_text())
+    stated = metrics["blast"]["false_blast_bccd_lymphocytes"]["k"]  # of 33
+    cells = [(jpg, centre) for jpg, centre, label in bccd_cells(BCCD_DIR) if label == "lymphocyte"]
+    crops = np.stack([crop_cell(np.asarray(Image.open(jpg).convert("RGB")), centre, BCCD_MPP, clf.crop_um,
+                                clf.input_px) for jpg, centre in cells])
+    called_blast = int((clf.predict_proba(crops).argmax(1) == clf.classes.index("blast")).sum())
+    assert len(cells) == 33
+    assert called_blast <= stated, (called_blast, stated)
