@@ -83,7 +83,7 @@ def demo(var_dir: str, size: int, mpp: float, timeout: float) -> None:
         reports_dir = var / "reports"
         reports_dir.mkdir(exist_ok=True)
         click.echo("4/4 results")
-        header = f"{'slide':<22}{'state':<11}{'WBC':>5}{'RBC':>7}{'PLT':>6}  {'differential (top 3, 95% CI)':<58}flags"
+        header = f"{'slide':<22}{'state':<11}{'WBC':>5}{'RBC':>7}{'PLT':>6}  differential (top 3, 95% CI) / flags"
         click.echo(header)
         click.echo("-" * (len(header) + 20))
         for job in final["jobs"]:
@@ -101,7 +101,8 @@ def demo(var_dir: str, size: int, mpp: float, timeout: float) -> None:
             fl = ", ".join(f["code"] for f in rep["flags"]) or "none"
             c = rep["counts"]
             click.echo(f"{job['filename']:<22}{job['state']:<11}{c['wbc']:>5}{c['rbc']:>7}{c['platelets']:>6}  "
-                       f"{diff:<58}{fl}")
+                       f"{diff}")
+            click.echo(f"{'':<53}flags: {fl}")
         flagged = client.flags(batch=batch["id"])
         click.echo(f"\nflag report: {flagged['count']} flagged slide(s), most severe first "
                    f"(GET /api/v1/flags?batch={batch['id']})")
