@@ -12,7 +12,7 @@ def create_app(settings: Settings) -> Flask:
     from hematovision.db import make_engine, make_session_factory
     from hematovision.queueing import make_celery
 
-    from api import auth, batches, errors, health, jobs, reports, review, ui
+    from api import auth, batches, errors, health, jobs, queues, reports, review, ui
 
     app = Flask("hematovision")
     settings.ensure_dirs()
@@ -36,6 +36,6 @@ def create_app(settings: Settings) -> Flask:
     from api.metrics import init_metrics
 
     init_metrics(app)
-    for bp in (health.bp, batches.bp, jobs.bp, reports.bp, review.bp, ui.bp):
+    for bp in (health.bp, batches.bp, jobs.bp, queues.bp, reports.bp, review.bp, ui.bp):
         app.register_blueprint(bp)
     return app

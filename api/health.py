@@ -79,6 +79,11 @@ def openapi_document() -> dict[str, Any]:
             "/api/v1/jobs/{job_id}/cancel": {"post": {
                 "operationId": "cancelJob", "parameters": [_id_param("job_id")],
                 "responses": {"200": _resp("cancelled", {"$ref": "#/components/schemas/Job"}), **_errors(404, 409, 503)}}},
+            "/api/v1/queues": {"get": {
+                "operationId": "getQueues",
+                "summary": "Per stage (prepare, classify, report): its queue, slides waiting, running, and their sum "
+                           "(demand, for autoscalers)",
+                "responses": {"200": _resp("stage load", {"$ref": "#/components/schemas/Queues"}), **_errors(503)}}},
             "/api/v1/slides/{slide_id}/report": {"get": {
                 "operationId": "getReport",
                 "summary": "The slide report: JSON, CSV, PDF (with overview and cell gallery) or HL7 v2.5 ORU^R01",
@@ -157,11 +162,18 @@ def openapi_document() -> dict[str, Any]:
                 "id": {"type": "string"}, "slide_id": {"type": "string"}, "batch_id": {"type": "string"},
                 "state": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled"]},
                 "progress": {"type": "number", "minimum": 0, "maximum": 1},
+                "stage": {"type": "string", "nullable": True, "enum": ["prepare", "classify", "report", None]},
+                "stages": {"type": "object", "description": "per stage: runs, worker, seconds of its last run"},
                 "error": {"type": "string", "nullable": True},
                 "created_at": {"type": "string", "nullable": True},
                 "started_at": {"type": "string", "nullable": True},
                 "finished_at": {"type": "string", "nullable": True},
                 "duration_s": {"type": "number", "nullable": True}}},
+            "Queues": {"type": "object", "required": ["stages"], "properties": {
+                "broker_reachable": {"type": "boolean"},
+                "stages": {"type": "object", "additionalProperties": {"type": "object", "properties": {
+                    "queue": {"type": "string"}, "waiting": {"type": "integer", "nullable": True},
+                    "running": {"type": "integer"}, "demand": {"type": "integer", "nullable": True}}}}}},
             "Batch": {"type": "object", "required": ["id", "job_ids"], "properties": {
                 "id": {"type": "string"}, "name": {"type": "string", "nullable": True},
                 "priority": {"type": "integer"}, "state": {"type": "string"},

@@ -24,6 +24,8 @@ def job_json(job: Job) -> dict[str, Any]:
         "filename": job.slide.filename,
         "state": job.state,
         "progress": round(job.progress, 3),
+        "stage": job.stage,
+        "stages": job.stages or {},
         "attempts": job.attempts,
         "error": job.error,
         "created_at": iso(job.created_at),

@@ -42,6 +42,44 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a model directory says of itself (``model.json``), read without loading the network:
+    enough to cut crops for it (``crop_um``, ``input_px``) on a machine that never classifies."""
+
+    model_dir: Path
+    name: str
+    version: str
+    classes: list[str]
+    input_px: int
+    crop_um: float
+    threshold: float
+    meta: dict[str, Any]
+
+
+def read_model_spec(model_dir: str | Path) -> ModelSpec:
+    """Read and check ``model.json`` of a model directory.
+
+    Raises:
+        ModelError: missing files or a bad ``model.json``.
+    """
+    model_dir = Path(model_dir)
+    meta_path, model_path = model_dir / META_FILE, model_dir / MODEL_FILE
+    if not meta_path.is_file() or not model_path.is_file():
+        raise ModelError(f"{model_dir}: not a model directory (needs {MODEL_FILE} and {META_FILE})")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{meta_path}: not valid JSON ({exc})") from exc
+    required = ("name", "version", "classes", "input_px", "crop_um", "threshold")
+    missing = [k for k in required if k not in meta]
+    if missing:
+        raise ModelError(f"{meta_path}: missing {', '.join(missing)}")
+    return ModelSpec(model_dir=model_dir, name=str(meta["name"]), version=str(meta["version"]),
+                     classes=list(meta["classes"]), input_px=int(meta["input_px"]),
+                     crop_um=float(meta["crop_um"]), threshold=float(meta["threshold"]), meta=meta)
+
+
 @dataclass
 class Classifier:
     """A loaded white-cell classifier (see the module docstring for the directory layout)."""
@@ -66,18 +104,9 @@ class Classifier:
         Raises:
             ModelError: missing files, bad ``model.json`` or a checksum mismatch.
         """
-        model_dir = Path(model_dir)
-        meta_path, model_path = model_dir / META_FILE, model_dir / MODEL_FILE
-        if not meta_path.is_file() or not model_path.is_file():
-            raise ModelError(f"{model_dir}: not a model directory (needs {MODEL_FILE} and {META_FILE})")
-        try:
-            meta = json.loads(meta_path.read_text())
-            required = ("name", "version", "classes", "input_px", "crop_um", "threshold")
-            missing = [k for k in required if k not in meta]
-            if missing:
-                raise ModelError(f"{meta_path}: missing {', '.join(missing)}")
-        except json.JSONDecodeError as exc:
-            raise ModelError(f"{meta_path}: not valid JSON ({exc})") from exc
+        spec = read_model_spec(model_dir)
+        model_dir, meta = spec.model_dir, spec.meta
+        model_path = model_dir / MODEL_FILE
         if verify_sha256 and meta.get("sha256") and sha256_file(model_path) != meta["sha256"]:
             raise ModelError(f"{model_path}: sha256 differs from {META_FILE}; the file is corrupt or was replaced")
 
@@ -88,15 +117,9 @@ class Classifier:
         if n_out != len(meta["classes"]):
             raise ModelError(f"{model_path}: {n_out} outputs but {len(meta['classes'])} classes in {META_FILE}")
         clf = cls(
-            model_dir=model_dir,
-            name=str(meta["name"]),
-            version=str(meta["version"]),
-            classes=list(meta["classes"]),
-            input_px=int(meta["input_px"]),
-            crop_um=float(meta["crop_um"]),
-            threshold=float(meta["threshold"]),
-            preprocessing=dict(meta.get("preprocessing", {})),
-            meta=meta,
+            model_dir=model_dir, name=spec.name, version=spec.version, classes=spec.classes,
+            input_px=spec.input_px, crop_um=spec.crop_um, threshold=spec.threshold,
+            preprocessing=dict(meta.get("preprocessing", {})), meta=meta,
         )
         clf._model = model
         log.info("loaded classifier %s %s from %s", clf.name, clf.version, model_dir)

@@ -12,8 +12,13 @@ power"):
    (``candidate_mpp``, ~2 µm/px) chunk by chunk inside the smear area; only a window around each
    candidate is read at level 0, where the cell is confirmed and its box refined. Red cells and
    platelets are counted in ``rbc_fields`` full-resolution fields spread over the smear. Reading stops
-   once ``target_wbc`` white cells are classified unless a full count is asked for.
-4. Every white cell is cut at the model's physical crop size (µm) and classified in batches.
+   once ``candidate_margin`` x ``target_wbc`` white cells are found (the margin covers candidates the
+   classifier will call erythroblasts or platelets) unless a full count is asked for.
+4. Every white cell is cut at the model's physical crop size (µm) and handed to a *crop sink*: on one
+   machine the sink classifies a batch at a time (:func:`analyze_slide`); in the staged service the
+   ``prepare`` stage's sink writes the crops to disk for the GPU ``classify`` stage
+   (:mod:`hemato_model.handoff`). Finding cells never depends on their labels, so both give the
+   same cells.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -52,6 +58,12 @@ class PipelineParams:
     field_um: float = 150.0
     batch_size: int = 64
     thumb_mpp: float = 8.0
+    candidate_margin: float = 1.1
+
+    @property
+    def wbc_goal(self) -> int:
+        """White-cell candidates after which a slide's reading stops (unless ``full_count``)."""
+        return int(math.ceil(self.target_wbc * self.candidate_margin))
 
 
 def smear_mask(thumb: np.ndarray) -> np.ndarray:
@@ -67,18 +79,35 @@ def smear_mask(thumb: np.ndarray) -> np.ndarray:
     return ndi.binary_opening(stained, iterations=1)
 
 
-class _Classifier:  # the part of hemato_model.classifier.Classifier the pipeline uses
+class CropSpec(Protocol):
+    """What cutting crops needs to know of the model (a ``ModelSpec`` or a loaded ``Classifier``)."""
+
     name: str
     version: str
     classes: list[str]
     input_px: int
     crop_um: float
 
+
+class CropSink(Protocol):
+    """Where the white cells and their crops go, in the order they are found."""
+
+    cells: list[CellResult]
+
+    def add(self, cell: CellResult, crop: np.ndarray) -> None: ...
+
+    @property
+    def pending(self) -> int: ...
+
+    def flush(self) -> None: ...
+
+
+class _Classifier(CropSpec, Protocol):  # the part of hemato_model.classifier.Classifier used here
     def classify(self, crops: np.ndarray) -> list[tuple[str, float]]: ...
 
 
-class _Batcher:
-    """Collects white-cell crops and classifies them a batch at a time (crops are dropped after)."""
+class ClassifyingSink:
+    """Classifies white-cell crops a batch at a time (crops are dropped after)."""
 
     def __init__(self, classifier: _Classifier, batch_size: int) -> None:
         self.classifier = classifier
@@ -127,15 +156,35 @@ def analyze_slide(
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> SlideAnalysis:
-    """Analyse one slide; see the module docstring for the method."""
+    """Analyse one slide on this machine: find the cells and classify the white ones."""
+    params = params or PipelineParams()
+    sink = ClassifyingSink(classifier, params.batch_size)
+    result = prepare_slide(slide, classifier, sink, params, progress, should_stop)
+    result.timings_s["classify"] = sink.seconds
+    return result
+
+
+def prepare_slide(
+    slide,  # hematovision.slides.Slide
+    spec: CropSpec,
+    sink: CropSink,
+    params: PipelineParams | None = None,
+    progress: ProgressFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> SlideAnalysis:
+    """Find a slide's cells and hand each white cell's crop to ``sink`` (see the module docstring).
+
+    The returned analysis holds every cell; the white cells are ``sink.cells`` (last, in crop
+    order), labelled only if the sink classifies.
+    """
     params = params or PipelineParams()
     progress = progress or (lambda _f, _m: None)
     t0 = time.perf_counter()
     w, h = slide.dimensions
     mpp = float(slide.mpp)
     result = SlideAnalysis(
-        mpp=mpp, width=w, height=h, model_name=classifier.name, model_version=classifier.version,
-        classes=list(classifier.classes),
+        mpp=mpp, width=w, height=h, model_name=spec.name, model_version=spec.version,
+        classes=list(spec.classes),
     )
     # 1. Where to look.
     thumb_down = max(1.0, params.thumb_mpp / mpp)
@@ -147,19 +196,17 @@ def analyze_slide(
     result.area_mm2 = float(mask.sum()) * (down * mpp / 1000.0) ** 2
     result.timings_s["smear_area"] = time.perf_counter() - t0
     progress(0.02, "smear area found")
-    batcher = _Batcher(classifier, params.batch_size)
 
     def check_stop() -> None:
         if should_stop is not None and should_stop():
             raise AnalysisCancelled("cancelled")
 
     if w * h / 1e6 <= params.full_res_max_mpix or params.full_count:
-        _full_resolution(slide, result, batcher, mask, down, params, progress, check_stop)
+        _full_resolution(slide, result, spec, sink, mask, down, params, progress, check_stop)
     else:
-        _two_pass(slide, result, batcher, mask, down, params, progress, check_stop)
-    batcher.flush()
-    result.cells.extend(batcher.cells)
-    result.timings_s["classify"] = batcher.seconds
+        _two_pass(slide, result, spec, sink, mask, down, params, progress, check_stop)
+    sink.flush()
+    result.cells.extend(sink.cells)
     result.timings_s["total"] = time.perf_counter() - t0
     progress(1.0, "done")
     return result
@@ -170,11 +217,11 @@ def _in_mask(mask: np.ndarray, down: float, x: float, y: float) -> bool:
     return 0 <= my < mask.shape[0] and 0 <= mx < mask.shape[1] and bool(mask[my, mx])
 
 
-def _full_resolution(slide, result, batcher, mask, down, params, progress, check_stop) -> None:
+def _full_resolution(slide, result, spec, sink, mask, down, params, progress, check_stop) -> None:
     """Level-0 tiling over the smear area; every kind detected; cells owned by their tile core."""
     w, h, mpp = result.width, result.height, result.mpp
     overlap = int(math.ceil(params.overlap_um / mpp))
-    crop_px = int(math.ceil(batcher.classifier.crop_um / mpp))
+    crop_px = int(math.ceil(spec.crop_um / mpp))
     tiles = list(_tiles(w, h, params.tile_px, overlap))
     t_detect = 0.0
     for i, (x0, y0, tw, th) in enumerate(tiles):
@@ -197,37 +244,37 @@ def _full_resolution(slide, result, batcher, mask, down, params, progress, check
             bx0, by0, bx1, by1 = d.bbox
             cell = CellResult(d.kind, (x0 + bx0, y0 + by0, x0 + bx1, y0 + by1), float(d.score))
             if d.kind == WBC:
-                crop = _crop_from_slide(slide, gx, gy, crop_px, mpp, batcher.classifier, region, (x0, y0))
-                batcher.add(cell, crop)
+                crop = _crop_from_slide(slide, gx, gy, crop_px, mpp, spec, region, (x0, y0))
+                sink.add(cell, crop)
             else:
                 result.cells.append(cell)
-        if batcher.pending >= params.batch_size:
-            batcher.flush()
+        if sink.pending >= params.batch_size:
+            sink.flush()
         progress(0.05 + 0.9 * (i + 1) / len(tiles), f"tile {i + 1}/{len(tiles)}")
     result.timings_s["detect"] = t_detect
 
 
-def _crop_from_slide(slide, gx, gy, crop_px, mpp, classifier, region=None, origin=(0, 0)) -> np.ndarray:
+def _crop_from_slide(slide, gx, gy, crop_px, mpp, spec, region=None, origin=(0, 0)) -> np.ndarray:
     """The classifier's input for a cell centred at level-0 (gx, gy)."""
     half = crop_px // 2 + 2
     ox, oy = origin
     if region is not None:
         rx, ry = gx - ox, gy - oy
         if half <= rx < region.shape[1] - half and half <= ry < region.shape[0] - half:
-            return crop_cell(region, (rx, ry), mpp, classifier.crop_um, classifier.input_px)
+            return crop_cell(region, (rx, ry), mpp, spec.crop_um, spec.input_px)
     x0, y0 = int(gx) - half, int(gy) - half
     window = slide.read_region((x0, y0), 0, (2 * half, 2 * half))
-    return crop_cell(window, (gx - x0, gy - y0), mpp, classifier.crop_um, classifier.input_px)
+    return crop_cell(window, (gx - x0, gy - y0), mpp, spec.crop_um, spec.input_px)
 
 
-def _two_pass(slide, result, batcher, mask, down, params, progress, check_stop) -> None:
+def _two_pass(slide, result, spec, sink, mask, down, params, progress, check_stop) -> None:
     """Low-resolution white-cell candidates, full resolution only around them."""
     w, mpp = result.width, result.mpp
     level = slide.get_best_level_for_downsample(params.candidate_mpp / mpp)
     lw, lh = slide.level_dimensions[level]
     ds = w / lw
     level_mpp = mpp * ds
-    crop_px = int(math.ceil(batcher.classifier.crop_um / mpp))
+    crop_px = int(math.ceil(spec.crop_um / mpp))
     win_px = int(math.ceil(30.0 / mpp))  # 30 µm window to confirm and refine a candidate
     accepted: dict[tuple[int, int], list[tuple[float, float]]] = {}
     cell_um = 10.0
@@ -277,20 +324,18 @@ def _two_pass(slide, result, batcher, mask, down, params, progress, check_stop) 
             accepted.setdefault((int(ax // grid), int(ay // grid)), []).append((ax, ay))
             bx0, by0, bx1, by1 = best.bbox
             cell = CellResult(WBC, (wx0 + bx0, wy0 + by0, wx0 + bx1, wy0 + by1), float(best.score))
-            batcher.add(cell, _crop_from_slide(slide, ax, ay, crop_px, mpp, batcher.classifier, window,
+            sink.add(cell, _crop_from_slide(slide, ax, ay, crop_px, mpp, spec, window,
                                                (wx0, wy0)))
             n_wbc += 1
         t_refine += time.perf_counter() - t
         result.fields_analysed += 1
-        if batcher.pending >= params.batch_size:
-            batcher.flush()
-        progress(0.05 + 0.8 * min(1.0, max((i + 1) / len(chunks), n_wbc / max(1, params.target_wbc))),
+        if sink.pending >= params.batch_size:
+            sink.flush()
+        progress(0.05 + 0.8 * min(1.0, max((i + 1) / len(chunks), n_wbc / max(1, params.wbc_goal))),
                  f"{n_wbc} white cells")
-        if not params.full_count and _white_cells(batcher) >= params.target_wbc:
-            batcher.flush()
-            if _white_cells(batcher) >= params.target_wbc:
-                result.stopped_early = True
-                break
+        if not params.full_count and len(sink.cells) >= params.wbc_goal:
+            result.stopped_early = True
+            break
     result.timings_s["candidates"] = t_cand
     result.timings_s["refine"] = t_refine
     _count_fields(slide, result, mask, down, params, check_stop)
@@ -309,12 +354,6 @@ def _prefetch(items: list, read: Callable, depth: int = 2) -> Iterator[np.ndarra
             if k + depth < len(items):
                 pending.append(pool.submit(read, items[k + depth]))
             yield result
-
-
-def _white_cells(batcher: _Batcher) -> int:
-    from hematovision.flags import NON_WBC_CLASSES
-
-    return sum(1 for c in batcher.cells if c.label is None or c.label not in NON_WBC_CLASSES)
 
 
 def _count_fields(slide, result, mask, down, params, check_stop) -> None:

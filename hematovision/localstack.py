@@ -42,8 +42,9 @@ class LocalStack:
         self.procs[name] = p
         return p
 
-    def start_worker(self, name: str = "worker", loglevel: str = "INFO") -> subprocess.Popen[bytes]:
-        return self.start(name, "worker", "--loglevel", loglevel)
+    def start_worker(self, name: str = "worker", loglevel: str = "INFO",
+                     stages: str = "prepare,classify,report") -> subprocess.Popen[bytes]:
+        return self.start(name, "worker", "--loglevel", loglevel, "--stages", stages)
 
     def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
         p = self.procs.pop(name)

@@ -95,6 +95,10 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(default=0)
     error: Mapped[str | None] = mapped_column(Text)
     worker: Mapped[str | None] = mapped_column(String(200))
+    #: The stage running or waiting next (prepare, classify, report); None before the first.
+    stage: Mapped[str | None] = mapped_column(String(20))
+    #: Per stage: {"runs": n, "worker": "host:pid", "seconds": s, ...} of its last run.
+    stages: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]

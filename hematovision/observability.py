@@ -1,8 +1,9 @@
 """Prometheus metrics and structured JSON logs, shared by the API and the workers.
 
 Metrics (prometheus_client): the API exposes ``/metrics`` with request counts and latencies, jobs by
-state and the queue depth (computed when scraped); each worker process can serve its own metrics on
-``HEMATOVISION_WORKER_METRICS_PORT`` (slide task durations, outcomes, cells classified).
+state and the depth of each stage's queue (computed when scraped); each worker process can serve its own metrics on
+``HEMATOVISION_WORKER_METRICS_PORT`` (stage task durations and outcomes by stage, slide durations,
+cells classified and classifier seconds, hence cells/s).
 Logs: ``HEMATOVISION_LOG_FORMAT=json`` makes every log line one JSON object; ``job_id`` and
 ``slide_id`` passed as ``extra=`` appear as fields.
 """
@@ -17,9 +18,12 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
-SLIDE_SECONDS = Histogram("hematovision_slide_task_seconds", "Time to analyse one slide",
-                          buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600))
-SLIDE_OUTCOMES = Counter("hematovision_slide_tasks_total", "Slide tasks by outcome", ["outcome"])
+_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
+STAGE_SECONDS = Histogram("hematovision_stage_task_seconds", "Duration of one stage task of a slide", ["stage"],
+                          buckets=_BUCKETS)
+STAGE_OUTCOMES = Counter("hematovision_stage_tasks_total", "Stage tasks by outcome", ["stage", "outcome"])
+SLIDE_SECONDS = Histogram("hematovision_slide_seconds", "From a slide's first stage starting to its result stored",
+                          buckets=_BUCKETS)
 CELLS_CLASSIFIED = Counter("hematovision_cells_classified_total", "White cells classified")
 CLASSIFY_SECONDS = Counter("hematovision_classify_seconds_total", "Seconds spent in the classifier")
 
@@ -27,7 +31,7 @@ CLASSIFY_SECONDS = Counter("hematovision_classify_seconds_total", "Seconds spent
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, and job/slide ids when given."""
 
-    FIELDS = ("job_id", "slide_id", "batch_id", "worker")
+    FIELDS = ("job_id", "slide_id", "batch_id", "stage", "worker")
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
@@ -56,27 +60,33 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     root.setLevel(level)
 
 
-def queue_depth(settings: Any) -> int | None:
-    """Messages waiting in the slide queue (Redis lists ``slides``, ``slides:1``… or the filesystem
-    queue's message files); None when the broker cannot be asked."""
-    from hematovision.queueing import SLIDE_QUEUE
+def queue_depths(settings: Any) -> dict[str, int | None]:
+    """Messages waiting in each stage's queue (the Redis lists of its priorities, or the filesystem
+    queue's message files), by stage; None where the broker cannot be asked."""
+    from hematovision.queueing import redis_lists, stage_queues
 
+    queues = stage_queues(settings)
     url = settings.celery_broker_url
+    out: dict[str, int | None] = dict.fromkeys(queues)
     try:
         if url.startswith("redis"):
             import redis
 
             r = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
-            names = [SLIDE_QUEUE] + [f"{SLIDE_QUEUE}:{i}" for i in range(1, 10)]
             with r.pipeline() as p:
-                for n in names:
-                    p.llen(n)
-                return int(sum(p.execute()))
-        if url.startswith("filesystem"):
-            return sum(1 for _ in settings.broker_dir.glob("*.msg"))
+                for q in queues.values():
+                    for n in redis_lists(q):
+                        p.llen(n)
+                lengths = iter(p.execute())
+            for stage, q in queues.items():
+                out[stage] = int(sum(next(lengths) for _ in redis_lists(q)))
+        elif url.startswith("filesystem"):
+            files = [f.name for f in settings.broker_dir.glob("*.msg")]
+            for stage, q in queues.items():
+                out[stage] = sum(1 for f in files if f.endswith(f".{q}.msg"))
     except Exception:  # noqa: BLE001 - a metric must not fail the scrape
-        return None
-    return None
+        return dict.fromkeys(queues)
+    return out
 
 
 class ServiceCollector:
@@ -100,10 +110,16 @@ class ServiceCollector:
         except Exception:  # noqa: BLE001
             pass
         yield jobs
-        depth = queue_depth(self.settings)
-        if depth is not None:
-            q = GaugeMetricFamily("hematovision_queue_depth", "Slide messages waiting in the broker")
-            q.add_metric([], depth)
+        from hematovision.queueing import stage_queues
+
+        names = stage_queues(self.settings)
+        depths = queue_depths(self.settings)
+        if any(v is not None for v in depths.values()):
+            q = GaugeMetricFamily("hematovision_queue_depth", "Messages waiting in the broker, by stage queue",
+                                  labels=["stage", "queue"])
+            for stage, depth in depths.items():
+                if depth is not None:
+                    q.add_metric([stage, names[stage]], depth)
             yield q
 
 

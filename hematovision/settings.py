@@ -56,6 +56,15 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     worker_concurrency: int = 1
+    queue_prepare: str = Field(default="slides.prepare",
+                               description="Queue of the CPU stage: read the slide, find cells, cut crops.")
+    queue_classify: str = Field(default="slides.classify",
+                                description="Queue of the GPU stage: classify the white-cell crops.")
+    queue_report: str = Field(default="slides.report",
+                              description="Queue of the CPU stage: differential, flags, store the result.")
+    work_dir: Path | None = Field(
+        default=None, description="Crops handed between stages; shared by all workers. Empty = var_dir/work."
+    )
     flag_rules: Path | None = Field(default=None, description="Flag-rule TOML; empty = shipped rules.")
     log_format: str = Field(default="text", description="text or json (one JSON object per line).")
     worker_metrics_port: int = Field(default=0, description="Serve a worker's Prometheus metrics here (0 = off).")
@@ -87,8 +96,12 @@ class Settings(BaseSettings):
     def report_dir(self) -> Path:
         return self.resolved_var_dir / "reports"
 
+    @property
+    def stage_work_dir(self) -> Path:
+        return (self.work_dir or self.resolved_var_dir / "work").resolve()
+
     def ensure_dirs(self) -> None:
-        for d in (self.resolved_var_dir, self.broker_dir, self.upload_dir, self.report_dir):
+        for d in (self.resolved_var_dir, self.broker_dir, self.upload_dir, self.report_dir, self.stage_work_dir):
             d.mkdir(parents=True, exist_ok=True)
 
 

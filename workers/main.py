@@ -1,4 +1,5 @@
-"""Entry module for Celery's own command line: ``celery -A workers.main worker -Q slides``."""
+"""Entry module for Celery's own command line, e.g. a GPU worker:
+``celery -A workers.main worker -Q slides.classify`` (``hematovision worker --stages classify``)."""
 
 from hematovision.settings import load_settings
 from workers.celery_app import create_worker_app

@@ -1,4 +1,5 @@
-"""Plain functions behind the slide task: claim a job, run the pipeline, store the result.
+"""The job's database side of the stage tasks: claim a stage, record progress, finish a stage,
+store the result, record a failure.
 
 Idempotent under late acknowledgement: the result of a slide (cells, differential, flags, counts) is
 written in ONE transaction that first locks the job row and replaces whatever an earlier delivery
@@ -11,8 +12,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, select
@@ -29,9 +30,7 @@ from hematovision.models import (
     ModelVersion,
     utcnow,
 )
-from hematovision.reports import build_report
 from hematovision.results import SlideAnalysis
-from hematovision.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -44,25 +43,58 @@ class Ticket:
     mpp: float | None
     wbc_per_l: float | None
     attempts: int
+    priority: int
+    stage: str
+    started_at: datetime
 
 
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def claim_job(factory: sessionmaker[Session], job_id: str) -> Ticket | None:
-    """Mark the job running; None when it is unknown or already final (nothing to do)."""
+def claim_stage(factory: sessionmaker[Session], job_id: str, stage: str) -> Ticket | None:
+    """Mark the job running in ``stage``; None when it is unknown or already final (nothing to do).
+
+    ``attempts`` is the most runs any one stage has had (1 when nothing was retried or re-delivered).
+    """
     with transaction(factory) as s:
         job = s.execute(select(Job).where(Job.id == job_id).with_for_update()).scalar_one_or_none()
         if job is None or job.state in FINAL_STATES:
             return None
+        stages = dict(job.stages or {})
+        run = dict(stages.get(stage, {}))
+        run["runs"] = int(run.get("runs", 0)) + 1
+        run["worker"] = worker_name()
+        stages[stage] = run
+        job.stages = stages
+        job.stage = stage
         job.state = "running"
-        job.attempts += 1
+        job.attempts = max(job.attempts, run["runs"])
         job.started_at = job.started_at or utcnow()
-        job.worker = worker_name()
+        job.worker = run["worker"]
         job.error = None
         slide = job.slide
-        return Ticket(job.id, slide.id, slide.path, slide.mpp, slide.wbc_per_l, job.attempts)
+        return Ticket(job.id, slide.id, slide.path, slide.mpp, slide.wbc_per_l, job.attempts,
+                      slide.batch.priority, stage, job.started_at)
+
+
+def finish_stage(
+    factory: sessionmaker[Session], job_id: str, stage: str, next_stage: str, progress: float,
+    **facts: Any,
+) -> bool:
+    """Record a stage's run (``facts`` such as seconds) and leave the job queued for ``next_stage``;
+    False when the job ended meanwhile (cancelled), so the next stage must not be queued."""
+    with transaction(factory) as s:
+        job = s.execute(select(Job).where(Job.id == job_id).with_for_update()).scalar_one_or_none()
+        if job is None or job.state in FINAL_STATES:
+            return False
+        stages = dict(job.stages or {})
+        stages[stage] = {**stages.get(stage, {}), **facts}
+        job.stages = stages
+        job.stage = next_stage
+        job.state = "queued"
+        job.progress = round(max(job.progress, progress), 3)
+        return True
 
 
 def set_progress(factory: sessionmaker[Session], job_id: str, fraction: float) -> None:
@@ -114,9 +146,11 @@ def store_analysis(
     analysis: SlideAnalysis,
     report: dict[str, Any],
     model_sha256: str | None = None,
+    stage_facts: dict[str, Any] | None = None,
 ) -> bool:
     """Replace the slide's results and finish the job, in one transaction. False if not stored
-    (job cancelled or already finished by another delivery)."""
+    (job cancelled or already finished by another delivery). ``stage_facts`` are recorded for the
+    stage that stores (e.g. its seconds)."""
     with transaction(factory) as s:
         job = s.execute(select(Job).where(Job.id == job_id).with_for_update()).scalar_one_or_none()
         if job is None or job.state in FINAL_STATES:
@@ -149,55 +183,12 @@ def store_analysis(
         slide.max_severity = report.get("max_severity")
         slide.analysed_at = now
         slide.report = report
+        if stage_facts and job.stage:
+            stages = dict(job.stages or {})
+            stages[job.stage] = {**stages.get(job.stage, {}), **stage_facts}
+            job.stages = stages
         job.state = "succeeded"
         job.progress = 1.0
         job.finished_at = now
         job.error = None
         return True
-
-
-def run_job(
-    settings: Settings,
-    factory: sessionmaker[Session],
-    classifier: Any,
-    job_id: str,
-) -> str:
-    """Process one job end to end; returns the job's final state (or 'skipped').
-
-    Raises whatever the pipeline raised (after recording it), so the task can decide to retry.
-    """
-    from hemato_model.pipeline import AnalysisCancelled, PipelineParams, analyze_slide
-    from hematovision.flags import load_rules
-    from hematovision.slides import open_slide
-
-    ticket = claim_job(factory, job_id)
-    if ticket is None:
-        return "skipped"
-    last = [0.0]
-
-    def progress(fraction: float, _message: str) -> None:
-        now = time.monotonic()
-        if now - last[0] > 1.0 or fraction >= 0.99:
-            last[0] = now
-            set_progress(factory, job_id, fraction)
-
-    def should_stop() -> bool:
-        return job_state(factory, job_id) == "cancelled"
-
-    params = PipelineParams(target_wbc=settings.target_wbc, full_count=settings.full_count)
-    try:
-        with open_slide(ticket.path, mpp=ticket.mpp, default_mpp=settings.default_mpp) as slide:
-            analysis = analyze_slide(slide, classifier, params, progress=progress, should_stop=should_stop)
-    except AnalysisCancelled:
-        return "cancelled"
-    rules = load_rules(settings.flag_rules)
-    rules["insufficient"]["min_wbc"] = settings.min_wbc
-    report = build_report(analysis, slide_id=ticket.slide_id, source=os.path.basename(ticket.path),
-                          wbc_per_l=ticket.wbc_per_l, rules=rules)
-    stored = store_analysis(factory, job_id, analysis, report, getattr(classifier, "sha256", None))
-    if stored:
-        from hematovision.observability import CELLS_CLASSIFIED, CLASSIFY_SECONDS
-
-        CELLS_CLASSIFIED.inc(sum(1 for c in analysis.cells if c.label is not None))
-        CLASSIFY_SECONDS.inc(analysis.timings_s.get("classify", 0.0))
-    return "succeeded" if stored else (job_state(factory, job_id) or "skipped")

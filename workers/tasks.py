@@ -1,23 +1,26 @@
-"""The slide task: thin, idempotent, taking only a job id.
+"""The stage tasks: thin, idempotent, each taking only a job id (the work is in ``workers.stages``).
 
-The model and the database engine are created once per worker process (lazily, on the first task).
-Database outages are retried without limit (the job stays as it was); a slide that fails the
-pipeline (a crash, or data that cannot be decoded, which may be a passing storage fault) is retried up
-to ``task_max_retries`` times, then its job ends ``failed`` with the reason. Intake already rejected
-files that cannot be opened at all.
+Each task runs its stage and, when the stage is done, queues the next one by name on its configured
+queue with the batch's priority, before its own message is acknowledged (late ack): a worker that
+dies at any point leaves the message to be delivered again, and the stages' idempotence keeps the
+result single. The database engine (and, on classify workers, the model) is created once per worker
+process. Database outages are retried without limit (the job stays as it was); a stage that crashes
+(or meets data that cannot be decoded, which may be a passing storage fault) is retried up to
+``task_max_retries`` times, then its job ends ``failed`` with the reason.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
 from celery import shared_task
 from sqlalchemy.exc import OperationalError
 
-from hematovision.queueing import PROCESS_SLIDE
+from hematovision.queueing import CLASSIFY, PREPARE, REPORT, TASK_NAMES, enqueue_stage
 from hematovision.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -30,40 +33,60 @@ def _session_factory(settings_json: str):  # type: ignore[no-untyped-def]
     return make_session_factory(make_engine(Settings.model_validate_json(settings_json)))
 
 
-def _settings(task: Any) -> Settings:
-    return task.app.conf.hv_settings
+def _run_stage(task: Any, stage: str, job_id: str, work: Callable[[Settings, Any], Any]) -> str:
+    from hematovision.observability import STAGE_OUTCOMES, STAGE_SECONDS
+    from workers.processing import mark_failed
+    from workers.stages import PermanentError, discard
 
-
-@shared_task(bind=True, name=PROCESS_SLIDE, max_retries=None, acks_late=True)
-def process_slide(self, job_id: str) -> str:  # type: ignore[no-untyped-def]
-    from hemato_model.classifier import load_classifier
-    from workers.processing import mark_failed, run_job
-
-    from hematovision.observability import SLIDE_OUTCOMES, SLIDE_SECONDS
-
-    settings = _settings(self)
+    settings: Settings = task.app.conf.hv_settings
     factory = _session_factory(settings.model_dump_json())
+    ids = {"job_id": job_id, "stage": stage}
     started = time.perf_counter()
     try:
-        classifier = load_classifier(settings.model_dir)
-        state = run_job(settings, factory, classifier, job_id)
-        SLIDE_OUTCOMES.labels(state).inc()
-        if state == "succeeded":
-            SLIDE_SECONDS.observe(time.perf_counter() - started)
-        log.info("job %s: %s", job_id, state, extra={"job_id": job_id})
-        return state
+        outcome = work(settings, factory)
+        if outcome.next_stage:
+            enqueue_stage(task.app, outcome.next_stage, job_id, outcome.priority)
     except OperationalError as exc:  # database away: retry, the job stays as it was
-        SLIDE_OUTCOMES.labels("retry_db").inc()
-        log.warning("job %s: database unavailable (%s); retrying", job_id, exc.__class__.__name__,
-                    extra={"job_id": job_id})
-        raise self.retry(exc=exc, countdown=min(60, 5 * (self.request.retries + 1)))
-    except Exception as exc:  # the pipeline crashed or could not read this slide
-        retries = self.request.retries
-        final = retries >= settings.task_max_retries
-        reason = str(exc) if exc.__class__.__name__ == "SlideError" else f"{exc.__class__.__name__}: {exc}"
-        mark_failed(factory, job_id, reason, final=final)
-        SLIDE_OUTCOMES.labels("failed" if final else "retry").inc()
-        log.exception("job %s failed (attempt %d)", job_id, retries + 1, extra={"job_id": job_id})
+        STAGE_OUTCOMES.labels(stage, "retry_db").inc()
+        log.warning("job %s %s: database unavailable (%s); retrying", job_id, stage, exc.__class__.__name__,
+                    extra=ids)
+        raise task.retry(exc=exc, countdown=min(60, 5 * (task.request.retries + 1))) from None
+    except Exception as exc:  # the stage crashed or could not read this slide
+        retries = task.request.retries
+        final = isinstance(exc, PermanentError) or retries >= settings.task_max_retries
+        reason = str(exc) if exc.__class__.__name__ in ("SlideError", "PermanentError") \
+            else f"{exc.__class__.__name__}: {exc}"
+        mark_failed(factory, job_id, f"{stage}: {reason}", final=final)
+        STAGE_OUTCOMES.labels(stage, "failed" if final else "retry").inc()
+        log.exception("job %s %s failed (attempt %d)", job_id, stage, retries + 1, extra=ids)
         if final:
+            discard(settings, job_id)
             return "failed"
-        raise self.retry(exc=exc, countdown=2 * (retries + 1))
+        raise task.retry(exc=exc, countdown=2 * (retries + 1)) from None
+    STAGE_OUTCOMES.labels(stage, outcome.state).inc()
+    STAGE_SECONDS.labels(stage).observe(time.perf_counter() - started)
+    log.info("job %s %s: %s", job_id, stage, outcome.state, extra=ids)
+    return outcome.state
+
+
+@shared_task(bind=True, name=TASK_NAMES[PREPARE], max_retries=None, acks_late=True)
+def prepare_slide(self, job_id: str) -> str:  # type: ignore[no-untyped-def]
+    from workers.stages import run_prepare
+
+    return _run_stage(self, PREPARE, job_id, lambda settings, factory: run_prepare(settings, factory, job_id))
+
+
+@shared_task(bind=True, name=TASK_NAMES[CLASSIFY], max_retries=None, acks_late=True)
+def classify_slide(self, job_id: str) -> str:  # type: ignore[no-untyped-def]
+    from hemato_model.classifier import load_classifier
+    from workers.stages import run_classify
+
+    return _run_stage(self, CLASSIFY, job_id, lambda settings, factory: run_classify(
+        settings, factory, load_classifier(settings.model_dir), job_id))
+
+
+@shared_task(bind=True, name=TASK_NAMES[REPORT], max_retries=None, acks_late=True)
+def report_slide(self, job_id: str) -> str:  # type: ignore[no-untyped-def]
+    from workers.stages import run_report
+
+    return _run_stage(self, REPORT, job_id, lambda settings, factory: run_report(settings, factory, job_id))

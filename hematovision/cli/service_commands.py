@@ -82,14 +82,30 @@ def serve(host: str | None, port: int | None, threads: int) -> None:
 @click.option("--concurrency", type=int, default=None, help="Worker processes (default: settings).")
 @click.option("--pool", type=click.Choice(["solo", "prefork", "threads"]), default="solo", show_default=True,
               help="solo: one process (one per GPU); prefork: several processes.")
-@click.option("--queues", "-Q", default="slides", show_default=True)
+@click.option("--stages", default="prepare,classify,report", show_default=True,
+              help="Stages this worker runs: prepare and report on CPU workers, classify on GPU workers.")
+@click.option("--queues", "-Q", default=None,
+              help="Consume these queues instead (comma-separated names; default: the stages' queues).")
 @click.option("--loglevel", default="INFO", show_default=True)
-def worker(concurrency: int | None, pool: str, queues: str, loglevel: str) -> None:
-    """Run a Celery worker that analyses slides."""
+def worker(concurrency: int | None, pool: str, stages: str, queues: str | None, loglevel: str) -> None:
+    """Run a Celery worker for some or all stages of the slide analysis.
+
+    Each stage has its own queue (HEMATOVISION_QUEUE_PREPARE, _CLASSIFY, _REPORT), so CPU and GPU
+    workers scale independently: `--stages prepare,report` on CPU hosts, `--stages classify` on GPU
+    hosts, all stages on a single box.
+    """
+    from hematovision.queueing import queues_for
     from workers.celery_app import create_worker_app
 
     _setup_logging(loglevel)
     settings = _settings()
+    if not queues:
+        try:
+            queues = ",".join(queues_for(settings, [s.strip() for s in stages.split(",") if s.strip()]))
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--stages") from None
+        if not queues:
+            raise click.BadParameter("name at least one stage", param_hint="--stages")
     app = create_worker_app(settings)
     if settings.worker_metrics_port:
         from prometheus_client import start_http_server

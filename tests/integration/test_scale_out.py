@@ -1,8 +1,10 @@
-"""Two worker processes on the same Redis queue and PostgreSQL database (issue 8): every slide is
-processed once, no cell is stored twice, and both workers take a share of the work."""
+"""Several worker processes on the same Redis queues and PostgreSQL database (issue 8): every slide is
+processed once, no cell is stored twice, work is shared, CPU and GPU roles split the stages between
+them, and urgent slides overtake at every stage."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -11,14 +13,29 @@ from sqlalchemy import create_engine, text
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def test_two_workers_share_the_queue(pg_stack_steady, real_data: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def _slides(real_data: Path, folder: Path, n: int, seed: int) -> list[Path]:
     from hematovision.synthetic import make_slide
 
-    slides = []
-    for i in range(6):
-        p = tmp_path / f"s{i}.tiff"
-        make_slide(p, real_data, 1536, 1536, mpp=0.25, n_wbc=12, seed=40 + i, fmt="tiff")
-        slides.append(p)
+    out = []
+    for i in range(n):
+        p = folder / f"s{seed + i}.tiff"
+        make_slide(p, real_data, 1536, 1536, mpp=0.25, n_wbc=12, seed=seed + i, fmt="tiff")
+        out.append(p)
+    return out
+
+
+def _duplicate_cells(db_url: str) -> tuple[int, int]:
+    eng = create_engine(db_url)
+    with eng.connect() as c:
+        dup = c.execute(text("SELECT count(*) FROM (SELECT slide_id, kind, x0, y0, x1, y1, count(*) n FROM cells "
+                             "GROUP BY slide_id, kind, x0, y0, x1, y1 HAVING count(*) > 1) d")).scalar()
+        per_slide = c.execute(text("SELECT count(DISTINCT slide_id) FROM cells")).scalar()
+    eng.dispose()
+    return int(dup), int(per_slide)
+
+
+def test_two_workers_share_the_queues(pg_stack_steady, real_data: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    slides = _slides(real_data, tmp_path, 6, 40)
     pg_stack = pg_stack_steady
     pg_stack.start_worker("w1")
     pg_stack.start_worker("w2")
@@ -29,13 +46,57 @@ def test_two_workers_share_the_queue(pg_stack_steady, real_data: Path, tmp_path:
     # one attempt each: in particular both workers registering the model version at the same moment
     # must not fail a slide (the unique constraint decides; workers.processing._model_version)
     assert all(j["attempts"] == 1 for j in final["jobs"]), [(j["attempts"], j["error"]) for j in final["jobs"]]
-    eng = create_engine(pg_stack.env["HEMATOVISION_DATABASE_URL"])
-    with eng.connect() as c:
-        workers = {r[0] for r in c.execute(text("SELECT worker FROM jobs"))}
-        dup = c.execute(text("SELECT count(*) FROM (SELECT slide_id, kind, x0, y0, x1, y1, count(*) n FROM cells "
-                             "GROUP BY slide_id, kind, x0, y0, x1, y1 HAVING count(*) > 1) d")).scalar()
-        per_slide = c.execute(text("SELECT count(DISTINCT slide_id) FROM cells")).scalar()
-    eng.dispose()
-    assert len(workers) == 2, workers  # hostname:pid of each worker process
-    assert dup == 0
-    assert per_slide == 6
+    jobs = [client.job(j["id"]) for j in final["jobs"]]
+    assert all({k: v["runs"] for k, v in j["stages"].items()} == {"prepare": 1, "classify": 1, "report": 1}
+               for j in jobs)
+    workers = {v["worker"] for j in jobs for v in j["stages"].values()}
+    assert len(workers) == 2, workers  # hostname:pid of each worker process: both took a share
+    assert _duplicate_cells(pg_stack.env["HEMATOVISION_DATABASE_URL"]) == (0, 6)
+
+
+def test_cpu_and_gpu_workers_split_the_stages(pg_stack_steady, real_data: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A CPU worker on the prepare and report queues, a 'GPU' worker on the classify queue only:
+    no slide finishes without both, and each stage runs where its queue is served."""
+    slides = _slides(real_data, tmp_path, 4, 60)
+    stack = pg_stack_steady
+    client = stack.client()
+    cpu = stack.start_worker("cpu", stages="prepare,report")
+    batch = client.submit(slides)
+    # Without a classify worker the slides are prepared and then wait in the classify queue.
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        depth = client._call("GET", "/api/v1/queues").json()["stages"]
+        if depth["classify"]["waiting"] == 4:
+            break
+        time.sleep(1)
+    assert depth["classify"]["waiting"] == 4 and depth["prepare"]["demand"] == 0, (depth, stack.log("cpu"))
+    assert {client.job(j)["stage"] for j in batch["job_ids"]} == {"classify"}
+    gpu = stack.start_worker("gpu", stages="classify")
+    final = client.wait_for_batch(batch["id"], timeout_s=600)
+    assert final["states"] == {"succeeded": 4}, (final, stack.log("cpu"), stack.log("gpu"))
+    for job_id in batch["job_ids"]:
+        stages = client.job(job_id)["stages"]
+        assert stages["prepare"]["worker"].endswith(f":{cpu.pid}")
+        assert stages["report"]["worker"].endswith(f":{cpu.pid}")
+        assert stages["classify"]["worker"].endswith(f":{gpu.pid}")
+        assert stages["classify"]["cells"] >= 10 and stages["classify"]["cells_per_s"] > 0
+    assert _duplicate_cells(stack.env["HEMATOVISION_DATABASE_URL"]) == (0, 4)
+
+
+def test_urgent_slides_overtake_at_every_stage(pg_stack_steady, real_data: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Priority 0 (most urgent) submitted after a routine batch is finished first by one worker."""
+    slides = _slides(real_data, tmp_path, 4, 80)
+    stack = pg_stack_steady
+    client = stack.client()
+    routine = client.submit(slides[:3], priority=9)
+    urgent = client.submit(slides[3:], priority=0)
+    stack.start_worker("w")
+    client.wait_for_batch(routine["id"], timeout_s=600)
+    done = client.wait_for_batch(urgent["id"], timeout_s=60)
+    assert done["states"] == {"succeeded": 1}, (done, stack.log("w"))
+    urgent_end = client.job(urgent["job_ids"][0])["finished_at"]
+    routine_starts = sorted(client.job(j)["started_at"] for j in routine["job_ids"])
+    # One worker, all stages: the urgent slide's prepare went first, and its classify and report
+    # stages then went ahead of the routine slides' waiting prepare stages, so it was done before
+    # any routine slide started.
+    assert urgent_end <= routine_starts[0], (urgent_end, routine_starts)

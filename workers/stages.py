@@ -1,0 +1,210 @@
+"""The three stages of a slide job as plain functions; ``workers.tasks`` wraps each in a thin task.
+
+``run_prepare`` (CPU)   open the slide, find its cells, write the white-cell crops;
+``run_classify`` (GPU)  label the crops with the classifier;
+``run_report`` (CPU)    differential, flags and report; store everything in one transaction.
+
+A stage hands its output to the next through the job's folder under ``settings.stage_work_dir``
+(shared by all workers, like the slides themselves; format in :mod:`hemato_model.handoff`). Every
+stage is idempotent: its output is put in place atomically, a re-delivered stage whose output
+already exists does not compute it again, the result is stored once (``store_analysis`` replaces,
+never adds), and a stage of a job that has ended does nothing but remove the job's folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from hematovision.models import utcnow
+from hematovision.queueing import CLASSIFY, NEXT_STAGE, PREPARE, REPORT
+from hematovision.settings import Settings
+from workers.processing import (
+    claim_stage,
+    finish_stage,
+    job_state,
+    set_progress,
+    store_analysis,
+)
+
+log = logging.getLogger(__name__)
+
+#: The share of a job's progress bar at the end of each stage.
+PROGRESS_AT_END = {PREPARE: 0.85, CLASSIFY: 0.97, REPORT: 1.0}
+
+
+class PermanentError(Exception):
+    """Retrying cannot help (e.g. the classifier does not match the crops): the job fails now."""
+
+
+@dataclass
+class Outcome:
+    """What a stage did: ``state`` is ``done`` (queue ``next_stage``), ``succeeded``, ``skipped``
+    (the job had ended) or ``cancelled``."""
+
+    state: str
+    next_stage: str | None = None
+    priority: int = 5
+
+
+def job_folder(settings: Settings, job_id: str) -> Path:
+    return settings.stage_work_dir / job_id
+
+
+def discard(settings: Settings, job_id: str) -> None:
+    """Remove a job's hand-over folder (after its result is stored, or when the job ended)."""
+    shutil.rmtree(job_folder(settings, job_id), ignore_errors=True)
+
+
+def _prepared_dir(settings: Settings, job_id: str) -> Path:
+    return job_folder(settings, job_id) / "prepared"
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Put a finished folder in place in one rename; a duplicate delivery that finished first wins."""
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if not (final / "meta.json").exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _progress_fn(factory: sessionmaker[Session], job_id: str, start: float, end: float):  # type: ignore[no-untyped-def]
+    last = [0.0]
+
+    def progress(fraction: float, _message: str = "") -> None:
+        now = time.monotonic()
+        if now - last[0] > 1.0 or fraction >= 0.99:
+            last[0] = now
+            set_progress(factory, job_id, start + (end - start) * fraction)
+
+    return progress
+
+
+def _ended(outcome_state: str, settings: Settings, job_id: str) -> Outcome:
+    discard(settings, job_id)
+    return Outcome(outcome_state)
+
+
+def run_prepare(settings: Settings, factory: sessionmaker[Session], job_id: str) -> Outcome:
+    """Find the slide's cells and write the white-cell crops for the classify stage."""
+    from hemato_model.classifier import read_model_spec
+    from hemato_model.handoff import CropSpool, write_prepared
+    from hemato_model.pipeline import AnalysisCancelled, PipelineParams, prepare_slide
+    from hematovision.slides import open_slide
+
+    ticket = claim_stage(factory, job_id, PREPARE)
+    if ticket is None:
+        return _ended("skipped", settings, job_id)
+    final = _prepared_dir(settings, job_id)
+    facts: dict[str, Any] = {}
+    if not (final / "meta.json").exists():
+        t0 = time.perf_counter()
+        spec = read_model_spec(settings.model_dir)
+        tmp = job_folder(settings, job_id) / f"prepare.{uuid.uuid4().hex[:8]}"
+        tmp.mkdir(parents=True)
+        try:
+            spool = CropSpool(tmp)
+            params = PipelineParams(target_wbc=settings.target_wbc, full_count=settings.full_count)
+            with open_slide(ticket.path, mpp=ticket.mpp, default_mpp=settings.default_mpp) as slide:
+                analysis = prepare_slide(
+                    slide, spec, spool, params,
+                    progress=_progress_fn(factory, job_id, 0.0, PROGRESS_AT_END[PREPARE]),
+                    should_stop=lambda: job_state(factory, job_id) == "cancelled",
+                )
+            write_prepared(tmp, analysis, spool.cells, spec)
+            _publish(tmp, final)
+        except AnalysisCancelled:
+            return _ended("cancelled", settings, job_id)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        counts = analysis.counts()
+        facts = {"seconds": round(time.perf_counter() - t0, 3), "wbc": counts["wbc"], "rbc": counts["rbc"],
+                 "platelets": counts["platelets"]}
+    if not finish_stage(factory, job_id, PREPARE, CLASSIFY, PROGRESS_AT_END[PREPARE], **facts):
+        return _ended("cancelled", settings, job_id)
+    return Outcome("done", CLASSIFY, ticket.priority)
+
+
+def run_classify(settings: Settings, factory: sessionmaker[Session], classifier: Any, job_id: str) -> Outcome:
+    """Label the prepared crops (``classifier``: a loaded :class:`hemato_model.classifier.Classifier`)."""
+    from hemato_model.handoff import read_labels, read_prepared, write_labels
+    from hematovision.observability import CELLS_CLASSIFIED, CLASSIFY_SECONDS
+
+    ticket = claim_stage(factory, job_id, CLASSIFY)
+    if ticket is None:
+        return _ended("skipped", settings, job_id)
+    folder = _prepared_dir(settings, job_id)
+    prepared = read_prepared(folder)
+    facts: dict[str, Any] = {}
+    if read_labels(folder) is None:
+        m = prepared.model
+        if (float(m["crop_um"]), int(m["input_px"])) != (classifier.crop_um, classifier.input_px):
+            raise PermanentError(
+                f"the crops were cut for {m['name']} {m['version']} ({m['crop_um']} µm, {m['input_px']} px) "
+                f"but this worker's classifier {classifier.name} {classifier.version} takes "
+                f"{classifier.crop_um} µm, {classifier.input_px} px: configure the same model directory "
+                "(HEMATOVISION_MODEL_DIR) on every worker"
+            )
+        progress = _progress_fn(factory, job_id, PROGRESS_AT_END[PREPARE], PROGRESS_AT_END[CLASSIFY])
+        total = max(1, len(prepared.crop_cells))
+        labels: list[tuple[str, float]] = []
+        seconds = 0.0
+        for chunk in prepared.crop_chunks():
+            if job_state(factory, job_id) == "cancelled":
+                return _ended("cancelled", settings, job_id)
+            t = time.perf_counter()
+            labels.extend(classifier.classify(chunk))
+            seconds += time.perf_counter() - t
+            progress(len(labels) / total)
+        write_labels(folder, labels, {"name": classifier.name, "version": classifier.version,
+                                      "classes": list(classifier.classes),
+                                      "sha256": getattr(classifier, "meta", {}).get("sha256")})
+        CELLS_CLASSIFIED.inc(len(labels))
+        CLASSIFY_SECONDS.inc(seconds)
+        facts = {"seconds": round(seconds, 3), "cells": len(labels),
+                 "cells_per_s": round(len(labels) / seconds, 1) if seconds > 0 else None}
+    if not finish_stage(factory, job_id, CLASSIFY, REPORT, PROGRESS_AT_END[CLASSIFY], **facts):
+        return _ended("cancelled", settings, job_id)
+    return Outcome("done", REPORT, ticket.priority)
+
+
+def run_report(settings: Settings, factory: sessionmaker[Session], job_id: str) -> Outcome:
+    """Build the slide's report from cells and labels and store the whole result at once."""
+    from hemato_model.handoff import HandoffError, apply_labels, read_labels, read_prepared
+    from hematovision.flags import load_rules
+    from hematovision.observability import SLIDE_SECONDS
+    from hematovision.reports import build_report
+
+    ticket = claim_stage(factory, job_id, REPORT)
+    if ticket is None:
+        return _ended("skipped", settings, job_id)
+    t0 = time.perf_counter()
+    folder = _prepared_dir(settings, job_id)
+    prepared = read_prepared(folder)
+    labels = read_labels(folder)
+    if labels is None:
+        raise HandoffError(f"{folder}: the classify stage has not written its labels")
+    analysis = apply_labels(prepared, labels)
+    rules = load_rules(settings.flag_rules)
+    rules["insufficient"]["min_wbc"] = settings.min_wbc
+    report = build_report(analysis, slide_id=ticket.slide_id, source=os.path.basename(ticket.path),
+                          wbc_per_l=ticket.wbc_per_l, rules=rules)
+    stored = store_analysis(factory, job_id, analysis, report, labels["model"].get("sha256"),
+                            stage_facts={"seconds": round(time.perf_counter() - t0, 3)})
+    discard(settings, job_id)
+    if not stored:
+        return Outcome(job_state(factory, job_id) or "skipped")
+    SLIDE_SECONDS.observe((utcnow() - ticket.started_at).total_seconds())
+    log.info("job %s: stored %d cells", job_id, len(analysis.cells), extra={"job_id": job_id,
+                                                                          "slide_id": ticket.slide_id})
+    return Outcome("succeeded", NEXT_STAGE[REPORT])
