@@ -42,6 +42,10 @@ def openapi_document() -> dict[str, Any]:
         "info": {"title": "HematoVision intake API", "version": "1"},
         "paths": {
             "/healthz": {"get": {"operationId": "health", "responses": {"200": _resp("ok"), **_errors(503)}}},
+            "/metrics": {"get": {
+                "operationId": "metrics",
+                "summary": "Prometheus text format: requests, latency, jobs by state, queue depth per stage",
+                "responses": {"200": _resp("metrics", {"type": "string"}, "text/plain"), **_errors(401, 403)}}},
             "/api/v1/batches": {
                 "get": {
                     "operationId": "listBatches", "summary": "The most recent batches with state and progress",

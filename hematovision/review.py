@@ -95,6 +95,10 @@ def recompute(session: Session, slide: Slide, rules: dict[str, Any]) -> dict[str
         "rules_version": rules.get("version"),
         "reviewed_cells": n_reviews,
     })
+    # A flag that stands after the change keeps the time it was first raised (the overnight flag list
+    # selects by it); only flags the change raises are new.
+    first_raised = dict(session.execute(select(FlagRecord.code, FlagRecord.created_at)
+                                        .where(FlagRecord.slide_id == slide.id)).all())
     session.execute(delete(DifferentialEntry).where(DifferentialEntry.slide_id == slide.id))
     session.execute(delete(FlagRecord).where(FlagRecord.slide_id == slide.id))
     for cls, d in diff.items():
@@ -103,7 +107,8 @@ def recompute(session: Session, slide: Slide, rules: dict[str, Any]) -> dict[str
     now = utcnow()
     for f in flag_dicts:
         session.add(FlagRecord(slide_id=slide.id, code=f["code"], severity=f["severity"], message=f["message"],
-                               evidence=f["evidence"], rules_version=str(rules.get("version")), created_at=now))
+                               evidence=f["evidence"], rules_version=str(rules.get("version")),
+                               created_at=first_raised.get(f["code"], now)))
     slide.n_wbc = n_wbc
     slide.n_platelets = platelets
     slide.max_severity = report["max_severity"]

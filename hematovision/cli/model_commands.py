@@ -174,15 +174,11 @@ def evaluate_command(data_dir: Path | None, model_dir: Path | None, mpp: float |
 def bench_command(model_dir: Path | None, n_crops: int, threads: int) -> None:
     """Cells per second of the classifier vs Keras ResNet50 at 224 px (one JSON object)."""
     _quiet_tensorflow()
-    root = Path(__file__).resolve().parents[2]
-    sys.path.insert(0, str(root))
-    try:
-        from benchmarks.classifier_speed import run_benchmark
-    except ImportError:
-        raise click.UsageError("benchmarks/classifier_speed.py is not available in this installation") from None
+    from hemato_model.classifier_speed import run_benchmark
     from hematovision.settings import load_settings
 
-    click.echo(json.dumps(run_benchmark(model_dir or load_settings().model_dir, n_crops, threads)))
+    settings = load_settings()
+    click.echo(json.dumps(run_benchmark(model_dir or settings.model_dir, settings.data_root, n_crops, threads)))
 
 
 COMMANDS: list[click.Command] = [train_command, evaluate_command, bench_command]

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from hematovision.models import AuditEntry, Batch, Cell, CellReview, DifferentialEntry, FlagRecord, Job, Slide
 from hematovision.reports import build_report
@@ -74,6 +75,9 @@ def test_reclassify_recomputes_and_records(app, analysed: str) -> None:  # type:
                          .order_by(Cell.id)).scalars().first()
         cell_id, old = cell.id, cell.label
     new = "lymphocyte" if old != "lymphocyte" else "monocyte"
+    raised = datetime(2026, 11, 26, 23, 0, 0)
+    with factory() as s, s.begin():
+        s.execute(update(FlagRecord).where(FlagRecord.slide_id == analysed).values(created_at=raised))
     with factory() as s, s.begin():
         cell, report = reclassify(s, cell_id, new, "key:alice:hv_1")
     assert report["differential"][new]["count"] == before["differential"].get(new, {"count": 0})["count"] + 1
@@ -84,8 +88,10 @@ def test_reclassify_recomputes_and_records(app, analysed: str) -> None:  # type:
         assert slide.report["differential"][new] == report["differential"][new]
         row = s.get(DifferentialEntry, (analysed, new))
         assert row.count == report["differential"][new]["count"]
-        assert {f.code for f in s.execute(select(FlagRecord).where(FlagRecord.slide_id == analysed)).scalars()} \
-            == {f["code"] for f in report["flags"]}
+        flags = s.execute(select(FlagRecord).where(FlagRecord.slide_id == analysed)).scalars().all()
+        assert {f.code for f in flags} == {f["code"] for f in report["flags"]}
+        # INSUFFICIENT_WBC stands before and after: it keeps the time it was first raised.
+        assert {f.code: f.created_at for f in flags}["INSUFFICIENT_WBC"] == raised
         rev = s.execute(select(CellReview)).scalar_one()
         assert (rev.cell_id, rev.from_label, rev.to_label, rev.actor) == (cell_id, old, new, "key:alice:hv_1")
     # Unknown labels, unknown cells.
