@@ -6,10 +6,15 @@
 2. Polling: status polls (GET /api/v1/jobs/<id>) at a target rate for a fixed time from a pool of
    threads, with p50/p95/p99 latency and the rate actually reached.
 
+Workers: --workers N processes running every stage, or one process per --worker STAGES (e.g. a CPU
+worker `--worker prepare,report` and a classify worker `--worker classify`). Per stage it reports
+the median seconds, how many jobs ran the stage more than once, and on how many workers it ran.
+
 Runs on PostgreSQL + Redis on 127.0.0.1 (its own database, dropped afterwards; Redis db 12 flushed),
 or on the embedded defaults with --embedded. Only processes it starts are touched.
 
     python benchmarks/load_api.py --slides 1000 --rate 200 --seconds 60
+    python benchmarks/load_api.py --slides 1000 --worker prepare,report --worker classify
 """
 
 from __future__ import annotations
@@ -105,7 +110,9 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=200.0)
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--threads", type=int, default=32)
-    ap.add_argument("--workers", type=int, default=1, help="worker processes")
+    ap.add_argument("--workers", type=int, default=1, help="worker processes running every stage")
+    ap.add_argument("--worker", action="append", default=[], metavar="STAGES",
+                    help="instead: one worker for these stages, e.g. --worker prepare,report --worker classify")
     ap.add_argument("--embedded", action="store_true", help="SQLite + filesystem queue instead")
     ap.add_argument("--timeout", type=float, default=3600)
     a = ap.parse_args()
@@ -133,8 +140,10 @@ def main() -> None:
         fields = make_fields(work, load_settings().data_root, a.slides)
         result["fields_made_s"] = round(time.perf_counter() - t, 1)
         with start_stack(work / "var", db_url, broker, key_name="load", api_threads=16) as stack:
-            for i in range(a.workers):
-                stack.start_worker(f"worker{i}", loglevel="WARNING")
+            roles = a.worker or ["prepare,classify,report"] * a.workers
+            for i, stages in enumerate(roles):
+                stack.start_worker(f"worker{i}", loglevel="WARNING", stages=stages)
+            result["workers"] = roles
             client = stack.client()
             client.timeout_s = 600
             t = time.perf_counter()
@@ -153,7 +162,15 @@ def main() -> None:
                     counts = rep["counts"]
                     expected = counts["wbc"] + counts["rbc"] + counts["platelets"] + counts["erythroblasts"]
                     mismatched += int(stored != expected)
+                stage_rows = [r[0] if isinstance(r[0], dict) else json.loads(r[0])
+                              for r in c.execute(text("SELECT stages FROM jobs WHERE stages IS NOT NULL"))]
             eng.dispose()
+            result["stages"] = {
+                st: {"median_s": round(statistics.median(r[st].get("seconds", 0.0) for r in stage_rows if st in r), 3),
+                     "runs_above_one": sum(1 for r in stage_rows if r.get(st, {}).get("runs", 0) > 1),
+                     "workers": len({r[st]["worker"] for r in stage_rows if st in r})}
+                for st in ("prepare", "classify", "report")
+            }
             result["submissions"] = {
                 "slides": a.slides, "submit_s": round(submit_s, 1), "all_final_s": round(total_s, 1),
                 "slides_per_hour": round(3600 * a.slides / total_s, 0), "states": states,

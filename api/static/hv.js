@@ -106,7 +106,8 @@ const HV = (() => {
         tbody.replaceChildren(...b.jobs.map((j) => el("tr", {},
           el("td", {}, j.state === "succeeded" ? el("a", { href: `/ui/slides/${j.slide_id}`, text: j.filename }) : j.filename,
             j.error ? el("div", { class: "muted small", text: j.error }) : null),
-          el("td", {}, el("span", { class: "pill " + j.state, text: j.state })),
+          el("td", {}, el("span", { class: "pill " + j.state, text: j.state }),
+            (j.state === "queued" || j.state === "running") && j.stage ? el("div", { class: "muted small", text: j.stage }) : null),
           el("td", {}, progress(j.progress, j.state === "succeeded")),
           el("td", { text: j.duration_s ? j.duration_s.toFixed(1) + " s" : "—" }),
           el("td", {}, j.state === "succeeded" ? el("a", { class: "button", href: `/ui/slides/${j.slide_id}`, text: "Review" }) : null))));
