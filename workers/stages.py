@@ -53,6 +53,7 @@ class Outcome:
     state: str
     next_stage: str | None = None
     priority: int = 5
+    slide_id: str | None = None
 
 
 def job_folder(settings: Settings, job_id: str) -> Path:
@@ -132,7 +133,7 @@ def run_prepare(settings: Settings, factory: sessionmaker[Session], job_id: str)
                  "platelets": counts["platelets"]}
     if not finish_stage(factory, job_id, PREPARE, CLASSIFY, PROGRESS_AT_END[PREPARE], **facts):
         return _ended("cancelled", settings, job_id)
-    return Outcome("done", CLASSIFY, ticket.priority)
+    return Outcome("done", CLASSIFY, ticket.priority, ticket.slide_id)
 
 
 def run_classify(settings: Settings, factory: sessionmaker[Session], classifier: Any, job_id: str) -> Outcome:
@@ -175,7 +176,7 @@ def run_classify(settings: Settings, factory: sessionmaker[Session], classifier:
                  "cells_per_s": round(len(labels) / seconds, 1) if seconds > 0 else None}
     if not finish_stage(factory, job_id, CLASSIFY, REPORT, PROGRESS_AT_END[CLASSIFY], **facts):
         return _ended("cancelled", settings, job_id)
-    return Outcome("done", REPORT, ticket.priority)
+    return Outcome("done", REPORT, ticket.priority, ticket.slide_id)
 
 
 def run_report(settings: Settings, factory: sessionmaker[Session], job_id: str) -> Outcome:
@@ -203,8 +204,8 @@ def run_report(settings: Settings, factory: sessionmaker[Session], job_id: str) 
                             stage_facts={"seconds": round(time.perf_counter() - t0, 3)})
     discard(settings, job_id)
     if not stored:
-        return Outcome(job_state(factory, job_id) or "skipped")
+        return Outcome(job_state(factory, job_id) or "skipped", slide_id=ticket.slide_id)
     SLIDE_SECONDS.observe((utcnow() - ticket.started_at).total_seconds())
     log.info("job %s: stored %d cells", job_id, len(analysis.cells), extra={"job_id": job_id,
                                                                           "slide_id": ticket.slide_id})
-    return Outcome("succeeded", NEXT_STAGE[REPORT])
+    return Outcome("succeeded", NEXT_STAGE[REPORT], slide_id=ticket.slide_id)

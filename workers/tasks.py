@@ -65,7 +65,8 @@ def _run_stage(task: Any, stage: str, job_id: str, work: Callable[[Settings, Any
         raise task.retry(exc=exc, countdown=2 * (retries + 1)) from None
     STAGE_OUTCOMES.labels(stage, outcome.state).inc()
     STAGE_SECONDS.labels(stage).observe(time.perf_counter() - started)
-    log.info("job %s %s: %s", job_id, stage, outcome.state, extra=ids)
+    log.info("job %s %s: %s", job_id, stage, outcome.state,
+             extra=ids | ({"slide_id": outcome.slide_id} if outcome.slide_id else {}))
     return outcome.state
 
 

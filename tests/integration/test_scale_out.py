@@ -4,6 +4,7 @@ them, and urgent slides overtake at every stage."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -60,6 +61,7 @@ def test_cpu_and_gpu_workers_split_the_stages(pg_stack_steady, real_data: Path, 
     slides = _slides(real_data, tmp_path, 4, 60)
     stack = pg_stack_steady
     client = stack.client()
+    stack.env["HEMATOVISION_LOG_FORMAT"] = "json"  # for the workers started below
     cpu = stack.start_worker("cpu", stages="prepare,report")
     batch = client.submit(slides)
     # Without a classify worker the slides are prepared and then wait in the classify queue.
@@ -81,6 +83,18 @@ def test_cpu_and_gpu_workers_split_the_stages(pg_stack_steady, real_data: Path, 
         assert stages["classify"]["worker"].endswith(f":{gpu.pid}")
         assert stages["classify"]["cells"] >= 10 and stages["classify"]["cells_per_s"] > 0
     assert _duplicate_cells(stack.env["HEMATOVISION_DATABASE_URL"]) == (0, 4)
+    # Structured logs: each stage's outcome is one JSON line carrying the job, slide and stage.
+    done = {}
+    for name in ("cpu", "gpu"):
+        for line in stack.log(name, tail_chars=10**7).splitlines():
+            if line.startswith("{") and '"stage"' in line:
+                rec = json.loads(line)
+                if rec.get("slide_id") and rec["message"].endswith((": done", ": succeeded")):
+                    done[(rec["job_id"], rec["stage"])] = (name, rec["slide_id"])
+    for j in batch["jobs"]:
+        assert done[(j["id"], "prepare")] == ("cpu", j["slide_id"])
+        assert done[(j["id"], "classify")] == ("gpu", j["slide_id"])
+        assert done[(j["id"], "report")] == ("cpu", j["slide_id"])
 
 
 def test_urgent_slides_overtake_at_every_stage(pg_stack_steady, real_data: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
