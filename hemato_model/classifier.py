@@ -42,7 +42,7 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-@dataclass(frozen=True)
+@dataclass
 class ModelSpec:
     """What a model directory says of itself (``model.json``), read without loading the network:
     enough to cut crops for it (``crop_um``, ``input_px``) on a machine that never classifies."""
@@ -81,18 +81,11 @@ def read_model_spec(model_dir: str | Path) -> ModelSpec:
 
 
 @dataclass
-class Classifier:
-    """A loaded white-cell classifier (see the module docstring for the directory layout)."""
+class Classifier(ModelSpec):
+    """A loaded white-cell classifier: its spec plus the network (see the module docstring for the
+    directory layout)."""
 
-    model_dir: Path
-    name: str
-    version: str
-    classes: list[str]
-    input_px: int
-    crop_um: float
-    threshold: float
-    preprocessing: dict[str, Any]
-    meta: dict[str, Any]
+    preprocessing: dict[str, Any] = field(default_factory=dict)
     batch_size: int = 64
     _model: Any = field(default=None, repr=False)
     _predict: Any = field(default=None, repr=False)
@@ -116,11 +109,7 @@ class Classifier:
         n_out = int(model.outputs[0].shape[-1])
         if n_out != len(meta["classes"]):
             raise ModelError(f"{model_path}: {n_out} outputs but {len(meta['classes'])} classes in {META_FILE}")
-        clf = cls(
-            model_dir=model_dir, name=spec.name, version=spec.version, classes=spec.classes,
-            input_px=spec.input_px, crop_um=spec.crop_um, threshold=spec.threshold,
-            preprocessing=dict(meta.get("preprocessing", {})), meta=meta,
-        )
+        clf = cls(**vars(spec), preprocessing=dict(meta.get("preprocessing", {})))
         clf._model = model
         log.info("loaded classifier %s %s from %s", clf.name, clf.version, model_dir)
         return clf
