@@ -58,7 +58,7 @@ class PipelineParams:
     field_um: float = 150.0
     batch_size: int = 64
     thumb_mpp: float = 8.0
-    candidate_margin: float = 1.1
+    candidate_margin: float = 1.25
 
     @property
     def wbc_goal(self) -> int:
