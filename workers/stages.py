@@ -65,6 +65,26 @@ def discard(settings: Settings, job_id: str) -> None:
     shutil.rmtree(job_folder(settings, job_id), ignore_errors=True)
 
 
+def sweep_work_dir(settings: Settings, factory: sessionmaker[Session]) -> int:
+    """Remove the hand-over folders of jobs that have ended or no longer exist (left behind only when
+    a stage's message was lost); returns how many. Workers call it when they start."""
+    from sqlalchemy import select
+
+    from hematovision.models import FINAL_STATES, Job
+
+    root = settings.stage_work_dir
+    folders = [p for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
+    if not folders:
+        return 0
+    with factory() as s:
+        live = set(s.scalars(select(Job.id).where(Job.id.in_([p.name for p in folders]),
+                                                   Job.state.not_in(FINAL_STATES))))
+    stale = [p for p in folders if p.name not in live]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return len(stale)
+
+
 def _prepared_dir(settings: Settings, job_id: str) -> Path:
     return job_folder(settings, job_id) / "prepared"
 

@@ -143,3 +143,19 @@ def test_report_without_labels_or_with_missing_crops_is_an_error(settings, job) 
         f.unlink()
     with pytest.raises(HandoffError, match="crops on disk"):
         run_classify(settings, factory, load_classifier(settings.model_dir), job_id)
+
+
+def test_sweep_removes_only_folders_of_ended_or_unknown_jobs(settings, job) -> None:  # type: ignore[no-untyped-def]
+    from workers.stages import sweep_work_dir
+
+    factory, job_id = job
+    run_prepare(settings, factory, job_id)  # queued for classify: its folder is still needed
+    ended = job_folder(settings, "0" * 32)
+    (ended / "prepared").mkdir(parents=True)
+    assert sweep_work_dir(settings, factory) == 1  # the folder of a job that does not exist
+    assert job_folder(settings, job_id).exists() and not ended.exists()
+    with factory() as s, s.begin():
+        s.get(Job, job_id).state = "cancelled"
+    assert sweep_work_dir(settings, factory) == 1
+    assert not job_folder(settings, job_id).exists()
+    assert sweep_work_dir(settings, factory) == 0
