@@ -23,17 +23,14 @@ def create_worker_app(settings: Settings) -> Celery:
     @worker_ready.connect(weak=False)
     def _sweep(**_: object) -> None:
         """Hand-over folders of ended jobs (a lost message's leftovers) go when a worker starts."""
-        from hematovision.db import make_engine, make_session_factory
         from workers.stages import sweep_work_dir
+        from workers.tasks import session_factory
 
-        engine = make_engine(settings)
         try:
-            n = sweep_work_dir(settings, make_session_factory(engine))
+            n = sweep_work_dir(settings, session_factory(settings))
         except Exception as exc:  # noqa: BLE001 - housekeeping must not stop a worker
             log.warning("work dir not swept: %s: %s", exc.__class__.__name__, exc)
             return
-        finally:
-            engine.dispose()
         if n:
             log.info("removed %d hand-over folder(s) of ended jobs from %s", n, settings.stage_work_dir)
 

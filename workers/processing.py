@@ -52,21 +52,32 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def _live_job(s: Session, job_id: str) -> Job | None:
+    """The job's row, locked for this transaction; None when it is unknown or already final."""
+    job = s.execute(select(Job).where(Job.id == job_id).with_for_update()).scalar_one_or_none()
+    return None if job is None or job.state in FINAL_STATES else job
+
+
+def _record_stage(job: Job, stage: str, **facts: Any) -> dict[str, Any]:
+    """Merge ``facts`` into what the job records of ``stage`` (a new dict, so the JSON column is
+    seen as changed); returns the stage's record."""
+    stages = dict(job.stages or {})
+    stages[stage] = {**stages.get(stage, {}), **facts}
+    job.stages = stages
+    return stages[stage]
+
+
 def claim_stage(factory: sessionmaker[Session], job_id: str, stage: str) -> Ticket | None:
     """Mark the job running in ``stage``; None when it is unknown or already final (nothing to do).
 
     ``attempts`` is the most runs any one stage has had (1 when nothing was retried or re-delivered).
     """
     with transaction(factory) as s:
-        job = s.execute(select(Job).where(Job.id == job_id).with_for_update()).scalar_one_or_none()
-        if job is None or job.state in FINAL_STATES:
+        job = _live_job(s, job_id)
+        if job is None:
             return None
-        stages = dict(job.stages or {})
-        run = dict(stages.get(stage, {}))
-        run["runs"] = int(run.get("runs", 0)) + 1
-        run["worker"] = worker_name()
-        stages[stage] = run
-        job.stages = stages
+        runs = int((job.stages or {}).get(stage, {}).get("runs", 0)) + 1
+        run = _record_stage(job, stage, runs=runs, worker=worker_name())
         job.stage = stage
         job.state = "running"
         job.attempts = max(job.attempts, run["runs"])
@@ -85,12 +96,10 @@ def finish_stage(
     """Record a stage's run (``facts`` such as seconds) and leave the job queued for ``next_stage``;
     False when the job ended meanwhile (cancelled), so the next stage must not be queued."""
     with transaction(factory) as s:
-        job = s.execute(select(Job).where(Job.id == job_id).with_for_update()).scalar_one_or_none()
-        if job is None or job.state in FINAL_STATES:
+        job = _live_job(s, job_id)
+        if job is None:
             return False
-        stages = dict(job.stages or {})
-        stages[stage] = {**stages.get(stage, {}), **facts}
-        job.stages = stages
+        _record_stage(job, stage, **facts)
         job.stage = next_stage
         job.state = "queued"
         job.progress = round(max(job.progress, progress), 3)
@@ -111,8 +120,8 @@ def job_state(factory: sessionmaker[Session], job_id: str) -> str | None:
 
 def mark_failed(factory: sessionmaker[Session], job_id: str, error: str, *, final: bool = True) -> None:
     with transaction(factory) as s:
-        job = s.execute(select(Job).where(Job.id == job_id).with_for_update()).scalar_one_or_none()
-        if job is None or job.state in FINAL_STATES:
+        job = _live_job(s, job_id)
+        if job is None:
             return
         job.error = error[:2000]
         if final:
@@ -152,8 +161,8 @@ def store_analysis(
     (job cancelled or already finished by another delivery). ``stage_facts`` are recorded for the
     stage that stores (e.g. its seconds)."""
     with transaction(factory) as s:
-        job = s.execute(select(Job).where(Job.id == job_id).with_for_update()).scalar_one_or_none()
-        if job is None or job.state in FINAL_STATES:
+        job = _live_job(s, job_id)
+        if job is None:
             return False
         slide = job.slide
         mv = _model_version(s, analysis.model_name, analysis.model_version, model_sha256)
@@ -184,9 +193,7 @@ def store_analysis(
         slide.analysed_at = now
         slide.report = report
         if stage_facts and job.stage:
-            stages = dict(job.stages or {})
-            stages[job.stage] = {**stages.get(job.stage, {}), **stage_facts}
-            job.stages = stages
+            _record_stage(job, job.stage, **stage_facts)
         job.state = "succeeded"
         job.progress = 1.0
         job.finished_at = now

@@ -165,9 +165,9 @@ def run_classify(settings: Settings, factory: sessionmaker[Session], classifier:
     if ticket is None:
         return _ended("skipped", settings, job_id)
     folder = _prepared_dir(settings, job_id)
-    prepared = read_prepared(folder)
     facts: dict[str, Any] = {}
     if read_labels(folder) is None:
+        prepared = read_prepared(folder)
         m = prepared.model
         if (float(m["crop_um"]), int(m["input_px"])) != (classifier.crop_um, classifier.input_px):
             raise PermanentError(

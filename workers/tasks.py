@@ -33,13 +33,18 @@ def _session_factory(settings_json: str):  # type: ignore[no-untyped-def]
     return make_session_factory(make_engine(Settings.model_validate_json(settings_json)))
 
 
+def session_factory(settings: Settings):  # type: ignore[no-untyped-def]
+    """The worker process's one session factory (one engine) for these settings."""
+    return _session_factory(settings.model_dump_json())
+
+
 def _run_stage(task: Any, stage: str, job_id: str, work: Callable[[Settings, Any], Any]) -> str:
     from hematovision.observability import STAGE_OUTCOMES, STAGE_SECONDS
     from workers.processing import mark_failed
     from workers.stages import PermanentError, discard
 
     settings: Settings = task.app.conf.hv_settings
-    factory = _session_factory(settings.model_dump_json())
+    factory = session_factory(settings)
     ids = {"job_id": job_id, "stage": stage}
     started = time.perf_counter()
     try:
