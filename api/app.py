@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from flask import Flask, g
 
-from hematovision.settings import Settings
+from hematovision.core.settings import Settings
 
 
 def create_app(settings: Settings) -> Flask:
     """Build the intake API for one installation's settings."""
-    from hematovision.db import make_engine, make_session_factory
-    from hematovision.queueing import make_celery
-
     from api import auth, batches, errors, health, jobs, queues, reports, review, ui
+    from hematovision.service.queueing import make_celery
+    from hematovision.store.db import make_engine, make_session_factory
 
     app = Flask("hematovision")
     settings.ensure_dirs()

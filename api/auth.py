@@ -47,7 +47,7 @@ def _audit_action() -> str | None:
 
 
 def register_auth(app: Flask) -> None:
-    from hematovision.apikeys import allows, find_key
+    from hematovision.store.apikeys import allows, find_key
 
     @app.before_request
     def _authenticate() -> None:
@@ -72,7 +72,7 @@ def register_auth(app: Flask) -> None:
         action = _audit_action()
         if action is None or resp.status_code >= 500:
             return resp
-        from hematovision.models import AuditEntry
+        from hematovision.store.models import AuditEntry
 
         resource = request.full_path.rstrip("?")
         if action == "submit" and resp.is_json and resp.status_code in (200, 202):

@@ -23,8 +23,9 @@ from werkzeug.utils import secure_filename
 from api.context import celery, db, settings
 from api.errors import ApiError
 from api.serializers import batch_json
-from hematovision.models import Batch, Job, Slide
-from hematovision.queueing import enqueue_slide
+from hematovision.service.queueing import enqueue_slide
+from hematovision.service.submission import NewSlide, add_batch
+from hematovision.store.models import Batch, new_id
 
 log = logging.getLogger(__name__)
 bp = Blueprint("batches", __name__, url_prefix="/api/v1/batches")
@@ -94,7 +95,7 @@ def _safe_upload_name(name: str | None) -> str:
 
 @bp.post("")
 def submit_batch():  # type: ignore[no-untyped-def]
-    from hematovision.slides import SlideError, validate_slide
+    from hematovision.core.slides import SlideError, validate_slide
 
     cfg = settings()
     fields, paths = _request_fields()
@@ -139,27 +140,19 @@ def submit_batch():  # type: ignore[no-untyped-def]
             except SlideError as e:
                 raise ApiError(422, "invalid_slide", _named(raw, e)) from None
             server_items.append((real.name, real, info))
-        batch = Batch(name=name, priority=5 if priority is None else int(priority), idempotency_key=key or None)
-        session.add(batch)
-        session.flush()
-        final_dir = cfg.upload_dir / batch.id
-        jobs: list[Job] = []
-        for fname, path, info in staged + server_items:
-            if path.parent == staging:
-                final_dir.mkdir(parents=True, exist_ok=True)
-                stored = final_dir / path.name
-            else:
-                stored = path
-            slide = Slide(batch_id=batch.id, filename=fname, path=str(stored), format=info.get("format"),
-                          mpp=info.get("mpp"), mpp_source=info.get("mpp_source"),
-                          width=info["dimensions"][0], height=info["dimensions"][1], wbc_per_l=wbc_per_l)
-            session.add(slide)
-            session.flush()
-            job = Job(slide_id=slide.id, batch_id=batch.id)
-            session.add(job)
-            jobs.append(job)
-        session.flush()
-        for fname, path, _ in staged:
+        batch_id = new_id()
+        final_dir = cfg.upload_dir / batch_id
+        entries = [
+            NewSlide(filename=fname, path=str(final_dir / path.name if path.parent == staging else path),
+                     format=info.get("format"), mpp=info.get("mpp"), mpp_source=info.get("mpp_source"),
+                     width=info["dimensions"][0], height=info["dimensions"][1], wbc_per_l=wbc_per_l)
+            for fname, path, info in staged + server_items
+        ]
+        batch, jobs = add_batch(session, entries, name=name, priority=5 if priority is None else int(priority),
+                                idempotency_key=key or None, batch_id=batch_id)
+        if staged:
+            final_dir.mkdir(parents=True, exist_ok=True)
+        for _fname, path, _ in staged:
             shutil.move(str(path), str(final_dir / path.name))
         session.commit()
     except IntegrityError:

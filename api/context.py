@@ -6,7 +6,7 @@ from celery import Celery
 from flask import current_app, g
 from sqlalchemy.orm import Session
 
-from hematovision.settings import Settings
+from hematovision.core.settings import Settings
 
 
 def settings() -> Settings:

@@ -8,7 +8,7 @@ from sqlalchemy import select
 from api.context import db
 from api.errors import ApiError
 from api.serializers import job_json
-from hematovision.models import FINAL_STATES, Job, utcnow
+from hematovision.store.models import FINAL_STATES, Job, utcnow
 
 bp = Blueprint("jobs", __name__, url_prefix="/api/v1/jobs")
 

@@ -11,7 +11,7 @@ bp = Blueprint("metrics", __name__)
 
 
 def init_metrics(app: Flask) -> None:
-    from hematovision.observability import api_registry
+    from hematovision.service.metrics import api_registry
 
     registry, requests, latency = api_registry(app.extensions["hv_settings"], app.extensions["hv_sessions"])
     app.extensions["hv_metrics"] = registry

@@ -7,9 +7,9 @@ from flask import Blueprint, current_app, jsonify
 from sqlalchemy import func, select
 
 from api.context import db
-from hematovision.models import Job
-from hematovision.observability import queue_depths
-from hematovision.queueing import stage_queues
+from hematovision.service.metrics import queue_depths
+from hematovision.service.queueing import stage_queues
+from hematovision.store.models import Job
 
 bp = Blueprint("queues", __name__, url_prefix="/api/v1")
 

@@ -16,9 +16,9 @@ from sqlalchemy import select
 from api.context import db
 from api.errors import ApiError
 from api.serializers import iso
-from hematovision.flags import SEVERITY_RANK
-from hematovision.models import Batch, Cell, FlagRecord, Slide
-from hematovision.reports import report_csv
+from hematovision.core.flags import SEVERITY_RANK
+from hematovision.exports.report_csv import report_csv
+from hematovision.store.models import Batch, Cell, FlagRecord, Slide
 
 bp = Blueprint("reports", __name__, url_prefix="/api/v1")
 
@@ -40,7 +40,7 @@ def _attachment(body: str | bytes, content_type: str, filename: str) -> Response
 
 
 def _slide_pdf(slide: Slide, report: dict[str, Any]) -> bytes:
-    from hematovision.report_pdf import slide_pictures, slide_report_pdf
+    from hematovision.exports.slide_pdf import slide_pictures, slide_report_pdf
 
     rows = db().execute(select(Cell.kind, Cell.x0, Cell.y0, Cell.x1, Cell.y1, Cell.label, Cell.probability)
                         .where(Cell.slide_id == slide.id, Cell.kind == "wbc")).all()
@@ -72,7 +72,7 @@ def slide_report(slide_id: str):  # type: ignore[no-untyped-def]
     if fmt == "pdf":
         return _attachment(_slide_pdf(slide, report), "application/pdf", f"{slide.id}.pdf")
     if fmt == "hl7":
-        from hematovision.hl7_export import HL7_MEDIA_TYPE, oru_r01
+        from hematovision.exports.hl7 import HL7_MEDIA_TYPE, oru_r01
 
         return _attachment(oru_r01(report).encode("utf-8"), f"{HL7_MEDIA_TYPE}; charset=utf-8", f"{slide.id}.hl7")
     return jsonify(report)
@@ -119,11 +119,11 @@ def flag_report():  # type: ignore[no-untyped-def]
     doc = _flag_document(request.args.get("batch"), request.args.get("since"))
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     if fmt == "csv":
-        from hematovision.flag_report import flag_report_csv
+        from hematovision.exports.flag_report import flag_report_csv
 
         return _attachment(flag_report_csv(doc), "text/csv; charset=utf-8", f"flags-{stamp}.csv")
     if fmt == "pdf":
-        from hematovision.flag_report import flag_report_pdf
+        from hematovision.exports.flag_report import flag_report_pdf
 
         buf = io.BytesIO()
         flag_report_pdf(doc, buf)

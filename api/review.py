@@ -20,8 +20,9 @@ from sqlalchemy.orm import selectinload
 from api.context import db, settings
 from api.errors import ApiError
 from api.serializers import batch_json, iso
-from hematovision.models import Batch, Cell, CellReview, Slide
-from hematovision.review import ReviewError, reclassify, sign_off, slide_classes
+from hematovision.core.flags import effective_rules
+from hematovision.service.review import ReviewError, reclassify, sign_off, slide_classes
+from hematovision.store.models import Batch, Cell, CellReview, Slide
 
 bp = Blueprint("review", __name__, url_prefix="/api/v1")
 
@@ -48,12 +49,7 @@ def _slide(slide_id: str) -> Slide:
 
 
 def _rules() -> dict[str, Any]:
-    from hematovision.flags import load_rules
-
-    s = settings()
-    rules = load_rules(s.flag_rules)
-    rules["insufficient"]["min_wbc"] = s.min_wbc  # as the worker applies them
-    return rules
+    return effective_rules(settings())
 
 
 def cell_json(cell: Cell, original: dict[int, str | None] | None = None) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from hematovision.models import Batch, Job
+from hematovision.store.models import Batch, Job
 
 
 def iso(dt: datetime | None) -> str | None:

@@ -2,7 +2,7 @@
 
 The pages hold no data and are served without a key; their scripts ask for an API key once (kept in
 the browser's ``localStorage``) and send it as ``X-API-Key`` with every request. OpenSeadragon is not
-kept in git: ``npm ci`` in ``ui/`` copies it into ``api/static/vendor/`` (git-ignored).
+kept in git: ``npm ci`` in ``api/assets/`` copies it into ``api/static/vendor/`` (git-ignored).
 """
 
 from __future__ import annotations

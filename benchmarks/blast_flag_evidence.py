@@ -7,7 +7,7 @@ recut from ``shared/data/aria_all`` with the recorded µm/px and colour referenc
 cells from the model's held-out PBC test split, mixed as a normal differential (neutrophil 58 %,
 lymphocyte 30 %, monocyte 6 %, eosinophil 3 %, ig 2 %, basophil 1 %). Every crop is classified once
 by the model; a population's labels (threshold applied: low-confidence cells are ``unidentified``)
-go through :func:`hematovision.reports.differential` and :func:`hematovision.flags.evaluate_flags`
+go through :func:`hematovision.service.slide_results.differential` and :func:`hematovision.core.flags.evaluate_flags`
 exactly as a slide's would. Cells are drawn with replacement (the held-out pools hold a few
 hundred cells), so populations of 500 reuse cells; detection is not exercised (every cell is a
 detected white cell), and all blasts come from one lab's B-ALL cases.
@@ -50,9 +50,9 @@ NORMAL_MIX = {"neutrophil": 0.58, "lymphocyte": 0.30, "monocyte": 0.06, "eosinop
 
 def _pools(clf: Any, data_root: Path) -> tuple[list[str], dict[str, list[str]]]:
     """Labels (threshold applied) of the held-out blast crops and of PBC test cells per class."""
-    from hematovision.datasets import PBC_MPP
-    from hemato_model.blast_data import rebuild_field_crops
-    from hemato_model.training import load_crops
+    from hemato_model.training.blast_data import rebuild_field_crops
+    from hemato_model.training.classifier_training import load_crops
+    from hematovision.core.datasets import PBC_MPP
 
     model_dir = Path(clf.model_dir)
     doc = json.loads((model_dir / "blast_split.json").read_text())
@@ -75,9 +75,9 @@ def _bccd_pool(clf: Any, data_root: Path) -> dict[str, list[str]]:
     """Labels (threshold applied) of BCCD single-WBC cells per subtype (out of domain)."""
     from PIL import Image
 
-    from hematovision.datasets import BCCD_MPP
-    from hemato_model.evaluation import bccd_cells
     from hemato_model.preprocessing import crop_cell
+    from hemato_model.training.evaluation import bccd_cells
+    from hematovision.core.datasets import BCCD_MPP
 
     pools: dict[str, list[str]] = {}
     for jpg, centre, label in bccd_cells(data_root / "bccd"):
@@ -90,8 +90,8 @@ def _bccd_pool(clf: Any, data_root: Path) -> dict[str, list[str]]:
 def simulate(blast_labels: list[str], normals: dict[str, list[str]], classes: list[str], reps: int,
              seed: int, totals: tuple[int, ...] = TOTALS) -> dict[str, Any]:
     """The flag table (see the module docstring)."""
-    from hematovision.flags import evaluate_flags
-    from hematovision.reports import differential
+    from hematovision.core.flags import evaluate_flags
+    from hematovision.service.slide_results import differential
 
     rng = np.random.default_rng(seed)
     mix_classes = [c for c in NORMAL_MIX if normals.get(c)]
@@ -148,8 +148,8 @@ def run(model_dir: Path, reps: int, seed: int, threads: int) -> dict[str, Any]:
     from hemato_model.runtime import limit_tensorflow_threads
 
     limit_tensorflow_threads(threads)
-    from hematovision.settings import load_settings
     from hemato_model.classifier import Classifier
+    from hematovision.core.settings import load_settings
 
     clf = Classifier.load(model_dir)
     data_root = Path(load_settings().data_root) / "data"
@@ -208,7 +208,7 @@ ALL set licence unverified: research/evaluation only). Made by:
 split (B-ALL lymphoblasts, Early/Pre/Pro-B; {result['pool_sizes']['blast']} cells), normal white cells from the
 held-out PBC test split mixed as a normal differential ({result['normal_mix']}). Each cell is classified by the
 model (threshold applied: low-confidence cells become `unidentified`); the labels go through
-`hematovision.reports.differential` and `hematovision.flags.evaluate_flags` as a slide's would (rules
+`hematovision.service.slide_results.differential` and `hematovision.core.flags.evaluate_flags` as a slide's would (rules
 `hematovision/flag_rules.toml`: ≥ 20 % → SUSPECTED_ACUTE_LEUKEMIA critical, ≥ 5 % → BLASTS review, a 95 % CI that
 straddles a threshold → `*_BORDERLINE`; under 200 WBC the count is insufficient and borderline flags are dropped).
 Cells are drawn with replacement; detection is not exercised. Each table entry is the share of populations with that flag.

@@ -1,6 +1,6 @@
 """Classified cells per second: the shipped classifier vs Keras ResNet50 at 224 px, same crops, same run.
 
-Prints ONE JSON object (see hemato_model.classifier_speed). Same as `hematovision bench-classifier`.
+Prints ONE JSON object (see hematovision.devtools.classifier_speed). Same as `hematovision bench-classifier`.
 
     python benchmarks/classifier_speed.py [--model DIR] [--n 512] [--threads 2]
 """
@@ -12,8 +12,8 @@ import json
 
 
 def main() -> None:
-    from hemato_model.classifier_speed import run_benchmark
-    from hematovision.settings import load_settings
+    from hematovision.core.settings import load_settings
+    from hematovision.devtools.classifier_speed import run_benchmark
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="model directory [default: the shipped model]")

@@ -1,7 +1,7 @@
 """Detection quality and speed on the shared data: ``python benchmarks/detection_quality.py``.
 
 Quality: CBC Testing (VOC, BCCD images) and the TXL-PBC test split (YOLO), µm/px estimated per
-image, matched with ``hemato_model.detection_eval.MATCHING_RULE``. Speed: seconds per megapixel of
+image, matched with ``hemato_model.training.detection_eval.MATCHING_RULE``. Speed: seconds per megapixel of
 ``detect_cells`` on mosaics of real BCCD fields resampled to a slide's 0.25 µm/px (a 2048² tile,
 4.2 MP) and at 1.0 µm/px (the coarse white-cell pass), all kinds vs. ``kinds=("wbc",)``, one core.
 """
@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from hemato_model.annotations import read_voc_dir, read_yolo_dir
 from hemato_model.detection import detect_cells, estimate_mpp
-from hemato_model.detection_eval import DetectionScores
-from hematovision.datasets import BCCD_DIR, BCCD_MPP, CBC_DIR, TXL_DIR
-from hematovision.settings import load_settings
+from hemato_model.training.annotations import read_voc_dir, read_yolo_dir
+from hemato_model.training.detection_eval import DetectionScores
+from hematovision.core.datasets import BCCD_DIR, BCCD_MPP, CBC_DIR, TXL_DIR
+from hematovision.core.settings import load_settings
 
 
 def _quality(items: list) -> dict:

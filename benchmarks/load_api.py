@@ -39,8 +39,8 @@ def make_fields(out: Path, data_root: Path, n: int, field_px: int = 384) -> list
     """Cut n JPEG fields from one generated smear (so every field holds real cells)."""
     from PIL import Image
 
-    from hematovision.slides import open_slide
-    from hematovision.synthetic import make_slide
+    from hematovision.core.slides import open_slide
+    from hematovision.devtools.synthetic import make_slide
 
     side = 8192
     slide = out / "source.tiff"
@@ -121,8 +121,8 @@ def main() -> None:
     import redis
     from sqlalchemy import create_engine, text
 
-    from hematovision.localstack import start_stack
-    from hematovision.settings import load_settings
+    from hematovision.core.settings import load_settings
+    from hematovision.devtools.localstack import start_stack
 
     work = Path(tempfile.mkdtemp(prefix="hv-load-"))
     db_name = f"hv_load_{uuid.uuid4().hex[:8]}"

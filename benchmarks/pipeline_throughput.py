@@ -1,7 +1,7 @@
 """Slides per hour for a 200-cell differential, against a naive full-resolution read (issue 6).
 
 Usage: python benchmarks/pipeline_throughput.py [--size 40000] [--mpp 0.25] [--wbc 1200]
-Prints one JSON object (see hemato_model.throughput.run_benchmark). Same as `hematovision bench --json`.
+Prints one JSON object (see hematovision.devtools.throughput.run_benchmark). Same as `hematovision bench --json`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def main() -> None:
-    from hemato_model.throughput import run_benchmark
-    from hematovision.settings import load_settings
+    from hematovision.core.settings import load_settings
+    from hematovision.devtools.throughput import run_benchmark
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--size", type=int, default=40_000)

@@ -33,11 +33,11 @@ def main() -> None:
     import numpy as np
 
     from hemato_model.classifier import load_classifier
-    from hemato_model.throughput import ensure_slide
-    from hematovision.db import make_engine, make_session_factory
-    from hematovision.migrate import upgrade
-    from hematovision.models import Batch, Job, Slide
-    from hematovision.settings import load_settings
+    from hematovision.core.settings import load_settings
+    from hematovision.devtools.throughput import ensure_slide
+    from hematovision.store.db import make_engine, make_session_factory
+    from hematovision.store.migrate import upgrade
+    from hematovision.store.models import Batch, Job, Slide
     from workers.stages import job_folder, run_classify, run_prepare, run_report
 
     ap = argparse.ArgumentParser(description=__doc__)

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from hematovision.results import CellResult, SlideAnalysis
+from hematovision.core.results import CellResult, SlideAnalysis
 
 META, LABELS = "meta.json", "labels.json"
 FORMAT = 1

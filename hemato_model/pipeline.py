@@ -34,7 +34,7 @@ import numpy as np
 
 from hemato_model.detection import Detection, detect_cells
 from hemato_model.preprocessing import crop_cell
-from hematovision.results import WBC, CellResult, SlideAnalysis
+from hematovision.core.results import WBC, CellResult, SlideAnalysis
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def _centre(d: Detection) -> tuple[float, float]:
 
 
 def analyze_slide(
-    slide,  # hematovision.slides.Slide
+    slide,  # hematovision.core.slides.Slide
     classifier: _Classifier,
     params: PipelineParams | None = None,
     progress: ProgressFn | None = None,
@@ -165,7 +165,7 @@ def analyze_slide(
 
 
 def prepare_slide(
-    slide,  # hematovision.slides.Slide
+    slide,  # hematovision.core.slides.Slide
     spec: CropSpec,
     sink: CropSink,
     params: PipelineParams | None = None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
-from hematovision.models import Base
+from hematovision.store.models import Base
 
 config = context.config
 target_metadata = Base.metadata
@@ -15,7 +15,7 @@ def _url() -> str:
     url = config.get_main_option("sqlalchemy.url")
     if url:
         return url
-    from hematovision.settings import load_settings
+    from hematovision.core.settings import load_settings
 
     return load_settings().sqlalchemy_url
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from hematovision.datasets import have_pbc
-from hematovision.settings import Settings, load_settings
+from hematovision.core.datasets import have_pbc
+from hematovision.core.settings import Settings, load_settings
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +31,7 @@ def settings(tmp_path: Path) -> Settings:
 @pytest.fixture
 def app(settings: Settings):  # type: ignore[no-untyped-def]
     from api.app import create_app
-    from hematovision.migrate import upgrade
+    from hematovision.store.migrate import upgrade
 
     upgrade(settings)
     app = create_app(settings)
@@ -41,7 +41,7 @@ def app(settings: Settings):  # type: ignore[no-untyped-def]
 
 
 def make_key(app, scope: str = "admin", name: str = "tests") -> str:  # type: ignore[no-untyped-def]
-    from hematovision.apikeys import create_key
+    from hematovision.store.apikeys import create_key
 
     with app.extensions["hv_sessions"]() as s, s.begin():
         return create_key(s, name, scope)

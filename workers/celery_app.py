@@ -7,8 +7,8 @@ import logging
 
 from celery import Celery
 
-from hematovision.queueing import make_celery
-from hematovision.settings import Settings
+from hematovision.core.settings import Settings
+from hematovision.service.queueing import make_celery
 
 log = logging.getLogger(__name__)
 

@@ -24,10 +24,10 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from hematovision.models import utcnow
-from hematovision.queueing import CLASSIFY, NEXT_STAGE, PREPARE, REPORT
-from hematovision.settings import Settings
-from workers.processing import (
+from hematovision.core.settings import Settings
+from hematovision.service.queueing import CLASSIFY, NEXT_STAGE, PREPARE, REPORT
+from hematovision.store.models import utcnow
+from workers.job_store import (
     claim_stage,
     finish_stage,
     job_state,
@@ -70,7 +70,7 @@ def sweep_work_dir(settings: Settings, factory: sessionmaker[Session]) -> int:
     a stage's message was lost); returns how many. Workers call it when they start."""
     from sqlalchemy import select
 
-    from hematovision.models import FINAL_STATES, Job
+    from hematovision.store.models import FINAL_STATES, Job
 
     root = settings.stage_work_dir
     folders = [p for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
@@ -121,7 +121,7 @@ def run_prepare(settings: Settings, factory: sessionmaker[Session], job_id: str)
     from hemato_model.classifier import read_model_spec
     from hemato_model.handoff import CropSpool, write_prepared
     from hemato_model.pipeline import AnalysisCancelled, PipelineParams, prepare_slide
-    from hematovision.slides import open_slide
+    from hematovision.core.slides import open_slide
 
     ticket = claim_stage(factory, job_id, PREPARE)
     if ticket is None:
@@ -159,7 +159,7 @@ def run_prepare(settings: Settings, factory: sessionmaker[Session], job_id: str)
 def run_classify(settings: Settings, factory: sessionmaker[Session], classifier: Any, job_id: str) -> Outcome:
     """Label the prepared crops (``classifier``: a loaded :class:`hemato_model.classifier.Classifier`)."""
     from hemato_model.handoff import read_labels, read_prepared, write_labels
-    from hematovision.observability import CELLS_CLASSIFIED, CLASSIFY_SECONDS
+    from hematovision.service.metrics import CELLS_CLASSIFIED, CLASSIFY_SECONDS
 
     ticket = claim_stage(factory, job_id, CLASSIFY)
     if ticket is None:
@@ -202,9 +202,9 @@ def run_classify(settings: Settings, factory: sessionmaker[Session], classifier:
 def run_report(settings: Settings, factory: sessionmaker[Session], job_id: str) -> Outcome:
     """Build the slide's report from cells and labels and store the whole result at once."""
     from hemato_model.handoff import HandoffError, apply_labels, read_labels, read_prepared
-    from hematovision.flags import load_rules
-    from hematovision.observability import SLIDE_SECONDS
-    from hematovision.reports import build_report
+    from hematovision.core.flags import effective_rules
+    from hematovision.service.metrics import SLIDE_SECONDS
+    from hematovision.service.slide_results import build_report
 
     ticket = claim_stage(factory, job_id, REPORT)
     if ticket is None:
@@ -216,8 +216,7 @@ def run_report(settings: Settings, factory: sessionmaker[Session], job_id: str) 
     if labels is None:
         raise HandoffError(f"{folder}: the classify stage has not written its labels")
     analysis = apply_labels(prepared, labels)
-    rules = load_rules(settings.flag_rules)
-    rules["insufficient"]["min_wbc"] = settings.min_wbc
+    rules = effective_rules(settings)
     report = build_report(analysis, slide_id=ticket.slide_id, source=os.path.basename(ticket.path),
                           wbc_per_l=ticket.wbc_per_l, rules=rules)
     stored = store_analysis(factory, job_id, analysis, report, labels["model"].get("sha256"),

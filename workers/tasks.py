@@ -20,15 +20,15 @@ from typing import Any
 from celery import shared_task
 from sqlalchemy.exc import OperationalError
 
-from hematovision.queueing import CLASSIFY, PREPARE, REPORT, TASK_NAMES, enqueue_stage
-from hematovision.settings import Settings
+from hematovision.core.settings import Settings
+from hematovision.service.queueing import CLASSIFY, PREPARE, REPORT, TASK_NAMES, enqueue_stage
 
 log = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=4)
 def _session_factory(settings_json: str):  # type: ignore[no-untyped-def]
-    from hematovision.db import make_engine, make_session_factory
+    from hematovision.store.db import make_engine, make_session_factory
 
     return make_session_factory(make_engine(Settings.model_validate_json(settings_json)))
 
@@ -39,8 +39,8 @@ def session_factory(settings: Settings):  # type: ignore[no-untyped-def]
 
 
 def _run_stage(task: Any, stage: str, job_id: str, work: Callable[[Settings, Any], Any]) -> str:
-    from hematovision.observability import STAGE_OUTCOMES, STAGE_SECONDS
-    from workers.processing import mark_failed
+    from hematovision.service.metrics import STAGE_OUTCOMES, STAGE_SECONDS
+    from workers.job_store import mark_failed
     from workers.stages import PermanentError, discard
 
     settings: Settings = task.app.conf.hv_settings

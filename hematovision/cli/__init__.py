@@ -19,16 +19,19 @@ def main() -> None:
 
 def _register() -> None:
     from hematovision.cli import (
+        admin_commands,
         bench_command,
+        client_commands,
         demo_command,
         detect_commands,
         model_commands,
-        service_commands,
+        process_command,
+        server_commands,
         slide_commands,
     )
 
-    for module in (demo_command, service_commands, slide_commands, model_commands, detect_commands,
-                   bench_command):
+    for module in (demo_command, server_commands, admin_commands, client_commands, process_command,
+                   slide_commands, model_commands, detect_commands, bench_command):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -1,4 +1,4 @@
-"""``hematovision bench``: slide throughput for a 200-cell differential (see hemato_model.throughput)."""
+"""``hematovision bench``: slide throughput for a 200-cell differential (see hematovision.devtools.throughput)."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ import click
 def bench(as_json: bool, size: int, mpp: float, wbc: int, target_wbc: int, naive_tiles: int, work_dir: Path) -> None:
     """Slides per hour, cells/s and Mpx/s on a generated whole slide, against a naive full read."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from hemato_model.throughput import run_benchmark
-    from hematovision.settings import load_settings
+    from hematovision.core.settings import load_settings
+    from hematovision.devtools.throughput import run_benchmark
 
     s = load_settings()
     result = run_benchmark(work_dir, s.data_root, s.model_dir, size_px=size, mpp=mpp, n_wbc=wbc,

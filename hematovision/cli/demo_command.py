@@ -32,10 +32,10 @@ DEMO_SLIDES = (
 @click.option("--timeout", type=float, default=1800, show_default=True, help="Give up after this many seconds.")
 def demo(var_dir: str, size: int, mpp: float, timeout: float) -> None:
     """Run the whole path on embedded defaults: sample slides -> API -> worker -> reports."""
-    from hematovision.datasets import have_pbc
-    from hematovision.localstack import start_stack
-    from hematovision.settings import load_settings
-    from hematovision.synthetic import make_slide
+    from hematovision.core.datasets import have_pbc
+    from hematovision.core.settings import load_settings
+    from hematovision.devtools.localstack import start_stack
+    from hematovision.devtools.synthetic import make_slide
 
     var = Path(var_dir).resolve()
     if var.exists():

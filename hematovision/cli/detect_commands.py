@@ -100,9 +100,9 @@ def evaluate_detection(data_dir: Path, fmt: str, images_dir: Path | None, split:
     """Score the detector against annotated boxes: per-kind precision, recall, count error."""
     import time
 
-    from hemato_model.annotations import AnnotationError, read_voc_dir, read_yolo_dir
     from hemato_model.detection import detect_cells, estimate_mpp
-    from hemato_model.detection_eval import DetectionScores
+    from hemato_model.training.annotations import AnnotationError, read_voc_dir, read_yolo_dir
+    from hemato_model.training.detection_eval import DetectionScores
 
     try:
         if fmt == "voc":

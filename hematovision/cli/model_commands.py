@@ -62,7 +62,7 @@ def _threads(threads: int | None) -> None:
 @click.option("--name", "model_name", default=None, help="Model name [default: wbc-effnetlite0].")
 @click.option("--extra-data", type=click.Path(path_type=Path), default=None,
               help="Second image folder of crops already at model scale (input_px = crop_um), whose "
-                   "subfolders add classes or cells (e.g. blast crops from hemato_model.blast_data); "
+                   "subfolders add classes or cells (e.g. blast crops from hemato_model.training.blast_data); "
                    "its split.json is used if present. The --data split is unchanged by it.")
 @click.option("--min-resolution", default=None, type=click.FloatRange(0.1, 1.0),
               help="Extra resolution-loss augmentation: half of each batch down-sampled to this "
@@ -84,8 +84,8 @@ def train_command(data_dir: Path, out_dir: Path, epochs: int, head_epochs: int, 
         raise click.UsageError("--input-px must be at least 32")
     if extra_data is not None and not extra_data.is_dir():
         raise click.UsageError(f"--extra-data: folder not found: {extra_data}")
-    from hemato_model.training import MODEL_NAME, DataError, TrainConfig, train
-    from hematovision.datasets import PBC_MPP
+    from hemato_model.training.classifier_training import MODEL_NAME, DataError, TrainConfig, train
+    from hematovision.core.datasets import PBC_MPP
 
     cfg = TrainConfig(data_dir=str(data_dir), out_dir=str(out_dir), backbone=backbone, input_px=input_px,
                       crop_um=crop_um, mpp=mpp or PBC_MPP, seed=seed, epochs=epochs, head_epochs=head_epochs,
@@ -118,7 +118,7 @@ def train_command(data_dir: Path, out_dir: Path, epochs: int, head_epochs: int, 
 @click.option("--bccd", "bccd_dir", type=click.Path(path_type=Path), default=None,
               help="Out-of-domain test on a BCCD folder (WBC boxes + extra/wbc_subtype_labels.csv).")
 @click.option("--blast-data", "blast_dir", type=click.Path(path_type=Path), default=None,
-              help="Blast evaluation on a hemato_model.blast_data folder (held-out ALL fields), with "
+              help="Blast evaluation on a hemato_model.training.blast_data folder (held-out ALL fields), with "
                    "false-blast rates on --data (PBC, held-out --split) and --bccd lymphocytes if given.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the default output).")
 @click.option("--plot", type=click.Path(path_type=Path), default=None, help="Write the confusion matrix PNG here.")
@@ -129,12 +129,12 @@ def evaluate_command(data_dir: Path | None, model_dir: Path | None, mpp: float |
                      threads: int, quiet: bool) -> None:
     """Evaluate a classifier on an image folder (or BCCD) and print one JSON object."""
     _quiet_tensorflow()
-    from hematovision.settings import load_settings
+    from hematovision.core.settings import load_settings
 
     if data_dir is None and bccd_dir is None and blast_dir is None:
         raise click.UsageError("give --data DIR, --bccd DIR or --blast-data DIR")
     if blast_dir is not None and not (blast_dir / "split.json").is_file():
-        raise click.UsageError(f"--blast-data: no split.json in {blast_dir} (make it with hemato_model.blast_data)")
+        raise click.UsageError(f"--blast-data: no split.json in {blast_dir} (make it with hemato_model.training.blast_data)")
     if data_dir is not None and not data_dir.is_dir():
         raise click.UsageError(f"data folder not found: {data_dir}")
     if bccd_dir is not None and not bccd_dir.is_dir():
@@ -144,8 +144,8 @@ def evaluate_command(data_dir: Path | None, model_dir: Path | None, mpp: float |
     model_dir = model_dir or load_settings().model_dir
     _threads(threads)
     from hemato_model.classifier import Classifier, ModelError
-    from hemato_model.evaluation import evaluate_bccd, evaluate_blast, evaluate_folder, plot_confusion
-    from hemato_model.training import DataError
+    from hemato_model.training.classifier_training import DataError
+    from hemato_model.training.evaluation import evaluate_bccd, evaluate_blast, evaluate_folder, plot_confusion
 
     try:
         clf = Classifier.load(model_dir)
@@ -174,8 +174,8 @@ def evaluate_command(data_dir: Path | None, model_dir: Path | None, mpp: float |
 def bench_command(model_dir: Path | None, n_crops: int, threads: int) -> None:
     """Cells per second of the classifier vs Keras ResNet50 at 224 px (one JSON object)."""
     _quiet_tensorflow()
-    from hemato_model.classifier_speed import run_benchmark
-    from hematovision.settings import load_settings
+    from hematovision.core.settings import load_settings
+    from hematovision.devtools.classifier_speed import run_benchmark
 
     settings = load_settings()
     click.echo(json.dumps(run_benchmark(model_dir or settings.model_dir, settings.data_root, n_crops, threads)))

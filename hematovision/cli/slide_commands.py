@@ -83,8 +83,8 @@ def make_slide_command(
     centre and box, for testing detection and the differential. Large slides (80k×80k) are written
     tile by tile in constant memory.
     """
-    from hematovision.settings import load_settings
-    from hematovision.synthetic import make_slide
+    from hematovision.core.settings import load_settings
+    from hematovision.devtools.synthetic import make_slide
 
     if not (mpp > 0 and math.isfinite(mpp)):
         raise click.ClickException(f"--mpp must be a positive number, got {mpp}")
@@ -95,7 +95,7 @@ def make_slide_command(
     mix = _parse_mix(mix_text)
     root = data_root if data_root is not None else load_settings().data_root
     tiles = math.ceil(width / int(tile_px)) * math.ceil(height / int(tile_px))
-    logging.getLogger("hematovision.synthetic").setLevel(logging.ERROR)  # notes are echoed below
+    logging.getLogger("hematovision.devtools.synthetic").setLevel(logging.ERROR)  # notes are echoed below
     bar = _LazyBar(tiles, f"Writing {out.name}")
     try:
         manifest = make_slide(

@@ -8,9 +8,8 @@ Written by hand and checked against ``alembic check`` on a scratch SQLite databa
 ``cell_reviews`` table (who reclassified which cell, when, from which label to which) and the
 slide's sign-off columns ``verified_by`` / ``verified_at``.
 """
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0003'
 down_revision = '0002'

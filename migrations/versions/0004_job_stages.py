@@ -8,9 +8,8 @@ Written by hand and checked with ``alembic check`` against the models: ``jobs.st
 classify or report: the stage running or queued next) and ``jobs.stages`` (JSON: per stage, runs,
 worker and seconds of its last run).
 """
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0004'
 down_revision = '0003'

@@ -4,8 +4,8 @@ driven by Playwright, against the real API and a real worker on the embedded def
 Submit a slide, wait for it, open it from the flag list, reclassify a cell with the keyboard,
 resolve the unidentified cells, sign off, and check the report JSON: ``verified_by`` is set and the
 differential changed. Skipped with the reason when Chromium, Playwright or the built viewer
-(``npm ci`` in ``ui/``) is missing -- except under ``CI=true``, where that fails the run
-(``ui/ci-setup.sh`` installs all three). ``HEMATOVISION_SCREENSHOTS=1`` also writes the screenshots
+(``npm ci`` in ``api/assets/``) is missing -- except under ``CI=true``, where that fails the run
+(``api/assets/ci-setup.sh`` installs all three). ``HEMATOVISION_SCREENSHOTS=1`` also writes the screenshots
 to ``docs/screenshots/`` (always to the test's temporary folder).
 """
 
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from hematovision.localstack import LocalStack, start_stack
-from hematovision.settings import PROJECT_ROOT
+from hematovision.core.settings import PROJECT_ROOT
+from hematovision.devtools.localstack import LocalStack, start_stack
 
 CHROMIUM = os.environ.get("HEMATOVISION_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -33,11 +33,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 def _missing() -> str | None:
     if not Path(CHROMIUM).is_file():
-        return f"Chromium not found at {CHROMIUM} (apt-get install chromium, or run ui/ci-setup.sh)"
+        return f"Chromium not found at {CHROMIUM} (apt-get install chromium, or run api/assets/ci-setup.sh)"
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
-        return "the Python package playwright is not installed (pip install playwright; see ui/ci-setup.sh)"
+        return "the Python package playwright is not installed (pip install playwright; see api/assets/ci-setup.sh)"
     if not VIEWER_JS.is_file():
         return f"the viewer is not built ({VIEWER_JS} missing): run `npm ci` in ui/"
     return None
@@ -80,8 +80,8 @@ def _shot(page, tmp_path: Path, name: str, full_page: bool = False) -> None:  # 
 
 
 def test_review_reclassify_and_sign_off(browser, stack: LocalStack, tmp_path: Path, data_root: Path) -> None:  # type: ignore[no-untyped-def]
-    from hematovision.client import ApiClientError
-    from hematovision.synthetic import make_slide
+    from hematovision.cli.api_client import ApiClientError
+    from hematovision.devtools.synthetic import make_slide
 
     slide_path = tmp_path / "smear-e2e.tiff"
     make_slide(slide_path, data_root, 1024, 1024, mpp=0.25, n_wbc=6)

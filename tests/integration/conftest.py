@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from hematovision.localstack import LocalStack, free_port
-from hematovision.localstack import start_stack as _start_stack
+from hematovision.devtools.localstack import LocalStack, free_port
+from hematovision.devtools.localstack import start_stack as _start_stack
 
 __all__ = ["LocalStack", "free_port", "start_stack"]
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from hematovision.flags import NON_WBC_CLASSES
+from hematovision.core.flags import NON_WBC_CLASSES
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -36,7 +36,7 @@ def truth_differential(manifest: dict) -> tuple[int, dict[str, float]]:
 
 
 def test_generated_slide_over_http_matches_ground_truth(stack, real_data: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from hematovision.synthetic import make_slide
+    from hematovision.devtools.synthetic import make_slide
 
     slide = tmp_path / "slide.tiff"
     manifest = make_slide(slide, real_data, 3072, 3072, mpp=0.25, n_wbc=60, seed=7, fmt="tiff")
@@ -71,7 +71,7 @@ def test_generated_slide_over_http_matches_ground_truth(stack, real_data: Path, 
 
 
 def test_garbage_is_rejected_with_a_clear_message(stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from hematovision.client import ApiClientError
+    from hematovision.cli.api_client import ApiClientError
 
     client = stack.client()
     junk = tmp_path / "scan.svs"

@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def small_slides(tmp_path_factory, real_data: Path) -> list[Path]:  # type: ignore[no-untyped-def]
-    from hematovision.synthetic import make_slide
+    from hematovision.devtools.synthetic import make_slide
 
     d = tmp_path_factory.mktemp("outage-slides")
     out = []

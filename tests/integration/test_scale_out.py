@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def _slides(real_data: Path, folder: Path, n: int, seed: int) -> list[Path]:
-    from hematovision.synthetic import make_slide
+    from hematovision.devtools.synthetic import make_slide
 
     out = []
     for i in range(n):
@@ -45,7 +45,7 @@ def test_two_workers_share_the_queues(pg_stack_steady, real_data: Path, tmp_path
     final = client.wait_for_batch(batch["id"], timeout_s=600)
     assert final["states"] == {"succeeded": 6}, (final, pg_stack.log("w1"), pg_stack.log("w2"))
     # one attempt each: in particular both workers registering the model version at the same moment
-    # must not fail a slide (the unique constraint decides; workers.processing._model_version)
+    # must not fail a slide (the unique constraint decides; workers.job_store._model_version)
     assert all(j["attempts"] == 1 for j in final["jobs"]), [(j["attempts"], j["error"]) for j in final["jobs"]]
     jobs = [client.job(j["id"]) for j in final["jobs"]]
     assert all({k: v["runs"] for k, v in j["stages"].items()} == {"prepare": 1, "classify": 1, "report": 1}

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import func, select
 
-from hematovision.models import Batch, Job, Slide
+from hematovision.store.models import Batch, Job, Slide
 
 
 def png_bytes(w: int = 64, h: int = 48) -> bytes:
@@ -146,7 +146,7 @@ def test_cancel_a_queued_job(client) -> None:  # type: ignore[no-untyped-def]
 def client_with(settings, **overrides):  # type: ignore[no-untyped-def]
     """A keyed test client of an app built with some settings changed."""
     from api.app import create_app
-    from hematovision.migrate import upgrade
+    from hematovision.store.migrate import upgrade
     from tests.conftest import make_key
 
     for k, v in overrides.items():
@@ -172,7 +172,7 @@ def test_too_many_files_in_one_submission(settings) -> None:  # type: ignore[no-
 
 def test_hostile_files_get_422_and_write_nothing(app, client, settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Decompression bomb, truncated pyramid TIFF and SVS, an unsupported format: 4xx JSON, no rows."""
-    from hematovision.synthetic import make_slide
+    from hematovision.devtools.synthetic import make_slide
     from tests.unit.test_slides import _png_header
 
     tiff = tmp_path / "s.tiff"

@@ -7,8 +7,8 @@ import io
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from hematovision.apikeys import hash_key
-from hematovision.models import ApiKey, AuditEntry
+from hematovision.store.apikeys import hash_key
+from hematovision.store.models import ApiKey, AuditEntry
 from tests.conftest import make_key
 from tests.unit.test_api import png_bytes
 

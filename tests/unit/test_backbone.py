@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from hemato_model import backbone as bb
-from hemato_model.pth_reader import PthError, load_state_dict
+from hemato_model.training.pth_reader import PthError, load_state_dict
 
 REFERENCE = Path("weights/efficientnet_lite0/efficientnet_lite0_imagenet.keras")
 
@@ -98,7 +98,7 @@ def test_full_model_matches_reference_keras_file() -> None:
     import keras
     import skimage.data
 
-    from hematovision.settings import load_settings
+    from hematovision.core.settings import load_settings
 
     ref_path = load_settings().data_root / REFERENCE
     if not ref_path.is_file():

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hemato_model.blast_data import SCALE_BAR_BOX, mask_scale_bar, rebuild_field_crops
 from hemato_model.detection import estimate_mpp
-from hematovision.datasets import PBC_MPP
-from hematovision.settings import load_settings
+from hemato_model.training.blast_data import SCALE_BAR_BOX, mask_scale_bar, rebuild_field_crops
+from hematovision.core.datasets import PBC_MPP
+from hematovision.core.settings import load_settings
 
 MODEL_DIR = Path(__file__).resolve().parents[2] / "hemato_model" / "models" / "wbc-blast-effnetlite0-v2"
 DATA = Path(load_settings().data_root) / "data"
@@ -100,7 +100,7 @@ def test_v2_calls_most_held_out_blasts_blast(clf) -> None:  # type: ignore[no-un
 
 @needs_pbc
 def test_v2_false_blast_rate_on_pbc_lymphocytes_within_the_card(clf) -> None:  # type: ignore[no-untyped-def]
-    from hemato_model.training import load_crops
+    from hemato_model.training.classifier_training import load_crops
 
     metrics = json.loads((MODEL_DIR / "metrics.json").read_text())
     stated = metrics["blast"]["false_blast_pbc_lymphocytes"]["rate"]
@@ -157,9 +157,9 @@ BCCD_DIR = DATA / "bccd"
 @pytest.mark.skipif(not BCCD_DIR.is_dir(), reason="shared BCCD data not available")
 def test_v2_false_blast_rate_on_bccd_lymphocytes_within_the_card(clf) -> None:  # type: ignore[no-untyped-def]
     """Another lab's normal lymphocytes: called blasts no more often than the model card states."""
-    from hemato_model.evaluation import bccd_cells
     from hemato_model.preprocessing import crop_cell
-    from hematovision.datasets import BCCD_MPP
+    from hemato_model.training.evaluation import bccd_cells
+    from hematovision.core.datasets import BCCD_MPP
 
     metrics = json.loads((MODEL_DIR / "metrics.json").read_text())
     stated = metrics["blast"]["false_blast_bccd_lymphocytes"]["k"]  # of 33

@@ -11,8 +11,8 @@ import pytest
 
 from hemato_model.classifier import UNIDENTIFIED, Classifier, ModelError, load_classifier, sha256_file
 from hemato_model.preprocessing import crop_cell
-from hematovision.datasets import PBC_MPP, pbc_root
-from hematovision.settings import MODELS_DIR, load_settings
+from hematovision.core.datasets import PBC_MPP, pbc_root
+from hematovision.core.settings import MODELS_DIR, load_settings
 
 SHIPPED_MODEL_DIR = MODELS_DIR / "wbc-effnetlite0-v1"  # the 8-class model these tests describe
 

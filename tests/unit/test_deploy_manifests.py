@@ -5,7 +5,7 @@ Two kinds of checks:
 * Structural facts, with PyYAML and the standard library: every ``HEMATOVISION_*`` variable named in
   a manifest is a field of ``Settings`` and its value parses; every ``hematovision ...`` command line
   parses with the real click command (so a renamed option breaks this test, not a deployment); in
-  each form (compose, k8s, systemd) every stage of ``hematovision.queueing.STAGES`` is served by some
+  each form (compose, k8s, systemd) every stage of ``hematovision.service.queueing.STAGES`` is served by some
   worker, CPU workers never run classify, GPU workers run only classify, and all of them share the
   stages' work dir; the GPU worker asks for one GPU; the migration runs ``db upgrade``; the KEDA
   triggers are ``metrics-api`` triggers on ``stages.<stage>.demand`` of the ``/api/v1/queues``
@@ -30,8 +30,8 @@ from typing import Any
 
 import pytest
 
-from hematovision.queueing import CLASSIFY, PREPARE, REPORT, STAGES, queues_for, stage_queues
-from hematovision.settings import Settings
+from hematovision.core.settings import Settings
+from hematovision.service.queueing import CLASSIFY, PREPARE, REPORT, STAGES, queues_for, stage_queues
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 try:
@@ -194,7 +194,7 @@ def _worker_stages(args: list[str], settings: Settings | None = None) -> set[str
     """The stages a ``hematovision worker ...`` command line runs, as the real command reads them.
 
     Deployment files choose stages, not queue names (``--queues`` would bypass the configured
-    routing), and the stages must be ones ``hematovision.queueing`` knows.
+    routing), and the stages must be ones ``hematovision.service.queueing`` knows.
     """
     from hematovision.cli.service_commands import worker
 
@@ -563,7 +563,7 @@ def test_keda_reads_a_number_from_the_queues_endpoint(tmp_path: Path) -> None:
 
     from api.app import create_app
     from api.health import openapi_document
-    from hematovision.migrate import upgrade
+    from hematovision.store.migrate import upgrade
     from tests.conftest import make_key
 
     config = _by_kind_name(_k8s_objects(), "ConfigMap", "hematovision-config")["data"]

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hemato_model.annotations import read_voc_dir, read_voc_file, read_yolo_dir
 from hemato_model.detection import Detection, detect_cells, estimate_mpp
-from hemato_model.detection_eval import DetectionScores, match_boxes
-from hematovision.datasets import BCCD_DIR, BCCD_MPP, CBC_DIR, TXL_DIR
-from hematovision.settings import load_settings
+from hemato_model.training.annotations import read_voc_dir, read_voc_file, read_yolo_dir
+from hemato_model.training.detection_eval import DetectionScores, match_boxes
+from hematovision.core.datasets import BCCD_DIR, BCCD_MPP, CBC_DIR, TXL_DIR
+from hematovision.core.settings import load_settings
 
 DATA_ROOT = Path(load_settings().data_root)
 CBC_TEST = DATA_ROOT / CBC_DIR / "Testing"
@@ -65,7 +65,7 @@ def test_voc_reader_reads_cbc_testing(cbc_items):
 
 @needs_cbc
 def test_voc_reader_missing_image_folder_is_a_clear_error(tmp_path):
-    from hemato_model.annotations import AnnotationError
+    from hemato_model.training.annotations import AnnotationError
 
     with pytest.raises(AnnotationError, match="image folder not found"):
         read_voc_dir(CBC_TEST)  # CBC has no JPEGImages beside its annotations

@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from hematovision.cli import main
-from hematovision.datasets import BCCD_DIR, CBC_DIR
-from hematovision.settings import load_settings
+from hematovision.core.datasets import BCCD_DIR, CBC_DIR
+from hematovision.core.settings import load_settings
 
 DATA_ROOT = Path(load_settings().data_root)
 BCCD_IMAGES = DATA_ROOT / BCCD_DIR / "BCCD" / "JPEGImages"

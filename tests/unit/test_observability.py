@@ -6,7 +6,7 @@ import io
 import json
 import logging
 
-from hematovision.observability import JsonFormatter
+from hematovision.core.logs import JsonFormatter
 from tests.unit.test_api import png_bytes, upload
 
 
@@ -21,7 +21,7 @@ def test_metrics_endpoint_counts_jobs_queue_and_requests(app, client) -> None:  
 
 
 def test_queues_endpoint_gives_each_stage_its_load(app, client) -> None:  # type: ignore[no-untyped-def]
-    from hematovision.models import Job
+    from hematovision.store.models import Job
 
     assert app.test_client().get("/api/v1/queues").status_code == 401
     body = upload(client, ("a.png", png_bytes()), ("b.png", png_bytes()), mpp=0.25).get_json()

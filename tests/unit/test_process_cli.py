@@ -11,7 +11,7 @@ from hematovision.cli import main
 
 
 def test_process_reports_bad_files_and_finishes_good_ones(real_data: Path, tmp_path: Path) -> None:
-    from hematovision.synthetic import make_slide
+    from hematovision.devtools.synthetic import make_slide
 
     good = tmp_path / "good.tiff"
     make_slide(good, real_data, 1024, 1024, mpp=0.25, n_wbc=6, seed=3)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
-from hematovision.db import make_engine, make_session_factory
-from hematovision.migrate import upgrade
-from hematovision.models import Batch, Cell, DifferentialEntry, FlagRecord, Job, Slide
-from hematovision.reports import build_report
-from hematovision.results import CellResult, SlideAnalysis
-from hematovision.queueing import PREPARE
-from workers.processing import claim_stage, mark_failed, store_analysis
+from hematovision.core.results import CellResult, SlideAnalysis
+from hematovision.service.queueing import PREPARE
+from hematovision.service.slide_results import build_report
+from hematovision.store.db import make_engine, make_session_factory
+from hematovision.store.migrate import upgrade
+from hematovision.store.models import Batch, Cell, DifferentialEntry, FlagRecord, Job, Slide
+from workers.job_store import claim_stage, mark_failed, store_analysis
 
 
 def analysis() -> SlideAnalysis:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from click.testing import CliRunner
 
 from hematovision.cli import main
-from hematovision.queueing import TASK_NAMES, celery_config, queues_for, redis_lists
-from hematovision.settings import load_settings
+from hematovision.core.settings import load_settings
+from hematovision.service.queueing import TASK_NAMES, celery_config, queues_for, redis_lists
 
 
 def test_routes_follow_the_configured_queue_names(monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -1,7 +1,7 @@
 """Report exports: the slide PDF, the HL7 v2.5 ORU^R01 message, the flag report as CSV and PDF.
 
-Results are stored as a worker would store them (``workers.processing.store_analysis``, no worker)
-for a real small slide written by ``hematovision.synthetic.make_slide``; the labels come from the
+Results are stored as a worker would store them (``workers.job_store.store_analysis``, no worker)
+for a real small slide written by ``hematovision.devtools.synthetic.make_slide``; the labels come from the
 slide's manifest, with some lymphocytes relabelled as blasts so that flags are raised.
 """
 
@@ -19,13 +19,13 @@ from hl7apy.parser import parse_message
 from pypdf import PdfReader
 from sqlalchemy import select
 
-from hematovision.flag_report import flag_report_csv
-from hematovision.hl7_export import oru_r01
-from hematovision.models import AuditEntry, Batch, Job, Slide
-from hematovision.reports import build_report
-from hematovision.results import CellResult, SlideAnalysis
-from hematovision.synthetic import make_slide
-from workers.processing import store_analysis
+from hematovision.core.results import CellResult, SlideAnalysis
+from hematovision.devtools.synthetic import make_slide
+from hematovision.exports.flag_report import flag_report_csv
+from hematovision.exports.hl7 import oru_r01
+from hematovision.service.slide_results import build_report
+from hematovision.store.models import AuditEntry, Batch, Job, Slide
+from workers.job_store import store_analysis
 
 MODEL_VERSION = "9.8.7-test"
 CLASSES = ["basophil", "blast", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil"]
@@ -101,7 +101,7 @@ def test_slide_pdf_still_renders_when_the_slide_file_is_gone(app, client, slide_
 
 
 def test_verified_report_says_who(slide_file: Path) -> None:
-    from hematovision.report_pdf import slide_report_pdf
+    from hematovision.exports.slide_pdf import slide_report_pdf
 
     report = {"slide_id": "x1", "model": {"name": "m", "version": "1"}, "counts": {"wbc": 0}, "differential": {},
               "flags": [], "verified_by": "J. Doe, MLS", "verified_at": "2026-11-27T07:30:00Z"}

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
-from hematovision.models import AuditEntry, Batch, Cell, CellReview, DifferentialEntry, FlagRecord, Job, Slide
-from hematovision.reports import build_report
-from hematovision.results import CellResult, SlideAnalysis
-from hematovision.review import ReviewError, reclassify, sign_off, slide_classes
-from hematovision.synthetic import make_slide
+from hematovision.core.results import CellResult, SlideAnalysis
+from hematovision.devtools.synthetic import make_slide
+from hematovision.service.review import ReviewError, reclassify, sign_off, slide_classes
+from hematovision.service.slide_results import build_report
+from hematovision.store.models import AuditEntry, Batch, Cell, CellReview, DifferentialEntry, FlagRecord, Job, Slide
 from tests.conftest import make_key
-from workers.processing import store_analysis
+from workers.job_store import store_analysis
 
 CLASSES = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet"]
 

@@ -11,8 +11,7 @@ import openslide
 import pytest
 from PIL import Image
 
-from hematovision.slide_writer import level_dimensions, write_pyramid
-from hematovision.slides import (
+from hematovision.core.slides import (
     FIELD_IMAGE_MAX_PIXELS,
     ImageSlide,
     OpenSlideSlide,
@@ -20,6 +19,7 @@ from hematovision.slides import (
     open_slide,
     validate_slide,
 )
+from hematovision.devtools.slide_writer import level_dimensions, write_pyramid
 
 W, H = 2500, 1700
 

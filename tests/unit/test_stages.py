@@ -13,17 +13,17 @@ from sqlalchemy import func, select
 from hemato_model.classifier import load_classifier
 from hemato_model.handoff import HandoffError, read_prepared
 from hemato_model.pipeline import PipelineParams, analyze_slide
-from hematovision.db import make_engine, make_session_factory
-from hematovision.migrate import upgrade
-from hematovision.models import Batch, Cell, Job, Slide
-from hematovision.queueing import CLASSIFY, REPORT
-from hematovision.slides import open_slide
+from hematovision.core.slides import open_slide
+from hematovision.service.queueing import CLASSIFY, REPORT
+from hematovision.store.db import make_engine, make_session_factory
+from hematovision.store.migrate import upgrade
+from hematovision.store.models import Batch, Cell, Job, Slide
 from workers.stages import PermanentError, job_folder, run_classify, run_prepare, run_report
 
 
 @pytest.fixture(scope="module")
 def slide_path(real_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from hematovision.synthetic import make_slide
+    from hematovision.devtools.synthetic import make_slide
 
     p = tmp_path_factory.mktemp("slides") / "s.tiff"
     make_slide(p, real_data, 1024, 1024, mpp=0.25, n_wbc=8, seed=11, fmt="tiff")

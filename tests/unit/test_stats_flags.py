@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from hematovision.flags import evaluate_flags, load_rules
-from hematovision.stats import clopper_pearson, percent_interval
+from hematovision.core.flags import evaluate_flags, load_rules
+from hematovision.core.stats import clopper_pearson, percent_interval
 
 
 def test_clopper_pearson_matches_rumke_table() -> None:

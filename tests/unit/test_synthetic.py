@@ -12,10 +12,10 @@ import pytest
 from click.testing import CliRunner
 
 from hematovision.cli import main
-from hematovision.datasets import pbc_root
-from hematovision.slide_writer import write_pyramid
-from hematovision.slides import open_slide
-from hematovision.synthetic import (
+from hematovision.core.datasets import pbc_root
+from hematovision.core.slides import open_slide
+from hematovision.devtools.slide_writer import write_pyramid
+from hematovision.devtools.synthetic import (
     DEFAULT_WBC_MIX,
     WBC_MASK_UM,
     SmearRenderer,

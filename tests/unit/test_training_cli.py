@@ -63,7 +63,7 @@ def test_train_writes_a_loadable_model_dir(trained: tuple[Path, Path, dict]) -> 
 
 
 def test_train_is_reproducible_split(trained: tuple[Path, Path, dict], tmp_path: Path) -> None:
-    from hemato_model.training import list_image_folder, split_files
+    from hemato_model.training.classifier_training import list_image_folder, split_files
 
     data, out, _ = trained
     _, labels = list_image_folder(data)
@@ -122,7 +122,7 @@ def test_evaluate_with_a_non_model_dir_fails_cleanly(trained: tuple[Path, Path, 
 
 
 def test_metrics_are_computed_correctly() -> None:
-    from hemato_model.evaluation import classification_metrics
+    from hemato_model.training.evaluation import classification_metrics
 
     m = classification_metrics(["a", "a", "b", "b"], ["a", "b", "b", "b"], ["a", "b"])
     assert m["accuracy"] == 0.75

@@ -1,0 +1,93 @@
+"""Detection of every kind in one field: the public entry point of :mod:`hemato_model.detection`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from hemato_model.detection.platelets import find_platelets
+from hemato_model.detection.red_cells import find_red_cells
+from hemato_model.detection.stain import check_image, stain_field
+from hemato_model.detection.white_cells import find_white_cells
+
+logger = logging.getLogger(__name__)
+
+KINDS: tuple[str, ...] = ("wbc", "rbc", "platelet")
+
+#: Working resolutions, µm/px (all kinds / white cells only).
+WORK_MPP = 0.4
+WORK_MPP_WBC_ONLY = 0.8
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One detected cell.
+
+    Attributes:
+        kind: ``"wbc"``, ``"rbc"`` or ``"platelet"``.
+        bbox: ``(x0, y0, x1, y1)`` in pixels of the image passed in; ``x1``/``y1`` exclusive.
+        score: heuristic confidence in 0..1.
+    """
+
+    kind: str
+    bbox: tuple[int, int, int, int]
+    score: float
+
+    @property
+    def center(self) -> tuple[float, float]:
+        x0, y0, x1, y1 = self.bbox
+        return ((x0 + x1) / 2.0, (y0 + y1) / 2.0)
+
+
+def to_input(box: Sequence[float], scale: float, width: int, height: int) -> tuple[int, int, int, int]:
+    x0 = int(np.clip(np.floor(box[0] * scale), 0, width - 1))
+    y0 = int(np.clip(np.floor(box[1] * scale), 0, height - 1))
+    x1 = int(np.clip(np.ceil(box[2] * scale), x0 + 1, width))
+    y1 = int(np.clip(np.ceil(box[3] * scale), y0 + 1, height))
+    return (x0, y0, x1, y1)
+
+
+def detect_cells(image: np.ndarray, mpp: float,
+                 kinds: Iterable[str] = KINDS) -> list[Detection]:
+    """Detect white cells, red cells and platelets in one RGB smear field.
+
+    Args:
+        image: ``(H, W, 3)`` uint8 RGB.
+        mpp: µm per pixel of ``image`` (any level of a pyramid; sizes are physical).
+        kinds: which kinds to return. ``("wbc",)`` works at 0.8 µm/px and skips the red-cell
+            watershed, for a fast candidate pass.
+
+    Returns:
+        Detections, white cells first, then platelets, then red cells; boxes in ``image`` pixels.
+
+    Raises:
+        ValueError: on a non-RGB image, a non-positive ``mpp`` or an unknown kind.
+    """
+    arr = check_image(image)
+    if not (np.isfinite(mpp) and mpp > 0):
+        raise ValueError(f"mpp must be a positive number of µm per pixel, got {mpp!r}")
+    wanted = tuple(kinds)
+    unknown = set(wanted) - set(KINDS)
+    if unknown:
+        raise ValueError(f"unknown cell kind(s) {sorted(unknown)}; expected some of {KINDS}")
+    work = WORK_MPP_WBC_ONLY if set(wanted) <= {"wbc"} else WORK_MPP
+    if mpp > 2 * WORK_MPP and set(wanted) & {"rbc", "platelet"}:
+        logger.warning("%.2f µm/px is too coarse to split red cells or see platelets; "
+                       "use a level finer than %.1f µm/px for them", mpp, 2 * WORK_MPP)
+    field = stain_field(arr, float(mpp), work)
+    height, width = arr.shape[:2]
+    out: list[Detection] = []
+    wbc, nuclei = find_white_cells(field)
+    wbc_boxes = [b for b, _ in wbc]
+    if "wbc" in wanted:
+        out += [Detection("wbc", to_input(b, field.scale, width, height), s) for b, s in wbc]
+    if "platelet" in wanted:
+        out += [Detection("platelet", to_input(b, field.scale, width, height), s)
+                for b, s in find_platelets(field, wbc_boxes)]
+    if "rbc" in wanted:
+        out += [Detection("rbc", to_input(b, field.scale, width, height), s)
+                for b, s in find_red_cells(field, wbc_boxes, nuclei)]
+    return out

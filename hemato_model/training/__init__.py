@@ -1,0 +1,1 @@
+"""Training, evaluation and data preparation: never imported by a worker."""

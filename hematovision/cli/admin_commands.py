@@ -1,0 +1,80 @@
+"""Administration of one installation: the results database and the API keys."""
+
+from __future__ import annotations
+
+import click
+
+from hematovision.cli.options import settings_or_exit
+
+
+@click.group()
+def db() -> None:
+    """Results database administration."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision: str) -> None:
+    """Apply the Alembic revisions (creates the schema on a new database)."""
+    from hematovision.store.migrate import upgrade
+
+    settings = settings_or_exit()
+    try:
+        upgrade(settings, revision)
+    except Exception as e:
+        raise click.ClickException(f"database upgrade failed: {e.__class__.__name__}: {e}") from None
+    click.echo(f"database at {revision}: {settings.sqlalchemy_url.split('@')[-1]}")
+
+
+@click.group()
+def keys() -> None:
+    """API keys (stored hashed; a key is shown once, when created)."""
+
+
+@keys.command("create")
+@click.option("--scope", type=click.Choice(["read", "submit", "admin"]), required=True,
+              help="read: results; submit: also submit and cancel; admin: everything.")
+@click.option("--name", default="default", show_default=True, help="Who or what uses the key (audit log).")
+def keys_create(scope: str, name: str) -> None:
+    """Create an API key and print it."""
+    from hematovision.store.apikeys import create_key
+    from hematovision.store.db import make_engine, make_session_factory, transaction
+
+    settings = settings_or_exit()
+    try:
+        with transaction(make_session_factory(make_engine(settings))) as s:
+            key = create_key(s, name, scope)
+    except Exception as e:
+        raise click.ClickException(f"cannot store the key: {e.__class__.__name__} (run `hematovision db upgrade`?)") from None
+    click.echo(key)
+    click.echo(f"scope {scope}, name {name}: keep it safe, it is not shown again", err=True)
+
+
+@keys.command("list")
+def keys_list() -> None:
+    """List keys (prefix, name, scope, state)."""
+    from sqlalchemy import select
+
+    from hematovision.store.db import make_engine, make_session_factory
+    from hematovision.store.models import ApiKey
+
+    with make_session_factory(make_engine(settings_or_exit()))() as s:
+        for k in s.execute(select(ApiKey).order_by(ApiKey.id)).scalars():
+            click.echo(f"{k.prefix}…  {k.scope:<7} {k.name:<20} {'revoked' if k.revoked_at else 'active'}")
+
+
+@keys.command("revoke")
+@click.argument("prefix")
+def keys_revoke(prefix: str) -> None:
+    """Revoke the key(s) starting with PREFIX (as `keys list` shows it)."""
+    from hematovision.store.apikeys import revoke_key
+    from hematovision.store.db import make_engine, make_session_factory, transaction
+
+    with transaction(make_session_factory(make_engine(settings_or_exit()))) as s:
+        n = revoke_key(s, prefix)
+    if not n:
+        raise click.ClickException(f"no active key with prefix {prefix}")
+    click.echo(f"revoked {n} key(s)")
+
+
+COMMANDS: list[click.Command] = [db, keys]

@@ -1,0 +1,70 @@
+"""``hematovision process``: the whole analysis of local slides in one process, without a server."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from hematovision.cli.options import settings_or_exit
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Report directory.")
+@click.option("--mpp", type=float, default=None, help="Microns per pixel for slides that state none.")
+@click.option("--model-dir", type=click.Path(file_okay=False), default=None, help="Classifier model directory.")
+@click.option("--full-count", is_flag=True, help="Analyse the whole smear, not just the target WBC count.")
+def process(paths: tuple[str, ...], out_dir: str, mpp: float | None, model_dir: str | None, full_count: bool) -> None:
+    """Analyse slides locally (no server) and write one report JSON per slide."""
+    from hemato_model.classifier import load_classifier
+    from hemato_model.pipeline import PipelineParams, analyze_slide
+    from hematovision.core.flags import effective_rules
+    from hematovision.core.slides import SlideError, open_slide
+    from hematovision.service.slide_results import build_report
+
+    settings = settings_or_exit()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    classifier = load_classifier(Path(model_dir) if model_dir else settings.model_dir)
+    rules = effective_rules(settings)
+    params = PipelineParams(target_wbc=settings.target_wbc, full_count=full_count or settings.full_count)
+    failures = 0
+    for p in paths:
+        try:
+            with open_slide(p, mpp=mpp, default_mpp=settings.default_mpp) as slide:
+                with click.progressbar(length=100, label=Path(p).name[:40]) as bar:
+                    shown = [0]
+
+                    def progress(f: float, _m: str) -> None:
+                        step = int(100 * f) - shown[0]
+                        if step > 0:
+                            bar.update(step)
+                            shown[0] += step
+
+                    analysis = analyze_slide(slide, classifier, params, progress=progress)
+        except SlideError as e:
+            click.echo(f"error: {p}: {e}", err=True)
+            failures += 1
+            continue
+        except Exception as e:  # one bad slide must not stop the batch
+            click.echo(f"error: {p}: analysis failed: {e.__class__.__name__}: {e}", err=True)
+            failures += 1
+            continue
+        rep = build_report(analysis, slide_id=Path(p).stem, source=str(p), rules=rules)
+        target = out / f"{Path(p).name}.report.json"
+        tmp = target.with_suffix(".tmp")
+        tmp.write_text(json.dumps(rep, indent=2))
+        tmp.replace(target)
+        diff = ", ".join(f"{k} {v['percent']}%" for k, v in rep["differential"].items() if v["count"])
+        click.echo(f"{Path(p).name}: WBC {rep['counts']['wbc']} RBC {rep['counts']['rbc']} "
+                   f"PLT {rep['counts']['platelets']} | {diff} | flags: "
+                   f"{', '.join(f['code'] for f in rep['flags']) or 'none'} -> {target}")
+    if failures:
+        click.echo(f"{failures} of {len(paths)} slide(s) failed", err=True)
+        sys.exit(1)
+
+
+COMMANDS: list[click.Command] = [process]

@@ -1,0 +1,115 @@
+"""HematoVision settings: one object, loaded by entry points and passed in.
+
+Every field can be set from the environment with the ``HEMATOVISION_`` prefix, e.g.
+``HEMATOVISION_DATABASE_URL=postgresql+psycopg://127.0.0.1:5432/test``. The defaults are the
+embedded demo configuration: a SQLite results database and a broker that needs no server (Kombu's
+filesystem transport, a real queue shared by processes on one machine), everything kept under
+``var_dir``.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: The folder holding the installed packages: the checkout for an editable install, else site-packages.
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+#: The shipped models are package data of ``hemato_model`` (found by importlib.resources, not by path
+#: arithmetic, so a wheel install finds them too). Looking a resource up imports no model code.
+MODELS_DIR = Path(str(files("hemato_model") / "models"))
+#: The default classifier: 8 PBC classes (v1, PBC CC BY 4.0). The v2 model beside it adds a ``blast``
+#: class learned from a data set whose licence is unverified: research/evaluation only, opt-in with
+#: HEMATOVISION_MODEL_DIR (see its model card).
+SHIPPED_MODEL_DIR = MODELS_DIR / "wbc-effnetlite0-v1"
+BLAST_MODEL_DIR = MODELS_DIR / "wbc-blast-effnetlite0-v2"
+
+
+def _default_data_root() -> Path:
+    """``../shared`` beside the checkout (the lab's shared data), else beside the working dir."""
+    beside_checkout = PROJECT_ROOT.parent / "shared"
+    if beside_checkout.is_dir():
+        return beside_checkout
+    return Path("../shared").resolve()
+
+
+class Settings(BaseSettings):
+    """All configuration of one HematoVision installation."""
+
+    model_config = SettingsConfigDict(env_prefix="HEMATOVISION_", extra="ignore")
+
+    var_dir: Path = Field(default=Path("var"), description="Working files: uploads, reports, queue.")
+    database_url: str = Field(default="", description="SQLAlchemy URL; empty = SQLite in var_dir.")
+    broker_url: str = Field(default="", description="Celery broker; empty = filesystem queue in var_dir.")
+    data_root: Path = Field(default_factory=_default_data_root, description="Shared data (../shared).")
+    model_dir: Path = Field(default=SHIPPED_MODEL_DIR, description="Classifier model directory.")
+    import_root: Path | None = Field(default=None, description="Server-side slide paths must lie below it.")
+    default_mpp: float | None = Field(default=None, description="µm/px for slides that state none.")
+    max_upload_mb: int = Field(default=4096, description="Largest accepted upload, MiB.")
+    max_batch_parts: int = Field(default=5000, description="Most files + fields in one multipart submission.")
+    min_wbc: int = Field(default=200, description="Fewer white cells: the differential is insufficient.")
+    target_wbc: int = Field(default=200, description="Stop once this many white cells are classified.")
+    full_count: bool = Field(default=False, description="Analyse the whole smear, not just target_wbc.")
+    task_max_retries: int = Field(default=3, description="Retries of a slide task on transient errors.")
+    task_time_limit_s: int = Field(default=3600, description="Hard time limit of one slide task.")
+    visibility_timeout_s: int = Field(
+        default=7800, description="Redis: an unacknowledged slide is re-delivered after this (> longest task)."
+    )
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    worker_concurrency: int = 1
+    queue_prepare: str = Field(default="slides.prepare",
+                               description="Queue of the CPU stage: read the slide, find cells, cut crops.")
+    queue_classify: str = Field(default="slides.classify",
+                                description="Queue of the GPU stage: classify the white-cell crops.")
+    queue_report: str = Field(default="slides.report",
+                              description="Queue of the CPU stage: differential, flags, store the result.")
+    work_dir: Path | None = Field(
+        default=None, description="Crops handed between stages; shared by all workers. Empty = var_dir/work."
+    )
+    flag_rules: Path | None = Field(default=None, description="Flag-rule TOML; empty = shipped rules.")
+    log_format: str = Field(default="text", description="text or json (one JSON object per line).")
+    worker_metrics_port: int = Field(default=0, description="Serve a worker's Prometheus metrics here (0 = off).")
+    auth_required: bool = Field(default=True, description="API keys required (all but /healthz).")
+
+    @property
+    def resolved_var_dir(self) -> Path:
+        return self.var_dir.resolve()
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.resolved_var_dir / 'hematovision.db'}"
+
+    @property
+    def celery_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.resolved_var_dir / "broker"
+
+    @property
+    def upload_dir(self) -> Path:
+        return self.resolved_var_dir / "uploads"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.resolved_var_dir / "reports"
+
+    @property
+    def stage_work_dir(self) -> Path:
+        return (self.work_dir or self.resolved_var_dir / "work").resolve()
+
+    def ensure_dirs(self) -> None:
+        for d in (self.resolved_var_dir, self.broker_dir, self.upload_dir, self.report_dir, self.stage_work_dir):
+            d.mkdir(parents=True, exist_ok=True)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the settings from the environment, with explicit overrides (CLI options) on top."""
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    return Settings(**clean)  # type: ignore[arg-type]

@@ -1,0 +1,231 @@
+"""LIS export: one HL7 v2.5 ORU^R01 (unsolicited observation result) message per analysed slide.
+
+The message is built element by element with hl7apy (a maintained HL7 v2 library), never by string
+concatenation, so every free text is escaped by the library (``|^~\\&`` become ``\\F\\``, ``\\S\\``, …)
+and the segment order follows the ORU_R01 structure of HL7 v2.5:
+
+    MSH
+    PID                 the patient, which HematoVision does not know (see below)
+    OBR                 the white-cell differential panel; OBR-3 = the slide id
+    NTE*                flags (one per flag), differential sufficiency, model and rules version,
+                        the decision-support statement
+    { OBX  NTE }        one OBX per differential class: percent (NM, UCUM ``%``); its NTE carries the
+                        count and the exact 95 % interval
+    OBX  OBX            white cells counted; erythroblasts (NRBC) per 100 white cells
+    SPM                 the specimen (the slide)
+
+Choices a receiving LIS should know about:
+
+- **Patient identity.** A slide reaches HematoVision without a patient identifier. PID-3 is required
+  by HL7, so when no ``patient_id`` is given it carries the slide id as a placeholder, typed as an
+  accession id (``ACSN``) whose assigning authority is the sending facility — never a medical record
+  number (``MR``) — so an interface engine cannot mistake it for a patient. The LIS matches the
+  result on OBR-2 (``placer_order``, the lab's accession, when known) or OBR-3/SPM-2 (the slide).
+- **The 95 % interval is not a reference range.** OBX-7 is left empty: an LIS shows OBX-7 as the
+  normal range and would flag against it. The interval is in the NTE that follows each OBX.
+- **Result status.** Unverified results are preliminary (OBR-25 / OBX-11 ``P``); a report that
+  carries ``verified_by`` is sent as final (``F``).
+- **Codes.** Observation codes are local (coding system ``L``, ``HV-…``); mapping them to LOINC is
+  the receiving interface's configuration, not guessed here.
+- **Character set.** Flag messages contain ``≥``, ``–`` and superscripts; the message declares
+  MSH-18 ``UNICODE UTF-8``. With ``ascii_only=True`` text is transliterated to ASCII instead (for
+  interfaces that accept nothing else) and MSH-18 is left empty.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from hl7apy.core import Field, Message, Segment
+from hl7apy.v2_5 import get_base_datatypes
+
+HL7_VERSION = "2.5"
+#: Media type used by the API for ER7-encoded messages.
+HL7_MEDIA_TYPE = "x-application/hl7-v2+er7"
+_DT = get_base_datatypes()
+_ASCII = {"≥": ">=", "≤": "<=", "–": "-", "—": "-", "×10⁹": "x10^9", "×": "x", "µ": "u", "⁹": "^9"}
+
+
+def _text(value: Any, ascii_only: bool) -> str:
+    text = "" if value is None else str(value)
+    if not ascii_only:
+        return text
+    for k, v in _ASCII.items():
+        text = text.replace(k, v)
+    return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+
+
+def _escape(text: str) -> str:
+    """ER7-escape free text with hl7apy's textual data type (``|`` -> ``\\F\\``, ``^`` -> ``\\S\\``, …)."""
+    return str(_DT["FT"](text).to_er7())
+
+
+def _set(field: Field, *components: Any) -> None:
+    """Fill a field's components (1-based order) with escaped text; ``None`` leaves one empty."""
+    name = field.name.lower()
+    for i, value in enumerate(components, start=1):
+        if value is None or value == "":
+            continue
+        setattr(field, f"{name}_{i}", _escape(str(value)))
+
+
+def _hl7_time(value: str | datetime | None) -> str:
+    """HL7 DTM (``YYYYMMDDHHMMSS+0000``) of an ISO time (naive times are UTC, as stored)."""
+    if value is None:
+        dt = datetime.now(UTC)
+    elif isinstance(value, datetime):
+        dt = value
+    else:
+        dt = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC).strftime("%Y%m%d%H%M%S+0000")
+
+
+def _class_code(cls: str) -> str:
+    return "HV-" + "".join(ch for ch in cls.upper() if ch.isalnum())[:16]
+
+
+def _class_text(cls: str) -> str:
+    return {"ig": "Immature granulocytes", "unidentified": "Unidentified white cells"}.get(
+        cls, cls.replace("_", " ").capitalize() + ("s" if not cls.endswith("s") else ""))
+
+
+def _number(value: float | int) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+class _Builder:
+    """Keeps the running set ids of OBX and NTE segments while the message is filled."""
+
+    def __init__(self, ascii_only: bool, status: str, model: str, observed: str) -> None:
+        self.ascii_only, self.status, self.model, self.observed = ascii_only, status, model, observed
+        self.obx_id = 0
+
+    def nte(self, group: Any, set_id: int, text: str) -> None:
+        seg: Segment = group.add_segment("NTE")
+        seg.nte_1 = str(set_id)
+        seg.nte_2 = "L"  # source: the filler (ancillary department)
+        _set(seg.nte_3, _text(text, self.ascii_only))
+
+    def obx(self, order: Any, code: str, text: str, value: str, units: tuple[str, str] | None) -> Any:
+        self.obx_id += 1
+        obs = order.add_group("ORU_R01_OBSERVATION")
+        seg = obs.obx
+        seg.obx_1 = str(self.obx_id)
+        seg.obx_2 = "NM"
+        _set(seg.obx_3, code, _text(text, self.ascii_only), "L")
+        seg.obx_5 = value
+        if units:
+            _set(seg.obx_6, units[0], units[1], "UCUM")
+        seg.obx_11 = self.status
+        seg.obx_14 = self.observed
+        _set(seg.obx_18, self.model, "HEMATOVISION")
+        seg.obx_19 = self.observed
+        return obs
+
+
+def oru_r01(
+    report: dict[str, Any],
+    *,
+    sending_facility: str = "HEMATOVISION",
+    sending_application: str = "HEMATOVISION",
+    receiving_application: str | None = None,
+    receiving_facility: str | None = None,
+    patient_id: str | None = None,
+    placer_order: str | None = None,
+    control_id: str | None = None,
+    processing_id: str = "P",
+    ascii_only: bool = False,
+) -> str:
+    """Build the ORU^R01 message of one slide report.
+
+    Args:
+        report: the slide report dictionary (``hematovision.service.slide_results.build_report``; optionally with
+            ``analysed_at``, ``verified_by``, ``verified_at``, ``patient_id``).
+        sending_facility: MSH-4, and the assigning authority of the placeholder patient id.
+        sending_application: MSH-3.
+        receiving_application: MSH-5 (the LIS), if the interface needs it.
+        receiving_facility: MSH-6.
+        patient_id: the patient identifier when the lab supplied one (PID-3, type ``MR``); without
+            it the slide id is sent as a placeholder accession id (see the module docstring).
+        placer_order: the LIS order/accession number (OBR-2), when known.
+        control_id: MSH-10; a new random id when not given (it must be unique per message).
+        processing_id: MSH-11: ``P`` production, ``T`` training, ``D`` debugging.
+        ascii_only: transliterate free text to ASCII instead of declaring UTF-8.
+
+    Returns:
+        The message in ER7 encoding, segments separated by ``\\r``.
+    """
+    slide_id = str(report["slide_id"])
+    verified = bool(report.get("verified_by"))
+    status = "F" if verified else "P"
+    model = report.get("model") or {}
+    model_text = f"{model.get('name', '?')} {model.get('version', '?')}"
+    observed = _hl7_time(report.get("analysed_at") or report.get("generated_at"))
+    b = _Builder(ascii_only, status, model_text, observed)
+
+    msg = Message("ORU_R01", version=HL7_VERSION)
+    _set(msg.msh.msh_3, sending_application)
+    _set(msg.msh.msh_4, sending_facility)
+    _set(msg.msh.msh_5, receiving_application)
+    _set(msg.msh.msh_6, receiving_facility)
+    msg.msh.msh_7 = _hl7_time(None)
+    msg.msh.msh_9 = "ORU^R01^ORU_R01"
+    msg.msh.msh_10 = control_id or uuid.uuid4().hex[:20]
+    msg.msh.msh_11 = processing_id
+    if not ascii_only:
+        msg.msh.msh_18 = "UNICODE UTF-8"
+
+    result = msg.add_group("ORU_R01_PATIENT_RESULT")
+    pid = result.add_group("ORU_R01_PATIENT").pid
+    pid.pid_1 = "1"
+    patient_id = patient_id or report.get("patient_id")
+    if patient_id:
+        _set(pid.pid_3, patient_id, None, None, None, "MR")
+    else:
+        _set(pid.pid_3, slide_id, None, None, sending_facility, "ACSN")
+    pid.pid_5 = '""'  # HL7's explicit null: the name is required, and unknown here
+
+    order = result.add_group("ORU_R01_ORDER_OBSERVATION")
+    obr = order.obr
+    obr.obr_1 = "1"
+    _set(obr.obr_2, placer_order)
+    _set(obr.obr_3, slide_id, sending_facility)
+    _set(obr.obr_4, "HV-DIFF", "White cell differential (digital morphology)", "L")
+    obr.obr_7 = observed
+    obr.obr_22 = _hl7_time(report.get("verified_at") or report.get("generated_at"))
+    obr.obr_24 = "HM"  # diagnostic service section: hematology
+    obr.obr_25 = status
+
+    notes = [f"FLAG [{f['severity']}] {f['code']}: {f['message']}" for f in report.get("flags", [])]
+    if not notes:
+        notes.append("No flags raised by the rules.")
+    n_wbc = report.get("counts", {}).get("wbc", 0)
+    notes.append(f"Differential {'sufficient' if report.get('differential_sufficient') else 'INSUFFICIENT'}: "
+                 f"{n_wbc} white cells counted.")
+    notes.append(f"Model {model_text}; flag rules {report.get('rules_version')}; "
+                 f"intervals: {report.get('ci_method', 'exact binomial 95%')}.")
+    notes.append(f"Verified by {report['verified_by']} at {report.get('verified_at', '?')}." if verified
+                 else "Not yet verified by a technologist: preliminary result.")
+    notes.append(str(report.get("limits") or "Decision support only: review by a qualified technologist."))
+    for i, text in enumerate(notes, start=1):
+        b.nte(order, i, text)
+
+    for cls, d in report.get("differential", {}).items():
+        obs = b.obx(order, _class_code(cls), _class_text(cls), _number(d["percent"]), ("%", "percent"))
+        lo, hi = d["ci95"]
+        b.nte(obs, 1, f"{d['count']} of {n_wbc} white cells; 95% CI {_number(lo)}-{_number(hi)} %.")
+    b.obx(order, "HV-WBCN", "White cells counted", str(n_wbc), ("{cells}", "cells"))
+    if report.get("nrbc_per_100_wbc") is not None:
+        b.obx(order, "HV-NRBC100", "Nucleated red cells per 100 white cells",
+              _number(report["nrbc_per_100_wbc"]), ("/100{WBCs}", "per 100 WBC"))
+
+    spm = order.add_group("ORU_R01_SPECIMEN").spm
+    spm.spm_1 = "1"
+    _set(spm.spm_2, slide_id)  # EIP: the slide is the specimen HematoVision saw
+    _set(spm.spm_4, "BLD", "Whole blood", "HL70487")
+    return str(msg.to_er7())

@@ -1,0 +1,171 @@
+"""PDF building blocks shared by the slide report and the flag report: fonts, colours, paragraph
+styles, table styles, the page header and footer, the flags table, and the one-at-a-time build.
+
+Text is set in Bitstream Vera, which reportlab ships (no font is fetched), so ``≥``, ``–`` and ``µ``
+print; characters it lacks (superscript digits) are spelled out.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any, BinaryIO
+from xml.sax.saxutils import escape
+
+from reportlab.lib import colors
+from reportlab.lib.pagesizes import A4
+from reportlab.lib.styles import ParagraphStyle
+from reportlab.lib.units import mm
+from reportlab.pdfbase import pdfmetrics
+from reportlab.pdfbase.ttfonts import TTFont
+from reportlab.pdfgen.canvas import Canvas
+from reportlab.platypus import Paragraph, SimpleDocTemplate, Table, TableStyle
+
+log = logging.getLogger(__name__)
+
+FONT, FONT_BOLD = "HVSans", "HVSans-Bold"
+#: Class colours (Okabe–Ito where possible: distinguishable with common colour-vision deficiencies).
+CLASS_COLOURS = {
+    "neutrophil": "#0072B2", "lymphocyte": "#009E73", "monocyte": "#E69F00", "eosinophil": "#D55E00",
+    "basophil": "#CC79A7", "ig": "#56B4E9", "blast": "#E00000", "erythroblast": "#8B4513",
+    "platelet": "#7F7F7F", "unidentified": "#222222",
+}
+_SPARE_COLOURS = ("#6A3D9A", "#B15928", "#1F78B4", "#33A02C", "#FB9A99")
+SEVERITY_COLOURS = {"critical": "#B71C1C", "review": "#E65100", "borderline": "#F9A825",
+                    "warning": "#FBC02D", "info": "#78909C"}
+_SUPERSCRIPTS = str.maketrans({"⁰": "^0", "⁴": "^4", "⁵": "^5", "⁶": "^6", "⁷": "^7", "⁸": "^8", "⁹": "^9"})
+_LABEL_TEXT = {"ig": "Immature granulocytes", "unidentified": "Unidentified"}
+_fonts_ready = False
+_BUILD_LOCK = threading.Lock()
+
+
+def register_fonts() -> None:
+    """Register the TrueType fonts reportlab ships (once per process)."""
+    global _fonts_ready
+    if not _fonts_ready:
+        pdfmetrics.registerFont(TTFont(FONT, "Vera.ttf"))
+        pdfmetrics.registerFont(TTFont(FONT_BOLD, "VeraBd.ttf"))
+        pdfmetrics.registerFontFamily(FONT, normal=FONT, bold=FONT_BOLD, italic=FONT, boldItalic=FONT_BOLD)
+        _fonts_ready = True
+
+
+def para_text(value: Any) -> str:
+    """Plain text made safe for a Paragraph: XML-escaped, glyphs the font lacks spelled out."""
+    return escape(str("" if value is None else value).translate(_SUPERSCRIPTS))
+
+
+def styles() -> dict[str, ParagraphStyle]:
+    register_fonts()
+    base = ParagraphStyle("body", fontName=FONT, fontSize=8.5, leading=11)
+    return {
+        "body": base,
+        "small": ParagraphStyle("small", parent=base, fontSize=7, leading=9, textColor=colors.HexColor("#444444")),
+        "cell": ParagraphStyle("cell", parent=base, fontSize=8, leading=10),
+        "title": ParagraphStyle("title", parent=base, fontName=FONT_BOLD, fontSize=15, leading=19, spaceAfter=2),
+        "h2": ParagraphStyle("h2", parent=base, fontName=FONT_BOLD, fontSize=10.5, leading=14, spaceBefore=8,
+                             spaceAfter=3, textColor=colors.HexColor("#1A237E")),
+        "banner": ParagraphStyle("banner", parent=base, fontName=FONT_BOLD, fontSize=9.5, leading=12),
+    }
+
+
+def label_text(cls: str) -> str:
+    return _LABEL_TEXT.get(cls, cls.replace("_", " ").capitalize())
+
+
+def class_colour(cls: str, order: list[str] | None = None) -> str:
+    if cls in CLASS_COLOURS:
+        return CLASS_COLOURS[cls]
+    i = order.index(cls) if order and cls in order else len(cls)
+    return _SPARE_COLOURS[i % len(_SPARE_COLOURS)]
+
+
+def swatch(colour: str) -> str:
+    """A small colour square inside a Paragraph (the font has no ■ glyph)."""
+    return f'<span backColor="{colour}">&nbsp;&nbsp;&nbsp;&nbsp;</span>'
+
+
+def grid_style(header_bg: str = "#E8EAF6") -> list[tuple[Any, ...]]:
+    return [("FONTNAME", (0, 0), (-1, -1), FONT), ("FONTSIZE", (0, 0), (-1, -1), 8),
+            ("FONTNAME", (0, 0), (-1, 0), FONT_BOLD), ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor(header_bg)),
+            ("GRID", (0, 0), (-1, -1), 0.4, colors.HexColor("#9E9E9E")), ("VALIGN", (0, 0), (-1, -1), "MIDDLE"),
+            ("TOPPADDING", (0, 0), (-1, -1), 2), ("BOTTOMPADDING", (0, 0), (-1, -1), 2)]
+
+
+def page_decorator(title: str, footer: str):  # type: ignore[no-untyped-def]
+    """A platypus ``onPage`` callback drawing the running header and footer."""
+
+    def draw(canvas: Canvas, doc: SimpleDocTemplate) -> None:
+        w, h = doc.pagesize
+        canvas.saveState()
+        canvas.setFillColor(colors.HexColor("#1A237E"))
+        canvas.rect(0, h - 11 * mm, w, 11 * mm, stroke=0, fill=1)
+        canvas.setFillColor(colors.white)
+        canvas.setFont(FONT_BOLD, 10)
+        canvas.drawString(doc.leftMargin, h - 7 * mm, "HematoVision")
+        canvas.setFont(FONT, 8.5)
+        x = doc.leftMargin + pdfmetrics.stringWidth("HematoVision", FONT_BOLD, 10) + 4 * mm
+        canvas.drawString(x, h - 7 * mm, "·  " + title.translate(_SUPERSCRIPTS))
+        canvas.drawRightString(w - doc.rightMargin, h - 7 * mm, f"page {doc.page}")
+        canvas.setFillColor(colors.HexColor("#555555"))
+        canvas.setFont(FONT, 6.5)
+        canvas.drawString(doc.leftMargin, 8 * mm, footer.translate(_SUPERSCRIPTS)[:190])
+        canvas.restoreState()
+
+    return draw
+
+
+def build_pdf(out: BinaryIO | str | Path, title: str, story: list[Any], decorate: Any, **kw: Any) -> None:
+    """Lay out ``story`` on A4 pages decorated by ``decorate``, one build at a time.
+
+    reportlab keeps process-wide font state and is not documented as thread-safe; the API renders
+    in server threads, so builds are serialised (a report takes a fraction of a second).
+    """
+    register_fonts()
+    doc = SimpleDocTemplate(str(out) if isinstance(out, Path) else out, pagesize=A4, leftMargin=15 * mm,
+                            rightMargin=15 * mm, topMargin=17 * mm, bottomMargin=14 * mm, title=title,
+                            author="HematoVision", creator="HematoVision", **kw)
+    with _BUILD_LOCK:
+        doc.build(story, onFirstPage=decorate, onLaterPages=decorate)
+
+
+def format_evidence(ev: dict[str, Any]) -> str:
+    """One line of a flag's evidence: ``12/233 = 5.2 % (95% CI 2.7–8.9 %); threshold 5.0 %``."""
+    parts = []
+    if "percent" in ev and "count" in ev:
+        text = f"{ev['count']}/{ev.get('of', '?')} = {ev['percent']} %"
+        if ev.get("ci95"):
+            text += f" (95% CI {ev['ci95'][0]}–{ev['ci95'][1]} %)"
+        parts.append(text)
+    elif "per_100_wbc" in ev:
+        parts.append(f"{ev.get('count')}/{ev.get('of')} WBC = {ev['per_100_wbc']} per 100 WBC")
+    elif "minimum" in ev:
+        parts.append(f"{ev.get('count')} counted, minimum {ev['minimum']}")
+    if "threshold_pct" in ev:
+        parts.append(f"threshold {ev['threshold_pct']} %")
+    if "absolute_per_l" in ev:
+        parts.append(f"{ev['absolute_per_l'] / 1e9:.2f}×10^9/L (threshold {ev.get('threshold_per_l', 0) / 1e9:.1f})")
+    if ev.get("borderline"):
+        parts.append("borderline: the interval straddles the threshold")
+    return "; ".join(parts) or "—"
+
+
+def flags_table(flags: list[dict[str, Any]], st: dict[str, ParagraphStyle], *, evidence: bool = False,
+                widths: list[float] | None = None) -> Table:
+    """Severity (coloured), code, message (and, optionally, the evidence) of each flag."""
+    head = ["Severity", "Code", "Message"] + (["Evidence"] if evidence else [])
+    rows: list[list[Any]] = [head]
+    style = grid_style()
+    for i, f in enumerate(flags, start=1):
+        sev = str(f.get("severity", ""))
+        ink = "white" if sev in ("critical", "review") else "black"
+        row = [Paragraph(f'<font color="{ink}"><b>{para_text(sev.upper())}</b></font>', st["cell"]),
+               Paragraph(para_text(f.get("code")), st["cell"]),
+               Paragraph(para_text(f.get("message")), st["cell"])]
+        if evidence:
+            row.append(Paragraph(para_text(format_evidence(f.get("evidence") or {})), st["cell"]))
+        rows.append(row)
+        style += [("BACKGROUND", (0, i), (0, i), colors.HexColor(SEVERITY_COLOURS.get(sev, "#E0E0E0")))]
+    t = Table(rows, colWidths=widths or [22 * mm, 50 * mm, 108 * mm], repeatRows=1)
+    t.setStyle(TableStyle(style))
+    return t

@@ -1,0 +1,139 @@
+"""Technologist review: reclassify white cells and sign a slide off.
+
+A reclassification changes one cell's label, records who changed it, when, from what and to what
+(``cell_reviews``), and recomputes the slide's differential, exact intervals and flags from the
+current labels of all its white cells in the one home the worker uses too
+(:mod:`hematovision.service.slide_results`). The report JSON, the slide's summary columns and the
+``differential`` and ``flags`` rows are replaced in the caller's one transaction, so a reader never
+sees a differential that disagrees with its flags.
+
+A sign-off (``verified_by``, ``verified_at``) makes the slide read-only; it is refused while any
+white cell is still ``unidentified``. Plain functions on a SQLAlchemy session: no Flask here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from hematovision.core.datasets import PBC_CLASSES
+from hematovision.core.flags import NON_WBC_CLASSES, load_rules
+from hematovision.core.results import UNIDENTIFIED, WBC
+from hematovision.service.slide_results import replace_result_rows, resummarise
+from hematovision.store.models import Cell, CellReview, Slide, utcnow
+
+
+class ReviewError(ValueError):
+    """A review request that cannot be carried out; ``kind`` is ``not_found``, ``invalid`` or
+    ``conflict`` (the API answers 404, 400 and 409)."""
+
+    def __init__(self, kind: str, code: str, message: str) -> None:
+        super().__init__(message)
+        self.kind, self.code, self.message = kind, code, message
+
+
+def slide_classes(report: dict[str, Any]) -> list[str]:
+    """The classes a technologist may assign on this slide, in a stable order (keys 1-9).
+
+    The model's classes are not stored with the report; they are the differential's classes (the
+    white-cell classes, ``unidentified`` excepted) plus the non-white-cell classes the model may
+    emit (erythroblast, platelet), ordered as the PBC data set orders them.
+    """
+    names = {k for k in report.get("differential", {}) if k != UNIDENTIFIED} | set(NON_WBC_CLASSES)
+    order = {c: i for i, c in enumerate(PBC_CLASSES)}
+    return sorted(names, key=lambda c: (order.get(c, len(order)), c))
+
+
+def _locked_slide(session: Session, slide_id: str) -> Slide:
+    slide = session.execute(select(Slide).where(Slide.id == slide_id).with_for_update()).scalar_one_or_none()
+    if slide is None:
+        raise ReviewError("not_found", "not_found", f"no slide {slide_id}")
+    return slide
+
+
+def _check_editable(slide: Slide) -> dict[str, Any]:
+    if slide.report is None:
+        raise ReviewError("conflict", "not_ready", f"slide {slide.id} has no results yet; nothing to review")
+    if slide.verified_at is not None:
+        raise ReviewError("conflict", "signed_off",
+                          f"slide {slide.id} was signed off by {slide.verified_by} at "
+                          f"{slide.verified_at.isoformat(timespec='seconds')}Z and is read-only")
+    return slide.report
+
+
+def recompute(session: Session, slide: Slide, rules: dict[str, Any]) -> dict[str, Any]:
+    """Rebuild the slide's differential, counts and flags from its cells' current labels.
+
+    Summarised and written by :mod:`hematovision.service.slide_results`, as the worker does; flags
+    that still stand keep the time they were first raised. Returns the new report.
+    """
+    report = resummarise(session, slide, slide_classes(slide.report or {}), rules)
+    report["reviewed_cells"] = session.execute(select(func.count()).select_from(CellReview)
+                                               .where(CellReview.slide_id == slide.id)).scalar_one()
+    replace_result_rows(session, slide, report, keep_flag_times=True)
+    return report
+
+
+def reclassify(
+    session: Session,
+    cell_id: int,
+    label: str,
+    actor: str,
+    *,
+    rules: dict[str, Any] | None = None,
+    at: datetime | None = None,
+) -> tuple[Cell, dict[str, Any]]:
+    """Give a white cell a new label, record it, and recompute the slide. Returns (cell, report).
+
+    ``label`` is one of :func:`slide_classes` or ``unidentified``. Setting the label a cell
+    already has changes nothing and records nothing. Call inside a transaction.
+    """
+    cell = session.get(Cell, cell_id)
+    if cell is None:
+        raise ReviewError("not_found", "not_found", f"no cell {cell_id}")
+    if cell.kind != WBC:
+        raise ReviewError("invalid", "not_a_white_cell",
+                          f"cell {cell_id} is a {cell.kind} detection; only white cells are classified")
+    slide = _locked_slide(session, cell.slide_id)
+    report = _check_editable(slide)
+    allowed = [*slide_classes(report), UNIDENTIFIED]
+    if label not in allowed:
+        raise ReviewError("invalid", "invalid_label", f"label must be one of {', '.join(allowed)}; got {label!r}")
+    current = cell.label or UNIDENTIFIED
+    if current == label:
+        return cell, report
+    session.add(CellReview(cell_id=cell.id, slide_id=slide.id, from_label=cell.label, to_label=label,
+                           actor=actor, at=at or utcnow()))
+    cell.label = label
+    session.flush()
+    return cell, recompute(session, slide, rules or load_rules())
+
+
+def sign_off(session: Session, slide_id: str, actor: str, *, at: datetime | None = None) -> Slide:
+    """Mark the slide verified by ``actor``; refused (conflict) while white cells are unidentified."""
+    slide = _locked_slide(session, slide_id)
+    report = _check_editable(slide)
+    open_cells = session.execute(
+        select(func.count()).select_from(Cell).where(
+            Cell.slide_id == slide.id, Cell.kind == WBC,
+            (Cell.label.is_(None)) | (Cell.label == UNIDENTIFIED))
+    ).scalar_one()
+    if open_cells:
+        raise ReviewError("conflict", "unidentified_cells",
+                          f"{open_cells} white cell{'s are' if open_cells != 1 else ' is'} still unidentified: "
+                          "classify each one (keys 1-9) before signing off")
+    when = at or utcnow()
+    slide.verified_by = actor
+    slide.verified_at = when
+    slide.report = {**report, "verified_by": actor, "verified_at": when.isoformat(timespec="seconds") + "Z"}
+    return slide
+
+
+def review_history(session: Session, slide_id: str) -> Sequence[CellReview]:
+    """The slide's reclassifications, oldest first."""
+    return session.execute(select(CellReview).where(CellReview.slide_id == slide_id)
+                           .order_by(CellReview.at, CellReview.id)).scalars().all()

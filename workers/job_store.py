@@ -1,0 +1,169 @@
+"""The job-row store of the stage tasks: claim a stage, record progress, finish a stage,
+store the result, record a failure.
+
+Idempotent under late acknowledgement: the result of a slide (cells, differential, flags, counts) is
+written in ONE transaction that first locks the job row and replaces whatever an earlier delivery
+stored, and a job already in a final state is never run again. A re-delivered message therefore
+never double-counts, and a worker killed half-way leaves no partial rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from hematovision.core.results import SlideAnalysis
+from hematovision.service.slide_results import replace_result_rows
+from hematovision.store.db import transaction
+from hematovision.store.models import FINAL_STATES, Job, ModelVersion, utcnow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Ticket:
+    job_id: str
+    slide_id: str
+    path: str
+    mpp: float | None
+    wbc_per_l: float | None
+    attempts: int
+    priority: int
+    stage: str
+    started_at: datetime
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _live_job(s: Session, job_id: str) -> Job | None:
+    """The job's row, locked for this transaction; None when it is unknown or already final."""
+    job = s.execute(select(Job).where(Job.id == job_id).with_for_update()).scalar_one_or_none()
+    return None if job is None or job.state in FINAL_STATES else job
+
+
+def _record_stage(job: Job, stage: str, **facts: Any) -> dict[str, Any]:
+    """Merge ``facts`` into what the job records of ``stage`` (a new dict, so the JSON column is
+    seen as changed); returns the stage's record."""
+    stages = dict(job.stages or {})
+    stages[stage] = {**stages.get(stage, {}), **facts}
+    job.stages = stages
+    return stages[stage]
+
+
+def claim_stage(factory: sessionmaker[Session], job_id: str, stage: str) -> Ticket | None:
+    """Mark the job running in ``stage``; None when it is unknown or already final (nothing to do).
+
+    ``attempts`` is the most runs any one stage has had (1 when nothing was retried or re-delivered).
+    """
+    with transaction(factory) as s:
+        job = _live_job(s, job_id)
+        if job is None:
+            return None
+        runs = int((job.stages or {}).get(stage, {}).get("runs", 0)) + 1
+        run = _record_stage(job, stage, runs=runs, worker=worker_name())
+        job.stage = stage
+        job.state = "running"
+        job.attempts = max(job.attempts, run["runs"])
+        job.started_at = job.started_at or utcnow()
+        job.worker = run["worker"]
+        job.error = None
+        slide = job.slide
+        return Ticket(job.id, slide.id, slide.path, slide.mpp, slide.wbc_per_l, job.attempts,
+                      slide.batch.priority, stage, job.started_at)
+
+
+def finish_stage(
+    factory: sessionmaker[Session], job_id: str, stage: str, next_stage: str, progress: float,
+    **facts: Any,
+) -> bool:
+    """Record a stage's run (``facts`` such as seconds) and leave the job queued for ``next_stage``;
+    False when the job ended meanwhile (cancelled), so the next stage must not be queued."""
+    with transaction(factory) as s:
+        job = _live_job(s, job_id)
+        if job is None:
+            return False
+        _record_stage(job, stage, **facts)
+        job.stage = next_stage
+        job.state = "queued"
+        job.progress = round(max(job.progress, progress), 3)
+        return True
+
+
+def set_progress(factory: sessionmaker[Session], job_id: str, fraction: float) -> None:
+    with transaction(factory) as s:
+        job = s.get(Job, job_id)
+        if job is not None and job.state == "running":
+            job.progress = round(max(job.progress, min(0.99, fraction)), 3)
+
+
+def job_state(factory: sessionmaker[Session], job_id: str) -> str | None:
+    with factory() as s:
+        return s.execute(select(Job.state).where(Job.id == job_id)).scalar_one_or_none()
+
+
+def mark_failed(factory: sessionmaker[Session], job_id: str, error: str, *, final: bool = True) -> None:
+    with transaction(factory) as s:
+        job = _live_job(s, job_id)
+        if job is None:
+            return
+        job.error = error[:2000]
+        if final:
+            job.state = "failed"
+            job.finished_at = utcnow()
+        else:
+            job.state = "queued"
+
+
+def _model_version(s: Session, name: str, version: str, sha256: str | None) -> ModelVersion:
+    mv = s.execute(
+        select(ModelVersion).where(ModelVersion.name == name, ModelVersion.version == version)
+    ).scalar_one_or_none()
+    if mv is None:
+        # Two workers may register the same model at once: the unique constraint decides, and the
+        # loser reads the winner's row (a savepoint keeps the slide's transaction usable).
+        try:
+            with s.begin_nested():
+                mv = ModelVersion(name=name, version=version, sha256=sha256)
+                s.add(mv)
+        except IntegrityError:
+            mv = s.execute(
+                select(ModelVersion).where(ModelVersion.name == name, ModelVersion.version == version)
+            ).scalar_one()
+    return mv
+
+
+def store_analysis(
+    factory: sessionmaker[Session],
+    job_id: str,
+    analysis: SlideAnalysis,
+    report: dict[str, Any],
+    model_sha256: str | None = None,
+    stage_facts: dict[str, Any] | None = None,
+) -> bool:
+    """Replace the slide's results and finish the job, in one transaction. False if not stored
+    (job cancelled or already finished by another delivery). ``stage_facts`` are recorded for the
+    stage that stores (e.g. its seconds)."""
+    with transaction(factory) as s:
+        job = _live_job(s, job_id)
+        if job is None:
+            return False
+        slide = job.slide
+        mv = _model_version(s, analysis.model_name, analysis.model_version, model_sha256)
+        replace_result_rows(s, slide, report, cells=analysis.cells, model_version_id=mv.id)
+        if stage_facts and job.stage:
+            _record_stage(job, job.stage, **stage_facts)
+        job.state = "succeeded"
+        job.progress = 1.0
+        job.finished_at = utcnow()
+        job.error = None
+        return True
