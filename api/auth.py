@@ -17,8 +17,9 @@ from api.errors import ApiError
 
 log = logging.getLogger(__name__)
 #: The review pages and their static files hold no data (all data comes from the keyed API).
-UI_ENDPOINTS = frozenset({"ui.index", "ui.batches_page", "ui.batch_page", "ui.flags_page", "ui.slide_page",
-                          "ui.gallery_page", "ui.static"})
+UI_ENDPOINTS = frozenset(
+    {"ui.index", "ui.batches_page", "ui.batch_page", "ui.flags_page", "ui.slide_page", "ui.gallery_page", "ui.static"}
+)
 PUBLIC_ENDPOINTS = frozenset({"health.healthz", "static"}) | UI_ENDPOINTS
 
 
@@ -79,8 +80,15 @@ def register_auth(app: Flask) -> None:
             resource = f"batch:{(resp.get_json(silent=True) or {}).get('id')}"
         try:
             with app.extensions["hv_sessions"]() as s, s.begin():
-                s.add(AuditEntry(actor=getattr(g, "actor", "anonymous"), action=action, resource=resource[:300],
-                                 status=resp.status_code, remote_addr=request.remote_addr))
+                s.add(
+                    AuditEntry(
+                        actor=getattr(g, "actor", "anonymous"),
+                        action=action,
+                        resource=resource[:300],
+                        status=resp.status_code,
+                        remote_addr=request.remote_addr,
+                    )
+                )
         except Exception:  # the audit must not turn a served answer into an error; it is logged
             log.exception("audit log write failed")
         return resp

@@ -143,13 +143,26 @@ def submit_batch():  # type: ignore[no-untyped-def]
         batch_id = new_id()
         final_dir = cfg.upload_dir / batch_id
         entries = [
-            NewSlide(filename=fname, path=str(final_dir / path.name if path.parent == staging else path),
-                     format=info.get("format"), mpp=info.get("mpp"), mpp_source=info.get("mpp_source"),
-                     width=info["dimensions"][0], height=info["dimensions"][1], wbc_per_l=wbc_per_l)
+            NewSlide(
+                filename=fname,
+                path=str(final_dir / path.name if path.parent == staging else path),
+                format=info.get("format"),
+                mpp=info.get("mpp"),
+                mpp_source=info.get("mpp_source"),
+                width=info["dimensions"][0],
+                height=info["dimensions"][1],
+                wbc_per_l=wbc_per_l,
+            )
             for fname, path, info in staged + server_items
         ]
-        batch, jobs = add_batch(session, entries, name=name, priority=5 if priority is None else int(priority),
-                                idempotency_key=key or None, batch_id=batch_id)
+        batch, jobs = add_batch(
+            session,
+            entries,
+            name=name,
+            priority=5 if priority is None else int(priority),
+            idempotency_key=key or None,
+            batch_id=batch_id,
+        )
         if staged:
             final_dir.mkdir(parents=True, exist_ok=True)
         for _fname, path, _ in staged:

@@ -37,8 +37,11 @@ def register_error_handlers(app: Flask) -> None:
             limit = app.config.get("MAX_CONTENT_LENGTH") or 0
             if request.content_length is not None and request.content_length <= limit:
                 parts = app.config.get("MAX_FORM_PARTS")
-                return error_response(413, "too_many_parts",
-                                      f"too many files and fields in one submission (limit {parts}); split the batch")
+                return error_response(
+                    413,
+                    "too_many_parts",
+                    f"too many files and fields in one submission (limit {parts}); split the batch",
+                )
             return error_response(413, "too_large", f"upload exceeds the limit of {limit // 2**20} MiB")
         return error_response(e.code or 500, code, e.description or e.name)
 

@@ -42,160 +42,359 @@ def openapi_document() -> dict[str, Any]:
         "info": {"title": "HematoVision intake API", "version": "1"},
         "paths": {
             "/healthz": {"get": {"operationId": "health", "responses": {"200": _resp("ok"), **_errors(503)}}},
-            "/metrics": {"get": {
-                "operationId": "metrics",
-                "summary": "Prometheus text format: requests, latency, jobs by state, queue depth per stage",
-                "responses": {"200": _resp("metrics", {"type": "string"}, "text/plain"), **_errors(401, 403)}}},
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "summary": "Prometheus text format: requests, latency, jobs by state, queue depth per stage",
+                    "responses": {"200": _resp("metrics", {"type": "string"}, "text/plain"), **_errors(401, 403)},
+                }
+            },
             "/api/v1/batches": {
                 "get": {
-                    "operationId": "listBatches", "summary": "The most recent batches with state and progress",
-                    "parameters": [{"name": "limit", "in": "query", "required": False,
-                                    "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}}],
-                    "responses": {"200": _resp("batches", {"type": "object", "required": ["batches"]}),
-                                  **_errors(400, 503)},
+                    "operationId": "listBatches",
+                    "summary": "The most recent batches with state and progress",
+                    "parameters": [
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50},
+                        }
+                    ],
+                    "responses": {
+                        "200": _resp("batches", {"type": "object", "required": ["batches"]}),
+                        **_errors(400, 503),
+                    },
                 },
                 "post": {
                     "operationId": "submitBatch",
                     "summary": "Submit slides (multipart uploads and/or server-side paths below the import root)",
-                    "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
-                                    "schema": {"type": "string", "maxLength": 200}}],
-                    "requestBody": {"required": True, "content": {
-                        "multipart/form-data": {"schema": {"type": "object", "properties": {
-                            **{k: v for k, v in submit_props.items() if k != "paths"},
-                            "paths": {"type": "array", "items": {"type": "string"}},
-                            "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                        }}},
-                        "application/json": {"schema": {"type": "object", "properties": submit_props}},
-                    }},
+                    "parameters": [
+                        {
+                            "name": "Idempotency-Key",
+                            "in": "header",
+                            "required": False,
+                            "schema": {"type": "string", "maxLength": 200},
+                        }
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "multipart/form-data": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        **{k: v for k, v in submit_props.items() if k != "paths"},
+                                        "paths": {"type": "array", "items": {"type": "string"}},
+                                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                                    },
+                                }
+                            },
+                            "application/json": {"schema": {"type": "object", "properties": submit_props}},
+                        },
+                    },
                     "responses": {
                         "202": _resp("accepted", {"$ref": "#/components/schemas/Batch"}),
-                        "200": _resp("duplicate submission (same Idempotency-Key)", {"$ref": "#/components/schemas/Batch"}),
+                        "200": _resp(
+                            "duplicate submission (same Idempotency-Key)", {"$ref": "#/components/schemas/Batch"}
+                        ),
                         **_errors(400, 413, 422, 503),
+                    },
+                },
+            },
+            "/api/v1/batches/{batch_id}": {
+                "get": {
+                    "operationId": "getBatch",
+                    "parameters": [_id_param("batch_id")],
+                    "responses": {"200": _resp("batch", {"$ref": "#/components/schemas/Batch"}), **_errors(404, 503)},
+                }
+            },
+            "/api/v1/jobs/{job_id}": {
+                "get": {
+                    "operationId": "getJob",
+                    "parameters": [_id_param("job_id")],
+                    "responses": {"200": _resp("job", {"$ref": "#/components/schemas/Job"}), **_errors(404, 503)},
+                }
+            },
+            "/api/v1/jobs/{job_id}/cancel": {
+                "post": {
+                    "operationId": "cancelJob",
+                    "parameters": [_id_param("job_id")],
+                    "responses": {
+                        "200": _resp("cancelled", {"$ref": "#/components/schemas/Job"}),
+                        **_errors(404, 409, 503),
                     },
                 }
             },
-            "/api/v1/batches/{batch_id}": {"get": {
-                "operationId": "getBatch", "parameters": [_id_param("batch_id")],
-                "responses": {"200": _resp("batch", {"$ref": "#/components/schemas/Batch"}), **_errors(404, 503)}}},
-            "/api/v1/jobs/{job_id}": {"get": {
-                "operationId": "getJob", "parameters": [_id_param("job_id")],
-                "responses": {"200": _resp("job", {"$ref": "#/components/schemas/Job"}), **_errors(404, 503)}}},
-            "/api/v1/jobs/{job_id}/cancel": {"post": {
-                "operationId": "cancelJob", "parameters": [_id_param("job_id")],
-                "responses": {"200": _resp("cancelled", {"$ref": "#/components/schemas/Job"}), **_errors(404, 409, 503)}}},
-            "/api/v1/queues": {"get": {
-                "operationId": "getQueues",
-                "summary": "Per stage (prepare, classify, report): its queue, slides waiting, running, and their sum "
-                           "(demand, for autoscalers)",
-                "responses": {"200": _resp("stage load", {"$ref": "#/components/schemas/Queues"}), **_errors(503)}}},
-            "/api/v1/slides/{slide_id}/report": {"get": {
-                "operationId": "getReport",
-                "summary": "The slide report: JSON, CSV, PDF (with overview and cell gallery) or HL7 v2.5 ORU^R01",
-                "parameters": [_id_param("slide_id"), {"name": "format", "in": "query", "required": False,
-                                                       "schema": {"type": "string", "default": "json",
-                                                                  "enum": ["json", "csv", "pdf", "hl7"]}}],
-                "responses": {"200": {"description": "report", "content": {
-                    "application/json": {"schema": {"$ref": "#/components/schemas/Report"}},
-                    "text/csv": {"schema": {"type": "string"}},
-                    "application/pdf": {"schema": {"type": "string", "format": "binary"}},
-                    "x-application/hl7-v2+er7": {"schema": {"type": "string"}}}},
-                    **_errors(400, 404, 409, 503)}}},
-            "/api/v1/flags": {"get": {
-                "operationId": "getFlags",
-                "summary": "The leukemia-flag report: flagged slides, most severe first (JSON, CSV or PDF)",
-                "parameters": [{"name": "batch", "in": "query", "required": False, "schema": {"type": "string"}},
-                               {"name": "since", "in": "query", "required": False,
-                                "schema": {"type": "string", "format": "date-time"}},
-                               {"name": "format", "in": "query", "required": False,
-                                "schema": {"type": "string", "default": "json", "enum": ["json", "csv", "pdf"]}}],
-                "responses": {"200": {"description": "flagged slides, most severe first", "content": {
-                    "application/json": {"schema": {"type": "object"}},
-                    "text/csv": {"schema": {"type": "string"}},
-                    "application/pdf": {"schema": {"type": "string", "format": "binary"}}}},
-                    **_errors(400, 404, 503)}}},
-            "/api/v1/slides/{slide_id}/cells": {"get": {
-                "operationId": "getSlideCells",
-                "summary": "The slide's detected cells (white cells by default), with labels and review state",
-                "parameters": [_id_param("slide_id"),
-                               {"name": "kind", "in": "query", "required": False,
-                                "schema": {"type": "string", "default": "wbc",
-                                           "enum": ["wbc", "rbc", "platelet", "all"]}},
-                               {"name": "label", "in": "query", "required": False, "schema": {"type": "string"}}],
-                "responses": {"200": _resp("cells", {"type": "object", "required": ["slide_id", "cells"]}),
-                              **_errors(400, 404, 503)}}},
-            "/api/v1/cells/{cell_id}/label": {"post": {
-                "operationId": "reclassifyCell",
-                "summary": "Reclassify a white cell (technologist review); answers the recomputed differential",
-                "parameters": [{"name": "cell_id", "in": "path", "required": True, "schema": {"type": "integer"}}],
-                "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                    "type": "object", "required": ["label"], "properties": {"label": {"type": "string"}}}}}},
-                "responses": {"200": _resp("the cell and the slide's new differential and flags",
-                                           {"type": "object", "required": ["cell", "differential", "flags"]}),
-                              **_errors(400, 404, 409, 503)}}},
-            "/api/v1/slides/{slide_id}/signoff": {"post": {
-                "operationId": "signOffSlide",
-                "summary": "Sign the slide off (verified_by, verified_at); read-only afterwards. 409 while cells "
-                           "are unidentified",
-                "parameters": [_id_param("slide_id")],
-                "responses": {"200": _resp("signed off", {"type": "object",
-                                                          "required": ["verified_by", "verified_at"]}),
-                              **_errors(404, 409, 503)}}},
-            "/api/v1/slides/{slide_id}/dzi": {"get": {
-                "operationId": "getSlideDzi", "summary": "DeepZoom descriptor of the slide image",
-                "parameters": [_id_param("slide_id")],
-                "responses": {"200": _resp("DZI", {"type": "string"}, "application/xml"), **_errors(404, 503)}}},
-            "/api/v1/slides/{slide_id}/tiles/{level}/{col}_{row}.jpeg": {"get": {
-                "operationId": "getSlideTile", "summary": "One DeepZoom tile (JPEG)",
-                "parameters": [_id_param("slide_id")] + [
-                    {"name": n, "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}}
-                    for n in ("level", "col", "row")],
-                "responses": {"200": _resp("tile", {"type": "string", "format": "binary"}, "image/jpeg"),
-                              **_errors(404, 503)}}},
-            "/api/v1/cells/{cell_id}/image": {"get": {
-                "operationId": "getCellImage", "summary": "The cell cut from the slide (JPEG)",
-                "parameters": [{"name": "cell_id", "in": "path", "required": True, "schema": {"type": "integer"}}],
-                "responses": {"200": _resp("cell image", {"type": "string", "format": "binary"}, "image/jpeg"),
-                              **_errors(404, 503)}}},
+            "/api/v1/queues": {
+                "get": {
+                    "operationId": "getQueues",
+                    "summary": "Per stage (prepare, classify, report): its queue, slides waiting, running, and their sum "
+                    "(demand, for autoscalers)",
+                    "responses": {"200": _resp("stage load", {"$ref": "#/components/schemas/Queues"}), **_errors(503)},
+                }
+            },
+            "/api/v1/slides/{slide_id}/report": {
+                "get": {
+                    "operationId": "getReport",
+                    "summary": "The slide report: JSON, CSV, PDF (with overview and cell gallery) or HL7 v2.5 ORU^R01",
+                    "parameters": [
+                        _id_param("slide_id"),
+                        {
+                            "name": "format",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "string", "default": "json", "enum": ["json", "csv", "pdf", "hl7"]},
+                        },
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "report",
+                            "content": {
+                                "application/json": {"schema": {"$ref": "#/components/schemas/Report"}},
+                                "text/csv": {"schema": {"type": "string"}},
+                                "application/pdf": {"schema": {"type": "string", "format": "binary"}},
+                                "x-application/hl7-v2+er7": {"schema": {"type": "string"}},
+                            },
+                        },
+                        **_errors(400, 404, 409, 503),
+                    },
+                }
+            },
+            "/api/v1/flags": {
+                "get": {
+                    "operationId": "getFlags",
+                    "summary": "The leukemia-flag report: flagged slides, most severe first (JSON, CSV or PDF)",
+                    "parameters": [
+                        {"name": "batch", "in": "query", "required": False, "schema": {"type": "string"}},
+                        {
+                            "name": "since",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "string", "format": "date-time"},
+                        },
+                        {
+                            "name": "format",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "string", "default": "json", "enum": ["json", "csv", "pdf"]},
+                        },
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "flagged slides, most severe first",
+                            "content": {
+                                "application/json": {"schema": {"type": "object"}},
+                                "text/csv": {"schema": {"type": "string"}},
+                                "application/pdf": {"schema": {"type": "string", "format": "binary"}},
+                            },
+                        },
+                        **_errors(400, 404, 503),
+                    },
+                }
+            },
+            "/api/v1/slides/{slide_id}/cells": {
+                "get": {
+                    "operationId": "getSlideCells",
+                    "summary": "The slide's detected cells (white cells by default), with labels and review state",
+                    "parameters": [
+                        _id_param("slide_id"),
+                        {
+                            "name": "kind",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "string", "default": "wbc", "enum": ["wbc", "rbc", "platelet", "all"]},
+                        },
+                        {"name": "label", "in": "query", "required": False, "schema": {"type": "string"}},
+                    ],
+                    "responses": {
+                        "200": _resp("cells", {"type": "object", "required": ["slide_id", "cells"]}),
+                        **_errors(400, 404, 503),
+                    },
+                }
+            },
+            "/api/v1/cells/{cell_id}/label": {
+                "post": {
+                    "operationId": "reclassifyCell",
+                    "summary": "Reclassify a white cell (technologist review); answers the recomputed differential",
+                    "parameters": [{"name": "cell_id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["label"],
+                                    "properties": {"label": {"type": "string"}},
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _resp(
+                            "the cell and the slide's new differential and flags",
+                            {"type": "object", "required": ["cell", "differential", "flags"]},
+                        ),
+                        **_errors(400, 404, 409, 503),
+                    },
+                }
+            },
+            "/api/v1/slides/{slide_id}/signoff": {
+                "post": {
+                    "operationId": "signOffSlide",
+                    "summary": "Sign the slide off (verified_by, verified_at); read-only afterwards. 409 while cells "
+                    "are unidentified",
+                    "parameters": [_id_param("slide_id")],
+                    "responses": {
+                        "200": _resp("signed off", {"type": "object", "required": ["verified_by", "verified_at"]}),
+                        **_errors(404, 409, 503),
+                    },
+                }
+            },
+            "/api/v1/slides/{slide_id}/dzi": {
+                "get": {
+                    "operationId": "getSlideDzi",
+                    "summary": "DeepZoom descriptor of the slide image",
+                    "parameters": [_id_param("slide_id")],
+                    "responses": {"200": _resp("DZI", {"type": "string"}, "application/xml"), **_errors(404, 503)},
+                }
+            },
+            "/api/v1/slides/{slide_id}/tiles/{level}/{col}_{row}.jpeg": {
+                "get": {
+                    "operationId": "getSlideTile",
+                    "summary": "One DeepZoom tile (JPEG)",
+                    "parameters": [_id_param("slide_id")]
+                    + [
+                        {"name": n, "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}}
+                        for n in ("level", "col", "row")
+                    ],
+                    "responses": {
+                        "200": _resp("tile", {"type": "string", "format": "binary"}, "image/jpeg"),
+                        **_errors(404, 503),
+                    },
+                }
+            },
+            "/api/v1/cells/{cell_id}/image": {
+                "get": {
+                    "operationId": "getCellImage",
+                    "summary": "The cell cut from the slide (JPEG)",
+                    "parameters": [{"name": "cell_id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+                    "responses": {
+                        "200": _resp("cell image", {"type": "string", "format": "binary"}, "image/jpeg"),
+                        **_errors(404, 503),
+                    },
+                }
+            },
             "/api/v1/openapi.json": {"get": {"operationId": "openapi", "responses": {"200": _resp("this document")}}},
         },
-        "components": {"schemas": {
-            "Error": {"type": "object", "required": ["error"], "properties": {"error": {
-                "type": "object", "required": ["code", "message"],
-                "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
-            "Job": {"type": "object", "required": ["id", "state", "progress"], "properties": {
-                "id": {"type": "string"}, "slide_id": {"type": "string"}, "batch_id": {"type": "string"},
-                "state": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled"]},
-                "progress": {"type": "number", "minimum": 0, "maximum": 1},
-                "stage": {"type": "string", "nullable": True, "enum": ["prepare", "classify", "report", None]},
-                "stages": {"type": "object", "description": "per stage: runs, worker, seconds of its last run"},
-                "error": {"type": "string", "nullable": True},
-                "created_at": {"type": "string", "nullable": True},
-                "started_at": {"type": "string", "nullable": True},
-                "finished_at": {"type": "string", "nullable": True},
-                "duration_s": {"type": "number", "nullable": True}}},
-            "Queues": {"type": "object", "required": ["stages"], "properties": {
-                "broker_reachable": {"type": "boolean"},
-                "stages": {"type": "object", "additionalProperties": {"type": "object", "properties": {
-                    "queue": {"type": "string"}, "waiting": {"type": "integer", "nullable": True},
-                    "running": {"type": "integer"}, "demand": {"type": "integer", "nullable": True}}}}}},
-            "Batch": {"type": "object", "required": ["id", "job_ids"], "properties": {
-                "id": {"type": "string"}, "name": {"type": "string", "nullable": True},
-                "priority": {"type": "integer"}, "state": {"type": "string"},
-                "progress": {"type": "number"},
-                "job_ids": {"type": "array", "items": {"type": "string"}},
-                "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}}}},
-            "Report": {"type": "object", "required": ["slide_id", "status", "model", "counts", "differential", "flags"],
-                       "properties": {
-                "slide_id": {"type": "string"}, "status": {"type": "string"}, "mpp": {"type": "number"},
-                "model": {"type": "object", "properties": {"name": {"type": "string"}, "version": {"type": "string"}}},
-                "counts": {"type": "object", "properties": {"wbc": {"type": "integer"}, "rbc": {"type": "integer"},
-                                                            "platelets": {"type": "integer"}}},
-                "differential": {"type": "object", "additionalProperties": {"type": "object", "properties": {
-                    "count": {"type": "integer"}, "percent": {"type": "number"},
-                    "ci95": {"type": "array", "items": {"type": "number"}}}}},
-                "flags": {"type": "array", "items": {"type": "object", "properties": {
-                    "code": {"type": "string"}, "severity": {"type": "string"}, "message": {"type": "string"}}}}}},
-        }},
+        "components": {
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {
+                        "error": {
+                            "type": "object",
+                            "required": ["code", "message"],
+                            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+                        }
+                    },
+                },
+                "Job": {
+                    "type": "object",
+                    "required": ["id", "state", "progress"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "slide_id": {"type": "string"},
+                        "batch_id": {"type": "string"},
+                        "state": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled"]},
+                        "progress": {"type": "number", "minimum": 0, "maximum": 1},
+                        "stage": {"type": "string", "nullable": True, "enum": ["prepare", "classify", "report", None]},
+                        "stages": {"type": "object", "description": "per stage: runs, worker, seconds of its last run"},
+                        "error": {"type": "string", "nullable": True},
+                        "created_at": {"type": "string", "nullable": True},
+                        "started_at": {"type": "string", "nullable": True},
+                        "finished_at": {"type": "string", "nullable": True},
+                        "duration_s": {"type": "number", "nullable": True},
+                    },
+                },
+                "Queues": {
+                    "type": "object",
+                    "required": ["stages"],
+                    "properties": {
+                        "broker_reachable": {"type": "boolean"},
+                        "stages": {
+                            "type": "object",
+                            "additionalProperties": {
+                                "type": "object",
+                                "properties": {
+                                    "queue": {"type": "string"},
+                                    "waiting": {"type": "integer", "nullable": True},
+                                    "running": {"type": "integer"},
+                                    "demand": {"type": "integer", "nullable": True},
+                                },
+                            },
+                        },
+                    },
+                },
+                "Batch": {
+                    "type": "object",
+                    "required": ["id", "job_ids"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "name": {"type": "string", "nullable": True},
+                        "priority": {"type": "integer"},
+                        "state": {"type": "string"},
+                        "progress": {"type": "number"},
+                        "job_ids": {"type": "array", "items": {"type": "string"}},
+                        "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}},
+                    },
+                },
+                "Report": {
+                    "type": "object",
+                    "required": ["slide_id", "status", "model", "counts", "differential", "flags"],
+                    "properties": {
+                        "slide_id": {"type": "string"},
+                        "status": {"type": "string"},
+                        "mpp": {"type": "number"},
+                        "model": {
+                            "type": "object",
+                            "properties": {"name": {"type": "string"}, "version": {"type": "string"}},
+                        },
+                        "counts": {
+                            "type": "object",
+                            "properties": {
+                                "wbc": {"type": "integer"},
+                                "rbc": {"type": "integer"},
+                                "platelets": {"type": "integer"},
+                            },
+                        },
+                        "differential": {
+                            "type": "object",
+                            "additionalProperties": {
+                                "type": "object",
+                                "properties": {
+                                    "count": {"type": "integer"},
+                                    "percent": {"type": "number"},
+                                    "ci95": {"type": "array", "items": {"type": "number"}},
+                                },
+                            },
+                        },
+                        "flags": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "code": {"type": "string"},
+                                    "severity": {"type": "string"},
+                                    "message": {"type": "string"},
+                                },
+                            },
+                        },
+                    },
+                },
+            }
+        },
     }
 
 

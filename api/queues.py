@@ -19,8 +19,9 @@ def queues():  # type: ignore[no-untyped-def]
     settings = current_app.extensions["hv_settings"]
     names = stage_queues(settings)
     waiting = queue_depths(settings)
-    running = dict(db().execute(select(Job.stage, func.count()).where(Job.state == "running")
-                                .group_by(Job.stage)).all())
+    running = dict(
+        db().execute(select(Job.stage, func.count()).where(Job.state == "running").group_by(Job.stage)).all()
+    )
     stages = {}
     for stage, queue in names.items():
         w, r = waiting[stage], int(running.get(stage, 0))

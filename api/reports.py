@@ -34,23 +34,40 @@ def _format(allowed: tuple[str, ...]) -> str:
 
 
 def _attachment(body: str | bytes, content_type: str, filename: str) -> Response:
-    return Response(body, content_type=content_type,
-                    headers={"Content-Disposition": f'attachment; filename="{filename}"',
-                             "Cache-Control": "no-store"})
+    return Response(
+        body,
+        content_type=content_type,
+        headers={"Content-Disposition": f'attachment; filename="{filename}"', "Cache-Control": "no-store"},
+    )
 
 
 def _slide_pdf(slide: Slide, report: dict[str, Any]) -> bytes:
     from hematovision.exports.slide_pdf import slide_pictures, slide_report_pdf
 
-    rows = db().execute(select(Cell.kind, Cell.x0, Cell.y0, Cell.x1, Cell.y1, Cell.label, Cell.probability)
-                        .where(Cell.slide_id == slide.id, Cell.kind == "wbc")).all()
-    cells = [{"kind": r.kind, "bbox": [r.x0, r.y0, r.x1, r.y1], "label": r.label, "probability": r.probability}
-             for r in rows]
+    rows = (
+        db()
+        .execute(
+            select(Cell.kind, Cell.x0, Cell.y0, Cell.x1, Cell.y1, Cell.label, Cell.probability).where(
+                Cell.slide_id == slide.id, Cell.kind == "wbc"
+            )
+        )
+        .all()
+    )
+    cells = [
+        {"kind": r.kind, "bbox": [r.x0, r.y0, r.x1, r.y1], "label": r.label, "probability": r.probability} for r in rows
+    ]
     pics = slide_pictures(slide.path, slide.mpp, cells)
     buf = io.BytesIO()
-    slide_report_pdf(report, buf, thumbnail=pics.thumbnail, thumb_downsample=pics.thumb_downsample, cells=cells,
-                     gallery=pics.gallery, gallery_probabilities=pics.gallery_probabilities,
-                     pictures_note=pics.note)
+    slide_report_pdf(
+        report,
+        buf,
+        thumbnail=pics.thumbnail,
+        thumb_downsample=pics.thumb_downsample,
+        cells=cells,
+        gallery=pics.gallery,
+        gallery_probabilities=pics.gallery_probabilities,
+        pictures_note=pics.note,
+    )
     return buf.getvalue()
 
 
@@ -99,16 +116,20 @@ def _flag_document(batch_id: str | None, since_raw: str | None) -> dict[str, Any
     for s in slides:
         flags = session.execute(select(FlagRecord).where(FlagRecord.slide_id == s.id)).scalars().all()
         flags = sorted(flags, key=lambda f: -SEVERITY_RANK.get(f.severity, 0))
-        items.append({
-            "slide_id": s.id,
-            "batch_id": s.batch_id,
-            "filename": s.filename,
-            "max_severity": s.max_severity,
-            "analysed_at": iso(s.analysed_at),
-            "counts": {"wbc": s.n_wbc, "rbc": s.n_rbc, "platelets": s.n_platelets},
-            "flags": [{"code": f.code, "severity": f.severity, "message": f.message,
-                       "evidence": f.evidence} for f in flags],
-        })
+        items.append(
+            {
+                "slide_id": s.id,
+                "batch_id": s.batch_id,
+                "filename": s.filename,
+                "max_severity": s.max_severity,
+                "analysed_at": iso(s.analysed_at),
+                "counts": {"wbc": s.n_wbc, "rbc": s.n_rbc, "platelets": s.n_platelets},
+                "flags": [
+                    {"code": f.code, "severity": f.severity, "message": f.message, "evidence": f.evidence}
+                    for f in flags
+                ],
+            }
+        )
     return {"batch": batch_id, "since": since_raw, "count": len(items), "slides": items}
 
 

@@ -53,9 +53,14 @@ def _rules() -> dict[str, Any]:
 
 
 def cell_json(cell: Cell, original: dict[int, str | None] | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = {"id": cell.id, "kind": cell.kind, "bbox": [cell.x0, cell.y0, cell.x1, cell.y1],
-                            "label": cell.label, "probability": cell.probability,
-                            "image_url": f"/api/v1/cells/{cell.id}/image"}
+    body: dict[str, Any] = {
+        "id": cell.id,
+        "kind": cell.kind,
+        "bbox": [cell.x0, cell.y0, cell.x1, cell.y1],
+        "label": cell.label,
+        "probability": cell.probability,
+        "image_url": f"/api/v1/cells/{cell.id}/image",
+    }
     if original is not None:
         body["reviewed"] = cell.id in original
         body["model_label"] = original.get(cell.id, cell.label)
@@ -63,11 +68,23 @@ def cell_json(cell: Cell, original: dict[int, str | None] | None = None) -> dict
 
 
 def _review_state(report: dict[str, Any]) -> dict[str, Any]:
-    return {k: report.get(k) for k in ("counts", "differential", "differential_sufficient", "unidentified",
-                                       "flags", "max_severity", "rules_version", "reviewed_cells")}
+    return {
+        k: report.get(k)
+        for k in (
+            "counts",
+            "differential",
+            "differential_sufficient",
+            "unidentified",
+            "flags",
+            "max_severity",
+            "rules_version",
+            "reviewed_cells",
+        )
+    }
 
 
 # --- batches (the morning screen's list) -----------------------------------------------------------
+
 
 @bp.get("/batches")
 def list_batches():  # type: ignore[no-untyped-def]
@@ -75,13 +92,18 @@ def list_batches():  # type: ignore[no-untyped-def]
     raw = request.args.get("limit", "50")
     if not raw.isdigit() or not 1 <= int(raw) <= 500:
         raise ApiError(400, "invalid_limit", "limit must be an integer from 1 to 500")
-    q = (select(Batch).options(selectinload(Batch.slides).selectinload(Slide.job))
-         .order_by(Batch.created_at.desc()).limit(int(raw)))
+    q = (
+        select(Batch)
+        .options(selectinload(Batch.slides).selectinload(Slide.job))
+        .order_by(Batch.created_at.desc())
+        .limit(int(raw))
+    )
     batches = db().execute(q).scalars().all()
     return jsonify({"count": len(batches), "batches": [batch_json(b, with_jobs=True) for b in batches]})
 
 
 # --- cells, reclassification, sign-off ------------------------------------------------------------
+
 
 @bp.get("/slides/<slide_id>/cells")
 def slide_cells(slide_id: str):  # type: ignore[no-untyped-def]
@@ -98,18 +120,33 @@ def slide_cells(slide_id: str):  # type: ignore[no-untyped-def]
         q = q.where(Cell.label.is_(None) | (Cell.label == label) if label == "unidentified" else Cell.label == label)
     cells = db().execute(q).scalars().all()
     original: dict[int, str | None] = {}
-    for r in db().execute(select(CellReview).where(CellReview.slide_id == slide.id)
-                          .order_by(CellReview.at.desc(), CellReview.id.desc())).scalars():
+    for r in (
+        db()
+        .execute(
+            select(CellReview)
+            .where(CellReview.slide_id == slide.id)
+            .order_by(CellReview.at.desc(), CellReview.id.desc())
+        )
+        .scalars()
+    ):
         original[r.cell_id] = r.from_label  # oldest review last: its from_label is the model's
     report = slide.report or {}
-    return jsonify({
-        "slide_id": slide.id, "filename": slide.filename, "batch_id": slide.batch_id,
-        "width": slide.width, "height": slide.height, "mpp": slide.mpp,
-        "ready": slide.report is not None,
-        "classes": slide_classes(report) if report else [],
-        "verified_by": slide.verified_by, "verified_at": iso(slide.verified_at),
-        "count": len(cells), "cells": [cell_json(c, original) for c in cells],
-    })
+    return jsonify(
+        {
+            "slide_id": slide.id,
+            "filename": slide.filename,
+            "batch_id": slide.batch_id,
+            "width": slide.width,
+            "height": slide.height,
+            "mpp": slide.mpp,
+            "ready": slide.report is not None,
+            "classes": slide_classes(report) if report else [],
+            "verified_by": slide.verified_by,
+            "verified_at": iso(slide.verified_at),
+            "count": len(cells),
+            "cells": [cell_json(c, original) for c in cells],
+        }
+    )
 
 
 def _json_body() -> dict[str, Any]:
@@ -150,6 +187,7 @@ def signoff(slide_id: str):  # type: ignore[no-untyped-def]
 
 # --- images: DeepZoom tiles and cell crops ---------------------------------------------------------
 
+
 class _SlideCache:
     """A few open slides and their DeepZoom generators per process (OpenSlide handles are thread-safe;
     Pillow-backed ``ImageSlide`` reads are serialised by the lock)."""
@@ -169,8 +207,11 @@ class _SlideCache:
             osr = openslide.open_slide(path)
         except (OSError, openslide.OpenSlideError, ValueError) as e:
             raise ApiError(404, "image_unavailable", f"the slide image cannot be opened ({e.__class__.__name__})")
-        entry = (osr, DeepZoomGenerator(osr, tile_size=TILE_PX, overlap=TILE_OVERLAP, limit_bounds=False),
-                 threading.Lock())
+        entry = (
+            osr,
+            DeepZoomGenerator(osr, tile_size=TILE_PX, overlap=TILE_OVERLAP, limit_bounds=False),
+            threading.Lock(),
+        )
         with self.lock:
             self.items[path] = entry
             while len(self.items) > self.size:

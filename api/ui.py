@@ -11,8 +11,7 @@ from pathlib import Path
 
 from flask import Blueprint, redirect, render_template, url_for
 
-bp = Blueprint("ui", __name__, template_folder="templates", static_folder="static",
-               static_url_path="/ui/static")
+bp = Blueprint("ui", __name__, template_folder="templates", static_folder="static", static_url_path="/ui/static")
 
 VENDOR_DIR = Path(__file__).with_name("static") / "vendor" / "openseadragon"
 

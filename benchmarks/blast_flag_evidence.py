@@ -44,8 +44,14 @@ if str(ROOT) not in sys.path:
 DEFAULT_MODEL = ROOT / "hemato_model" / "models" / "wbc-blast-effnetlite0-v2"
 LEVELS_PCT = (0, 2, 5, 10, 20, 30, 50)
 TOTALS = (100, 200, 500)
-NORMAL_MIX = {"neutrophil": 0.58, "lymphocyte": 0.30, "monocyte": 0.06, "eosinophil": 0.03, "ig": 0.02,
-              "basophil": 0.01}
+NORMAL_MIX = {
+    "neutrophil": 0.58,
+    "lymphocyte": 0.30,
+    "monocyte": 0.06,
+    "eosinophil": 0.03,
+    "ig": 0.02,
+    "basophil": 0.01,
+}
 
 
 def _pools(clf: Any, data_root: Path) -> tuple[list[str], dict[str, list[str]]]:
@@ -87,8 +93,14 @@ def _bccd_pool(clf: Any, data_root: Path) -> dict[str, list[str]]:
     return pools
 
 
-def simulate(blast_labels: list[str], normals: dict[str, list[str]], classes: list[str], reps: int,
-             seed: int, totals: tuple[int, ...] = TOTALS) -> dict[str, Any]:
+def simulate(
+    blast_labels: list[str],
+    normals: dict[str, list[str]],
+    classes: list[str],
+    reps: int,
+    seed: int,
+    totals: tuple[int, ...] = TOTALS,
+) -> dict[str, Any]:
     """The flag table (see the module docstring)."""
     from hematovision.core.flags import evaluate_flags
     from hematovision.service.slide_results import differential
@@ -116,32 +128,56 @@ def simulate(blast_labels: list[str], normals: dict[str, list[str]], classes: li
                 codes = {f.code: f.severity for f in flags}
                 crit = codes.get("SUSPECTED_ACUTE_LEUKEMIA") == "critical"
                 review = "BLASTS" in codes
-                border = any(c.endswith("_BORDERLINE") and c.split("_BORDERLINE")[0] in
-                             ("SUSPECTED_ACUTE_LEUKEMIA", "BLASTS") for c in codes)
-                counts.update({"critical": crit, "review": review, "borderline": border,
-                               "any": crit or review or border or "SUSPECTED_ACUTE_LEUKEMIA" in codes})
+                border = any(
+                    c.endswith("_BORDERLINE") and c.split("_BORDERLINE")[0] in ("SUSPECTED_ACUTE_LEUKEMIA", "BLASTS")
+                    for c in codes
+                )
+                counts.update(
+                    {
+                        "critical": crit,
+                        "review": review,
+                        "borderline": border,
+                        "any": crit or review or border or "SUSPECTED_ACUTE_LEUKEMIA" in codes,
+                    }
+                )
                 measured.append(diff.get("blast", {}).get("percent", 0.0))
-                crit_border = crit or "SUSPECTED_ACUTE_LEUKEMIA_BORDERLINE" in codes or (
-                    "SUSPECTED_ACUTE_LEUKEMIA" in codes)
+                crit_border = (
+                    crit or "SUSPECTED_ACUTE_LEUKEMIA_BORDERLINE" in codes or ("SUSPECTED_ACUTE_LEUKEMIA" in codes)
+                )
                 any_flag = crit or review or border or "SUSPECTED_ACUTE_LEUKEMIA" in codes
                 outcomes.append((level, n, crit, crit_border, crit or review, any_flag))
-            table.append({"true_blast_pct": level, "n_wbc": n, "reps": reps,
-                          "measured_blast_pct_mean": round(float(np.mean(measured)), 1),
-                          **{k: round(counts[k] / reps, 3) for k in ("critical", "review", "borderline", "any")}})
+            table.append(
+                {
+                    "true_blast_pct": level,
+                    "n_wbc": n,
+                    "reps": reps,
+                    "measured_blast_pct_mean": round(float(np.mean(measured)), 1),
+                    **{k: round(counts[k] / reps, 3) for k in ("critical", "review", "borderline", "any")},
+                }
+            )
 
     def sens_spec(cut: float, idx: int) -> dict[str, Any]:
         sel = [o for o in outcomes if o[1] >= 200]
         pos = [o[idx] for o in sel if o[0] >= cut]
         neg = [not o[idx] for o in sel if o[0] < cut]
-        return {"truth": f"blasts >= {cut:g}%", "sensitivity": round(float(np.mean(pos)), 3),
-                "specificity": round(float(np.mean(neg)), 3), "n_pos": len(pos), "n_neg": len(neg)}
+        return {
+            "truth": f"blasts >= {cut:g}%",
+            "sensitivity": round(float(np.mean(pos)), 3),
+            "specificity": round(float(np.mean(neg)), 3),
+            "n_pos": len(pos),
+            "n_neg": len(neg),
+        }
 
-    return {"table": table, "summary": {
-        "SUSPECTED_ACUTE_LEUKEMIA (critical)": sens_spec(20, 2),
-        "SUSPECTED_ACUTE_LEUKEMIA critical or borderline": sens_spec(20, 3),
-        "BLASTS review or critical": sens_spec(5, 4),
-        "any blast flag (incl. borderline)": sens_spec(5, 5),
-        "note": "populations of >= 200 white cells; levels 0/2 % are negatives for both flags"}}
+    return {
+        "table": table,
+        "summary": {
+            "SUSPECTED_ACUTE_LEUKEMIA (critical)": sens_spec(20, 2),
+            "SUSPECTED_ACUTE_LEUKEMIA critical or borderline": sens_spec(20, 3),
+            "BLASTS review or critical": sens_spec(5, 4),
+            "any blast flag (incl. borderline)": sens_spec(5, 5),
+            "note": "populations of >= 200 white cells; levels 0/2 % are negatives for both flags",
+        },
+    }
 
 
 def run(model_dir: Path, reps: int, seed: int, threads: int) -> dict[str, Any]:
@@ -162,41 +198,57 @@ def run(model_dir: Path, reps: int, seed: int, threads: int) -> dict[str, Any]:
         ood = simulate(blast_labels, bccd, clf.classes, reps, seed, totals=(200,))
         result["out_of_domain_bccd_normals"] = {
             "what": "same, but the normal cells are BCCD single-WBC cells (another lab/stain/camera; "
-                    "neutrophil, eosinophil, lymphocyte, monocyte mixed as NORMAL_MIX renormalised)",
+            "neutrophil, eosinophil, lymphocyte, monocyte mixed as NORMAL_MIX renormalised)",
             "pool_sizes": {k: len(v) for k, v in bccd.items()},
-            "normal_pool_called_blast": round(sum(v.count("blast") for v in bccd.values())
-                                              / sum(len(v) for v in bccd.values()), 4),
-            **ood}
+            "normal_pool_called_blast": round(
+                sum(v.count("blast") for v in bccd.values()) / sum(len(v) for v in bccd.values()), 4
+            ),
+            **ood,
+        }
     return {
-        "model": f"{clf.name} {clf.version}", "method": "sampled held-out crops, not rendered slides",
-        "seed": seed, "reps": reps, "normal_mix": NORMAL_MIX,
+        "model": f"{clf.name} {clf.version}",
+        "method": "sampled held-out crops, not rendered slides",
+        "seed": seed,
+        "reps": reps,
+        "normal_mix": NORMAL_MIX,
         "pool_sizes": {"blast": len(blast_labels), **{k: len(v) for k, v in normals.items()}},
         "blast_pool_called_blast": round(blast_labels.count("blast") / len(blast_labels), 4),
         "blast_pool_unidentified": round(blast_labels.count("unidentified") / len(blast_labels), 4),
-        "normal_pool_called_blast": round(sum(v.count("blast") for v in normals.values())
-                                          / sum(len(v) for v in normals.values()), 4),
+        "normal_pool_called_blast": round(
+            sum(v.count("blast") for v in normals.values()) / sum(len(v) for v in normals.values()), 4
+        ),
         **result,
     }
 
 
 def markdown(result: dict[str, Any], command: str) -> str:
     """``docs/blast_flags.md``: the tables of ``result`` and the command that made them."""
+
     def table(rows: list[dict[str, Any]]) -> str:
-        head = ("| true blast % | WBC counted | measured blast % (mean) | SUSPECTED_ACUTE_LEUKEMIA critical "
-                "| BLASTS review | blast borderline | any blast flag |\n|---|---|---|---|---|---|---|\n")
+        head = (
+            "| true blast % | WBC counted | measured blast % (mean) | SUSPECTED_ACUTE_LEUKEMIA critical "
+            "| BLASTS review | blast borderline | any blast flag |\n|---|---|---|---|---|---|---|\n"
+        )
         return head + "\n".join(
             f"| {r['true_blast_pct']} | {r['n_wbc']} | {r['measured_blast_pct_mean']} | {r['critical']:.3f} | "
-            f"{r['review']:.3f} | {r['borderline']:.3f} | {r['any']:.3f} |" for r in rows)
+            f"{r['review']:.3f} | {r['borderline']:.3f} | {r['any']:.3f} |"
+            for r in rows
+        )
 
     def summary(s: dict[str, Any]) -> str:
-        return "| flag | truth | sensitivity | specificity | positives / negatives |\n|---|---|---|---|---|\n" + "\n".join(
-            f"| {k} | {v['truth']} | {v['sensitivity']:.3f} | {v['specificity']:.3f} | {v['n_pos']} / {v['n_neg']} |"
-            for k, v in s.items() if isinstance(v, dict))
+        return (
+            "| flag | truth | sensitivity | specificity | positives / negatives |\n|---|---|---|---|---|\n"
+            + "\n".join(
+                f"| {k} | {v['truth']} | {v['sensitivity']:.3f} | {v['specificity']:.3f} | {v['n_pos']} / {v['n_neg']} |"
+                for k, v in s.items()
+                if isinstance(v, dict)
+            )
+        )
 
     ood = result.get("out_of_domain_bccd_normals")
     doc = f"""# Blast flags: evidence on sampled cell populations
 
-Model **{result['model']}** (`hemato_model/models/wbc-blast-effnetlite0-v2`, not the default model;
+Model **{result["model"]}** (`hemato_model/models/wbc-blast-effnetlite0-v2`, not the default model;
 ALL set licence unverified: research/evaluation only). Made by:
 
 ```
@@ -204,43 +256,43 @@ ALL set licence unverified: research/evaluation only). Made by:
 ```
 
 **Method: sampled crops, not rendered slides.** For each true blast fraction and white-cell count,
-{result['reps']} populations were drawn: blasts from the held-out (test) ALL fields of the model's blast
-split (B-ALL lymphoblasts, Early/Pre/Pro-B; {result['pool_sizes']['blast']} cells), normal white cells from the
-held-out PBC test split mixed as a normal differential ({result['normal_mix']}). Each cell is classified by the
+{result["reps"]} populations were drawn: blasts from the held-out (test) ALL fields of the model's blast
+split (B-ALL lymphoblasts, Early/Pre/Pro-B; {result["pool_sizes"]["blast"]} cells), normal white cells from the
+held-out PBC test split mixed as a normal differential ({result["normal_mix"]}). Each cell is classified by the
 model (threshold applied: low-confidence cells become `unidentified`); the labels go through
 `hematovision.service.slide_results.differential` and `hematovision.core.flags.evaluate_flags` as a slide's would (rules
 `hematovision/flag_rules.toml`: ≥ 20 % → SUSPECTED_ACUTE_LEUKEMIA critical, ≥ 5 % → BLASTS review, a 95 % CI that
 straddles a threshold → `*_BORDERLINE`; under 200 WBC the count is insufficient and borderline flags are dropped).
 Cells are drawn with replacement; detection is not exercised. Each table entry is the share of populations with that flag.
 
-Held-out blast cells called `blast` above the threshold: {result['blast_pool_called_blast']:.3f}
-(`unidentified`: {result['blast_pool_unidentified']:.3f}); held-out PBC normal white cells called `blast`:
-{result['normal_pool_called_blast']:.3f}. So the measured blast % runs at about
-{result['blast_pool_called_blast']:.2f}× the true one: at exactly 20 % true blasts the point estimate is
+Held-out blast cells called `blast` above the threshold: {result["blast_pool_called_blast"]:.3f}
+(`unidentified`: {result["blast_pool_unidentified"]:.3f}); held-out PBC normal white cells called `blast`:
+{result["normal_pool_called_blast"]:.3f}. So the measured blast % runs at about
+{result["blast_pool_called_blast"]:.2f}× the true one: at exactly 20 % true blasts the point estimate is
 usually just under 20 % and the critical flag comes out as its borderline form.
 
 ## In domain (PBC normals + held-out ALL blasts)
 
-{table(result['table'])}
+{table(result["table"])}
 
 Sensitivity / specificity over populations of ≥ 200 WBC:
 
-{summary(result['summary'])}
+{summary(result["summary"])}
 """
     if ood:
         doc += f"""
 ## Out of domain: BCCD normal cells (another lab, stain, camera)
 
-{ood['what']}; pool sizes {ood['pool_sizes']}; BCCD normal cells called `blast` (above threshold):
-**{ood['normal_pool_called_blast']:.3f}**. 200 WBC per population.
+{ood["what"]}; pool sizes {ood["pool_sizes"]}; BCCD normal cells called `blast` (above threshold):
+**{ood["normal_pool_called_blast"]:.3f}**. 200 WBC per population.
 
-{table(ood['table'])}
+{table(ood["table"])}
 
-{summary(ood['summary'])}
+{summary(ood["summary"])}
 
 **Read this before using the blast flag on another site's slides:** with normal cells from BCCD,
-a population of 200 white cells with no blasts at all gets a blast flag in {ood['table'][0]['any']:.0%} of
-draws (measured blast % {ood['table'][0]['measured_blast_pct_mean']} on average). The blast class was
+a population of 200 white cells with no blasts at all gets a blast flag in {ood["table"][0]["any"]:.0%} of
+draws (measured blast % {ood["table"][0]["measured_blast_pct_mean"]} on average). The blast class was
 learned from one lab's camera fields and over-calls cells that do not look like PBC crops. The flag
 must be validated on the site's own slides before it is trusted.
 """

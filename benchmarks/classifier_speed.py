@@ -22,8 +22,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     args = parser.parse_args()
     settings = load_settings()
-    print(json.dumps(run_benchmark(args.model or settings.model_dir, settings.data_root, args.n, args.threads,
-                                   args.batch)))
+    print(
+        json.dumps(
+            run_benchmark(args.model or settings.model_dir, settings.data_root, args.n, args.threads, args.batch)
+        )
+    )
 
 
 if __name__ == "__main__":

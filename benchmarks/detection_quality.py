@@ -38,8 +38,9 @@ def _mosaic(images: list[Path], mpp: float, side: int) -> np.ndarray:
         with Image.open(p) as im:
             w, h = im.size
             f = BCCD_MPP / mpp
-            tiles.append(np.asarray(im.convert("RGB").resize((max(1, round(w * f)), max(1, round(h * f))),
-                                                             Image.Resampling.BOX)))
+            tiles.append(
+                np.asarray(im.convert("RGB").resize((max(1, round(w * f)), max(1, round(h * f))), Image.Resampling.BOX))
+            )
     th, tw = tiles[0].shape[:2]
     out = np.zeros((side, side, 3), np.uint8)
     k = 0

@@ -99,9 +99,17 @@ def poll_load(api: str, key: str, job_ids: list[str], rate: float, seconds: floa
         t.join()
     elapsed = time.monotonic() - t0
     q = statistics.quantiles(lat, n=100)
-    return {"requests": len(lat), "target_rate": rate, "achieved_rate": round(len(lat) / elapsed, 1),
-            "seconds": round(elapsed, 1), "p50_ms": round(1000 * q[49], 1), "p95_ms": round(1000 * q[94], 1),
-            "p99_ms": round(1000 * q[98], 1), "max_ms": round(1000 * max(lat), 1), "errors": errors}
+    return {
+        "requests": len(lat),
+        "target_rate": rate,
+        "achieved_rate": round(len(lat) / elapsed, 1),
+        "seconds": round(elapsed, 1),
+        "p50_ms": round(1000 * q[49], 1),
+        "p95_ms": round(1000 * q[94], 1),
+        "p99_ms": round(1000 * q[98], 1),
+        "max_ms": round(1000 * max(lat), 1),
+        "errors": errors,
+    }
 
 
 def main() -> None:
@@ -111,8 +119,13 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--threads", type=int, default=32)
     ap.add_argument("--workers", type=int, default=1, help="worker processes running every stage")
-    ap.add_argument("--worker", action="append", default=[], metavar="STAGES",
-                    help="instead: one worker for these stages, e.g. --worker prepare,report --worker classify")
+    ap.add_argument(
+        "--worker",
+        action="append",
+        default=[],
+        metavar="STAGES",
+        help="instead: one worker for these stages, e.g. --worker prepare,report --worker classify",
+    )
     ap.add_argument("--embedded", action="store_true", help="SQLite + filesystem queue instead")
     ap.add_argument("--timeout", type=float, default=3600)
     a = ap.parse_args()
@@ -154,7 +167,9 @@ def main() -> None:
             states = final["states"]
             eng = create_engine(db_url or f"sqlite:///{work / 'var' / 'hematovision.db'}")
             with eng.connect() as c:
-                jobs_per_slide = c.execute(text("SELECT max(n) FROM (SELECT count(*) n FROM jobs GROUP BY slide_id) j")).scalar()
+                jobs_per_slide = c.execute(
+                    text("SELECT max(n) FROM (SELECT count(*) n FROM jobs GROUP BY slide_id) j")
+                ).scalar()
                 mismatched = 0
                 for sid, rep in c.execute(text("SELECT id, report FROM slides WHERE report IS NOT NULL")):
                     rep = rep if isinstance(rep, dict) else json.loads(rep)
@@ -162,19 +177,27 @@ def main() -> None:
                     counts = rep["counts"]
                     expected = counts["wbc"] + counts["rbc"] + counts["platelets"] + counts["erythroblasts"]
                     mismatched += int(stored != expected)
-                stage_rows = [r[0] if isinstance(r[0], dict) else json.loads(r[0])
-                              for r in c.execute(text("SELECT stages FROM jobs WHERE stages IS NOT NULL"))]
+                stage_rows = [
+                    r[0] if isinstance(r[0], dict) else json.loads(r[0])
+                    for r in c.execute(text("SELECT stages FROM jobs WHERE stages IS NOT NULL"))
+                ]
             eng.dispose()
             result["stages"] = {
-                st: {"median_s": round(statistics.median(r[st].get("seconds", 0.0) for r in stage_rows if st in r), 3),
-                     "runs_above_one": sum(1 for r in stage_rows if r.get(st, {}).get("runs", 0) > 1),
-                     "workers": len({r[st]["worker"] for r in stage_rows if st in r})}
+                st: {
+                    "median_s": round(statistics.median(r[st].get("seconds", 0.0) for r in stage_rows if st in r), 3),
+                    "runs_above_one": sum(1 for r in stage_rows if r.get(st, {}).get("runs", 0) > 1),
+                    "workers": len({r[st]["worker"] for r in stage_rows if st in r}),
+                }
                 for st in ("prepare", "classify", "report")
             }
             result["submissions"] = {
-                "slides": a.slides, "submit_s": round(submit_s, 1), "all_final_s": round(total_s, 1),
-                "slides_per_hour": round(3600 * a.slides / total_s, 0), "states": states,
-                "lost": a.slides - states.get("succeeded", 0), "max_jobs_per_slide": jobs_per_slide,
+                "slides": a.slides,
+                "submit_s": round(submit_s, 1),
+                "all_final_s": round(total_s, 1),
+                "slides_per_hour": round(3600 * a.slides / total_s, 0),
+                "states": states,
+                "lost": a.slides - states.get("succeeded", 0),
+                "max_jobs_per_slide": jobs_per_slide,
                 "slides_with_cell_rows_not_matching_report": mismatched,
             }
             result["polling"] = poll_load(stack.api_url, stack.api_key, final["job_ids"], a.rate, a.seconds, a.threads)

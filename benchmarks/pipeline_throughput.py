@@ -27,8 +27,16 @@ def main() -> None:
     ap.add_argument("--work-dir", type=Path, default=Path("var/bench"))
     a = ap.parse_args()
     s = load_settings()
-    result = run_benchmark(a.work_dir, s.data_root, s.model_dir, size_px=a.size, mpp=a.mpp, n_wbc=a.wbc,
-                           target_wbc=a.target_wbc, naive_sample_tiles=a.naive_tiles or None)
+    result = run_benchmark(
+        a.work_dir,
+        s.data_root,
+        s.model_dir,
+        size_px=a.size,
+        mpp=a.mpp,
+        n_wbc=a.wbc,
+        target_wbc=a.target_wbc,
+        naive_sample_tiles=a.naive_tiles or None,
+    )
     print(json.dumps(result, indent=2))
 
 

@@ -90,16 +90,24 @@ def main() -> None:
         return round(statistics.median(r[key] for r in rows), 3)
 
     cpu_s, gpu_s = med("prepare_s") + med("report_s"), med("classify_s")
-    print(json.dumps({
-        "slide": {"size_px": a.size, "mpp": a.mpp, "wbc_placed_about": a.wbc, "slides_timed": a.slides},
-        "prepare_s": med("prepare_s"), "classify_s": gpu_s, "report_s": med("report_s"),
-        "crops_per_slide": med("crops"), "classify_cells_per_s": round(med("crops") / gpu_s, 1),
-        "handoff_mb_per_slide": round(med("handoff_mb"), 2),
-        "cpu_stage_s_per_classify_s": round(cpu_s / gpu_s, 2),
-        "note": "medians over slides_timed runs of the service's stage functions; classify ran on "
+    print(
+        json.dumps(
+            {
+                "slide": {"size_px": a.size, "mpp": a.mpp, "wbc_placed_about": a.wbc, "slides_timed": a.slides},
+                "prepare_s": med("prepare_s"),
+                "classify_s": gpu_s,
+                "report_s": med("report_s"),
+                "crops_per_slide": med("crops"),
+                "classify_cells_per_s": round(med("crops") / gpu_s, 1),
+                "handoff_mb_per_slide": round(med("handoff_mb"), 2),
+                "cpu_stage_s_per_classify_s": round(cpu_s / gpu_s, 2),
+                "note": "medians over slides_timed runs of the service's stage functions; classify ran on "
                 f"{os.environ.get('KERAS_BACKEND', 'tensorflow')} on this machine's "
                 f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), not a GPU",
-    }, indent=2))
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -75,9 +75,16 @@ def read_model_spec(model_dir: str | Path) -> ModelSpec:
     missing = [k for k in required if k not in meta]
     if missing:
         raise ModelError(f"{meta_path}: missing {', '.join(missing)}")
-    return ModelSpec(model_dir=model_dir, name=str(meta["name"]), version=str(meta["version"]),
-                     classes=list(meta["classes"]), input_px=int(meta["input_px"]),
-                     crop_um=float(meta["crop_um"]), threshold=float(meta["threshold"]), meta=meta)
+    return ModelSpec(
+        model_dir=model_dir,
+        name=str(meta["name"]),
+        version=str(meta["version"]),
+        classes=list(meta["classes"]),
+        input_px=int(meta["input_px"]),
+        crop_um=float(meta["crop_um"]),
+        threshold=float(meta["threshold"]),
+        meta=meta,
+    )
 
 
 @dataclass
@@ -140,10 +147,14 @@ class Classifier(ModelSpec):
                     return y
 
                 def predict(x: Any) -> Any:
-                    return _jit([v.value for v in model.trainable_variables],
-                                [v.value for v in model.non_trainable_variables], x)
+                    return _jit(
+                        [v.value for v in model.trainable_variables],
+                        [v.value for v in model.non_trainable_variables],
+                        x,
+                    )
 
             else:
+
                 def predict(x: Any) -> Any:
                     return model.predict_on_batch(np.asarray(x, dtype=np.float32))
 

@@ -75,11 +75,22 @@ def write_prepared(folder: Path, analysis: SlideAnalysis, crop_cells: list[CellR
     index = {id(c): i for i, c in enumerate(analysis.cells)}
     doc = {
         "format": FORMAT,
-        "slide": {"mpp": analysis.mpp, "width": analysis.width, "height": analysis.height,
-                  "fields_analysed": analysis.fields_analysed, "area_mm2": analysis.area_mm2,
-                  "stopped_early": analysis.stopped_early, "timings_s": analysis.timings_s},
-        "model": {"name": spec.name, "version": spec.version, "classes": list(spec.classes),
-                  "crop_um": spec.crop_um, "input_px": spec.input_px},
+        "slide": {
+            "mpp": analysis.mpp,
+            "width": analysis.width,
+            "height": analysis.height,
+            "fields_analysed": analysis.fields_analysed,
+            "area_mm2": analysis.area_mm2,
+            "stopped_early": analysis.stopped_early,
+            "timings_s": analysis.timings_s,
+        },
+        "model": {
+            "name": spec.name,
+            "version": spec.version,
+            "classes": list(spec.classes),
+            "crop_um": spec.crop_um,
+            "input_px": spec.input_px,
+        },
         "cells": [[c.kind, *map(int, c.bbox), round(float(c.score), 6)] for c in analysis.cells],
         "crop_cells": [index[id(c)] for c in crop_cells],
     }
@@ -115,17 +126,25 @@ def read_prepared(folder: Path) -> Prepared:
         raise HandoffError(f"{folder}: unknown format {doc.get('format')!r}")
     s, m = doc["slide"], doc["model"]
     analysis = SlideAnalysis(
-        mpp=s["mpp"], width=s["width"], height=s["height"], model_name=m["name"], model_version=m["version"],
-        classes=list(m["classes"]), fields_analysed=s["fields_analysed"], area_mm2=s["area_mm2"],
-        stopped_early=s["stopped_early"], timings_s=dict(s["timings_s"]),
+        mpp=s["mpp"],
+        width=s["width"],
+        height=s["height"],
+        model_name=m["name"],
+        model_version=m["version"],
+        classes=list(m["classes"]),
+        fields_analysed=s["fields_analysed"],
+        area_mm2=s["area_mm2"],
+        stopped_early=s["stopped_early"],
+        timings_s=dict(s["timings_s"]),
         cells=[CellResult(k, (x0, y0, x1, y1), score) for k, x0, y0, x1, y1, score in doc["cells"]],
     )
     return Prepared(folder, analysis, list(doc["crop_cells"]), m)
 
 
 def write_labels(folder: Path, labels: list[tuple[str, float]], model: dict[str, Any]) -> None:
-    write_json_atomic(folder / LABELS, {"format": FORMAT, "model": model,
-                                        "labels": [[lab, round(float(p), 6)] for lab, p in labels]})
+    write_json_atomic(
+        folder / LABELS, {"format": FORMAT, "model": model, "labels": [[lab, round(float(p), 6)] for lab, p in labels]}
+    )
 
 
 def read_labels(folder: Path) -> dict[str, Any] | None:

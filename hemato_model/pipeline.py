@@ -183,7 +183,11 @@ def prepare_slide(
     w, h = slide.dimensions
     mpp = float(slide.mpp)
     result = SlideAnalysis(
-        mpp=mpp, width=w, height=h, model_name=spec.name, model_version=spec.version,
+        mpp=mpp,
+        width=w,
+        height=h,
+        model_name=spec.name,
+        model_version=spec.version,
         classes=list(spec.classes),
     )
     # 1. Where to look.
@@ -228,8 +232,9 @@ def _full_resolution(slide, result, spec, sink, mask, down, params, progress, ch
         check_stop()
         cx0, cy0 = x0 + (overlap if x0 > 0 else 0), y0 + (overlap if y0 > 0 else 0)
         core = (cx0, cy0, min(w, cx0 + params.tile_px), min(h, cy0 + params.tile_px))
-        if not mask[int(cy0 / down) : int(math.ceil(core[3] / down)) + 1,
-                    int(cx0 / down) : int(math.ceil(core[2] / down)) + 1].any():
+        if not mask[
+            int(cy0 / down) : int(math.ceil(core[3] / down)) + 1, int(cx0 / down) : int(math.ceil(core[2] / down)) + 1
+        ].any():
             continue
         t = time.perf_counter()
         region = slide.read_region((x0, y0), 0, (tw, th))
@@ -292,6 +297,7 @@ def _two_pass(slide, result, spec, sink, mask, down, params, progress, check_sto
     chunks = list(_tiles(lw, lh, params.chunk_px, int(math.ceil(20.0 / level_mpp))))
     t_cand = t_refine = 0.0
     n_wbc = 0
+
     def in_smear(c: tuple[int, int, int, int]) -> bool:
         cx0, cy0, cw, ch = c
         mx0, my0 = int(cx0 * ds / down), int(cy0 * ds / down)
@@ -324,15 +330,15 @@ def _two_pass(slide, result, spec, sink, mask, down, params, progress, check_sto
             accepted.setdefault((int(ax // grid), int(ay // grid)), []).append((ax, ay))
             bx0, by0, bx1, by1 = best.bbox
             cell = CellResult(WBC, (wx0 + bx0, wy0 + by0, wx0 + bx1, wy0 + by1), float(best.score))
-            sink.add(cell, _crop_from_slide(slide, ax, ay, crop_px, mpp, spec, window,
-                                               (wx0, wy0)))
+            sink.add(cell, _crop_from_slide(slide, ax, ay, crop_px, mpp, spec, window, (wx0, wy0)))
             n_wbc += 1
         t_refine += time.perf_counter() - t
         result.fields_analysed += 1
         if sink.pending >= params.batch_size:
             sink.flush()
-        progress(0.05 + 0.8 * min(1.0, max((i + 1) / len(chunks), n_wbc / max(1, params.wbc_goal))),
-                 f"{n_wbc} white cells")
+        progress(
+            0.05 + 0.8 * min(1.0, max((i + 1) / len(chunks), n_wbc / max(1, params.wbc_goal))), f"{n_wbc} white cells"
+        )
         if not params.full_count and len(sink.cells) >= params.wbc_goal:
             result.stopped_early = True
             break

@@ -28,8 +28,7 @@ DEFAULT_CROP_UM = 24.0
 DEFAULT_INPUT_PX = 128
 
 
-def crop_cell(image: np.ndarray, center_xy: tuple[float, float], mpp: float, crop_um: float,
-              out_px: int) -> np.ndarray:
+def crop_cell(image: np.ndarray, center_xy: tuple[float, float], mpp: float, crop_um: float, out_px: int) -> np.ndarray:
     """Cut a ``crop_um`` µm square centred on ``center_xy`` and resample it to ``out_px`` pixels.
 
     Args:
@@ -59,12 +58,14 @@ def crop_cell(image: np.ndarray, center_xy: tuple[float, float], mpp: float, cro
     ix0, iy0 = math.floor(x0) - 1, math.floor(y0) - 1
     ix1, iy1 = math.ceil(x0 + side) + 1, math.ceil(y0 + side) + 1
     pad = (max(0, -iy0), max(0, iy1 - h)), (max(0, -ix0), max(0, ix1 - w))
-    region = img[max(0, iy0):min(h, iy1), max(0, ix0):min(w, ix1)]
+    region = img[max(0, iy0) : min(h, iy1), max(0, ix0) : min(w, ix1)]
     if region.size == 0:
         raise ValueError(f"centre {center_xy} lies outside the {w}x{h} image")
     if any(p for pair in pad for p in pair):
         widths = (pad[0], pad[1], (0, 0))
-        region = np.pad(region, widths, mode="reflect") if min(region.shape[:2]) > 1 else np.pad(region, widths, mode="edge")
+        region = (
+            np.pad(region, widths, mode="reflect") if min(region.shape[:2]) > 1 else np.pad(region, widths, mode="edge")
+        )
     box = (x0 - ix0, y0 - iy0, x0 - ix0 + side, y0 - iy0 + side)
     pil = Image.fromarray(np.ascontiguousarray(region))
     resample = Image.Resampling.BILINEAR if side >= out_px else Image.Resampling.BICUBIC
@@ -82,9 +83,7 @@ def load_centered_crop(path: str | Path, mpp: float, crop_um: float, out_px: int
 # Ruifrok & Johnston, "Quantification of histochemical staining by color deconvolution",
 # Anal. Quant. Cytol. Histol. 23:291, 2001: the rows are the optical-density vectors of
 # haematoxylin, eosin and DAB (skimage.color.hed_from_rgb's inverse).
-_RGB_FROM_HED = np.array(
-    [[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=np.float32
-)
+_RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=np.float32)
 _RGB_FROM_HED = _RGB_FROM_HED / np.linalg.norm(_RGB_FROM_HED, axis=1, keepdims=True)
 _HED_FROM_RGB = np.linalg.inv(_RGB_FROM_HED).astype(np.float32)
 
@@ -136,8 +135,7 @@ def make_augmenter(seed: int, strength: float = 1.0) -> Callable[[Any], Any]:
         dh = gen.uniform((n, 1, 1), -0.04 * strength, 0.04 * strength)
         ds = gen.uniform((n, 1, 1), 1.0 - 0.25 * strength, 1.0 + 0.25 * strength)
         hsv = tf.stack(
-            [tf.math.floormod(hsv[..., 0] + dh, 1.0), tf.clip_by_value(hsv[..., 1] * ds, 0.0, 1.0),
-             hsv[..., 2]],
+            [tf.math.floormod(hsv[..., 0] + dh, 1.0), tf.clip_by_value(hsv[..., 1] * ds, 0.0, 1.0), hsv[..., 2]],
             axis=-1,
         )
         x = tf.image.hsv_to_rgb(hsv) * 255.0

@@ -78,12 +78,25 @@ def claim_stage(factory: sessionmaker[Session], job_id: str, stage: str) -> Tick
         job.worker = run["worker"]
         job.error = None
         slide = job.slide
-        return Ticket(job.id, slide.id, slide.path, slide.mpp, slide.wbc_per_l, job.attempts,
-                      slide.batch.priority, stage, job.started_at)
+        return Ticket(
+            job.id,
+            slide.id,
+            slide.path,
+            slide.mpp,
+            slide.wbc_per_l,
+            job.attempts,
+            slide.batch.priority,
+            stage,
+            job.started_at,
+        )
 
 
 def finish_stage(
-    factory: sessionmaker[Session], job_id: str, stage: str, next_stage: str, progress: float,
+    factory: sessionmaker[Session],
+    job_id: str,
+    stage: str,
+    next_stage: str,
+    progress: float,
     **facts: Any,
 ) -> bool:
     """Record a stage's run (``facts`` such as seconds) and leave the job queued for ``next_stage``;

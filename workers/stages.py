@@ -77,8 +77,9 @@ def sweep_work_dir(settings: Settings, factory: sessionmaker[Session]) -> int:
     if not folders:
         return 0
     with factory() as s:
-        live = set(s.scalars(select(Job.id).where(Job.id.in_([p.name for p in folders]),
-                                                   Job.state.not_in(FINAL_STATES))))
+        live = set(
+            s.scalars(select(Job.id).where(Job.id.in_([p.name for p in folders]), Job.state.not_in(FINAL_STATES)))
+        )
     stale = [p for p in folders if p.name not in live]
     for p in stale:
         shutil.rmtree(p, ignore_errors=True)
@@ -138,7 +139,10 @@ def run_prepare(settings: Settings, factory: sessionmaker[Session], job_id: str)
             params = PipelineParams(target_wbc=settings.target_wbc, full_count=settings.full_count)
             with open_slide(ticket.path, mpp=ticket.mpp, default_mpp=settings.default_mpp) as slide:
                 analysis = prepare_slide(
-                    slide, spec, spool, params,
+                    slide,
+                    spec,
+                    spool,
+                    params,
                     progress=_progress_fn(factory, job_id, 0.0, PROGRESS_AT_END[PREPARE]),
                     should_stop=lambda: job_state(factory, job_id) == "cancelled",
                 )
@@ -149,8 +153,12 @@ def run_prepare(settings: Settings, factory: sessionmaker[Session], job_id: str)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         counts = analysis.counts()
-        facts = {"seconds": round(time.perf_counter() - t0, 3), "wbc": counts["wbc"], "rbc": counts["rbc"],
-                 "platelets": counts["platelets"]}
+        facts = {
+            "seconds": round(time.perf_counter() - t0, 3),
+            "wbc": counts["wbc"],
+            "rbc": counts["rbc"],
+            "platelets": counts["platelets"],
+        }
     if not finish_stage(factory, job_id, PREPARE, CLASSIFY, PROGRESS_AT_END[PREPARE], **facts):
         return _ended("cancelled", settings, job_id)
     return Outcome("done", CLASSIFY, ticket.priority, ticket.slide_id)
@@ -187,13 +195,23 @@ def run_classify(settings: Settings, factory: sessionmaker[Session], classifier:
             labels.extend(classifier.classify(chunk))
             seconds += time.perf_counter() - t
             progress(len(labels) / total)
-        write_labels(folder, labels, {"name": classifier.name, "version": classifier.version,
-                                      "classes": list(classifier.classes),
-                                      "sha256": getattr(classifier, "meta", {}).get("sha256")})
+        write_labels(
+            folder,
+            labels,
+            {
+                "name": classifier.name,
+                "version": classifier.version,
+                "classes": list(classifier.classes),
+                "sha256": getattr(classifier, "meta", {}).get("sha256"),
+            },
+        )
         CELLS_CLASSIFIED.inc(len(labels))
         CLASSIFY_SECONDS.inc(seconds)
-        facts = {"seconds": round(seconds, 3), "cells": len(labels),
-                 "cells_per_s": round(len(labels) / seconds, 1) if seconds > 0 else None}
+        facts = {
+            "seconds": round(seconds, 3),
+            "cells": len(labels),
+            "cells_per_s": round(len(labels) / seconds, 1) if seconds > 0 else None,
+        }
     if not finish_stage(factory, job_id, CLASSIFY, REPORT, PROGRESS_AT_END[CLASSIFY], **facts):
         return _ended("cancelled", settings, job_id)
     return Outcome("done", REPORT, ticket.priority, ticket.slide_id)
@@ -217,14 +235,26 @@ def run_report(settings: Settings, factory: sessionmaker[Session], job_id: str) 
         raise HandoffError(f"{folder}: the classify stage has not written its labels")
     analysis = apply_labels(prepared, labels)
     rules = effective_rules(settings)
-    report = build_report(analysis, slide_id=ticket.slide_id, source=os.path.basename(ticket.path),
-                          wbc_per_l=ticket.wbc_per_l, rules=rules)
-    stored = store_analysis(factory, job_id, analysis, report, labels["model"].get("sha256"),
-                            stage_facts={"seconds": round(time.perf_counter() - t0, 3)})
+    report = build_report(
+        analysis,
+        slide_id=ticket.slide_id,
+        source=os.path.basename(ticket.path),
+        wbc_per_l=ticket.wbc_per_l,
+        rules=rules,
+    )
+    stored = store_analysis(
+        factory,
+        job_id,
+        analysis,
+        report,
+        labels["model"].get("sha256"),
+        stage_facts={"seconds": round(time.perf_counter() - t0, 3)},
+    )
     discard(settings, job_id)
     if not stored:
         return Outcome(job_state(factory, job_id) or "skipped", slide_id=ticket.slide_id)
     SLIDE_SECONDS.observe((utcnow() - ticket.started_at).total_seconds())
-    log.info("job %s: stored %d cells", job_id, len(analysis.cells), extra={"job_id": job_id,
-                                                                          "slide_id": ticket.slide_id})
+    log.info(
+        "job %s: stored %d cells", job_id, len(analysis.cells), extra={"job_id": job_id, "slide_id": ticket.slide_id}
+    )
     return Outcome("succeeded", NEXT_STAGE[REPORT], slide_id=ticket.slide_id)

@@ -53,14 +53,16 @@ def _run_stage(task: Any, stage: str, job_id: str, work: Callable[[Settings, Any
             enqueue_stage(task.app, outcome.next_stage, job_id, outcome.priority)
     except OperationalError as exc:  # database away: retry, the job stays as it was
         STAGE_OUTCOMES.labels(stage, "retry_db").inc()
-        log.warning("job %s %s: database unavailable (%s); retrying", job_id, stage, exc.__class__.__name__,
-                    extra=ids)
+        log.warning("job %s %s: database unavailable (%s); retrying", job_id, stage, exc.__class__.__name__, extra=ids)
         raise task.retry(exc=exc, countdown=min(60, 5 * (task.request.retries + 1))) from None
     except Exception as exc:  # the stage crashed or could not read this slide
         retries = task.request.retries
         final = isinstance(exc, PermanentError) or retries >= settings.task_max_retries
-        reason = str(exc) if exc.__class__.__name__ in ("SlideError", "PermanentError") \
+        reason = (
+            str(exc)
+            if exc.__class__.__name__ in ("SlideError", "PermanentError")
             else f"{exc.__class__.__name__}: {exc}"
+        )
         mark_failed(factory, job_id, f"{stage}: {reason}", final=final)
         STAGE_OUTCOMES.labels(stage, "failed" if final else "retry").inc()
         log.exception("job %s %s failed (attempt %d)", job_id, stage, retries + 1, extra=ids)
@@ -70,8 +72,13 @@ def _run_stage(task: Any, stage: str, job_id: str, work: Callable[[Settings, Any
         raise task.retry(exc=exc, countdown=2 * (retries + 1)) from None
     STAGE_OUTCOMES.labels(stage, outcome.state).inc()
     STAGE_SECONDS.labels(stage).observe(time.perf_counter() - started)
-    log.info("job %s %s: %s", job_id, stage, outcome.state,
-             extra=ids | ({"slide_id": outcome.slide_id} if outcome.slide_id else {}))
+    log.info(
+        "job %s %s: %s",
+        job_id,
+        stage,
+        outcome.state,
+        extra=ids | ({"slide_id": outcome.slide_id} if outcome.slide_id else {}),
+    )
     return outcome.state
 
 
@@ -87,8 +94,12 @@ def classify_slide(self, job_id: str) -> str:  # type: ignore[no-untyped-def]
     from hemato_model.classifier import load_classifier
     from workers.stages import run_classify
 
-    return _run_stage(self, CLASSIFY, job_id, lambda settings, factory: run_classify(
-        settings, factory, load_classifier(settings.model_dir), job_id))
+    return _run_stage(
+        self,
+        CLASSIFY,
+        job_id,
+        lambda settings, factory: run_classify(settings, factory, load_classifier(settings.model_dir), job_id),
+    )
 
 
 @shared_task(bind=True, name=TASK_NAMES[REPORT], max_retries=None, acks_late=True)

@@ -50,8 +50,7 @@ def to_input(box: Sequence[float], scale: float, width: int, height: int) -> tup
     return (x0, y0, x1, y1)
 
 
-def detect_cells(image: np.ndarray, mpp: float,
-                 kinds: Iterable[str] = KINDS) -> list[Detection]:
+def detect_cells(image: np.ndarray, mpp: float, kinds: Iterable[str] = KINDS) -> list[Detection]:
     """Detect white cells, red cells and platelets in one RGB smear field.
 
     Args:
@@ -75,8 +74,11 @@ def detect_cells(image: np.ndarray, mpp: float,
         raise ValueError(f"unknown cell kind(s) {sorted(unknown)}; expected some of {KINDS}")
     work = WORK_MPP_WBC_ONLY if set(wanted) <= {"wbc"} else WORK_MPP
     if mpp > 2 * WORK_MPP and set(wanted) & {"rbc", "platelet"}:
-        logger.warning("%.2f µm/px is too coarse to split red cells or see platelets; "
-                       "use a level finer than %.1f µm/px for them", mpp, 2 * WORK_MPP)
+        logger.warning(
+            "%.2f µm/px is too coarse to split red cells or see platelets; use a level finer than %.1f µm/px for them",
+            mpp,
+            2 * WORK_MPP,
+        )
     field = stain_field(arr, float(mpp), work)
     height, width = arr.shape[:2]
     out: list[Detection] = []
@@ -85,9 +87,13 @@ def detect_cells(image: np.ndarray, mpp: float,
     if "wbc" in wanted:
         out += [Detection("wbc", to_input(b, field.scale, width, height), s) for b, s in wbc]
     if "platelet" in wanted:
-        out += [Detection("platelet", to_input(b, field.scale, width, height), s)
-                for b, s in find_platelets(field, wbc_boxes)]
+        out += [
+            Detection("platelet", to_input(b, field.scale, width, height), s)
+            for b, s in find_platelets(field, wbc_boxes)
+        ]
     if "rbc" in wanted:
-        out += [Detection("rbc", to_input(b, field.scale, width, height), s)
-                for b, s in find_red_cells(field, wbc_boxes, nuclei)]
+        out += [
+            Detection("rbc", to_input(b, field.scale, width, height), s)
+            for b, s in find_red_cells(field, wbc_boxes, nuclei)
+        ]
     return out

@@ -21,8 +21,9 @@ RBC_MIN_AREA_FRACTION = 0.35
 RBC_MIN_AREA_FRACTION_BORDER = 0.5
 
 
-def find_red_cells(field: StainField, wbc_boxes: Sequence[Sequence[float]],
-               nucleus_mask: np.ndarray) -> list[tuple[list[float], float]]:
+def find_red_cells(
+    field: StainField, wbc_boxes: Sequence[Sequence[float]], nucleus_mask: np.ndarray
+) -> list[tuple[list[float], float]]:
     h, w = field.cells.shape
     r_px = field.px(RBC_DIAMETER_UM / 2)
     rbc_area = np.pi * r_px * r_px
@@ -43,8 +44,13 @@ def find_red_cells(field: StainField, wbc_boxes: Sequence[Sequence[float]],
     dist = ndi.distance_transform_edt(mask)
     dist_s = ndi.gaussian_filter(dist, max(0.5, 0.1 * r_px))
     comp, _ = ndi.label(mask)
-    peaks = peak_local_max(dist_s, min_distance=max(1, int(round(RBC_PEAK_SPACING * r_px))),
-                           threshold_abs=0.3 * r_px, labels=comp, exclude_border=False)  # type: ignore[no-untyped-call]
+    peaks = peak_local_max(
+        dist_s,
+        min_distance=max(1, int(round(RBC_PEAK_SPACING * r_px))),
+        threshold_abs=0.3 * r_px,
+        labels=comp,
+        exclude_border=False,
+    )  # type: ignore[no-untyped-call]
     if len(peaks) == 0:
         return []
     # one marker: the component is the cell; the watershed runs only where cells touch

@@ -99,8 +99,15 @@ def glass_map(rgb: np.ndarray, block_px: int) -> np.ndarray:
     grid[dim] = field_glass
     if nby >= 3 and nbx >= 3:
         grid = np.stack([ndi.median_filter(grid[..., c], 3, mode="nearest") for c in range(3)], 2)
-    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(grid[..., c]), mode="F")
-                                .resize((w, h), Image.Resampling.BILINEAR)) for c in range(3)], 2)
+    return np.stack(
+        [
+            np.asarray(
+                Image.fromarray(np.ascontiguousarray(grid[..., c]), mode="F").resize((w, h), Image.Resampling.BILINEAR)
+            )
+            for c in range(3)
+        ],
+        2,
+    )
 
 
 def cell_threshold(od: np.ndarray) -> float:
@@ -121,8 +128,9 @@ def cell_threshold(od: np.ndarray) -> float:
     return max(min(mode + 4.0 * noise, li), CELL_MIN_OD)
 
 
-def stain_field(image: np.ndarray, mpp: float, work_mpp: float, block_px: int | None = None,
-           smooth_px: float | None = None) -> StainField:
+def stain_field(
+    image: np.ndarray, mpp: float, work_mpp: float, block_px: int | None = None, smooth_px: float | None = None
+) -> StainField:
     scale = max(1.0, work_mpp / mpp)
     small = resample(image, scale)
     scale_y = image.shape[0] / small.shape[0]

@@ -115,8 +115,7 @@ def find_white_cells(field: StainField) -> tuple[list[tuple[list[float], float]]
         cx, cy = (g.box[0] + g.box[2]) / 2, (g.box[1] + g.box[3]) / 2
         half_x = min(max((g.box[2] - g.box[0]) / 2 + margin, min_half), max_half)
         half_y = min(max((g.box[3] - g.box[1]) / 2 + margin, min_half), max_half)
-        box = [max(0.0, cx - half_x), max(0.0, cy - half_y), min(float(w), cx + half_x),
-               min(float(h), cy + half_y)]
+        box = [max(0.0, cx - half_x), max(0.0, cy - half_y), min(float(w), cx + half_x), min(float(h), cy + half_y)]
         size_term = min(1.0, g.area / (2.0 * min_area))
         contrast_term = min(1.0, max(0.0, (g.contrast - 1.0) / 0.5))
         score = 0.4 + 0.3 * size_term + 0.3 * contrast_term

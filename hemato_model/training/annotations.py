@@ -159,8 +159,7 @@ def read_yolo_file(label_path: Path, image_path: Path) -> AnnotatedImage:
     return AnnotatedImage(image_path, w, h, boxes)
 
 
-def read_yolo_dir(data_dir: Path, split: str | None = None,
-                  images_dir: Path | None = None) -> list[AnnotatedImage]:
+def read_yolo_dir(data_dir: Path, split: str | None = None, images_dir: Path | None = None) -> list[AnnotatedImage]:
     """A YOLO data set.
 
     Accepted layouts: ``data_dir/images[/split]`` + ``data_dir/labels[/split]`` (TXL-PBC with

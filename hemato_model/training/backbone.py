@@ -146,12 +146,10 @@ def _lite0_graph(inputs: Any, include_top: bool, dropout: float) -> Any:
     for name, kernel, stride, expand, in_ch, out_ch in _block_names():
         shortcut = x
         if expand != 1:
-            x = layers.Conv2D(in_ch * expand, 1, padding="same", use_bias=False,
-                              name=f"{name}_expand_conv")(x)
+            x = layers.Conv2D(in_ch * expand, 1, padding="same", use_bias=False, name=f"{name}_expand_conv")(x)
             x = layers.BatchNormalization(epsilon=_BN_EPS, name=f"{name}_expand_bn")(x)
             x = layers.ReLU(6.0, name=f"{name}_expand_activation")(x)
-        x = layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=False,
-                                   name=f"{name}_dwconv")(x)
+        x = layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_dwconv")(x)
         x = layers.BatchNormalization(epsilon=_BN_EPS, name=f"{name}_bn")(x)
         x = layers.ReLU(6.0, name=f"{name}_activation")(x)
         x = layers.Conv2D(out_ch, 1, padding="same", use_bias=False, name=f"{name}_project_conv")(x)

@@ -70,8 +70,7 @@ GROUP_SIZE = 10
 MAX_CELLS_PER_FIELD = 6
 
 
-def mask_scale_bar(image: np.ndarray, box_frac: tuple[float, float] = SCALE_BAR_BOX,
-                   band_px: int = 6) -> np.ndarray:
+def mask_scale_bar(image: np.ndarray, box_frac: tuple[float, float] = SCALE_BAR_BOX, band_px: int = 6) -> np.ndarray:
     """Copy of ``image`` with the bottom-right scale-bar box filled with the local background.
 
     The fill is the per-channel median of the brighter half of a ``band_px`` band above and left
@@ -81,10 +80,12 @@ def mask_scale_bar(image: np.ndarray, box_frac: tuple[float, float] = SCALE_BAR_
     h, w = arr.shape[:2]
     bw, bh = int(round(box_frac[0] * w)), int(round(box_frac[1] * h))
     x0, y0 = w - bw, h - bh
-    band = np.concatenate([
-        arr[max(0, y0 - band_px):y0, max(0, x0 - band_px):].reshape(-1, 3),
-        arr[y0:, max(0, x0 - band_px):x0].reshape(-1, 3),
-    ])
+    band = np.concatenate(
+        [
+            arr[max(0, y0 - band_px) : y0, max(0, x0 - band_px) :].reshape(-1, 3),
+            arr[y0:, max(0, x0 - band_px) : x0].reshape(-1, 3),
+        ]
+    )
     bright = band.sum(1) >= np.median(band.sum(1))
     arr[y0:, x0:] = np.median(band[bright], axis=0).astype(np.uint8)
     return arr
@@ -121,8 +122,13 @@ def pbc_reference(pbc_dir: str | Path, files: Sequence[str], n: int = 160, seed:
     return lab_stats(images)
 
 
-def field_crops(masked: np.ndarray, mpp: float, reference: dict[str, list[float]],
-                crop_um: float = DEFAULT_CROP_UM, input_px: int = DEFAULT_INPUT_PX) -> list[np.ndarray]:
+def field_crops(
+    masked: np.ndarray,
+    mpp: float,
+    reference: dict[str, list[float]],
+    crop_um: float = DEFAULT_CROP_UM,
+    input_px: int = DEFAULT_INPUT_PX,
+) -> list[np.ndarray]:
     """White-cell crops of one field whose scale bar is already masked (:func:`mask_scale_bar`).
 
     Cells are detected on the field as it is and cut from its colour-normalised copy, strongest
@@ -132,8 +138,11 @@ def field_crops(masked: np.ndarray, mpp: float, reference: dict[str, list[float]
     norm = reinhard_normalise(masked, reference)
     h, w = masked.shape[:2]
     margin = EDGE_MARGIN_UM / mpp
-    dets = [d for d in detect_cells(masked, mpp, kinds=("wbc",))
-            if margin <= d.center[0] <= w - margin and margin <= d.center[1] <= h - margin]
+    dets = [
+        d
+        for d in detect_cells(masked, mpp, kinds=("wbc",))
+        if margin <= d.center[0] <= w - margin and margin <= d.center[1] <= h - margin
+    ]
     dets = sorted(dets, key=lambda d: -d.score)[:MAX_CELLS_PER_FIELD]
     return [crop_cell(norm, d.center, mpp, crop_um, input_px) for d in dets]
 
@@ -185,11 +194,18 @@ def split_groups(fields: Sequence[Field], seed: int, val_fraction: float, test_f
     return out
 
 
-def build_blast_crops(all_root: str | Path, out_dir: str | Path, reference: dict[str, list[float]],
-                      crop_um: float = DEFAULT_CROP_UM, input_px: int = DEFAULT_INPUT_PX, seed: int = 1,
-                      val_fraction: float = 0.15, test_fraction: float = 0.15,
-                      drop_by: Callable[[np.ndarray], list[bool]] | None = None,
-                      limit: int | None = None) -> dict[str, Any]:
+def build_blast_crops(
+    all_root: str | Path,
+    out_dir: str | Path,
+    reference: dict[str, list[float]],
+    crop_um: float = DEFAULT_CROP_UM,
+    input_px: int = DEFAULT_INPUT_PX,
+    seed: int = 1,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    drop_by: Callable[[np.ndarray], list[bool]] | None = None,
+    limit: int | None = None,
+) -> dict[str, Any]:
     """Write the crops and ``split.json`` under ``out_dir``; return the split document.
 
     Args:
@@ -220,12 +236,22 @@ def build_blast_crops(all_root: str | Path, out_dir: str | Path, reference: dict
     plausible = [m for m in estimates if m is not None and PLAUSIBLE_MPP[0] <= m <= PLAUSIBLE_MPP[1]]
     median_mpp = float(np.median(plausible)) if plausible else 0.3
     doc: dict[str, Any] = {
-        "source": str(all_root), "seed": seed, "group_size": GROUP_SIZE,
+        "source": str(all_root),
+        "seed": seed,
+        "group_size": GROUP_SIZE,
         "fractions": {"val": val_fraction, "test": test_fraction},
-        "crop_um": crop_um, "input_px": input_px, "label_map": LABEL_MAP,
-        "scale_bar_box_frac": list(SCALE_BAR_BOX), "plausible_mpp": list(PLAUSIBLE_MPP),
-        "median_mpp": round(median_mpp, 4), "colour_reference_lab": reference,
-        "fields": [], "train": [], "val": [], "test": [], "dropped": [],
+        "crop_um": crop_um,
+        "input_px": input_px,
+        "label_map": LABEL_MAP,
+        "scale_bar_box_frac": list(SCALE_BAR_BOX),
+        "plausible_mpp": list(PLAUSIBLE_MPP),
+        "median_mpp": round(median_mpp, 4),
+        "colour_reference_lab": reference,
+        "fields": [],
+        "train": [],
+        "val": [],
+        "test": [],
+        "dropped": [],
     }
     for f, arr, est in zip(fields, images, estimates):
         fallback = est is None or not PLAUSIBLE_MPP[0] <= est <= PLAUSIBLE_MPP[1]
@@ -243,13 +269,28 @@ def build_blast_crops(all_root: str | Path, out_dir: str | Path, reference: dict
             Image.fromarray(crop).save(out / name)
             doc[part].append(name)
             names.append(name)
-        doc["fields"].append({"field": f.rel, "class": f.source_class, "label": f.label, "group": f.group,
-                              "part": part, "mpp_estimate": None if est is None else round(est, 4),
-                              "mpp_used": round(mpp, 4), "mpp_fallback": fallback, "crops": names})
+        doc["fields"].append(
+            {
+                "field": f.rel,
+                "class": f.source_class,
+                "label": f.label,
+                "group": f.group,
+                "part": part,
+                "mpp_estimate": None if est is None else round(est, 4),
+                "mpp_used": round(mpp, 4),
+                "mpp_fallback": fallback,
+                "crops": names,
+            }
+        )
     out.mkdir(parents=True, exist_ok=True)
     (out / "split.json").write_text(json.dumps(doc, indent=1) + "\n")
-    log.info("%d fields -> %d crops (%d dropped), median %.3f µm/px", len(fields),
-             sum(len(doc[p]) for p in ("train", "val", "test")), len(doc["dropped"]), median_mpp)
+    log.info(
+        "%d fields -> %d crops (%d dropped), median %.3f µm/px",
+        len(fields),
+        sum(len(doc[p]) for p in ("train", "val", "test")),
+        len(doc["dropped"]),
+        median_mpp,
+    )
     return doc
 
 
@@ -274,15 +315,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         from hemato_model.classifier import Classifier
 
         clf = Classifier.load(args.clean_with)
-        drop_idx = [clf.classes.index(c) for c in ("neutrophil", "eosinophil", "basophil", "platelet")
-                    if c in clf.classes]
+        drop_idx = [
+            clf.classes.index(c) for c in ("neutrophil", "eosinophil", "basophil", "platelet") if c in clf.classes
+        ]
 
         def drop_by(crops: np.ndarray) -> list[bool]:
             proba = clf.predict_proba(crops)
             return [bool(proba[i, drop_idx].max() >= 0.9) for i in range(len(crops))]
 
-    doc = build_blast_crops(args.all_root, args.out_dir, reference, seed=args.seed, drop_by=drop_by,
-                            limit=args.limit)
+    doc = build_blast_crops(args.all_root, args.out_dir, reference, seed=args.seed, drop_by=drop_by, limit=args.limit)
     if args.clean_with:
         doc["cleaned_with"] = args.clean_with
         Path(args.out_dir, "split.json").write_text(json.dumps(doc, indent=1) + "\n")
@@ -296,8 +337,9 @@ if __name__ == "__main__":
     main()
 
 
-def rebuild_field_crops(doc: dict[str, Any], all_root: str | Path, part: str = "test",
-                        source_classes: Sequence[str] | None = None) -> list[tuple[dict[str, Any], np.ndarray]]:
+def rebuild_field_crops(
+    doc: dict[str, Any], all_root: str | Path, part: str = "test", source_classes: Sequence[str] | None = None
+) -> list[tuple[dict[str, Any], np.ndarray]]:
     """Recut the crops of one part of a blast ``split.json`` from the ALL images themselves.
 
     Uses the recorded µm/px, colour reference and kept crop names, so the crops are those of
@@ -311,8 +353,9 @@ def rebuild_field_crops(doc: dict[str, Any], all_root: str | Path, part: str = "
             continue
         with Image.open(Path(all_root) / f["field"]) as im:
             arr = mask_scale_bar(np.asarray(im.convert("RGB")))
-        crops = field_crops(arr, float(f["mpp_used"]), doc["colour_reference_lab"], float(doc["crop_um"]),
-                            int(doc["input_px"]))
+        crops = field_crops(
+            arr, float(f["mpp_used"]), doc["colour_reference_lab"], float(doc["crop_um"]), int(doc["input_px"])
+        )
         stem = Path(f["field"]).stem
         keep = [k for k in range(len(crops)) if f"{f['label']}/{stem}_c{k}.png" in set(f["crops"])]
         out.append((f, np.stack([crops[k] for k in keep])))

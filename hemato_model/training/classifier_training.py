@@ -118,8 +118,14 @@ def split_files(labels: Sequence[str], seed: int, val_fraction: float, test_frac
     return {k: sorted(v) for k, v in parts.items()}
 
 
-def load_crops(paths: Sequence[Path], mpp: float, crop_um: float, input_px: int,
-               progress: ProgressFactory | None = None, label: str = "Cutting crops") -> np.ndarray:
+def load_crops(
+    paths: Sequence[Path],
+    mpp: float,
+    crop_um: float,
+    input_px: int,
+    progress: ProgressFactory | None = None,
+    label: str = "Cutting crops",
+) -> np.ndarray:
     """Centred ``crop_um`` crops of image files as uint8 (N, input_px, input_px, 3)."""
     out = np.empty((len(paths), input_px, input_px, 3), dtype=np.uint8)
     bar = progress(len(paths), label) if progress else None
@@ -213,7 +219,10 @@ def read_extra_data(extra_dir: str | Path, cfg: TrainConfig) -> tuple[list[Path]
     split_path = root / "split.json"
     if split_path.is_file():
         doc = json.loads(split_path.read_text())
-        if float(doc.get("crop_um", cfg.crop_um)) != cfg.crop_um or int(doc.get("input_px", cfg.input_px)) != cfg.input_px:
+        if (
+            float(doc.get("crop_um", cfg.crop_um)) != cfg.crop_um
+            or int(doc.get("input_px", cfg.input_px)) != cfg.input_px
+        ):
             raise DataError(f"{split_path}: crops were cut at another crop_um/input_px than this run's")
         index = {r: i for i, r in enumerate(rel)}
         split = {k: sorted(index[r] for r in doc.get(k, []) if r in index) for k in ("train", "val", "test")}
@@ -261,8 +270,16 @@ def _features(backbone: Any, x: np.ndarray, batch: int) -> np.ndarray:
     return np.concatenate([np.asarray(f(x[i : i + batch])) for i in range(0, len(x), batch)])
 
 
-def fit_head(model: Any, backbone: Any, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
-             y_val: np.ndarray, cfg: TrainConfig, verbose: int) -> dict[str, Any]:
+def fit_head(
+    model: Any,
+    backbone: Any,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    cfg: TrainConfig,
+    verbose: int,
+) -> dict[str, Any]:
     """Stage 1: fit the head on frozen-backbone features (computed once)."""
     import keras
 
@@ -277,19 +294,37 @@ def fit_head(model: Any, backbone: Any, x_train: np.ndarray, y_train: np.ndarray
     for layer in head_layers:
         x = layer(x)
     head = keras.Model(inp, x)
-    head.compile(optimizer=keras.optimizers.Adam(cfg.head_lr), loss="sparse_categorical_crossentropy",
-                 metrics=["accuracy"])
+    head.compile(
+        optimizer=keras.optimizers.Adam(cfg.head_lr), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
     hist = head.fit(
-        f_train, y_train, validation_data=(f_val, y_val), epochs=cfg.head_epochs, batch_size=64,
-        class_weight=class_weights(y_train, n_classes), verbose=verbose, shuffle=True,
+        f_train,
+        y_train,
+        validation_data=(f_val, y_val),
+        epochs=cfg.head_epochs,
+        batch_size=64,
+        class_weight=class_weights(y_train, n_classes),
+        verbose=verbose,
+        shuffle=True,
         callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=10, restore_best_weights=True)],
     )
-    return {"epochs": len(hist.history["loss"]), "val_accuracy": float(max(hist.history["val_accuracy"])),
-            "seconds": round(time.time() - t0, 1)}
+    return {
+        "epochs": len(hist.history["loss"]),
+        "val_accuracy": float(max(hist.history["val_accuracy"])),
+        "seconds": round(time.time() - t0, 1),
+    }
 
 
-def fine_tune(model: Any, backbone: Any, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
-              y_val: np.ndarray, cfg: TrainConfig, verbose: int) -> dict[str, Any]:
+def fine_tune(
+    model: Any,
+    backbone: Any,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    cfg: TrainConfig,
+    verbose: int,
+) -> dict[str, Any]:
     """Stage 2: unfreeze the top blocks and train on augmented crops at a low learning rate."""
     import keras
     import tensorflow as tf
@@ -324,6 +359,7 @@ def fine_tune(model: Any, backbone: Any, x_train: np.ndarray, y_train: np.ndarra
             blurred = tf.image.resize(tf.image.resize(x, small, method="area"), size, method="bicubic")
             pick = tf.cast(gen.uniform((tf.shape(x)[0], 1, 1, 1)) < 0.5, tf.float32)
             return base_augment(tf.clip_by_value(pick * blurred + (1.0 - pick) * x, 0.0, 255.0))
+
     train_ds = (
         tf.data.Dataset.from_tensor_slices((x_train, y_train))
         .shuffle(len(x_train), seed=cfg.seed, reshuffle_each_iteration=True)
@@ -331,26 +367,37 @@ def fine_tune(model: Any, backbone: Any, x_train: np.ndarray, y_train: np.ndarra
         .map(lambda x, y: (augment(tf.cast(x, tf.float32)), y), num_parallel_calls=1)
         .prefetch(2)
     )
-    val_ds = tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(64).map(
-        lambda x, y: (tf.cast(x, tf.float32), y))
+    val_ds = tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(64).map(lambda x, y: (tf.cast(x, tf.float32), y))
     steps = max(1, int(np.ceil(len(x_train) / cfg.batch_size))) * cfg.epochs
     warmup = min(steps // 2, max(1, int(np.ceil(len(x_train) / cfg.batch_size))) * cfg.warmup_epochs)
     # Linear warm-up from lr/10 (the fresh gradients would otherwise wreck the trained head), then
     # cosine decay to 5 % (Loshchilov & Hutter, "SGDR", ICLR 2017; Goyal et al. 2017 warm-up).
     schedule = keras.optimizers.schedules.CosineDecay(
-        cfg.finetune_lr / 10, decay_steps=max(1, steps - warmup), alpha=0.05,
-        warmup_target=cfg.finetune_lr, warmup_steps=warmup)
-    model.compile(optimizer=keras.optimizers.Adam(schedule), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+        cfg.finetune_lr / 10,
+        decay_steps=max(1, steps - warmup),
+        alpha=0.05,
+        warmup_target=cfg.finetune_lr,
+        warmup_steps=warmup,
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(schedule), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
     t0 = time.time()
     hist = model.fit(
-        train_ds, validation_data=val_ds, epochs=cfg.epochs, class_weight=class_weights(y_train, n_classes),
-        verbose=verbose, shuffle=False,  # the tf.data pipeline shuffles, seeded
-        callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
-                                                 restore_best_weights=True)],
+        train_ds,
+        validation_data=val_ds,
+        epochs=cfg.epochs,
+        class_weight=class_weights(y_train, n_classes),
+        verbose=verbose,
+        shuffle=False,  # the tf.data pipeline shuffles, seeded
+        callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True)],
     )
-    return {"epochs": len(hist.history["loss"]), "val_accuracy": [round(float(a), 4) for a in hist.history["val_accuracy"]],
-            "val_loss": [round(float(a), 4) for a in hist.history["val_loss"]], "seconds": round(time.time() - t0, 1)}
+    return {
+        "epochs": len(hist.history["loss"]),
+        "val_accuracy": [round(float(a), 4) for a in hist.history["val_accuracy"]],
+        "val_loss": [round(float(a), 4) for a in hist.history["val_loss"]],
+        "seconds": round(time.time() - t0, 1),
+    }
 
 
 def save_model_dir(model: Any, out_dir: Path, meta: dict[str, Any]) -> dict[str, Any]:
@@ -370,8 +417,9 @@ def save_model_dir(model: Any, out_dir: Path, meta: dict[str, Any]) -> dict[str,
     return meta
 
 
-def train(cfg: TrainConfig, progress: ProgressFactory | None = None, verbose: int = 1,
-          threads: int | None = None) -> dict[str, Any]:
+def train(
+    cfg: TrainConfig, progress: ProgressFactory | None = None, verbose: int = 1, threads: int | None = None
+) -> dict[str, Any]:
     """Train and write a model directory; returns ``model.json``'s content plus timing.
 
     Raises:
@@ -395,21 +443,33 @@ def train(cfg: TrainConfig, progress: ProgressFactory | None = None, verbose: in
     split = split_files(labels, cfg.seed, cfg.val_fraction, cfg.test_fraction)
     rel = [str(p.resolve().relative_to(data_root)) for p in paths]
     split_doc: dict[str, Any] = {
-        "seed": cfg.seed, "data_dir": str(cfg.data_dir), "classes": classes,
+        "seed": cfg.seed,
+        "data_dir": str(cfg.data_dir),
+        "classes": classes,
         "fractions": {"val": cfg.val_fraction, "test": cfg.test_fraction},
-        **{k: [rel[i] for i in v] for k, v in split.items()}}
+        **{k: [rel[i] for i in v] for k, v in split.items()},
+    }
     x_all = load_crops(paths, cfg.mpp, cfg.crop_um, cfg.input_px, progress)
     if cfg.extra_data:
         e_paths, e_labels, e_split = read_extra_data(cfg.extra_data, cfg)
         e_root = Path(cfg.extra_data).resolve()
         e_rel = [str(p.resolve().relative_to(e_root)) for p in e_paths]
-        split_doc["extra"] = {"data_dir": str(cfg.extra_data), "mpp": cfg.crop_um / cfg.input_px,
-                              **{k: [e_rel[i] for i in v] for k, v in e_split.items()}}
+        split_doc["extra"] = {
+            "data_dir": str(cfg.extra_data),
+            "mpp": cfg.crop_um / cfg.input_px,
+            **{k: [e_rel[i] for i in v] for k, v in e_split.items()},
+        }
         offset = len(paths)
         for k in split:
             split[k] = split[k] + [offset + i for i in e_split[k]]
-        x_all = np.concatenate([x_all, load_crops(e_paths, cfg.crop_um / cfg.input_px, cfg.crop_um,
-                                                  cfg.input_px, progress, label="Extra crops")])
+        x_all = np.concatenate(
+            [
+                x_all,
+                load_crops(
+                    e_paths, cfg.crop_um / cfg.input_px, cfg.crop_um, cfg.input_px, progress, label="Extra crops"
+                ),
+            ]
+        )
         paths, labels = paths + e_paths, labels + e_labels
         classes = sorted(set(labels))
         split_doc["classes"] = classes
@@ -433,9 +493,9 @@ def train(cfg: TrainConfig, progress: ProgressFactory | None = None, verbose: in
 
     import tensorflow as tf
 
-    val_proba = np.concatenate([
-        np.asarray(model(tf.cast(x_all[va][i : i + 64], tf.float32), training=False))
-        for i in range(0, len(va), 64)])
+    val_proba = np.concatenate(
+        [np.asarray(model(tf.cast(x_all[va][i : i + 64], tf.float32), training=False)) for i in range(0, len(va), 64)]
+    )
     val_acc = float((val_proba.argmax(1) == y_all[va]).mean())
     threshold = choose_threshold(val_proba, y_all[va], cfg.target_accuracy, cfg.threshold_floor)
     val_unid = float((val_proba.max(1) < threshold).mean())
@@ -453,18 +513,22 @@ def train(cfg: TrainConfig, progress: ProgressFactory | None = None, verbose: in
             "input": "uint8 RGB crops; the model casts to float 0..255 and normalises (x-127)/128 inside",
             "training_mpp": cfg.mpp,
             "augmentation": "flips, rotation, zoom ±15%, shift ±6%, HED stain jitter, channel gain/offset, "
-                            "brightness/contrast/saturation/hue, random resolution loss"
-                            + (f" (extra: down to {cfg.min_resolution:g} of the side)" if cfg.min_resolution else ""),
+            "brightness/contrast/saturation/hue, random resolution loss"
+            + (f" (extra: down to {cfg.min_resolution:g} of the side)" if cfg.min_resolution else ""),
             **({"extra_data": "crops already at model scale from " + str(cfg.extra_data)} if cfg.extra_data else {}),
         },
         "training": {
             "config": asdict(cfg),
-            "n_train": int(len(tr)), "n_val": int(len(va)), "n_test": int(len(split["test"])),
+            "n_train": int(len(tr)),
+            "n_val": int(len(va)),
+            "n_test": int(len(split["test"])),
             "n_per_class_train": {c: int((y_all[tr] == i).sum()) for i, c in enumerate(classes)},
-            "head": head_info, "fine_tune": ft_info, "seconds": seconds,
+            "head": head_info,
+            "fine_tune": ft_info,
+            "seconds": seconds,
             "val_accuracy": round(val_acc, 4),
             "threshold_rule": f"lowest top-probability cut-off >= {cfg.threshold_floor} keeping "
-                              f">= {cfg.target_accuracy:.0%} validation accuracy on retained cells",
+            f">= {cfg.target_accuracy:.0%} validation accuracy on retained cells",
             "val_unidentified_rate": round(val_unid, 4),
         },
     }

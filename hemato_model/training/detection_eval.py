@@ -52,13 +52,18 @@ def _centre_inside(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """[i, j]: centre of box a[i] lies inside box b[j]."""
     cx = (a[:, 0] + a[:, 2]) / 2
     cy = (a[:, 1] + a[:, 3]) / 2
-    inside: np.ndarray = ((cx[:, None] >= b[None, :, 0]) & (cx[:, None] < b[None, :, 2])
-                          & (cy[:, None] >= b[None, :, 1]) & (cy[:, None] < b[None, :, 3]))
+    inside: np.ndarray = (
+        (cx[:, None] >= b[None, :, 0])
+        & (cx[:, None] < b[None, :, 2])
+        & (cy[:, None] >= b[None, :, 1])
+        & (cy[:, None] < b[None, :, 3])
+    )
     return inside
 
 
-def match_boxes(pred: Sequence[BBox], true: Sequence[BBox],
-                iou_threshold: float = IOU_THRESHOLD) -> list[tuple[int, int]]:
+def match_boxes(
+    pred: Sequence[BBox], true: Sequence[BBox], iou_threshold: float = IOU_THRESHOLD
+) -> list[tuple[int, int]]:
     """Pairs ``(pred_index, true_index)`` under ``MATCHING_RULE``."""
     if not pred or not true:
         return []

@@ -65,8 +65,12 @@ def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str], classes
         precision = tp / predicted if predicted else 0.0
         recall = tp / support if support else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class[c] = {"precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4),
-                        "support": support}
+        per_class[c] = {
+            "precision": round(precision, 4),
+            "recall": round(recall, 4),
+            "f1": round(f1, 4),
+            "support": support,
+        }
         if support:
             f1s.append(f1)
             recalls.append(recall)
@@ -82,8 +86,9 @@ def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str], classes
     }
 
 
-def collect_folder(data_dir: str | Path, classes: Sequence[str],
-                   split_files: Sequence[str] | None = None) -> tuple[list[Path], list[str], list[str]]:
+def collect_folder(
+    data_dir: str | Path, classes: Sequence[str], split_files: Sequence[str] | None = None
+) -> tuple[list[Path], list[str], list[str]]:
     """Images of class subfolders named like model classes: (paths, labels, skipped folder names).
 
     Args:
@@ -114,8 +119,13 @@ def collect_folder(data_dir: str | Path, classes: Sequence[str],
     return paths, labels, skipped
 
 
-def evaluate_folder(clf: Classifier, data_dir: str | Path, mpp: float | None = None,
-                    split: str | None = None, progress: ProgressFactory | None = None) -> dict[str, Any]:
+def evaluate_folder(
+    clf: Classifier,
+    data_dir: str | Path,
+    mpp: float | None = None,
+    split: str | None = None,
+    progress: ProgressFactory | None = None,
+) -> dict[str, Any]:
     """Evaluate ``clf`` on an image folder (optionally only one part of the model's ``split.json``)."""
     from hematovision.core.datasets import PBC_MPP
 
@@ -148,8 +158,9 @@ def evaluate_folder(clf: Classifier, data_dir: str | Path, mpp: float | None = N
     return result
 
 
-def scored(truth: Sequence[str], proba: np.ndarray, classes: Sequence[str], threshold: float,
-           score_classes: Sequence[str]) -> dict[str, Any]:
+def scored(
+    truth: Sequence[str], proba: np.ndarray, classes: Sequence[str], threshold: float, score_classes: Sequence[str]
+) -> dict[str, Any]:
     """Top-class metrics over ``score_classes`` plus the low-confidence bucket's figures."""
     top = proba.argmax(axis=1)
     forced = [classes[k] for k in top]
@@ -186,8 +197,15 @@ def plot_confusion(result: dict[str, Any], out_png: str | Path, title: str = "")
     for r in range(cm.shape[0]):
         for c in range(cm.shape[1]):
             if cm[r, c]:
-                ax.text(c, r, str(cm[r, c]), ha="center", va="center",
-                        color="white" if cm[r, c] > vmax / 2 else "black", fontsize=8)
+                ax.text(
+                    c,
+                    r,
+                    str(cm[r, c]),
+                    ha="center",
+                    va="center",
+                    color="white" if cm[r, c] > vmax / 2 else "black",
+                    fontsize=8,
+                )
     ax.set_title(title or f"accuracy {result['accuracy']:.3f}, macro-F1 {result['macro_f1']:.3f}")
     fig.tight_layout()
     Path(out_png).parent.mkdir(parents=True, exist_ok=True)
@@ -274,8 +292,11 @@ def evaluate_bccd(clf: Classifier, bccd_root: str | Path, mpp: float | None = No
         "mpp": scale,
         "class_counts": counts,
         **metrics,
-        "baseline_majority": {"class": majority, "accuracy": round(counts[majority] / len(cells), 4),
-                              "macro_recall": round(1.0 / len(BCCD_CLASSES), 4)},
+        "baseline_majority": {
+            "class": majority,
+            "accuracy": round(counts[majority] / len(cells), 4),
+            "macro_recall": round(1.0 / len(BCCD_CLASSES), 4),
+        },
         "predicted_counts": {c: predicted.count(c) for c in sorted(set(predicted))},
     }
 
@@ -287,8 +308,13 @@ def _rate(k: int, n: int) -> dict[str, Any]:
     return {"k": k, "n": n, "rate": round(k / n, 4) if n else None, "ci95_pct": [lo, hi]}
 
 
-def evaluate_blast(clf: Classifier, blast_dir: str | Path, pbc_dir: str | Path | None = None,
-                   bccd_root: str | Path | None = None, split: str = "test") -> dict[str, Any]:
+def evaluate_blast(
+    clf: Classifier,
+    blast_dir: str | Path,
+    pbc_dir: str | Path | None = None,
+    bccd_root: str | Path | None = None,
+    split: str = "test",
+) -> dict[str, Any]:
     """Blast sensitivity/specificity on held-out ALL fields, and false-blast rates on normal cells.
 
     ``blast_dir`` is the output of :mod:`hemato_model.training.blast_data` (crops + ``split.json``). A cell
@@ -325,9 +351,11 @@ def evaluate_blast(clf: Classifier, blast_dir: str | Path, pbc_dir: str | Path |
         "specificity_hematogones": _rate(int((~top_blast[~is_blast]).sum()), int((~is_blast).sum())),
         "sensitivity_above_threshold": _rate(int(kept_blast[is_blast].sum()), int(is_blast.sum())),
         "hematogones_called_lymphocyte": _rate(
-            int((proba[~is_blast].argmax(1) == clf.classes.index("lymphocyte")).sum()), int((~is_blast).sum())),
-        "predicted_on_blast_cells": dict(sorted(
-            {c: int((proba[is_blast].argmax(1) == i).sum()) for i, c in enumerate(clf.classes)}.items())),
+            int((proba[~is_blast].argmax(1) == clf.classes.index("lymphocyte")).sum()), int((~is_blast).sum())
+        ),
+        "predicted_on_blast_cells": dict(
+            sorted({c: int((proba[is_blast].argmax(1) == i).sum()) for i, c in enumerate(clf.classes)}.items())
+        ),
     }
     pos = [f for f in fields if f["label"] == "blast"]
     neg = [f for f in fields if f["label"] != "blast"]

@@ -90,8 +90,9 @@ class _TensorRef:
         return np.array(view, copy=True)
 
 
-def _rebuild_tensor_v2(storage: _StorageRef, offset: int, size: tuple[int, ...],
-                       stride: tuple[int, ...], *_: Any) -> _TensorRef:
+def _rebuild_tensor_v2(
+    storage: _StorageRef, offset: int, size: tuple[int, ...], stride: tuple[int, ...], *_: Any
+) -> _TensorRef:
     return _TensorRef(storage, offset, size, stride)
 
 

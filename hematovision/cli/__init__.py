@@ -30,8 +30,17 @@ def _register() -> None:
         slide_commands,
     )
 
-    for module in (demo_command, server_commands, admin_commands, client_commands, process_command,
-                   slide_commands, model_commands, detect_commands, bench_command):
+    for module in (
+        demo_command,
+        server_commands,
+        admin_commands,
+        client_commands,
+        process_command,
+        slide_commands,
+        model_commands,
+        detect_commands,
+        bench_command,
+    ):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -32,8 +32,12 @@ def keys() -> None:
 
 
 @keys.command("create")
-@click.option("--scope", type=click.Choice(["read", "submit", "admin"]), required=True,
-              help="read: results; submit: also submit and cancel; admin: everything.")
+@click.option(
+    "--scope",
+    type=click.Choice(["read", "submit", "admin"]),
+    required=True,
+    help="read: results; submit: also submit and cancel; admin: everything.",
+)
 @click.option("--name", default="default", show_default=True, help="Who or what uses the key (audit log).")
 def keys_create(scope: str, name: str) -> None:
     """Create an API key and print it."""
@@ -45,7 +49,9 @@ def keys_create(scope: str, name: str) -> None:
         with transaction(make_session_factory(make_engine(settings))) as s:
             key = create_key(s, name, scope)
     except Exception as e:
-        raise click.ClickException(f"cannot store the key: {e.__class__.__name__} (run `hematovision db upgrade`?)") from None
+        raise click.ClickException(
+            f"cannot store the key: {e.__class__.__name__} (run `hematovision db upgrade`?)"
+        ) from None
     click.echo(key)
     click.echo(f"scope {scope}, name {name}: keep it safe, it is not shown again", err=True)
 

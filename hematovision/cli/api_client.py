@@ -82,8 +82,9 @@ class ApiClient:
         resp = self._call("GET", f"/api/v1/slides/{slide_id}/report", params={"format": fmt})
         return _body(resp, fmt)
 
-    def flags(self, batch: str | None = None, since: str | None = None,
-              fmt: str = "json") -> dict[str, Any] | str | bytes:
+    def flags(
+        self, batch: str | None = None, since: str | None = None, fmt: str = "json"
+    ) -> dict[str, Any] | str | bytes:
         """The leukemia-flag report: a dict (``json``), text (``csv``) or the PDF's bytes (``pdf``)."""
         params = {k: v for k, v in (("batch", batch), ("since", since)) if v}
         if fmt != "json":

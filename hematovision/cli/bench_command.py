@@ -15,10 +15,20 @@ import click
 @click.option("--mpp", type=float, default=0.25, show_default=True)
 @click.option("--wbc", type=int, default=1200, show_default=True, help="White cells placed on the slide.")
 @click.option("--target-wbc", type=int, default=200, show_default=True)
-@click.option("--naive-tiles", type=int, default=48, show_default=True,
-              help="Level-0 tiles timed for the naive reference (0 = all of them).")
-@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("var/bench"),
-              show_default=True, help="Where the generated slide is kept (reused between runs).")
+@click.option(
+    "--naive-tiles",
+    type=int,
+    default=48,
+    show_default=True,
+    help="Level-0 tiles timed for the naive reference (0 = all of them).",
+)
+@click.option(
+    "--work-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("var/bench"),
+    show_default=True,
+    help="Where the generated slide is kept (reused between runs).",
+)
 def bench(as_json: bool, size: int, mpp: float, wbc: int, target_wbc: int, naive_tiles: int, work_dir: Path) -> None:
     """Slides per hour, cells/s and Mpx/s on a generated whole slide, against a naive full read."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -26,15 +36,25 @@ def bench(as_json: bool, size: int, mpp: float, wbc: int, target_wbc: int, naive
     from hematovision.devtools.throughput import run_benchmark
 
     s = load_settings()
-    result = run_benchmark(work_dir, s.data_root, s.model_dir, size_px=size, mpp=mpp, n_wbc=wbc,
-                           target_wbc=target_wbc, naive_sample_tiles=naive_tiles or None)
+    result = run_benchmark(
+        work_dir,
+        s.data_root,
+        s.model_dir,
+        size_px=size,
+        mpp=mpp,
+        n_wbc=wbc,
+        target_wbc=target_wbc,
+        naive_sample_tiles=naive_tiles or None,
+    )
     if as_json:
         click.echo(json.dumps(result))
         return
     click.echo(json.dumps(result, indent=2))
-    click.echo(f"{result['slides_per_hour']} slides/hour for a {target_wbc}-cell differential "
-               f"({result['seconds_per_slide']} s/slide); naive {result['naive_slides_per_hour']} slides/hour; "
-               f"speedup ×{result['speedup']}")
+    click.echo(
+        f"{result['slides_per_hour']} slides/hour for a {target_wbc}-cell differential "
+        f"({result['seconds_per_slide']} s/slide); naive {result['naive_slides_per_hour']} slides/hour; "
+        f"speedup ×{result['speedup']}"
+    )
 
 
 COMMANDS: list[click.Command] = [bench]

@@ -22,8 +22,17 @@ from hematovision.cli.options import api_client, api_errors, api_option
 @click.option("--wait/--no-wait", default=False, help="Poll until the batch is finished.")
 @api_option
 @api_errors
-def submit(paths: tuple[str, ...], server_path: bool, name: str | None, priority: int | None,
-           mpp: float | None, idempotency_key: str | None, wait: bool, api: str, api_key: str | None) -> None:
+def submit(
+    paths: tuple[str, ...],
+    server_path: bool,
+    name: str | None,
+    priority: int | None,
+    mpp: float | None,
+    idempotency_key: str | None,
+    wait: bool,
+    api: str,
+    api_key: str | None,
+) -> None:
     """Submit slides to the API as one batch."""
     client = api_client(api, api_key)
     files: list[Path] = []
@@ -32,8 +41,9 @@ def submit(paths: tuple[str, ...], server_path: bool, name: str | None, priority
             if not Path(p).is_file():
                 raise click.ClickException(f"{p}: no such file")
             files.append(Path(p))
-    batch = client.submit(files, paths if server_path else (), name=name, priority=priority, mpp=mpp,
-                          idempotency_key=idempotency_key)
+    batch = client.submit(
+        files, paths if server_path else (), name=name, priority=priority, mpp=mpp, idempotency_key=idempotency_key
+    )
     click.echo(f"batch {batch['id']}: {len(batch['job_ids'])} job(s)")
     for j in batch.get("jobs", []):
         click.echo(f"  job {j['id']}  slide {j['slide_id']}  {j['filename']}")
@@ -85,11 +95,18 @@ def _emit(data: bytes, out: str | None, what: str) -> None:
 
 @click.command()
 @click.argument("slide_id")
-@click.option("--format", "fmt", type=click.Choice(["json", "csv", "pdf", "hl7"]), default="json",
-              show_default=True, help="pdf: the printable report with slide overview and cell gallery; "
-                                      "hl7: an HL7 v2.5 ORU^R01 message for the LIS.")
-@click.option("--out", type=click.Path(dir_okay=False, writable=True), default=None,
-              help="Write to a file (required for pdf).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["json", "csv", "pdf", "hl7"]),
+    default="json",
+    show_default=True,
+    help="pdf: the printable report with slide overview and cell gallery; "
+    "hl7: an HL7 v2.5 ORU^R01 message for the LIS.",
+)
+@click.option(
+    "--out", type=click.Path(dir_okay=False, writable=True), default=None, help="Write to a file (required for pdf)."
+)
 @api_option
 @api_errors
 def report(slide_id: str, fmt: str, out: str | None, api: str, api_key: str | None) -> None:
@@ -110,10 +127,10 @@ def report(slide_id: str, fmt: str, out: str | None, api: str, api_key: str | No
 @click.command()
 @click.option("--batch", default=None, help="Only this batch.")
 @click.option("--since", default=None, help="Only slides analysed since this ISO time.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "pdf"]), default="table",
-              show_default=True)
-@click.option("--out", type=click.Path(dir_okay=False, writable=True), default=None,
-              help="Write to a file (required for pdf).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "pdf"]), default="table", show_default=True)
+@click.option(
+    "--out", type=click.Path(dir_okay=False, writable=True), default=None, help="Write to a file (required for pdf)."
+)
 @api_option
 @api_errors
 def flags(batch: str | None, since: str | None, fmt: str, out: str | None, api: str, api_key: str | None) -> None:
@@ -126,8 +143,10 @@ def flags(batch: str | None, since: str | None, fmt: str, out: str | None, api: 
     elif fmt == "table":
         lines = [] if body["slides"] else ["no flagged slides"]
         for s in body["slides"]:
-            lines.append(f"{(s['max_severity'] or '').upper():<10} {s['filename']:<30} slide {s['slide_id']}  "
-                         f"WBC {s['counts']['wbc']}")
+            lines.append(
+                f"{(s['max_severity'] or '').upper():<10} {s['filename']:<30} slide {s['slide_id']}  "
+                f"WBC {s['counts']['wbc']}"
+            )
             lines += [f"    [{f['severity']}] {f['code']}: {f['message']}" for f in s["flags"]]
         data = "\n".join(lines).encode("utf-8")
     else:

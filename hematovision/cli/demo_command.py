@@ -13,20 +13,28 @@ from pathlib import Path
 
 import click
 
-NORMAL = {"neutrophil": 0.58, "lymphocyte": 0.30, "monocyte": 0.07, "eosinophil": 0.03, "basophil": 0.01,
-          "ig": 0.01}
+NORMAL = {"neutrophil": 0.58, "lymphocyte": 0.30, "monocyte": 0.07, "eosinophil": 0.03, "basophil": 0.01, "ig": 0.01}
 DEMO_SLIDES = (
     # name, format, white cells, class mix of the white cells placed
     ("normal-smear.tiff", "tiff", 240, NORMAL),
-    ("lymphocytosis.svs", "svs", 240, {"lymphocyte": 0.66, "neutrophil": 0.22, "monocyte": 0.05,
-                                        "ig": 0.05, "eosinophil": 0.02}),
+    (
+        "lymphocytosis.svs",
+        "svs",
+        240,
+        {"lymphocyte": 0.66, "neutrophil": 0.22, "monocyte": 0.05, "ig": 0.05, "eosinophil": 0.02},
+    ),
     ("scant-smear.tiff", "tiff", 60, NORMAL),
 )
 
 
 @click.command()
-@click.option("--var-dir", type=click.Path(file_okay=False), default="var/demo", show_default=True,
-              help="Where the demo keeps its database, queue, slides and reports (emptied first).")
+@click.option(
+    "--var-dir",
+    type=click.Path(file_okay=False),
+    default="var/demo",
+    show_default=True,
+    help="Where the demo keeps its database, queue, slides and reports (emptied first).",
+)
 @click.option("--size", type=int, default=4096, show_default=True, help="Slide width and height, px.")
 @click.option("--mpp", type=float, default=0.25, show_default=True)
 @click.option("--timeout", type=float, default=1800, show_default=True, help="Give up after this many seconds.")
@@ -47,19 +55,23 @@ def demo(var_dir: str, size: int, mpp: float, timeout: float) -> None:
     if real:
         click.echo(f"1/4 making sample slides from real PBC cell images under {data_root}")
     else:
-        click.secho(f"1/4 no real cell images under {data_root}: drawing procedural smears instead. "
-                    "Point HEMATOVISION_DATA_ROOT at the shared data (see README) for real cells; "
-                    "the classifier's calls on drawn cells mean nothing.", fg="yellow")
+        click.secho(
+            f"1/4 no real cell images under {data_root}: drawing procedural smears instead. "
+            "Point HEMATOVISION_DATA_ROOT at the shared data (see README) for real cells; "
+            "the classifier's calls on drawn cells mean nothing.",
+            fg="yellow",
+        )
     slides_dir = var / "slides"
     slides_dir.mkdir()
     slide_paths = []
     for i, (name, fmt, n_wbc, mix) in enumerate(DEMO_SLIDES):
         out = slides_dir / name
-        manifest = make_slide(out, data_root, size, size, mpp=mpp, n_wbc=n_wbc, seed=100 + i, fmt=fmt,
-                              wbc_mix=mix)
+        manifest = make_slide(out, data_root, size, size, mpp=mpp, n_wbc=n_wbc, seed=100 + i, fmt=fmt, wbc_mix=mix)
         slide_paths.append(out)
-        click.echo(f"    {name}: {size}x{size} px at {mpp} µm/px, {manifest['counts']['wbc']} white cells "
-                   f"placed ({manifest['source']})")
+        click.echo(
+            f"    {name}: {size}x{size} px at {mpp} µm/px, {manifest['counts']['wbc']} white cells "
+            f"placed ({manifest['source']})"
+        )
     click.echo("2/4 migrating the results database and starting the API and a worker")
     stack = start_stack(var, key_scope="submit", key_name="demo")
     try:
@@ -71,6 +83,7 @@ def demo(var_dir: str, size: int, mpp: float, timeout: float) -> None:
         click.echo(f"    batch {batch['id']} accepted: {len(batch['job_ids'])} jobs queued")
         shown = [0]
         with click.progressbar(length=1000, label="    analysing", show_eta=False) as bar:
+
             def update(b: dict) -> None:
                 if stack.procs["worker"].poll() is not None:
                     raise click.ClickException(f"the worker stopped; see {var / 'worker.log'}")
@@ -100,12 +113,13 @@ def demo(var_dir: str, size: int, mpp: float, timeout: float) -> None:
             diff = ", ".join(f"{k} {v['percent']:.0f}% [{v['ci95'][0]:.0f}-{v['ci95'][1]:.0f}]" for k, v in top)
             fl = ", ".join(f["code"] for f in rep["flags"]) or "none"
             c = rep["counts"]
-            click.echo(f"{job['filename']:<22}{job['state']:<11}{c['wbc']:>5}{c['rbc']:>7}{c['platelets']:>6}  "
-                       f"{diff}")
+            click.echo(f"{job['filename']:<22}{job['state']:<11}{c['wbc']:>5}{c['rbc']:>7}{c['platelets']:>6}  {diff}")
             click.echo(f"{'':<53}flags: {fl}")
         flagged = client.flags(batch=batch["id"])
-        click.echo(f"\nflag report: {flagged['count']} flagged slide(s), most severe first "
-                   f"(GET /api/v1/flags?batch={batch['id']})")
+        click.echo(
+            f"\nflag report: {flagged['count']} flagged slide(s), most severe first "
+            f"(GET /api/v1/flags?batch={batch['id']})"
+        )
         (reports_dir / "flag-report.pdf").write_bytes(client.flags(batch=batch["id"], fmt="pdf"))
         click.echo(f"reports: {reports_dir}  (JSON, CSV and PDF per slide; flag-report.pdf)")
         click.echo(f"logs: {var / 'api.log'}, {var / 'worker.log'}")

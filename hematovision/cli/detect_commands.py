@@ -49,10 +49,19 @@ def _mpp_for(image: Any, mpp: float | None) -> tuple[float, str]:
 
 @click.command("detect")
 @click.argument("image", type=click.Path(path_type=Path))
-@click.option("--mpp", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="µm per pixel of IMAGE; estimated from red-cell size when not given.")
-@click.option("--kinds", "kinds", default="wbc,rbc,platelet", show_default=True,
-              help="Comma-separated kinds to detect (wbc, rbc, platelet).")
+@click.option(
+    "--mpp",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="µm per pixel of IMAGE; estimated from red-cell size when not given.",
+)
+@click.option(
+    "--kinds",
+    "kinds",
+    default="wbc,rbc,platelet",
+    show_default=True,
+    help="Comma-separated kinds to detect (wbc, rbc, platelet).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the detections as JSON.")
 def detect(image: Path, mpp: float | None, kinds: str, as_json: bool) -> None:
     """Detect white cells, red cells and platelets in one field image (JPEG, PNG, TIFF...)."""
@@ -70,8 +79,7 @@ def detect(image: Path, mpp: float | None, kinds: str, as_json: bool) -> None:
         _fail(f"{image}: {exc}")
     if as_json:
         payload = {
-            "cells": [{"kind": c.kind, "bbox": list(c.bbox), "score": round(c.score, 4)}
-                      for c in cells],
+            "cells": [{"kind": c.kind, "bbox": list(c.bbox), "score": round(c.score, 4)} for c in cells],
             "mpp": used,
             "mpp_source": source,
         }
@@ -84,19 +92,33 @@ def detect(image: Path, mpp: float | None, kinds: str, as_json: bool) -> None:
 
 
 @click.command("evaluate-detection")
-@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path),
-              help="VOC: folder with Annotations/ (or the Annotations folder). "
-                   "YOLO: folder with images/ and labels/ (or a labels folder with --images).")
+@click.option(
+    "--data",
+    "data_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="VOC: folder with Annotations/ (or the Annotations folder). "
+    "YOLO: folder with images/ and labels/ (or a labels folder with --images).",
+)
 @click.option("--format", "fmt", required=True, type=click.Choice(["voc", "yolo"]))
-@click.option("--images", "images_dir", type=click.Path(path_type=Path), default=None,
-              help="Image folder when it is not beside the annotations (CBC: BCCD's JPEGImages).")
-@click.option("--split", default=None,
-              help="YOLO only: subfolder of images/ and labels/ (e.g. test for TXL-PBC).")
-@click.option("--mpp", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="µm per pixel of every image; estimated per image when not given.")
+@click.option(
+    "--images",
+    "images_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Image folder when it is not beside the annotations (CBC: BCCD's JPEGImages).",
+)
+@click.option("--split", default=None, help="YOLO only: subfolder of images/ and labels/ (e.g. test for TXL-PBC).")
+@click.option(
+    "--mpp",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="µm per pixel of every image; estimated per image when not given.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-def evaluate_detection(data_dir: Path, fmt: str, images_dir: Path | None, split: str | None,
-                       mpp: float | None, as_json: bool) -> None:
+def evaluate_detection(
+    data_dir: Path, fmt: str, images_dir: Path | None, split: str | None, mpp: float | None, as_json: bool
+) -> None:
     """Score the detector against annotated boxes: per-kind precision, recall, count error."""
     import time
 
@@ -116,8 +138,7 @@ def evaluate_detection(data_dir: Path, fmt: str, images_dir: Path | None, split:
     skipped: list[str] = []
     seconds = 0.0
     megapixels = 0.0
-    with click.progressbar(items, label="detecting", file=sys.stderr,
-                           show_pos=True) as bar:
+    with click.progressbar(items, label="detecting", file=sys.stderr, show_pos=True) as bar:
         for item in bar:
             rgb = _read_rgb(item.image_path)
             if mpp is not None:
@@ -133,28 +154,32 @@ def evaluate_detection(data_dir: Path, fmt: str, images_dir: Path | None, split:
             cells = detect_cells(rgb, used)
             seconds += time.perf_counter() - t0
             megapixels += rgb.shape[0] * rgb.shape[1] / 1e6
-            scores.add_image([(c.kind, c.bbox) for c in cells],
-                             [(b.kind, b.bbox) for b in item.boxes])
+            scores.add_image([(c.kind, c.bbox) for c in cells], [(b.kind, b.bbox) for b in item.boxes])
     result = scores.as_dict()
-    result.update({
-        "data": str(data_dir),
-        "format": fmt,
-        "mpp_source": "given" if mpp is not None else "estimated",
-        "mpp_median": float(sorted(mpps)[len(mpps) // 2]) if mpps else None,
-        "skipped_no_scale": skipped,
-        "seconds_per_megapixel": seconds / megapixels if megapixels else None,
-    })
+    result.update(
+        {
+            "data": str(data_dir),
+            "format": fmt,
+            "mpp_source": "given" if mpp is not None else "estimated",
+            "mpp_median": float(sorted(mpps)[len(mpps) // 2]) if mpps else None,
+            "skipped_no_scale": skipped,
+            "seconds_per_megapixel": seconds / megapixels if megapixels else None,
+        }
+    )
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
     click.echo(f"{result['n_images']} images, matching: {result['matching_rule']}")
+
     def pct(v: float | None) -> str:
         return "  n/a" if v is None else f"{100 * v:5.1f}%"
 
     for kind, tally in scores.tallies.items():
         m = tally.as_dict()
-        click.echo(f"  {kind:9s} precision {pct(m['precision'])}  recall {pct(m['recall'])}  "
-                   f"count error {pct(m['count_error'])}  ({m['n_pred']} found / {m['n_true']} true)")
+        click.echo(
+            f"  {kind:9s} precision {pct(m['precision'])}  recall {pct(m['recall'])}  "
+            f"count error {pct(m['count_error'])}  ({m['n_pred']} found / {m['n_true']} true)"
+        )
 
 
 COMMANDS: list[click.Command] = [detect, evaluate_detection]

@@ -40,8 +40,13 @@ def _threads(threads: int | None) -> None:
 
 
 @click.command("train")
-@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path),
-              help="Image folder: one subfolder per class, one centred cell per image.")
+@click.option(
+    "--data",
+    "data_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Image folder: one subfolder per class, one centred cell per image.",
+)
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Model directory to write.")
 @click.option("--epochs", default=20, show_default=True, help="Fine-tuning epochs (0 = frozen backbone + head only).")
 @click.option("--head-epochs", default=200, show_default=True, help="Most epochs of the head on frozen features.")
@@ -54,26 +59,57 @@ def _threads(threads: int | None) -> None:
 @click.option("--lr", "finetune_lr", default=3e-4, show_default=True, help="Fine-tuning learning rate.")
 @click.option("--batch-size", default=32, show_default=True)
 @click.option("--patience", default=6, show_default=True, help="Early-stopping patience (epochs).")
-@click.option("--init-from", type=click.Path(path_type=Path), default=None,
-              help="Continue fine-tuning this model directory (skips the head stage).")
+@click.option(
+    "--init-from",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Continue fine-tuning this model directory (skips the head stage).",
+)
 @click.option("--aug-strength", default=1.0, show_default=True, help="Scale of the colour/stain jitter.")
 @click.option("--limit-per-class", default=None, type=int, help="Use at most this many images per class.")
 @click.option("--version", "model_version", default="1.0.0", show_default=True)
 @click.option("--name", "model_name", default=None, help="Model name [default: wbc-effnetlite0].")
-@click.option("--extra-data", type=click.Path(path_type=Path), default=None,
-              help="Second image folder of crops already at model scale (input_px = crop_um), whose "
-                   "subfolders add classes or cells (e.g. blast crops from hemato_model.training.blast_data); "
-                   "its split.json is used if present. The --data split is unchanged by it.")
-@click.option("--min-resolution", default=None, type=click.FloatRange(0.1, 1.0),
-              help="Extra resolution-loss augmentation: half of each batch down-sampled to this "
-                   "fraction of its side (random, up to 1) and back [default: none].")
+@click.option(
+    "--extra-data",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Second image folder of crops already at model scale (input_px = crop_um), whose "
+    "subfolders add classes or cells (e.g. blast crops from hemato_model.training.blast_data); "
+    "its split.json is used if present. The --data split is unchanged by it.",
+)
+@click.option(
+    "--min-resolution",
+    default=None,
+    type=click.FloatRange(0.1, 1.0),
+    help="Extra resolution-loss augmentation: half of each batch down-sampled to this "
+    "fraction of its side (random, up to 1) and back [default: none].",
+)
 @click.option("--threads", default=2, show_default=True, help="CPU threads for TensorFlow (0 = all).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def train_command(data_dir: Path, out_dir: Path, epochs: int, head_epochs: int, seed: int, input_px: int,
-                  crop_um: float, mpp: float | None, backbone: str, unfreeze_from: str, finetune_lr: float,
-                  batch_size: int, patience: int, init_from: Path | None, aug_strength: float, limit_per_class: int | None, model_version: str,
-                  model_name: str | None, extra_data: Path | None, min_resolution: float | None,
-                  threads: int, quiet: bool) -> None:
+def train_command(
+    data_dir: Path,
+    out_dir: Path,
+    epochs: int,
+    head_epochs: int,
+    seed: int,
+    input_px: int,
+    crop_um: float,
+    mpp: float | None,
+    backbone: str,
+    unfreeze_from: str,
+    finetune_lr: float,
+    batch_size: int,
+    patience: int,
+    init_from: Path | None,
+    aug_strength: float,
+    limit_per_class: int | None,
+    model_version: str,
+    model_name: str | None,
+    extra_data: Path | None,
+    min_resolution: float | None,
+    threads: int,
+    quiet: bool,
+) -> None:
     """Train the white-cell classifier (frozen head, then fine-tuning) and write a model directory."""
     _quiet_tensorflow()
     if not data_dir.is_dir():
@@ -87,46 +123,107 @@ def train_command(data_dir: Path, out_dir: Path, epochs: int, head_epochs: int, 
     from hemato_model.training.classifier_training import MODEL_NAME, DataError, TrainConfig, train
     from hematovision.core.datasets import PBC_MPP
 
-    cfg = TrainConfig(data_dir=str(data_dir), out_dir=str(out_dir), backbone=backbone, input_px=input_px,
-                      crop_um=crop_um, mpp=mpp or PBC_MPP, seed=seed, epochs=epochs, head_epochs=head_epochs,
-                      unfreeze_from=unfreeze_from, finetune_lr=finetune_lr, batch_size=batch_size,
-                      patience=patience, limit_per_class=limit_per_class, version=model_version,
-                      init_from=str(init_from) if init_from else None, aug_strength=aug_strength,
-                      name=model_name or MODEL_NAME, extra_data=str(extra_data) if extra_data else None,
-                      min_resolution=min_resolution)
+    cfg = TrainConfig(
+        data_dir=str(data_dir),
+        out_dir=str(out_dir),
+        backbone=backbone,
+        input_px=input_px,
+        crop_um=crop_um,
+        mpp=mpp or PBC_MPP,
+        seed=seed,
+        epochs=epochs,
+        head_epochs=head_epochs,
+        unfreeze_from=unfreeze_from,
+        finetune_lr=finetune_lr,
+        batch_size=batch_size,
+        patience=patience,
+        limit_per_class=limit_per_class,
+        version=model_version,
+        init_from=str(init_from) if init_from else None,
+        aug_strength=aug_strength,
+        name=model_name or MODEL_NAME,
+        extra_data=str(extra_data) if extra_data else None,
+        min_resolution=min_resolution,
+    )
     try:
         meta = train(cfg, progress=_progress_factory(not quiet), verbose=0 if quiet else 1, threads=threads or None)
     except DataError as exc:
         raise click.UsageError(str(exc)) from None
     info = meta["training"]
-    click.echo(json.dumps({"model_dir": str(out_dir), "classes": meta["classes"], "input_px": meta["input_px"],
-                           "crop_um": meta["crop_um"], "threshold": meta["threshold"],
-                           "val_accuracy": info["val_accuracy"], "val_unidentified_rate": info["val_unidentified_rate"],
-                           "seconds": info["seconds"]}))
+    click.echo(
+        json.dumps(
+            {
+                "model_dir": str(out_dir),
+                "classes": meta["classes"],
+                "input_px": meta["input_px"],
+                "crop_um": meta["crop_um"],
+                "threshold": meta["threshold"],
+                "val_accuracy": info["val_accuracy"],
+                "val_unidentified_rate": info["val_unidentified_rate"],
+                "seconds": info["seconds"],
+            }
+        )
+    )
 
 
 @click.command("evaluate")
-@click.option("--data", "data_dir", type=click.Path(path_type=Path),
-              help="Image folder (one subfolder per class); folders not named like a model class are skipped.")
-@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
-              help="Model directory [default: settings.model_dir, the shipped model].")
-@click.option("--mpp", type=float, default=None,
-              help="µm/px of the images: the crop is crop_um around the image centre at this scale "
-                   "[default: single centred cells at PBC scale, 0.08].")
-@click.option("--split", type=click.Choice(["train", "val", "test"]), default=None,
-              help="Only the files of this part of the model's split.json (e.g. its held-out test set).")
-@click.option("--bccd", "bccd_dir", type=click.Path(path_type=Path), default=None,
-              help="Out-of-domain test on a BCCD folder (WBC boxes + extra/wbc_subtype_labels.csv).")
-@click.option("--blast-data", "blast_dir", type=click.Path(path_type=Path), default=None,
-              help="Blast evaluation on a hemato_model.training.blast_data folder (held-out ALL fields), with "
-                   "false-blast rates on --data (PBC, held-out --split) and --bccd lymphocytes if given.")
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(path_type=Path),
+    help="Image folder (one subfolder per class); folders not named like a model class are skipped.",
+)
+@click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Model directory [default: settings.model_dir, the shipped model].",
+)
+@click.option(
+    "--mpp",
+    type=float,
+    default=None,
+    help="µm/px of the images: the crop is crop_um around the image centre at this scale "
+    "[default: single centred cells at PBC scale, 0.08].",
+)
+@click.option(
+    "--split",
+    type=click.Choice(["train", "val", "test"]),
+    default=None,
+    help="Only the files of this part of the model's split.json (e.g. its held-out test set).",
+)
+@click.option(
+    "--bccd",
+    "bccd_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Out-of-domain test on a BCCD folder (WBC boxes + extra/wbc_subtype_labels.csv).",
+)
+@click.option(
+    "--blast-data",
+    "blast_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Blast evaluation on a hemato_model.training.blast_data folder (held-out ALL fields), with "
+    "false-blast rates on --data (PBC, held-out --split) and --bccd lymphocytes if given.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the default output).")
 @click.option("--plot", type=click.Path(path_type=Path), default=None, help="Write the confusion matrix PNG here.")
 @click.option("--threads", default=2, show_default=True, help="CPU threads for TensorFlow (0 = all).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def evaluate_command(data_dir: Path | None, model_dir: Path | None, mpp: float | None, split: str | None,
-                     bccd_dir: Path | None, blast_dir: Path | None, as_json: bool, plot: Path | None,
-                     threads: int, quiet: bool) -> None:
+def evaluate_command(
+    data_dir: Path | None,
+    model_dir: Path | None,
+    mpp: float | None,
+    split: str | None,
+    bccd_dir: Path | None,
+    blast_dir: Path | None,
+    as_json: bool,
+    plot: Path | None,
+    threads: int,
+    quiet: bool,
+) -> None:
     """Evaluate a classifier on an image folder (or BCCD) and print one JSON object."""
     _quiet_tensorflow()
     from hematovision.core.settings import load_settings
@@ -134,7 +231,9 @@ def evaluate_command(data_dir: Path | None, model_dir: Path | None, mpp: float |
     if data_dir is None and bccd_dir is None and blast_dir is None:
         raise click.UsageError("give --data DIR, --bccd DIR or --blast-data DIR")
     if blast_dir is not None and not (blast_dir / "split.json").is_file():
-        raise click.UsageError(f"--blast-data: no split.json in {blast_dir} (make it with hemato_model.training.blast_data)")
+        raise click.UsageError(
+            f"--blast-data: no split.json in {blast_dir} (make it with hemato_model.training.blast_data)"
+        )
     if data_dir is not None and not data_dir.is_dir():
         raise click.UsageError(f"data folder not found: {data_dir}")
     if bccd_dir is not None and not bccd_dir.is_dir():

@@ -52,10 +52,19 @@ def api_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-_api_url = click.option("--api", envvar=API_URL_ENV, default="http://127.0.0.1:8000", show_default=True,
-                        help="Base URL of the HematoVision API.")
-_api_key = click.option("--api-key", envvar="HEMATOVISION_API_KEY", default=None,
-                        help="API key (or HEMATOVISION_API_KEY); create one with `hematovision keys create`.")
+_api_url = click.option(
+    "--api",
+    envvar=API_URL_ENV,
+    default="http://127.0.0.1:8000",
+    show_default=True,
+    help="Base URL of the HematoVision API.",
+)
+_api_key = click.option(
+    "--api-key",
+    envvar="HEMATOVISION_API_KEY",
+    default=None,
+    help="API key (or HEMATOVISION_API_KEY); create one with `hematovision keys create`.",
+)
 
 
 def api_option(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -59,9 +59,11 @@ def process(paths: tuple[str, ...], out_dir: str, mpp: float | None, model_dir: 
         tmp.write_text(json.dumps(rep, indent=2))
         tmp.replace(target)
         diff = ", ".join(f"{k} {v['percent']}%" for k, v in rep["differential"].items() if v["count"])
-        click.echo(f"{Path(p).name}: WBC {rep['counts']['wbc']} RBC {rep['counts']['rbc']} "
-                   f"PLT {rep['counts']['platelets']} | {diff} | flags: "
-                   f"{', '.join(f['code'] for f in rep['flags']) or 'none'} -> {target}")
+        click.echo(
+            f"{Path(p).name}: WBC {rep['counts']['wbc']} RBC {rep['counts']['rbc']} "
+            f"PLT {rep['counts']['platelets']} | {diff} | flags: "
+            f"{', '.join(f['code'] for f in rep['flags']) or 'none'} -> {target}"
+        )
     if failures:
         click.echo(f"{failures} of {len(paths)} slide(s) failed", err=True)
         sys.exit(1)

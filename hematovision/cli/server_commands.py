@@ -20,20 +20,36 @@ def serve(host: str | None, port: int | None, threads: int) -> None:
     settings = settings_or_exit()
     setup_logging(settings)
     app = create_app(settings)
-    click.echo(f"HematoVision API on http://{host or settings.api_host}:{port or settings.api_port} "
-               f"(database {settings.sqlalchemy_url.split('@')[-1]}, broker {settings.celery_broker_url.split('@')[-1]})")
-    waitress.serve(app, host=host or settings.api_host, port=port or settings.api_port, threads=threads,
-                   ident="hematovision")
+    click.echo(
+        f"HematoVision API on http://{host or settings.api_host}:{port or settings.api_port} "
+        f"(database {settings.sqlalchemy_url.split('@')[-1]}, broker {settings.celery_broker_url.split('@')[-1]})"
+    )
+    waitress.serve(
+        app, host=host or settings.api_host, port=port or settings.api_port, threads=threads, ident="hematovision"
+    )
 
 
 @click.command()
 @click.option("--concurrency", type=int, default=None, help="Worker processes (default: settings).")
-@click.option("--pool", type=click.Choice(["solo", "prefork", "threads"]), default="solo", show_default=True,
-              help="solo: one process (one per GPU); prefork: several processes.")
-@click.option("--stages", default="prepare,classify,report", show_default=True,
-              help="Stages this worker runs: prepare and report on CPU workers, classify on GPU workers.")
-@click.option("--queues", "-Q", default=None,
-              help="Consume these queues instead (comma-separated names; default: the stages' queues).")
+@click.option(
+    "--pool",
+    type=click.Choice(["solo", "prefork", "threads"]),
+    default="solo",
+    show_default=True,
+    help="solo: one process (one per GPU); prefork: several processes.",
+)
+@click.option(
+    "--stages",
+    default="prepare,classify,report",
+    show_default=True,
+    help="Stages this worker runs: prepare and report on CPU workers, classify on GPU workers.",
+)
+@click.option(
+    "--queues",
+    "-Q",
+    default=None,
+    help="Consume these queues instead (comma-separated names; default: the stages' queues).",
+)
 @click.option("--loglevel", default="INFO", show_default=True)
 def worker(concurrency: int | None, pool: str, stages: str, queues: str | None, loglevel: str) -> None:
     """Run a Celery worker for some or all stages of the slide analysis.
@@ -59,9 +75,16 @@ def worker(concurrency: int | None, pool: str, stages: str, queues: str | None, 
         from prometheus_client import start_http_server
 
         start_http_server(settings.worker_metrics_port, addr=settings.api_host)
-    argv = ["worker", f"--loglevel={loglevel}", f"--pool={pool}", "-Q", queues,
-            f"--concurrency={concurrency or settings.worker_concurrency}", "--without-gossip",
-            "--without-mingle"]
+    argv = [
+        "worker",
+        f"--loglevel={loglevel}",
+        f"--pool={pool}",
+        "-Q",
+        queues,
+        f"--concurrency={concurrency or settings.worker_concurrency}",
+        "--without-gossip",
+        "--without-mingle",
+    ]
     app.worker_main(argv)
 
 

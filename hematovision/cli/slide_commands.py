@@ -50,31 +50,75 @@ class _LazyBar:
 
 @click.command("make-slide")
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--width", default=8192, show_default=True, type=click.IntRange(64, 500_000),
-              help="Level-0 width in pixels.")
-@click.option("--height", default=8192, show_default=True, type=click.IntRange(64, 500_000),
-              help="Level-0 height in pixels.")
-@click.option("--mpp", default=0.25, show_default=True, type=float,
-              help="Microns per pixel at level 0 (0.25 ≈ a 40× scan, 0.5 ≈ 20×).")
-@click.option("--wbc", "n_wbc", default=300, show_default=True, type=click.IntRange(0, 1_000_000),
-              help="White cells to place (fewer if they do not fit).")
-@click.option("--seed", default=0, show_default=True, type=int,
-              help="Random seed: the same seed gives the same slide.")
-@click.option("--format", "fmt", type=click.Choice(["tiff", "svs"]), default=None,
-              help="Generic tiled TIFF or Aperio-style SVS  [default: from OUT's suffix, else tiff]")
-@click.option("--source", type=click.Choice(["auto", "pbc", "procedural"]), default="auto",
-              show_default=True,
-              help="White cells from real PBC images, drawn procedurally, or PBC when available.")
-@click.option("--mix", "mix_text", default=None, metavar="CLASS=W,...",
-              help="White-cell mix, e.g. neutrophil=60,lymphocyte=40 (default: normal adult "
-                   "differential).")
-@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Shared data folder with data/pbc_subset  [default: settings' data_root]")
-@click.option("--tile", "tile_px", default=512, show_default=True, type=click.Choice(["256", "512"]),
-              help="TIFF tile size in pixels.")
+@click.option(
+    "--width", default=8192, show_default=True, type=click.IntRange(64, 500_000), help="Level-0 width in pixels."
+)
+@click.option(
+    "--height", default=8192, show_default=True, type=click.IntRange(64, 500_000), help="Level-0 height in pixels."
+)
+@click.option(
+    "--mpp",
+    default=0.25,
+    show_default=True,
+    type=float,
+    help="Microns per pixel at level 0 (0.25 ≈ a 40× scan, 0.5 ≈ 20×).",
+)
+@click.option(
+    "--wbc",
+    "n_wbc",
+    default=300,
+    show_default=True,
+    type=click.IntRange(0, 1_000_000),
+    help="White cells to place (fewer if they do not fit).",
+)
+@click.option("--seed", default=0, show_default=True, type=int, help="Random seed: the same seed gives the same slide.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["tiff", "svs"]),
+    default=None,
+    help="Generic tiled TIFF or Aperio-style SVS  [default: from OUT's suffix, else tiff]",
+)
+@click.option(
+    "--source",
+    type=click.Choice(["auto", "pbc", "procedural"]),
+    default="auto",
+    show_default=True,
+    help="White cells from real PBC images, drawn procedurally, or PBC when available.",
+)
+@click.option(
+    "--mix",
+    "mix_text",
+    default=None,
+    metavar="CLASS=W,...",
+    help="White-cell mix, e.g. neutrophil=60,lymphocyte=40 (default: normal adult differential).",
+)
+@click.option(
+    "--data-root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Shared data folder with data/pbc_subset  [default: settings' data_root]",
+)
+@click.option(
+    "--tile",
+    "tile_px",
+    default=512,
+    show_default=True,
+    type=click.Choice(["256", "512"]),
+    help="TIFF tile size in pixels.",
+)
 def make_slide_command(
-    out: Path, width: int, height: int, mpp: float, n_wbc: int, seed: int, fmt: str | None,
-    source: str, mix_text: str | None, data_root: Path | None, tile_px: str,
+    out: Path,
+    width: int,
+    height: int,
+    mpp: float,
+    n_wbc: int,
+    seed: int,
+    fmt: str | None,
+    source: str,
+    mix_text: str | None,
+    data_root: Path | None,
+    tile_px: str,
 ) -> None:
     """Write a synthetic blood-smear slide OUT and its manifest OUT.manifest.json.
 
@@ -99,8 +143,18 @@ def make_slide_command(
     bar = _LazyBar(tiles, f"Writing {out.name}")
     try:
         manifest = make_slide(
-            out, root, width, height, mpp=mpp, n_wbc=n_wbc, seed=seed, fmt=fmt, wbc_mix=mix,
-            source=source, tile_px=int(tile_px), progress=bar.update,
+            out,
+            root,
+            width,
+            height,
+            mpp=mpp,
+            n_wbc=n_wbc,
+            seed=seed,
+            fmt=fmt,
+            wbc_mix=mix,
+            source=source,
+            tile_px=int(tile_px),
+            progress=bar.update,
         )
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
@@ -110,12 +164,12 @@ def make_slide_command(
         bar.close()
     counts = manifest["counts"]
     levels = " ".join(f"{w}×{h}" for w, h in manifest["levels"])
-    click.echo(f"slide:    {manifest['slide_path']} ({fmt}, {width}×{height} px at {mpp:g} µm/px; "
-               f"levels {levels})")
+    click.echo(f"slide:    {manifest['slide_path']} ({fmt}, {width}×{height} px at {mpp:g} µm/px; levels {levels})")
     click.echo(f"manifest: {manifest['manifest_path']}")
     diff = ", ".join(f"{c} {n}" for c, n in manifest["differential"].items()) or "none"
-    click.echo(f"placed:   {counts['wbc']} white cells ({diff}), {counts['rbc']} red cells, "
-               f"{counts['platelets']} platelets")
+    click.echo(
+        f"placed:   {counts['wbc']} white cells ({diff}), {counts['rbc']} red cells, {counts['platelets']} platelets"
+    )
     src = "real PBC cell images" if manifest["source"] == "pbc" else "procedurally drawn cells"
     click.echo(f"source:   {src}")
     for note in manifest["notes"]:

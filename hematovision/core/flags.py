@@ -122,11 +122,15 @@ def evaluate_flags(
     if "blast" in differential_counts:  # only a model with a blast class can say anything of blasts
         _blast_flags(flags, differential_counts["blast"], n_wbc, rules["blasts"])
     checks = [
-        ("IMMATURE_GRANULOCYTES", "review", "Immature granulocytes", "ig",
-         rules["immature_granulocytes"]["review_pct"]),
+        (
+            "IMMATURE_GRANULOCYTES",
+            "review",
+            "Immature granulocytes",
+            "ig",
+            rules["immature_granulocytes"]["review_pct"],
+        ),
         ("LYMPHOCYTOSIS", "review", "Lymphocytes", "lymphocyte", rules["lymphocytosis"]["review_pct"]),
-        ("UNIDENTIFIED_CELLS", "review", "Unidentified cells", "unidentified",
-         rules["unidentified"]["review_pct"]),
+        ("UNIDENTIFIED_CELLS", "review", "Unidentified cells", "unidentified", rules["unidentified"]["review_pct"]),
     ]
     for code, severity, what, cls, pct in checks:
         f = _threshold_flag(code, severity, what, differential_counts.get(cls, 0), n_wbc, pct)

@@ -60,12 +60,15 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     worker_concurrency: int = 1
-    queue_prepare: str = Field(default="slides.prepare",
-                               description="Queue of the CPU stage: read the slide, find cells, cut crops.")
-    queue_classify: str = Field(default="slides.classify",
-                                description="Queue of the GPU stage: classify the white-cell crops.")
-    queue_report: str = Field(default="slides.report",
-                              description="Queue of the CPU stage: differential, flags, store the result.")
+    queue_prepare: str = Field(
+        default="slides.prepare", description="Queue of the CPU stage: read the slide, find cells, cut crops."
+    )
+    queue_classify: str = Field(
+        default="slides.classify", description="Queue of the GPU stage: classify the white-cell crops."
+    )
+    queue_report: str = Field(
+        default="slides.report", description="Queue of the CPU stage: differential, flags, store the result."
+    )
     work_dir: Path | None = Field(
         default=None, description="Crops handed between stages; shared by all workers. Empty = var_dir/work."
     )

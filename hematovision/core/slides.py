@@ -91,9 +91,7 @@ class Slide:
                 best = i
         return best
 
-    def read_region(
-        self, location: tuple[int, int], level: int, size: tuple[int, int]
-    ) -> np.ndarray:
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         """RGB pixels of a region: ``location`` in level-0 pixels, ``size`` (w, h) in ``level`` pixels.
 
         Areas outside the image (and transparent areas) are white. Returns (h, w, 3) uint8.
@@ -204,8 +202,9 @@ class OpenSlideSlide(Slide):
             if value is not None:
                 mpp_y = _float(p.get("openslide.mpp-y"))
                 if mpp_y is not None and abs(mpp_y - value) > 0.01 * value:
-                    logger.warning("%s: anisotropic pixels (mpp-x %s, mpp-y %s); using mpp-x",
-                                   self.path.name, value, mpp_y)
+                    logger.warning(
+                        "%s: anisotropic pixels (mpp-x %s, mpp-y %s); using mpp-x", self.path.name, value, mpp_y
+                    )
                 return _plausible(value, self.path.name)
         res = _float(p.get("tiff.XResolution"))
         unit = (p.get("tiff.ResolutionUnit") or "").lower()
@@ -267,9 +266,7 @@ class ImageSlide(Slide):
 # opening
 
 
-def open_slide(
-    path: str | os.PathLike[str], mpp: float | None = None, default_mpp: float | None = None
-) -> Slide:
+def open_slide(path: str | os.PathLike[str], mpp: float | None = None, default_mpp: float | None = None) -> Slide:
     """Open a whole-slide image or a field image.
 
     Args:
@@ -395,9 +392,7 @@ def _check_tiff_readable(path: Path) -> None:
     except SlideError:
         raise
     except Exception as exc:  # tifffile raises many kinds on garbage
-        raise SlideError(
-            f"{name} is a damaged TIFF file ({exc}); it is probably truncated or corrupt"
-        ) from exc
+        raise SlideError(f"{name} is a damaged TIFF file ({exc}); it is probably truncated or corrupt") from exc
     finally:
         tiff_log.setLevel(level)
 
@@ -441,8 +436,7 @@ def _open_image(path: Path, head: bytes) -> ImageSlide:
         fmt = (im.format or "").upper()
         if fmt not in FIELD_IMAGE_FORMATS:
             raise SlideError(
-                f"{name} is a {fmt or 'unknown'} image, which HematoVision does not accept; "
-                f"use {_SUPPORTED}"
+                f"{name} is a {fmt or 'unknown'} image, which HematoVision does not accept; use {_SUPPORTED}"
             )
         w, h = im.size
         if w <= 0 or h <= 0:

@@ -21,14 +21,29 @@ RBC_DIAMETER_UM = (7.5, 0.4)  # mean, sd
 #: surroundings, as in a real smear. With 20 µm around lymphocytes more of them went "unidentified"
 #: (measured on 60 lymphocytes, seed 9: 17 unidentified at 20 µm, 15 at 26 µm; on the demo's
 #: lymphocytosis slide lymphocytes 42 % -> 51 %).
-WBC_MASK_UM = dict.fromkeys(("lymphocyte", "erythroblast", "basophil", "neutrophil", "eosinophil", "ig",
-                             "monocyte"), 26.0)
+WBC_MASK_UM = dict.fromkeys(
+    ("lymphocyte", "erythroblast", "basophil", "neutrophil", "eosinophil", "ig", "monocyte"), 26.0
+)
 #: Cytoplasm margin added around the nucleus found in a PBC crop to give the cell's box (µm).
-WBC_MARGIN_UM = {"lymphocyte": 1.0, "erythroblast": 1.5, "basophil": 2.0, "neutrophil": 2.5,
-                 "eosinophil": 2.5, "ig": 3.0, "monocyte": 3.0}
+WBC_MARGIN_UM = {
+    "lymphocyte": 1.0,
+    "erythroblast": 1.5,
+    "basophil": 2.0,
+    "neutrophil": 2.5,
+    "eosinophil": 2.5,
+    "ig": 3.0,
+    "monocyte": 3.0,
+}
 #: Typical cell diameters for procedural white cells (µm).
-WBC_DIAMETER_UM = {"lymphocyte": 9.0, "erythroblast": 9.5, "basophil": 11.0, "neutrophil": 12.0,
-                   "eosinophil": 13.0, "ig": 14.0, "monocyte": 16.0}
+WBC_DIAMETER_UM = {
+    "lymphocyte": 9.0,
+    "erythroblast": 9.5,
+    "basophil": 11.0,
+    "neutrophil": 12.0,
+    "eosinophil": 13.0,
+    "ig": 14.0,
+    "monocyte": 16.0,
+}
 
 GLASS_RGB = np.array([250.0, 247.0, 242.0], np.float32)
 PLASMA_T = np.array([0.985, 0.935, 0.875], np.float32)  # smear background relative to glass
@@ -157,7 +172,8 @@ def pbc_sprite(path: Path, cls: str, mpp: float) -> np.ndarray:
     box = (cx - side_src / 2, cy - side_src / 2, cx + side_src / 2, cy + side_src / 2)
     bg = pbc_background(rgb)
     img = Image.fromarray(rgb).resize(
-        (size, size), Image.Resampling.LANCZOS if side_src > size else Image.Resampling.BICUBIC,
+        (size, size),
+        Image.Resampling.LANCZOS if side_src > size else Image.Resampling.BICUBIC,
         box=box,
     )
     t = np.clip(np.asarray(img, np.float32) / bg[None, None, :], 0.0, 1.0)
@@ -174,9 +190,13 @@ def procedural_wbc(cls: str, rng: np.random.Generator, mpp: float) -> tuple[np.n
     x, y = centered_grid(half)
     body = soft_disc(half, r, 1.0)
     cyto_t = {
-        "neutrophil": (0.93, 0.86, 0.90), "eosinophil": (0.90, 0.72, 0.70),
-        "basophil": (0.80, 0.72, 0.88), "lymphocyte": (0.78, 0.80, 0.95),
-        "monocyte": (0.86, 0.84, 0.92), "ig": (0.88, 0.80, 0.90), "erythroblast": (0.80, 0.74, 0.84),
+        "neutrophil": (0.93, 0.86, 0.90),
+        "eosinophil": (0.90, 0.72, 0.70),
+        "basophil": (0.80, 0.72, 0.88),
+        "lymphocyte": (0.78, 0.80, 0.95),
+        "monocyte": (0.86, 0.84, 0.92),
+        "ig": (0.88, 0.80, 0.90),
+        "erythroblast": (0.80, 0.74, 0.84),
     }[cls]
     nuc = np.zeros_like(body)
 

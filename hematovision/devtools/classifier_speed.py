@@ -44,8 +44,9 @@ def _time(fn: Any, batches: list[np.ndarray], repeats: int) -> float:
     return best
 
 
-def run_benchmark(model_dir: str | Path, data_root: Path, n: int = 512, threads: int = 2, batch: int = 64,
-                  repeats: int = 3) -> dict[str, Any]:
+def run_benchmark(
+    model_dir: str | Path, data_root: Path, n: int = 512, threads: int = 2, batch: int = 64, repeats: int = 3
+) -> dict[str, Any]:
     """Measure both models in this process and return the JSON-able result (crops from the PBC
     images under ``data_root``; random pixels where they are missing)."""
     from hemato_model.runtime import limit_tensorflow_threads

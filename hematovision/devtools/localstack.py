@@ -37,13 +37,19 @@ class LocalStack:
 
     def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         log = open(self.var_dir / f"{name}.log", "ab")  # noqa: SIM115 (the child keeps it)
-        p = subprocess.Popen([sys.executable, "-m", "hematovision.cli", *args], env=self.env, stdout=log,
-                             stderr=subprocess.STDOUT, start_new_session=True)
+        p = subprocess.Popen(
+            [sys.executable, "-m", "hematovision.cli", *args],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.procs[name] = p
         return p
 
-    def start_worker(self, name: str = "worker", loglevel: str = "INFO",
-                     stages: str = "prepare,classify,report") -> subprocess.Popen[bytes]:
+    def start_worker(
+        self, name: str = "worker", loglevel: str = "INFO", stages: str = "prepare,classify,report"
+    ) -> subprocess.Popen[bytes]:
         return self.start(name, "worker", "--loglevel", loglevel, "--stages", stages)
 
     def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
@@ -105,15 +111,17 @@ def start_stack(
     for k in ("HEMATOVISION_DATA_ROOT", "HEMATOVISION_MODEL_DIR"):
         if k in os.environ:
             env[k] = os.environ[k]
-    env.update({
-        "HEMATOVISION_VAR_DIR": str(var_dir),
-        "HEMATOVISION_DATABASE_URL": database_url,
-        "HEMATOVISION_BROKER_URL": broker_url,
-        "HEMATOVISION_API_PORT": str(port),
-        "PYTHONUNBUFFERED": "1",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-        **{f"HEMATOVISION_{k.upper()}": str(v) for k, v in settings.items()},
-    })
+    env.update(
+        {
+            "HEMATOVISION_VAR_DIR": str(var_dir),
+            "HEMATOVISION_DATABASE_URL": database_url,
+            "HEMATOVISION_BROKER_URL": broker_url,
+            "HEMATOVISION_API_PORT": str(port),
+            "PYTHONUNBUFFERED": "1",
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+            **{f"HEMATOVISION_{k.upper()}": str(v) for k, v in settings.items()},
+        }
+    )
     s = Settings(var_dir=var_dir, database_url=database_url, broker_url=broker_url)
     upgrade(s)
     engine = make_engine(s)

@@ -101,7 +101,13 @@ def _encode(tile: np.ndarray, tile_px: int, quality: int) -> bytes:
 
 
 def _aperio_description(
-    width: int, height: int, level_w: int, level_h: int, tile_px: int, quality: int, mpp: float,
+    width: int,
+    height: int,
+    level_w: int,
+    level_h: int,
+    tile_px: int,
+    quality: int,
+    mpp: float,
     filename: str,
 ) -> str:
     app_mag = max(1, round(10.0 / mpp))
@@ -162,9 +168,7 @@ def write_pyramid(
     tiles_x = math.ceil(width / tile_px)
     tiles_y = math.ceil(height / tile_px)
 
-    levels = [
-        _Level(w, h, np.empty((tile_px, w, 3), np.uint8)) for (w, h) in dims[1:]
-    ]
+    levels = [_Level(w, h, np.empty((tile_px, w, 3), np.uint8)) for (w, h) in dims[1:]]
     if levels:
         levels[-1].keep = []
     spool: IO[bytes] = tempfile.TemporaryFile(dir=path.parent, prefix=".pyramid-spool-")
@@ -280,9 +284,7 @@ def write_pyramid(
                         yield spool.read(length)
 
                 desc = (
-                    _aperio_description(
-                        width, height, lev.width, lev.height, tile_px, quality, mpp, path.name
-                    )
+                    _aperio_description(width, height, lev.width, lev.height, tile_px, quality, mpp, path.name)
                     if fmt == "svs"
                     else None
                 )

@@ -104,8 +104,9 @@ class SmearGeometry:
 
         xlo, xhi = term_range(x0, x1 - 1, self.cx, self.ax)
         ylo, yhi = term_range(y0, y1 - 1, self.cy, self.ay)
-        cov = self.coverage(np.array([math.sqrt(xhi + yhi), math.sqrt(xlo + ylo)]) * self.ax + self.cx,
-                            np.array([self.cy, self.cy]))
+        cov = self.coverage(
+            np.array([math.sqrt(xhi + yhi), math.sqrt(xlo + ylo)]) * self.ax + self.cx, np.array([self.cy, self.cy])
+        )
         return float(cov[0]), float(cov[1])
 
     def rbc_density(self, xs: np.ndarray, ys: np.ndarray, width: int) -> np.ndarray:
@@ -190,9 +191,7 @@ def plan_smear(
     mix = dict(DEFAULT_WBC_MIX if wbc_mix is None else wbc_mix)
     unknown = sorted(set(mix) - set(WBC_CLASSES))
     if unknown:
-        raise ValueError(
-            f"unknown white-cell class(es) {', '.join(unknown)}; known: {', '.join(WBC_CLASSES)}"
-        )
+        raise ValueError(f"unknown white-cell class(es) {', '.join(unknown)}; known: {', '.join(WBC_CLASSES)}")
     if any(not (w >= 0 and math.isfinite(w)) for w in mix.values()) or sum(mix.values()) <= 0:
         raise ValueError("the white-cell mix needs non-negative weights with a positive sum")
     mix = {c: w for c, w in mix.items() if w > 0}
@@ -231,9 +230,7 @@ def plan_smear(
             raise ValueError("none of the requested white-cell classes has images")
 
     rng = np.random.default_rng([seed, 1])
-    geom = SmearGeometry(
-        cx=width / 2.0, cy=height / 2.0, ax=0.47 * width, ay=0.45 * height, feather=0.12
-    )
+    geom = SmearGeometry(cx=width / 2.0, cy=height / 2.0, ax=0.47 * width, ay=0.45 * height, feather=0.12)
 
     # --- white cells: rejection sampling inside the smear, masks never overlapping
     spacing = max(WBC_MASK_UM.values()) / mpp + 2
@@ -259,8 +256,7 @@ def plan_smear(
         grid.setdefault((gx_, gy_), []).append((x, y))
     if len(wbc_xy) < n_wbc:
         notes.append(
-            f"only {len(wbc_xy)} of {n_wbc} white cells fit without overlapping; make the slide "
-            "larger for more"
+            f"only {len(wbc_xy)} of {n_wbc} white cells fit without overlapping; make the slide larger for more"
         )
     counts = _allocate(mix, len(wbc_xy)) if mix else {}
     classes = [c for c, k in counts.items() for _ in range(k)]
@@ -291,8 +287,10 @@ def plan_smear(
             x1 = y1 = d_um / 2.0
             w.half_px = int(math.ceil(d_um / 2.0 / mpp)) + 2
         w.bbox_rel = (
-            int(math.floor(x0 / mpp)), int(math.floor(y0 / mpp)),
-            int(math.ceil(x1 / mpp)) + 1, int(math.ceil(y1 / mpp)) + 1,
+            int(math.floor(x0 / mpp)),
+            int(math.floor(y0 / mpp)),
+            int(math.ceil(x1 / mpp)) + 1,
+            int(math.ceil(y1 / mpp)) + 1,
         )
 
     # --- sprite banks
@@ -345,9 +343,21 @@ def plan_smear(
             plt_xy, plt_var = plt_xy[ok], plt_var[ok]
 
     return SmearPlan(
-        width=width, height=height, mpp=mpp, seed=seed, source=used, geometry=geom,
-        rbc_xy=rbc_xy, rbc_var=rbc_var, plt_xy=plt_xy, plt_var=plt_var, wbcs=wbcs,
-        rbc_sprites=rbc_sprites, plt_sprites=plt_sprites, notes=notes, wbc_requested=n_wbc,
+        width=width,
+        height=height,
+        mpp=mpp,
+        seed=seed,
+        source=used,
+        geometry=geom,
+        rbc_xy=rbc_xy,
+        rbc_var=rbc_var,
+        plt_xy=plt_xy,
+        plt_var=plt_var,
+        wbcs=wbcs,
+        rbc_sprites=rbc_sprites,
+        plt_sprites=plt_sprites,
+        notes=notes,
+        wbc_requested=n_wbc,
     )
 
 
@@ -523,8 +533,9 @@ def _manifest_head(plan: SmearPlan, fmt: str, out_path: Path) -> dict[str, Any]:
     }
 
 
-def _iter_cell_json(plan: SmearPlan, data_root: Path | None, include_rbc: bool = True,
-                    as_text: bool = False) -> Iterator[Any]:
+def _iter_cell_json(
+    plan: SmearPlan, data_root: Path | None, include_rbc: bool = True, as_text: bool = False
+) -> Iterator[Any]:
     """Manifest cell entries (dicts, or JSON text when ``as_text``: millions of red cells)."""
     for w in plan.wbcs:
         cx, cy = w.center
@@ -557,9 +568,10 @@ def _iter_cell_json(plan: SmearPlan, data_root: Path | None, include_rbc: bool =
                 )
                 continue
             yield {
-                "kind": kind, "class": None, "center": [cx, cy],
-                "bbox": [max(0, cx - hh), max(0, cy - hh), min(plan.width, cx + hh + 1),
-                         min(plan.height, cy + hh + 1)],
+                "kind": kind,
+                "class": None,
+                "center": [cx, cy],
+                "bbox": [max(0, cx - hh), max(0, cy - hh), min(plan.width, cx + hh + 1), min(plan.height, cy + hh + 1)],
                 "source_file": None,
             }
 
@@ -635,14 +647,22 @@ def make_slide(
         data_root = data_root.data_root
     root = Path(data_root) if data_root is not None else None
     plan = plan_smear(
-        width, height, mpp, n_wbc, seed, data_root=root, source=source, wbc_mix=wbc_mix,
+        width,
+        height,
+        mpp,
+        n_wbc,
+        seed,
+        data_root=root,
+        source=source,
+        wbc_mix=wbc_mix,
         wbc_files=wbc_files,
     )
     for note in plan.notes:
         logger.warning("%s", note)
     renderer = SmearRenderer(plan)
-    info = write_pyramid(out, width, height, renderer, mpp, fmt=fmt, tile_px=tile_px,
-                         quality=quality, progress=progress)
+    info = write_pyramid(
+        out, width, height, renderer, mpp, fmt=fmt, tile_px=tile_px, quality=quality, progress=progress
+    )
     mpath = write_manifest(plan, fmt, out, root)
     manifest = _manifest_head(plan, fmt, out)
     n_cells = len(plan.wbcs) + plan.rbc_xy.shape[0] + plan.plt_xy.shape[0]

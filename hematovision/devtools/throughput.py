@@ -72,15 +72,29 @@ def _naive(slide: Any, classifier: Any, sample_tiles: int | None, tile_px: int) 
     for x, y in coords:
         tile = slide.read_region((x, y), 0, (min(tile_px, w - x), min(tile_px, h - y)))
         dets = detect_cells(tile, mpp)
-        crops = [crop_cell(tile, ((d.bbox[0] + d.bbox[2]) / 2, (d.bbox[1] + d.bbox[3]) / 2), mpp,
-                           classifier.crop_um, classifier.input_px) for d in dets if d.kind == "wbc"]
+        crops = [
+            crop_cell(
+                tile,
+                ((d.bbox[0] + d.bbox[2]) / 2, (d.bbox[1] + d.bbox[3]) / 2),
+                mpp,
+                classifier.crop_um,
+                classifier.input_px,
+            )
+            for d in dets
+            if d.kind == "wbc"
+        ]
         if crops:
             classifier.classify(np.stack(crops))
             cells += len(crops)
     seconds = time.perf_counter() - t0
     scale = total / len(coords)
-    return {"seconds": seconds * scale, "tiles_total": total, "tiles_timed": len(coords),
-            "extrapolated": len(coords) < total, "wbc_seen_in_timed_tiles": cells}
+    return {
+        "seconds": seconds * scale,
+        "tiles_total": total,
+        "tiles_timed": len(coords),
+        "extrapolated": len(coords) < total,
+        "wbc_seen_in_timed_tiles": cells,
+    }
 
 
 def run_benchmark(
@@ -118,8 +132,13 @@ def run_benchmark(
     with open_slide(slide_path) as raw:
         naive = _naive(raw, classifier, naive_sample_tiles, tile_px)
     return {
-        "slide": {"width": size_px, "height": size_px, "mpp": mpp, "wbc_placed": manifest["wbc_placed"],
-                  "generated_in_s": round(make_s, 1)},
+        "slide": {
+            "width": size_px,
+            "height": size_px,
+            "mpp": mpp,
+            "wbc_placed": manifest["wbc_placed"],
+            "generated_in_s": round(make_s, 1),
+        },
         "target_wbc": target_wbc,
         "slides_per_hour": round(3600.0 / ours_s, 1),
         "seconds_per_slide": round(ours_s, 2),
@@ -134,7 +153,11 @@ def run_benchmark(
         "naive": naive,
         "speedup": round(naive["seconds"] / ours_s, 1),
         "peak_rss_mb": round(rss_mb, 1),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.machine(),
-                    "keras_backend": os.environ.get("KERAS_BACKEND", "tensorflow")},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "processor": platform.machine(),
+            "keras_backend": os.environ.get("KERAS_BACKEND", "tensorflow"),
+        },
         "tiles_per_side": math.ceil(size_px / tile_px),
     }

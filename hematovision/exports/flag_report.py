@@ -36,8 +36,22 @@ from hematovision.exports.pdf_style import (
 )
 
 CSV_COLUMNS = [
-    "rank", "slide_max_severity", "slide_id", "batch_id", "filename", "analysed_at", "wbc_counted",
-    "severity", "code", "message", "count", "of", "percent", "ci95_low", "ci95_high", "threshold_pct",
+    "rank",
+    "slide_max_severity",
+    "slide_id",
+    "batch_id",
+    "filename",
+    "analysed_at",
+    "wbc_counted",
+    "severity",
+    "code",
+    "message",
+    "count",
+    "of",
+    "percent",
+    "ci95_low",
+    "ci95_high",
+    "threshold_pct",
     "borderline",
 ]
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -46,8 +60,10 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 def ordered_slides(doc: dict[str, Any]) -> list[dict[str, Any]]:
     """The document's slides, most severe first, each with its flags most severe first."""
     slides = sorted(doc.get("slides", []), key=lambda s: -SEVERITY_RANK.get(s.get("max_severity") or "", -1))
-    return [{**s, "flags": sorted(s.get("flags", []), key=lambda f: -SEVERITY_RANK.get(f.get("severity", ""), -1))}
-            for s in slides]
+    return [
+        {**s, "flags": sorted(s.get("flags", []), key=lambda f: -SEVERITY_RANK.get(f.get("severity", ""), -1))}
+        for s in slides
+    ]
 
 
 def _cell(value: Any) -> Any:
@@ -62,14 +78,30 @@ def flag_report_csv(doc: dict[str, Any]) -> str:
     w = csv.writer(buf)
     w.writerow(CSV_COLUMNS)
     for rank, s in enumerate(ordered_slides(doc), start=1):
-        head = [rank, s.get("max_severity"), s.get("slide_id"), s.get("batch_id"), s.get("filename"),
-                s.get("analysed_at"), (s.get("counts") or {}).get("wbc")]
+        head = [
+            rank,
+            s.get("max_severity"),
+            s.get("slide_id"),
+            s.get("batch_id"),
+            s.get("filename"),
+            s.get("analysed_at"),
+            (s.get("counts") or {}).get("wbc"),
+        ]
         for f in s["flags"] or [{}]:
             ev = f.get("evidence") or {}
             ci = ev.get("ci95") or [None, None]
-            row = head + [f.get("severity"), f.get("code"), f.get("message"), ev.get("count"), ev.get("of"),
-                          ev.get("percent"), ci[0], ci[1], ev.get("threshold_pct"),
-                          bool(ev.get("borderline")) if f else None]
+            row = head + [
+                f.get("severity"),
+                f.get("code"),
+                f.get("message"),
+                ev.get("count"),
+                ev.get("of"),
+                ev.get("percent"),
+                ci[0],
+                ci[1],
+                ev.get("threshold_pct"),
+                bool(ev.get("borderline")) if f else None,
+            ]
             w.writerow([_cell(v) for v in row])
     return buf.getvalue()
 
@@ -92,28 +124,40 @@ def flag_report_pdf(doc: dict[str, Any], out: BinaryIO | str | Path, **doc_optio
     st = styles()
     slides = ordered_slides(doc)
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    story: list[Any] = [Paragraph("Leukemia-flag report", st["title"]),
-                        Paragraph(f"Flagged slides, most severe first — {para_text(_criteria(doc))}. "
-                                  f"Generated {now}.", st["body"])]
+    story: list[Any] = [
+        Paragraph("Leukemia-flag report", st["title"]),
+        Paragraph(f"Flagged slides, most severe first — {para_text(_criteria(doc))}. Generated {now}.", st["body"]),
+    ]
     by_sev = Counter(s.get("max_severity") or "none" for s in slides)
     summary = [["Most severe flag", "Slides"]] + [
-        [sev.upper(), str(by_sev[sev])] for sev in sorted(by_sev, key=lambda k: -SEVERITY_RANK.get(k, -1))]
+        [sev.upper(), str(by_sev[sev])] for sev in sorted(by_sev, key=lambda k: -SEVERITY_RANK.get(k, -1))
+    ]
     summary.append(["Total", str(len(slides))])
     t = Table(summary, colWidths=[45 * mm, 20 * mm], hAlign="LEFT")
     t.setStyle(TableStyle(grid_style() + [("FONTNAME", (0, -1), (-1, -1), FONT_BOLD)]))
-    story += [Spacer(1, 3 * mm), t, Spacer(1, 2 * mm),
-              Paragraph("Decision support only: each flagged slide must be reviewed by a qualified technologist. "
-                        "A slide absent from this list is not thereby normal (see each slide report's limits).",
-                        st["small"])]
+    story += [
+        Spacer(1, 3 * mm),
+        t,
+        Spacer(1, 2 * mm),
+        Paragraph(
+            "Decision support only: each flagged slide must be reviewed by a qualified technologist. "
+            "A slide absent from this list is not thereby normal (see each slide report's limits).",
+            st["small"],
+        ),
+    ]
     if not slides:
         story.append(Paragraph("No flagged slides.", st["h2"]))
     for rank, s in enumerate(slides, start=1):
         wbc = (s.get("counts") or {}).get("wbc")
         head = Paragraph(
             f"{rank}. <b>{para_text((s.get('max_severity') or '').upper())}</b> — {para_text(s.get('filename'))}",
-            st["h2"])
-        meta = Paragraph(f"slide {para_text(s.get('slide_id'))} · batch {para_text(s.get('batch_id'))} · analysed "
-                         f"{para_text(s.get('analysed_at'))} · {para_text(wbc)} white cells counted", st["small"])
+            st["h2"],
+        )
+        meta = Paragraph(
+            f"slide {para_text(s.get('slide_id'))} · batch {para_text(s.get('batch_id'))} · analysed "
+            f"{para_text(s.get('analysed_at'))} · {para_text(wbc)} white cells counted",
+            st["small"],
+        )
         table = flags_table(s["flags"], st, evidence=True, widths=[20 * mm, 52 * mm, 60 * mm, 48 * mm])
         story.append(KeepTogether([head, meta, Spacer(1, 1.5 * mm), table]))
     deco = page_decorator("Leukemia-flag report", f"{_criteria(doc)} · generated {now} · decision support only")

@@ -91,7 +91,8 @@ def _class_code(cls: str) -> str:
 
 def _class_text(cls: str) -> str:
     return {"ig": "Immature granulocytes", "unidentified": "Unidentified white cells"}.get(
-        cls, cls.replace("_", " ").capitalize() + ("s" if not cls.endswith("s") else ""))
+        cls, cls.replace("_", " ").capitalize() + ("s" if not cls.endswith("s") else "")
+    )
 
 
 def _number(value: float | int) -> str:
@@ -205,12 +206,19 @@ def oru_r01(
     if not notes:
         notes.append("No flags raised by the rules.")
     n_wbc = report.get("counts", {}).get("wbc", 0)
-    notes.append(f"Differential {'sufficient' if report.get('differential_sufficient') else 'INSUFFICIENT'}: "
-                 f"{n_wbc} white cells counted.")
-    notes.append(f"Model {model_text}; flag rules {report.get('rules_version')}; "
-                 f"intervals: {report.get('ci_method', 'exact binomial 95%')}.")
-    notes.append(f"Verified by {report['verified_by']} at {report.get('verified_at', '?')}." if verified
-                 else "Not yet verified by a technologist: preliminary result.")
+    notes.append(
+        f"Differential {'sufficient' if report.get('differential_sufficient') else 'INSUFFICIENT'}: "
+        f"{n_wbc} white cells counted."
+    )
+    notes.append(
+        f"Model {model_text}; flag rules {report.get('rules_version')}; "
+        f"intervals: {report.get('ci_method', 'exact binomial 95%')}."
+    )
+    notes.append(
+        f"Verified by {report['verified_by']} at {report.get('verified_at', '?')}."
+        if verified
+        else "Not yet verified by a technologist: preliminary result."
+    )
     notes.append(str(report.get("limits") or "Decision support only: review by a qualified technologist."))
     for i, text in enumerate(notes, start=1):
         b.nte(order, i, text)
@@ -221,8 +229,13 @@ def oru_r01(
         b.nte(obs, 1, f"{d['count']} of {n_wbc} white cells; 95% CI {_number(lo)}-{_number(hi)} %.")
     b.obx(order, "HV-WBCN", "White cells counted", str(n_wbc), ("{cells}", "cells"))
     if report.get("nrbc_per_100_wbc") is not None:
-        b.obx(order, "HV-NRBC100", "Nucleated red cells per 100 white cells",
-              _number(report["nrbc_per_100_wbc"]), ("/100{WBCs}", "per 100 WBC"))
+        b.obx(
+            order,
+            "HV-NRBC100",
+            "Nucleated red cells per 100 white cells",
+            _number(report["nrbc_per_100_wbc"]),
+            ("/100{WBCs}", "per 100 WBC"),
+        )
 
     spm = order.add_group("ORU_R01_SPECIMEN").spm
     spm.spm_1 = "1"

@@ -27,13 +27,25 @@ log = logging.getLogger(__name__)
 FONT, FONT_BOLD = "HVSans", "HVSans-Bold"
 #: Class colours (Okabe–Ito where possible: distinguishable with common colour-vision deficiencies).
 CLASS_COLOURS = {
-    "neutrophil": "#0072B2", "lymphocyte": "#009E73", "monocyte": "#E69F00", "eosinophil": "#D55E00",
-    "basophil": "#CC79A7", "ig": "#56B4E9", "blast": "#E00000", "erythroblast": "#8B4513",
-    "platelet": "#7F7F7F", "unidentified": "#222222",
+    "neutrophil": "#0072B2",
+    "lymphocyte": "#009E73",
+    "monocyte": "#E69F00",
+    "eosinophil": "#D55E00",
+    "basophil": "#CC79A7",
+    "ig": "#56B4E9",
+    "blast": "#E00000",
+    "erythroblast": "#8B4513",
+    "platelet": "#7F7F7F",
+    "unidentified": "#222222",
 }
 _SPARE_COLOURS = ("#6A3D9A", "#B15928", "#1F78B4", "#33A02C", "#FB9A99")
-SEVERITY_COLOURS = {"critical": "#B71C1C", "review": "#E65100", "borderline": "#F9A825",
-                    "warning": "#FBC02D", "info": "#78909C"}
+SEVERITY_COLOURS = {
+    "critical": "#B71C1C",
+    "review": "#E65100",
+    "borderline": "#F9A825",
+    "warning": "#FBC02D",
+    "info": "#78909C",
+}
 _SUPERSCRIPTS = str.maketrans({"⁰": "^0", "⁴": "^4", "⁵": "^5", "⁶": "^6", "⁷": "^7", "⁸": "^8", "⁹": "^9"})
 _LABEL_TEXT = {"ig": "Immature granulocytes", "unidentified": "Unidentified"}
 _fonts_ready = False
@@ -63,8 +75,16 @@ def styles() -> dict[str, ParagraphStyle]:
         "small": ParagraphStyle("small", parent=base, fontSize=7, leading=9, textColor=colors.HexColor("#444444")),
         "cell": ParagraphStyle("cell", parent=base, fontSize=8, leading=10),
         "title": ParagraphStyle("title", parent=base, fontName=FONT_BOLD, fontSize=15, leading=19, spaceAfter=2),
-        "h2": ParagraphStyle("h2", parent=base, fontName=FONT_BOLD, fontSize=10.5, leading=14, spaceBefore=8,
-                             spaceAfter=3, textColor=colors.HexColor("#1A237E")),
+        "h2": ParagraphStyle(
+            "h2",
+            parent=base,
+            fontName=FONT_BOLD,
+            fontSize=10.5,
+            leading=14,
+            spaceBefore=8,
+            spaceAfter=3,
+            textColor=colors.HexColor("#1A237E"),
+        ),
         "banner": ParagraphStyle("banner", parent=base, fontName=FONT_BOLD, fontSize=9.5, leading=12),
     }
 
@@ -86,10 +106,16 @@ def swatch(colour: str) -> str:
 
 
 def grid_style(header_bg: str = "#E8EAF6") -> list[tuple[Any, ...]]:
-    return [("FONTNAME", (0, 0), (-1, -1), FONT), ("FONTSIZE", (0, 0), (-1, -1), 8),
-            ("FONTNAME", (0, 0), (-1, 0), FONT_BOLD), ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor(header_bg)),
-            ("GRID", (0, 0), (-1, -1), 0.4, colors.HexColor("#9E9E9E")), ("VALIGN", (0, 0), (-1, -1), "MIDDLE"),
-            ("TOPPADDING", (0, 0), (-1, -1), 2), ("BOTTOMPADDING", (0, 0), (-1, -1), 2)]
+    return [
+        ("FONTNAME", (0, 0), (-1, -1), FONT),
+        ("FONTSIZE", (0, 0), (-1, -1), 8),
+        ("FONTNAME", (0, 0), (-1, 0), FONT_BOLD),
+        ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor(header_bg)),
+        ("GRID", (0, 0), (-1, -1), 0.4, colors.HexColor("#9E9E9E")),
+        ("VALIGN", (0, 0), (-1, -1), "MIDDLE"),
+        ("TOPPADDING", (0, 0), (-1, -1), 2),
+        ("BOTTOMPADDING", (0, 0), (-1, -1), 2),
+    ]
 
 
 def page_decorator(title: str, footer: str):  # type: ignore[no-untyped-def]
@@ -122,9 +148,18 @@ def build_pdf(out: BinaryIO | str | Path, title: str, story: list[Any], decorate
     in server threads, so builds are serialised (a report takes a fraction of a second).
     """
     register_fonts()
-    doc = SimpleDocTemplate(str(out) if isinstance(out, Path) else out, pagesize=A4, leftMargin=15 * mm,
-                            rightMargin=15 * mm, topMargin=17 * mm, bottomMargin=14 * mm, title=title,
-                            author="HematoVision", creator="HematoVision", **kw)
+    doc = SimpleDocTemplate(
+        str(out) if isinstance(out, Path) else out,
+        pagesize=A4,
+        leftMargin=15 * mm,
+        rightMargin=15 * mm,
+        topMargin=17 * mm,
+        bottomMargin=14 * mm,
+        title=title,
+        author="HematoVision",
+        creator="HematoVision",
+        **kw,
+    )
     with _BUILD_LOCK:
         doc.build(story, onFirstPage=decorate, onLaterPages=decorate)
 
@@ -150,8 +185,13 @@ def format_evidence(ev: dict[str, Any]) -> str:
     return "; ".join(parts) or "—"
 
 
-def flags_table(flags: list[dict[str, Any]], st: dict[str, ParagraphStyle], *, evidence: bool = False,
-                widths: list[float] | None = None) -> Table:
+def flags_table(
+    flags: list[dict[str, Any]],
+    st: dict[str, ParagraphStyle],
+    *,
+    evidence: bool = False,
+    widths: list[float] | None = None,
+) -> Table:
     """Severity (coloured), code, message (and, optionally, the evidence) of each flag."""
     head = ["Severity", "Code", "Message"] + (["Evidence"] if evidence else [])
     rows: list[list[Any]] = [head]
@@ -159,9 +199,11 @@ def flags_table(flags: list[dict[str, Any]], st: dict[str, ParagraphStyle], *, e
     for i, f in enumerate(flags, start=1):
         sev = str(f.get("severity", ""))
         ink = "white" if sev in ("critical", "review") else "black"
-        row = [Paragraph(f'<font color="{ink}"><b>{para_text(sev.upper())}</b></font>', st["cell"]),
-               Paragraph(para_text(f.get("code")), st["cell"]),
-               Paragraph(para_text(f.get("message")), st["cell"])]
+        row = [
+            Paragraph(f'<font color="{ink}"><b>{para_text(sev.upper())}</b></font>', st["cell"]),
+            Paragraph(para_text(f.get("code")), st["cell"]),
+            Paragraph(para_text(f.get("message")), st["cell"]),
+        ]
         if evidence:
             row.append(Paragraph(para_text(format_evidence(f.get("evidence") or {})), st["cell"]))
         rows.append(row)

@@ -68,8 +68,16 @@ class SlidePictures:
     note: str | None = None
 
 
-def slide_pictures(path: str | Path, mpp: float | None, cells: list[dict[str, Any]], *, thumb_px: int = 1024,
-                   crop_um: float = 24.0, per_class: int = 12, crop_px: int = 128) -> SlidePictures:
+def slide_pictures(
+    path: str | Path,
+    mpp: float | None,
+    cells: list[dict[str, Any]],
+    *,
+    thumb_px: int = 1024,
+    crop_um: float = 24.0,
+    per_class: int = 12,
+    crop_px: int = 128,
+) -> SlidePictures:
     """Thumbnail and gallery crops of one slide, read with ``hematovision.core.slides``.
 
     Args:
@@ -102,9 +110,11 @@ def slide_pictures(path: str | Path, mpp: float | None, cells: list[dict[str, An
             return pics
     except Exception as e:  # a missing or damaged file must not stop the report: it is said in it
         log.warning("slide pictures unavailable (%s: %s)", e.__class__.__name__, e)
-        return SlidePictures(note="The slide file could not be read (no longer on the server, or damaged): the "
-                                  "overview and the cell gallery are omitted. The results above come from the "
-                                  "stored analysis.")
+        return SlidePictures(
+            note="The slide file could not be read (no longer on the server, or damaged): the "
+            "overview and the cell gallery are omitted. The results above come from the "
+            "stored analysis."
+        )
 
 
 def _gallery_cells(cells: list[dict[str, Any]], per_class: int) -> dict[str, list[dict[str, Any]]]:
@@ -115,8 +125,9 @@ def _gallery_cells(cells: list[dict[str, Any]], per_class: int) -> dict[str, lis
     return {k: sorted(v, key=lambda c: -(c.get("probability") or 0.0))[:per_class] for k, v in by_label.items()}
 
 
-def marked_thumbnail(thumbnail: np.ndarray, downsample: float, cells: list[dict[str, Any]],
-                     order: list[str]) -> Image.Image:
+def marked_thumbnail(
+    thumbnail: np.ndarray, downsample: float, cells: list[dict[str, Any]], order: list[str]
+) -> Image.Image:
     """The thumbnail with every white cell outlined (at least a 5-px ring, so small ones stay visible)."""
     img = Image.fromarray(thumbnail).convert("RGB")
     draw = ImageDraw.Draw(img)
@@ -127,8 +138,9 @@ def marked_thumbnail(thumbnail: np.ndarray, downsample: float, cells: list[dict[
         x0, y0, x1, y1 = (v / downsample for v in c["bbox"])
         cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
         r = max(5.0, (x1 - x0) / 2 + 2, (y1 - y0) / 2 + 2)
-        draw.ellipse((cx - r, cy - r, cx + r, cy + r), outline=class_colour(c.get("label") or "unidentified", order),
-                     width=width)
+        draw.ellipse(
+            (cx - r, cy - r, cx + r, cy + r), outline=class_colour(c.get("label") or "unidentified", order), width=width
+        )
     return img
 
 
@@ -150,13 +162,21 @@ def _fmt_time(value: Any) -> str:
 
 def _status_banner(report: dict[str, Any], st: dict[str, ParagraphStyle]) -> Table:
     if report.get("verified_by"):
-        text, bg = (f"VERIFIED by {para_text(report['verified_by'])} on {_fmt_time(report.get('verified_at'))}",
-                    "#C8E6C9")
+        text, bg = (
+            f"VERIFIED by {para_text(report['verified_by'])} on {_fmt_time(report.get('verified_at'))}",
+            "#C8E6C9",
+        )
     else:
         text, bg = "PRELIMINARY — not yet verified by a technologist", "#FFE0B2"
     t = Table([[Paragraph(text, st["banner"])]], colWidths=[180 * mm])
-    t.setStyle(TableStyle([("BACKGROUND", (0, 0), (-1, -1), colors.HexColor(bg)),
-                           ("BOX", (0, 0), (-1, -1), 0.6, colors.HexColor("#757575"))]))
+    t.setStyle(
+        TableStyle(
+            [
+                ("BACKGROUND", (0, 0), (-1, -1), colors.HexColor(bg)),
+                ("BOX", (0, 0), (-1, -1), 0.6, colors.HexColor("#757575")),
+            ]
+        )
+    )
     return t
 
 
@@ -164,23 +184,32 @@ def _identification(report: dict[str, Any], st: dict[str, ParagraphStyle]) -> Ta
     model = report.get("model") or {}
     mpp = report.get("mpp")
     pairs = [
-        ("Slide", report.get("slide_id")), ("Batch", report.get("batch_id")),
+        ("Slide", report.get("slide_id")),
+        ("Batch", report.get("batch_id")),
         ("File", report.get("filename") or report.get("source")),
         ("Analysed", _fmt_time(report.get("analysed_at") or report.get("generated_at"))),
-        ("Model", f"{model.get('name', '?')} {model.get('version', '?')}"), ("Flag rules", report.get("rules_version")),
+        ("Model", f"{model.get('name', '?')} {model.get('version', '?')}"),
+        ("Flag rules", report.get("rules_version")),
         ("Scale", f"{mpp:.3f} µm/px" if isinstance(mpp, int | float) else "—"),
         ("Generated", _fmt_time(report.get("generated_at"))),
     ]
     rows = []
     for i in range(0, len(pairs), 2):
         row: list[Any] = []
-        for k, v in pairs[i:i + 2]:
+        for k, v in pairs[i : i + 2]:
             row += [Paragraph(f"<b>{k}</b>", st["cell"]), Paragraph(para_text(v if v is not None else "—"), st["cell"])]
         rows.append(row)
     t = Table(rows, colWidths=[20 * mm, 68 * mm, 32 * mm, 60 * mm])
-    t.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP"), ("TOPPADDING", (0, 0), (-1, -1), 1),
-                           ("BOTTOMPADDING", (0, 0), (-1, -1), 1),
-                           ("LINEBELOW", (0, -1), (-1, -1), 0.4, colors.HexColor("#9E9E9E"))]))
+    t.setStyle(
+        TableStyle(
+            [
+                ("VALIGN", (0, 0), (-1, -1), "TOP"),
+                ("TOPPADDING", (0, 0), (-1, -1), 1),
+                ("BOTTOMPADDING", (0, 0), (-1, -1), 1),
+                ("LINEBELOW", (0, -1), (-1, -1), 0.4, colors.HexColor("#9E9E9E")),
+            ]
+        )
+    )
     return t
 
 
@@ -202,10 +231,15 @@ def _differential_table(report: dict[str, Any], order: list[str], st: dict[str, 
 def _counts_table(report: dict[str, Any]) -> Table:
     c = report.get("counts", {})
     nrbc = report.get("nrbc_per_100_wbc")
-    rows = [["Count", "Value"], ["White cells (WBC)", c.get("wbc", 0)], ["Red cells (RBC)", c.get("rbc", 0)],
-            ["Platelets", c.get("platelets", 0)], ["Erythroblasts (NRBC)", c.get("erythroblasts", 0)],
-            ["NRBC per 100 WBC", "—" if nrbc is None else f"{nrbc:.1f}"],
-            ["Unidentified white cells", report.get("unidentified", 0)]]
+    rows = [
+        ["Count", "Value"],
+        ["White cells (WBC)", c.get("wbc", 0)],
+        ["Red cells (RBC)", c.get("rbc", 0)],
+        ["Platelets", c.get("platelets", 0)],
+        ["Erythroblasts (NRBC)", c.get("erythroblasts", 0)],
+        ["NRBC per 100 WBC", "—" if nrbc is None else f"{nrbc:.1f}"],
+        ["Unidentified white cells", report.get("unidentified", 0)],
+    ]
     t = Table(rows, colWidths=[40 * mm, 25 * mm])
     t.setStyle(TableStyle(grid_style() + [("ALIGN", (1, 0), (1, -1), "RIGHT")]))
     return t
@@ -214,22 +248,35 @@ def _counts_table(report: dict[str, Any]) -> Table:
 def _overview(thumb: Image.Image, order: list[str], present: set[str], st: dict[str, ParagraphStyle]) -> list[Any]:
     max_w, max_h = 180 * mm, 190 * mm
     scale = min(max_w / thumb.width, max_h / thumb.height)
-    keys = [Paragraph(f"{swatch(class_colour(c, order))} {para_text(label_text(c))}", st["cell"])
-            for c in order if c in present]
+    keys = [
+        Paragraph(f"{swatch(class_colour(c, order))} {para_text(label_text(c))}", st["cell"])
+        for c in order
+        if c in present
+    ]
     out: list[Any] = [RLImage(_jpeg(thumb), width=thumb.width * scale, height=thumb.height * scale)]
     if keys:
-        rows = [keys[i:i + 4] for i in range(0, len(keys), 4)]
+        rows = [keys[i : i + 4] for i in range(0, len(keys), 4)]
         rows[-1] += [""] * (4 - len(rows[-1]))
         out += [Spacer(1, 2 * mm), Table(rows, colWidths=[45 * mm] * 4, hAlign="LEFT")]
     return out
 
 
-def _gallery(gallery: dict[str, list[np.ndarray]], probs: dict[str, list[float | None]], report: dict[str, Any],
-             order: list[str], st: dict[str, ParagraphStyle], crop_um: float) -> list[Any]:
-    out: list[Any] = [Paragraph("Cell gallery", st["h2"]),
-                      Paragraph(f"Per class, the cells the classifier was most confident of first; each tile is "
-                                f"about {crop_um:g} µm wide (larger for large cells). p = classifier probability.",
-                                st["small"])]
+def _gallery(
+    gallery: dict[str, list[np.ndarray]],
+    probs: dict[str, list[float | None]],
+    report: dict[str, Any],
+    order: list[str],
+    st: dict[str, ParagraphStyle],
+    crop_um: float,
+) -> list[Any]:
+    out: list[Any] = [
+        Paragraph("Cell gallery", st["h2"]),
+        Paragraph(
+            f"Per class, the cells the classifier was most confident of first; each tile is "
+            f"about {crop_um:g} µm wide (larger for large cells). p = classifier probability.",
+            st["small"],
+        ),
+    ]
     per_row, tile = 6, 28 * mm
     for cls in [c for c in order if gallery.get(c)]:
         crops = gallery[cls]
@@ -237,15 +284,28 @@ def _gallery(gallery: dict[str, list[np.ndarray]], probs: dict[str, list[float |
         cells: list[Any] = []
         for j, crop in enumerate(crops):
             p = (probs.get(cls) or [None] * len(crops))[j]
-            cells.append([RLImage(_jpeg(crop), width=tile - 2 * mm, height=tile - 2 * mm),
-                          Paragraph("" if p is None else f"p = {p:.2f}", st["small"])])
-        rows = [cells[i:i + per_row] for i in range(0, len(cells), per_row)]
+            cells.append(
+                [
+                    RLImage(_jpeg(crop), width=tile - 2 * mm, height=tile - 2 * mm),
+                    Paragraph("" if p is None else f"p = {p:.2f}", st["small"]),
+                ]
+            )
+        rows = [cells[i : i + per_row] for i in range(0, len(cells), per_row)]
         rows[-1] += [""] * (per_row - len(rows[-1]))
         grid = Table(rows, colWidths=[tile + 1 * mm] * per_row, hAlign="LEFT")
-        grid.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP"), ("LEFTPADDING", (0, 0), (-1, -1), 1),
-                                  ("RIGHTPADDING", (0, 0), (-1, -1), 1)]))
-        head = Paragraph(f"{swatch(class_colour(cls, order))} <b>{para_text(label_text(cls))}</b> — "
-                         f"{len(crops)} of {n_cls} shown", st["body"])
+        grid.setStyle(
+            TableStyle(
+                [
+                    ("VALIGN", (0, 0), (-1, -1), "TOP"),
+                    ("LEFTPADDING", (0, 0), (-1, -1), 1),
+                    ("RIGHTPADDING", (0, 0), (-1, -1), 1),
+                ]
+            )
+        )
+        head = Paragraph(
+            f"{swatch(class_colour(cls, order))} <b>{para_text(label_text(cls))}</b> — {len(crops)} of {n_cls} shown",
+            st["body"],
+        )
         out.append(KeepTogether([Spacer(1, 2 * mm), head, Spacer(1, 1 * mm), grid]))
     return out
 
@@ -283,40 +343,66 @@ def slide_report_pdf(
     cells, gallery = cells or [], gallery or {}
     order = list(report.get("differential", {}))
     order += sorted({c.get("label") or "unidentified" for c in cells if c.get("kind") == "wbc"} - set(order))
-    story: list[Any] = [Paragraph("Peripheral blood smear — white-cell differential", st["title"]),
-                        _status_banner(report, st), Spacer(1, 3 * mm), _identification(report, st)]
+    story: list[Any] = [
+        Paragraph("Peripheral blood smear — white-cell differential", st["title"]),
+        _status_banner(report, st),
+        Spacer(1, 3 * mm),
+        _identification(report, st),
+    ]
 
     story.append(Paragraph("Flags", st["h2"]))
     flags = report.get("flags") or []
 
-    story.append(flags_table(flags, st) if flags else
-                 Paragraph(f"No flags raised by rules {para_text(report.get('rules_version'))}.", st["body"]))
+    story.append(
+        flags_table(flags, st)
+        if flags
+        else Paragraph(f"No flags raised by rules {para_text(report.get('rules_version'))}.", st["body"])
+    )
     n_wbc = report.get("counts", {}).get("wbc", 0)
-    suff = ("<b>Differential sufficient</b>: yes" if report.get("differential_sufficient") else
-            "<b>Differential INSUFFICIENT</b>: too few white cells for a reliable differential; "
-            "no negative statement is made")
+    suff = (
+        "<b>Differential sufficient</b>: yes"
+        if report.get("differential_sufficient")
+        else "<b>Differential INSUFFICIENT</b>: too few white cells for a reliable differential; "
+        "no negative statement is made"
+    )
     story += [Spacer(1, 2 * mm), Paragraph(f"{suff} ({n_wbc} white cells counted).", st["body"])]
 
     story.append(Paragraph("Differential and counts", st["h2"]))
-    side = Table([[_differential_table(report, order, st), _counts_table(report)]], colWidths=[114 * mm, 66 * mm],
-                 hAlign="LEFT")
+    side = Table(
+        [[_differential_table(report, order, st), _counts_table(report)]], colWidths=[114 * mm, 66 * mm], hAlign="LEFT"
+    )
     side.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP"), ("LEFTPADDING", (0, 0), (-1, -1), 0)]))
-    story += [side, Paragraph(f"Intervals: {para_text(report.get('ci_method', 'exact binomial 95%'))}. Percent of "
-                              "white cells counted; erythroblasts and platelets are not in the denominator.",
-                              st["small"])]
+    story += [
+        side,
+        Paragraph(
+            f"Intervals: {para_text(report.get('ci_method', 'exact binomial 95%'))}. Percent of "
+            "white cells counted; erythroblasts and platelets are not in the denominator.",
+            st["small"],
+        ),
+    ]
 
     story.append(Paragraph("Limits", st["h2"]))
     story.append(Paragraph(para_text(report.get("limits") or "Decision support only."), st["body"]))
     if not report.get("verified_by"):
-        story += [Spacer(1, 6 * mm), Paragraph("Reviewed by (technologist): ______________________________    "
-                                               "Date: ______________    Signature: ______________________",
-                                               st["body"])]
+        story += [
+            Spacer(1, 6 * mm),
+            Paragraph(
+                "Reviewed by (technologist): ______________________________    "
+                "Date: ______________    Signature: ______________________",
+                st["body"],
+            ),
+        ]
 
     story += [PageBreak() if thumbnail is not None else Spacer(1, 4 * mm), Paragraph("Slide overview", st["h2"])]
     if thumbnail is not None:
         present = {c.get("label") or "unidentified" for c in cells if c.get("kind") == "wbc"}
-        story.append(Paragraph(f"{sum(1 for c in cells if c.get('kind') == 'wbc')} counted white cells outlined "
-                               "in their class colour.", st["small"]))
+        story.append(
+            Paragraph(
+                f"{sum(1 for c in cells if c.get('kind') == 'wbc')} counted white cells outlined "
+                "in their class colour.",
+                st["small"],
+            )
+        )
         story += _overview(marked_thumbnail(thumbnail, thumb_downsample, cells, order), order, present, st)
     else:
         story.append(Paragraph(para_text(pictures_note or "No slide picture available."), st["body"]))
@@ -326,6 +412,8 @@ def slide_report_pdf(
         story.append(Paragraph("No white cells to show in a gallery.", st["body"]))
 
     title = f"Slide report {report.get('slide_id', '')}"
-    footer = (f"Slide {report.get('slide_id')} · {report.get('filename') or ''} · decision support only: every "
-              "result must be reviewed by a qualified technologist")
+    footer = (
+        f"Slide {report.get('slide_id')} · {report.get('filename') or ''} · decision support only: every "
+        "result must be reviewed by a qualified technologist"
+    )
     build_pdf(out, title, story, page_decorator("Digital morphology report", footer), **doc_options)

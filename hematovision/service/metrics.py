@@ -15,11 +15,13 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
 _BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
-STAGE_SECONDS = Histogram("hematovision_stage_task_seconds", "Duration of one stage task of a slide", ["stage"],
-                          buckets=_BUCKETS)
+STAGE_SECONDS = Histogram(
+    "hematovision_stage_task_seconds", "Duration of one stage task of a slide", ["stage"], buckets=_BUCKETS
+)
 STAGE_OUTCOMES = Counter("hematovision_stage_tasks_total", "Stage tasks by outcome", ["stage", "outcome"])
-SLIDE_SECONDS = Histogram("hematovision_slide_seconds", "From a slide's first stage starting to its result stored",
-                          buckets=_BUCKETS)
+SLIDE_SECONDS = Histogram(
+    "hematovision_slide_seconds", "From a slide's first stage starting to its result stored", buckets=_BUCKETS
+)
 CELLS_CLASSIFIED = Counter("hematovision_cells_classified_total", "White cells classified")
 CLASSIFY_SECONDS = Counter("hematovision_classify_seconds_total", "Seconds spent in the classifier")
 
@@ -79,8 +81,9 @@ class ServiceCollector:
         names = stage_queues(self.settings)
         depths = queue_depths(self.settings)
         if any(v is not None for v in depths.values()):
-            q = GaugeMetricFamily("hematovision_queue_depth", "Messages waiting in the broker, by stage queue",
-                                  labels=["stage", "queue"])
+            q = GaugeMetricFamily(
+                "hematovision_queue_depth", "Messages waiting in the broker, by stage queue", labels=["stage", "queue"]
+            )
             for stage, depth in depths.items():
                 if depth is not None:
                     q.add_metric([stage, names[stage]], depth)
@@ -90,8 +93,9 @@ class ServiceCollector:
 def api_registry(settings: Any, session_factory: Any) -> tuple[CollectorRegistry, Counter, Histogram]:
     """A registry for one API app: request metrics plus the service collector."""
     reg = CollectorRegistry()
-    requests = Counter("hematovision_http_requests_total", "HTTP requests", ["method", "endpoint", "status"],
-                       registry=reg)
+    requests = Counter(
+        "hematovision_http_requests_total", "HTTP requests", ["method", "endpoint", "status"], registry=reg
+    )
     latency = Histogram("hematovision_http_request_seconds", "HTTP request latency", ["endpoint"], registry=reg)
     reg.register(ServiceCollector(settings, session_factory))
     return reg, requests, latency

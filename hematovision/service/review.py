@@ -59,9 +59,12 @@ def _check_editable(slide: Slide) -> dict[str, Any]:
     if slide.report is None:
         raise ReviewError("conflict", "not_ready", f"slide {slide.id} has no results yet; nothing to review")
     if slide.verified_at is not None:
-        raise ReviewError("conflict", "signed_off",
-                          f"slide {slide.id} was signed off by {slide.verified_by} at "
-                          f"{slide.verified_at.isoformat(timespec='seconds')}Z and is read-only")
+        raise ReviewError(
+            "conflict",
+            "signed_off",
+            f"slide {slide.id} was signed off by {slide.verified_by} at "
+            f"{slide.verified_at.isoformat(timespec='seconds')}Z and is read-only",
+        )
     return slide.report
 
 
@@ -72,8 +75,9 @@ def recompute(session: Session, slide: Slide, rules: dict[str, Any]) -> dict[str
     that still stand keep the time they were first raised. Returns the new report.
     """
     report = resummarise(session, slide, slide_classes(slide.report or {}), rules)
-    report["reviewed_cells"] = session.execute(select(func.count()).select_from(CellReview)
-                                               .where(CellReview.slide_id == slide.id)).scalar_one()
+    report["reviewed_cells"] = session.execute(
+        select(func.count()).select_from(CellReview).where(CellReview.slide_id == slide.id)
+    ).scalar_one()
     replace_result_rows(session, slide, report, keep_flag_times=True)
     return report
 
@@ -96,8 +100,9 @@ def reclassify(
     if cell is None:
         raise ReviewError("not_found", "not_found", f"no cell {cell_id}")
     if cell.kind != WBC:
-        raise ReviewError("invalid", "not_a_white_cell",
-                          f"cell {cell_id} is a {cell.kind} detection; only white cells are classified")
+        raise ReviewError(
+            "invalid", "not_a_white_cell", f"cell {cell_id} is a {cell.kind} detection; only white cells are classified"
+        )
     slide = _locked_slide(session, cell.slide_id)
     report = _check_editable(slide)
     allowed = [*slide_classes(report), UNIDENTIFIED]
@@ -106,8 +111,11 @@ def reclassify(
     current = cell.label or UNIDENTIFIED
     if current == label:
         return cell, report
-    session.add(CellReview(cell_id=cell.id, slide_id=slide.id, from_label=cell.label, to_label=label,
-                           actor=actor, at=at or utcnow()))
+    session.add(
+        CellReview(
+            cell_id=cell.id, slide_id=slide.id, from_label=cell.label, to_label=label, actor=actor, at=at or utcnow()
+        )
+    )
     cell.label = label
     session.flush()
     return cell, recompute(session, slide, rules or load_rules())
@@ -118,14 +126,17 @@ def sign_off(session: Session, slide_id: str, actor: str, *, at: datetime | None
     slide = _locked_slide(session, slide_id)
     report = _check_editable(slide)
     open_cells = session.execute(
-        select(func.count()).select_from(Cell).where(
-            Cell.slide_id == slide.id, Cell.kind == WBC,
-            (Cell.label.is_(None)) | (Cell.label == UNIDENTIFIED))
+        select(func.count())
+        .select_from(Cell)
+        .where(Cell.slide_id == slide.id, Cell.kind == WBC, (Cell.label.is_(None)) | (Cell.label == UNIDENTIFIED))
     ).scalar_one()
     if open_cells:
-        raise ReviewError("conflict", "unidentified_cells",
-                          f"{open_cells} white cell{'s are' if open_cells != 1 else ' is'} still unidentified: "
-                          "classify each one (keys 1-9) before signing off")
+        raise ReviewError(
+            "conflict",
+            "unidentified_cells",
+            f"{open_cells} white cell{'s are' if open_cells != 1 else ' is'} still unidentified: "
+            "classify each one (keys 1-9) before signing off",
+        )
     when = at or utcnow()
     slide.verified_by = actor
     slide.verified_at = when
@@ -135,5 +146,10 @@ def sign_off(session: Session, slide_id: str, actor: str, *, at: datetime | None
 
 def review_history(session: Session, slide_id: str) -> Sequence[CellReview]:
     """The slide's reclassifications, oldest first."""
-    return session.execute(select(CellReview).where(CellReview.slide_id == slide_id)
-                           .order_by(CellReview.at, CellReview.id)).scalars().all()
+    return (
+        session.execute(
+            select(CellReview).where(CellReview.slide_id == slide_id).order_by(CellReview.at, CellReview.id)
+        )
+        .scalars()
+        .all()
+    )

@@ -66,8 +66,9 @@ def summarise_cells(
     kinds_labels = list(cells)
     labels = [label or UNIDENTIFIED for kind, label in kinds_labels if kind == WBC]
     diff, n_wbc, erythroblasts = differential(labels, classes)
-    flags = evaluate_flags({k: v["count"] for k, v in diff.items()}, n_wbc, erythroblasts=erythroblasts,
-                           wbc_per_l=wbc_per_l, rules=rules)
+    flags = evaluate_flags(
+        {k: v["count"] for k, v in diff.items()}, n_wbc, erythroblasts=erythroblasts, wbc_per_l=wbc_per_l, rules=rules
+    )
     platelets = sum(1 for kind, _ in kinds_labels if kind == PLATELET) + labels.count("platelet")
     return {
         "counts": {
@@ -97,8 +98,9 @@ def build_report(
 ) -> dict[str, Any]:
     """The report dictionary (the JSON report's content) for one analysed slide."""
     rules = rules or load_rules()
-    summary = summarise_cells(((c.kind, c.label) for c in analysis.cells), analysis.classes,
-                              wbc_per_l=wbc_per_l, rules=rules)
+    summary = summarise_cells(
+        ((c.kind, c.label) for c in analysis.cells), analysis.classes, wbc_per_l=wbc_per_l, rules=rules
+    )
     return {
         "slide_id": slide_id,
         "status": status,
@@ -123,8 +125,7 @@ def resummarise(session: Session, slide: Slide, classes: list[str], rules: dict[
     """The slide's report with its counts, differential and flags summarised again from the cells'
     current labels in the database (after a reclassification); other report fields are kept."""
     rows = session.execute(select(Cell.kind, Cell.label).where(Cell.slide_id == slide.id)).all()
-    summary = summarise_cells(((r.kind, r.label) for r in rows), classes, wbc_per_l=slide.wbc_per_l,
-                              rules=rules)
+    summary = summarise_cells(((r.kind, r.label) for r in rows), classes, wbc_per_l=slide.wbc_per_l, rules=rules)
     counts = {**(slide.report or {}).get("counts", {}), **summary["counts"]}
     return {**(slide.report or {}), **summary, "counts": counts}
 
@@ -150,29 +151,52 @@ def replace_result_rows(
     """
     first_raised: dict[str, datetime] = {}
     if keep_flag_times:
-        first_raised = dict(session.execute(select(FlagRecord.code, FlagRecord.created_at)
-                                            .where(FlagRecord.slide_id == slide.id)).all())
+        first_raised = dict(
+            session.execute(select(FlagRecord.code, FlagRecord.created_at).where(FlagRecord.slide_id == slide.id)).all()
+        )
     tables: tuple[Any, ...] = (DifferentialEntry, FlagRecord)
     for table in tables if cells is None else (Cell, *tables):
         session.execute(delete(table).where(table.slide_id == slide.id))
     if cells is not None:
         session.add_all(
             Cell(
-                slide_id=slide.id, kind=c.kind, x0=int(c.bbox[0]), y0=int(c.bbox[1]), x1=int(c.bbox[2]),
-                y1=int(c.bbox[3]), score=float(c.score), label=c.label,
+                slide_id=slide.id,
+                kind=c.kind,
+                x0=int(c.bbox[0]),
+                y0=int(c.bbox[1]),
+                x1=int(c.bbox[2]),
+                y1=int(c.bbox[3]),
+                score=float(c.score),
+                label=c.label,
                 probability=None if c.probability is None else float(c.probability),
                 model_version_id=model_version_id if c.label else None,
             )
             for c in cells
         )
     for cls, d in report["differential"].items():
-        session.add(DifferentialEntry(slide_id=slide.id, class_name=cls, count=d["count"], percent=d["percent"],
-                                      ci_low=d["ci95"][0], ci_high=d["ci95"][1]))
+        session.add(
+            DifferentialEntry(
+                slide_id=slide.id,
+                class_name=cls,
+                count=d["count"],
+                percent=d["percent"],
+                ci_low=d["ci95"][0],
+                ci_high=d["ci95"][1],
+            )
+        )
     now = utcnow()
     for f in report["flags"]:
-        session.add(FlagRecord(slide_id=slide.id, code=f["code"], severity=f["severity"], message=f["message"],
-                               evidence=f["evidence"], rules_version=str(report.get("rules_version")),
-                               created_at=first_raised.get(f["code"], now)))
+        session.add(
+            FlagRecord(
+                slide_id=slide.id,
+                code=f["code"],
+                severity=f["severity"],
+                message=f["message"],
+                evidence=f["evidence"],
+                rules_version=str(report.get("rules_version")),
+                created_at=first_raised.get(f["code"], now),
+            )
+        )
     counts = report["counts"]
     slide.n_wbc = counts["wbc"]
     slide.n_rbc = counts.get("rbc", slide.n_rbc)

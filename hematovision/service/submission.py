@@ -46,9 +46,18 @@ def add_batch(
     session.add(batch)
     jobs: list[Job] = []
     for entry in slides:
-        slide = Slide(id=new_id(), batch_id=batch.id, filename=entry.filename, path=entry.path,
-                      format=entry.format, mpp=entry.mpp, mpp_source=entry.mpp_source, width=entry.width,
-                      height=entry.height, wbc_per_l=entry.wbc_per_l)
+        slide = Slide(
+            id=new_id(),
+            batch_id=batch.id,
+            filename=entry.filename,
+            path=entry.path,
+            format=entry.format,
+            mpp=entry.mpp,
+            mpp_source=entry.mpp_source,
+            width=entry.width,
+            height=entry.height,
+            wbc_per_l=entry.wbc_per_l,
+        )
         session.add(slide)
         job = Job(id=new_id(), slide_id=slide.id, batch_id=batch.id)
         session.add(job)

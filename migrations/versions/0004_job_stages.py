@@ -8,22 +8,23 @@ Written by hand and checked with ``alembic check`` against the models: ``jobs.st
 classify or report: the stage running or queued next) and ``jobs.stages`` (JSON: per stage, runs,
 worker and seconds of its last run).
 """
+
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0004'
-down_revision = '0003'
+revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table('jobs', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('stage', sa.String(length=20), nullable=True))
-        batch_op.add_column(sa.Column('stages', sa.JSON(), nullable=True))
+    with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("stage", sa.String(length=20), nullable=True))
+        batch_op.add_column(sa.Column("stages", sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('jobs', schema=None) as batch_op:
-        batch_op.drop_column('stages')
-        batch_op.drop_column('stage')
+    with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.drop_column("stages")
+        batch_op.drop_column("stage")

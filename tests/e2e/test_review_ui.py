@@ -22,8 +22,16 @@ from hematovision.core.settings import PROJECT_ROOT
 from hematovision.devtools.localstack import LocalStack, start_stack
 
 CHROMIUM = os.environ.get("HEMATOVISION_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 VIEWER_JS = PROJECT_ROOT / "api" / "static" / "vendor" / "openseadragon" / "openseadragon.min.js"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 SCREENSHOTS = PROJECT_ROOT / "docs" / "screenshots"
@@ -72,8 +80,9 @@ def _shot(page, tmp_path: Path, name: str, full_page: bool = False) -> None:  # 
     out = tmp_path / f"{name}.png"
     page.screenshot(path=str(out), full_page=full_page)
     if out.stat().st_size > 280_000:  # photographic tiles: a 256-colour palette keeps it small and faithful
-        Image.open(out).convert("RGB").quantize(colors=256, method=Image.Quantize.FASTOCTREE,
-                                                dither=Image.Dither.FLOYDSTEINBERG).save(out, optimize=True)
+        Image.open(out).convert("RGB").quantize(
+            colors=256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.FLOYDSTEINBERG
+        ).save(out, optimize=True)
     if os.environ.get("HEMATOVISION_SCREENSHOTS") == "1":
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(out, SCREENSHOTS / f"{name}.png")
@@ -86,8 +95,9 @@ def test_review_reclassify_and_sign_off(browser, stack: LocalStack, tmp_path: Pa
     slide_path = tmp_path / "smear-e2e.tiff"
     make_slide(slide_path, data_root, 1024, 1024, mpp=0.25, n_wbc=6)
     others = [tmp_path / "smear-e2e-lymph.tiff", tmp_path / "smear-e2e-normal.tiff"]
-    make_slide(others[0], data_root, 1024, 1024, mpp=0.25, n_wbc=8, seed=1,
-               wbc_mix={"lymphocyte": 0.75, "neutrophil": 0.25})
+    make_slide(
+        others[0], data_root, 1024, 1024, mpp=0.25, n_wbc=8, seed=1, wbc_mix={"lymphocyte": 0.75, "neutrophil": 0.25}
+    )
     make_slide(others[1], data_root, 1024, 1024, mpp=0.25, n_wbc=7, seed=2)
     client = stack.client()
     batch = client.submit([slide_path, *others], name="night run (e2e)")
@@ -122,8 +132,10 @@ def test_review_reclassify_and_sign_off(browser, stack: LocalStack, tmp_path: Pa
     # Click a counted white cell in the viewer, then press the key of another class.
     page.locator(".cellbox").first.click(force=True)
     page.wait_for_selector("#selected:not([hidden])")
-    state = page.evaluate("(() => { const S = HV.review.state; const c = S.byId.get(S.sel);"
-                          " return {id: c.id, label: c.label, classes: S.classes}; })()")
+    state = page.evaluate(
+        "(() => { const S = HV.review.state; const c = S.byId.get(S.sel);"
+        " return {id: c.id, label: c.label, classes: S.classes}; })()"
+    )
     target = next(c for c in ("lymphocyte", "monocyte") if c != state["label"])
     page.keyboard.press(str(state["classes"].index(target) + 1))
     page.wait_for_function(f"HV.review.state.byId.get({state['id']}).label === {target!r}")
@@ -139,8 +151,9 @@ def test_review_reclassify_and_sign_off(browser, stack: LocalStack, tmp_path: Pa
             break
         page.keyboard.press("n")
         page.keyboard.press(lymph_key)
-        page.wait_for_function(f"HV.review.state.cells.filter(c => !c.label || c.label === 'unidentified')"
-                               f".length < {left}")
+        page.wait_for_function(
+            f"HV.review.state.cells.filter(c => !c.label || c.label === 'unidentified').length < {left}"
+        )
 
     page.goto(f"{stack.api_url}/ui/slides/{slide_id}/gallery")
     page.wait_for_selector("body[data-ready='1']")

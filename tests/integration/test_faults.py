@@ -29,8 +29,10 @@ def wait_job(client, job_id: str, pred, timeout_s: float = 600) -> dict:  # type
 def cells(db_url: str, slide_id: str) -> list[tuple]:
     eng = create_engine(db_url)
     with eng.connect() as c:
-        rows = c.execute(text("SELECT kind, x0, y0, x1, y1, label FROM cells WHERE slide_id = :s "
-                              "ORDER BY kind, x0, y0, x1, y1"), {"s": slide_id}).all()
+        rows = c.execute(
+            text("SELECT kind, x0, y0, x1, y1, label FROM cells WHERE slide_id = :s ORDER BY kind, x0, y0, x1, y1"),
+            {"s": slide_id},
+        ).all()
     eng.dispose()
     return [tuple(r) for r in rows]
 
@@ -67,7 +69,9 @@ def test_worker_killed_mid_slide_completes_exactly_once(pg_stack, slide: Path) -
     assert a["counts"] == b["counts"] and a["differential"] == b["differential"]
 
 
-def test_always_crashing_slide_fails_after_retries_and_worker_keeps_serving(pg_stack, slide: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_always_crashing_slide_fails_after_retries_and_worker_keeps_serving(
+    pg_stack, slide: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     import tifffile
 
     # A valid pyramid whose level-0 tiles far from the centre hold garbage JPEG data: it passes

@@ -98,8 +98,21 @@ def test_redis_restart_loses_no_job(postgres_url: str, small_slides, tmp_path: P
     port = free_port()
     rdir = tmp_path / "redis"
     rdir.mkdir()
-    cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(rdir), "--save", "",
-           "--appendonly", "yes", "--appendfsync", "always"]
+    cmd = [
+        "redis-server",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(rdir),
+        "--save",
+        "",
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+    ]
 
     def start_redis() -> subprocess.Popen[bytes]:
         p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -109,8 +122,7 @@ def test_redis_restart_loses_no_job(postgres_url: str, small_slides, tmp_path: P
         return p
 
     redis_proc = start_redis()
-    stack = start_stack(tmp_path / "var", postgres_url, f"redis://127.0.0.1:{port}/0",
-                        visibility_timeout_s="15")
+    stack = start_stack(tmp_path / "var", postgres_url, f"redis://127.0.0.1:{port}/0", visibility_timeout_s="15")
     try:
         client, batch, _ = submit_and_wait_running(stack, small_slides)
         redis_proc.send_signal(signal.SIGTERM)

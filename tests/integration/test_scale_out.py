@@ -28,8 +28,12 @@ def _slides(real_data: Path, folder: Path, n: int, seed: int) -> list[Path]:
 def _duplicate_cells(db_url: str) -> tuple[int, int]:
     eng = create_engine(db_url)
     with eng.connect() as c:
-        dup = c.execute(text("SELECT count(*) FROM (SELECT slide_id, kind, x0, y0, x1, y1, count(*) n FROM cells "
-                             "GROUP BY slide_id, kind, x0, y0, x1, y1 HAVING count(*) > 1) d")).scalar()
+        dup = c.execute(
+            text(
+                "SELECT count(*) FROM (SELECT slide_id, kind, x0, y0, x1, y1, count(*) n FROM cells "
+                "GROUP BY slide_id, kind, x0, y0, x1, y1 HAVING count(*) > 1) d"
+            )
+        ).scalar()
         per_slide = c.execute(text("SELECT count(DISTINCT slide_id) FROM cells")).scalar()
     eng.dispose()
     return int(dup), int(per_slide)
@@ -48,8 +52,9 @@ def test_two_workers_share_the_queues(pg_stack_steady, real_data: Path, tmp_path
     # must not fail a slide (the unique constraint decides; workers.job_store._model_version)
     assert all(j["attempts"] == 1 for j in final["jobs"]), [(j["attempts"], j["error"]) for j in final["jobs"]]
     jobs = [client.job(j["id"]) for j in final["jobs"]]
-    assert all({k: v["runs"] for k, v in j["stages"].items()} == {"prepare": 1, "classify": 1, "report": 1}
-               for j in jobs)
+    assert all(
+        {k: v["runs"] for k, v in j["stages"].items()} == {"prepare": 1, "classify": 1, "report": 1} for j in jobs
+    )
     workers = {v["worker"] for j in jobs for v in j["stages"].values()}
     assert len(workers) == 2, workers  # hostname:pid of each worker process: both took a share
     assert _duplicate_cells(pg_stack.env["HEMATOVISION_DATABASE_URL"]) == (0, 6)

@@ -36,7 +36,9 @@ def queued_messages(settings) -> int:  # type: ignore[no-untyped-def]
 def upload(client, *files, **fields):  # type: ignore[no-untyped-def]
     data = {k: str(v) for k, v in fields.items()}
     data["files"] = [(io.BytesIO(b), name) for name, b in files]
-    return client.post("/api/v1/batches", data=data, content_type="multipart/form-data", headers=fields.pop("headers", {}))
+    return client.post(
+        "/api/v1/batches", data=data, content_type="multipart/form-data", headers=fields.pop("headers", {})
+    )
 
 
 def test_healthz_and_openapi(client) -> None:  # type: ignore[no-untyped-def]
@@ -95,8 +97,12 @@ def test_server_paths_below_import_root_only(app, client, settings, tmp_path: Pa
     outside = tmp_path / "secret.png"
     outside.write_bytes(png_bytes())
     os.symlink(outside, root / "link.png")
-    for path, code in [("../secret.png", "path_outside_root"), (str(outside), "path_outside_root"),
-                       ("link.png", "path_outside_root"), ("missing.png", "path_not_found")]:
+    for path, code in [
+        ("../secret.png", "path_outside_root"),
+        (str(outside), "path_outside_root"),
+        ("link.png", "path_outside_root"),
+        ("missing.png", "path_not_found"),
+    ]:
         r = client.post("/api/v1/batches", json={"paths": [path], "mpp": 0.25})
         assert r.status_code == 400 and r.json["error"]["code"] == code, (path, r.json)
     r = client.post("/api/v1/batches", json={"paths": ["ok.png"], "mpp": 0.25})
@@ -114,10 +120,18 @@ def test_malformed_json_and_wrong_types(client) -> None:  # type: ignore[no-unty
 
 
 def test_idempotency_key_returns_the_same_batch(app, client) -> None:  # type: ignore[no-untyped-def]
-    first = client.post("/api/v1/batches", data={"mpp": "0.25", "files": [(io.BytesIO(png_bytes()), "a.png")]},
-                        headers={"Idempotency-Key": "night-42"}, content_type="multipart/form-data")
-    again = client.post("/api/v1/batches", data={"mpp": "0.25", "files": [(io.BytesIO(png_bytes()), "a.png")]},
-                        headers={"Idempotency-Key": "night-42"}, content_type="multipart/form-data")
+    first = client.post(
+        "/api/v1/batches",
+        data={"mpp": "0.25", "files": [(io.BytesIO(png_bytes()), "a.png")]},
+        headers={"Idempotency-Key": "night-42"},
+        content_type="multipart/form-data",
+    )
+    again = client.post(
+        "/api/v1/batches",
+        data={"mpp": "0.25", "files": [(io.BytesIO(png_bytes()), "a.png")]},
+        headers={"Idempotency-Key": "night-42"},
+        content_type="multipart/form-data",
+    )
     assert first.status_code == 202 and again.status_code == 200
     assert again.json["id"] == first.json["id"] and again.json["duplicate"] is True
     assert rows(app)["Batch"] == 1
@@ -169,6 +183,7 @@ def test_too_many_files_in_one_submission(settings) -> None:  # type: ignore[no-
     r = upload(client, *[(f"{i}.png", png_bytes()) for i in range(4)], mpp=0.25)
     assert r.status_code == 413 and r.json["error"]["code"] == "too_many_parts"
     assert rows(app)["Batch"] == 0
+
 
 def test_hostile_files_get_422_and_write_nothing(app, client, settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Decompression bomb, truncated pyramid TIFF and SVS, an unsupported format: 4xx JSON, no rows."""

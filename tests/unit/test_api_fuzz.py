@@ -24,8 +24,9 @@ def test_no_server_error_in_1000_generated_requests(app, client) -> None:  # typ
         label = operation.label
 
         @given(case=operation.as_strategy())
-        @hsettings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None,
-                   suppress_health_check=list(HealthCheck))
+        @hsettings(
+            max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+        )
         def run(case) -> None:  # type: ignore[no-untyped-def]
             sent[label] = sent.get(label, 0) + 1
             case.call_and_validate(headers=headers, checks=[not_a_server_error])

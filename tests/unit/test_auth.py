@@ -16,9 +16,15 @@ from tests.unit.test_api import png_bytes
 def test_every_endpoint_but_healthz_needs_a_key(app) -> None:  # type: ignore[no-untyped-def]
     c = app.test_client()
     assert c.get("/healthz").status_code == 200
-    for method, url in [("get", "/api/v1/openapi.json"), ("get", "/api/v1/batches/x"), ("get", "/api/v1/jobs/x"),
-                        ("post", "/api/v1/jobs/x/cancel"), ("get", "/api/v1/slides/x/report"),
-                        ("get", "/api/v1/flags"), ("post", "/api/v1/batches")]:
+    for method, url in [
+        ("get", "/api/v1/openapi.json"),
+        ("get", "/api/v1/batches/x"),
+        ("get", "/api/v1/jobs/x"),
+        ("post", "/api/v1/jobs/x/cancel"),
+        ("get", "/api/v1/slides/x/report"),
+        ("get", "/api/v1/flags"),
+        ("post", "/api/v1/batches"),
+    ]:
         r = getattr(c, method)(url)
         assert r.status_code == 401, url
         assert r.json["error"]["code"] == "unauthorized"
@@ -33,8 +39,12 @@ def test_scopes(app) -> None:  # type: ignore[no-untyped-def]
     assert c.get("/api/v1/flags", headers={"X-API-Key": read}).status_code == 200
     r = c.post("/api/v1/batches", headers={"X-API-Key": read}, json={"paths": ["x"]})
     assert r.status_code == 403 and r.json["error"]["code"] == "forbidden"
-    r = c.post("/api/v1/batches", headers={"Authorization": f"Bearer {submit}"},
-               data={"mpp": "0.25", "files": [(io.BytesIO(png_bytes()), "a.png")]}, content_type="multipart/form-data")
+    r = c.post(
+        "/api/v1/batches",
+        headers={"Authorization": f"Bearer {submit}"},
+        data={"mpp": "0.25", "files": [(io.BytesIO(png_bytes()), "a.png")]},
+        content_type="multipart/form-data",
+    )
     assert r.status_code == 202
 
 
@@ -58,8 +68,11 @@ def test_keys_are_stored_hashed_and_revocable(app, settings, monkeypatch) -> Non
 
 
 def test_audit_log_records_who_did_what(app, client) -> None:  # type: ignore[no-untyped-def]
-    r = client.post("/api/v1/batches", data={"mpp": "0.25", "files": [(io.BytesIO(png_bytes()), "a.png")]},
-                    content_type="multipart/form-data")
+    r = client.post(
+        "/api/v1/batches",
+        data={"mpp": "0.25", "files": [(io.BytesIO(png_bytes()), "a.png")]},
+        content_type="multipart/form-data",
+    )
     batch_id, job_id = r.json["id"], r.json["job_ids"][0]
     client.get("/api/v1/flags")
     client.post(f"/api/v1/jobs/{job_id}/cancel")

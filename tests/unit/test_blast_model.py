@@ -28,8 +28,11 @@ needs_pbc = pytest.mark.skipif(not PBC_DIR.is_dir(), reason="shared PBC data not
 
 
 def _all_fields(n_per_class: int) -> list[Path]:
-    return [f for c in ("Benign", "Early", "Pre", "Pro")
-            for f in sorted((ALL_ROOT / "images" / c).glob("*.jpg"))[:n_per_class]]
+    return [
+        f
+        for c in ("Benign", "Early", "Pre", "Pro")
+        for f in sorted((ALL_ROOT / "images" / c).glob("*.jpg"))[:n_per_class]
+    ]
 
 
 def test_mask_scale_bar_replaces_the_corner_with_background() -> None:
@@ -39,7 +42,7 @@ def test_mask_scale_bar_replaces_the_corner_with_background() -> None:
     img[208:212, 196:216] = (255, 0, 0)
     out = mask_scale_bar(img)
     bw, bh = round(SCALE_BAR_BOX[0] * 224), round(SCALE_BAR_BOX[1] * 224)
-    corner = out[224 - bh:, 224 - bw:]
+    corner = out[224 - bh :, 224 - bw :]
     assert (corner == 240).all()  # filled with the glass colour, mark gone
     assert (out[100:140, 100:140] == (120, 60, 160)).all()
     assert (img[205:217, 192:220] == 0).any()  # the input is not modified
@@ -131,17 +134,51 @@ def test_train_extra_data_adds_a_class_and_keeps_the_main_split(tmp_path: Path) 
 
     _folder(tmp_path / "main", {"alpha": (200, 60, 60), "beta": (60, 60, 200)}, 7, 80)
     _folder(tmp_path / "extra", {"blast": (120, 40, 160)}, 8, 32)  # already at model scale
-    extra_split = {"crop_um": 6.0, "input_px": 32, "train": [f"blast/blast_{i:02d}.png" for i in range(5)],
-                   "val": ["blast/blast_05.png"], "test": ["blast/blast_06.png", "blast/blast_07.png"]}
+    extra_split = {
+        "crop_um": 6.0,
+        "input_px": 32,
+        "train": [f"blast/blast_{i:02d}.png" for i in range(5)],
+        "val": ["blast/blast_05.png"],
+        "test": ["blast/blast_06.png", "blast/blast_07.png"],
+    }
     (tmp_path / "extra" / "split.json").write_text(json.dumps(extra_split))
-    common = ["--data", str(tmp_path / "main"), "--epochs", "1", "--head-epochs", "3", "--input-px", "32",
-              "--crop-um", "6", "--mpp", "0.1", "--seed", "3", "--quiet"]
+    common = [
+        "--data",
+        str(tmp_path / "main"),
+        "--epochs",
+        "1",
+        "--head-epochs",
+        "3",
+        "--input-px",
+        "32",
+        "--crop-um",
+        "6",
+        "--mpp",
+        "0.1",
+        "--seed",
+        "3",
+        "--quiet",
+    ]
     runner = CliRunner()
     first = runner.invoke(main, ["train", "--out", str(tmp_path / "m1"), *common])
     assert first.exit_code == 0, first.output
-    second = runner.invoke(main, ["train", "--out", str(tmp_path / "m2"), "--init-from", str(tmp_path / "m1"),
-                                  "--extra-data", str(tmp_path / "extra"), "--name", "x-blast",
-                                  "--min-resolution", "0.4", *common])
+    second = runner.invoke(
+        main,
+        [
+            "train",
+            "--out",
+            str(tmp_path / "m2"),
+            "--init-from",
+            str(tmp_path / "m1"),
+            "--extra-data",
+            str(tmp_path / "extra"),
+            "--name",
+            "x-blast",
+            "--min-resolution",
+            "0.4",
+            *common,
+        ],
+    )
     assert second.exit_code == 0, second.output
     meta = json.loads((tmp_path / "m2" / "model.json").read_text())
     assert meta["name"] == "x-blast" and meta["classes"] == ["alpha", "beta", "blast"]
@@ -164,8 +201,12 @@ def test_v2_false_blast_rate_on_bccd_lymphocytes_within_the_card(clf) -> None:  
     metrics = json.loads((MODEL_DIR / "metrics.json").read_text())
     stated = metrics["blast"]["false_blast_bccd_lymphocytes"]["k"]  # of 33
     cells = [(jpg, centre) for jpg, centre, label in bccd_cells(BCCD_DIR) if label == "lymphocyte"]
-    crops = np.stack([crop_cell(np.asarray(Image.open(jpg).convert("RGB")), centre, BCCD_MPP, clf.crop_um,
-                                clf.input_px) for jpg, centre in cells])
+    crops = np.stack(
+        [
+            crop_cell(np.asarray(Image.open(jpg).convert("RGB")), centre, BCCD_MPP, clf.crop_um, clf.input_px)
+            for jpg, centre in cells
+        ]
+    )
     called_blast = int((clf.predict_proba(crops).argmax(1) == clf.classes.index("blast")).sum())
     assert len(cells) == 33
     assert called_blast <= stated, (called_blast, stated)

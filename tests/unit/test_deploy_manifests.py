@@ -39,8 +39,10 @@ try:
 except ImportError:  # pragma: no cover - .ci/run installs it
     if IN_CI:
         raise
-    pytest.skip("PyYAML is needed to read the manifests: pip install -r deploy/requirements-validate.txt",
-                allow_module_level=True)
+    pytest.skip(
+        "PyYAML is needed to read the manifests: pip install -r deploy/requirements-validate.txt",
+        allow_module_level=True,
+    )
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -50,18 +52,39 @@ PREFIX = str(Settings.model_config.get("env_prefix", "HEMATOVISION_"))
 ENV_NAME = re.compile(rf"\b{PREFIX}[A-Z0-9_]+\b")
 # Files whose every HEMATOVISION_* name must be a Settings field.
 MANIFESTS = sorted(
-    [*DEPLOY.glob("Dockerfile*"), DEPLOY / "compose.yaml", DEPLOY / ".env.example", *K8S.glob("*.yaml"),
-     *SYSTEMD.glob("*.service"), SYSTEMD / "env.example", DEPLOY / "README.md"]
+    [
+        *DEPLOY.glob("Dockerfile*"),
+        DEPLOY / "compose.yaml",
+        DEPLOY / ".env.example",
+        *K8S.glob("*.yaml"),
+        *SYSTEMD.glob("*.service"),
+        SYSTEMD / "env.example",
+        DEPLOY / "README.md",
+    ]
 )
-UNIT_FILES = ("hematovision-migrate.service", "hematovision-api.service", "hematovision-worker@.service",
-              "hematovision-worker-cpu@.service")
+UNIT_FILES = (
+    "hematovision-migrate.service",
+    "hematovision-api.service",
+    "hematovision-worker@.service",
+    "hematovision-worker-cpu@.service",
+)
 CPU_STAGES = {PREPARE, REPORT}
 #: The operation KEDA's metrics-api triggers poll (api/queues.py, api/health.py).
 QUEUES_OPERATION = "getQueues"
 #: Metadata of KEDA's metrics-api scaler (keda.sh/docs/2.19/scalers/metrics-api).
-METRICS_API_METADATA = {"url", "format", "valueLocation", "targetValue", "activationTargetValue", "unsafeSsl",
-                        "aggregateFromKubeServiceEndpoints", "aggregationType", "authMode", "method",
-                        "keyParamName"}
+METRICS_API_METADATA = {
+    "url",
+    "format",
+    "valueLocation",
+    "targetValue",
+    "activationTargetValue",
+    "unsafeSsl",
+    "aggregateFromKubeServiceEndpoints",
+    "aggregationType",
+    "authMode",
+    "method",
+    "keyParamName",
+}
 
 
 # ---------------------------------------------------------------- helpers
@@ -103,7 +126,7 @@ def _dotenv(path: Path) -> dict[str, str]:
 
 def _settings_from(env: dict[str, str]) -> Settings:
     """Settings built from these variables only (the HEMATOVISION_* ones), as a process would."""
-    mapping = {k[len(PREFIX):].lower(): v for k, v in env.items() if k.startswith(PREFIX)}
+    mapping = {k[len(PREFIX) :].lower(): v for k, v in env.items() if k.startswith(PREFIX)}
     return Settings(**mapping)  # type: ignore[arg-type]
 
 
@@ -289,8 +312,7 @@ def test_hadolint() -> None:
 # ---------------------------------------------------------------- compose
 
 
-COMPOSE_SERVICES = {"api", "worker-cpu", "worker-gpu", "worker-classify-cpu", "redis", "postgres", "flower",
-                    "migrate"}
+COMPOSE_SERVICES = {"api", "worker-cpu", "worker-gpu", "worker-classify-cpu", "redis", "postgres", "flower", "migrate"}
 COMPOSE_WORKERS = ("worker-cpu", "worker-gpu", "worker-classify-cpu")
 
 
@@ -338,8 +360,9 @@ def test_compose_facts() -> None:
     def has_gpu(svc: dict[str, Any]) -> bool:
         return "devices" in str(svc.get("deploy", {}).get("resources", {}).get("reservations", {}))
 
-    workers = {name: (_worker_stages(list(services[name]["command"])), has_gpu(services[name]))
-               for name in COMPOSE_WORKERS}
+    workers = {
+        name: (_worker_stages(list(services[name]["command"])), has_gpu(services[name])) for name in COMPOSE_WORKERS
+    }
     assert workers["worker-cpu"] == (CPU_STAGES, False)
     assert workers["worker-gpu"] == ({CLASSIFY}, True)
     assert workers["worker-classify-cpu"] == ({CLASSIFY}, False)
@@ -403,7 +426,9 @@ def test_compose_config_validates() -> None:
     assert set(r.stdout.split()) == COMPOSE_SERVICES - {"worker-gpu"}
     if not (DEPLOY / ".env").exists():
         # Without an env file the passwords are missing: compose must refuse, not run with blanks.
-        env = {k: v for k, v in os.environ.items() if k not in ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "FLOWER_BASIC_AUTH")}
+        env = {
+            k: v for k, v in os.environ.items() if k not in ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "FLOWER_BASIC_AUTH")
+        }
         r = _run([*base, "config", "--quiet"], env=env)
         # compose names the first missing variable it meets; which one that is varies by version
         assert r.returncode != 0 and any(v in r.stderr + r.stdout for v in ("POSTGRES_PASSWORD", "REDIS_PASSWORD"))
@@ -424,22 +449,33 @@ def test_k8s_facts() -> None:
     docs = _k8s_objects()
     secret = _yaml_docs(K8S / "secret.example.yaml")[0]
     secret_keys = set(secret["stringData"])
-    assert all("CHANGE-ME" in str(v) for v in secret["stringData"].values()), "the Secret template holds placeholders only"
+    assert all("CHANGE-ME" in str(v) for v in secret["stringData"].values()), (
+        "the Secret template holds placeholders only"
+    )
     config = _by_kind_name(docs, "ConfigMap", "hematovision-config")["data"]
     s = _settings_from({**config, **secret["stringData"]})
     assert s.visibility_timeout_s > s.task_time_limit_s
 
     deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
-    assert set(deployments) == {"hematovision-api", "hematovision-worker-cpu", "hematovision-worker-gpu",
-                                "hematovision-flower"}
+    assert set(deployments) == {
+        "hematovision-api",
+        "hematovision-worker-cpu",
+        "hematovision-worker-gpu",
+        "hematovision-flower",
+    }
     pvc = _by_kind_name(docs, "PersistentVolumeClaim", "hematovision-var")
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
     job = _by_kind_name(docs, "Job", "hematovision-migrate")
     job_c = job["spec"]["template"]["spec"]["containers"][0]
     assert _hematovision_args(job_c["command"]) == ["db", "upgrade"]
 
-    hv_pods = [job["spec"]["template"], *(deployments[n]["spec"]["template"] for n in
-                                          ("hematovision-api", "hematovision-worker-cpu", "hematovision-worker-gpu"))]
+    hv_pods = [
+        job["spec"]["template"],
+        *(
+            deployments[n]["spec"]["template"]
+            for n in ("hematovision-api", "hematovision-worker-cpu", "hematovision-worker-gpu")
+        ),
+    ]
     for pod in hv_pods:
         c = pod["spec"]["containers"][0]
         _cli_parses(_hematovision_args(c["command"]))
@@ -449,10 +485,11 @@ def test_k8s_facts() -> None:
         mounts = {m["mountPath"]: claims[m["name"]] for m in c["volumeMounts"]}
         assert mounts.get(config["HEMATOVISION_VAR_DIR"]) == "hematovision-var"
         # The work dir the stages hand crops through lies on the shared RWX claim in every pod.
-        assert any(claim == "hematovision-var" and _under(s.stage_work_dir, path) for path, claim in mounts.items()), \
+        assert any(claim == "hematovision-var" and _under(s.stage_work_dir, path) for path, claim in mounts.items()), (
             "the work dir (HEMATOVISION_WORK_DIR) is not on the shared claim hematovision-var"
+        )
         for e in c.get("env", []):
-            assert not e["name"].startswith(PREFIX) or e["name"][len(PREFIX):].lower() in Settings.model_fields
+            assert not e["name"].startswith(PREFIX) or e["name"][len(PREFIX) :].lower() in Settings.model_fields
         assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
 
     api = _container(deployments["hematovision-api"])
@@ -473,7 +510,9 @@ def test_k8s_facts() -> None:
         assert pod["terminationGracePeriodSeconds"] > s.task_time_limit_s
     assert workers == {"hematovision-worker-cpu": (CPU_STAGES, False), "hematovision-worker-gpu": ({CLASSIFY}, True)}
     _check_roles("k8s", workers)
-    assert {f"HEMATOVISION_QUEUE_{st.upper()}" for st in STAGES} <= set(config), "the ConfigMap names each stage's queue"
+    assert {f"HEMATOVISION_QUEUE_{st.upper()}" for st in STAGES} <= set(config), (
+        "the ConfigMap names each stage's queue"
+    )
     assert "HEMATOVISION_WORK_DIR" in config
     gpu = _container(deployments["hematovision-worker-gpu"])
     assert gpu["resources"]["limits"]["nvidia.com/gpu"] == 1, "one worker process per GPU"
@@ -530,7 +569,9 @@ def test_keda_scales_each_worker_on_its_stages_demand() -> None:
         assert sorted(watched) == sorted(runs), f"{target} runs {sorted(runs)} but scales on {watched}"
         for t in triggers:
             meta = t["metadata"]
-            assert set(meta) <= METRICS_API_METADATA, f"unknown metrics-api metadata: {set(meta) - METRICS_API_METADATA}"
+            assert set(meta) <= METRICS_API_METADATA, (
+                f"unknown metrics-api metadata: {set(meta) - METRICS_API_METADATA}"
+            )
             assert all(isinstance(v, str) for v in meta.values()), "trigger metadata values are strings"
             url = urlsplit(meta["url"])
             assert url.scheme == "http" and url.path == queues_paths[0], meta["url"]
@@ -594,7 +635,11 @@ def test_keda_reads_a_number_from_the_queues_endpoint(tmp_path: Path) -> None:
         schema = openapi_document()["components"]["schemas"]["Queues"]
         assert set(body) <= set(schema["properties"]) and set(schema["required"]) <= set(body)
         assert set(schema["properties"]["stages"]["additionalProperties"]["properties"]) == {
-            "queue", "waiting", "running", "demand"}
+            "queue",
+            "waiting",
+            "running",
+            "demand",
+        }
         # Without a key the scaler would get 401, not a wrong number.
         assert app.test_client().get(urlsplit(triggers[0]["metadata"]["url"]).path).status_code == 401
     finally:
@@ -659,8 +704,10 @@ def test_systemd_facts() -> None:
         svc = unit["Service"]
         env = _unit_env(svc)
         # The GPU unit's instance is the GPU index; the CPU unit hides the GPUs.
-        workers[name] = (_worker_stages(_hematovision_args(shlex.split(svc["ExecStart"][0])), settings),
-                         env.get("CUDA_VISIBLE_DEVICES") == "%i")
+        workers[name] = (
+            _worker_stages(_hematovision_args(shlex.split(svc["ExecStart"][0])), settings),
+            env.get("CUDA_VISIBLE_DEVICES") == "%i",
+        )
         assert int(svc["TimeoutStopSec"][0]) > settings.task_time_limit_s
         # ProtectSystem=strict: the var dir and the stages' work dir must be writable.
         writable = " ".join(svc["ReadWritePaths"]).split()
@@ -688,7 +735,17 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
     (bin_dir / "hematovision").chmod(0o755)
     for name in UNIT_FILES:
         shutil.copy(SYSTEMD / name, root / "etc/systemd/system" / name)
-    r = _run([exe, "verify", f"--root={root}", "--man=no", "hematovision-migrate.service",
-              "hematovision-api.service", "hematovision-worker@0.service", "hematovision-worker-cpu@0.service"])
+    r = _run(
+        [
+            exe,
+            "verify",
+            f"--root={root}",
+            "--man=no",
+            "hematovision-migrate.service",
+            "hematovision-api.service",
+            "hematovision-worker@0.service",
+            "hematovision-worker-cpu@0.service",
+        ]
+    )
     # Unknown keys and other mistakes are only warnings for systemd: any output fails the check.
     assert r.returncode == 0 and not (r.stdout + r.stderr).strip(), r.stdout + r.stderr

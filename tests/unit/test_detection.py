@@ -27,8 +27,7 @@ needs_cbc = pytest.mark.skipif(
     not (CBC_TEST / "Annotations").is_dir() or not BCCD_IMAGES.is_dir(),
     reason=f"CBC annotations / BCCD images not found under {DATA_ROOT}",
 )
-needs_txl = pytest.mark.skipif(not (TXL / "labels" / "test").is_dir(),
-                               reason=f"TXL-PBC not found under {DATA_ROOT}")
+needs_txl = pytest.mark.skipif(not (TXL / "labels" / "test").is_dir(), reason=f"TXL-PBC not found under {DATA_ROOT}")
 
 
 def _rgb(path: Path) -> np.ndarray:
@@ -142,9 +141,14 @@ def test_physical_size_invariance(cbc_items):
         half = np.asarray(Image.fromarray(image).resize((w // 2, h // 2), Image.Resampling.BOX))
         n_full = sum(d.kind == "wbc" for d in detect_cells(image, BCCD_MPP))
         n_half = sum(d.kind == "wbc" for d in detect_cells(half, BCCD_MPP * 2))
-        n_coarse = sum(d.kind == "wbc" for d in detect_cells(
-            np.asarray(Image.fromarray(image).resize((w // 14, h // 14), Image.Resampling.BOX)),
-            BCCD_MPP * 14, kinds=("wbc",)))
+        n_coarse = sum(
+            d.kind == "wbc"
+            for d in detect_cells(
+                np.asarray(Image.fromarray(image).resize((w // 14, h // 14), Image.Resampling.BOX)),
+                BCCD_MPP * 14,
+                kinds=("wbc",),
+            )
+        )
         assert n_full == n_half == len(item.of_kind("wbc"))
         assert n_coarse == n_full  # ~1 µm/px, the slide's candidate pass
 

@@ -83,8 +83,7 @@ def test_detect_bad_kind(runner, tmp_path):
 
 
 def test_evaluate_missing_dir(runner, tmp_path):
-    result = runner.invoke(main, ["evaluate-detection", "--data", str(tmp_path / "none"),
-                                  "--format", "voc", "--json"])
+    result = runner.invoke(main, ["evaluate-detection", "--data", str(tmp_path / "none"), "--format", "voc", "--json"])
     assert result.exit_code != 0 and "not found" in result.stderr
 
 
@@ -100,8 +99,21 @@ def test_evaluate_detection_json_on_a_small_voc_set(runner, tmp_path):
     ann.mkdir()
     for name in sorted((CBC_TEST / "Annotations").glob("*.xml"))[:3]:
         (ann / name.name).write_bytes(name.read_bytes())
-    result = runner.invoke(main, ["evaluate-detection", "--data", str(tmp_path), "--format", "voc",
-                                  "--images", str(BCCD_IMAGES), "--mpp", "0.071", "--json"])
+    result = runner.invoke(
+        main,
+        [
+            "evaluate-detection",
+            "--data",
+            str(tmp_path),
+            "--format",
+            "voc",
+            "--images",
+            str(BCCD_IMAGES),
+            "--mpp",
+            "0.071",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     assert payload["n_images"] == 3 and "IoU" in payload["matching_rule"]

@@ -23,8 +23,9 @@ def test_process_reports_bad_files_and_finishes_good_ones(real_data: Path, tmp_p
     truncated = tmp_path / "cut.jpg"
     truncated.write_bytes(jpeg[: len(jpeg) // 3])
     out = tmp_path / "reports"
-    result = CliRunner().invoke(main, ["process", str(empty), str(good), str(text), str(truncated),
-                                       "--mpp", "0.25", "--out", str(out)])
+    result = CliRunner().invoke(
+        main, ["process", str(empty), str(good), str(text), str(truncated), "--mpp", "0.25", "--out", str(out)]
+    )
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output
     errors = [line for line in result.output.splitlines() if line.startswith("error: ")]

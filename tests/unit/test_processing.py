@@ -14,11 +14,20 @@ from workers.job_store import claim_stage, mark_failed, store_analysis
 
 
 def analysis() -> SlideAnalysis:
-    cells = [CellResult("wbc", (10 * i, 0, 10 * i + 40, 40), 0.9, "neutrophil" if i % 3 else "lymphocyte", 0.97)
-             for i in range(30)]
+    cells = [
+        CellResult("wbc", (10 * i, 0, 10 * i + 40, 40), 0.9, "neutrophil" if i % 3 else "lymphocyte", 0.97)
+        for i in range(30)
+    ]
     cells += [CellResult("rbc", (i, 100, i + 30, 130), 0.8) for i in range(50)]
-    return SlideAnalysis(mpp=0.25, width=1000, height=1000, model_name="m", model_version="1",
-                         classes=["lymphocyte", "neutrophil"], cells=cells)
+    return SlideAnalysis(
+        mpp=0.25,
+        width=1000,
+        height=1000,
+        model_name="m",
+        model_version="1",
+        classes=["lymphocyte", "neutrophil"],
+        cells=cells,
+    )
 
 
 def setup(settings):  # type: ignore[no-untyped-def]
@@ -79,4 +88,3 @@ def test_failure_is_recorded_and_final(settings) -> None:  # type: ignore[no-unt
         job = s.get(Job, job_id)
         assert job.state == "failed" and job.error == "boom again" and job.attempts == 2
     assert claim_stage(factory, job_id, PREPARE) is None
-

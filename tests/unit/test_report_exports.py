@@ -37,11 +37,20 @@ def store_slide(app, path: Path, labels: list[str], filename: str = "smear.tiff"
 
     manifest = json.loads(Path(f"{path}.manifest.json").read_text())
     boxes = [c["bbox"] for c in manifest["cells"] if c["kind"] == "wbc"]
-    cells = [CellResult("wbc", tuple(boxes[i % len(boxes)]), 0.9, lab, 0.5 + 0.4 * (i % 5) / 4)
-             for i, lab in enumerate(labels)]
+    cells = [
+        CellResult("wbc", tuple(boxes[i % len(boxes)]), 0.9, lab, 0.5 + 0.4 * (i % 5) / 4)
+        for i, lab in enumerate(labels)
+    ]
     cells += [CellResult(c["kind"], tuple(c["bbox"]), 0.8) for c in manifest["cells"] if c["kind"] != "wbc"]
-    analysis = SlideAnalysis(mpp=0.25, width=manifest["width"], height=manifest["height"], model_name="wbc-test",
-                             model_version=MODEL_VERSION, classes=CLASSES, cells=cells)
+    analysis = SlideAnalysis(
+        mpp=0.25,
+        width=manifest["width"],
+        height=manifest["height"],
+        model_name="wbc-test",
+        model_version=MODEL_VERSION,
+        classes=CLASSES,
+        cells=cells,
+    )
     factory = app.extensions["hv_sessions"]
     with factory() as s, s.begin():
         b = Batch(name="night")
@@ -103,8 +112,15 @@ def test_slide_pdf_still_renders_when_the_slide_file_is_gone(app, client, slide_
 def test_verified_report_says_who(slide_file: Path) -> None:
     from hematovision.exports.slide_pdf import slide_report_pdf
 
-    report = {"slide_id": "x1", "model": {"name": "m", "version": "1"}, "counts": {"wbc": 0}, "differential": {},
-              "flags": [], "verified_by": "J. Doe, MLS", "verified_at": "2026-11-27T07:30:00Z"}
+    report = {
+        "slide_id": "x1",
+        "model": {"name": "m", "version": "1"},
+        "counts": {"wbc": 0},
+        "differential": {},
+        "flags": [],
+        "verified_by": "J. Doe, MLS",
+        "verified_at": "2026-11-27T07:30:00Z",
+    }
     buf = io.BytesIO()
     slide_report_pdf(report, buf, thumbnail=None, invariant=1)
     assert "VERIFIED by J. Doe, MLS" in pdf_text(buf.getvalue())
@@ -135,9 +151,14 @@ def test_hl7_message_parses_back_with_one_obx_per_class(app, client, slide_file:
 
 
 def test_hl7_escapes_delimiters_in_free_text() -> None:
-    report = {"slide_id": "s|1", "model": {"name": "m", "version": "1"}, "counts": {"wbc": 10},
-              "differential": {"neutrophil": {"count": 10, "percent": 100.0, "ci95": [69.2, 100.0]}},
-              "flags": [{"code": "X", "severity": "review", "message": "a|b^c&d~e\\f"}], "limits": "decision support"}
+    report = {
+        "slide_id": "s|1",
+        "model": {"name": "m", "version": "1"},
+        "counts": {"wbc": 10},
+        "differential": {"neutrophil": {"count": 10, "percent": 100.0, "ci95": [69.2, 100.0]}},
+        "flags": [{"code": "X", "severity": "review", "message": "a|b^c&d~e\\f"}],
+        "limits": "decision support",
+    }
     er7 = oru_r01(report, control_id="c1", ascii_only=True)
     msg = parse_message(er7, find_groups=True)
     order = msg.oru_r01_patient_result.oru_r01_order_observation
@@ -165,11 +186,17 @@ def test_flag_report_csv_and_pdf_most_severe_first(app, client, slide_file: Path
 
 
 def test_flag_report_csv_sorts_a_document_in_any_order() -> None:
-    doc = {"slides": [
-        {"slide_id": "b", "max_severity": "borderline", "flags": [{"severity": "borderline", "code": "B"}]},
-        {"slide_id": "c", "max_severity": "critical",
-         "flags": [{"severity": "review", "code": "R"}, {"severity": "critical", "code": "C"}]},
-        {"slide_id": "r", "max_severity": "review", "flags": [{"severity": "review", "code": "R"}]}]}
+    doc = {
+        "slides": [
+            {"slide_id": "b", "max_severity": "borderline", "flags": [{"severity": "borderline", "code": "B"}]},
+            {
+                "slide_id": "c",
+                "max_severity": "critical",
+                "flags": [{"severity": "review", "code": "R"}, {"severity": "critical", "code": "C"}],
+            },
+            {"slide_id": "r", "max_severity": "review", "flags": [{"severity": "review", "code": "R"}]},
+        ]
+    }
     rows = list(csv.DictReader(io.StringIO(flag_report_csv(doc))))
     assert [(r["slide_id"], r["code"]) for r in rows] == [("c", "C"), ("c", "R"), ("r", "R"), ("b", "B")]
 

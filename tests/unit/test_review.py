@@ -37,8 +37,9 @@ def analysed(app, tmp_path: Path, data_root: Path) -> str:  # type: ignore[no-un
     if not any(c.kind == "wbc" and c.label is None for c in cells):
         first = next(c for c in cells if c.kind == "wbc")
         first.label, first.probability = None, 0.4
-    analysis = SlideAnalysis(mpp=0.25, width=1024, height=1024, model_name="wbc-test", model_version="1",
-                             classes=CLASSES, cells=cells)
+    analysis = SlideAnalysis(
+        mpp=0.25, width=1024, height=1024, model_name="wbc-test", model_version="1", classes=CLASSES, cells=cells
+    )
     factory = app.extensions["hv_sessions"]
     with factory() as s, s.begin():
         b = Batch(name="review")
@@ -71,8 +72,15 @@ def test_reclassify_recomputes_and_records(app, analysed: str) -> None:  # type:
     with factory() as s:
         before = s.get(Slide, analysed).report
     with factory() as s:
-        cell = s.execute(select(Cell).where(Cell.slide_id == analysed, Cell.kind == "wbc", Cell.label.is_not(None))
-                         .order_by(Cell.id)).scalars().first()
+        cell = (
+            s.execute(
+                select(Cell)
+                .where(Cell.slide_id == analysed, Cell.kind == "wbc", Cell.label.is_not(None))
+                .order_by(Cell.id)
+            )
+            .scalars()
+            .first()
+        )
         cell_id, old = cell.id, cell.label
     new = "lymphocyte" if old != "lymphocyte" else "monocyte"
     raised = datetime(2026, 11, 26, 23, 0, 0)
@@ -109,8 +117,11 @@ def test_signoff_needs_no_unidentified_then_locks(app, analysed: str) -> None:  
         sign_off(s, analysed, "key:bob:hv_2")
     assert e.value.kind == "conflict" and "unidentified" in e.value.message
     with factory() as s:
-        open_ids = s.execute(select(Cell.id).where(Cell.slide_id == analysed, Cell.kind == "wbc",
-                                                   Cell.label.is_(None))).scalars().all()
+        open_ids = (
+            s.execute(select(Cell.id).where(Cell.slide_id == analysed, Cell.kind == "wbc", Cell.label.is_(None)))
+            .scalars()
+            .all()
+        )
     for cid in open_ids:
         with factory() as s, s.begin():
             reclassify(s, cid, "monocyte", "key:bob:hv_2")
@@ -191,8 +202,13 @@ def test_keys_scopes_and_pages(app, analysed: str) -> None:  # type: ignore[no-u
 
 def test_openapi_lists_review_endpoints(client) -> None:  # type: ignore[no-untyped-def]
     paths = client.get("/api/v1/openapi.json").get_json()["paths"]
-    for p in ("/api/v1/slides/{slide_id}/cells", "/api/v1/cells/{cell_id}/label", "/api/v1/slides/{slide_id}/signoff",
-              "/api/v1/slides/{slide_id}/dzi", "/api/v1/slides/{slide_id}/tiles/{level}/{col}_{row}.jpeg",
-              "/api/v1/cells/{cell_id}/image"):
+    for p in (
+        "/api/v1/slides/{slide_id}/cells",
+        "/api/v1/cells/{cell_id}/label",
+        "/api/v1/slides/{slide_id}/signoff",
+        "/api/v1/slides/{slide_id}/dzi",
+        "/api/v1/slides/{slide_id}/tiles/{level}/{col}_{row}.jpeg",
+        "/api/v1/cells/{cell_id}/image",
+    ):
         assert p in paths, p
     assert json.dumps(paths)

@@ -104,8 +104,11 @@ def test_redelivered_stages_do_not_redo_or_double_count(settings, job) -> None: 
     with factory() as s:
         n = s.execute(select(func.count()).select_from(Cell)).scalar_one()
     # Every stage delivered again after the result is stored: nothing is done, nothing is added.
-    for again in (run_prepare(settings, factory, job_id), run_classify(settings, factory, clf, job_id),
-                  run_report(settings, factory, job_id)):
+    for again in (
+        run_prepare(settings, factory, job_id),
+        run_classify(settings, factory, clf, job_id),
+        run_report(settings, factory, job_id),
+    ):
         assert again.state == "skipped" and again.next_stage is None
     with factory() as s:
         assert s.execute(select(func.count()).select_from(Cell)).scalar_one() == n > 0

@@ -137,8 +137,7 @@ def test_deterministic_and_tiling_independent(tmp_path: Path) -> None:
 
 
 def test_mix_and_held_out_files(tmp_path: Path, data_root: Path) -> None:
-    m = make_slide(tmp_path / "l.tiff", tmp_path, 1024, 1024, n_wbc=5, source="procedural",
-                   wbc_mix={"lymphocyte": 1.0})
+    m = make_slide(tmp_path / "l.tiff", tmp_path, 1024, 1024, n_wbc=5, source="procedural", wbc_mix={"lymphocyte": 1.0})
     assert m["differential"] == {"lymphocyte": 5}
     root = pbc_root(data_root)
     held_out = sorted((root / "monocyte").glob("*.jpg"))[:2] + sorted((root / "basophil").glob("*.jpg"))[:2]
@@ -181,8 +180,23 @@ def test_writer_edges_and_levels(tmp_path: Path) -> None:
 def test_cli_make_slide(tmp_path: Path) -> None:
     runner = CliRunner()
     out = tmp_path / "cli.svs"
-    res = runner.invoke(main, ["make-slide", str(out), "--width", "1536", "--height", "1536", "--wbc", "5",
-                               "--data-root", str(tmp_path), "--seed", "4"])
+    res = runner.invoke(
+        main,
+        [
+            "make-slide",
+            str(out),
+            "--width",
+            "1536",
+            "--height",
+            "1536",
+            "--wbc",
+            "5",
+            "--data-root",
+            str(tmp_path),
+            "--seed",
+            "4",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert f"slide:    {out}" in res.output and "manifest:" in res.output
     assert "5 white cells" in res.output and "procedurally drawn cells" in res.output
@@ -194,8 +208,9 @@ def test_cli_make_slide(tmp_path: Path) -> None:
     assert bad.exit_code != 0 and "does not exist" in bad.output
     bad = runner.invoke(main, ["make-slide", str(tmp_path / "x.tiff"), "--mpp", "0"])
     assert bad.exit_code != 0 and "--mpp must be a positive number" in bad.output
-    bad = runner.invoke(main, ["make-slide", str(tmp_path / "x.tiff"), "--mix", "blast=5",
-                               "--data-root", str(tmp_path)])
+    bad = runner.invoke(
+        main, ["make-slide", str(tmp_path / "x.tiff"), "--mix", "blast=5", "--data-root", str(tmp_path)]
+    )
     assert bad.exit_code != 0 and "unknown white-cell class" in bad.output
     assert len(bad.output.strip().splitlines()) == 1
     assert "Usage" in runner.invoke(main, ["make-slide", "--help"]).output

@@ -35,10 +35,29 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]
     base = tmp_path_factory.mktemp("train")
     data = _make_folder(base / "data")
     out = base / "model"
-    result = CliRunner().invoke(main, [
-        "train", "--data", str(data), "--out", str(out), "--epochs", "1", "--head-epochs", "5",
-        "--input-px", "32", "--crop-um", "6", "--mpp", "0.1", "--seed", "3", "--quiet",
-    ])
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--head-epochs",
+            "5",
+            "--input-px",
+            "32",
+            "--crop-um",
+            "6",
+            "--mpp",
+            "0.1",
+            "--seed",
+            "3",
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output.strip().splitlines()[-1])
     return data, out, summary
@@ -78,14 +97,35 @@ def test_evaluate_prints_one_json_and_skips_unknown_folders(trained: tuple[Path,
     junk.mkdir(exist_ok=True)
     Image.fromarray(np.zeros((40, 40, 3), dtype=np.uint8)).save(junk / "x.png")
     png = tmp_path / "cm.png"
-    result = CliRunner().invoke(main, [
-        "evaluate", "--data", str(data), "--model", str(out), "--mpp", "0.1", "--json", "--quiet",
-        "--plot", str(png),
-    ])
+    result = CliRunner().invoke(
+        main,
+        [
+            "evaluate",
+            "--data",
+            str(data),
+            "--model",
+            str(out),
+            "--mpp",
+            "0.1",
+            "--json",
+            "--quiet",
+            "--plot",
+            str(png),
+        ],
+    )
     assert result.exit_code == 0, result.output
     doc = json.loads(result.output)
-    for key in ("accuracy", "macro_f1", "n", "per_class", "confusion_matrix", "confusion_matrix_order",
-                "unidentified_rate", "skipped_folders", "threshold"):
+    for key in (
+        "accuracy",
+        "macro_f1",
+        "n",
+        "per_class",
+        "confusion_matrix",
+        "confusion_matrix_order",
+        "unidentified_rate",
+        "skipped_folders",
+        "threshold",
+    ):
         assert key in doc
     assert doc["skipped_folders"] == ["not_a_class"]
     assert doc["n"] == 21
@@ -94,8 +134,10 @@ def test_evaluate_prints_one_json_and_skips_unknown_folders(trained: tuple[Path,
     assert np.asarray(doc["confusion_matrix"]).sum() == 21
     assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
 
-    test_only = CliRunner().invoke(main, ["evaluate", "--data", str(data), "--model", str(out), "--mpp", "0.1",
-                                          "--split", "test", "--json", "--quiet"])
+    test_only = CliRunner().invoke(
+        main,
+        ["evaluate", "--data", str(data), "--model", str(out), "--mpp", "0.1", "--split", "test", "--json", "--quiet"],
+    )
     assert test_only.exit_code == 0, test_only.output
     split = json.loads((out / "split.json").read_text())
     assert json.loads(test_only.output)["n"] == len(split["test"])
