@@ -1,14 +1,23 @@
-"""JSON errors: every failure the API returns is ``{"error": {"code", "message"}}``."""
+"""JSON errors: every failure the API returns is ``{"error": {"code", "message"}}``.
+
+Domain errors of the service layer (a review that cannot be carried out) are mapped here, by
+registered error handlers, so views raise them as they are.
+"""
 
 from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify
+from flask import Flask, Response, jsonify
+from flask.typing import ResponseReturnValue
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
+from hematovision.service.review import ReviewError
+
 log = logging.getLogger(__name__)
+#: HTTP status of each kind of review (domain) error.
+REVIEW_STATUS = {"not_found": 404, "invalid": 400, "conflict": 409}
 
 
 class ApiError(Exception):
@@ -17,7 +26,7 @@ class ApiError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-def error_response(status: int, code: str, message: str):  # type: ignore[no-untyped-def]
+def error_response(status: int, code: str, message: str) -> Response:
     resp = jsonify({"error": {"code": code, "message": message}})
     resp.status_code = status
     return resp
@@ -25,11 +34,11 @@ def error_response(status: int, code: str, message: str):  # type: ignore[no-unt
 
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
-    def _api_error(e: ApiError):  # type: ignore[no-untyped-def]
+    def _api_error(e: ApiError) -> ResponseReturnValue:
         return error_response(e.status, e.code, e.message)
 
     @app.errorhandler(HTTPException)
-    def _http_error(e: HTTPException):  # type: ignore[no-untyped-def]
+    def _http_error(e: HTTPException) -> ResponseReturnValue:
         code = (e.name or "error").lower().replace(" ", "_")
         if e.code == 413:
             from flask import request
@@ -45,12 +54,17 @@ def register_error_handlers(app: Flask) -> None:
             return error_response(413, "too_large", f"upload exceeds the limit of {limit // 2**20} MiB")
         return error_response(e.code or 500, code, e.description or e.name)
 
+    @app.errorhandler(ReviewError)
+    def _review_error(e: ReviewError) -> ResponseReturnValue:
+        # The request's session is closed at teardown, which rolls back what the review changed.
+        return error_response(REVIEW_STATUS[e.kind], e.code, e.message)
+
     @app.errorhandler(OperationalError)
-    def _db_down(e: OperationalError):  # type: ignore[no-untyped-def]
+    def _db_down(e: OperationalError) -> ResponseReturnValue:
         log.warning("database unavailable: %s", e.__class__.__name__)
         return error_response(503, "database_unavailable", "the results database is unavailable; retry later")
 
     @app.errorhandler(Exception)
-    def _unexpected(e: Exception):  # type: ignore[no-untyped-def]
+    def _unexpected(e: Exception) -> ResponseReturnValue:
         log.exception("unhandled error")
         return error_response(500, "internal_error", "internal error; the request was not completed")

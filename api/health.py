@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, jsonify
+from flask.typing import ResponseReturnValue
 from sqlalchemy import text
 
 from api.context import db
@@ -129,8 +130,8 @@ def openapi_document() -> dict[str, Any]:
             "/api/v1/queues": {
                 "get": {
                     "operationId": "getQueues",
-                    "summary": "Per stage (prepare, classify, report): its queue, slides waiting, running, and their sum "
-                    "(demand, for autoscalers)",
+                    "summary": "Per stage (prepare, classify, report): its queue, slides waiting, running, "
+                    "and their sum (demand, for autoscalers)",
                     "responses": {"200": _resp("stage load", {"$ref": "#/components/schemas/Queues"}), **_errors(503)},
                 }
             },
@@ -399,11 +400,11 @@ def openapi_document() -> dict[str, Any]:
 
 
 @bp.get("/healthz")
-def healthz():  # type: ignore[no-untyped-def]
+def healthz() -> ResponseReturnValue:
     db().execute(text("SELECT 1"))
     return jsonify({"status": "ok"})
 
 
 @bp.get("/api/v1/openapi.json")
-def openapi():  # type: ignore[no-untyped-def]
+def openapi() -> ResponseReturnValue:
     return jsonify(openapi_document())

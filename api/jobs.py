@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import Blueprint, jsonify
+from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
 from api.context import db
@@ -14,7 +15,7 @@ bp = Blueprint("jobs", __name__, url_prefix="/api/v1/jobs")
 
 
 @bp.get("/<job_id>")
-def get_job(job_id: str):  # type: ignore[no-untyped-def]
+def get_job(job_id: str) -> ResponseReturnValue:
     job = db().get(Job, job_id)
     if job is None:
         raise ApiError(404, "not_found", f"no job {job_id}")
@@ -22,7 +23,7 @@ def get_job(job_id: str):  # type: ignore[no-untyped-def]
 
 
 @bp.post("/<job_id>/cancel")
-def cancel_job(job_id: str):  # type: ignore[no-untyped-def]
+def cancel_job(job_id: str) -> ResponseReturnValue:
     """Cancel a queued or running job. A running worker sees the state and stops at its next check;
     a queued message is skipped when it is delivered."""
     session = db()

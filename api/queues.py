@@ -4,6 +4,7 @@ scaler reads ``stages.<stage>.demand``: slides waiting in the stage's queue plus
 from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify
+from flask.typing import ResponseReturnValue
 from sqlalchemy import func, select
 
 from api.context import db
@@ -15,7 +16,7 @@ bp = Blueprint("queues", __name__, url_prefix="/api/v1")
 
 
 @bp.get("/queues")
-def queues():  # type: ignore[no-untyped-def]
+def queues() -> ResponseReturnValue:
     settings = current_app.extensions["hv_settings"]
     names = stage_queues(settings)
     waiting = queue_depths(settings)

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
+from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
 from api.context import db
@@ -72,7 +73,7 @@ def _slide_pdf(slide: Slide, report: dict[str, Any]) -> bytes:
 
 
 @bp.get("/slides/<slide_id>/report")
-def slide_report(slide_id: str):  # type: ignore[no-untyped-def]
+def slide_report(slide_id: str) -> ResponseReturnValue:
     fmt = _format(SLIDE_REPORT_FORMATS)
     slide = db().get(Slide, slide_id)
     if slide is None:
@@ -134,7 +135,7 @@ def _flag_document(batch_id: str | None, since_raw: str | None) -> dict[str, Any
 
 
 @bp.get("/flags")
-def flag_report():  # type: ignore[no-untyped-def]
+def flag_report() -> ResponseReturnValue:
     """Flagged slides, most severe first (then most recent), as JSON, CSV or PDF."""
     fmt = _format(FLAG_REPORT_FORMATS)
     doc = _flag_document(request.args.get("batch"), request.args.get("since"))

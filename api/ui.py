@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from flask import Blueprint, redirect, render_template, url_for
+from flask.typing import ResponseReturnValue
 
 bp = Blueprint("ui", __name__, template_folder="templates", static_folder="static", static_url_path="/ui/static")
 
@@ -21,30 +22,30 @@ def viewer_installed() -> bool:
 
 
 @bp.get("/")
-def index():  # type: ignore[no-untyped-def]
+def index() -> ResponseReturnValue:
     return redirect(url_for("ui.batches_page"))
 
 
 @bp.get("/ui/")
-def batches_page():  # type: ignore[no-untyped-def]
+def batches_page() -> ResponseReturnValue:
     return render_template("batches.html", page="batches")
 
 
 @bp.get("/ui/batches/<batch_id>")
-def batch_page(batch_id: str):  # type: ignore[no-untyped-def]
+def batch_page(batch_id: str) -> ResponseReturnValue:
     return render_template("batch.html", page="batches", batch_id=batch_id)
 
 
 @bp.get("/ui/flags")
-def flags_page():  # type: ignore[no-untyped-def]
+def flags_page() -> ResponseReturnValue:
     return render_template("flags.html", page="flags")
 
 
 @bp.get("/ui/slides/<slide_id>")
-def slide_page(slide_id: str):  # type: ignore[no-untyped-def]
+def slide_page(slide_id: str) -> ResponseReturnValue:
     return render_template("slide.html", page="slide", slide_id=slide_id, viewer=viewer_installed())
 
 
 @bp.get("/ui/slides/<slide_id>/gallery")
-def gallery_page(slide_id: str):  # type: ignore[no-untyped-def]
+def gallery_page(slide_id: str) -> ResponseReturnValue:
     return render_template("gallery.html", page="gallery", slide_id=slide_id)

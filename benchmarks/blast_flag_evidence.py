@@ -239,7 +239,8 @@ def markdown(result: dict[str, Any], command: str) -> str:
         return (
             "| flag | truth | sensitivity | specificity | positives / negatives |\n|---|---|---|---|---|\n"
             + "\n".join(
-                f"| {k} | {v['truth']} | {v['sensitivity']:.3f} | {v['specificity']:.3f} | {v['n_pos']} / {v['n_neg']} |"
+                f"| {k} | {v['truth']} | {v['sensitivity']:.3f} | {v['specificity']:.3f} "
+                f"| {v['n_pos']} / {v['n_neg']} |"
                 for k, v in s.items()
                 if isinstance(v, dict)
             )
@@ -263,7 +264,8 @@ model (threshold applied: low-confidence cells become `unidentified`); the label
 `hematovision.service.slide_results.differential` and `hematovision.core.flags.evaluate_flags` as a slide's would (rules
 `hematovision/flag_rules.toml`: ≥ 20 % → SUSPECTED_ACUTE_LEUKEMIA critical, ≥ 5 % → BLASTS review, a 95 % CI that
 straddles a threshold → `*_BORDERLINE`; under 200 WBC the count is insufficient and borderline flags are dropped).
-Cells are drawn with replacement; detection is not exercised. Each table entry is the share of populations with that flag.
+Cells are drawn with replacement; detection is not exercised. Each table entry is the share of populations \
+with that flag.
 
 Held-out blast cells called `blast` above the threshold: {result["blast_pool_called_blast"]:.3f}
 (`unidentified`: {result["blast_pool_unidentified"]:.3f}); held-out PBC normal white cells called `blast`:

@@ -35,9 +35,10 @@ def main() -> None:
     from hemato_model.classifier import load_classifier
     from hematovision.core.settings import load_settings
     from hematovision.devtools.throughput import ensure_slide
+    from hematovision.service.submission import NewSlide, add_batch
     from hematovision.store.db import make_engine, make_session_factory
     from hematovision.store.migrate import upgrade
-    from hematovision.store.models import Batch, Job, Slide
+    from hematovision.store.models import Job
     from workers.stages import job_folder, run_classify, run_prepare, run_report
 
     ap = argparse.ArgumentParser(description=__doc__)
@@ -61,15 +62,8 @@ def main() -> None:
         rows: list[dict[str, float]] = []
         for _ in range(a.slides):
             with factory() as s, s.begin():
-                b = Batch(name="bench")
-                s.add(b)
-                s.flush()
-                sl = Slide(batch_id=b.id, filename=slide_path.name, path=str(slide_path.resolve()), mpp=a.mpp)
-                s.add(sl)
-                s.flush()
-                job = Job(slide_id=sl.id, batch_id=b.id)
-                s.add(job)
-                s.flush()
+                entry = NewSlide(filename=slide_path.name, path=str(slide_path.resolve()), mpp=a.mpp)
+                _, (job,) = add_batch(s, [entry], name="bench")
                 job_id = job.id
             row: dict[str, float] = {}
             t = time.perf_counter()

@@ -133,7 +133,7 @@ class Classifier(ModelSpec):
 
                 spec = tf.TensorSpec((None, self.input_px, self.input_px, 3), tf.uint8)
 
-                @tf.function(input_signature=[spec], reduce_retracing=True)  # type: ignore[untyped-decorator]
+                @tf.function(input_signature=[spec], reduce_retracing=True)
                 def predict(x: Any) -> Any:
                     return model(tf.cast(x, tf.float32), training=False)
 

@@ -28,7 +28,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import numpy as np
 
@@ -36,9 +36,14 @@ from hemato_model.detection import Detection, detect_cells
 from hemato_model.preprocessing import crop_cell
 from hematovision.core.results import WBC, CellResult, SlideAnalysis
 
+if TYPE_CHECKING:
+    from hematovision.core.slides import Slide
+
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[float, str], None]
+StopCheck = Callable[[], None]
+_Item = TypeVar("_Item")
 
 
 class AnalysisCancelled(Exception):
@@ -150,7 +155,7 @@ def _centre(d: Detection) -> tuple[float, float]:
 
 
 def analyze_slide(
-    slide,  # hematovision.core.slides.Slide
+    slide: Slide,
     classifier: _Classifier,
     params: PipelineParams | None = None,
     progress: ProgressFn | None = None,
@@ -165,7 +170,7 @@ def analyze_slide(
 
 
 def prepare_slide(
-    slide,  # hematovision.core.slides.Slide
+    slide: Slide,
     spec: CropSpec,
     sink: CropSink,
     params: PipelineParams | None = None,
@@ -221,7 +226,17 @@ def _in_mask(mask: np.ndarray, down: float, x: float, y: float) -> bool:
     return 0 <= my < mask.shape[0] and 0 <= mx < mask.shape[1] and bool(mask[my, mx])
 
 
-def _full_resolution(slide, result, spec, sink, mask, down, params, progress, check_stop) -> None:
+def _full_resolution(
+    slide: Slide,
+    result: SlideAnalysis,
+    spec: CropSpec,
+    sink: CropSink,
+    mask: np.ndarray,
+    down: float,
+    params: PipelineParams,
+    progress: ProgressFn,
+    check_stop: StopCheck,
+) -> None:
     """Level-0 tiling over the smear area; every kind detected; cells owned by their tile core."""
     w, h, mpp = result.width, result.height, result.mpp
     overlap = int(math.ceil(params.overlap_um / mpp))
@@ -259,7 +274,16 @@ def _full_resolution(slide, result, spec, sink, mask, down, params, progress, ch
     result.timings_s["detect"] = t_detect
 
 
-def _crop_from_slide(slide, gx, gy, crop_px, mpp, spec, region=None, origin=(0, 0)) -> np.ndarray:
+def _crop_from_slide(
+    slide: Slide,
+    gx: float,
+    gy: float,
+    crop_px: int,
+    mpp: float,
+    spec: CropSpec,
+    region: np.ndarray | None = None,
+    origin: tuple[int, int] = (0, 0),
+) -> np.ndarray:
     """The classifier's input for a cell centred at level-0 (gx, gy)."""
     half = crop_px // 2 + 2
     ox, oy = origin
@@ -272,7 +296,17 @@ def _crop_from_slide(slide, gx, gy, crop_px, mpp, spec, region=None, origin=(0, 
     return crop_cell(window, (gx - x0, gy - y0), mpp, spec.crop_um, spec.input_px)
 
 
-def _two_pass(slide, result, spec, sink, mask, down, params, progress, check_stop) -> None:
+def _two_pass(
+    slide: Slide,
+    result: SlideAnalysis,
+    spec: CropSpec,
+    sink: CropSink,
+    mask: np.ndarray,
+    down: float,
+    params: PipelineParams,
+    progress: ProgressFn,
+    check_stop: StopCheck,
+) -> None:
     """Low-resolution white-cell candidates, full resolution only around them."""
     w, mpp = result.width, result.mpp
     level = slide.get_best_level_for_downsample(params.candidate_mpp / mpp)
@@ -306,7 +340,7 @@ def _two_pass(slide, result, spec, sink, mask, down, params, progress, check_sto
 
     chunks = [c for c in chunks if in_smear(c)]
     reads = _prefetch(chunks, lambda c: slide.read_region((int(c[0] * ds), int(c[1] * ds)), level, (c[2], c[3])))
-    for i, ((cx0, cy0, cw, ch), low) in enumerate(zip(chunks, reads, strict=False)):
+    for i, ((cx0, cy0, _cw, _ch), low) in enumerate(zip(chunks, reads, strict=True)):
         check_stop()
         t = time.perf_counter()
         cands = detect_cells(low, level_mpp, kinds=("wbc",))
@@ -348,7 +382,7 @@ def _two_pass(slide, result, spec, sink, mask, down, params, progress, check_sto
     progress(0.95, "red cells and platelets counted")
 
 
-def _prefetch(items: list, read: Callable, depth: int = 2) -> Iterator[np.ndarray]:
+def _prefetch(items: list[_Item], read: Callable[[_Item], np.ndarray], depth: int = 2) -> Iterator[np.ndarray]:
     """Yield ``read(item)`` in order while the next reads run on a thread (OpenSlide and JPEG
     decoding release the GIL), so slide reading overlaps detection and classification."""
     from concurrent.futures import ThreadPoolExecutor
@@ -362,7 +396,14 @@ def _prefetch(items: list, read: Callable, depth: int = 2) -> Iterator[np.ndarra
             yield result
 
 
-def _count_fields(slide, result, mask, down, params, check_stop) -> None:
+def _count_fields(
+    slide: Slide,
+    result: SlideAnalysis,
+    mask: np.ndarray,
+    down: float,
+    params: PipelineParams,
+    check_stop: StopCheck,
+) -> None:
     """Red cells and platelets in full-resolution fields spread evenly over the smear area."""
     t = time.perf_counter()
     mpp = result.mpp

@@ -1,13 +1,60 @@
-"""Shared fixtures in the style of Flask's tutorial: settings -> app -> client."""
+"""Shared fixtures in the style of Flask's tutorial: settings -> app -> client.
+
+Also the one rule for what a test needs but the machine may lack (shared data, a service, a tool):
+:func:`require` skips the test with ``NOT RUN: <what>`` on a laptop and fails it under CI
+(``CI=true``/``1``/``yes``), so that a green CI run never hides a test that did not run. Tests get it
+as the ``require`` fixture, or as the ``needs`` marker for a condition known at import time::
+
+    needs_cbc = pytest.mark.needs(CBC.is_dir(), f"CBC annotations under {CBC}")
+
+    def test_reference_model(require) -> None:
+        require(path.is_file(), f"the reference model at {path}")
+
+Test modules import nothing from ``tests``: what they share are the fixtures here and in
+``tests/unit/conftest.py`` (``make_key``, ``make_job``, ``png_bytes``, ``upload``, ...).
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
+from sqlalchemy.orm import Session, sessionmaker
 
 from hematovision.core.datasets import have_pbc
 from hematovision.core.settings import Settings, load_settings
+
+IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def require(condition: bool, what: str) -> None:
+    """Go on when ``condition`` holds; else skip (``NOT RUN: what``), or fail the test under CI."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"CI needs {what}", pytrace=False)
+    pytest.skip(f"NOT RUN: {what}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "needs(condition, what): run only when condition holds; else skip locally, fail under CI (see require)",
+    )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for mark in item.iter_markers(name="needs"):
+        require(*mark.args, **mark.kwargs)
+
+
+@pytest.fixture(name="require", scope="session")
+def require_fixture() -> Callable[[bool, str], None]:
+    """:func:`require`, for tests and fixtures (test modules do not import from ``tests``)."""
+    return require
 
 
 @pytest.fixture(scope="session")
@@ -17,8 +64,7 @@ def data_root() -> Path:
 
 @pytest.fixture(scope="session")
 def real_data(data_root: Path) -> Path:
-    if not have_pbc(data_root):
-        pytest.skip(f"real PBC images not found under {data_root} (set HEMATOVISION_DATA_ROOT)")
+    require(have_pbc(data_root), f"real PBC images under {data_root} (set HEMATOVISION_DATA_ROOT)")
     return data_root
 
 
@@ -40,16 +86,87 @@ def app(settings: Settings):  # type: ignore[no-untyped-def]
     app.extensions["hv_engine"].dispose()
 
 
-def make_key(app, scope: str = "admin", name: str = "tests") -> str:  # type: ignore[no-untyped-def]
-    from hematovision.store.apikeys import create_key
+@pytest.fixture
+def make_key(request: pytest.FixtureRequest) -> Callable[..., str]:
+    """``make_key(scope="admin", name="tests", app=None) -> str``: a new API key, stored in ``app``'s
+    database (the ``app`` fixture's unless another app is given)."""
 
-    with app.extensions["hv_sessions"]() as s, s.begin():
-        return create_key(s, name, scope)
+    def make(scope: str = "admin", name: str = "tests", *, app=None) -> str:  # type: ignore[no-untyped-def]
+        from hematovision.store.apikeys import create_key
+
+        app = app if app is not None else request.getfixturevalue("app")
+        with app.extensions["hv_sessions"]() as s, s.begin():
+            return create_key(s, name, scope)
+
+    return make
 
 
 @pytest.fixture
-def client(app):  # type: ignore[no-untyped-def]
+def client(app, make_key):  # type: ignore[no-untyped-def]
     """A test client that presents an admin key."""
     c = app.test_client()
-    c.environ_base["HTTP_X_API_KEY"] = make_key(app)
+    c.environ_base["HTTP_X_API_KEY"] = make_key()
     return c
+
+
+class JobRows(NamedTuple):
+    """The rows :func:`make_job` wrote, and where: unpacks as ``sessions, job_id, slide_id``."""
+
+    sessions: sessionmaker[Session]
+    job_id: str
+    slide_id: str
+
+
+@pytest.fixture
+def make_job(request: pytest.FixtureRequest, settings: Settings) -> Iterator[Callable[..., JobRows]]:
+    """``make_job(path="/nonexistent/slide.tiff", *, filename=None, mpp=0.25, name="t", priority=5,
+    width=None, height=None, state=None) -> JobRows``: one batch with one slide and its job, added
+    through ``hematovision.service.submission.add_batch`` as the API adds them (committed, nothing
+    queued). ``state`` sets the job's state afterwards (a new job is ``queued``).
+
+    The rows go to the test's database: the ``app`` fixture's sessions when the test uses ``app``,
+    else a database migrated here under ``settings.var_dir``.
+    """
+    from hematovision.service.submission import NewSlide, add_batch
+
+    engines = []
+    found: list[sessionmaker[Session]] = []
+
+    def sessions() -> sessionmaker[Session]:
+        if not found:
+            if "app" in request.fixturenames:
+                found.append(request.getfixturevalue("app").extensions["hv_sessions"])
+            else:
+                from hematovision.store.db import make_engine, make_session_factory
+                from hematovision.store.migrate import upgrade
+
+                upgrade(settings)
+                engines.append(make_engine(settings))
+                found.append(make_session_factory(engines[0]))
+        return found[0]
+
+    def make(
+        path: str | Path = "/nonexistent/slide.tiff",
+        *,
+        filename: str | None = None,
+        mpp: float | None = 0.25,
+        name: str | None = "t",
+        priority: int = 5,
+        width: int | None = None,
+        height: int | None = None,
+        state: str | None = None,
+    ) -> JobRows:
+        factory = sessions()
+        entry = NewSlide(
+            filename=filename or Path(path).name, path=str(path), mpp=mpp, width=width, height=height
+        )
+        with factory() as s, s.begin():
+            _, (job,) = add_batch(s, [entry], name=name, priority=priority)
+            if state is not None:
+                job.state = state
+            rows = JobRows(factory, job.id, job.slide_id)
+        return rows
+
+    yield make
+    for engine in engines:
+        engine.dispose()

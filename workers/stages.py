@@ -20,7 +20,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -100,10 +100,16 @@ def _publish(tmp: Path, final: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _progress_fn(factory: sessionmaker[Session], job_id: str, start: float, end: float):  # type: ignore[no-untyped-def]
+class _Progress(Protocol):
+    """A stage's progress callback: fraction of the stage done, optional message (unused)."""
+
+    def __call__(self, fraction: float, _message: str = "", /) -> None: ...
+
+
+def _progress_fn(factory: sessionmaker[Session], job_id: str, start: float, end: float) -> _Progress:
     last = [0.0]
 
-    def progress(fraction: float, _message: str = "") -> None:
+    def progress(fraction: float, _message: str = "", /) -> None:
         now = time.monotonic()
         if now - last[0] > 1.0 or fraction >= 0.99:
             last[0] = now

@@ -15,25 +15,28 @@ import logging
 import time
 from collections.abc import Callable
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from celery import shared_task
+from celery import Task, shared_task
 from sqlalchemy.exc import OperationalError
 
 from hematovision.core.settings import Settings
 from hematovision.service.queueing import CLASSIFY, PREPARE, REPORT, TASK_NAMES, enqueue_stage
 
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
 log = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=4)
-def _session_factory(settings_json: str):  # type: ignore[no-untyped-def]
+def _session_factory(settings_json: str) -> sessionmaker[Session]:
     from hematovision.store.db import make_engine, make_session_factory
 
     return make_session_factory(make_engine(Settings.model_validate_json(settings_json)))
 
 
-def session_factory(settings: Settings):  # type: ignore[no-untyped-def]
+def session_factory(settings: Settings) -> sessionmaker[Session]:
     """The worker process's one session factory (one engine) for these settings."""
     return _session_factory(settings.model_dump_json())
 
@@ -83,14 +86,14 @@ def _run_stage(task: Any, stage: str, job_id: str, work: Callable[[Settings, Any
 
 
 @shared_task(bind=True, name=TASK_NAMES[PREPARE], max_retries=None, acks_late=True)
-def prepare_slide(self, job_id: str) -> str:  # type: ignore[no-untyped-def]
+def prepare_slide(self: Task, job_id: str) -> str:
     from workers.stages import run_prepare
 
     return _run_stage(self, PREPARE, job_id, lambda settings, factory: run_prepare(settings, factory, job_id))
 
 
 @shared_task(bind=True, name=TASK_NAMES[CLASSIFY], max_retries=None, acks_late=True)
-def classify_slide(self, job_id: str) -> str:  # type: ignore[no-untyped-def]
+def classify_slide(self: Task, job_id: str) -> str:
     from hemato_model.classifier import load_classifier
     from workers.stages import run_classify
 
@@ -103,7 +106,7 @@ def classify_slide(self, job_id: str) -> str:  # type: ignore[no-untyped-def]
 
 
 @shared_task(bind=True, name=TASK_NAMES[REPORT], max_retries=None, acks_late=True)
-def report_slide(self, job_id: str) -> str:  # type: ignore[no-untyped-def]
+def report_slide(self: Task, job_id: str) -> str:
     from workers.stages import run_report
 
     return _run_stage(self, REPORT, job_id, lambda settings, factory: run_report(settings, factory, job_id))

@@ -50,7 +50,7 @@ def find_red_cells(
         threshold_abs=0.3 * r_px,
         labels=comp,
         exclude_border=False,
-    )  # type: ignore[no-untyped-call]
+    )
     if len(peaks) == 0:
         return []
     # one marker: the component is the cell; the watershed runs only where cells touch
@@ -71,7 +71,7 @@ def find_red_cells(
         markers[cp[:, 0], cp[:, 1]] = np.arange(n + 1, n + len(cp) + 1)
         ys, xs = np.nonzero(clump)
         y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-        ws = watershed(-dist_s[y0:y1, x0:x1], markers[y0:y1, x0:x1], mask=clump[y0:y1, x0:x1])  # type: ignore[no-untyped-call]
+        ws = watershed(-dist_s[y0:y1, x0:x1], markers[y0:y1, x0:x1], mask=clump[y0:y1, x0:x1])
         sub = regions[y0:y1, x0:x1]
         sub[ws > 0] = ws[ws > 0]
         n += len(cp)

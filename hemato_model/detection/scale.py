@@ -41,7 +41,7 @@ def estimate_mpp(image: np.ndarray) -> float:
     if cells.sum() < 50:
         raise ValueError("cannot estimate µm/px: no red cells found in the image (blank field?)")
     dist = ndi.distance_transform_edt(cells)
-    peaks = peak_local_max(dist, min_distance=3, threshold_abs=2, exclude_border=False)  # type: ignore[no-untyped-call]
+    peaks = peak_local_max(dist, min_distance=3, threshold_abs=2, exclude_border=False)
     if len(peaks) == 0:
         raise ValueError("cannot estimate µm/px: the cells are too small to measure")
     heights = dist[peaks[:, 0], peaks[:, 1]]
@@ -50,7 +50,7 @@ def estimate_mpp(image: np.ndarray) -> float:
     labels, _ = ndi.label(cells)
     h, w = cells.shape
     diameters = []
-    for rp in regionprops(labels):  # type: ignore[no-untyped-call]
+    for rp in regionprops(labels):
         y0, x0, y1, x1 = rp.bbox
         if y0 == 0 or x0 == 0 or y1 == h or x1 == w:
             continue

@@ -122,7 +122,7 @@ def cell_threshold(od: np.ndarray) -> float:
     mode = float(np.median(low))
     noise = 1.4826 * float(np.median(np.abs(low - mode)))
     try:
-        li = float(threshold_li(od))  # type: ignore[no-untyped-call]
+        li = float(threshold_li(od))
     except ValueError:  # a constant image
         li = float("inf")
     return max(min(mode + 4.0 * noise, li), CELL_MIN_OD)

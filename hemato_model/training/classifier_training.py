@@ -152,13 +152,19 @@ def configure_tensorflow(threads: int | None, seed: int) -> None:
     keras.utils.set_random_seed(seed)
 
 
-def build_model(backbone_name: str, input_px: int, n_classes: int, dropout: float) -> tuple[Any, Any]:
-    """(classifier model, its backbone): float RGB 0..255 -> backbone (inference-mode BN) -> softmax."""
+def build_model(
+    backbone_name: str, input_px: int, n_classes: int, dropout: float, cache_dir: Path | None = None
+) -> tuple[Any, Any]:
+    """(classifier model, its backbone): float RGB 0..255 -> backbone (inference-mode BN) -> softmax.
+
+    ``cache_dir`` is where the backbone's converted ImageNet weights are cached
+    (:func:`hemato_model.training.backbone.imagenet_weights`).
+    """
     import keras
 
     from hemato_model.training.backbone import build_backbone
 
-    backbone = build_backbone(backbone_name, input_px)
+    backbone = build_backbone(backbone_name, input_px, cache_dir)
     backbone.trainable = False
     inputs = keras.Input((input_px, input_px, 3), name="crop")
     features = backbone(inputs, training=False)
@@ -167,7 +173,9 @@ def build_model(backbone_name: str, input_px: int, n_classes: int, dropout: floa
     return keras.Model(inputs, outputs, name="wbc_classifier"), backbone
 
 
-def load_for_training(model_dir: Path, classes: list[str], cfg: TrainConfig) -> tuple[Any, Any, bool]:
+def load_for_training(
+    model_dir: Path, classes: list[str], cfg: TrainConfig, cache_dir: Path | None = None
+) -> tuple[Any, Any, bool]:
     """(model, backbone, head_needs_fit) of an existing model directory, to continue training it.
 
     With the same classes the model is returned as it is. When this run adds classes (e.g.
@@ -189,7 +197,7 @@ def load_for_training(model_dir: Path, classes: list[str], cfg: TrainConfig) -> 
     missing = set(meta["classes"]) - set(classes)
     if missing:
         raise DataError(f"{model_dir}: classes {sorted(missing)} are not in this training run")
-    model, backbone = build_model(cfg.backbone, cfg.input_px, len(classes), cfg.dropout)
+    model, backbone = build_model(cfg.backbone, cfg.input_px, len(classes), cfg.dropout, cache_dir)
     backbone.set_weights(old.get_layer(cfg.backbone).get_weights())
     kernel, bias = old.get_layer("head").get_weights()
     new_kernel = np.repeat(kernel.mean(axis=1, keepdims=True), len(classes), axis=1)
@@ -263,7 +271,7 @@ def choose_threshold(proba: np.ndarray, y: np.ndarray, target_accuracy: float, f
 def _features(backbone: Any, x: np.ndarray, batch: int) -> np.ndarray:
     import tensorflow as tf
 
-    @tf.function(reduce_retracing=True)  # type: ignore[untyped-decorator]
+    @tf.function(reduce_retracing=True)
     def f(b: Any) -> Any:
         return backbone(tf.cast(b, tf.float32), training=False)
 
@@ -418,9 +426,16 @@ def save_model_dir(model: Any, out_dir: Path, meta: dict[str, Any]) -> dict[str,
 
 
 def train(
-    cfg: TrainConfig, progress: ProgressFactory | None = None, verbose: int = 1, threads: int | None = None
+    cfg: TrainConfig,
+    progress: ProgressFactory | None = None,
+    verbose: int = 1,
+    threads: int | None = None,
+    cache_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Train and write a model directory; returns ``model.json``'s content plus timing.
+
+    ``cache_dir`` is where the backbone's converted ImageNet weights are cached (``settings.cache_dir``;
+    None: ``~/.cache/hematovision``). It is not part of the run's record.
 
     Raises:
         DataError: missing or empty data folder, or fewer than two classes.
@@ -480,12 +495,12 @@ def train(
     if len(va) == 0:
         raise DataError("validation split is empty: add images")
     if cfg.init_from:
-        model, backbone, needs_head = load_for_training(Path(cfg.init_from), classes, cfg)
+        model, backbone, needs_head = load_for_training(Path(cfg.init_from), classes, cfg, cache_dir)
         head_info: dict[str, Any] = {"init_from": str(cfg.init_from)}
         if needs_head:
             head_info.update(fit_head(model, backbone, x_all[tr], y_all[tr], x_all[va], y_all[va], cfg, verbose))
     else:
-        model, backbone = build_model(cfg.backbone, cfg.input_px, len(classes), cfg.dropout)
+        model, backbone = build_model(cfg.backbone, cfg.input_px, len(classes), cfg.dropout, cache_dir)
         head_info = fit_head(model, backbone, x_all[tr], y_all[tr], x_all[va], y_all[va], cfg, verbose)
     ft_info: dict[str, Any] = {"epochs": 0}
     if cfg.epochs > 0:
@@ -509,7 +524,8 @@ def train(
         "threshold": round(threshold, 6),
         "backbone": cfg.backbone,
         "preprocessing": {
-            "crop": "square of crop_um µm around the cell centre, resampled to input_px (hemato_model.preprocessing.crop_cell)",
+            "crop": "square of crop_um µm around the cell centre, resampled to input_px "
+            "(hemato_model.preprocessing.crop_cell)",
             "input": "uint8 RGB crops; the model casts to float 0..255 and normalises (x-127)/128 inside",
             "training_mpp": cfg.mpp,
             "augmentation": "flips, rotation, zoom ±15%, shift ±6%, HED stain jitter, channel gain/offset, "

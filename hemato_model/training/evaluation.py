@@ -39,7 +39,7 @@ def confusion_matrix(y_true: Sequence[str], y_pred: Sequence[str], labels: Seque
     """Counts (true row, predicted column) over ``labels`` (predictions outside them are dropped)."""
     index = {c: i for i, c in enumerate(labels)}
     cm = np.zeros((len(labels), len(labels)), dtype=int)
-    for t, p in zip(y_true, y_pred):
+    for t, p in zip(y_true, y_pred, strict=True):
         if t in index and p in index:
             cm[index[t], index[p]] += 1
     return cm
@@ -58,8 +58,8 @@ def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str], classes
     cm = confusion_matrix(y_true, y_pred, columns)[: len(rows)]
     per_class: dict[str, dict[str, float | int]] = {}
     f1s, recalls = [], []
-    for i, c in enumerate(rows):
-        tp = sum(1 for t, p in zip(y_true, y_pred) if t == c and p == c)
+    for c in rows:
+        tp = sum(1 for t, p in zip(y_true, y_pred, strict=True) if t == c and p == c)
         support = sum(1 for t in y_true if t == c)
         predicted = sum(1 for p in y_pred if p == c)
         precision = tp / predicted if predicted else 0.0
@@ -77,7 +77,7 @@ def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str], classes
     n = len(y_true)
     return {
         "n": n,
-        "accuracy": round(sum(t == p for t, p in zip(y_true, y_pred)) / n, 4) if n else 0.0,
+        "accuracy": round(sum(t == p for t, p in zip(y_true, y_pred, strict=True)) / n, 4) if n else 0.0,
         "macro_f1": round(float(np.mean(f1s)), 4) if f1s else 0.0,
         "macro_recall": round(float(np.mean(recalls)), 4) if recalls else 0.0,
         "per_class": per_class,
@@ -167,7 +167,7 @@ def scored(
     kept = proba.max(axis=1) >= threshold
     metrics = classification_metrics(truth, forced, score_classes)
     n_kept = int(kept.sum())
-    correct = np.array([t == p for t, p in zip(truth, forced)])
+    correct = np.array([t == p for t, p in zip(truth, forced, strict=True)])
     return {
         **metrics,
         "threshold": threshold,
@@ -215,15 +215,16 @@ def plot_confusion(result: dict[str, Any], out_png: str | Path, title: str = "")
 
 def _voc_wbc_boxes(xml_path: Path) -> list[tuple[float, float, float, float]]:
     root = ET.parse(xml_path).getroot()
-    boxes = []
+    boxes: list[tuple[float, float, float, float]] = []
     for obj in root.iter("object"):
         if (obj.findtext("name") or "").strip().upper() != "WBC":
             continue
         bb = obj.find("bndbox")
         if bb is None:
             continue
-        boxes.append(tuple(float(bb.findtext(k) or 0) for k in ("xmin", "ymin", "xmax", "ymax")))
-    return boxes  # type: ignore[return-value]
+        xmin, ymin, xmax, ymax = (float(bb.findtext(k) or 0) for k in ("xmin", "ymin", "xmax", "ymax"))
+        boxes.append((xmin, ymin, xmax, ymax))
+    return boxes
 
 
 def bccd_cells(bccd_root: str | Path) -> list[tuple[Path, tuple[float, float], str]]:
@@ -343,7 +344,7 @@ def evaluate_blast(
     proba = clf.predict_proba(crops)
     top_blast = proba.argmax(1) == b
     kept_blast = top_blast & (proba.max(1) >= clf.threshold)
-    called = dict(zip(names, top_blast))
+    called = dict(zip(names, top_blast, strict=True))
     is_blast = np.array([n.startswith("blast/") for n in names])
     out: dict[str, Any] = {"model": f"{clf.name} {clf.version}", "split": split, "threshold": clf.threshold}
     out["per_cell"] = {

@@ -16,12 +16,15 @@ def db() -> None:
 @click.option("--revision", default="head", show_default=True)
 def db_upgrade(revision: str) -> None:
     """Apply the Alembic revisions (creates the schema on a new database)."""
+    from alembic.util import CommandError
+    from sqlalchemy.exc import SQLAlchemyError
+
     from hematovision.store.migrate import upgrade
 
     settings = settings_or_exit()
     try:
         upgrade(settings, revision)
-    except Exception as e:
+    except (CommandError, SQLAlchemyError, OSError) as e:  # unknown revision, database or var_dir unusable
         raise click.ClickException(f"database upgrade failed: {e.__class__.__name__}: {e}") from None
     click.echo(f"database at {revision}: {settings.sqlalchemy_url.split('@')[-1]}")
 
@@ -41,6 +44,8 @@ def keys() -> None:
 @click.option("--name", default="default", show_default=True, help="Who or what uses the key (audit log).")
 def keys_create(scope: str, name: str) -> None:
     """Create an API key and print it."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from hematovision.store.apikeys import create_key
     from hematovision.store.db import make_engine, make_session_factory, transaction
 
@@ -48,7 +53,7 @@ def keys_create(scope: str, name: str) -> None:
     try:
         with transaction(make_session_factory(make_engine(settings))) as s:
             key = create_key(s, name, scope)
-    except Exception as e:
+    except (SQLAlchemyError, OSError) as e:  # no database, or no schema yet
         raise click.ClickException(
             f"cannot store the key: {e.__class__.__name__} (run `hematovision db upgrade`?)"
         ) from None

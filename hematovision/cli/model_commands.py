@@ -16,6 +16,8 @@ from typing import Any
 
 import click
 
+from hematovision.cli.options import settings_or_exit
+
 
 def _progress_factory(enabled: bool) -> Any:
     if not enabled:
@@ -123,6 +125,7 @@ def train_command(
     from hemato_model.training.classifier_training import MODEL_NAME, DataError, TrainConfig, train
     from hematovision.core.datasets import PBC_MPP
 
+    settings = settings_or_exit()
     cfg = TrainConfig(
         data_dir=str(data_dir),
         out_dir=str(out_dir),
@@ -146,7 +149,13 @@ def train_command(
         min_resolution=min_resolution,
     )
     try:
-        meta = train(cfg, progress=_progress_factory(not quiet), verbose=0 if quiet else 1, threads=threads or None)
+        meta = train(
+            cfg,
+            progress=_progress_factory(not quiet),
+            verbose=0 if quiet else 1,
+            threads=threads or None,
+            cache_dir=settings.cache_dir,
+        )
     except DataError as exc:
         raise click.UsageError(str(exc)) from None
     info = meta["training"]

@@ -18,9 +18,12 @@ API_URL_ENV = "HEMATOVISION_API_URL"
 
 def settings_or_exit(var_dir: str | None = None) -> Settings:
     """The installation's settings; invalid ``HEMATOVISION_*`` variables end the command with a message."""
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError
+
     try:
         return load_settings(var_dir=var_dir)
-    except Exception as e:  # pydantic validation of HEMATOVISION_* variables
+    except (ValidationError, SettingsError) as e:  # HEMATOVISION_* variables that do not parse
         raise click.ClickException(f"invalid settings: {e}") from None
 
 

@@ -4,11 +4,30 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from hematovision.cli.options import settings_or_exit
+
+if TYPE_CHECKING:
+    from click._termui_impl import ProgressBar
+
+
+def _bar_progress(bar: ProgressBar[int]) -> Callable[[float, str], None]:
+    """The analysis' progress (fraction done) shown on a 0..100 progress bar."""
+    shown = 0
+
+    def progress(fraction: float, _message: str) -> None:
+        nonlocal shown
+        step = int(100 * fraction) - shown
+        if step > 0:
+            bar.update(step)
+            shown += step
+
+    return progress
 
 
 @click.command()
@@ -34,22 +53,16 @@ def process(paths: tuple[str, ...], out_dir: str, mpp: float | None, model_dir: 
     failures = 0
     for p in paths:
         try:
-            with open_slide(p, mpp=mpp, default_mpp=settings.default_mpp) as slide:
-                with click.progressbar(length=100, label=Path(p).name[:40]) as bar:
-                    shown = [0]
-
-                    def progress(f: float, _m: str) -> None:
-                        step = int(100 * f) - shown[0]
-                        if step > 0:
-                            bar.update(step)
-                            shown[0] += step
-
-                    analysis = analyze_slide(slide, classifier, params, progress=progress)
+            with (
+                open_slide(p, mpp=mpp, default_mpp=settings.default_mpp) as slide,
+                click.progressbar(length=100, label=Path(p).name[:40]) as bar,
+            ):
+                analysis = analyze_slide(slide, classifier, params, progress=_bar_progress(bar))
         except SlideError as e:
             click.echo(f"error: {p}: {e}", err=True)
             failures += 1
             continue
-        except Exception as e:  # one bad slide must not stop the batch
+        except Exception as e:  # noqa: BLE001 - one bad slide must not stop the batch
             click.echo(f"error: {p}: analysis failed: {e.__class__.__name__}: {e}", err=True)
             failures += 1
             continue

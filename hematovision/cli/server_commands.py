@@ -74,7 +74,7 @@ def worker(concurrency: int | None, pool: str, stages: str, queues: str | None, 
     if settings.worker_metrics_port:
         from prometheus_client import start_http_server
 
-        start_http_server(settings.worker_metrics_port, addr=settings.api_host)
+        start_http_server(settings.worker_metrics_port, addr=settings.worker_metrics_host)
     argv = [
         "worker",
         f"--loglevel={loglevel}",

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: The folder holding the installed packages: the checkout for an editable install, else site-packages.
@@ -75,7 +76,19 @@ class Settings(BaseSettings):
     flag_rules: Path | None = Field(default=None, description="Flag-rule TOML; empty = shipped rules.")
     log_format: str = Field(default="text", description="text or json (one JSON object per line).")
     worker_metrics_port: int = Field(default=0, description="Serve a worker's Prometheus metrics here (0 = off).")
+    worker_metrics_host: str = Field(
+        default="127.0.0.1", description="Address a worker serves its metrics on (with worker_metrics_port)."
+    )
+    cache_dir: Path | None = Field(
+        default=None, description="Where converted backbone weights are cached; empty = ~/.cache/hematovision."
+    )
     auth_required: bool = Field(default=True, description="API keys required (all but /healthz).")
+
+    @field_validator("cache_dir", mode="before")
+    @classmethod
+    def _empty_is_default(cls, value: object) -> object:
+        """``HEMATOVISION_CACHE_DIR=`` (empty) means the default folder, not the working directory."""
+        return None if value == "" else value
 
     @property
     def resolved_var_dir(self) -> Path:
@@ -114,5 +127,6 @@ class Settings(BaseSettings):
 
 def load_settings(**overrides: object) -> Settings:
     """Build the settings from the environment, with explicit overrides (CLI options) on top."""
-    clean = {k: v for k, v in overrides.items() if v is not None}
-    return Settings(**clean)  # type: ignore[arg-type]
+    # pydantic validates (and converts) each override against its field's type.
+    clean: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
+    return Settings(**clean)

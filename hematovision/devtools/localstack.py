@@ -36,14 +36,15 @@ class LocalStack:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        log = open(self.var_dir / f"{name}.log", "ab")  # noqa: SIM115 (the child keeps it)
-        p = subprocess.Popen(
-            [sys.executable, "-m", "hematovision.cli", *args],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        # The child gets its own copy of the descriptor; ours is closed once it has started.
+        with open(self.var_dir / f"{name}.log", "ab") as log:
+            p = subprocess.Popen(
+                [sys.executable, "-m", "hematovision.cli", *args],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.procs[name] = p
         return p
 

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import imagecodecs
 import numpy as np
@@ -171,137 +171,135 @@ def write_pyramid(
     levels = [_Level(w, h, np.empty((tile_px, w, 3), np.uint8)) for (w, h) in dims[1:]]
     if levels:
         levels[-1].keep = []
-    spool: IO[bytes] = tempfile.TemporaryFile(dir=path.parent, prefix=".pyramid-spool-")
+    with tempfile.TemporaryFile(dir=path.parent, prefix=".pyramid-spool-") as spool:
 
-    def push(index: int, rows: np.ndarray) -> None:
-        """Append rows to reduced level ``index`` (0 = level 1); encode + cascade full bands."""
-        lev = levels[index]
-        pos = 0
-        while pos < rows.shape[0]:
-            take = min(tile_px - lev.band_rows, rows.shape[0] - pos)
-            lev.band[lev.band_rows : lev.band_rows + take] = rows[pos : pos + take]
-            lev.band_rows += take
-            pos += take
-            if lev.band_rows == tile_px or lev.rows_done + lev.band_rows == lev.height:
-                flush(index)
+        def push(index: int, rows: np.ndarray) -> None:
+            """Append rows to reduced level ``index`` (0 = level 1); encode + cascade full bands."""
+            lev = levels[index]
+            pos = 0
+            while pos < rows.shape[0]:
+                take = min(tile_px - lev.band_rows, rows.shape[0] - pos)
+                lev.band[lev.band_rows : lev.band_rows + take] = rows[pos : pos + take]
+                lev.band_rows += take
+                pos += take
+                if lev.band_rows == tile_px or lev.rows_done + lev.band_rows == lev.height:
+                    flush(index)
 
-    def flush(index: int) -> None:
-        lev = levels[index]
-        if lev.band_rows == 0:
-            return
-        band = lev.band[: lev.band_rows]
-        for x0 in range(0, lev.width, tile_px):
-            data = _encode(band[:, x0 : x0 + tile_px], tile_px, quality)
-            lev.tiles.append((spool.tell(), len(data)))
-            spool.write(data)
-        if lev.keep is not None:
-            lev.keep.append(band.copy())
-        if index + 1 < len(levels):
-            push(index + 1, _downsample2(band))
-        lev.rows_done += lev.band_rows
-        lev.band_rows = 0
+        def flush(index: int) -> None:
+            lev = levels[index]
+            if lev.band_rows == 0:
+                return
+            band = lev.band[: lev.band_rows]
+            for x0 in range(0, lev.width, tile_px):
+                data = _encode(band[:, x0 : x0 + tile_px], tile_px, quality)
+                lev.tiles.append((spool.tell(), len(data)))
+                spool.write(data)
+            if lev.keep is not None:
+                lev.keep.append(band.copy())
+            if index + 1 < len(levels):
+                push(index + 1, _downsample2(band))
+            lev.rows_done += lev.band_rows
+            lev.band_rows = 0
 
-    def level0_tiles() -> Iterator[bytes]:
-        for ty in range(tiles_y):
-            y0 = ty * tile_px
-            th = min(tile_px, height - y0)
-            # the tile row, already halved: tiles start at even offsets, so reducing tile by tile
-            # equals reducing the whole band, without holding the full-resolution band
-            half = np.empty(((th + 1) // 2, (width + 1) // 2, 3), np.uint8) if levels else None
-            encoded: list[bytes] = []
-            for tx in range(tiles_x):
-                x0 = tx * tile_px
-                tw = min(tile_px, width - x0)
-                tile = np.asarray(tile_fn(x0, y0, tw, th))
-                if tile.shape != (th, tw, 3) or tile.dtype != np.uint8:
-                    raise ValueError(
-                        f"tile_fn({x0}, {y0}, {tw}, {th}) returned {tile.shape} {tile.dtype}, "
-                        f"expected ({th}, {tw}, 3) uint8"
-                    )
+        def level0_tiles() -> Iterator[bytes]:
+            for ty in range(tiles_y):
+                y0 = ty * tile_px
+                th = min(tile_px, height - y0)
+                # the tile row, already halved: tiles start at even offsets, so reducing tile by tile
+                # equals reducing the whole band, without holding the full-resolution band
+                half = np.empty(((th + 1) // 2, (width + 1) // 2, 3), np.uint8) if levels else None
+                encoded: list[bytes] = []
+                for tx in range(tiles_x):
+                    x0 = tx * tile_px
+                    tw = min(tile_px, width - x0)
+                    tile = np.asarray(tile_fn(x0, y0, tw, th))
+                    if tile.shape != (th, tw, 3) or tile.dtype != np.uint8:
+                        raise ValueError(
+                            f"tile_fn({x0}, {y0}, {tw}, {th}) returned {tile.shape} {tile.dtype}, "
+                            f"expected ({th}, {tw}, 3) uint8"
+                        )
+                    if half is not None:
+                        small = _downsample2(tile)
+                        half[:, x0 // 2 : x0 // 2 + small.shape[1]] = small
+                    encoded.append(_encode(tile, tile_px, quality))
+                # cascade before yielding: tifffile stops pulling after the last tile, so work placed
+                # after the final ``yield`` would never run
                 if half is not None:
-                    small = _downsample2(tile)
-                    half[:, x0 // 2 : x0 // 2 + small.shape[1]] = small
-                encoded.append(_encode(tile, tile_px, quality))
-            # cascade before yielding: tifffile stops pulling after the last tile, so work placed
-            # after the final ``yield`` would never run
-            if half is not None:
-                push(0, half)
-            if progress is not None:
-                progress(tiles_x)
-            yield from encoded
-            encoded.clear()
+                    push(0, half)
+                if progress is not None:
+                    progress(tiles_x)
+                yield from encoded
+                encoded.clear()
 
-    common: dict[str, Any] = {
-        "dtype": np.uint8,
-        "tile": (tile_px, tile_px),
-        "compression": "jpeg",
-        "compressionargs": {"level": quality},
-        "photometric": "rgb",
-        "metadata": None,
-        "resolutionunit": "CENTIMETER",
-    }
-    px_per_cm = 1e4 / mpp
-    tmp_path = path.with_name(f".{path.name}.part")
-    try:
-        with tifffile.TiffWriter(tmp_path, bigtiff=bigtiff) as tw:
-            desc0 = (
-                _aperio_description(width, height, width, height, tile_px, quality, mpp, path.name)
-                if fmt == "svs"
-                else None
-            )
-            tw.write(
-                level0_tiles(),
-                shape=(height, width, 3),
-                description=desc0,
-                resolution=(px_per_cm, px_per_cm),
-                software="HematoVision synthetic smear",
-                **common,
-            )
-            # the last partial band of each level (rows left over at the bottom)
-            for i in range(len(levels)):
-                flush(i)
-            if fmt == "svs" and levels:
-                thumb = np.concatenate(levels[-1].keep or [], axis=0)
-                while max(thumb.shape[:2]) > 768:
-                    thumb = _downsample2(thumb)
-                tw.write(
-                    thumb,
-                    photometric="rgb",
-                    compression="jpeg",
-                    compressionargs={"level": 90},
-                    metadata=None,
-                    description=f"Aperio Image Library v12.0.15 \r\n{width}x{height} -> "
-                    f"{thumb.shape[1]}x{thumb.shape[0]} - |AppMag = {max(1, round(10.0 / mpp))}"
-                    f"|MPP = {mpp:.6g}",
-                    rowsperstrip=16,
-                )
-            for i, lev in enumerate(levels):
-                ds = 2 ** (i + 1)
-
-                def spooled(lev: _Level = lev) -> Iterator[bytes]:
-                    for offset, length in lev.tiles:
-                        spool.seek(offset)
-                        yield spool.read(length)
-
-                desc = (
-                    _aperio_description(width, height, lev.width, lev.height, tile_px, quality, mpp, path.name)
+        common: dict[str, Any] = {
+            "dtype": np.uint8,
+            "tile": (tile_px, tile_px),
+            "compression": "jpeg",
+            "compressionargs": {"level": quality},
+            "photometric": "rgb",
+            "metadata": None,
+            "resolutionunit": "CENTIMETER",
+        }
+        px_per_cm = 1e4 / mpp
+        tmp_path = path.with_name(f".{path.name}.part")
+        try:
+            with tifffile.TiffWriter(tmp_path, bigtiff=bigtiff) as tw:
+                desc0 = (
+                    _aperio_description(width, height, width, height, tile_px, quality, mpp, path.name)
                     if fmt == "svs"
                     else None
                 )
                 tw.write(
-                    spooled(),
-                    shape=(lev.height, lev.width, 3),
-                    subfiletype=1,
-                    description=desc,
-                    resolution=(px_per_cm / ds, px_per_cm / ds),
+                    level0_tiles(),
+                    shape=(height, width, 3),
+                    description=desc0,
+                    resolution=(px_per_cm, px_per_cm),
+                    software="HematoVision synthetic smear",
                     **common,
                 )
-        os.replace(tmp_path, path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
-    finally:
-        spool.close()
+                # the last partial band of each level (rows left over at the bottom)
+                for i in range(len(levels)):
+                    flush(i)
+                if fmt == "svs" and levels:
+                    thumb = np.concatenate(levels[-1].keep or [], axis=0)
+                    while max(thumb.shape[:2]) > 768:
+                        thumb = _downsample2(thumb)
+                    tw.write(
+                        thumb,
+                        photometric="rgb",
+                        compression="jpeg",
+                        compressionargs={"level": 90},
+                        metadata=None,
+                        description=f"Aperio Image Library v12.0.15 \r\n{width}x{height} -> "
+                        f"{thumb.shape[1]}x{thumb.shape[0]} - |AppMag = {max(1, round(10.0 / mpp))}"
+                        f"|MPP = {mpp:.6g}",
+                        rowsperstrip=16,
+                    )
+                for i, lev in enumerate(levels):
+                    ds = 2 ** (i + 1)
+
+                    def spooled(lev: _Level = lev) -> Iterator[bytes]:
+                        for offset, length in lev.tiles:
+                            spool.seek(offset)
+                            yield spool.read(length)
+
+                    desc = (
+                        _aperio_description(width, height, lev.width, lev.height, tile_px, quality, mpp, path.name)
+                        if fmt == "svs"
+                        else None
+                    )
+                    tw.write(
+                        spooled(),
+                        shape=(lev.height, lev.width, 3),
+                        subfiletype=1,
+                        description=desc,
+                        resolution=(px_per_cm / ds, px_per_cm / ds),
+                        **common,
+                    )
+            os.replace(tmp_path, path)
+        except BaseException:
+            tmp_path.unlink(missing_ok=True)
+            raise
     return {
         "path": str(path),
         "format": fmt,

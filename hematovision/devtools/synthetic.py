@@ -30,6 +30,7 @@ grown by a class-typical cytoplasm margin), not of the paste mask.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -545,10 +546,8 @@ def _iter_cell_json(
         if w.source_file is not None:
             src = str(w.source_file)
             if data_root is not None:
-                try:
+                with contextlib.suppress(ValueError):  # outside data_root: keep the full path
                     src = str(Path(w.source_file).resolve().relative_to(Path(data_root).resolve()))
-                except ValueError:
-                    pass
         cell = {"kind": "wbc", "class": w.cls, "center": [cx, cy], "bbox": box, "source_file": src}
         yield json.dumps(cell, separators=(", ", ": ")) if as_text else cell
     for kind, xy, var, sprites in (

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 from xml.sax.saxutils import escape
@@ -118,7 +119,7 @@ def grid_style(header_bg: str = "#E8EAF6") -> list[tuple[Any, ...]]:
     ]
 
 
-def page_decorator(title: str, footer: str):  # type: ignore[no-untyped-def]
+def page_decorator(title: str, footer: str) -> Callable[[Canvas, SimpleDocTemplate], None]:
     """A platypus ``onPage`` callback drawing the running header and footer."""
 
     def draw(canvas: Canvas, doc: SimpleDocTemplate) -> None:

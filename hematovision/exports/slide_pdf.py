@@ -108,7 +108,7 @@ def slide_pictures(
                     pics.gallery.setdefault(label, []).append(np.asarray(crop))
                     pics.gallery_probabilities.setdefault(label, []).append(c.get("probability"))
             return pics
-    except Exception as e:  # a missing or damaged file must not stop the report: it is said in it
+    except Exception as e:  # noqa: BLE001 - a missing or damaged slide file must not stop the report (it says so)
         log.warning("slide pictures unavailable (%s: %s)", e.__class__.__name__, e)
         return SlidePictures(
             note="The slide file could not be read (no longer on the server, or damaged): the "

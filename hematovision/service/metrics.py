@@ -9,6 +9,7 @@ cells classified and classifier seconds, hence cells/s). Structured logs are in
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -62,7 +63,7 @@ class ServiceCollector:
         self.settings = settings
         self.sessions = session_factory
 
-    def collect(self):  # type: ignore[no-untyped-def]
+    def collect(self) -> Iterator[GaugeMetricFamily]:
         from sqlalchemy import func, select
 
         from hematovision.store.models import JOB_STATES, Job

@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.integration.conftest import free_port, start_stack
-from tests.integration.tcpproxy import TcpProxy
+from hematovision.devtools.localstack import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -55,7 +54,9 @@ def submit_and_wait_running(stack, slides):  # type: ignore[no-untyped-def]
     return client, batch, first
 
 
-def test_postgres_unreachable_then_back(postgres_url: str, redis_url: str, small_slides, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_postgres_unreachable_then_back(  # type: ignore[no-untyped-def]
+    postgres_url: str, redis_url: str, small_slides, tmp_path: Path, start_stack, tcp_proxy
+) -> None:
     import redis
     from sqlalchemy import create_engine, text
 
@@ -64,7 +65,7 @@ def test_postgres_unreachable_then_back(postgres_url: str, redis_url: str, small
     with eng.begin() as c:
         c.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
     eng.dispose()
-    proxy = TcpProxy(5432)
+    proxy = tcp_proxy(5432)
     proxy.start()
     host_port = postgres_url.split("@", 1)[1].split("/", 1)[0]
     proxied = postgres_url.replace(host_port, f"127.0.0.1:{proxy.port}")
@@ -87,8 +88,8 @@ def test_postgres_unreachable_then_back(postgres_url: str, redis_url: str, small
         proxy.stop()
 
 
-@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server binary not installed")
-def test_redis_restart_loses_no_job(postgres_url: str, small_slides, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.needs(shutil.which("redis-server") is not None, "the redis-server binary (Debian package redis-server)")
+def test_redis_restart_loses_no_job(postgres_url: str, small_slides, tmp_path: Path, start_stack) -> None:  # type: ignore[no-untyped-def]
     from sqlalchemy import create_engine, text
 
     eng = create_engine(postgres_url)

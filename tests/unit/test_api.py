@@ -17,13 +17,6 @@ from sqlalchemy import func, select
 from hematovision.store.models import Batch, Job, Slide
 
 
-def png_bytes(w: int = 64, h: int = 48) -> bytes:
-    rng = np.random.default_rng(0)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(150, 255, (h, w, 3), dtype=np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def rows(app) -> dict[str, int]:  # type: ignore[no-untyped-def]
     with app.extensions["hv_sessions"]() as s:
         return {t.__name__: s.execute(select(func.count()).select_from(t)).scalar_one() for t in (Batch, Slide, Job)}
@@ -33,14 +26,6 @@ def queued_messages(settings) -> int:  # type: ignore[no-untyped-def]
     return len([p for p in settings.broker_dir.glob("*.msg")])
 
 
-def upload(client, *files, **fields):  # type: ignore[no-untyped-def]
-    data = {k: str(v) for k, v in fields.items()}
-    data["files"] = [(io.BytesIO(b), name) for name, b in files]
-    return client.post(
-        "/api/v1/batches", data=data, content_type="multipart/form-data", headers=fields.pop("headers", {})
-    )
-
-
 def test_healthz_and_openapi(client) -> None:  # type: ignore[no-untyped-def]
     assert client.get("/healthz").json == {"status": "ok"}
     doc = client.get("/api/v1/openapi.json").json
@@ -48,7 +33,7 @@ def test_healthz_and_openapi(client) -> None:  # type: ignore[no-untyped-def]
     assert {"/api/v1/batches", "/api/v1/jobs/{job_id}", "/api/v1/flags"} <= set(doc["paths"])
 
 
-def test_submit_upload_queues_a_job_per_slide(app, client, settings) -> None:  # type: ignore[no-untyped-def]
+def test_submit_upload_queues_a_job_per_slide(app, client, settings, png_bytes, upload) -> None:  # type: ignore[no-untyped-def]
     r = upload(client, ("a.png", png_bytes()), ("b.png", png_bytes()), name="night", priority=2, mpp=0.25)
     assert r.status_code == 202, r.json
     body = r.json
@@ -63,19 +48,23 @@ def test_submit_upload_queues_a_job_per_slide(app, client, settings) -> None:  #
     assert batch["states"] == {"queued": 2}
 
 
+PNG = b"<a small PNG>"  # stands for png_bytes() in parameters (fixtures are not available there)
+
+
 @pytest.mark.parametrize(
     ("files", "fields", "status", "code"),
     [
         ([], {}, 400, "no_slides"),
         ([("empty.svs", b"")], {"mpp": 0.25}, 400, "empty_file"),
         ([("notes.svs", b"this is a text file, not a slide\n" * 10)], {"mpp": 0.25}, 422, "invalid_slide"),
-        ([("x.png", png_bytes())], {}, 422, "invalid_slide"),  # no µm/px anywhere
-        ([("x.png", png_bytes())], {"mpp": "abc"}, 400, "invalid_field"),
-        ([("x.png", png_bytes())], {"mpp": 0.25, "priority": 42}, 400, "invalid_field"),
-        ([("../../etc/passwd.png", png_bytes())], {"mpp": 0.25}, 400, "invalid_filename"),
+        ([("x.png", PNG)], {}, 422, "invalid_slide"),  # no µm/px anywhere
+        ([("x.png", PNG)], {"mpp": "abc"}, 400, "invalid_field"),
+        ([("x.png", PNG)], {"mpp": 0.25, "priority": 42}, 400, "invalid_field"),
+        ([("../../etc/passwd.png", PNG)], {"mpp": 0.25}, 400, "invalid_filename"),
     ],
 )
-def test_bad_submissions_write_nothing(app, client, settings, files, fields, status, code) -> None:  # type: ignore[no-untyped-def]
+def test_bad_submissions_write_nothing(app, client, settings, png_bytes, upload, files, fields, status, code) -> None:  # type: ignore[no-untyped-def]
+    files = [(name, png_bytes() if data is PNG else data) for name, data in files]
     r = upload(client, *files, **fields)
     assert r.status_code == status, r.json
     assert r.json["error"]["code"] == code and r.json["error"]["message"]
@@ -84,14 +73,14 @@ def test_bad_submissions_write_nothing(app, client, settings, files, fields, sta
     assert not any(settings.upload_dir.iterdir())
 
 
-def test_one_bad_file_rejects_the_whole_batch(app, client) -> None:  # type: ignore[no-untyped-def]
+def test_one_bad_file_rejects_the_whole_batch(app, client, png_bytes, upload) -> None:  # type: ignore[no-untyped-def]
     r = upload(client, ("good.png", png_bytes()), ("bad.jpg", b"\xff\xd8\xff\xe0garbage"), mpp=0.3)
     assert r.status_code == 422
     assert "bad.jpg" in r.json["error"]["message"]
     assert rows(app)["Batch"] == 0
 
 
-def test_server_paths_below_import_root_only(app, client, settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_server_paths_below_import_root_only(app, client, settings, png_bytes, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     root = settings.import_root
     (root / "ok.png").write_bytes(png_bytes())
     outside = tmp_path / "secret.png"
@@ -119,7 +108,7 @@ def test_malformed_json_and_wrong_types(client) -> None:  # type: ignore[no-unty
     assert r.status_code == 400
 
 
-def test_idempotency_key_returns_the_same_batch(app, client) -> None:  # type: ignore[no-untyped-def]
+def test_idempotency_key_returns_the_same_batch(app, client, png_bytes) -> None:  # type: ignore[no-untyped-def]
     first = client.post(
         "/api/v1/batches",
         data={"mpp": "0.25", "files": [(io.BytesIO(png_bytes()), "a.png")]},
@@ -137,7 +126,7 @@ def test_idempotency_key_returns_the_same_batch(app, client) -> None:  # type: i
     assert rows(app)["Batch"] == 1
 
 
-def test_unknown_ids_and_reports_not_ready(client) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_ids_and_reports_not_ready(client, png_bytes, upload) -> None:  # type: ignore[no-untyped-def]
     for url in ("/api/v1/batches/nope", "/api/v1/jobs/nope", "/api/v1/slides/nope/report"):
         r = client.get(url)
         assert r.status_code == 404 and r.json["error"]["code"] == "not_found"
@@ -150,45 +139,53 @@ def test_unknown_ids_and_reports_not_ready(client) -> None:  # type: ignore[no-u
     assert client.get("/api/v1/flags").json["count"] == 0
 
 
-def test_cancel_a_queued_job(client) -> None:  # type: ignore[no-untyped-def]
+def test_cancel_a_queued_job(client, png_bytes, upload) -> None:  # type: ignore[no-untyped-def]
     job_id = upload(client, ("a.png", png_bytes()), mpp=0.25).json["job_ids"][0]
     r = client.post(f"/api/v1/jobs/{job_id}/cancel")
     assert r.status_code == 200 and r.json["state"] == "cancelled"
     assert client.post(f"/api/v1/jobs/{job_id}/cancel").status_code == 409
 
 
-def client_with(settings, **overrides):  # type: ignore[no-untyped-def]
-    """A keyed test client of an app built with some settings changed."""
+@pytest.fixture
+def client_with(settings, make_key):  # type: ignore[no-untyped-def]
+    """``client_with(**overrides) -> (app, client)``: a keyed test client of an app built with some
+    settings changed."""
     from api.app import create_app
     from hematovision.store.migrate import upgrade
-    from tests.conftest import make_key
 
-    for k, v in overrides.items():
-        setattr(settings, k, v)
-    upgrade(settings)
-    app = create_app(settings)
-    client = app.test_client()
-    client.environ_base["HTTP_X_API_KEY"] = make_key(app)
-    return app, client
+    apps = []
+
+    def build(**overrides):  # type: ignore[no-untyped-def]
+        for k, v in overrides.items():
+            setattr(settings, k, v)
+        upgrade(settings)
+        app = create_app(settings)
+        apps.append(app)
+        client = app.test_client()
+        client.environ_base["HTTP_X_API_KEY"] = make_key(app=app)
+        return app, client
+
+    yield build
+    for app in apps:
+        app.extensions["hv_engine"].dispose()
 
 
-def test_upload_over_the_size_limit(settings) -> None:  # type: ignore[no-untyped-def]
-    _, client = client_with(settings, max_upload_mb=1)
+def test_upload_over_the_size_limit(client_with, upload) -> None:  # type: ignore[no-untyped-def]
+    _, client = client_with(max_upload_mb=1)
     r = upload(client, ("big.png", b"\0" * (2 * 2**20)), mpp=0.25)
     assert r.status_code == 413 and r.json["error"]["code"] == "too_large"
 
 
-def test_too_many_files_in_one_submission(settings) -> None:  # type: ignore[no-untyped-def]
-    app, client = client_with(settings, max_batch_parts=3)
+def test_too_many_files_in_one_submission(client_with, png_bytes, upload) -> None:  # type: ignore[no-untyped-def]
+    app, client = client_with(max_batch_parts=3)
     r = upload(client, *[(f"{i}.png", png_bytes()) for i in range(4)], mpp=0.25)
     assert r.status_code == 413 and r.json["error"]["code"] == "too_many_parts"
     assert rows(app)["Batch"] == 0
 
 
-def test_hostile_files_get_422_and_write_nothing(app, client, settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_hostile_files_get_422_and_write_nothing(app, client, settings, png_header, upload, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Decompression bomb, truncated pyramid TIFF and SVS, an unsupported format: 4xx JSON, no rows."""
     from hematovision.devtools.synthetic import make_slide
-    from tests.unit.test_slides import _png_header
 
     tiff = tmp_path / "s.tiff"
     make_slide(tiff, tmp_path / "no-data", 1024, 1024, mpp=0.25, n_wbc=2, seed=1, source="procedural")
@@ -197,7 +194,7 @@ def test_hostile_files_get_422_and_write_nothing(app, client, settings, tmp_path
     gif = io.BytesIO()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(gif, format="GIF")
     cases = {
-        "bomb.png": _png_header(200_000, 200_000),
+        "bomb.png": png_header(200_000, 200_000),
         "cut.tiff": tiff.read_bytes()[: tiff.stat().st_size // 2],
         "cut.svs": svs.read_bytes()[: svs.stat().st_size // 2],
         "cells.gif": gif.getvalue(),

@@ -9,8 +9,6 @@ from sqlalchemy import select
 
 from hematovision.store.apikeys import hash_key
 from hematovision.store.models import ApiKey, AuditEntry
-from tests.conftest import make_key
-from tests.unit.test_api import png_bytes
 
 
 def test_every_endpoint_but_healthz_needs_a_key(app) -> None:  # type: ignore[no-untyped-def]
@@ -32,10 +30,10 @@ def test_every_endpoint_but_healthz_needs_a_key(app) -> None:  # type: ignore[no
     assert r.status_code == 401
 
 
-def test_scopes(app) -> None:  # type: ignore[no-untyped-def]
+def test_scopes(app, make_key, png_bytes) -> None:  # type: ignore[no-untyped-def]
     c = app.test_client()
-    read = make_key(app, "read", "viewer")
-    submit = make_key(app, "submit", "intake")
+    read = make_key("read", "viewer")
+    submit = make_key("submit", "intake")
     assert c.get("/api/v1/flags", headers={"X-API-Key": read}).status_code == 200
     r = c.post("/api/v1/batches", headers={"X-API-Key": read}, json={"paths": ["x"]})
     assert r.status_code == 403 and r.json["error"]["code"] == "forbidden"
@@ -67,7 +65,7 @@ def test_keys_are_stored_hashed_and_revocable(app, settings, monkeypatch) -> Non
     assert bad.exit_code != 0 and "root" in bad.output
 
 
-def test_audit_log_records_who_did_what(app, client) -> None:  # type: ignore[no-untyped-def]
+def test_audit_log_records_who_did_what(app, client, png_bytes) -> None:  # type: ignore[no-untyped-def]
     r = client.post(
         "/api/v1/batches",
         data={"mpp": "0.25", "files": [(io.BytesIO(png_bytes()), "a.png")]},

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hemato_model import backbone as bb
+from hemato_model.training import backbone as bb
 from hemato_model.training.pth_reader import PthError, load_state_dict
 
 REFERENCE = Path("weights/efficientnet_lite0/efficientnet_lite0_imagenet.keras")
@@ -94,15 +94,15 @@ def _imagenet_input(img: np.ndarray) -> np.ndarray:
     return a[y : y + 224, x : x + 224]
 
 
-def test_full_model_matches_reference_keras_file() -> None:
+@pytest.mark.slow
+def test_full_model_matches_reference_keras_file(require) -> None:  # type: ignore[no-untyped-def]
     import keras
     import skimage.data
 
     from hematovision.core.settings import load_settings
 
     ref_path = load_settings().data_root / REFERENCE
-    if not ref_path.is_file():
-        pytest.skip(f"reference model not found at {ref_path} (shared weights folder absent)")
+    require(ref_path.is_file(), f"the reference model at {ref_path} (shared weights folder)")
     x = np.stack([_imagenet_input(skimage.data.chelsea()), _imagenet_input(skimage.data.coffee())])
     ours = bb.build_imagenet_model().predict_on_batch(x)
     ref = keras.models.load_model(ref_path).predict_on_batch(x)

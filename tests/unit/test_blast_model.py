@@ -1,7 +1,7 @@
 """The blast data preparation (scale-bar mask, µm/px estimate) and the v2 blast model's guards.
 
 Fast (well under a minute): a few ALL fields and the 82 held-out PBC lymphocytes. Tests that need
-the shared data skip when it is absent; the model tests need only the shipped model directory.
+the shared data skip when it is absent (fail under CI); the model tests need only the shipped model directory.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ DATA = Path(load_settings().data_root) / "data"
 ALL_ROOT = DATA / "aria_all"
 PBC_DIR = DATA / "pbc_subset" / "PBC_dataset_normal_DIB"
 
-needs_all = pytest.mark.skipif(not (ALL_ROOT / "images").is_dir(), reason="shared ALL data not available")
-needs_pbc = pytest.mark.skipif(not PBC_DIR.is_dir(), reason="shared PBC data not available")
+needs_all = pytest.mark.needs((ALL_ROOT / "images").is_dir(), f"the shared ALL data under {ALL_ROOT}")
+needs_pbc = pytest.mark.needs(PBC_DIR.is_dir(), f"the shared PBC data under {PBC_DIR}")
 
 
 def _all_fields(n_per_class: int) -> list[Path]:
@@ -191,7 +191,7 @@ def test_train_extra_data_adds_a_class_and_keeps_the_main_split(tmp_path: Path) 
 BCCD_DIR = DATA / "bccd"
 
 
-@pytest.mark.skipif(not BCCD_DIR.is_dir(), reason="shared BCCD data not available")
+@pytest.mark.needs(BCCD_DIR.is_dir(), f"the shared BCCD data under {BCCD_DIR}")
 def test_v2_false_blast_rate_on_bccd_lymphocytes_within_the_card(clf) -> None:  # type: ignore[no-untyped-def]
     """Another lab's normal lymphocytes: called blasts no more often than the model card states."""
     from hemato_model.preprocessing import crop_cell

@@ -80,10 +80,9 @@ def test_shipped_model_metadata(shipped: Classifier) -> None:
     assert total < 25 * 1024 * 1024
 
 
-def test_shipped_model_classifies_held_out_pbc_cells(shipped: Classifier) -> None:
+def test_shipped_model_classifies_held_out_pbc_cells(shipped: Classifier, require) -> None:  # type: ignore[no-untyped-def]
     root = pbc_root(load_settings().data_root)
-    if not root.is_dir():
-        pytest.skip(f"PBC images not found at {root}")
+    require(root.is_dir(), f"PBC images at {root}")
     split = json.loads((SHIPPED_MODEL_DIR / "split.json").read_text())
     assert not set(split["test"]) & set(split["train"])
     picks = []

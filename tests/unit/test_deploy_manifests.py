@@ -219,7 +219,7 @@ def _worker_stages(args: list[str], settings: Settings | None = None) -> set[str
     Deployment files choose stages, not queue names (``--queues`` would bypass the configured
     routing), and the stages must be ones ``hematovision.service.queueing`` knows.
     """
-    from hematovision.cli.service_commands import worker
+    from hematovision.cli.server_commands import worker
 
     _cli_parses(args)
     assert args[0] == "worker", f"not a worker command: {args}"
@@ -597,7 +597,7 @@ def test_keda_scales_each_worker_on_its_stages_demand() -> None:
     assert scaled["hematovision-worker-gpu"]["spec"]["minReplicaCount"] == 0
 
 
-def test_keda_reads_a_number_from_the_queues_endpoint(tmp_path: Path) -> None:
+def test_keda_reads_a_number_from_the_queues_endpoint(tmp_path: Path, make_key) -> None:  # type: ignore[no-untyped-def]
     """Ask /api/v1/queues the way the triggers do (their header, a read-scope key, the ConfigMap's
     queues): each valueLocation resolves to a number, and the answer has the documented shape."""
     from urllib.parse import urlsplit
@@ -605,7 +605,6 @@ def test_keda_reads_a_number_from_the_queues_endpoint(tmp_path: Path) -> None:
     from api.app import create_app
     from api.health import openapi_document
     from hematovision.store.migrate import upgrade
-    from tests.conftest import make_key
 
     config = _by_kind_name(_k8s_objects(), "ConfigMap", "hematovision-config")["data"]
     queue_env = {k: v for k, v in config.items() if k.startswith(f"{PREFIX}QUEUE_")}
@@ -613,7 +612,7 @@ def test_keda_reads_a_number_from_the_queues_endpoint(tmp_path: Path) -> None:
     upgrade(settings)
     app = create_app(settings)
     try:
-        key = make_key(app, "read", "keda")
+        key = make_key("read", "keda", app=app)
         _, scaled = _keda()
         triggers = [t for so in scaled.values() for t in so["spec"]["triggers"]]
         for t in triggers:

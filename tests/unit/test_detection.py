@@ -1,7 +1,7 @@
 """Classical cell detection, annotation readers and matching, on real data where it is present.
 
 Real fields come from the shared data (``Settings.data_root``); tests that need them skip with the
-reason when it is absent. Each test reads only a few images so the file runs in seconds.
+reason when it is absent (and fail under CI). Each test reads only a few images so the file runs in seconds.
 """
 
 from __future__ import annotations
@@ -23,11 +23,9 @@ CBC_TEST = DATA_ROOT / CBC_DIR / "Testing"
 BCCD_IMAGES = DATA_ROOT / BCCD_DIR / "BCCD" / "JPEGImages"
 TXL = DATA_ROOT / TXL_DIR
 
-needs_cbc = pytest.mark.skipif(
-    not (CBC_TEST / "Annotations").is_dir() or not BCCD_IMAGES.is_dir(),
-    reason=f"CBC annotations / BCCD images not found under {DATA_ROOT}",
-)
-needs_txl = pytest.mark.skipif(not (TXL / "labels" / "test").is_dir(), reason=f"TXL-PBC not found under {DATA_ROOT}")
+HAVE_CBC = (CBC_TEST / "Annotations").is_dir() and BCCD_IMAGES.is_dir()
+needs_cbc = pytest.mark.needs(HAVE_CBC, f"CBC annotations and BCCD images under {DATA_ROOT}")
+needs_txl = pytest.mark.needs((TXL / "labels" / "test").is_dir(), f"TXL-PBC under {DATA_ROOT}")
 
 
 def _rgb(path: Path) -> np.ndarray:
@@ -41,9 +39,8 @@ def _centre_in(box: tuple[int, int, int, int], other: tuple[int, int, int, int])
 
 
 @pytest.fixture(scope="module")
-def cbc_items():
-    if not (CBC_TEST / "Annotations").is_dir() or not BCCD_IMAGES.is_dir():
-        pytest.skip(f"CBC annotations / BCCD images not found under {DATA_ROOT}")
+def cbc_items(require):  # type: ignore[no-untyped-def]
+    require(HAVE_CBC, f"CBC annotations and BCCD images under {DATA_ROOT}")
     return read_voc_dir(CBC_TEST, BCCD_IMAGES)
 
 

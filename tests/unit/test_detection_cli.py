@@ -17,7 +17,7 @@ BCCD_IMAGES = DATA_ROOT / BCCD_DIR / "BCCD" / "JPEGImages"
 CBC_TEST = DATA_ROOT / CBC_DIR / "Testing"
 SAMPLE = BCCD_IMAGES / "BloodImage_00339.jpg"
 
-needs_bccd = pytest.mark.skipif(not SAMPLE.is_file(), reason=f"BCCD images not found under {DATA_ROOT}")
+needs_bccd = pytest.mark.needs(SAMPLE.is_file(), f"BCCD images under {DATA_ROOT}")
 
 
 @pytest.fixture()

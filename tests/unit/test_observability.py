@@ -7,10 +7,9 @@ import json
 import logging
 
 from hematovision.core.logs import JsonFormatter
-from tests.unit.test_api import png_bytes, upload
 
 
-def test_metrics_endpoint_counts_jobs_queue_and_requests(app, client) -> None:  # type: ignore[no-untyped-def]
+def test_metrics_endpoint_counts_jobs_queue_and_requests(app, client, png_bytes, upload) -> None:  # type: ignore[no-untyped-def]
     assert app.test_client().get("/metrics").status_code == 401
     upload(client, ("a.png", png_bytes()), ("b.png", png_bytes()), mpp=0.25)
     text = client.get("/metrics").get_data(as_text=True)
@@ -20,7 +19,7 @@ def test_metrics_endpoint_counts_jobs_queue_and_requests(app, client) -> None:  
     assert 'hematovision_http_requests_total{endpoint="batches.submit_batch",method="POST",status="202"} 1.0' in text
 
 
-def test_queues_endpoint_gives_each_stage_its_load(app, client) -> None:  # type: ignore[no-untyped-def]
+def test_queues_endpoint_gives_each_stage_its_load(app, client, png_bytes, upload) -> None:  # type: ignore[no-untyped-def]
     from hematovision.store.models import Job
 
     assert app.test_client().get("/api/v1/queues").status_code == 401

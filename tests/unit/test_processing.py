@@ -7,9 +7,7 @@ from sqlalchemy import func, select
 from hematovision.core.results import CellResult, SlideAnalysis
 from hematovision.service.queueing import PREPARE
 from hematovision.service.slide_results import build_report
-from hematovision.store.db import make_engine, make_session_factory
-from hematovision.store.migrate import upgrade
-from hematovision.store.models import Batch, Cell, DifferentialEntry, FlagRecord, Job, Slide
+from hematovision.store.models import Cell, DifferentialEntry, FlagRecord, Job, Slide
 from workers.job_store import claim_stage, mark_failed, store_analysis
 
 
@@ -30,29 +28,13 @@ def analysis() -> SlideAnalysis:
     )
 
 
-def setup(settings):  # type: ignore[no-untyped-def]
-    upgrade(settings)
-    factory = make_session_factory(make_engine(settings))
-    with factory() as s, s.begin():
-        b = Batch(name="t")
-        s.add(b)
-        s.flush()
-        sl = Slide(batch_id=b.id, filename="a.tiff", path="/nonexistent/a.tiff", mpp=0.25)
-        s.add(sl)
-        s.flush()
-        job = Job(slide_id=sl.id, batch_id=b.id)
-        s.add(job)
-        s.flush()
-        return factory, job.id, sl.id
-
-
 def count(factory, table) -> int:  # type: ignore[no-untyped-def]
     with factory() as s:
         return s.execute(select(func.count()).select_from(table)).scalar_one()
 
 
-def test_redelivery_replaces_instead_of_adding(settings) -> None:  # type: ignore[no-untyped-def]
-    factory, job_id, slide_id = setup(settings)
+def test_redelivery_replaces_instead_of_adding(make_job) -> None:  # type: ignore[no-untyped-def]
+    factory, job_id, slide_id = make_job("/nonexistent/a.tiff")
     a = analysis()
     report = build_report(a, slide_id=slide_id)
     assert claim_stage(factory, job_id, PREPARE) is not None
@@ -76,8 +58,8 @@ def test_redelivery_replaces_instead_of_adding(settings) -> None:  # type: ignor
         assert slide.n_wbc == 30 and slide.n_rbc == 50 and slide.report["counts"]["wbc"] == 30
 
 
-def test_failure_is_recorded_and_final(settings) -> None:  # type: ignore[no-untyped-def]
-    factory, job_id, _ = setup(settings)
+def test_failure_is_recorded_and_final(make_job) -> None:  # type: ignore[no-untyped-def]
+    factory, job_id, _ = make_job("/nonexistent/a.tiff")
     claim_stage(factory, job_id, PREPARE)
     mark_failed(factory, job_id, "boom", final=False)
     with factory() as s:

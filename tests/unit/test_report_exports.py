@@ -24,15 +24,15 @@ from hematovision.devtools.synthetic import make_slide
 from hematovision.exports.flag_report import flag_report_csv
 from hematovision.exports.hl7 import oru_r01
 from hematovision.service.slide_results import build_report
-from hematovision.store.models import AuditEntry, Batch, Job, Slide
+from hematovision.store.models import AuditEntry
 from workers.job_store import store_analysis
 
 MODEL_VERSION = "9.8.7-test"
 CLASSES = ["basophil", "blast", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil"]
 
 
-def store_slide(app, path: Path, labels: list[str], filename: str = "smear.tiff") -> tuple[str, dict]:  # type: ignore[no-untyped-def]
-    """Insert a batch, slide and job, and store an analysis with ``labels`` on the slide's cells."""
+def store_slide(make_job, path: Path, labels: list[str], filename: str = "smear.tiff") -> tuple[str, dict]:  # type: ignore[no-untyped-def]
+    """Insert a batch, slide and job (``make_job``), and store an analysis with ``labels`` on the slide's cells."""
     import json
 
     manifest = json.loads(Path(f"{path}.manifest.json").read_text())
@@ -51,18 +51,7 @@ def store_slide(app, path: Path, labels: list[str], filename: str = "smear.tiff"
         classes=CLASSES,
         cells=cells,
     )
-    factory = app.extensions["hv_sessions"]
-    with factory() as s, s.begin():
-        b = Batch(name="night")
-        s.add(b)
-        s.flush()
-        sl = Slide(batch_id=b.id, filename=filename, path=str(path), mpp=0.25)
-        s.add(sl)
-        s.flush()
-        job = Job(slide_id=sl.id, batch_id=b.id)
-        s.add(job)
-        s.flush()
-        slide_id, job_id = sl.id, job.id
+    factory, job_id, slide_id = make_job(path, filename=filename, name="night")
     report = build_report(analysis, slide_id=slide_id)
     assert store_analysis(factory, job_id, analysis, report)
     return slide_id, report
@@ -83,8 +72,8 @@ def pdf_text(data: bytes) -> str:
     return "\n".join(page.extract_text() for page in PdfReader(io.BytesIO(data)).pages)
 
 
-def test_slide_pdf_has_flags_model_and_pictures(app, client, slide_file: Path) -> None:  # type: ignore[no-untyped-def]
-    slide_id, report = store_slide(app, slide_file, CRITICAL)
+def test_slide_pdf_has_flags_model_and_pictures(app, client, make_job, slide_file: Path) -> None:  # type: ignore[no-untyped-def]
+    slide_id, report = store_slide(make_job, slide_file, CRITICAL)
     r = client.get(f"/api/v1/slides/{slide_id}/report?format=pdf")
     assert r.status_code == 200 and r.mimetype == "application/pdf"
     assert r.data.startswith(b"%PDF") and b"%%EOF" in r.data[-1024:]
@@ -99,8 +88,8 @@ def test_slide_pdf_has_flags_model_and_pictures(app, client, slide_file: Path) -
     assert actions == ["export"]
 
 
-def test_slide_pdf_still_renders_when_the_slide_file_is_gone(app, client, slide_file: Path) -> None:  # type: ignore[no-untyped-def]
-    slide_id, _ = store_slide(app, slide_file, REVIEW)
+def test_slide_pdf_still_renders_when_the_slide_file_is_gone(app, client, make_job, slide_file: Path) -> None:  # type: ignore[no-untyped-def]
+    slide_id, _ = store_slide(make_job, slide_file, REVIEW)
     slide_file.unlink()
     r = client.get(f"/api/v1/slides/{slide_id}/report?format=pdf")
     assert r.status_code == 200 and r.data.startswith(b"%PDF")
@@ -126,8 +115,8 @@ def test_verified_report_says_who(slide_file: Path) -> None:
     assert "VERIFIED by J. Doe, MLS" in pdf_text(buf.getvalue())
 
 
-def test_hl7_message_parses_back_with_one_obx_per_class(app, client, slide_file: Path) -> None:  # type: ignore[no-untyped-def]
-    slide_id, report = store_slide(app, slide_file, CRITICAL)
+def test_hl7_message_parses_back_with_one_obx_per_class(app, client, make_job, slide_file: Path) -> None:  # type: ignore[no-untyped-def]
+    slide_id, report = store_slide(make_job, slide_file, CRITICAL)
     r = client.get(f"/api/v1/slides/{slide_id}/report?format=hl7")
     assert r.status_code == 200 and r.mimetype == "x-application/hl7-v2+er7"
     er7 = r.data.decode("utf-8")
@@ -167,9 +156,9 @@ def test_hl7_escapes_delimiters_in_free_text() -> None:
     assert "MSH-18" not in er7 and er7.split("\r")[0].count("|") == 11  # no MSH-18 when ASCII only
 
 
-def test_flag_report_csv_and_pdf_most_severe_first(app, client, slide_file: Path) -> None:  # type: ignore[no-untyped-def]
-    review_id, _ = store_slide(app, slide_file, REVIEW, filename="=HYPERLINK(x).tiff")
-    critical_id, _ = store_slide(app, slide_file, CRITICAL, filename="critical.tiff")
+def test_flag_report_csv_and_pdf_most_severe_first(app, client, make_job, slide_file: Path) -> None:  # type: ignore[no-untyped-def]
+    review_id, _ = store_slide(make_job, slide_file, REVIEW, filename="=HYPERLINK(x).tiff")
+    critical_id, _ = store_slide(make_job, slide_file, CRITICAL, filename="critical.tiff")
     r = client.get("/api/v1/flags?format=csv")
     assert r.status_code == 200 and r.mimetype == "text/csv"
     rows = list(csv.DictReader(io.StringIO(r.data.decode("utf-8"))))
@@ -211,12 +200,12 @@ def test_bad_formats_are_json_400(client) -> None:  # type: ignore[no-untyped-de
     assert "application/pdf" in doc["paths"]["/api/v1/flags"]["get"]["responses"]["200"]["content"]
 
 
-def test_cli_writes_pdf_and_hl7_over_http(app, client, slide_file: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_cli_writes_pdf_and_hl7_over_http(app, client, make_job, slide_file: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from werkzeug.serving import make_server
 
     from hematovision.cli import main
 
-    slide_id, _ = store_slide(app, slide_file, CRITICAL)
+    slide_id, _ = store_slide(make_job, slide_file, CRITICAL)
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import re
 from datetime import datetime
 from pathlib import Path
 
@@ -13,15 +13,14 @@ from hematovision.core.results import CellResult, SlideAnalysis
 from hematovision.devtools.synthetic import make_slide
 from hematovision.service.review import ReviewError, reclassify, sign_off, slide_classes
 from hematovision.service.slide_results import build_report
-from hematovision.store.models import AuditEntry, Batch, Cell, CellReview, DifferentialEntry, FlagRecord, Job, Slide
-from tests.conftest import make_key
+from hematovision.store.models import AuditEntry, Cell, CellReview, DifferentialEntry, FlagRecord, Slide
 from workers.job_store import store_analysis
 
 CLASSES = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet"]
 
 
 @pytest.fixture
-def analysed(app, tmp_path: Path, data_root: Path) -> str:  # type: ignore[no-untyped-def]
+def analysed(app, make_job, tmp_path: Path, data_root: Path) -> str:  # type: ignore[no-untyped-def]
     """A small real slide, analysed from its manifest (one cell left unidentified) and stored."""
     path = tmp_path / "s.tiff"
     manifest = make_slide(path, data_root, 1024, 1024, mpp=0.25, n_wbc=6)
@@ -40,18 +39,8 @@ def analysed(app, tmp_path: Path, data_root: Path) -> str:  # type: ignore[no-un
     analysis = SlideAnalysis(
         mpp=0.25, width=1024, height=1024, model_name="wbc-test", model_version="1", classes=CLASSES, cells=cells
     )
-    factory = app.extensions["hv_sessions"]
-    with factory() as s, s.begin():
-        b = Batch(name="review")
-        s.add(b)
-        s.flush()
-        sl = Slide(batch_id=b.id, filename="s.tiff", path=str(path), mpp=0.25, width=1024, height=1024)
-        s.add(sl)
-        s.flush()
-        job = Job(slide_id=sl.id, batch_id=b.id, state="running")
-        s.add(job)
-        s.flush()
-        job_id, slide_id = job.id, sl.id
+    factory, job_id, slide_id = make_job(path, name="review", width=1024, height=1024, state="running")
+    assert factory is app.extensions["hv_sessions"]
     assert store_analysis(factory, job_id, analysis, build_report(analysis, slide_id=slide_id))
     return slide_id
 
@@ -186,7 +175,7 @@ def test_images_and_tiles(client, analysed: str) -> None:  # type: ignore[no-unt
     assert client.get("/api/v1/slides/nope/dzi").status_code == 404
 
 
-def test_keys_scopes_and_pages(app, analysed: str) -> None:  # type: ignore[no-untyped-def]
+def test_keys_scopes_and_pages(app, make_key, analysed: str) -> None:  # type: ignore[no-untyped-def]
     anon = app.test_client()
     assert anon.get(f"/api/v1/slides/{analysed}/cells").status_code == 401
     for page in ("/ui/", "/ui/flags", f"/ui/slides/{analysed}", f"/ui/slides/{analysed}/gallery", "/ui/batches/x"):
@@ -194,21 +183,36 @@ def test_keys_scopes_and_pages(app, analysed: str) -> None:  # type: ignore[no-u
         assert r.status_code == 200 and b"HematoVision" in r.data, page
     assert anon.get("/ui/static/hv.js").status_code == 200
     reader = app.test_client()
-    reader.environ_base["HTTP_X_API_KEY"] = make_key(app, "read", "reader")
+    reader.environ_base["HTTP_X_API_KEY"] = make_key("read", "reader")
     assert reader.get(f"/api/v1/slides/{analysed}/cells").status_code == 200
     assert reader.get("/api/v1/batches").get_json()["count"] == 1
     assert reader.post(f"/api/v1/slides/{analysed}/signoff").status_code == 403
 
 
+#: The review endpoints: the method each answers and the media type of its 200 answer.
+REVIEW_ENDPOINTS = {
+    "/api/v1/slides/{slide_id}/cells": ("get", "application/json"),
+    "/api/v1/cells/{cell_id}/label": ("post", "application/json"),
+    "/api/v1/slides/{slide_id}/signoff": ("post", "application/json"),
+    "/api/v1/slides/{slide_id}/dzi": ("get", "application/xml"),
+    "/api/v1/slides/{slide_id}/tiles/{level}/{col}_{row}.jpeg": ("get", "image/jpeg"),
+    "/api/v1/cells/{cell_id}/image": ("get", "image/jpeg"),
+}
+
+
 def test_openapi_lists_review_endpoints(client) -> None:  # type: ignore[no-untyped-def]
+    """Each review endpoint is in the document under the route the app serves, with its method, every
+    path parameter declared and required, and the media type it answers."""
     paths = client.get("/api/v1/openapi.json").get_json()["paths"]
-    for p in (
-        "/api/v1/slides/{slide_id}/cells",
-        "/api/v1/cells/{cell_id}/label",
-        "/api/v1/slides/{slide_id}/signoff",
-        "/api/v1/slides/{slide_id}/dzi",
-        "/api/v1/slides/{slide_id}/tiles/{level}/{col}_{row}.jpeg",
-        "/api/v1/cells/{cell_id}/image",
-    ):
-        assert p in paths, p
-    assert json.dumps(paths)
+    served = {
+        re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule): {m.lower() for m in rule.methods or ()}
+        for rule in client.application.url_map.iter_rules()
+    }
+    for path, (method, media) in REVIEW_ENDPOINTS.items():
+        assert path in paths, path
+        assert method in served.get(path, set()), f"{method.upper()} {path} is documented but not served"
+        op = paths[path].get(method)
+        assert op is not None, f"{method.upper()} {path} is not documented"
+        declared = {p["name"] for p in op.get("parameters", []) if p["in"] == "path" and p["required"]}
+        assert declared == set(re.findall(r"{(\w+)}", path)), (path, declared)
+        assert media in op["responses"]["200"]["content"], (path, op["responses"]["200"])

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -40,16 +38,6 @@ def wsi_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_pyramid(d / "grad.tiff", W, H, gradient, 0.25, fmt="tiff", tile_px=256)
     write_pyramid(d / "grad.svs", W, H, gradient, 0.5, fmt="svs", tile_px=256)
     return d
-
-
-def _png_header(width: int, height: int) -> bytes:
-    """A tiny PNG that declares ``width``×``height`` (a decompression bomb's header)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 # ---------------------------------------------------------------------------------------- WSI
@@ -139,10 +127,9 @@ def test_validate_slide(wsi_dir: Path) -> None:
 # ---------------------------------------------------------------------------------------- fields
 
 
-def test_real_bccd_field_opens_as_one_level(data_root: Path) -> None:
+def test_real_bccd_field_opens_as_one_level(data_root: Path, require) -> None:  # type: ignore[no-untyped-def]
     jpg = data_root / "data/bccd/BCCD/JPEGImages/BloodImage_00000.jpg"
-    if not jpg.is_file():
-        pytest.skip(f"BCCD images not found under {data_root}")
+    require(jpg.is_file(), f"BCCD images under {data_root}")
     with open_slide(jpg, default_mpp=0.071) as slide:
         assert isinstance(slide, ImageSlide)
         assert slide.format == "image"
@@ -214,11 +201,11 @@ def test_truncated_tiff_and_svs(wsi_dir: Path, tmp_path: Path, name: str, keep: 
         validate_slide(bad, mpp=0.25)
 
 
-def test_decompression_bomb_refused_from_header(tmp_path: Path) -> None:
+def test_decompression_bomb_refused_from_header(tmp_path: Path, png_header) -> None:  # type: ignore[no-untyped-def]
     for w, h in ((100_000, 100_000), (12_000, 12_000)):  # above Pillow's own limit / above ours
         assert w * h > FIELD_IMAGE_MAX_PIXELS
         bomb = tmp_path / f"bomb{w}.png"
-        bomb.write_bytes(_png_header(w, h))
+        bomb.write_bytes(png_header(w, h))
         assert bomb.stat().st_size < 200
         with pytest.raises(SlideError, match="huge image.*not a tiled pyramid"):
             open_slide(bomb, mpp=0.25)

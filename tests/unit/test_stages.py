@@ -15,9 +15,7 @@ from hemato_model.handoff import HandoffError, read_prepared
 from hemato_model.pipeline import PipelineParams, analyze_slide
 from hematovision.core.slides import open_slide
 from hematovision.service.queueing import CLASSIFY, REPORT
-from hematovision.store.db import make_engine, make_session_factory
-from hematovision.store.migrate import upgrade
-from hematovision.store.models import Batch, Cell, Job, Slide
+from hematovision.store.models import Cell, Job
 from workers.stages import PermanentError, job_folder, run_classify, run_prepare, run_report
 
 
@@ -31,20 +29,10 @@ def slide_path(real_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 
 @pytest.fixture
-def job(settings, slide_path):  # type: ignore[no-untyped-def]
-    upgrade(settings)
-    factory = make_session_factory(make_engine(settings))
-    with factory() as s, s.begin():
-        b = Batch(name="t", priority=7)
-        s.add(b)
-        s.flush()
-        sl = Slide(batch_id=b.id, filename="s.tiff", path=str(slide_path), mpp=0.25)
-        s.add(sl)
-        s.flush()
-        j = Job(slide_id=sl.id, batch_id=b.id)
-        s.add(j)
-        s.flush()
-        return factory, j.id
+def job(make_job, slide_path):  # type: ignore[no-untyped-def]
+    """(session factory, job id) of a queued job for the slide, in a batch of priority 7."""
+    factory, job_id, _ = make_job(slide_path, priority=7)
+    return factory, job_id
 
 
 def _job(factory, job_id) -> Job:  # type: ignore[no-untyped-def]

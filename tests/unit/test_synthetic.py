@@ -136,13 +136,12 @@ def test_deterministic_and_tiling_independent(tmp_path: Path) -> None:
     assert np.array_equal(whole, pieces)
 
 
-def test_mix_and_held_out_files(tmp_path: Path, data_root: Path) -> None:
+def test_mix_and_held_out_files(tmp_path: Path, data_root: Path, require) -> None:  # type: ignore[no-untyped-def]
     m = make_slide(tmp_path / "l.tiff", tmp_path, 1024, 1024, n_wbc=5, source="procedural", wbc_mix={"lymphocyte": 1.0})
     assert m["differential"] == {"lymphocyte": 5}
     root = pbc_root(data_root)
     held_out = sorted((root / "monocyte").glob("*.jpg"))[:2] + sorted((root / "basophil").glob("*.jpg"))[:2]
-    if len(held_out) < 4:
-        pytest.skip(f"PBC images not found under {root}")
+    require(len(held_out) == 4, f"PBC monocytes and basophils under {root}")
     m = make_slide(tmp_path / "h.tiff", data_root, 1536, 1536, n_wbc=6, seed=2, wbc_files=held_out)
     used = {Path(c["source_file"]).name for c in m["cells"] if c["kind"] == "wbc"}
     assert used <= {f.name for f in held_out}
