@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install lint format clean
+.PHONY: demo test test-fast install lint format clean
 
 $(STAMP): requirements.lock requirements-dev.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -ra
+
+# The fast loop: everything but the tests marked `slow` (Keras model, training, fuzzing, deploy
+# validators, the browser, tests/integration). `make test` still runs them all.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -ra -m "not slow"
 
 # The habits CI enforces: lint, format, types on the core/store/service/exports/model layers, and
 # the import contracts (the layers point one way; see docs/architecture.md).

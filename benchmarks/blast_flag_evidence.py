@@ -262,7 +262,7 @@ split (B-ALL lymphoblasts, Early/Pre/Pro-B; {result["pool_sizes"]["blast"]} cell
 held-out PBC test split mixed as a normal differential ({result["normal_mix"]}). Each cell is classified by the
 model (threshold applied: low-confidence cells become `unidentified`); the labels go through
 `hematovision.service.slide_results.differential` and `hematovision.core.flags.evaluate_flags` as a slide's would (rules
-`hematovision/flag_rules.toml`: ≥ 20 % → SUSPECTED_ACUTE_LEUKEMIA critical, ≥ 5 % → BLASTS review, a 95 % CI that
+`hematovision/core/flag_rules.toml`: ≥ 20 % → SUSPECTED_ACUTE_LEUKEMIA critical, ≥ 5 % → BLASTS review, a 95 % CI that
 straddles a threshold → `*_BORDERLINE`; under 200 WBC the count is insufficient and borderline flags are dropped).
 Cells are drawn with replacement; detection is not exercised. Each table entry is the share of populations \
 with that flag.

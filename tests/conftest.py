@@ -32,6 +32,7 @@ IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
 def require(condition: bool, what: str) -> None:
     """Go on when ``condition`` holds; else skip (``NOT RUN: what``), or fail the test under CI."""
+    __tracebackhide__ = True  # reports point at the test's line, not this one
     if condition:
         return
     if IN_CI:
@@ -157,15 +158,13 @@ def make_job(request: pytest.FixtureRequest, settings: Settings) -> Iterator[Cal
         state: str | None = None,
     ) -> JobRows:
         factory = sessions()
-        entry = NewSlide(
-            filename=filename or Path(path).name, path=str(path), mpp=mpp, width=width, height=height
-        )
+        entry = NewSlide(filename=filename or Path(path).name, path=str(path), mpp=mpp, width=width, height=height)
         with factory() as s, s.begin():
             _, (job,) = add_batch(s, [entry], name=name, priority=priority)
             if state is not None:
                 job.state = state
-            rows = JobRows(factory, job.id, job.slide_id)
-        return rows
+            job_id, slide_id = job.id, job.slide_id
+        return JobRows(factory, job_id, slide_id)
 
     yield make
     for engine in engines:

@@ -35,7 +35,8 @@ like every other source the classifier sees:
 
 Crops are written under the output folder (``var/``: derived data stay out of git) as
 ``<class>/<field stem>_c<k>.png`` at ``input_px`` pixels = ``crop_um`` µm, i.e. already at model
-scale (``mpp = crop_um / input_px`` reads them back unchanged).
+scale (``mpp = crop_um / input_px`` reads them back unchanged). The command is
+``hematovision prepare-blast-data ALL_ROOT OUT_DIR --pbc PBC_DIR --split V1_SPLIT``.
 
 The licence of the ALL set is unverified: research/evaluation only until it is checked.
 """
@@ -48,13 +49,16 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
 from hemato_model.detection import detect_cells, estimate_mpp
 from hemato_model.preprocessing import DEFAULT_CROP_UM, DEFAULT_INPUT_PX, crop_cell
+
+if TYPE_CHECKING:
+    from hemato_model.classifier import Classifier
 
 log = logging.getLogger(__name__)
 
@@ -294,47 +298,26 @@ def build_blast_crops(
     return doc
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m hemato_model.training.blast_data ALL_ROOT OUT_DIR --pbc PBC_DIR --split V1_SPLIT``."""
-    import argparse
-
-    ap = argparse.ArgumentParser(description=main.__doc__)
-    ap.add_argument("all_root")
-    ap.add_argument("out_dir")
-    ap.add_argument("--pbc", required=True, help="PBC image folder (colour reference)")
-    ap.add_argument("--split", required=True, help="split.json whose PBC training files give the reference")
-    ap.add_argument("--clean-with", default=None, help="model dir: drop cells it calls a granulocyte/platelet (p≥0.9)")
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--limit", type=int, default=None)
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
-    train_files = json.loads(Path(args.split).read_text())["train"]
-    reference = pbc_reference(args.pbc, train_files)
-    drop_by = None
-    if args.clean_with:
-        from hemato_model.classifier import Classifier
-
-        clf = Classifier.load(args.clean_with)
-        drop_idx = [
-            clf.classes.index(c) for c in ("neutrophil", "eosinophil", "basophil", "platelet") if c in clf.classes
-        ]
-
-        def drop_by(crops: np.ndarray) -> list[bool]:
-            proba = clf.predict_proba(crops)
-            return [bool(proba[i, drop_idx].max() >= 0.9) for i in range(len(crops))]
-
-    doc = build_blast_crops(args.all_root, args.out_dir, reference, seed=args.seed, drop_by=drop_by, limit=args.limit)
-    if args.clean_with:
-        doc["cleaned_with"] = args.clean_with
-        Path(args.out_dir, "split.json").write_text(json.dumps(doc, indent=1) + "\n")
-    summary = {p: len(doc[p]) for p in ("train", "val", "test", "dropped")}
-    summary["fallback_fields"] = sum(f["mpp_fallback"] for f in doc["fields"])
-    summary["median_mpp"] = doc["median_mpp"]
-    print(json.dumps(summary))
+#: Classes that no blast or hematogone should be called: cells a model calls one of them with
+#: probability >= ``CLEAN_MIN_PROBABILITY`` are mislabelled by the per-field labels (clean-up).
+CLEAN_CLASSES = ("neutrophil", "eosinophil", "basophil", "platelet")
+CLEAN_MIN_PROBABILITY = 0.9
 
 
-if __name__ == "__main__":
-    main()
+def drop_by_classifier(
+    clf: Classifier, min_probability: float = CLEAN_MIN_PROBABILITY
+) -> Callable[[np.ndarray], list[bool]]:
+    """A ``drop_by`` for :func:`build_blast_crops`: True for crops ``clf`` calls a granulocyte or a
+    platelet (``CLEAN_CLASSES``) with probability at least ``min_probability``."""
+    drop_idx = [clf.classes.index(c) for c in CLEAN_CLASSES if c in clf.classes]
+
+    def drop_by(crops: np.ndarray) -> list[bool]:
+        if not drop_idx:
+            return [False] * len(crops)
+        proba = clf.predict_proba(crops)
+        return [bool(proba[i, drop_idx].max() >= min_probability) for i in range(len(crops))]
+
+    return drop_by
 
 
 def rebuild_field_crops(

@@ -1,4 +1,5 @@
-"""``hematovision train``, ``evaluate`` and ``bench``: the white-cell classifier's commands.
+"""``hematovision train``, ``evaluate``, ``bench-classifier`` and ``prepare-blast-data``: the white-cell
+classifier's commands.
 
 TensorFlow and the model package are imported inside the commands, so ``--help`` stays fast.
 Problems with the user's input (missing folder, not a model directory) end with a one-line
@@ -8,6 +9,7 @@ message and exit status 2 (click's usage error), never a traceback.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -76,7 +78,7 @@ def _threads(threads: int | None) -> None:
     type=click.Path(path_type=Path),
     default=None,
     help="Second image folder of crops already at model scale (input_px = crop_um), whose "
-    "subfolders add classes or cells (e.g. blast crops from hemato_model.training.blast_data); "
+    "subfolders add classes or cells (e.g. blast crops from `hematovision prepare-blast-data`); "
     "its split.json is used if present. The --data split is unchanged by it.",
 )
 @click.option(
@@ -214,7 +216,7 @@ def train_command(
     "blast_dir",
     type=click.Path(path_type=Path),
     default=None,
-    help="Blast evaluation on a hemato_model.training.blast_data folder (held-out ALL fields), with "
+    help="Blast evaluation on a `hematovision prepare-blast-data` folder (held-out ALL fields), with "
     "false-blast rates on --data (PBC, held-out --split) and --bccd lymphocytes if given.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the default output).")
@@ -241,7 +243,7 @@ def evaluate_command(
         raise click.UsageError("give --data DIR, --bccd DIR or --blast-data DIR")
     if blast_dir is not None and not (blast_dir / "split.json").is_file():
         raise click.UsageError(
-            f"--blast-data: no split.json in {blast_dir} (make it with hemato_model.training.blast_data)"
+            f"--blast-data: no split.json in {blast_dir} (make it with `hematovision prepare-blast-data`)"
         )
     if data_dir is not None and not data_dir.is_dir():
         raise click.UsageError(f"data folder not found: {data_dir}")
@@ -289,4 +291,66 @@ def bench_command(model_dir: Path | None, n_crops: int, threads: int) -> None:
     click.echo(json.dumps(run_benchmark(model_dir or settings.model_dir, settings.data_root, n_crops, threads)))
 
 
-COMMANDS: list[click.Command] = [train_command, evaluate_command, bench_command]
+@click.command("prepare-blast-data")
+@click.argument("all_root", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--pbc",
+    "pbc_dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="PBC image folder (colour reference).",
+)
+@click.option(
+    "--split",
+    "split_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="split.json whose PBC training files give the colour reference.",
+)
+@click.option(
+    "--clean-with",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Model directory: drop cells it calls a granulocyte or platelet (p >= 0.9).",
+)
+@click.option("--seed", default=1, show_default=True, help="Seed of the train/val/test split of field groups.")
+@click.option("--limit", type=int, default=None, help="At most this many fields per source class (quick runs).")
+def prepare_blast_data_command(
+    all_root: Path,
+    out_dir: Path,
+    pbc_dir: Path,
+    split_file: Path,
+    clean_with: Path | None,
+    seed: int,
+    limit: int | None,
+) -> None:
+    """Cut blast/hematogone training crops from the ALL field images (ALL_ROOT: the aria_all folder)
+    into OUT_DIR, with their split.json; print a one-line JSON summary."""
+    _quiet_tensorflow()
+    from hemato_model.training.blast_data import build_blast_crops, drop_by_classifier, pbc_reference
+
+    logging.basicConfig(level=logging.INFO)
+    try:
+        train_files = json.loads(split_file.read_text())["train"]
+    except (ValueError, KeyError, TypeError):
+        raise click.UsageError(f"--split: not a split.json with a 'train' list: {split_file}") from None
+    drop_by = None
+    if clean_with is not None:
+        from hemato_model.classifier import Classifier, ModelError
+
+        try:
+            drop_by = drop_by_classifier(Classifier.load(clean_with))
+        except ModelError as exc:
+            raise click.UsageError(f"--clean-with: {exc}") from None
+    reference = pbc_reference(pbc_dir, train_files)
+    doc = build_blast_crops(all_root, out_dir, reference, seed=seed, drop_by=drop_by, limit=limit)
+    if clean_with is not None:
+        doc["cleaned_with"] = str(clean_with)
+        (out_dir / "split.json").write_text(json.dumps(doc, indent=1) + "\n")
+    summary = {p: len(doc[p]) for p in ("train", "val", "test", "dropped")}
+    summary["fallback_fields"] = sum(f["mpp_fallback"] for f in doc["fields"])
+    click.echo(json.dumps({**summary, "median_mpp": doc["median_mpp"]}))
+
+
+COMMANDS: list[click.Command] = [train_command, evaluate_command, bench_command, prepare_blast_data_command]

@@ -65,6 +65,7 @@ class ServiceCollector:
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         from sqlalchemy import func, select
+        from sqlalchemy.exc import SQLAlchemyError
 
         from hematovision.store.models import JOB_STATES, Job
 
@@ -74,7 +75,7 @@ class ServiceCollector:
                 counts = dict(s.execute(select(Job.state, func.count()).group_by(Job.state)).all())
             for state in JOB_STATES:
                 jobs.add_metric([state], counts.get(state, 0))
-        except Exception:  # noqa: BLE001
+        except SQLAlchemyError:  # database away: the scrape goes on, the gauge stays empty
             pass
         yield jobs
         from hematovision.service.queueing import stage_queues

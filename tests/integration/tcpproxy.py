@@ -3,6 +3,7 @@ touching the machine's own PostgreSQL server."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 
@@ -29,18 +30,14 @@ class TcpProxy:
     def stop(self) -> None:
         """Refuse new connections and cut every open one."""
         if self._listener is not None:
-            try:
+            with contextlib.suppress(OSError):
                 self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() thread on Linux
-            except OSError:
-                pass
             self._listener.close()
             self._listener = None
         with self._lock:
             for c in self._conns:
-                try:
+                with contextlib.suppress(OSError):
                     c.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 c.close()
             self._conns.clear()
 
@@ -70,7 +67,5 @@ class TcpProxy:
             pass
         finally:
             for s in (src, dst):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass

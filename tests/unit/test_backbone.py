@@ -58,15 +58,14 @@ def test_pth_reader_rejects_non_pytorch_file(tmp_path: Path) -> None:
         load_state_dict(junk)
 
 
-def test_conversion_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HEMATOVISION_CACHE_DIR", str(tmp_path))
-    weights = bb.imagenet_weights()
+def test_conversion_is_cached(tmp_path: Path) -> None:
+    weights = bb.imagenet_weights(cache_dir=tmp_path)
     cached = tmp_path / bb._CACHE_NAME
     assert cached.is_file()
     assert weights["stem_conv"][0].shape == (3, 3, 3, 32)  # (kh, kw, in, out)
     assert weights["block2a_dwconv"][0].shape == (3, 3, 96, 1)
     mtime = cached.stat().st_mtime_ns
-    again = bb.imagenet_weights()
+    again = bb.imagenet_weights(cache_dir=tmp_path)
     assert cached.stat().st_mtime_ns == mtime
     np.testing.assert_array_equal(again["predictions"][0], weights["predictions"][0])
 
@@ -76,6 +75,7 @@ def test_unknown_backbone_is_refused() -> None:
         bb.build_backbone("resnet9000", 64)
 
 
+@pytest.mark.slow
 def test_backbone_features_shape() -> None:
     model = bb.build_backbone("efficientnet_lite0", 64)
     out = model.predict_on_batch(np.full((2, 64, 64, 3), 127.0, dtype=np.float32))

@@ -80,6 +80,7 @@ def clf():  # type: ignore[no-untyped-def]
     return Classifier.load(MODEL_DIR)
 
 
+@pytest.mark.slow
 def test_v2_model_loads_with_a_blast_class(clf) -> None:  # type: ignore[no-untyped-def]
     assert "blast" in clf.classes and len(clf.classes) == 9
     assert clf.version.startswith("2.") and clf.crop_um == 24.0 and clf.input_px == 128
@@ -89,6 +90,7 @@ def test_v2_model_loads_with_a_blast_class(clf) -> None:  # type: ignore[no-unty
 
 
 @needs_all
+@pytest.mark.slow
 def test_v2_calls_most_held_out_blasts_blast(clf) -> None:  # type: ignore[no-untyped-def]
     doc = json.loads((MODEL_DIR / "blast_split.json").read_text())
     picked = []
@@ -102,6 +104,7 @@ def test_v2_calls_most_held_out_blasts_blast(clf) -> None:  # type: ignore[no-un
 
 
 @needs_pbc
+@pytest.mark.slow
 def test_v2_false_blast_rate_on_pbc_lymphocytes_within_the_card(clf) -> None:  # type: ignore[no-untyped-def]
     from hemato_model.training.classifier_training import load_crops
 
@@ -127,6 +130,7 @@ def _folder(root: Path, colours: dict[str, tuple[int, int, int]], per_class: int
             Image.fromarray(img).save(root / cls / f"{cls}_{i:02d}.png")
 
 
+@pytest.mark.slow
 def test_train_extra_data_adds_a_class_and_keeps_the_main_split(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
@@ -191,6 +195,7 @@ def test_train_extra_data_adds_a_class_and_keeps_the_main_split(tmp_path: Path) 
 BCCD_DIR = DATA / "bccd"
 
 
+@pytest.mark.slow
 @pytest.mark.needs(BCCD_DIR.is_dir(), f"the shared BCCD data under {BCCD_DIR}")
 def test_v2_false_blast_rate_on_bccd_lymphocytes_within_the_card(clf) -> None:  # type: ignore[no-untyped-def]
     """Another lab's normal lymphocytes: called blasts no more often than the model card states."""

@@ -68,6 +68,7 @@ def shipped() -> Classifier:
     return Classifier.load(SHIPPED_MODEL_DIR)
 
 
+@pytest.mark.slow
 def test_shipped_model_metadata(shipped: Classifier) -> None:
     meta = json.loads((SHIPPED_MODEL_DIR / "model.json").read_text())
     assert shipped.name == "wbc-effnetlite0"
@@ -80,6 +81,7 @@ def test_shipped_model_metadata(shipped: Classifier) -> None:
     assert total < 25 * 1024 * 1024
 
 
+@pytest.mark.slow
 def test_shipped_model_classifies_held_out_pbc_cells(shipped: Classifier, require) -> None:  # type: ignore[no-untyped-def]
     root = pbc_root(load_settings().data_root)
     require(root.is_dir(), f"PBC images at {root}")
@@ -103,14 +105,16 @@ def test_shipped_model_classifies_held_out_pbc_cells(shipped: Classifier, requir
     predicted = [shipped.classes[k] for k in proba.argmax(axis=1)]
     truth = [rel.split("/")[0] for rel in picks]
     # 16 fixed held-out cells, 2 per class: the model (96.8 % test accuracy) may miss one of them.
-    assert sum(p == t for p, t in zip(predicted, truth)) >= len(truth) - 1, list(zip(truth, predicted))
+    pairs = list(zip(truth, predicted, strict=True))
+    assert sum(t == p for t, p in pairs) >= len(truth) - 1, pairs
     assert len(set(predicted)) == 8
     labels = shipped.classify(batch)
-    confident = [(lab, t) for (lab, _), t in zip(labels, truth) if lab != UNIDENTIFIED]
+    confident = [(lab, t) for (lab, _), t in zip(labels, truth, strict=True) if lab != UNIDENTIFIED]
     assert len(confident) >= len(truth) // 2
     assert sum(lab == t for lab, t in confident) >= len(confident) - 1
 
 
+@pytest.mark.slow
 def test_classify_puts_low_confidence_in_the_unidentified_bucket(shipped: Classifier) -> None:
     crops = np.full((3, shipped.input_px, shipped.input_px, 3), 200, dtype=np.uint8)
     saved = shipped.threshold
@@ -121,12 +125,14 @@ def test_classify_puts_low_confidence_in_the_unidentified_bucket(shipped: Classi
         shipped.threshold = saved
 
 
+@pytest.mark.slow
 def test_predict_proba_checks_the_crop_shape(shipped: Classifier) -> None:
     with pytest.raises(ValueError, match="crops must be"):
         shipped.predict_proba(np.zeros((2, 17, 17, 3), dtype=np.uint8))
     assert shipped.predict_proba(np.zeros((0, shipped.input_px, shipped.input_px, 3), np.uint8)).shape == (0, 8)
 
 
+@pytest.mark.slow
 def test_load_classifier_is_cached_once_per_process() -> None:
     assert load_classifier(SHIPPED_MODEL_DIR) is load_classifier(str(SHIPPED_MODEL_DIR))
 

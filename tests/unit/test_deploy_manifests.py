@@ -301,6 +301,7 @@ def test_dockerfile_facts(name: str) -> None:
             assert (ROOT / item).exists(), f"{name}: COPY {item}: not in the repository"
 
 
+@pytest.mark.slow
 def test_hadolint() -> None:
     exe = _which("hadolint")
     if exe is None:
@@ -411,6 +412,7 @@ def _compose_binary() -> list[str] | None:
     return None
 
 
+@pytest.mark.slow
 def test_compose_config_validates() -> None:
     compose = _compose_binary()
     if compose is None:
@@ -645,6 +647,7 @@ def test_keda_reads_a_number_from_the_queues_endpoint(tmp_path: Path, make_key) 
         app.extensions["hv_engine"].dispose()
 
 
+@pytest.mark.slow
 def test_k8s_schemas_validate(tmp_path: Path) -> None:
     """`kubectl kustomize` (offline) and kubernetes-validate --strict against bundled schemas."""
     validate = _which("kubernetes-validate")
@@ -717,6 +720,7 @@ def test_systemd_facts() -> None:
     _check_roles("systemd", workers)
 
 
+@pytest.mark.slow
 def test_systemd_analyze_verify(tmp_path: Path) -> None:
     exe = _which("systemd-analyze")
     system_units = Path("/usr/lib/systemd/system")

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from hematovision.cli import main
+
+pytestmark = pytest.mark.slow  # analyses a slide with the Keras model
 
 
 def test_process_reports_bad_files_and_finishes_good_ones(real_data: Path, tmp_path: Path) -> None:

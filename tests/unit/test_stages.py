@@ -42,6 +42,7 @@ def _job(factory, job_id) -> Job:  # type: ignore[no-untyped-def]
         return j
 
 
+@pytest.mark.slow
 def test_stages_hand_over_and_match_the_one_machine_pipeline(settings, job, slide_path) -> None:  # type: ignore[no-untyped-def]
     factory, job_id = job
     clf = load_classifier(settings.model_dir)
@@ -75,6 +76,7 @@ def test_stages_hand_over_and_match_the_one_machine_pipeline(settings, job, slid
     assert stored == sorted((c.kind, *c.bbox, c.label) for c in direct.cells)
 
 
+@pytest.mark.slow
 def test_redelivered_stages_do_not_redo_or_double_count(settings, job) -> None:  # type: ignore[no-untyped-def]
     factory, job_id = job
     clf = load_classifier(settings.model_dir)
@@ -102,6 +104,7 @@ def test_redelivered_stages_do_not_redo_or_double_count(settings, job) -> None: 
         assert s.execute(select(func.count()).select_from(Cell)).scalar_one() == n > 0
 
 
+@pytest.mark.slow
 def test_a_cancelled_job_stops_between_stages(settings, job) -> None:  # type: ignore[no-untyped-def]
     factory, job_id = job
     run_prepare(settings, factory, job_id)
@@ -124,6 +127,7 @@ def test_classifier_that_does_not_fit_the_crops_fails_for_good(settings, job) ->
         run_classify(settings, factory, Other(), job_id)
 
 
+@pytest.mark.slow
 def test_report_without_labels_or_with_missing_crops_is_an_error(settings, job) -> None:  # type: ignore[no-untyped-def]
     factory, job_id = job
     run_prepare(settings, factory, job_id)

@@ -63,6 +63,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]
     return data, out, summary
 
 
+@pytest.mark.slow
 def test_train_writes_a_loadable_model_dir(trained: tuple[Path, Path, dict]) -> None:
     data, out, summary = trained
     assert summary["classes"] == ["alpha", "beta", "gamma"]
@@ -81,6 +82,7 @@ def test_train_writes_a_loadable_model_dir(trained: tuple[Path, Path, dict]) -> 
     assert proba.shape == (2, 3)
 
 
+@pytest.mark.slow
 def test_train_is_reproducible_split(trained: tuple[Path, Path, dict], tmp_path: Path) -> None:
     from hemato_model.training.classifier_training import list_image_folder, split_files
 
@@ -91,6 +93,7 @@ def test_train_is_reproducible_split(trained: tuple[Path, Path, dict], tmp_path:
     assert len(again["test"]) == len(json.loads((out / "split.json").read_text())["test"])
 
 
+@pytest.mark.slow
 def test_evaluate_prints_one_json_and_skips_unknown_folders(trained: tuple[Path, Path, dict], tmp_path: Path) -> None:
     data, out, _ = trained
     junk = data / "not_a_class"
@@ -155,6 +158,7 @@ def test_missing_data_folder_is_a_one_line_error(command: str, tmp_path: Path) -
     assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
 
 
+@pytest.mark.slow
 def test_evaluate_with_a_non_model_dir_fails_cleanly(trained: tuple[Path, Path, dict], tmp_path: Path) -> None:
     data, _, _ = trained
     result = CliRunner().invoke(main, ["evaluate", "--data", str(data), "--model", str(tmp_path)])

@@ -21,8 +21,12 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     # No build isolation: the build backend (setuptools, pinned in requirements-dev.lock) is already
     # in the environment, so the test needs no network.
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
-                    str(ROOT)], check=True, cwd=out, timeout=600)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
+        check=True,
+        cwd=out,
+        timeout=600,
+    )
     wheels = list(out.glob("hematovision-*.whl"))
     assert len(wheels) == 1, wheels
     return wheels[0]
@@ -31,10 +35,17 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_wheel_holds_package_data(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = [
-        "api/templates/base.html", "api/templates/slide.html", "api/static/hv.css", "api/static/review.js",
-        "migrations/env.py", "migrations/alembic.ini", "migrations/script.py.mako",
-        "migrations/versions/0001_initial_schema.py", "hematovision/core/flag_rules.toml",
-        "hemato_model/models/wbc-effnetlite0-v1/model.keras", "hemato_model/models/wbc-effnetlite0-v1/model.json",
+        "api/templates/base.html",
+        "api/templates/slide.html",
+        "api/static/hv.css",
+        "api/static/review.js",
+        "migrations/env.py",
+        "migrations/alembic.ini",
+        "migrations/script.py.mako",
+        "migrations/versions/0001_initial_schema.py",
+        "hematovision/core/flag_rules.toml",
+        "hemato_model/models/wbc-effnetlite0-v1/model.keras",
+        "hemato_model/models/wbc-effnetlite0-v1/model.json",
     ]
     missing = [n for n in expected if n not in names]
     assert missing == [], f"not in {wheel.name}: {missing}"
@@ -44,8 +55,22 @@ def test_wheel_holds_package_data(wheel: Path) -> None:
 
 def test_installed_wheel_migrates_and_serves_the_ui(wheel: Path, tmp_path: Path) -> None:
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-compile", "--target",
-                    str(target), str(wheel)], check=True, timeout=600)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-compile",
+            "--target",
+            str(target),
+            str(wheel),
+        ],
+        check=True,
+        timeout=600,
+    )
     script = f"""
 import hematovision, api, migrations
 from pathlib import Path
@@ -55,7 +80,7 @@ from hematovision.core.settings import Settings, MODELS_DIR
 from hematovision.store.migrate import upgrade
 from api.app import create_app
 assert MODELS_DIR.is_relative_to({str(target)!r}), MODELS_DIR
-s = Settings(var_dir=Path({str(tmp_path / 'var')!r}), database_url="", broker_url="")
+s = Settings(var_dir=Path({str(tmp_path / "var")!r}), database_url="", broker_url="")
 upgrade(s)
 app = create_app(s)
 c = app.test_client()
@@ -67,7 +92,8 @@ print("wheel ok")
 """
     env = {**os.environ, "PYTHONPATH": str(target)}
     env.pop("HEMATOVISION_DATABASE_URL", None)
-    run = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "wheel ok" in run.stdout
