@@ -10,6 +10,8 @@ from hematovision.core.settings import Settings
 def create_app(settings: Settings) -> Flask:
     """Build the intake API for one installation's settings."""
     from api import auth, batches, errors, health, jobs, queues, reports, review, ui
+    from api.params import register_converters
+    from api.security import register_security_headers
     from hematovision.service.queueing import make_celery
     from hematovision.store.db import make_engine, make_session_factory
 
@@ -32,6 +34,8 @@ def create_app(settings: Settings) -> Flask:
 
     errors.register_error_handlers(app)
     auth.register_auth(app)
+    register_security_headers(app)
+    register_converters(app)  # before the routes that use them
     from api.metrics import init_metrics
 
     init_metrics(app)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -19,11 +20,11 @@ from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from werkzeug.utils import secure_filename
 
 from api.context import celery, db, settings
 from api.errors import ApiError
 from api.serializers import batch_json
+from hematovision.core.filenames import FileNameError, display_name, redact_paths, storage_name
 from hematovision.service.queueing import enqueue_slide
 from hematovision.service.submission import NewSlide, add_batch
 from hematovision.store.models import Batch, new_id
@@ -84,14 +85,17 @@ def _server_path(raw: str) -> Path:
 
 
 def _safe_upload_name(name: str | None) -> str:
+    """The upload's display name (``hematovision.core.filenames.display_name``: the client's name,
+    Unicode kept, folders and control characters dropped); a name that climbs out of its folder
+    (``../x.svs``) is refused as hostile. The file is stored under ``storage_name``, never this."""
     if not name:
         raise ApiError(400, "invalid_upload", "an uploaded file has no filename")
-    if "/" in name or "\\" in name or name.startswith(".") or ".." in name or "\x00" in name or len(name) > 200:
-        raise ApiError(400, "invalid_filename", f"upload name {name!r} is not a plain file name")
-    safe = secure_filename(name)
-    if not safe:
-        raise ApiError(400, "invalid_filename", f"upload name {name!r} is not a plain file name")
-    return safe
+    if ".." in re.split(r"[/\\]", name):
+        raise ApiError(400, "invalid_filename", f"upload name {name[:200]!r} is not a plain file name")
+    try:
+        return display_name(name)
+    except FileNameError:
+        raise ApiError(400, "invalid_filename", f"upload name {name[:200]!r} is not a plain file name") from None
 
 
 @bp.post("")
@@ -124,7 +128,7 @@ def submit_batch() -> ResponseReturnValue:
         staging.mkdir(parents=True)
         for i, up in enumerate(uploads):
             fname = _safe_upload_name(up.filename)
-            dest = staging / f"{i:04d}-{fname}"
+            dest = staging / storage_name(i, up.filename)
             up.save(dest)
             if dest.stat().st_size == 0:
                 raise ApiError(400, "empty_file", f"{fname}: the file is empty")
@@ -195,9 +199,13 @@ def submit_batch() -> ResponseReturnValue:
 
 
 def _named(name: str, err: Exception) -> str:
-    """The slide's message, led by the name the client gave (once)."""
-    msg = str(err)
+    """The slide's message, led by the name the client gave (once), with no server path in it: the
+    name the file has on the server (an upload's storage name, a resolved link) becomes the client's."""
     base = os.path.basename(name)
+    msg = redact_paths(str(err))
+    stored = getattr(err, "file_name", None)
+    if stored and stored != base:
+        msg = msg.replace(stored, base)
     return msg if msg.startswith(base) else f"{name}: {msg}"
 
 
@@ -207,7 +215,7 @@ def _cleanup(staging: Path | None, final_dir: Path | None) -> None:
             shutil.rmtree(d, ignore_errors=True)
 
 
-@bp.get("/<batch_id>")
+@bp.get("/<hexid:batch_id>")
 def get_batch(batch_id: str) -> ResponseReturnValue:
     batch = db().get(Batch, batch_id)
     if batch is None:

@@ -10,7 +10,7 @@ import logging
 
 from flask import Flask, Response, jsonify
 from flask.typing import ResponseReturnValue
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 from hematovision.service.review import ReviewError
@@ -63,6 +63,13 @@ def register_error_handlers(app: Flask) -> None:
     def _db_down(e: OperationalError) -> ResponseReturnValue:
         log.warning("database unavailable: %s", e.__class__.__name__)
         return error_response(503, "database_unavailable", "the results database is unavailable; retry later")
+
+    @app.errorhandler(DataError)
+    def _bad_value(e: DataError) -> ResponseReturnValue:
+        # A value the database refuses (a NUL in text on PostgreSQL, a number beyond its column):
+        # parameters are checked by shape first (api/params.py); this is the net behind that.
+        log.warning("database refused a value: %s", e.orig.__class__.__name__ if e.orig else e.__class__.__name__)
+        return error_response(400, "invalid_value", "a value in the request cannot be stored or looked up")
 
     @app.errorhandler(Exception)
     def _unexpected(e: Exception) -> ResponseReturnValue:

@@ -9,6 +9,7 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import text
 
 from api.context import db
+from hematovision.store.models import CELL_ID_MAX, ID_PATTERN
 
 bp = Blueprint("health", __name__)
 
@@ -27,7 +28,17 @@ def _errors(*codes: int) -> dict[str, Any]:
 
 
 def _id_param(name: str) -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+    """A batch, slide or job id in the path (another shape: 404)."""
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string", "pattern": f"^{ID_PATTERN}$"}}
+
+
+#: A cell id in the path: a positive 64-bit integer (another shape: 404).
+_CELL_ID_PARAM = {
+    "name": "cell_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "integer", "format": "int64", "minimum": 1, "maximum": CELL_ID_MAX},
+}
 
 
 def openapi_document() -> dict[str, Any]:
@@ -167,7 +178,12 @@ def openapi_document() -> dict[str, Any]:
                     "operationId": "getFlags",
                     "summary": "The leukemia-flag report: flagged slides, most severe first (JSON, CSV or PDF)",
                     "parameters": [
-                        {"name": "batch", "in": "query", "required": False, "schema": {"type": "string"}},
+                        {
+                            "name": "batch",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "string", "pattern": f"^{ID_PATTERN}$"},
+                        },
                         {
                             "name": "since",
                             "in": "query",
@@ -206,7 +222,12 @@ def openapi_document() -> dict[str, Any]:
                             "required": False,
                             "schema": {"type": "string", "default": "wbc", "enum": ["wbc", "rbc", "platelet", "all"]},
                         },
-                        {"name": "label", "in": "query", "required": False, "schema": {"type": "string"}},
+                        {
+                            "name": "label",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "string", "maxLength": 50},
+                        },
                     ],
                     "responses": {
                         "200": _resp("cells", {"type": "object", "required": ["slide_id", "cells"]}),
@@ -218,7 +239,7 @@ def openapi_document() -> dict[str, Any]:
                 "post": {
                     "operationId": "reclassifyCell",
                     "summary": "Reclassify a white cell (technologist review); answers the recomputed differential",
-                    "parameters": [{"name": "cell_id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+                    "parameters": [_CELL_ID_PARAM],
                     "requestBody": {
                         "required": True,
                         "content": {
@@ -279,7 +300,7 @@ def openapi_document() -> dict[str, Any]:
                 "get": {
                     "operationId": "getCellImage",
                     "summary": "The cell cut from the slide (JPEG)",
-                    "parameters": [{"name": "cell_id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+                    "parameters": [_CELL_ID_PARAM],
                     "responses": {
                         "200": _resp("cell image", {"type": "string", "format": "binary"}, "image/jpeg"),
                         **_errors(404, 503),

@@ -14,7 +14,7 @@ from hematovision.store.models import FINAL_STATES, Job, utcnow
 bp = Blueprint("jobs", __name__, url_prefix="/api/v1/jobs")
 
 
-@bp.get("/<job_id>")
+@bp.get("/<hexid:job_id>")
 def get_job(job_id: str) -> ResponseReturnValue:
     job = db().get(Job, job_id)
     if job is None:
@@ -22,7 +22,7 @@ def get_job(job_id: str) -> ResponseReturnValue:
     return jsonify(job_json(job))
 
 
-@bp.post("/<job_id>/cancel")
+@bp.post("/<hexid:job_id>/cancel")
 def cancel_job(job_id: str) -> ResponseReturnValue:
     """Cancel a queued or running job. A running worker sees the state and stops at its next check;
     a queued message is skipped when it is delivered."""

@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from api.context import db
 from api.errors import ApiError
+from api.params import query_id
 from api.serializers import iso
 from hematovision.core.flags import SEVERITY_RANK
 from hematovision.exports.report_csv import report_csv
@@ -72,7 +73,7 @@ def _slide_pdf(slide: Slide, report: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
-@bp.get("/slides/<slide_id>/report")
+@bp.get("/slides/<hexid:slide_id>/report")
 def slide_report(slide_id: str) -> ResponseReturnValue:
     fmt = _format(SLIDE_REPORT_FORMATS)
     slide = db().get(Slide, slide_id)
@@ -138,7 +139,7 @@ def _flag_document(batch_id: str | None, since_raw: str | None) -> dict[str, Any
 def flag_report() -> ResponseReturnValue:
     """Flagged slides, most severe first (then most recent), as JSON, CSV or PDF."""
     fmt = _format(FLAG_REPORT_FORMATS)
-    doc = _flag_document(request.args.get("batch"), request.args.get("since"))
+    doc = _flag_document(query_id("batch"), request.args.get("since"))
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     if fmt == "csv":
         from hematovision.exports.flag_report import flag_report_csv

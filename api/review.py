@@ -20,6 +20,7 @@ from sqlalchemy.orm import selectinload
 
 from api.context import db, settings
 from api.errors import ApiError
+from api.params import query_int, query_text
 from api.serializers import batch_json, iso
 from hematovision.core.flags import effective_rules
 from hematovision.service.review import reclassify, sign_off, slide_classes
@@ -29,12 +30,6 @@ bp = Blueprint("review", __name__, url_prefix="/api/v1")
 
 TILE_PX, TILE_OVERLAP, TILE_QUALITY = 254, 1, 80
 CROP_OUT_PX = 160
-
-
-def _cell_id(cell_id: int) -> int:
-    if not 0 < cell_id < 2**63:  # beyond a database integer: no such cell
-        raise ApiError(404, "not_found", f"no cell {cell_id}")
-    return cell_id
 
 
 def _slide(slide_id: str) -> Slide:
@@ -85,14 +80,12 @@ def _review_state(report: dict[str, Any]) -> dict[str, Any]:
 @bp.get("/batches")
 def list_batches() -> ResponseReturnValue:
     """The most recent batches with state and progress (``limit``, default 50, at most 500)."""
-    raw = request.args.get("limit", "50")
-    if not raw.isdigit() or not 1 <= int(raw) <= 500:
-        raise ApiError(400, "invalid_limit", "limit must be an integer from 1 to 500")
+    limit = query_int("limit", 50, 1, 500)
     q = (
         select(Batch)
         .options(selectinload(Batch.slides).selectinload(Slide.job))
         .order_by(Batch.created_at.desc())
-        .limit(int(raw))
+        .limit(limit)
     )
     batches = db().execute(q).scalars().all()
     return jsonify({"count": len(batches), "batches": [batch_json(b, with_jobs=True) for b in batches]})
@@ -101,7 +94,7 @@ def list_batches() -> ResponseReturnValue:
 # --- cells, reclassification, sign-off ------------------------------------------------------------
 
 
-@bp.get("/slides/<slide_id>/cells")
+@bp.get("/slides/<hexid:slide_id>/cells")
 def slide_cells(slide_id: str) -> ResponseReturnValue:
     """The slide's cells (``kind``: wbc (default), rbc, platelet or all; optional ``label``)."""
     slide = _slide(slide_id)
@@ -111,7 +104,7 @@ def slide_cells(slide_id: str) -> ResponseReturnValue:
     q = select(Cell).where(Cell.slide_id == slide.id).order_by(Cell.id)
     if kind != "all":
         q = q.where(Cell.kind == kind)
-    label = request.args.get("label")
+    label = query_text("label", 50)
     if label:
         q = q.where(Cell.label.is_(None) | (Cell.label == label) if label == "unidentified" else Cell.label == label)
     cells = db().execute(q).scalars().all()
@@ -152,19 +145,19 @@ def _json_body() -> dict[str, Any]:
     return body
 
 
-@bp.post("/cells/<int:cell_id>/label")
+@bp.post("/cells/<cellid:cell_id>/label")
 def label_cell(cell_id: int) -> ResponseReturnValue:
     """Reclassify one white cell; answers the cell and the recomputed differential and flags."""
     label = _json_body().get("label")
     if not isinstance(label, str) or not label:
         raise ApiError(400, "invalid_label", 'the body needs "label": a class name or "unidentified"')
     session = db()
-    cell, report = reclassify(session, _cell_id(cell_id), label, g.actor, rules=_rules())
+    cell, report = reclassify(session, cell_id, label, g.actor, rules=_rules())
     session.commit()
     return jsonify({"cell": cell_json(cell), "slide_id": cell.slide_id, **_review_state(report)})
 
 
-@bp.post("/slides/<slide_id>/signoff")
+@bp.post("/slides/<hexid:slide_id>/signoff")
 def signoff(slide_id: str) -> ResponseReturnValue:
     """Sign the slide off (verified by the key's holder); read-only afterwards."""
     session = db()
@@ -219,7 +212,7 @@ def _jpeg(image: Any, quality: int = TILE_QUALITY) -> Response:
     return Response(buf.getvalue(), content_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
 
-@bp.get("/slides/<slide_id>/dzi")
+@bp.get("/slides/<hexid:slide_id>/dzi")
 def slide_dzi(slide_id: str) -> ResponseReturnValue:
     """The DeepZoom descriptor (XML) of the slide image."""
     slide = _slide(slide_id)
@@ -227,7 +220,7 @@ def slide_dzi(slide_id: str) -> ResponseReturnValue:
     return Response(dz.get_dzi("jpeg"), content_type="application/xml")
 
 
-@bp.get("/slides/<slide_id>/tiles/<int:level>/<int:col>_<int:row>.jpeg")
+@bp.get("/slides/<hexid:slide_id>/tiles/<int:level>/<int:col>_<int:row>.jpeg")
 def slide_tile(slide_id: str, level: int, col: int, row: int) -> ResponseReturnValue:
     slide = _slide(slide_id)
     _osr, dz, lock = _cache.get(slide.path)
@@ -241,12 +234,12 @@ def slide_tile(slide_id: str, level: int, col: int, row: int) -> ResponseReturnV
     return _jpeg(tile)
 
 
-@bp.get("/cells/<int:cell_id>/image")
+@bp.get("/cells/<cellid:cell_id>/image")
 def cell_image(cell_id: int) -> ResponseReturnValue:
     """The cell cut from level 0 with a margin of half its size, as JPEG (at most 160 px)."""
     from PIL import Image
 
-    cell = db().get(Cell, _cell_id(cell_id))
+    cell = db().get(Cell, cell_id)
     if cell is None:
         raise ApiError(404, "not_found", f"no cell {cell_id}")
     slide = _slide(cell.slide_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from hematovision.core.filenames import redact_paths
 from hematovision.store.models import Batch, Job
 
 
@@ -27,7 +28,7 @@ def job_json(job: Job) -> dict[str, Any]:
         "stage": job.stage,
         "stages": job.stages or {},
         "attempts": job.attempts,
-        "error": job.error,
+        "error": None if job.error is None else redact_paths(job.error),  # the row keeps the full text
         "created_at": iso(job.created_at),
         "started_at": iso(job.started_at),
         "finished_at": iso(job.finished_at),

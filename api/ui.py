@@ -7,10 +7,13 @@ kept in git: ``npm ci`` in ``api/assets/`` copies it into ``api/static/vendor/``
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from flask import Blueprint, redirect, render_template, url_for
 from flask.typing import ResponseReturnValue
+from markupsafe import Markup
 
 bp = Blueprint("ui", __name__, template_folder="templates", static_folder="static", static_url_path="/ui/static")
 
@@ -19,6 +22,17 @@ VENDOR_DIR = Path(__file__).with_name("static") / "vendor" / "openseadragon"
 
 def viewer_installed() -> bool:
     return (VENDOR_DIR / "openseadragon.min.js").is_file()
+
+
+@bp.app_template_global()
+def boot(call: str, *args: Any) -> Markup:
+    """The ``<script>`` tag that starts a page: ``static/boot.js`` calls ``HV.<call>(*args)``.
+
+    The call and its arguments travel in ``data-`` attributes (HTML-escaped JSON), not as inline
+    script, which the Content-Security-Policy (``api/security.py``) does not allow.
+    """
+    src = url_for("ui.static", filename="boot.js")
+    return Markup('<script src="{}" data-call="{}" data-args="{}"></script>').format(src, call, json.dumps(list(args)))
 
 
 @bp.get("/")
@@ -31,7 +45,7 @@ def batches_page() -> ResponseReturnValue:
     return render_template("batches.html", page="batches")
 
 
-@bp.get("/ui/batches/<batch_id>")
+@bp.get("/ui/batches/<hexid:batch_id>")
 def batch_page(batch_id: str) -> ResponseReturnValue:
     return render_template("batch.html", page="batches", batch_id=batch_id)
 
@@ -41,11 +55,11 @@ def flags_page() -> ResponseReturnValue:
     return render_template("flags.html", page="flags")
 
 
-@bp.get("/ui/slides/<slide_id>")
+@bp.get("/ui/slides/<hexid:slide_id>")
 def slide_page(slide_id: str) -> ResponseReturnValue:
     return render_template("slide.html", page="slide", slide_id=slide_id, viewer=viewer_installed())
 
 
-@bp.get("/ui/slides/<slide_id>/gallery")
+@bp.get("/ui/slides/<hexid:slide_id>/gallery")
 def gallery_page(slide_id: str) -> ResponseReturnValue:
     return render_template("gallery.html", page="gallery", slide_id=slide_id)

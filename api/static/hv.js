@@ -10,6 +10,7 @@ const HV = (() => {
       if (v === null || v === undefined || v === false) continue;
       if (k === "class") e.className = v;
       else if (k === "text") e.textContent = v;
+      else if (k === "style") e.style.cssText = v; // CSSOM, which the Content-Security-Policy allows (a style attribute it does not)
       else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
       else e.setAttribute(k, v === true ? "" : v);
     }

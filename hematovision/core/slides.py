@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from hematovision.core.filenames import redact_paths
+
 logger = logging.getLogger(__name__)
 
 #: Largest plain (non-pyramidal) image decoded whole: 120 Mpx ≈ 360 MB of RGB.
@@ -56,7 +58,20 @@ _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
 class SlideError(ValueError):
-    """A slide that cannot be used; the message is written for a lab user."""
+    """A slide that cannot be used; the message is written for a lab user.
+
+    Messages name the file by its name only, never by its path on the server (a library's own text
+    is quoted with paths taken out). :func:`validate_slide` sets ``file_name`` to that name, so that
+    a caller who knows the file by another name (an upload, stored under an internal name) can put
+    the client's name in its place.
+    """
+
+    file_name: str | None = None
+
+
+def _why(exc: BaseException) -> str:
+    """A library's error text, fit to quote in a ``SlideError``: without server paths."""
+    return redact_paths(str(exc))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -180,7 +195,7 @@ class OpenSlideSlide(Slide):
             rgba = np.asarray(self._osr.read_region((x0, y0), level, (w, h)))
         except openslide.OpenSlideError as exc:
             raise SlideError(
-                f"{self.path.name}: the image data could not be decoded ({exc}); the file is "
+                f"{self.path.name}: the image data could not be decoded ({_why(exc)}); the file is "
                 "probably truncated or corrupt — copy or upload it again"
             ) from exc
         alpha = rgba[..., 3]
@@ -283,7 +298,7 @@ def open_slide(path: str | os.PathLike[str], mpp: float | None = None, default_m
     default_mpp = _check_mpp(default_mpp, "HEMATOVISION_DEFAULT_MPP")
     name = path.name
     if not path.exists():
-        raise SlideError(f"{name}: file not found ({path})")
+        raise SlideError(f"{name}: file not found")
     if path.is_dir():
         raise SlideError(f"{name} is a folder, not a slide file")
     try:
@@ -291,7 +306,7 @@ def open_slide(path: str | os.PathLike[str], mpp: float | None = None, default_m
         with path.open("rb") as fh:
             head = fh.read(512)
     except OSError as exc:
-        raise SlideError(f"{name}: cannot read the file ({exc.strerror or exc})") from exc
+        raise SlideError(f"{name}: cannot read the file ({exc.strerror or _why(exc)})") from exc
     if size == 0:
         raise SlideError(f"{name} is empty (0 bytes): the upload or copy did not complete")
 
@@ -328,6 +343,14 @@ def validate_slide(
         "level_dimensions"}``.
     """
     path = Path(path)
+    try:
+        return _validate(path, mpp, default_mpp)
+    except SlideError as exc:
+        exc.file_name = path.name
+        raise
+
+
+def _validate(path: Path, mpp: float | None, default_mpp: float | None) -> dict[str, Any]:
     with open_slide(path, mpp=mpp, default_mpp=default_mpp) as slide:
         if isinstance(slide, OpenSlideSlide):
             _check_tiff_extent(path)
@@ -354,7 +377,7 @@ def _open_openslide(path: Path, head: bytes) -> Slide | None:
     try:
         vendor = openslide.OpenSlide.detect_format(str(path))
     except openslide.OpenSlideError as exc:
-        raise SlideError(f"{name} could not be read ({exc}); the file is probably corrupt") from exc
+        raise SlideError(f"{name} could not be read ({_why(exc)}); the file is probably corrupt") from exc
     if vendor is None:
         if head.startswith(_TIFF_MAGIC):
             _check_tiff_readable(path)
@@ -362,10 +385,10 @@ def _open_openslide(path: Path, head: bytes) -> Slide | None:
     try:
         osr = openslide.OpenSlide(str(path))
     except openslide.OpenSlideUnsupportedFormatError as exc:
-        raise SlideError(f"{name}: unsupported {vendor} slide ({exc})") from exc
+        raise SlideError(f"{name}: unsupported {vendor} slide ({_why(exc)})") from exc
     except openslide.OpenSlideError as exc:
         raise SlideError(
-            f"{name} looks like a {vendor} slide but could not be opened ({exc}); the file is "
+            f"{name} looks like a {vendor} slide but could not be opened ({_why(exc)}); the file is "
             "probably truncated or corrupt — copy or upload it again"
         ) from exc
     return OpenSlideSlide(path, vendor, osr)
@@ -392,7 +415,7 @@ def _check_tiff_readable(path: Path) -> None:
     except SlideError:
         raise
     except Exception as exc:  # tifffile raises many kinds on garbage
-        raise SlideError(f"{name} is a damaged TIFF file ({exc}); it is probably truncated or corrupt") from exc
+        raise SlideError(f"{name} is a damaged TIFF file ({_why(exc)}); it is probably truncated or corrupt") from exc
     finally:
         tiff_log.setLevel(level)
 
@@ -450,7 +473,7 @@ def _open_image(path: Path, head: bytes) -> ImageSlide:
             pixels = _to_rgb(upright)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             raise SlideError(
-                f"{name}: the {FIELD_IMAGE_FORMATS[fmt]} image could not be decoded ({exc}); the "
+                f"{name}: the {FIELD_IMAGE_FORMATS[fmt]} image could not be decoded ({_why(exc)}); the "
                 "file is probably truncated or corrupt — copy or upload it again"
             ) from exc
     return ImageSlide(path, pixels, FIELD_IMAGE_FORMATS[fmt], info)

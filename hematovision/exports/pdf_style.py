@@ -2,7 +2,14 @@
 styles, table styles, the page header and footer, the flags table, and the one-at-a-time build.
 
 Text is set in Bitstream Vera, which reportlab ships (no font is fetched), so ``≥``, ``–`` and ``µ``
-print; characters it lacks (superscript digits) are spelled out.
+print; characters it lacks (superscript digits) are spelled out. Text that comes from people and
+data (file and batch names, who verified, flag messages: everything set with :func:`para_text`
+or :func:`draw_text`) may hold any script: the characters Vera lacks (Chinese, Japanese, Korean,
+Cyrillic, most of Latin Extended) are set in a TrueType font that has them, the first one installed
+of :data:`UNICODE_FONT_FILES` (Debian's ``fonts-wqy-microhei``, which ``.ci/run`` and the images
+install). reportlab embeds only TrueType (glyf) outlines, so Noto CJK (CFF/OpenType) cannot serve.
+A character no installed font has is printed as ``?`` -- only then, and the PDF then ends with a
+note that says so (the names stored in the database are never changed).
 """
 
 from __future__ import annotations
@@ -10,6 +17,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 from xml.sax.saxutils import escape
@@ -26,6 +35,25 @@ from reportlab.platypus import Paragraph, SimpleDocTemplate, Table, TableStyle
 log = logging.getLogger(__name__)
 
 FONT, FONT_BOLD = "HVSans", "HVSans-Bold"
+#: The font of characters Vera lacks (registered only when one of UNICODE_FONT_FILES is installed).
+UNICODE_FONT = "HVUnicode"
+#: TrueType fonts (glyf outlines) with Latin, Cyrillic and CJK glyphs, as Debian installs them:
+#: (file, index in a collection); the first that exists is used.
+UNICODE_FONT_FILES: tuple[tuple[str, int], ...] = (
+    ("/usr/share/fonts/truetype/wqy/wqy-microhei.ttc", 0),  # fonts-wqy-microhei (WenQuanYi Micro Hei)
+    ("/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc", 0),  # fonts-wqy-zenhei
+    ("/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf", 0),  # fonts-droid-fallback
+    ("/usr/share/fonts/truetype/arphic/uming.ttc", 0),  # fonts-arphic-uming
+)
+#: What the PDF says when characters had to be printed as ``?``.
+MISSING_GLYPHS_NOTE = (
+    "{n} character(s) of names or messages could not be printed: no font installed on this server has "
+    "them, so they are shown as ?. The names stored in HematoVision are unchanged."
+)
+#: ... and, when no Unicode font is installed at all, what would print them.
+NO_UNICODE_FONT_HINT = (
+    " Installing the fonts-wqy-microhei package lets reports print Chinese, Japanese and Korean text."
+)
 #: Class colours (Okabe–Ito where possible: distinguishable with common colour-vision deficiencies).
 CLASS_COLOURS = {
     "neutrophil": "#0072B2",
@@ -49,27 +77,122 @@ SEVERITY_COLOURS = {
 }
 _SUPERSCRIPTS = str.maketrans({"⁰": "^0", "⁴": "^4", "⁵": "^5", "⁶": "^6", "⁷": "^7", "⁸": "^8", "⁹": "^9"})
 _LABEL_TEXT = {"ig": "Immature granulocytes", "unidentified": "Unidentified"}
-_fonts_ready = False
 _BUILD_LOCK = threading.Lock()
+_FONTS_LOCK = threading.Lock()
+
+
+@dataclass
+class _Fonts:
+    """What was registered: the code points each font has (empty ``unicode``: no such font)."""
+
+    ready: bool = False
+    latin: frozenset[int] = frozenset()
+    unicode: frozenset[int] = frozenset()
+    unicode_file: str | None = None
+
+
+_FONTS = _Fonts()
+#: Characters printed as ``?`` in the document being built (reset by :func:`styles`).
+_MISSING: ContextVar[list[str] | None] = ContextVar("hv_pdf_missing_glyphs", default=None)
 
 
 def register_fonts() -> None:
-    """Register the TrueType fonts reportlab ships (once per process)."""
-    global _fonts_ready
-    if not _fonts_ready:
-        pdfmetrics.registerFont(TTFont(FONT, "Vera.ttf"))
+    """Register Vera (shipped by reportlab) and the first installed Unicode font (once per process)."""
+    with _FONTS_LOCK:
+        if _FONTS.ready:
+            return
+        vera = TTFont(FONT, "Vera.ttf")
+        pdfmetrics.registerFont(vera)
         pdfmetrics.registerFont(TTFont(FONT_BOLD, "VeraBd.ttf"))
         pdfmetrics.registerFontFamily(FONT, normal=FONT, bold=FONT_BOLD, italic=FONT, boldItalic=FONT_BOLD)
-        _fonts_ready = True
+        _FONTS.latin = frozenset(vera.face.charToGlyph)
+        for path, index in UNICODE_FONT_FILES:
+            if not Path(path).is_file():
+                continue
+            try:
+                font = TTFont(UNICODE_FONT, path, subfontIndex=index)
+            except Exception as e:  # noqa: BLE001 - a damaged or unsupported font file: try the next
+                log.warning("font %s not usable (%s: %s)", path, e.__class__.__name__, e)
+                continue
+            pdfmetrics.registerFont(font)
+            pdfmetrics.registerFontFamily(
+                UNICODE_FONT, normal=UNICODE_FONT, bold=UNICODE_FONT, italic=UNICODE_FONT, boldItalic=UNICODE_FONT
+            )
+            _FONTS.unicode, _FONTS.unicode_file = frozenset(font.face.charToGlyph), path
+            break
+        else:
+            log.info(
+                "no Unicode TrueType font installed (%s): characters Vera lacks print as ?", UNICODE_FONT_FILES[0][0]
+            )
+        _FONTS.ready = True
+
+
+def unicode_font_file() -> str | None:
+    """The font file that sets characters Vera lacks, or None when none is installed."""
+    register_fonts()
+    return _FONTS.unicode_file
+
+
+def text_runs(text: str) -> list[tuple[str | None, str]]:
+    """``text`` cut into runs of one font: ``(None, run)`` for Vera, ``(UNICODE_FONT, run)`` for the
+    characters only the Unicode font has. A character neither has becomes ``?`` (and is counted for
+    the document's note)."""
+    register_fonts()
+    runs: list[tuple[str | None, str]] = []
+    for ch in text:
+        code = ord(ch)
+        font: str | None = None
+        if code not in _FONTS.latin and not ch.isspace():
+            if code in _FONTS.unicode:
+                font = UNICODE_FONT
+            else:
+                missing = _MISSING.get()
+                if missing is not None:
+                    missing.append(ch)
+                ch = "?"
+        if runs and runs[-1][0] == font:
+            runs[-1] = (font, runs[-1][1] + ch)
+        else:
+            runs.append((font, ch))
+    return runs
 
 
 def para_text(value: Any) -> str:
-    """Plain text made safe for a Paragraph: XML-escaped, glyphs the font lacks spelled out."""
-    return escape(str("" if value is None else value).translate(_SUPERSCRIPTS))
+    """Plain text made safe for a Paragraph: XML-escaped, glyphs Vera lacks spelled out or set in the
+    Unicode font (``<font face=...>``), characters no font has as ``?``."""
+    text = str("" if value is None else value).translate(_SUPERSCRIPTS)
+    return "".join(
+        escape(run) if font is None else f'<font face="{font}">{escape(run)}</font>' for font, run in text_runs(text)
+    )
+
+
+def draw_text(canvas: Canvas, x: float, y: float, text: str, font: str, size: float) -> None:
+    """``canvas.drawString`` for text that may hold any script (runs in ``font`` or the Unicode font)."""
+    for run_font, run in text_runs(text.translate(_SUPERSCRIPTS)):
+        face = run_font or font
+        canvas.setFont(face, size)
+        canvas.drawString(x, y, run)
+        x += pdfmetrics.stringWidth(run, face, size)
+    canvas.setFont(font, size)
+
+
+def missing_glyphs_note() -> list[Any]:
+    """The closing note when characters of this document were printed as ``?`` (else nothing)."""
+    missing = _MISSING.get() or []
+    if not missing:
+        return []
+    style = ParagraphStyle(
+        "note", fontName=FONT, fontSize=7, leading=9, spaceBefore=6, textColor=colors.HexColor("#B71C1C")
+    )
+    note = MISSING_GLYPHS_NOTE.format(n=len(missing)) + ("" if _FONTS.unicode else NO_UNICODE_FONT_HINT)
+    return [Paragraph(escape(note), style)]
 
 
 def styles() -> dict[str, ParagraphStyle]:
+    """The paragraph styles. Called first by each PDF builder: it also starts the document's count of
+    characters printed as ``?`` (see :func:`missing_glyphs_note`)."""
     register_fonts()
+    _MISSING.set([])
     base = ParagraphStyle("body", fontName=FONT, fontSize=8.5, leading=11)
     return {
         "body": base,
@@ -132,11 +255,10 @@ def page_decorator(title: str, footer: str) -> Callable[[Canvas, SimpleDocTempla
         canvas.drawString(doc.leftMargin, h - 7 * mm, "HematoVision")
         canvas.setFont(FONT, 8.5)
         x = doc.leftMargin + pdfmetrics.stringWidth("HematoVision", FONT_BOLD, 10) + 4 * mm
-        canvas.drawString(x, h - 7 * mm, "·  " + title.translate(_SUPERSCRIPTS))
+        draw_text(canvas, x, h - 7 * mm, "·  " + title, FONT, 8.5)
         canvas.drawRightString(w - doc.rightMargin, h - 7 * mm, f"page {doc.page}")
         canvas.setFillColor(colors.HexColor("#555555"))
-        canvas.setFont(FONT, 6.5)
-        canvas.drawString(doc.leftMargin, 8 * mm, footer.translate(_SUPERSCRIPTS)[:190])
+        draw_text(canvas, doc.leftMargin, 8 * mm, footer[:190], FONT, 6.5)
         canvas.restoreState()
 
     return draw
@@ -149,6 +271,7 @@ def build_pdf(out: BinaryIO | str | Path, title: str, story: list[Any], decorate
     in server threads, so builds are serialised (a report takes a fraction of a second).
     """
     register_fonts()
+    story = story + missing_glyphs_note()
     doc = SimpleDocTemplate(
         str(out) if isinstance(out, Path) else out,
         pagesize=A4,

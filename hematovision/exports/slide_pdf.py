@@ -8,7 +8,8 @@ class, the classifier's most confident first), which is the technologist's first
 
 Rendered with reportlab's platypus, entirely in memory (no network, no fonts fetched): text is set
 in Bitstream Vera, which reportlab ships, so ``≥``, ``–`` and ``µ`` print; characters it lacks
-(superscript digits) are spelled out. Pictures are embedded as JPEG. When the slide file is gone the
+(superscript digits) are spelled out, and names in other scripts (``血液.svs``) are set in the
+installed Unicode font (see ``pdf_style``). Pictures are embedded as JPEG. When the slide file is gone the
 report is still rendered, without pictures, and says so.
 """
 

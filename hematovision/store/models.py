@@ -9,7 +9,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -20,7 +20,17 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+#: The shape of every id ``new_id`` makes (batches, slides, jobs): 32 lowercase hexadecimal digits.
+ID_PATTERN = "[0-9a-f]{32}"
+#: Cell ids are 64-bit (every red cell of every slide gets a row); the largest one a database holds.
+CELL_ID_MAX = 2**63 - 1
+#: BIGINT on PostgreSQL; INTEGER on SQLite, whose INTEGER is already 64-bit and only an ``INTEGER
+#: PRIMARY KEY`` column autoincrements (a BIGINT one would not).
+WIDE_ID = BigInteger().with_variant(Integer(), "sqlite")
+
+
 def new_id() -> str:
+    """A new batch, slide or job id (a UUID4 as 32 lowercase hex digits: :data:`ID_PATTERN`)."""
     return uuid.uuid4().hex
 
 
@@ -110,7 +120,7 @@ class Cell(Base):
     __tablename__ = "cells"
     __table_args__ = (Index("ix_cells_slide_kind", "slide_id", "kind"),)
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(WIDE_ID, primary_key=True)
     slide_id: Mapped[str] = mapped_column(ForeignKey("slides.id", ondelete="CASCADE"))
     kind: Mapped[str] = mapped_column(String(10))
     x0: Mapped[int]
@@ -155,7 +165,7 @@ class CellReview(Base):
     __table_args__ = (Index("ix_cell_reviews_slide_at", "slide_id", "at"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    cell_id: Mapped[int] = mapped_column(ForeignKey("cells.id", ondelete="CASCADE"), index=True)
+    cell_id: Mapped[int] = mapped_column(WIDE_ID, ForeignKey("cells.id", ondelete="CASCADE"), index=True)
     slide_id: Mapped[str] = mapped_column(ForeignKey("slides.id", ondelete="CASCADE"))
     from_label: Mapped[str | None] = mapped_column(String(50))
     to_label: Mapped[str] = mapped_column(String(50))

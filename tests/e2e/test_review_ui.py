@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -84,6 +85,16 @@ def _shot(page, tmp_path: Path, name: str, full_page: bool = False) -> None:  # 
         shutil.copyfile(out, SCREENSHOTS / f"{name}.png")
 
 
+def _wait_until(page, expression: str, timeout_s: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    """``page.wait_for_function`` without ``eval`` in the page: Playwright polls a string predicate
+    with ``new Function`` there, which the pages' Content-Security-Policy (no 'unsafe-eval') refuses;
+    ``page.evaluate`` runs through the DevTools protocol, which the policy does not govern."""
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"timed out waiting for {expression}"
+        page.wait_for_timeout(100)
+
+
 def test_review_reclassify_and_sign_off(browser, stack: LocalStack, tmp_path: Path, data_root: Path) -> None:  # type: ignore[no-untyped-def]
     from hematovision.cli.api_client import ApiClientError
     from hematovision.devtools.synthetic import make_slide
@@ -109,6 +120,8 @@ def test_review_reclassify_and_sign_off(browser, stack: LocalStack, tmp_path: Pa
     page = ctx.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
+    # What the Content-Security-Policy refuses (an inline script or style) shows only on the console.
+    page.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
     page.on("dialog", lambda d: d.accept())
 
     page.goto(f"{stack.api_url}/ui/")
@@ -123,7 +136,7 @@ def test_review_reclassify_and_sign_off(browser, stack: LocalStack, tmp_path: Pa
     page.wait_for_url(f"**/ui/slides/{slide_id}")
     page.wait_for_selector("body[data-ready='1']")
     page.wait_for_selector(".cellbox")  # the viewer opened the DeepZoom image and drew the outlines
-    page.wait_for_function("document.querySelectorAll('#gallery img[src^=\"blob:\"]').length > 0")
+    _wait_until(page, "document.querySelectorAll('#gallery img[src^=\"blob:\"]').length > 0")
 
     # Click a counted white cell in the viewer, then press the key of another class.
     page.locator(".cellbox").first.click(force=True)
@@ -134,7 +147,7 @@ def test_review_reclassify_and_sign_off(browser, stack: LocalStack, tmp_path: Pa
     )
     target = next(c for c in ("lymphocyte", "monocyte") if c != state["label"])
     page.keyboard.press(str(state["classes"].index(target) + 1))
-    page.wait_for_function(f"HV.review.state.byId.get({state['id']}).label === {target!r}")
+    _wait_until(page, f"HV.review.state.byId.get({state['id']}).label === {target!r}")
     page.wait_for_selector("#differential tr.changed")
     page.wait_for_selector("#toast:not(.show)")  # the confirmation has faded; tiles have settled
     _shot(page, tmp_path, "slide-review", full_page=True)
@@ -147,13 +160,11 @@ def test_review_reclassify_and_sign_off(browser, stack: LocalStack, tmp_path: Pa
             break
         page.keyboard.press("n")
         page.keyboard.press(lymph_key)
-        page.wait_for_function(
-            f"HV.review.state.cells.filter(c => !c.label || c.label === 'unidentified').length < {left}"
-        )
+        _wait_until(page, f"HV.review.state.cells.filter(c => !c.label || c.label === 'unidentified').length < {left}")
 
     page.goto(f"{stack.api_url}/ui/slides/{slide_id}/gallery")
     page.wait_for_selector("body[data-ready='1']")
-    page.wait_for_function("document.querySelectorAll('#gallery img[src^=\"blob:\"]').length > 0")
+    _wait_until(page, "document.querySelectorAll('#gallery img[src^=\"blob:\"]').length > 0")
     page.locator("#gallery .thumb").first.click()
     page.wait_for_timeout(300)
     _shot(page, tmp_path, "gallery")

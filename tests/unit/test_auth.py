@@ -8,18 +8,19 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from hematovision.store.apikeys import hash_key
-from hematovision.store.models import ApiKey, AuditEntry
+from hematovision.store.models import ApiKey, AuditEntry, new_id
 
 
 def test_every_endpoint_but_healthz_needs_a_key(app) -> None:  # type: ignore[no-untyped-def]
     c = app.test_client()
+    x = new_id()  # an id of the right shape (another shape matches no route: 404)
     assert c.get("/healthz").status_code == 200
     for method, url in [
         ("get", "/api/v1/openapi.json"),
-        ("get", "/api/v1/batches/x"),
-        ("get", "/api/v1/jobs/x"),
-        ("post", "/api/v1/jobs/x/cancel"),
-        ("get", "/api/v1/slides/x/report"),
+        ("get", f"/api/v1/batches/{x}"),
+        ("get", f"/api/v1/jobs/{x}"),
+        ("post", f"/api/v1/jobs/{x}/cancel"),
+        ("get", f"/api/v1/slides/{x}/report"),
         ("get", "/api/v1/flags"),
         ("post", "/api/v1/batches"),
     ]:

@@ -24,7 +24,7 @@ from hematovision.devtools.synthetic import make_slide
 from hematovision.exports.flag_report import flag_report_csv
 from hematovision.exports.hl7 import oru_r01
 from hematovision.service.slide_results import build_report
-from hematovision.store.models import AuditEntry
+from hematovision.store.models import AuditEntry, new_id
 from workers.job_store import store_analysis
 
 MODEL_VERSION = "9.8.7-test"
@@ -191,7 +191,11 @@ def test_flag_report_csv_sorts_a_document_in_any_order() -> None:
 
 
 def test_bad_formats_are_json_400(client) -> None:  # type: ignore[no-untyped-def]
-    for url in ("/api/v1/slides/nope/report?format=docx", "/api/v1/flags?format=hl7", "/api/v1/flags?format=xml"):
+    for url in (
+        f"/api/v1/slides/{new_id()}/report?format=docx",
+        "/api/v1/flags?format=hl7",
+        "/api/v1/flags?format=xml",
+    ):
         r = client.get(url)
         assert r.status_code == 400 and r.json["error"]["code"] == "invalid_format", url
     doc = client.get("/api/v1/openapi.json").json

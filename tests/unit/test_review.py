@@ -13,7 +13,7 @@ from hematovision.core.results import CellResult, SlideAnalysis
 from hematovision.devtools.synthetic import make_slide
 from hematovision.service.review import ReviewError, reclassify, sign_off, slide_classes
 from hematovision.service.slide_results import build_report
-from hematovision.store.models import AuditEntry, Cell, CellReview, DifferentialEntry, FlagRecord, Slide
+from hematovision.store.models import AuditEntry, Cell, CellReview, DifferentialEntry, FlagRecord, Slide, new_id
 from workers.job_store import store_analysis
 
 CLASSES = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet"]
@@ -178,7 +178,13 @@ def test_images_and_tiles(client, analysed: str) -> None:  # type: ignore[no-unt
 def test_keys_scopes_and_pages(app, make_key, analysed: str) -> None:  # type: ignore[no-untyped-def]
     anon = app.test_client()
     assert anon.get(f"/api/v1/slides/{analysed}/cells").status_code == 401
-    for page in ("/ui/", "/ui/flags", f"/ui/slides/{analysed}", f"/ui/slides/{analysed}/gallery", "/ui/batches/x"):
+    for page in (
+        "/ui/",
+        "/ui/flags",
+        f"/ui/slides/{analysed}",
+        f"/ui/slides/{analysed}/gallery",
+        f"/ui/batches/{new_id()}",
+    ):
         r = anon.get(page)
         assert r.status_code == 200 and b"HematoVision" in r.data, page
     assert anon.get("/ui/static/hv.js").status_code == 200

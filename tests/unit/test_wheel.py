@@ -39,6 +39,7 @@ def test_wheel_holds_package_data(wheel: Path) -> None:
         "api/templates/slide.html",
         "api/static/hv.css",
         "api/static/review.js",
+        "api/static/boot.js",
         "migrations/env.py",
         "migrations/alembic.ini",
         "migrations/script.py.mako",
