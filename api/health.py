@@ -386,11 +386,33 @@ def openapi_document() -> dict[str, Any]:
                         "counts": {
                             "type": "object",
                             "properties": {
-                                "wbc": {"type": "integer"},
+                                "wbc": {"type": "integer", "description": "classified white cells (the denominator)"},
+                                "wbc_seen": {"type": "integer", "description": "classified + unidentified"},
+                                "unidentified": {"type": "integer"},
                                 "rbc": {"type": "integer"},
                                 "platelets": {"type": "integer"},
                             },
                         },
+                        "unidentified_percent": {
+                            "type": "number",
+                            "nullable": True,
+                            "description": "unidentified cells, percent of all white cells seen",
+                        },
+                        "absolute_10e9_per_l": {
+                            "type": "object",
+                            "nullable": True,
+                            "description": "per class: value and 95% CI in 10^9/L (when a WBC count was given)",
+                        },
+                        "rules_not_evaluated": {
+                            "type": "array",
+                            "description": "rules that could not run, and why: no flag is not a negative result",
+                            "items": {
+                                "type": "object",
+                                "properties": {"rule": {"type": "string"}, "reason": {"type": "string"}},
+                            },
+                        },
+                        "rules_version": {"type": "string"},
+                        "rules_sha256": {"type": "string", "description": "SHA-256 of the effective rules"},
                         "differential": {
                             "type": "object",
                             "additionalProperties": {

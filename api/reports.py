@@ -130,6 +130,7 @@ def _flag_document(batch_id: str | None, since_raw: str | None) -> dict[str, Any
                     {"code": f.code, "severity": f.severity, "message": f.message, "evidence": f.evidence}
                     for f in flags
                 ],
+                "rules_not_evaluated": (s.report or {}).get("rules_not_evaluated", []),
             }
         )
     return {"batch": batch_id, "since": since_raw, "count": len(items), "slides": items}

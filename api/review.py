@@ -66,9 +66,13 @@ def _review_state(report: dict[str, Any]) -> dict[str, Any]:
             "differential",
             "differential_sufficient",
             "unidentified",
+            "unidentified_percent",
+            "absolute_10e9_per_l",
             "flags",
             "max_severity",
+            "rules_not_evaluated",
             "rules_version",
+            "rules_sha256",
             "reviewed_cells",
         )
     }

@@ -123,8 +123,10 @@ def simulate(
                 for k in kinds:
                     pool = normals[mix_classes[k]]
                     labels.append(pool[rng.integers(0, len(pool))])
-                diff, n_wbc, ery = differential(labels, classes)
-                flags = evaluate_flags({k: v["count"] for k, v in diff.items()}, n_wbc, erythroblasts=ery)
+                d = differential(labels, classes)
+                flags = evaluate_flags(
+                    d.counts(), d.n_classified, unidentified=d.unidentified, erythroblasts=d.erythroblasts
+                )
                 codes = {f.code: f.severity for f in flags}
                 crit = codes.get("SUSPECTED_ACUTE_LEUKEMIA") == "critical"
                 review = "BLASTS" in codes
@@ -140,7 +142,7 @@ def simulate(
                         "any": crit or review or border or "SUSPECTED_ACUTE_LEUKEMIA" in codes,
                     }
                 )
-                measured.append(diff.get("blast", {}).get("percent", 0.0))
+                measured.append(d.table.get("blast", {}).get("percent", 0.0))
                 crit_border = (
                     crit or "SUSPECTED_ACUTE_LEUKEMIA_BORDERLINE" in codes or ("SUSPECTED_ACUTE_LEUKEMIA" in codes)
                 )

@@ -11,9 +11,21 @@ power"):
 3. **Whole slides** take two passes: white-cell candidates are found on a low-resolution level
    (``candidate_mpp``, ~2 µm/px) chunk by chunk inside the smear area; only a window around each
    candidate is read at level 0, where the cell is confirmed and its box refined. Red cells and
-   platelets are counted in ``rbc_fields`` full-resolution fields spread over the smear. Reading stops
-   once ``candidate_margin`` x ``target_wbc`` white cells are found (the margin covers candidates the
-   classifier will call erythroblasts or platelets) unless a full count is asked for.
+   platelets are counted in ``rbc_fields`` full-resolution fields spread over the smear. Unless a full
+   count is asked for, reading stops once enough white cells are in hand:
+
+   - where the crops are classified as they are cut (:func:`analyze_slide`, one process), once
+     ``target_wbc`` white cells are *classified* (named: not ``unidentified``, not an erythroblast or
+     platelet), so the differential has its count whatever the share of cells the model cannot name;
+     at most ``max_candidate_factor`` x ``target_wbc`` candidates are read (a slide of cells the model
+     does not know would otherwise be read to its end; its report is then insufficient and flags the
+     unrecognised population);
+   - where the labels come later (the staged service: ``prepare`` on a CPU hands crops to
+     ``classify`` on a GPU and never sees a label), once ``candidate_margin`` x ``target_wbc``
+     candidates are found; the margin covers the usual share of unidentified cells, erythroblasts and
+     platelets, and a differential that still falls short is marked insufficient. The two paths
+     therefore read the same cells on small slides (read whole) but may stop at different places on
+     whole slides.
 4. Every white cell is cut at the model's physical crop size (µm) and handed to a *crop sink*: on one
    machine the sink classifies a batch at a time (:func:`analyze_slide`); in the staged service the
    ``prepare`` stage's sink writes the crops to disk for the GPU ``classify`` stage
@@ -34,7 +46,7 @@ import numpy as np
 
 from hemato_model.detection import Detection, detect_cells
 from hemato_model.preprocessing import crop_cell
-from hematovision.core.results import WBC, CellResult, SlideAnalysis
+from hematovision.core.results import WBC, CellResult, SlideAnalysis, is_classified_wbc
 
 if TYPE_CHECKING:
     from hematovision.core.slides import Slide
@@ -64,11 +76,17 @@ class PipelineParams:
     batch_size: int = 64
     thumb_mpp: float = 8.0
     candidate_margin: float = 1.25
+    max_candidate_factor: float = 5.0
 
     @property
     def wbc_goal(self) -> int:
-        """White-cell candidates after which a slide's reading stops (unless ``full_count``)."""
+        """White-cell candidates after which reading stops when labels are not known as it reads."""
         return int(math.ceil(self.target_wbc * self.candidate_margin))
+
+    @property
+    def wbc_cap(self) -> int:
+        """White-cell candidates after which reading stops even if too few were classified."""
+        return int(math.ceil(self.target_wbc * self.max_candidate_factor))
 
 
 def smear_mask(thumb: np.ndarray) -> np.ndarray:
@@ -128,6 +146,11 @@ class ClassifyingSink:
     @property
     def pending(self) -> int:
         return len(self._pending)
+
+    @property
+    def classified(self) -> int:
+        """White cells named so far (pending crops are not counted until flushed)."""
+        return sum(1 for c in self.cells if is_classified_wbc(c.label))
 
     def flush(self) -> None:
         t = time.perf_counter()
@@ -373,13 +396,26 @@ def _two_pass(
         progress(
             0.05 + 0.8 * min(1.0, max((i + 1) / len(chunks), n_wbc / max(1, params.wbc_goal))), f"{n_wbc} white cells"
         )
-        if not params.full_count and len(sink.cells) >= params.wbc_goal:
+        if not params.full_count and _enough_white_cells(sink, params):
             result.stopped_early = True
             break
     result.timings_s["candidates"] = t_cand
     result.timings_s["refine"] = t_refine
     _count_fields(slide, result, mask, down, params, check_stop)
     progress(0.95, "red cells and platelets counted")
+
+
+def _enough_white_cells(sink: CropSink, params: PipelineParams) -> bool:
+    """Whether reading may stop: ``target_wbc`` classified cells where the sink labels crops as they
+    come (pending crops are classified first), else ``wbc_goal`` candidates (see the module docstring)."""
+    if not isinstance(sink, ClassifyingSink):
+        return len(sink.cells) >= params.wbc_goal
+    if len(sink.cells) >= params.wbc_cap:
+        return True
+    if len(sink.cells) < params.target_wbc:
+        return False
+    sink.flush()
+    return sink.classified >= params.target_wbc
 
 
 def _prefetch(items: list[_Item], read: Callable[[_Item], np.ndarray], depth: int = 2) -> Iterator[np.ndarray]:

@@ -131,7 +131,8 @@ const HV = (() => {
           el("div", {},
             el("h3", {}, el("a", { href: `/ui/slides/${s.slide_id}`, text: s.filename })),
             el("div", { class: "meta", text: `analysed ${fmtTime(s.analysed_at)} · ${s.counts.wbc} WBC · ${s.counts.rbc} RBC · ${s.counts.platelets} platelets` }),
-            el("ul", {}, s.flags.map((f) => el("li", {}, el("strong", { text: f.code.replaceAll("_", " ").toLowerCase() + ": " }), f.message)))),
+            el("ul", {}, s.flags.map((f) => el("li", {}, el("strong", { text: f.code.replaceAll("_", " ").toLowerCase() + ": " }), f.message))),
+            ...(s.rules_not_evaluated || []).length ? [el("div", { class: "meta", text: "Not evaluated: " + [...new Set(s.rules_not_evaluated.map((e) => e.reason))].join("; ") })] : []),
           el("div", {}, el("a", { class: "button", href: `/ui/slides/${s.slide_id}`, text: "Review →" })))));
       }
       since.addEventListener("change", load);

@@ -38,7 +38,9 @@ HV.review = (() => {
   function renderDifferential() {
     const r = S.report;
     const tbody = document.querySelector("#differential tbody");
-    document.getElementById("diff-n").textContent = `n = ${r.counts.wbc} white cells${r.differential_sufficient ? "" : " (insufficient)"}`;
+    const unid = r.unidentified_percent === undefined || r.unidentified_percent === null ? ""
+      : ` · ${r.unidentified} unidentified (${pct(r.unidentified_percent)}% of ${r.counts.wbc_seen} seen, not in n)`;
+    document.getElementById("diff-n").textContent = `n = ${r.counts.wbc} classified white cells${r.differential_sufficient ? "" : " (insufficient)"}${unid}`;
     tbody.replaceChildren(...Object.entries(r.differential).map(([cls, d]) => {
       const [lo, hi] = d.ci95;
       return el("tr", { class: (d.count ? "" : "zero") + (S.changed.has(cls) ? " changed" : ""), "data-class": cls },
@@ -50,19 +52,26 @@ HV.review = (() => {
           `${pct(lo)}–${pct(hi)}`)));
     }));
     const flags = document.getElementById("flags");
+    /* Silence is never a negative result: the rules that could not run are listed under the flags. */
+    const notRun = new Map();
+    for (const e of r.rules_not_evaluated || []) { if (!notRun.has(e.reason)) notRun.set(e.reason, []); notRun.get(e.reason).push(e.rule); }
     flags.replaceChildren(...(r.flags.length ? r.flags.map((f) => el("li", { "data-code": f.code }, sev(f.severity), el("span", { text: f.message })))
-      : [el("li", { class: "muted", text: "No flags." })]));
+      : [el("li", { class: "muted", text: "No flags raised." })]),
+      ...[...notRun].map(([reason, rules]) => el("li", { class: "muted small not-evaluated", text: `Not evaluated: ${rules.join(", ")} (${reason})` })));
     const counts = document.getElementById("counts");
     if (counts) {
       const m = r.model || {};
       counts.replaceChildren(
-        el("dt", { text: "White cells" }), el("dd", { text: String(r.counts.wbc) }),
+        el("dt", { text: "White cells classified" }), el("dd", { text: String(r.counts.wbc) }),
         el("dt", { text: "Red cells (counted fields)" }), el("dd", { text: String(r.counts.rbc) }),
         el("dt", { text: "Platelets" }), el("dd", { text: String(r.counts.platelets) }),
         el("dt", { text: "Nucleated red cells / 100 WBC" }), el("dd", { text: r.nrbc_per_100_wbc === null ? "—" : String(r.nrbc_per_100_wbc) }),
+        el("dt", { text: "Unidentified (of white cells seen)" }), el("dd", { text: `${r.unidentified ?? 0}${r.unidentified_percent == null ? "" : " · " + pct(r.unidentified_percent) + "%"}` }),
+        ...Object.entries(r.absolute_10e9_per_l || {}).flatMap(([cls, a]) => [
+          el("dt", { text: `${cls} (×10⁹/L)` }), el("dd", { text: `${a.value.toFixed(2)} [${a.ci95[0].toFixed(2)}–${a.ci95[1].toFixed(2)}]` })]),
         el("dt", { text: "Cells reclassified" }), el("dd", { text: String(r.reviewed_cells || 0) }),
         el("dt", { text: "Model" }), el("dd", { text: `${m.name} ${m.version}` }),
-        el("dt", { text: "Flag rules" }), el("dd", { text: String(r.rules_version) }));
+        el("dt", { text: "Flag rules" }), el("dd", { text: String(r.rules_version), title: r.rules_sha256 ? `SHA-256 ${r.rules_sha256}` : "" }));
     }
     renderStatus();
   }

@@ -137,17 +137,22 @@ def flags(batch: str | None, since: str | None, fmt: str, out: str | None, api: 
     """The leukemia-flag report: flagged slides, most severe first."""
     if fmt == "pdf" and not out:
         raise click.UsageError("--format pdf needs --out FILE")
+    from hematovision.core.flags import not_evaluated_lines
+
     body = api_client(api, api_key).flags(batch, since, "json" if fmt == "table" else fmt)
     if isinstance(body, bytes):  # the PDF, written unchanged
         data = body
     elif fmt == "table":
-        lines = [] if body["slides"] else ["no flagged slides"]
+        lines = (
+            [] if body["slides"] else ["no flagged slides (a slide not listed is not thereby normal: see its report)"]
+        )
         for s in body["slides"]:
             lines.append(
                 f"{(s['max_severity'] or '').upper():<10} {s['filename']:<30} slide {s['slide_id']}  "
                 f"WBC {s['counts']['wbc']}"
             )
             lines += [f"    [{f['severity']}] {f['code']}: {f['message']}" for f in s["flags"]]
+            lines += [f"    not evaluated: {line}" for line in not_evaluated_lines(s.get("rules_not_evaluated"))]
         data = "\n".join(lines).encode("utf-8")
     else:
         data = (json.dumps(body, indent=2) if fmt == "json" else str(body)).encode("utf-8")

@@ -111,7 +111,9 @@ def demo(var_dir: str, size: int, mpp: float, timeout: float) -> None:
             (reports_dir / f"{job['filename']}.pdf").write_bytes(pdf if isinstance(pdf, bytes) else pdf.encode())
             top = sorted(rep["differential"].items(), key=lambda kv: -kv[1]["count"])[:3]
             diff = ", ".join(f"{k} {v['percent']:.0f}% [{v['ci95'][0]:.0f}-{v['ci95'][1]:.0f}]" for k, v in top)
-            fl = ", ".join(f["code"] for f in rep["flags"]) or "none"
+            fl = ", ".join(f["code"] for f in rep["flags"]) or "none raised"
+            not_run = sorted({e["rule"] for e in rep.get("rules_not_evaluated", [])})
+            fl += f" (not evaluated: {', '.join(not_run)})" if not_run else ""
             c = rep["counts"]
             click.echo(f"{job['filename']:<22}{job['state']:<11}{c['wbc']:>5}{c['rbc']:>7}{c['platelets']:>6}  {diff}")
             click.echo(f"{'':<53}flags: {fl}")

@@ -40,7 +40,7 @@ def process(paths: tuple[str, ...], out_dir: str, mpp: float | None, model_dir: 
     """Analyse slides locally (no server) and write one report JSON per slide."""
     from hemato_model.classifier import load_classifier
     from hemato_model.pipeline import PipelineParams, analyze_slide
-    from hematovision.core.flags import effective_rules
+    from hematovision.core.flags import effective_rules, not_evaluated_lines
     from hematovision.core.slides import SlideError, open_slide
     from hematovision.service.slide_results import build_report
 
@@ -73,10 +73,12 @@ def process(paths: tuple[str, ...], out_dir: str, mpp: float | None, model_dir: 
         tmp.replace(target)
         diff = ", ".join(f"{k} {v['percent']}%" for k, v in rep["differential"].items() if v["count"])
         click.echo(
-            f"{Path(p).name}: WBC {rep['counts']['wbc']} RBC {rep['counts']['rbc']} "
-            f"PLT {rep['counts']['platelets']} | {diff} | flags: "
-            f"{', '.join(f['code'] for f in rep['flags']) or 'none'} -> {target}"
+            f"{Path(p).name}: WBC {rep['counts']['wbc']} classified (+{rep['unidentified']} unidentified) "
+            f"RBC {rep['counts']['rbc']} PLT {rep['counts']['platelets']} | {diff} | flags: "
+            f"{', '.join(f['code'] for f in rep['flags']) or 'none raised'} -> {target}"
         )
+        for line in not_evaluated_lines(rep.get("rules_not_evaluated")):
+            click.echo(f"    not evaluated: {line}")
     if failures:
         click.echo(f"{failures} of {len(paths)} slide(s) failed", err=True)
         sys.exit(1)

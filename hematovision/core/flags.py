@@ -1,19 +1,37 @@
 """Flag rules: turn a white-cell differential into flags a technologist acts on.
 
-Thresholds live in one TOML file (``flag_rules.toml``, versioned). Each flag carries a code, a
-severity, a message and its evidence (count, percent, exact 95 % interval). A result whose interval
-straddles a threshold is flagged as borderline instead of being silently passed; below the minimum
-white-cell count the differential is marked insufficient and no negative statement is made.
+Every threshold lives in one versioned TOML file (``flag_rules.toml``; each rule, its threshold,
+severity and source are listed in ``docs/clinical_rules.md``). Each flag carries a code, a severity,
+a message and its evidence (count, percent or absolute count, exact 95 % interval, threshold).
+
+How the rules read a differential:
+
+- Percentages are of the *classified* white cells (the denominator); ``unidentified`` cells are
+  judged apart, as a share of all white cells seen (UNIDENTIFIED_CELLS, UNRECOGNIZED_POPULATION).
+- Comparisons are made on unrounded values; rounding is for display only.
+- A result whose exact (Clopper–Pearson) interval reaches a limit its point estimate does not is a
+  *borderline* (``<CODE>_BORDERLINE``): severity ``borderline`` for a review rule, and ``critical``
+  for a critical rule, so an uncertain critical finding never ranks below a certain review one.
+- Under the minimum count the differential is insufficient (INSUFFICIENT_WBC) and no negative
+  statement is made, but every positive finding and borderline is kept.
+- A rule that cannot run says so: the outcome's ``not_evaluated`` lists each rule with the reason (a
+  model without a blast class, no WBC count for absolute counts, no age so adult intervals were
+  used, …), and a model that cannot recognise blasts raises BLAST_DETECTION_UNAVAILABLE (info), so
+  that the absence of a flag is never read as a negative result.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hematovision.core.stats import percent_interval
+from hematovision.core.patient import DAYS_PER_YEAR, PatientContext
+from hematovision.core.results import NON_WBC_LABELS
+from hematovision.core.stats import clopper_pearson
 
 if TYPE_CHECKING:
     from hematovision.core.settings import Settings
@@ -21,7 +39,10 @@ if TYPE_CHECKING:
 DEFAULT_RULES = Path(__file__).with_name("flag_rules.toml")
 SEVERITY_RANK = {"critical": 4, "review": 3, "borderline": 2, "warning": 1, "info": 0}
 #: Classes the model may emit that are not white cells: counted, kept out of the differential.
-NON_WBC_CLASSES = frozenset({"erythroblast", "platelet"})
+NON_WBC_CLASSES = NON_WBC_LABELS
+BLAST = "blast"
+BLAST_RULES = ("BLASTS_PRESENT", "BLASTS", "SUSPECTED_ACUTE_LEUKEMIA")
+NO_BLAST_CLASS = "this model cannot recognise blasts; a negative blast statement cannot be made"
 
 
 @dataclass
@@ -33,6 +54,24 @@ class Flag:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class RuleOutcome:
+    """What the rules made of one differential.
+
+    Attributes:
+        flags: most severe first.
+        not_evaluated: ``{"rule", "reason"}`` of every rule that could not run (or ran on a fallback).
+        absolute: per classified class, ``{"value", "ci95"}`` in 10⁹/L (rounded for display), when
+            the WBC count is known; else ``None``.
+        age_partition: the age partition whose limits were used.
+    """
+
+    flags: list[Flag]
+    not_evaluated: list[dict[str, str]]
+    absolute: dict[str, dict[str, Any]] | None
+    age_partition: str
 
 
 def load_rules(path: Path | None = None) -> dict[str, Any]:
@@ -52,118 +91,345 @@ def effective_rules(settings: Settings) -> dict[str, Any]:
     return rules
 
 
-def _evidence(k: int, n: int) -> dict[str, Any]:
-    lo, hi = percent_interval(k, n)
-    return {"count": k, "of": n, "percent": round(100.0 * k / n, 1) if n else 0.0, "ci95": [lo, hi]}
+def rules_sha256(rules: dict[str, Any]) -> str:
+    """SHA-256 of the rules as canonical JSON (sorted keys, no spaces): equal rules, equal hash."""
+    text = json.dumps(rules, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _threshold_flag(code: str, severity: str, what: str, k: int, n: int, pct: float) -> Flag | None:
-    """Flag when the point estimate reaches ``pct``; borderline when only the interval does."""
-    ev = _evidence(k, n)
-    ev["threshold_pct"] = pct
-    lo, hi = ev["ci95"]
-    if ev["percent"] >= pct:
+def age_partition(rules: dict[str, Any], age_years: float | None) -> str:
+    """The name of the age partition ``age_years`` falls in (the default one without an age)."""
+    parts = rules["age_partitions"]
+    if age_years is None:
+        return str(parts["default"])
+    days = age_years * DAYS_PER_YEAR
+    for name, upper in sorted(parts["upper_days"].items(), key=lambda kv: kv[1]):
+        if days < upper:
+            return str(name)
+    return str(parts["default"])
+
+
+def _limit(rule: dict[str, Any], key: str, partition: str) -> float:
+    return float((rule.get("by_age") or {}).get(partition, rule[key]))
+
+
+def _fmt(value: float, threshold: float, unit: str = "%") -> str:
+    """``value`` with as many decimals as it takes to show on which side of ``threshold`` it lies
+    (4.975 % against 5 % prints 4.97 %, never 5.0 %)."""
+    digits = 1 if unit == "%" else 2
+    for d in range(digits, digits + 4):
+        text = f"{value:.{d}f}"
+        if (float(text) >= threshold) == (value >= threshold):
+            return text
+    return f"{value:.6g}"
+
+
+def _proportion(k: int, n: int) -> tuple[float, float, float]:
+    """Point estimate and exact 95 % interval of k/n, in percent, unrounded."""
+    lo, hi = clopper_pearson(k, n)
+    return 100.0 * k / n, 100.0 * lo, 100.0 * hi
+
+
+def _evidence(k: int, n: int, value: float, lo: float, hi: float) -> dict[str, Any]:
+    return {"count": k, "of": n, "percent": round(value, 1), "ci95": [round(lo, 1), round(hi, 1)]}
+
+
+def _high_percent(
+    code: str,
+    severity: str,
+    what: str,
+    k: int,
+    n: int,
+    pct: float,
+    *,
+    borderline: bool = True,
+    borderline_pct: float | None = None,
+) -> Flag | None:
+    """Flag when k/n reaches ``pct``; a borderline when only its interval reaches ``borderline_pct``
+    (``pct`` unless given). Everything is compared unrounded."""
+    value, lo, hi = _proportion(k, n)
+    ev = _evidence(k, n, value, lo, hi) | {"threshold_pct": pct}
+    ci = f"95% CI {lo:.1f}–{hi:.1f}%"
+    if value >= pct:
         if lo < pct:
             ev["borderline"] = True
-        return Flag(code, severity, f"{what} {ev['percent']}% (95% CI {lo}–{hi}%) ≥ {pct}%", ev)
-    if hi >= pct:
+        return Flag(code, severity, f"{what} {_fmt(value, pct)}% ({ci}) ≥ {pct:g}%", ev)
+    reach = pct if borderline_pct is None else borderline_pct
+    if borderline and hi >= reach:
         ev["borderline"] = True
+        if borderline_pct is not None:
+            ev["ci_threshold_pct"] = reach
         return Flag(
             code + "_BORDERLINE",
-            "borderline",
-            f"{what} {ev['percent']}% is below {pct}% but its 95% CI ({lo}–{hi}%) reaches it",
+            severity if severity == "critical" else "borderline",
+            f"{what} {_fmt(value, pct)}% is below {pct:g}% but its {ci} reaches {reach:g}%",
             ev,
         )
     return None
 
 
-def _blast_flags(flags: list[Flag], blasts: int, n_wbc: int, b: dict[str, Any]) -> None:
-    crit = _threshold_flag("SUSPECTED_ACUTE_LEUKEMIA", "critical", "Blasts", blasts, n_wbc, b["critical_pct"])
-    if crit:
-        flags.append(crit)
-    if crit is None or crit.severity != "critical":
-        rev = _threshold_flag("BLASTS", "review", "Blasts", blasts, n_wbc, b["review_pct"])
-        if rev:
-            flags.append(rev)
+def _blast_flags(counts: dict[str, int], n: int, b: dict[str, Any]) -> list[Flag]:
+    """SUSPECTED_ACUTE_LEUKEMIA, BLASTS and BLASTS_PRESENT: the most specific that applies (a
+    leukemia borderline keeps the BLASTS flag beside it)."""
+    k = counts.get(BLAST, 0)
+    confirm = ": image confirmation required"
+    out: list[Flag] = []
+    sal = _high_percent("SUSPECTED_ACUTE_LEUKEMIA", "critical", "Blasts", k, n, float(b["leukemia_pct"]))
+    if sal:
+        sal.message += confirm
+        out.append(sal)
+        if not sal.code.endswith("_BORDERLINE"):
+            return out
+    blasts = _high_percent(
+        "BLASTS",
+        "critical",
+        "Blasts",
+        k,
+        n,
+        float(b["critical_pct"]),
+        borderline_pct=float(b["critical_ci_high_pct"]),
+    )
+    if blasts:
+        blasts.message += confirm
+        out.append(blasts)
+        return out
+    if k >= int(b["present_count"]):
+        value, lo, hi = _proportion(k, n)
+        out.append(
+            Flag(
+                "BLASTS_PRESENT",
+                "review",
+                f"{k} blast{'s' if k != 1 else ''} in {n} classified white cells ({value:.1f}%, 95% CI "
+                f"{lo:.1f}–{hi:.1f}%){confirm}",
+                _evidence(k, n, value, lo, hi) | {"threshold_count": int(b["present_count"])},
+            )
+        )
+    return out
 
 
-def evaluate_flags(
-    differential_counts: dict[str, int],
-    n_wbc: int,
+def _absolute_flags(
+    rules: dict[str, Any], counts: dict[str, int], n: int, wbc: float, partition: str
+) -> tuple[list[Flag], list[dict[str, str]]]:
+    flags: list[Flag] = []
+    missing: list[dict[str, str]] = []
+    fired: set[str] = set()
+    for code, rule in rules["absolute"].items():
+        cls = rule["class"]
+        if cls not in counts:
+            missing.append({"rule": code, "reason": f"the model has no {cls} class"})
+            continue
+        k = counts[cls]
+        lo_f, hi_f = clopper_pearson(k, n)
+        value, lo, hi = wbc * k / n, wbc * lo_f, wbc * hi_f
+        limit = _limit(rule, "limit", partition)
+        low = rule["direction"] == "low"
+        ev = {
+            "class": cls,
+            "count": k,
+            "of": n,
+            "wbc_10e9_per_l": wbc,
+            "absolute_10e9_per_l": round(value, 3),
+            "ci95_10e9_per_l": [round(lo, 3), round(hi, 3)],
+            "threshold_10e9_per_l": limit,
+            "direction": rule["direction"],
+            "age_partition": partition,
+        }
+        what, sev = rule["what"], rule["severity"]
+        ci = f"95% CI {lo:.2f}–{hi:.2f}"
+        sign = "<" if low else "≥"
+        if (value < limit) if low else (value >= limit):
+            if (hi >= limit) if low else (lo < limit):
+                ev["borderline"] = True
+            flags.append(Flag(code, sev, f"{what} {_fmt(value, limit, 'abs')} ({ci}) ×10⁹/L {sign} {limit:g}", ev))
+            fired.add(code)
+        elif rule.get("borderline", True) and ((lo < limit) if low else (hi >= limit)):
+            ev["borderline"] = True
+            side = "above" if low else "below"
+            flags.append(
+                Flag(
+                    code + "_BORDERLINE",
+                    sev if sev == "critical" else "borderline",
+                    f"{what} {_fmt(value, limit, 'abs')} ×10⁹/L is {side} {limit:g} but its {ci} reaches it",
+                    ev,
+                )
+            )
+    if "SEVERE_NEUTROPENIA" in fired:  # the critical form says it all
+        flags = [f for f in flags if not f.code.startswith("NEUTROPENIA")]
+    return flags, missing
+
+
+def evaluate_rules(
+    counts: dict[str, int],
+    n_classified: int,
     *,
+    unidentified: int = 0,
     erythroblasts: int = 0,
-    wbc_per_l: float | None = None,
+    platelet_candidates: int = 0,
+    blast_capable: bool | None = None,
+    patient: PatientContext | None = None,
     rules: dict[str, Any] | None = None,
-) -> list[Flag]:
-    """Apply the rules; return flags, most severe first.
+) -> RuleOutcome:
+    """Apply the rules to one differential.
 
     Args:
-        differential_counts: white-cell class -> count (``unidentified`` included).
-        n_wbc: white cells counted (the differential's denominator).
-        erythroblasts: nucleated red cells seen while counting ``n_wbc`` white cells.
-        wbc_per_l: the white-cell count supplied with the submission, for absolute counts.
+        counts: classified white-cell class -> count; every class the model (or a reviewer) can name,
+            zeros included (a rule on a class missing here is listed as not evaluated).
+            ``unidentified`` is not a class here.
+        n_classified: the classified white cells (the differential's denominator).
+        unidentified: white cells the model would not name, seen beside ``n_classified``.
+        erythroblasts: nucleated red cells seen while counting.
+        platelet_candidates: white-cell candidates the classifier called platelets (clumps).
+        blast_capable: the model has a blast class or a reviewer labelled a blast (default: a
+            ``blast`` entry in ``counts``).
+        patient: age, sex and WBC count, when known.
         rules: parsed rules (default: the shipped file).
     """
     rules = rules or load_rules()
+    patient = patient or PatientContext()
+    counts = {k: v for k, v in counts.items() if k not in NON_WBC_CLASSES}
+    n = n_classified
+    blast_capable = BLAST in counts if blast_capable is None else blast_capable
+    partition = age_partition(rules, patient.age_years)
     flags: list[Flag] = []
+    not_evaluated: list[dict[str, str]] = []
+    absolute: dict[str, dict[str, Any]] | None = None
+
+    if not blast_capable:
+        flags.append(
+            Flag(
+                "BLAST_DETECTION_UNAVAILABLE",
+                "info",
+                NO_BLAST_CLASS.capitalize() + ".",
+                {"model_has_blast_class": False},
+            )
+        )
+        not_evaluated += [{"rule": code, "reason": NO_BLAST_CLASS} for code in BLAST_RULES]
+
     min_wbc = int(rules["insufficient"]["min_wbc"])
-    if n_wbc < min_wbc:
+    if n < min_wbc:
         flags.append(
             Flag(
                 "INSUFFICIENT_WBC",
                 "review",
-                f"Only {n_wbc} white cells counted (minimum {min_wbc}): differential insufficient; "
+                f"Only {n} classified white cells (minimum {min_wbc}): differential insufficient; "
                 "no negative statement is made.",
-                {"count": n_wbc, "minimum": min_wbc},
+                {"count": n, "minimum": min_wbc, "unidentified": unidentified},
             )
         )
-    if n_wbc == 0:
-        return flags
-    if "blast" in differential_counts:  # only a model with a blast class can say anything of blasts
-        _blast_flags(flags, differential_counts["blast"], n_wbc, rules["blasts"])
-    checks = [
-        (
-            "IMMATURE_GRANULOCYTES",
-            "review",
-            "Immature granulocytes",
-            "ig",
-            rules["immature_granulocytes"]["review_pct"],
-        ),
-        ("LYMPHOCYTOSIS", "review", "Lymphocytes", "lymphocyte", rules["lymphocytosis"]["review_pct"]),
-        ("UNIDENTIFIED_CELLS", "review", "Unidentified cells", "unidentified", rules["unidentified"]["review_pct"]),
-    ]
-    for code, severity, what, cls, pct in checks:
-        f = _threshold_flag(code, severity, what, differential_counts.get(cls, 0), n_wbc, pct)
-        if f:
-            flags.append(f)
-    per100 = 100.0 * erythroblasts / n_wbc
-    if per100 >= rules["erythroblasts"]["per_100_wbc"]:
-        flags.append(
-            Flag(
-                "ERYTHROBLASTS",
-                "review",
-                f"{erythroblasts} nucleated red cells per {n_wbc} white cells ({per100:.1f}/100 WBC)",
-                {"count": erythroblasts, "of": n_wbc, "per_100_wbc": round(per100, 1)},
-            )
-        )
-    if wbc_per_l is not None:
-        lym_abs = wbc_per_l * differential_counts.get("lymphocyte", 0) / n_wbc
-        limit = rules["lymphocytosis"]["absolute_per_l"]
-        if lym_abs >= limit:
+
+    seen = n + unidentified
+    if seen:
+        up = rules["unrecognized_population"]
+        value, lo, hi = _proportion(unidentified, seen)
+        if value >= float(up["unidentified_pct"]):
             flags.append(
                 Flag(
-                    "ABSOLUTE_LYMPHOCYTOSIS",
-                    "review",
-                    f"Absolute lymphocytes {lym_abs / 1e9:.2f}×10⁹/L ≥ {limit / 1e9:.1f}×10⁹/L",
-                    {"absolute_per_l": lym_abs, "threshold_per_l": limit},
+                    "UNRECOGNIZED_POPULATION",
+                    "critical",
+                    f"{_fmt(value, float(up['unidentified_pct']))}% of {seen} white cells seen are unidentified "
+                    f"(95% CI {lo:.1f}–{hi:.1f}%; threshold {float(up['unidentified_pct']):g}%, above normal "
+                    "slides): a cell population the model does not recognise (blasts or other abnormal cells "
+                    "are possible); review the images.",
+                    _evidence(unidentified, seen, value, lo, hi) | {"threshold_pct": float(up["unidentified_pct"])},
                 )
             )
-    if n_wbc < min_wbc:  # too few cells to say a value is *not* reached: keep positive findings only
-        flags = [f for f in flags if f.severity != "borderline"]
+        else:
+            u = rules["unidentified"]
+            f = _high_percent(
+                "UNIDENTIFIED_CELLS",
+                "review",
+                "Unidentified cells (of all white cells seen)",
+                unidentified,
+                seen,
+                float(u["review_pct"]),
+                borderline=bool(u.get("borderline", True)),
+            )
+            if f:
+                flags.append(f)
+
+    if n == 0:
+        reason = "no classified white cells"
+        codes = [*(BLAST_RULES if blast_capable else ()), *rules["relative"], *rules["absolute"], "ERYTHROBLASTS"]
+        not_evaluated += [{"rule": c, "reason": reason} for c in codes]
+    else:
+        if blast_capable:
+            flags += _blast_flags(counts, n, rules["blasts"])
+        for code, rule in rules["relative"].items():
+            cls = rule["class"]
+            if cls not in counts:
+                not_evaluated.append({"rule": code, "reason": f"the model has no {cls} class"})
+                continue
+            f = _high_percent(
+                code,
+                rule["severity"],
+                rule["what"],
+                counts[cls],
+                n,
+                _limit(rule, "high_pct", partition),
+                borderline=bool(rule.get("borderline", True)),
+            )
+            if f:
+                f.evidence["age_partition"] = partition
+                flags.append(f)
+        per100 = 100.0 * erythroblasts / n
+        limit = float(rules["erythroblasts"]["per_100_wbc"])
+        if per100 >= limit:
+            flags.append(
+                Flag(
+                    "ERYTHROBLASTS",
+                    "review",
+                    f"{erythroblasts} nucleated red cells per {n} classified white cells "
+                    f"({_fmt(per100, limit, 'abs')}/100 WBC ≥ {limit:g})",
+                    {"count": erythroblasts, "of": n, "per_100_wbc": round(per100, 2), "threshold_per_100_wbc": limit},
+                )
+            )
+        if patient.wbc_10e9_per_l is None:
+            reason = "no WBC count given: absolute counts cannot be computed"
+            not_evaluated += [{"rule": code, "reason": reason} for code in rules["absolute"]]
+        else:
+            wbc = float(patient.wbc_10e9_per_l)
+            absolute = {}
+            for cls, k in counts.items():
+                lo_f, hi_f = clopper_pearson(k, n)
+                absolute[cls] = {"value": round(wbc * k / n, 3), "ci95": [round(wbc * lo_f, 3), round(wbc * hi_f, 3)]}
+            more, missing = _absolute_flags(rules, counts, n, wbc, partition)
+            flags += more
+            not_evaluated += missing
+    pc = rules["platelet_clumps"]
+    if platelet_candidates >= int(pc["min_count"]):
+        flags.append(
+            Flag(
+                "PLATELET_CLUMPS",
+                "review",
+                f"{platelet_candidates} white-cell candidates were classified as platelets: platelet clumps "
+                "likely (the analyser's platelet count may be falsely low); check the smear.",
+                {"count": platelet_candidates, "threshold_count": int(pc["min_count"])},
+            )
+        )
+    if patient.age_years is None:
+        label = rules["age_partitions"].get("labels", {}).get(partition, partition)
+        not_evaluated.append({"rule": "AGE_PARTITIONED_LIMITS", "reason": f"no age given: {label} intervals used"})
     flags.sort(key=lambda f: -SEVERITY_RANK.get(f.severity, 0))
-    return flags
+    return RuleOutcome(flags, not_evaluated, absolute, partition)
+
+
+def evaluate_flags(
+    counts: dict[str, int],
+    n_classified: int,
+    **kwargs: Any,
+) -> list[Flag]:
+    """The flags of :func:`evaluate_rules` alone, most severe first."""
+    return evaluate_rules(counts, n_classified, **kwargs).flags
 
 
 def max_severity(flags: list[dict[str, Any]] | list[Flag]) -> str | None:
     sev = [f.severity if isinstance(f, Flag) else f["severity"] for f in flags]
     return max(sev, key=lambda s: SEVERITY_RANK.get(s, 0)) if sev else None
+
+
+def not_evaluated_lines(entries: list[dict[str, str]] | None) -> list[str]:
+    """The report's ``rules_not_evaluated`` for people: one line per reason, its rules named."""
+    by_reason: dict[str, list[str]] = {}
+    for e in entries or []:
+        by_reason.setdefault(str(e.get("reason")), []).append(str(e.get("rule")))
+    return [f"{', '.join(rules)}: {reason}" for reason, rules in by_reason.items()]

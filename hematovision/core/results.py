@@ -8,6 +8,22 @@ from typing import Any
 WBC, RBC, PLATELET = "wbc", "rbc", "platelet"
 UNIDENTIFIED = "unidentified"
 
+# What a white-cell candidate's label means for the differential (kept simple, and documented in
+# docs/clinical_rules.md): the model's white-cell classes and any label not named below (a reviewer's
+# ``blast``, say) are *classified* white cells, the differential's denominator; ``unidentified`` is
+# reported beside it; erythroblasts and platelets are not white cells (counted apart); smudge cells are
+# reported per 100 white cells; artefacts are left out altogether.
+#: Classes a white-cell candidate may be given that are not white cells.
+NON_WBC_LABELS = frozenset({"erythroblast", "platelet"})
+SMUDGE = "smudge"
+#: Labels of candidates that are no cell to count (left out of every count).
+EXCLUDED_LABELS = frozenset({"artefact", "artifact", "not_classed"})
+
+
+def is_classified_wbc(label: str | None) -> bool:
+    """True for a label that counts in the differential's denominator (a named white cell)."""
+    return bool(label) and label != UNIDENTIFIED and label != SMUDGE and label not in NON_WBC_LABELS | EXCLUDED_LABELS
+
 
 @dataclass
 class CellResult:

@@ -2,9 +2,10 @@
 
 Both render the document the API serves as JSON at ``GET /api/v1/flags``: ``{"batch", "since",
 "count", "slides": [{"slide_id", "batch_id", "filename", "max_severity", "analysed_at", "counts",
-"flags": [{"code", "severity", "message", "evidence"}]}]}``. Slides are re-sorted here by severity
-(stable, so the API's most-recent-first order within a severity is kept), so a document assembled
-elsewhere prints in the same order.
+"flags": [{"code", "severity", "message", "evidence"}], "rules_not_evaluated": [{"rule", "reason"}]}]}``.
+Slides are re-sorted here by severity (stable, so the API's most-recent-first order within a severity
+is kept), so a document assembled elsewhere prints in the same order. The PDF lists each slide's
+rules not evaluated under its flags.
 
 The CSV has one row per flag, with its evidence in columns (count, of, percent, exact 95 % interval,
 threshold), for a spreadsheet or the LIS. Text cells that a spreadsheet would run as a formula
@@ -24,7 +25,7 @@ from typing import Any, BinaryIO
 from reportlab.lib.units import mm
 from reportlab.platypus import KeepTogether, Paragraph, Spacer, Table, TableStyle
 
-from hematovision.core.flags import SEVERITY_RANK
+from hematovision.core.flags import SEVERITY_RANK, not_evaluated_lines
 from hematovision.exports.pdf_style import (
     FONT_BOLD,
     build_pdf,
@@ -158,7 +159,12 @@ def flag_report_pdf(doc: dict[str, Any], out: BinaryIO | str | Path, **doc_optio
             f"{para_text(s.get('analysed_at'))} · {para_text(wbc)} white cells counted",
             st["small"],
         )
-        table = flags_table(s["flags"], st, evidence=True, widths=[20 * mm, 52 * mm, 60 * mm, 48 * mm])
-        story.append(KeepTogether([head, meta, Spacer(1, 1.5 * mm), table]))
+        table = flags_table(s["flags"], st, evidence=True, widths=[20 * mm, 62 * mm, 54 * mm, 44 * mm])
+        block = [head, meta, Spacer(1, 1.5 * mm), table]
+        block += [
+            Paragraph("Not evaluated: " + para_text(line), st["small"])
+            for line in not_evaluated_lines(s.get("rules_not_evaluated"))
+        ]
+        story.append(KeepTogether(block))
     deco = page_decorator("Leukemia-flag report", f"{_criteria(doc)} · generated {now} · decision support only")
     build_pdf(out, "Leukemia-flag report", story, deco, **doc_options)

@@ -7,11 +7,13 @@ and the segment order follows the ORU_R01 structure of HL7 v2.5:
     MSH
     PID                 the patient, which HematoVision does not know (see below)
     OBR                 the white-cell differential panel; OBR-3 = the slide id
-    NTE*                flags (one per flag), differential sufficiency, model and rules version,
-                        the decision-support statement
+    NTE*                flags (one per flag), the rules not evaluated (one per reason), differential
+                        sufficiency, model and rules version (with the rules' SHA-256), the
+                        decision-support statement
     { OBX  NTE }        one OBX per differential class: percent (NM, UCUM ``%``); its NTE carries the
                         count and the exact 95 % interval
-    OBX  OBX            white cells counted; erythroblasts (NRBC) per 100 white cells
+    { OBX  NTE }        with a WBC count: one OBX per class, absolute count (10*9/L) and its interval
+    OBX  OBX  OBX       classified white cells; unidentified (% of all seen); NRBC per 100 white cells
     SPM                 the specimen (the slide)
 
 Choices a receiving LIS should know about:
@@ -41,6 +43,8 @@ from typing import Any
 
 from hl7apy.core import Field, Message, Segment
 from hl7apy.v2_5 import get_base_datatypes
+
+from hematovision.core.flags import not_evaluated_lines
 
 HL7_VERSION = "2.5"
 #: Media type used by the API for ER7-encoded messages.
@@ -205,13 +209,21 @@ def oru_r01(
     notes = [f"FLAG [{f['severity']}] {f['code']}: {f['message']}" for f in report.get("flags", [])]
     if not notes:
         notes.append("No flags raised by the rules.")
+    notes += [f"NOT EVALUATED {line}" for line in not_evaluated_lines(report.get("rules_not_evaluated"))]
     n_wbc = report.get("counts", {}).get("wbc", 0)
+    unidentified = ""
+    if report.get("unidentified_percent") is not None:
+        unidentified = (
+            f"; {report.get('unidentified', 0)} unidentified ({report['unidentified_percent']}% of "
+            f"{report['counts'].get('wbc_seen', '?')} seen), not in the denominator"
+        )
     notes.append(
         f"Differential {'sufficient' if report.get('differential_sufficient') else 'INSUFFICIENT'}: "
-        f"{n_wbc} white cells counted."
+        f"{n_wbc} classified white cells{unidentified}."
     )
+    digest = f" (SHA-256 {report['rules_sha256']})" if report.get("rules_sha256") else ""
     notes.append(
-        f"Model {model_text}; flag rules {report.get('rules_version')}; "
+        f"Model {model_text}; flag rules {report.get('rules_version')}{digest}; "
         f"intervals: {report.get('ci_method', 'exact binomial 95%')}."
     )
     notes.append(
@@ -226,8 +238,21 @@ def oru_r01(
     for cls, d in report.get("differential", {}).items():
         obs = b.obx(order, _class_code(cls), _class_text(cls), _number(d["percent"]), ("%", "percent"))
         lo, hi = d["ci95"]
-        b.nte(obs, 1, f"{d['count']} of {n_wbc} white cells; 95% CI {_number(lo)}-{_number(hi)} %.")
-    b.obx(order, "HV-WBCN", "White cells counted", str(n_wbc), ("{cells}", "cells"))
+        b.nte(obs, 1, f"{d['count']} of {n_wbc} classified white cells; 95% CI {_number(lo)}-{_number(hi)} %.")
+    for cls, a in (report.get("absolute_10e9_per_l") or {}).items():
+        obs = b.obx(
+            order, _class_code(cls) + "#", _class_text(cls) + " (absolute)", _number(a["value"]), ("10*9/L", "10^9/L")
+        )
+        b.nte(obs, 1, f"95% CI {_number(a['ci95'][0])}-{_number(a['ci95'][1])} x10^9/L (WBC given x proportion).")
+    b.obx(order, "HV-WBCN", "Classified white cells", str(n_wbc), ("{cells}", "cells"))
+    if report.get("unidentified_percent") is not None:
+        b.obx(
+            order,
+            "HV-UNID",
+            "Unidentified white cells (of all seen)",
+            _number(report["unidentified_percent"]),
+            ("%", "percent"),
+        )
     if report.get("nrbc_per_100_wbc") is not None:
         b.obx(
             order,

@@ -302,8 +302,19 @@ def format_evidence(ev: dict[str, Any]) -> str:
         parts.append(f"{ev.get('count')} counted, minimum {ev['minimum']}")
     if "threshold_pct" in ev:
         parts.append(f"threshold {ev['threshold_pct']} %")
-    if "absolute_per_l" in ev:
+    if "absolute_per_l" in ev:  # reports of rules 2026.11-1
         parts.append(f"{ev['absolute_per_l'] / 1e9:.2f}×10^9/L (threshold {ev.get('threshold_per_l', 0) / 1e9:.1f})")
+    if "absolute_10e9_per_l" in ev:
+        lo, hi = ev.get("ci95_10e9_per_l") or [None, None]
+        parts.append(
+            f"{ev.get('class', '')} {ev.get('count')}/{ev.get('of')} × WBC {ev.get('wbc_10e9_per_l')} = "
+            f"{ev['absolute_10e9_per_l']:.2f}×10^9/L (95% CI {lo}–{hi}); "
+            f"{'lower' if ev.get('direction') == 'low' else 'upper'} limit {ev.get('threshold_10e9_per_l')} "
+            f"({ev.get('age_partition', 'adult')})"
+        )
+    if "threshold_count" in ev:
+        counted = "" if "of" in ev else f"{ev.get('count')} cell(s); "
+        parts.append(f"{counted}threshold {ev['threshold_count']} cell(s)")
     if ev.get("borderline"):
         parts.append("borderline: the interval straddles the threshold")
     return "; ".join(parts) or "—"
@@ -332,6 +343,6 @@ def flags_table(
             row.append(Paragraph(para_text(format_evidence(f.get("evidence") or {})), st["cell"]))
         rows.append(row)
         style += [("BACKGROUND", (0, i), (0, i), colors.HexColor(SEVERITY_COLOURS.get(sev, "#E0E0E0")))]
-    t = Table(rows, colWidths=widths or [22 * mm, 50 * mm, 108 * mm], repeatRows=1)
+    t = Table(rows, colWidths=widths or [22 * mm, 64 * mm, 94 * mm], repeatRows=1)
     t.setStyle(TableStyle(style))
     return t

@@ -1,4 +1,4 @@
-"""The slide report as CSV: one row per differential class, then one per flag."""
+"""The slide report as CSV: one row per differential class, then one per flag, then the rules not evaluated."""
 
 from __future__ import annotations
 
@@ -8,20 +8,50 @@ from typing import Any
 
 
 def report_csv(report: dict[str, Any]) -> str:
-    """The report as CSV: one row per differential class, then one per flag."""
+    """The report as CSV: identification, counts, one row per differential class (percent of
+    classified cells), unidentified cells beside it, absolute counts (with a WBC count), one row per
+    flag, and one per rule not evaluated (so that no flag is never read as a negative result)."""
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["slide_id", report["slide_id"]])
     w.writerow(["model", f"{report['model']['name']} {report['model']['version']}"])
     w.writerow(["mpp", report.get("mpp")])
+    w.writerow(["rules_version", report.get("rules_version")])
+    if report.get("rules_sha256"):
+        w.writerow(["rules_sha256", report["rules_sha256"]])
     for k, v in report["counts"].items():
         w.writerow([f"count_{k}", v])
     w.writerow([])
     w.writerow(["class", "count", "percent", "ci95_low", "ci95_high"])
     for cls, d in report["differential"].items():
         w.writerow([cls, d["count"], d["percent"], d["ci95"][0], d["ci95"][1]])
+    if report.get("unidentified_percent") is not None:  # beside the differential, not in its denominator
+        lo, hi = report.get("unidentified_ci95") or ["", ""]
+        w.writerow([])
+        w.writerow(["unidentified", "count", "percent_of_seen", "ci95_low", "ci95_high", "seen"])
+        w.writerow(
+            [
+                "unidentified",
+                report.get("unidentified", 0),
+                report["unidentified_percent"],
+                lo,
+                hi,
+                report["counts"].get("wbc_seen"),
+            ]
+        )
+    if report.get("absolute_10e9_per_l"):
+        w.writerow([])
+        w.writerow(["class", "absolute_10e9_per_l", "ci95_low", "ci95_high"])
+        for cls, a in report["absolute_10e9_per_l"].items():
+            w.writerow([cls, a["value"], a["ci95"][0], a["ci95"][1]])
     w.writerow([])
     w.writerow(["flag_code", "severity", "message"])
     for f in report["flags"]:
         w.writerow([f["code"], f["severity"], f["message"]])
+    if not report["flags"]:
+        w.writerow(["", "", "No flags raised by the rules."])
+    w.writerow([])
+    w.writerow(["rule_not_evaluated", "reason"])
+    for e in report.get("rules_not_evaluated") or []:
+        w.writerow([e.get("rule"), e.get("reason")])
     return buf.getvalue()

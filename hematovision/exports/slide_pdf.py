@@ -30,6 +30,7 @@ from reportlab.lib.units import mm
 from reportlab.platypus import Image as RLImage
 from reportlab.platypus import KeepTogether, PageBreak, Paragraph, Spacer, Table, TableStyle
 
+from hematovision.core.flags import not_evaluated_lines
 from hematovision.exports.pdf_style import (
     FONT_BOLD,
     build_pdf,
@@ -190,7 +191,7 @@ def _identification(report: dict[str, Any], st: dict[str, ParagraphStyle]) -> Ta
         ("File", report.get("filename") or report.get("source")),
         ("Analysed", _fmt_time(report.get("analysed_at") or report.get("generated_at"))),
         ("Model", f"{model.get('name', '?')} {model.get('version', '?')}"),
-        ("Flag rules", report.get("rules_version")),
+        ("Flag rules", _rules_text(report)),
         ("Scale", f"{mpp:.3f} µm/px" if isinstance(mpp, int | float) else "—"),
         ("Generated", _fmt_time(report.get("generated_at"))),
     ]
@@ -214,6 +215,39 @@ def _identification(report: dict[str, Any], st: dict[str, ParagraphStyle]) -> Ta
     return t
 
 
+def _rules_text(report: dict[str, Any]) -> str:
+    digest = report.get("rules_sha256")
+    return f"{report.get('rules_version')}" + (f" (SHA-256 {digest[:16]}…)" if digest else "")
+
+
+def _not_evaluated(report: dict[str, Any], st: dict[str, ParagraphStyle]) -> list[Any]:
+    """The rules that could not run, and why (so that no flag is never read as a negative result)."""
+    lines = not_evaluated_lines(report.get("rules_not_evaluated"))
+    if not lines:
+        return []
+    return [
+        Spacer(1, 1.5 * mm),
+        Paragraph("<b>Rules not evaluated</b> (no flag from them is not a negative result):", st["small"]),
+        *[Paragraph("• " + para_text(line), st["small"]) for line in lines],
+    ]
+
+
+def _absolute_table(report: dict[str, Any]) -> Table | None:
+    absolute = report.get("absolute_10e9_per_l")
+    if not absolute:
+        return None
+    wbc = (report.get("patient") or {}).get("wbc_10e9_per_l")
+    rows: list[list[Any]] = [["Class", "×10^9/L", "95% CI"]]
+    rows += [
+        [label_text(c), f"{a['value']:.2f}", f"{a['ci95'][0]:.2f} – {a['ci95'][1]:.2f}"] for c, a in absolute.items()
+    ]
+    if wbc is not None:
+        rows.append(["WBC given", f"{wbc:.2f}", ""])
+    t = Table(rows, colWidths=[45 * mm, 22 * mm, 30 * mm], hAlign="LEFT")
+    t.setStyle(TableStyle(grid_style() + [("ALIGN", (1, 0), (-1, -1), "RIGHT")]))
+    return t
+
+
 def _differential_table(report: dict[str, Any], order: list[str], st: dict[str, ParagraphStyle]) -> Table:
     rows: list[list[Any]] = [["", "Class", "Count", "%", "95% CI (%)"]]
     style = grid_style() + [("ALIGN", (2, 0), (-1, -1), "RIGHT")]
@@ -222,8 +256,20 @@ def _differential_table(report: dict[str, Any], order: list[str], st: dict[str, 
         rows.append(["", label_text(cls), d["count"], f"{d['percent']:.1f}", f"{lo:.1f} – {hi:.1f}"])
         style.append(("BACKGROUND", (0, i), (0, i), colors.HexColor(class_colour(cls, order))))
     n_wbc = report.get("counts", {}).get("wbc", 0)
-    rows.append(["", "White cells counted", n_wbc, "100.0" if n_wbc else "—", ""])
+    rows.append(["", "Classified white cells", n_wbc, "100.0" if n_wbc else "—", ""])
     style += [("FONTNAME", (0, -1), (-1, -1), FONT_BOLD), ("BACKGROUND", (0, -1), (-1, -1), colors.HexColor("#F5F5F5"))]
+    if report.get("unidentified_percent") is not None:  # beside the differential, not in its denominator
+        lo, hi = report.get("unidentified_ci95") or [0.0, 0.0]
+        rows.append(
+            [
+                "",
+                f"Unidentified (of {report['counts'].get('wbc_seen', '?')} seen)",
+                report.get("unidentified", 0),
+                f"{report['unidentified_percent']:.1f}",
+                f"{lo:.1f} – {hi:.1f}",
+            ]
+        )
+        style.append(("BACKGROUND", (0, -1), (0, -1), colors.HexColor(class_colour("unidentified", order))))
     t = Table(rows, colWidths=[5 * mm, 45 * mm, 18 * mm, 16 * mm, 26 * mm], repeatRows=1)
     t.setStyle(TableStyle(style))
     return t
@@ -241,6 +287,13 @@ def _counts_table(report: dict[str, Any]) -> Table:
         ["NRBC per 100 WBC", "—" if nrbc is None else f"{nrbc:.1f}"],
         ["Unidentified white cells", report.get("unidentified", 0)],
     ]
+    if "wbc_seen" in c:
+        smudge = report.get("smudge_per_100_wbc")
+        rows += [
+            ["White cells seen", c["wbc_seen"]],
+            ["Platelet clumps (candidates)", c.get("platelet_candidates", 0)],
+            ["Smudge cells per 100 WBC", "—" if smudge is None else f"{smudge:.1f}"],
+        ]
     t = Table(rows, colWidths=[40 * mm, 25 * mm])
     t.setStyle(TableStyle(grid_style() + [("ALIGN", (1, 0), (1, -1), "RIGHT")]))
     return t
@@ -359,6 +412,7 @@ def slide_report_pdf(
         if flags
         else Paragraph(f"No flags raised by rules {para_text(report.get('rules_version'))}.", st["body"])
     )
+    story += _not_evaluated(report, st)
     n_wbc = report.get("counts", {}).get("wbc", 0)
     suff = (
         "<b>Differential sufficient</b>: yes"
@@ -366,7 +420,7 @@ def slide_report_pdf(
         else "<b>Differential INSUFFICIENT</b>: too few white cells for a reliable differential; "
         "no negative statement is made"
     )
-    story += [Spacer(1, 2 * mm), Paragraph(f"{suff} ({n_wbc} white cells counted).", st["body"])]
+    story += [Spacer(1, 2 * mm), Paragraph(f"{suff} ({n_wbc} classified white cells counted).", st["body"])]
 
     story.append(Paragraph("Differential and counts", st["h2"]))
     side = Table(
@@ -377,10 +431,21 @@ def slide_report_pdf(
         side,
         Paragraph(
             f"Intervals: {para_text(report.get('ci_method', 'exact binomial 95%'))}. Percent of "
-            "white cells counted; erythroblasts and platelets are not in the denominator.",
+            "classified white cells; unidentified cells, erythroblasts and platelets are not in the denominator.",
             st["small"],
         ),
     ]
+    absolute = _absolute_table(report)
+    if absolute is not None:
+        story += [
+            Paragraph("Absolute counts", st["h2"]),
+            absolute,
+            Paragraph(
+                "WBC given × proportion of classified white cells; interval: WBC × the proportion's exact interval. "
+                f"Limits of the {para_text(report.get('age_partition') or 'adult')} age partition.",
+                st["small"],
+            ),
+        ]
 
     story.append(Paragraph("Limits", st["h2"]))
     story.append(Paragraph(para_text(report.get("limits") or "Decision support only."), st["body"]))

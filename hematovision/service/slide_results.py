@@ -11,14 +11,25 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from hematovision.core.flags import NON_WBC_CLASSES, evaluate_flags, load_rules, max_severity
-from hematovision.core.results import PLATELET, RBC, UNIDENTIFIED, WBC, SlideAnalysis
+from hematovision.core.flags import evaluate_rules, load_rules, max_severity, rules_sha256
+from hematovision.core.patient import PatientContext
+from hematovision.core.results import (
+    EXCLUDED_LABELS,
+    PLATELET,
+    RBC,
+    SMUDGE,
+    UNIDENTIFIED,
+    WBC,
+    SlideAnalysis,
+    is_classified_wbc,
+)
 from hematovision.core.stats import percent_interval
 from hematovision.store.models import Cell, DifferentialEntry, FlagRecord, Slide, utcnow
 
@@ -28,30 +39,71 @@ LIMITS = (
     "cells it is unsure of are reported as 'unidentified'. See MODEL_CARD.md for known limits."
 )
 CI_METHOD = "exact binomial (Clopper-Pearson) 95%"
+DIFFERENTIAL_BASIS = (
+    "percent of classified white cells; unidentified cells, erythroblasts, platelets and smudge cells are "
+    "not in the denominator"
+)
 
 
-def differential(labels: list[str], classes: list[str]) -> tuple[dict[str, dict[str, Any]], int, int]:
-    """Count white-cell labels into a differential.
+@dataclass
+class Differential:
+    """White-cell labels counted the way the report and the rules read them.
 
-    Returns ``(differential, n_wbc, erythroblasts)``. Erythroblasts and platelets are not white
-    cells: they are kept out of the denominator (erythroblasts are reported per 100 WBC).
+    Attributes:
+        table: class -> ``{"count", "percent", "ci95"}``, percent of ``n_classified``; the model's
+            white-cell classes (zeros included) and any other label a reviewer gave.
+        n_classified: named white cells: the denominator (``unidentified`` is not in it).
+        unidentified: white cells the model would not name.
+        erythroblasts, platelet_candidates: white-cell candidates called erythroblast / platelet.
+        smudge: smudge cells (reported per 100 classified white cells, not in the differential).
+        excluded: artefacts (``artefact``, ``not_classed``): in no count.
     """
+
+    table: dict[str, dict[str, Any]]
+    n_classified: int
+    unidentified: int = 0
+    erythroblasts: int = 0
+    platelet_candidates: int = 0
+    smudge: int = 0
+    excluded: int = 0
+
+    @property
+    def n_seen(self) -> int:
+        """White cells seen: classified and unidentified (the unidentified rate's denominator)."""
+        return self.n_classified + self.unidentified
+
+    def counts(self) -> dict[str, int]:
+        return {k: v["count"] for k, v in self.table.items()}
+
+
+def differential(labels: list[str], classes: list[str]) -> Differential:
+    """Count white-cell candidates' labels into a differential (see :mod:`hematovision.core.results`
+    for what each kind of label counts as)."""
     counts = Counter(labels)
-    wbc_classes = [c for c in classes if c not in NON_WBC_CLASSES] + [UNIDENTIFIED]
-    n_wbc = sum(v for k, v in counts.items() if k not in NON_WBC_CLASSES)
-    diff: dict[str, dict[str, Any]] = {}
-    for cls in wbc_classes + sorted(set(counts) - set(wbc_classes) - NON_WBC_CLASSES):
-        k = counts.get(cls, 0)
-        lo, hi = percent_interval(k, n_wbc)
-        diff[cls] = {"count": k, "percent": round(100.0 * k / n_wbc, 1) if n_wbc else 0.0, "ci95": [lo, hi]}
-    return diff, n_wbc, counts.get("erythroblast", 0)
+    classified = {k: v for k, v in counts.items() if is_classified_wbc(k)}
+    n = sum(classified.values())
+    wbc_classes = [c for c in classes if is_classified_wbc(c)]
+    table: dict[str, dict[str, Any]] = {}
+    for cls in wbc_classes + sorted(set(classified) - set(wbc_classes)):
+        k = classified.get(cls, 0)
+        lo, hi = percent_interval(k, n)
+        table[cls] = {"count": k, "percent": round(100.0 * k / n, 1) if n else 0.0, "ci95": [lo, hi]}
+    return Differential(
+        table,
+        n,
+        unidentified=counts.get(UNIDENTIFIED, 0),
+        erythroblasts=counts.get("erythroblast", 0),
+        platelet_candidates=counts.get("platelet", 0),
+        smudge=counts.get(SMUDGE, 0),
+        excluded=sum(v for k, v in counts.items() if k in EXCLUDED_LABELS),
+    )
 
 
 def summarise_cells(
     cells: Iterable[tuple[str, str | None]],
     classes: list[str],
     *,
-    wbc_per_l: float | None,
+    patient: PatientContext | None,
     rules: dict[str, Any],
 ) -> dict[str, Any]:
     """The report fields that follow from a slide's cells: counts, differential, flags.
@@ -60,30 +112,53 @@ def summarise_cells(
         cells: ``(kind, label)`` of every cell found on the slide (white cells' labels may be None:
             unidentified).
         classes: the classes the differential lists (also when none was seen).
-        wbc_per_l: the white-cell count given with the slide, for absolute counts.
+        patient: age, sex and WBC count, as far as known (the slide's ``wbc_per_l``, converted).
         rules: the effective flag rules.
     """
     kinds_labels = list(cells)
     labels = [label or UNIDENTIFIED for kind, label in kinds_labels if kind == WBC]
-    diff, n_wbc, erythroblasts = differential(labels, classes)
-    flags = evaluate_flags(
-        {k: v["count"] for k, v in diff.items()}, n_wbc, erythroblasts=erythroblasts, wbc_per_l=wbc_per_l, rules=rules
+    d = differential(labels, classes)
+    patient = patient or PatientContext()
+    outcome = evaluate_rules(
+        d.counts(),
+        d.n_classified,
+        unidentified=d.unidentified,
+        erythroblasts=d.erythroblasts,
+        platelet_candidates=d.platelet_candidates,
+        patient=patient,
+        rules=rules,
     )
-    platelets = sum(1 for kind, _ in kinds_labels if kind == PLATELET) + labels.count("platelet")
+    n = d.n_classified
+    u_lo, u_hi = percent_interval(d.unidentified, d.n_seen)
+    platelets = sum(1 for kind, _ in kinds_labels if kind == PLATELET) + d.platelet_candidates
     return {
         "counts": {
-            "wbc": n_wbc,
+            "wbc": n,
+            "wbc_seen": d.n_seen,
+            "unidentified": d.unidentified,
             "rbc": sum(1 for kind, _ in kinds_labels if kind == RBC),
             "platelets": platelets,
-            "erythroblasts": erythroblasts,
+            "platelet_candidates": d.platelet_candidates,
+            "erythroblasts": d.erythroblasts,
+            "smudge": d.smudge,
+            "excluded": d.excluded,
         },
-        "differential": diff,
-        "differential_sufficient": n_wbc >= int(rules["insufficient"]["min_wbc"]),
-        "nrbc_per_100_wbc": round(100.0 * erythroblasts / n_wbc, 1) if n_wbc else None,
-        "unidentified": diff.get(UNIDENTIFIED, {}).get("count", 0),
-        "flags": [f.to_dict() for f in flags],
-        "max_severity": max_severity(flags),
+        "differential": d.table,
+        "differential_basis": DIFFERENTIAL_BASIS,
+        "differential_sufficient": n >= int(rules["insufficient"]["min_wbc"]),
+        "nrbc_per_100_wbc": round(100.0 * d.erythroblasts / n, 1) if n else None,
+        "smudge_per_100_wbc": round(100.0 * d.smudge / n, 1) if n else None,
+        "unidentified": d.unidentified,
+        "unidentified_percent": round(100.0 * d.unidentified / d.n_seen, 1) if d.n_seen else None,
+        "unidentified_ci95": [u_lo, u_hi],
+        "patient": patient.to_dict(),
+        "age_partition": outcome.age_partition,
+        "absolute_10e9_per_l": outcome.absolute,
+        "flags": [f.to_dict() for f in outcome.flags],
+        "max_severity": max_severity(outcome.flags),
+        "rules_not_evaluated": outcome.not_evaluated,
         "rules_version": rules.get("version"),
+        "rules_sha256": rules_sha256(rules),
     }
 
 
@@ -93,13 +168,13 @@ def build_report(
     slide_id: str,
     status: str = "succeeded",
     source: str | None = None,
-    wbc_per_l: float | None = None,
+    patient: PatientContext | None = None,
     rules: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The report dictionary (the JSON report's content) for one analysed slide."""
     rules = rules or load_rules()
     summary = summarise_cells(
-        ((c.kind, c.label) for c in analysis.cells), analysis.classes, wbc_per_l=wbc_per_l, rules=rules
+        ((c.kind, c.label) for c in analysis.cells), analysis.classes, patient=patient, rules=rules
     )
     return {
         "slide_id": slide_id,
@@ -125,7 +200,9 @@ def resummarise(session: Session, slide: Slide, classes: list[str], rules: dict[
     """The slide's report with its counts, differential and flags summarised again from the cells'
     current labels in the database (after a reclassification); other report fields are kept."""
     rows = session.execute(select(Cell.kind, Cell.label).where(Cell.slide_id == slide.id)).all()
-    summary = summarise_cells(((r.kind, r.label) for r in rows), classes, wbc_per_l=slide.wbc_per_l, rules=rules)
+    known = (slide.report or {}).get("patient") or {}
+    patient = PatientContext.from_wbc_per_l(slide.wbc_per_l, age_years=known.get("age_years"), sex=known.get("sex"))
+    summary = summarise_cells(((r.kind, r.label) for r in rows), classes, patient=patient, rules=rules)
     counts = {**(slide.report or {}).get("counts", {}), **summary["counts"]}
     return {**(slide.report or {}), **summary, "counts": counts}
 

@@ -24,14 +24,16 @@ from hematovision.devtools.synthetic import make_slide
 from hematovision.exports.flag_report import flag_report_csv
 from hematovision.exports.hl7 import oru_r01
 from hematovision.service.slide_results import build_report
-from hematovision.store.models import AuditEntry, new_id
+from hematovision.store.models import AuditEntry, Cell, new_id
 from workers.job_store import store_analysis
 
 MODEL_VERSION = "9.8.7-test"
 CLASSES = ["basophil", "blast", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil"]
 
 
-def store_slide(make_job, path: Path, labels: list[str], filename: str = "smear.tiff") -> tuple[str, dict]:  # type: ignore[no-untyped-def]
+def store_slide(
+    make_job, path: Path, labels: list[str], filename: str = "smear.tiff", classes: list[str] = CLASSES
+) -> tuple[str, dict]:  # type: ignore[no-untyped-def]
     """Insert a batch, slide and job (``make_job``), and store an analysis with ``labels`` on the slide's cells."""
     import json
 
@@ -48,7 +50,7 @@ def store_slide(make_job, path: Path, labels: list[str], filename: str = "smear.
         height=manifest["height"],
         model_name="wbc-test",
         model_version=MODEL_VERSION,
-        classes=CLASSES,
+        classes=classes,
         cells=cells,
     )
     factory, job_id, slide_id = make_job(path, filename=filename, name="night")
@@ -78,7 +80,7 @@ def test_slide_pdf_has_flags_model_and_pictures(app, client, make_job, slide_fil
     assert r.status_code == 200 and r.mimetype == "application/pdf"
     assert r.data.startswith(b"%PDF") and b"%%EOF" in r.data[-1024:]
     text = pdf_text(r.data)
-    assert "SUSPECTED_ACUTE_LEUKEMIA" in text and MODEL_VERSION in text and "2026.11" in text
+    assert "SUSPECTED_ACUTE_LEUKEMIA" in text and MODEL_VERSION in text and "2026.12" in text
     assert "not yet verified" in text and "Decision support only" in text
     assert "Blast" in text and "30.0" in text  # the differential row
     images = sum(len(p.images) for p in PdfReader(io.BytesIO(r.data)).pages)
@@ -130,13 +132,73 @@ def test_hl7_message_parses_back_with_one_obx_per_class(app, client, make_job, s
     for obs in order.children.get("ORU_R01_OBSERVATION"):
         code = obs.obx.obx_3.obx_3_1.to_er7()
         values[code] = (obs.obx.obx_5.to_er7(), obs.obx.obx_6.obx_6_1.to_er7())
-    diff_codes = {c for c in values if c not in ("HV-WBCN", "HV-NRBC100")}
+    diff_codes = {c for c in values if c not in ("HV-WBCN", "HV-NRBC100", "HV-UNID")}
     assert len(diff_codes) == len(report["differential"])
     assert values["HV-BLAST"] == ("30", "%") and values["HV-NEUTROPHIL"] == ("50", "%")
     assert values["HV-WBCN"][0] == "100"
     notes = [n.nte_3.to_er7() for n in order.children.get("NTE")]
     assert any("SUSPECTED_ACUTE_LEUKEMIA" in n for n in notes)
     assert any(MODEL_VERSION in n for n in notes) and any("Decision support only" in n for n in notes)
+
+
+V1_CLASSES = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet"]
+
+
+def test_a_v1_report_says_it_cannot_see_blasts_in_every_format(app, client, make_job, slide_file: Path) -> None:  # type: ignore[no-untyped-def]
+    """The default model has no blast class: JSON, CSV, PDF and HL7 each carry BLAST_DETECTION_UNAVAILABLE
+    and the rules that could not run, also when no other flag is raised."""
+    labels = ["neutrophil"] * 120 + ["lymphocyte"] * 60 + ["monocyte"] * 12 + ["eosinophil"] * 6 + ["basophil"] * 2
+    slide_id, report = store_slide(make_job, slide_file, labels, classes=V1_CLASSES)
+    url = f"/api/v1/slides/{slide_id}/report"
+    body = client.get(url).json
+    assert [(f["code"], f["severity"]) for f in body["flags"]] == [("BLAST_DETECTION_UNAVAILABLE", "info")]
+    assert {"BLASTS", "SUSPECTED_ACUTE_LEUKEMIA", "NEUTROPENIA"} <= {e["rule"] for e in body["rules_not_evaluated"]}
+    assert body["rules_version"] == "2026.12-1" and len(body["rules_sha256"]) == 64
+    text = client.get(url + "?format=csv").data.decode("utf-8")
+    assert "BLAST_DETECTION_UNAVAILABLE,info" in text and "cannot recognise blasts" in text
+    assert "rule_not_evaluated,reason" in text and "SUSPECTED_ACUTE_LEUKEMIA," in text
+    assert body["rules_sha256"] in text
+    pdf = pdf_text(client.get(url + "?format=pdf").data)
+    assert "BLAST_DETECTION_UNAVAILABLE" in pdf and "cannot recognise blasts" in pdf
+    assert "Rules not evaluated" in pdf and "no WBC count given" in pdf
+    er7 = client.get(url + "?format=hl7").data.decode("utf-8")
+    order = parse_message(er7, find_groups=True).oru_r01_patient_result.oru_r01_order_observation
+    notes = [n.nte_3.to_er7() for n in order.children.get("NTE")]
+    assert any("BLAST_DETECTION_UNAVAILABLE" in n and "cannot recognise blasts" in n for n in notes)
+    assert any(n.startswith("NOT EVALUATED BLASTS_PRESENT, BLASTS, SUSPECTED_ACUTE_LEUKEMIA") for n in notes)
+    assert any(body["rules_sha256"] in n for n in notes)
+    # The review UI's flag list gets the same (the slide page renders flags and rules_not_evaluated).
+    with app.extensions["hv_sessions"]() as s:
+        cell_id = s.execute(select(Cell.id).where(Cell.slide_id == slide_id, Cell.kind == "wbc")).scalars().first()
+    r = client.post(f"/api/v1/cells/{cell_id}/label", json={"label": "lymphocyte"})
+    assert r.status_code == 200, r.json
+    assert "BLAST_DETECTION_UNAVAILABLE" in {f["code"] for f in r.json["flags"]} and r.json["rules_not_evaluated"]
+
+
+def test_absolute_counts_and_unidentified_in_the_exports() -> None:
+    from hematovision.core.flags import load_rules
+    from hematovision.core.patient import PatientContext
+    from hematovision.exports.report_csv import report_csv
+    from hematovision.exports.slide_pdf import slide_report_pdf
+    from hematovision.service.slide_results import summarise_cells
+
+    cells = [("wbc", "neutrophil")] * 20 + [("wbc", "lymphocyte")] * 180 + [("wbc", None)] * 10
+    summary = summarise_cells(cells, V1_CLASSES, patient=PatientContext(wbc_10e9_per_l=1.5), rules=load_rules())
+    report = {"slide_id": "abs", "model": {"name": "m", "version": "1"}, "mpp": 0.25, **summary}
+    assert report["flags"][0]["code"] == "SEVERE_NEUTROPENIA"
+    text = report_csv(report)
+    assert "neutrophil,0.15," in text and "unidentified,10,4.8," in text
+    buf = io.BytesIO()
+    slide_report_pdf(report, buf, thumbnail=None, invariant=1)
+    pdf = pdf_text(buf.getvalue())
+    assert (
+        "Absolute counts" in pdf
+        and "0.15" in pdf
+        and "SEVERE_NEUTROPENIA" in pdf
+        and "Unidentified (of 210 seen)" in pdf
+    )
+    er7 = oru_r01(report, control_id="c2")
+    assert "HV-NEUTROPHIL#" in er7 and "10*9/L" in er7 and "HV-UNID" in er7
 
 
 def test_hl7_escapes_delimiters_in_free_text() -> None:
