@@ -8,6 +8,7 @@ over HTTP, shows progress while polling, prints a summary table and where the re
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -56,9 +57,9 @@ def demo(var_dir: str, size: int, mpp: float, timeout: float) -> None:
         click.echo(f"1/4 making sample slides from real PBC cell images under {data_root}")
     elif have_sample():
         click.echo(
-            f"1/4 making sample slides from the {len(read_sample())} real PBC cells packaged with HematoVision "
-            f"({sample_root()}; CC BY 4.0, Acevedo et al. 2020). The shared data (not under {data_root}; "
-            "set HEMATOVISION_DATA_ROOT) give more varied slides."
+            f"1/4 no shared data under {data_root}: making sample slides from the {len(read_sample())} real PBC "
+            f"cells packaged with HematoVision ({sample_root()}; CC BY 4.0, Acevedo et al. 2020). Point "
+            "HEMATOVISION_DATA_ROOT at the shared data (see README) for more varied slides."
         )
     else:
         click.secho(
@@ -69,6 +70,7 @@ def demo(var_dir: str, size: int, mpp: float, timeout: float) -> None:
         )
     slides_dir = var / "slides"
     slides_dir.mkdir()
+    logging.getLogger("hematovision.devtools.synthetic").setLevel(logging.ERROR)  # step 1 said where cells come from
     slide_paths = []
     sources = set()
     for i, (name, fmt, n_wbc, mix) in enumerate(DEMO_SLIDES):
