@@ -8,6 +8,7 @@ over HTTP, shows progress while polling, prints a summary table and where the re
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -43,31 +44,40 @@ def demo(var_dir: str, size: int, mpp: float, timeout: float) -> None:
     from hematovision.core.datasets import have_pbc
     from hematovision.core.settings import load_settings
     from hematovision.devtools.localstack import start_stack
-    from hematovision.devtools.synthetic import make_slide
+    from hematovision.devtools.sample_build import have_sample, read_sample, sample_root
+    from hematovision.devtools.synthetic import SOURCE_WORDS, make_slide
 
     var = Path(var_dir).resolve()
     if var.exists():
         shutil.rmtree(var)
     var.mkdir(parents=True)
     data_root = load_settings().data_root
-    real = have_pbc(data_root)
     click.secho("HematoVision demo (embedded defaults: SQLite + filesystem queue)", bold=True)
-    if real:
+    if have_pbc(data_root):
         click.echo(f"1/4 making sample slides from real PBC cell images under {data_root}")
+    elif have_sample():
+        click.echo(
+            f"1/4 no shared data under {data_root}: making sample slides from the {len(read_sample())} real PBC "
+            f"cells packaged with HematoVision ({sample_root()}; CC BY 4.0, Acevedo et al. 2020). Point "
+            "HEMATOVISION_DATA_ROOT at the shared data (see README) for more varied slides."
+        )
     else:
         click.secho(
-            f"1/4 no real cell images under {data_root}: drawing procedural smears instead. "
-            "Point HEMATOVISION_DATA_ROOT at the shared data (see README) for real cells; "
-            "the classifier's calls on drawn cells mean nothing.",
+            f"1/4 no real cell images under {data_root} and no packaged sample at {sample_root()}: drawing "
+            "procedural smears instead. Point HEMATOVISION_DATA_ROOT at the shared data (see README) for "
+            "real cells; the classifier's calls on drawn cells mean nothing.",
             fg="yellow",
         )
     slides_dir = var / "slides"
     slides_dir.mkdir()
+    logging.getLogger("hematovision.devtools.synthetic").setLevel(logging.ERROR)  # step 1 said where cells come from
     slide_paths = []
+    sources = set()
     for i, (name, fmt, n_wbc, mix) in enumerate(DEMO_SLIDES):
         out = slides_dir / name
         manifest = make_slide(out, data_root, size, size, mpp=mpp, n_wbc=n_wbc, seed=100 + i, fmt=fmt, wbc_mix=mix)
         slide_paths.append(out)
+        sources.add(manifest["source"])
         click.echo(
             f"    {name}: {size}x{size} px at {mpp} µm/px, {manifest['counts']['wbc']} white cells "
             f"placed ({manifest['source']})"
@@ -123,6 +133,7 @@ def demo(var_dir: str, size: int, mpp: float, timeout: float) -> None:
             f"(GET /api/v1/flags?batch={batch['id']})"
         )
         (reports_dir / "flag-report.pdf").write_bytes(client.flags(batch=batch["id"], fmt="pdf"))
+        click.echo(f"white cells on these slides: {'; '.join(SOURCE_WORDS[s] for s in sorted(sources))}")
         click.echo(f"reports: {reports_dir}  (JSON, CSV and PDF per slide; flag-report.pdf)")
         click.echo(f"logs: {var / 'api.log'}, {var / 'worker.log'}")
         click.echo("Decision support only: a technologist reviews every differential.")

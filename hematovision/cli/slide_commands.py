@@ -1,4 +1,5 @@
-"""Slide commands: ``make-slide`` (a synthetic smear with its ground-truth manifest)."""
+"""Slide commands: ``make-slide`` (a synthetic smear with its ground-truth manifest) and ``make-sample``
+(the packaged sample of real cells the slides fall back on)."""
 
 from __future__ import annotations
 
@@ -81,10 +82,11 @@ class _LazyBar:
 )
 @click.option(
     "--source",
-    type=click.Choice(["auto", "pbc", "procedural"]),
+    type=click.Choice(["auto", "pbc", "pbc-sample", "procedural"]),
     default="auto",
     show_default=True,
-    help="White cells from real PBC images, drawn procedurally, or PBC when available.",
+    help="White cells from the shared PBC images, from the packaged sample of PBC cells, drawn "
+    "procedurally, or the first of these that is there.",
 )
 @click.option(
     "--mix",
@@ -122,13 +124,14 @@ def make_slide_command(
 ) -> None:
     """Write a synthetic blood-smear slide OUT and its manifest OUT.manifest.json.
 
-    White cells are real PBC single-cell images (Acevedo et al. 2020, CC BY 4.0) rescaled to --mpp;
-    red cells, platelets and the smear are drawn. The manifest lists every cell with its class,
+    White cells are real PBC single-cell images (Acevedo et al. 2020, CC BY 4.0) rescaled to --mpp:
+    the shared data's, or, where those are absent, the small sample packaged with HematoVision; red
+    cells, platelets and the smear are drawn. The manifest lists every cell with its class,
     centre and box, for testing detection and the differential. Large slides (80k×80k) are written
     tile by tile in constant memory.
     """
     from hematovision.core.settings import load_settings
-    from hematovision.devtools.synthetic import make_slide
+    from hematovision.devtools.synthetic import SOURCE_WORDS, make_slide
 
     if not (mpp > 0 and math.isfinite(mpp)):
         raise click.ClickException(f"--mpp must be a positive number, got {mpp}")
@@ -170,10 +173,58 @@ def make_slide_command(
     click.echo(
         f"placed:   {counts['wbc']} white cells ({diff}), {counts['rbc']} red cells, {counts['platelets']} platelets"
     )
-    src = "real PBC cell images" if manifest["source"] == "pbc" else "procedurally drawn cells"
-    click.echo(f"source:   {src}")
+    click.echo(f"source:   {SOURCE_WORDS[manifest['source']]}")
     for note in manifest["notes"]:
         click.echo(f"note:     {note}")
 
 
 COMMANDS.append(make_slide_command)
+
+
+@click.command("make-sample")
+@click.option(
+    "--data-root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Shared data folder with data/pbc_subset  [default: settings' data_root]",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Folder to write (the packaged one is hematovision/devtools/sample_cells).",
+)
+@click.option("--per-class", default=40, show_default=True, type=click.IntRange(1, 1000), help="Images per class.")
+@click.option("--seed", default=13, show_default=True, type=int, help="Seed of the pick (same data, same sample).")
+@click.option(
+    "--split",
+    "split_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The model split whose training part is drawn from  [default: the shipped v1 model's split.json]",
+)
+@click.option("--replace", is_flag=True, help="Replace OUT if it exists and is not empty.")
+def make_sample_command(
+    data_root: Path | None, out: Path, per_class: int, seed: int, split_file: Path | None, replace: bool
+) -> None:
+    """Rebuild the small sample of real PBC cells (CC BY 4.0) that synthetic slides use when the
+    shared data are absent: PER-CLASS training-split images of each of the 8 PBC classes, cut to the
+    26 µm the slides paste, with a manifest and ATTRIBUTION.md. OUT is replaced only as a whole.
+    """
+    from hematovision.core.settings import SHIPPED_MODEL_DIR, load_settings
+    from hematovision.devtools.sample_build import build_sample, sample_size_bytes
+
+    root = data_root if data_root is not None else load_settings().data_root
+    split = split_file if split_file is not None else SHIPPED_MODEL_DIR / "split.json"
+    try:
+        counts = build_sample(root, out, split_file=split, per_class=per_class, seed=seed, replace=replace)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"could not write {out}: {exc.strerror or exc}") from None
+    size = sample_size_bytes(out)
+    click.echo(f"sample:   {out} ({sum(counts.values())} images, {size / 2**20:.2f} MiB)")
+    click.echo("classes:  " + ", ".join(f"{c} {n}" for c, n in counts.items()))
+
+
+COMMANDS.append(make_sample_command)

@@ -42,6 +42,7 @@ def pbc_root(data_root: Path) -> Path:
 
 
 def have_pbc(data_root: Path) -> bool:
-    """True when the real PBC cell images are available (otherwise demos fall back to drawings)."""
+    """True when the shared PBC cell images are available (otherwise synthetic slides take the small
+    sample packaged in ``hematovision/devtools/sample_cells``)."""
     root = pbc_root(data_root)
     return root.is_dir() and any(root.glob("*/*.jpg"))

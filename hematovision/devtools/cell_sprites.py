@@ -1,8 +1,9 @@
 """The cells of the synthetic smears, as transmittance sprites (float32 (S, S, 3), S odd, centred).
 
 Red cells (pink biconcave discs with central pallor), platelets, white cells cut from the real PBC
-single-cell crops (Acevedo et al. 2020, CC BY 4.0) and rescaled to the slide's µm/px, or, where no
-PBC images exist, procedural white cells. Used by :mod:`hematovision.devtools.synthetic`, which plans and
+single-cell crops (Acevedo et al. 2020, CC BY 4.0: the shared data, or the small sample packaged in
+``hematovision/devtools/sample_cells``) and rescaled to the slide's µm/px, or, where neither exists,
+procedural white cells. Used by :mod:`hematovision.devtools.synthetic`, which plans and
 renders whole slides from them.
 """
 
@@ -158,19 +159,30 @@ def pbc_cell_box_um(rgb: np.ndarray, cls: str) -> tuple[float, float, float, flo
 
 
 def pbc_sprite(path: Path, cls: str, mpp: float) -> np.ndarray:
-    """Transmittance factor of a PBC cell at the slide's scale, faded out by a soft circular mask."""
+    """Transmittance factor of a PBC cell at the slide's scale, faded out by a soft circular mask.
+
+    The mask fades to nothing 13 µm from the centre, so only that disc of the image matters; where
+    the square read around it reaches past the image (slides coarser than about 0.55 µm/px, or the
+    packaged sample's images, cut to 26 µm), the image is extended with its own background colour.
+    """
     from PIL import Image
 
     rgb = load_pbc(path)
-    h, w = rgb.shape[:2]
+    bg = pbc_background(rgb)
     mask_um = WBC_MASK_UM[cls]
     half = int(math.ceil(mask_um / 2.0 / mpp)) + 2
     size = 2 * half + 1
     # crop a square of `size` slide pixels around the crop centre, at PBC resolution
     side_src = size * mpp / PBC_MPP
+    pad = max(0, math.ceil((side_src - min(rgb.shape[:2])) / 2.0) + 1)
+    if pad:  # the square reaches past the image (coarse mpp, or a cut image): extend it with its background
+        grown = np.empty((rgb.shape[0] + 2 * pad, rgb.shape[1] + 2 * pad, 3), np.uint8)
+        grown[:] = np.round(bg).astype(np.uint8)
+        grown[pad:-pad, pad:-pad] = rgb
+        rgb = grown
+    h, w = rgb.shape[:2]
     cx, cy = w / 2.0, h / 2.0
     box = (cx - side_src / 2, cy - side_src / 2, cx + side_src / 2, cy + side_src / 2)
-    bg = pbc_background(rgb)
     img = Image.fromarray(rgb).resize(
         (size, size),
         Image.Resampling.LANCZOS if side_src > size else Image.Resampling.BICUBIC,

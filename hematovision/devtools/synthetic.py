@@ -7,8 +7,11 @@ area" has something to find); red cells drawn as pink biconcave discs with centr
 (7.5 ± 0.4 µm, jittered on a grid so that some touch); small purple platelets; and white cells cut
 from the real PBC single-cell crops (Acevedo et al. 2020, CC BY 4.0; ``datasets.PBC_MPP`` µm/px),
 rescaled to the slide's µm/px and pasted with a soft circular mask of 20–24 µm centred on the crop
-(the cell is centred in PBC crops). Where no PBC images exist, white cells are drawn procedurally
-(lobed, kidney-shaped or round purple nuclei by class) and the manifest says so. The cells
+(the cell is centred in PBC crops). Where the shared data hold no PBC images, the white cells come
+from the small sample of PBC cells packaged with HematoVision (:mod:`hematovision.devtools.sample_build`:
+40 per class, source ``"pbc-sample"``), so a fresh clone still gets real cells; only if that sample
+is missing too are white cells drawn procedurally (lobed, kidney-shaped or round purple nuclei by
+class). The manifest says which source was used. The cells
 themselves are drawn by :mod:`hematovision.devtools.cell_sprites`; this module plans and renders slides.
 
 Optics: everything is composed in transmittance (Beer–Lambert): pixel = glass light × plasma ×
@@ -21,9 +24,11 @@ Scale: all cell placement is planned up front from the seed (numpy arrays, a few
 then tiles are rendered on demand from a spatial index, so 40k×40k or 80k×80k slides are written
 with flat memory by ``slide_writer.write_pyramid``. The manifest is streamed to disk.
 
-Manifest (``<slide>.manifest.json``): ``{"mpp", "width", "height", "format", "source", "seed",
-"cells": [{"kind", "class", "center", "bbox", "source_file"}], "counts": {"wbc", "rbc",
-"platelets"}, "differential": {class: count}, ...}``. Coordinates are level-0 pixels; ``bbox`` is
+Manifest (``<slide>.manifest.json``): ``{"mpp", "width", "height", "format", "source", "source_root",
+"seed", "cells": [{"kind", "class", "center", "bbox", "source_file"}], "counts": {"wbc", "rbc",
+"platelets"}, "differential": {class: count}, ...}``. ``source`` is ``"pbc"`` (the shared data),
+``"pbc-sample"`` (the packaged sample) or ``"procedural"``; a white cell's ``source_file`` is
+relative to ``source_root`` (the data root, or the sample's folder). Coordinates are level-0 pixels; ``bbox`` is
 ``[x0, y0, x1, y1]`` (exclusive end) of the cell itself (for PBC cells: the nucleus found in the crop,
 grown by a class-typical cytoplasm margin), not of the paste mask.
 """
@@ -44,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from hematovision.core.datasets import have_pbc, pbc_root
+from hematovision.devtools import sample_build
 from hematovision.devtools.cell_sprites import (
     GLASS_RGB,
     PLASMA_T,
@@ -70,7 +76,13 @@ DEFAULT_WBC_MIX: dict[str, float] = {
     "basophil": 0.01,
 }
 WBC_CLASSES = tuple(DEFAULT_WBC_MIX)
-SOURCES = ("auto", "pbc", "procedural")
+SOURCES = ("auto", "pbc", sample_build.SAMPLE_SOURCE, "procedural")
+#: A slide's source of white cells (the manifest's ``source``), in words for people.
+SOURCE_WORDS = {
+    "pbc": "real PBC cell images (shared data)",
+    sample_build.SAMPLE_SOURCE: "real PBC cell images (the packaged sample, hematovision/devtools/sample_cells)",
+    "procedural": "procedurally drawn cells",
+}
 
 #: Above this many cells the returned manifest leaves out red-cell entries (the file has all).
 INLINE_CELLS_MAX = 200_000
@@ -144,6 +156,7 @@ class SmearPlan:
     plt_sprites: list[np.ndarray]
     notes: list[str] = field(default_factory=list)
     wbc_requested: int = 0
+    source_root: Path | None = None  # what the white cells' source files are relative to
 
 
 # --------------------------------------------------------------------------------------------------
@@ -199,6 +212,7 @@ def plan_smear(
     notes: list[str] = []
 
     files: dict[str, list[Path]] = {}
+    source_root: Path | None = Path(data_root) if data_root is not None else None
     if wbc_files is not None:
         for f in wbc_files:
             f = Path(f)
@@ -208,21 +222,39 @@ def plan_smear(
             files.setdefault(cls, []).append(f)
         for c in files:
             files[c].sort()
-        used = "pbc"
         if source == "procedural":
             raise ValueError("wbc_files were given but source is 'procedural'")
+        used = "pbc"
+        sample = sample_build.sample_root().resolve()
+        if wbc_files and all(Path(f).resolve().is_relative_to(sample) for f in wbc_files):
+            used, source_root = sample_build.SAMPLE_SOURCE, sample  # files of the packaged sample
     else:
         available = data_root is not None and have_pbc(Path(data_root))
+        sample = sample_build.sample_root()
+        have_sample = sample_build.have_sample(sample)
         if source == "pbc" and not available:
             raise ValueError(f"no real cell images under {pbc_root(Path(data_root or '.'))}")
-        used = "pbc" if (source == "pbc" or (source == "auto" and available)) else "procedural"
+        if source == sample_build.SAMPLE_SOURCE and not have_sample:
+            raise ValueError(f"the packaged sample of real cells is missing from {sample}")
+        if source == "pbc" or (source == "auto" and available):
+            used = "pbc"
+        elif source == sample_build.SAMPLE_SOURCE or (source == "auto" and have_sample):
+            used = sample_build.SAMPLE_SOURCE
+        else:
+            used = "procedural"
+        where = pbc_root(Path(data_root)) if data_root is not None else "the data root"
         if used == "pbc":
             assert data_root is not None
             files = _pbc_files(Path(data_root), list(mix))
+        elif used == sample_build.SAMPLE_SOURCE:
+            files = sample_build.sample_files(list(mix), sample)
+            source_root = sample
+            if source == "auto":
+                notes.append(f"no real cell images under {where}; took real PBC cells from the packaged sample")
         elif source == "auto":
-            where = pbc_root(Path(data_root)) if data_root is not None else "the data root"
-            notes.append(f"no real cell images under {where}; drew procedural cells")
-    if used == "pbc":
+            source_root = None
+            notes.append(f"no real cell images under {where} and no packaged sample at {sample}; drew procedural cells")
+    if used in ("pbc", sample_build.SAMPLE_SOURCE):
         missing = [c for c in mix if not files.get(c)]
         if missing:
             notes.append(f"no images for {', '.join(missing)}; left out of the mix")
@@ -264,7 +296,7 @@ def plan_smear(
     rng.shuffle(classes)
     picks: dict[str, list[Path]] = {}
     for c, k in counts.items():
-        if used == "pbc" and k:
+        if used != "procedural" and k:
             pool = files[c]
             order: list[Path] = []
             while len(order) < k:  # each file once before any repeats
@@ -274,7 +306,7 @@ def plan_smear(
     cursor = dict.fromkeys(counts, 0)
     for (x, y), c in zip(wbc_xy, classes, strict=True):
         src = None
-        if used == "pbc":
+        if used != "procedural":
             src = picks[c][cursor[c]]
             cursor[c] += 1
         wbcs.append(WbcSpec(c, (int(round(x)), int(round(y))), src))
@@ -359,6 +391,7 @@ def plan_smear(
         plt_sprites=plt_sprites,
         notes=notes,
         wbc_requested=n_wbc,
+        source_root=source_root if used != "procedural" else None,
     )
 
 
@@ -497,6 +530,17 @@ def manifest_path(out_path: str | os.PathLike[str]) -> Path:
     return p.with_name(p.name + ".manifest.json")
 
 
+_PBC_CITATION = "PBC dataset, Acevedo et al. 2020, Data in Brief 30:105474, CC BY 4.0"
+_ATTRIBUTION = {
+    "pbc": f"white cells: {_PBC_CITATION}",
+    sample_build.SAMPLE_SOURCE: (
+        f"white cells: {_PBC_CITATION}; HematoVision's packaged sample (cropped, re-encoded; "
+        "see ATTRIBUTION.md in source_root)"
+    ),
+    "procedural": "procedurally drawn cells",
+}
+
+
 def _manifest_head(plan: SmearPlan, fmt: str, out_path: Path) -> dict[str, Any]:
     differential: dict[str, int] = {}
     for w in plan.wbcs:
@@ -509,6 +553,7 @@ def _manifest_head(plan: SmearPlan, fmt: str, out_path: Path) -> dict[str, Any]:
         "height": plan.height,
         "format": fmt,
         "source": plan.source,
+        "source_root": str(plan.source_root) if plan.source_root is not None else None,
         "seed": plan.seed,
         "counts": {
             "wbc": len(plan.wbcs),
@@ -526,17 +571,11 @@ def _manifest_head(plan: SmearPlan, fmt: str, out_path: Path) -> dict[str, Any]:
         },
         "notes": list(plan.notes),
         "generator": "hematovision.devtools.synthetic",
-        "attribution": (
-            "white cells: PBC dataset, Acevedo et al. 2020, Data in Brief 30:105474, CC BY 4.0"
-            if plan.source == "pbc"
-            else "procedurally drawn cells"
-        ),
+        "attribution": _ATTRIBUTION[plan.source],
     }
 
 
-def _iter_cell_json(
-    plan: SmearPlan, data_root: Path | None, include_rbc: bool = True, as_text: bool = False
-) -> Iterator[Any]:
+def _iter_cell_json(plan: SmearPlan, include_rbc: bool = True, as_text: bool = False) -> Iterator[Any]:
     """Manifest cell entries (dicts, or JSON text when ``as_text``: millions of red cells)."""
     for w in plan.wbcs:
         cx, cy = w.center
@@ -545,9 +584,9 @@ def _iter_cell_json(
         src = None
         if w.source_file is not None:
             src = str(w.source_file)
-            if data_root is not None:
-                with contextlib.suppress(ValueError):  # outside data_root: keep the full path
-                    src = str(Path(w.source_file).resolve().relative_to(Path(data_root).resolve()))
+            if plan.source_root is not None:
+                with contextlib.suppress(ValueError):  # outside source_root: keep the full path
+                    src = str(Path(w.source_file).resolve().relative_to(plan.source_root.resolve()))
         cell = {"kind": "wbc", "class": w.cls, "center": [cx, cy], "bbox": box, "source_file": src}
         yield json.dumps(cell, separators=(", ", ": ")) if as_text else cell
     for kind, xy, var, sprites in (
@@ -575,7 +614,7 @@ def _iter_cell_json(
             }
 
 
-def write_manifest(plan: SmearPlan, fmt: str, out_path: Path, data_root: Path | None) -> Path:
+def write_manifest(plan: SmearPlan, fmt: str, out_path: Path) -> Path:
     """Stream the manifest JSON beside the slide (atomic rename); returns its path."""
     target = manifest_path(out_path)
     tmp = target.with_name("." + target.name + ".part")
@@ -586,7 +625,7 @@ def write_manifest(plan: SmearPlan, fmt: str, out_path: Path, data_root: Path | 
             fh.write(f"  {json.dumps(k)}: {json.dumps(v)},\n")
         fh.write('  "cells": [')
         first = True
-        for cell in _iter_cell_json(plan, data_root, include_rbc=True, as_text=True):
+        for cell in _iter_cell_json(plan, include_rbc=True, as_text=True):
             fh.write(("\n    " if first else ",\n    ") + cell)
             first = False
         fh.write("\n  ]\n}\n")
@@ -616,7 +655,7 @@ def make_slide(
     Args:
         out_path: Slide file to write (``.tiff`` or ``.svs`` by ``fmt``).
         data_root: The shared data folder (or a ``Settings``, whose ``data_root`` is used); PBC
-            cells are read below it. None: procedural cells only.
+            cells are read below it. Without them (or None) ``"auto"`` takes the packaged sample.
         width, height: Level-0 size in pixels.
         mpp: µm per pixel at level 0 (0.25 ≈ a 40× scan).
         n_wbc: White cells to place (fewer are placed if they do not fit; see ``notes``).
@@ -624,7 +663,9 @@ def make_slide(
         fmt: ``"tiff"`` (generic tiled TIFF) or ``"svs"`` (Aperio-style).
         wbc_mix: Class weights, e.g. ``{"neutrophil": 60, "lymphocyte": 40}``; default
             ``DEFAULT_WBC_MIX`` (normal adult differential).
-        source: ``"pbc"`` (real cells; error if absent), ``"procedural"`` (drawn), or ``"auto"``.
+        source: ``"pbc"`` (real cells of the shared data; error if absent), ``"pbc-sample"`` (real
+            cells of the packaged sample), ``"procedural"`` (drawn), or ``"auto"`` (the first of
+            these three that is there).
         wbc_files: Take white cells only from these PBC files (class = parent folder name), e.g.
             a held-out split for evaluation.
         tile_px, quality: TIFF tile size and JPEG quality.
@@ -662,11 +703,11 @@ def make_slide(
     info = write_pyramid(
         out, width, height, renderer, mpp, fmt=fmt, tile_px=tile_px, quality=quality, progress=progress
     )
-    mpath = write_manifest(plan, fmt, out, root)
+    mpath = write_manifest(plan, fmt, out)
     manifest = _manifest_head(plan, fmt, out)
     n_cells = len(plan.wbcs) + plan.rbc_xy.shape[0] + plan.plt_xy.shape[0]
     include_rbc = n_cells <= INLINE_CELLS_MAX
-    manifest["cells"] = list(_iter_cell_json(plan, root, include_rbc=include_rbc))
+    manifest["cells"] = list(_iter_cell_json(plan, include_rbc=include_rbc))
     if not include_rbc:
         manifest["cells_omitted"] = f"rbc entries left out of the returned copy; all are in {mpath}"
     manifest["manifest_path"] = str(mpath)

@@ -38,11 +38,11 @@ def cells(db_url: str, slide_id: str) -> list[tuple]:
 
 
 @pytest.fixture(scope="module")
-def slide(tmp_path_factory, real_data: Path) -> Path:  # type: ignore[no-untyped-def]
+def slide(tmp_path_factory, real_cells: Path) -> Path:  # type: ignore[no-untyped-def]
     from hematovision.devtools.synthetic import make_slide
 
     out = tmp_path_factory.mktemp("faults") / "slide.tiff"
-    make_slide(out, real_data, 3072, 3072, mpp=0.25, n_wbc=60, seed=11, fmt="tiff")
+    make_slide(out, real_cells, 3072, 3072, mpp=0.25, n_wbc=60, seed=11, fmt="tiff")
     return out
 
 

@@ -35,11 +35,11 @@ def truth_differential(manifest: dict) -> tuple[int, dict[str, float]]:
     return n, {k: 100.0 * v / n for k, v in Counter(labels).items()}
 
 
-def test_generated_slide_over_http_matches_ground_truth(stack, real_data: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_generated_slide_over_http_matches_ground_truth(stack, real_cells: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from hematovision.devtools.synthetic import make_slide
 
     slide = tmp_path / "slide.tiff"
-    manifest = make_slide(slide, real_data, 3072, 3072, mpp=0.25, n_wbc=60, seed=7, fmt="tiff")
+    manifest = make_slide(slide, real_cells, 3072, 3072, mpp=0.25, n_wbc=60, seed=7, fmt="tiff")
     client = stack.client()
     batch = client.submit([slide], name="integration")
     assert len(batch["job_ids"]) == 1

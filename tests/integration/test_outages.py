@@ -22,14 +22,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def small_slides(tmp_path_factory, real_data: Path) -> list[Path]:  # type: ignore[no-untyped-def]
+def small_slides(tmp_path_factory, real_cells: Path) -> list[Path]:  # type: ignore[no-untyped-def]
     from hematovision.devtools.synthetic import make_slide
 
     d = tmp_path_factory.mktemp("outage-slides")
     out = []
     for i in range(3):
         p = d / f"s{i}.tiff"
-        make_slide(p, real_data, 2048, 2048, mpp=0.25, n_wbc=25, seed=20 + i, fmt="tiff")
+        make_slide(p, real_cells, 2048, 2048, mpp=0.25, n_wbc=25, seed=20 + i, fmt="tiff")
         out.append(p)
     return out
 

@@ -14,13 +14,13 @@ from sqlalchemy import create_engine, text
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def _slides(real_data: Path, folder: Path, n: int, seed: int) -> list[Path]:
+def _slides(real_cells: Path, folder: Path, n: int, seed: int) -> list[Path]:
     from hematovision.devtools.synthetic import make_slide
 
     out = []
     for i in range(n):
         p = folder / f"s{seed + i}.tiff"
-        make_slide(p, real_data, 1536, 1536, mpp=0.25, n_wbc=12, seed=seed + i, fmt="tiff")
+        make_slide(p, real_cells, 1536, 1536, mpp=0.25, n_wbc=12, seed=seed + i, fmt="tiff")
         out.append(p)
     return out
 
@@ -39,8 +39,8 @@ def _duplicate_cells(db_url: str) -> tuple[int, int]:
     return int(dup), int(per_slide)
 
 
-def test_two_workers_share_the_queues(pg_stack_steady, real_data: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    slides = _slides(real_data, tmp_path, 6, 40)
+def test_two_workers_share_the_queues(pg_stack_steady, real_cells: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    slides = _slides(real_cells, tmp_path, 6, 40)
     pg_stack = pg_stack_steady
     pg_stack.start_worker("w1")
     pg_stack.start_worker("w2")
@@ -60,10 +60,10 @@ def test_two_workers_share_the_queues(pg_stack_steady, real_data: Path, tmp_path
     assert _duplicate_cells(pg_stack.env["HEMATOVISION_DATABASE_URL"]) == (0, 6)
 
 
-def test_cpu_and_gpu_workers_split_the_stages(pg_stack_steady, real_data: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_cpu_and_gpu_workers_split_the_stages(pg_stack_steady, real_cells: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """A CPU worker on the prepare and report queues, a 'GPU' worker on the classify queue only:
     no slide finishes without both, and each stage runs where its queue is served."""
-    slides = _slides(real_data, tmp_path, 4, 60)
+    slides = _slides(real_cells, tmp_path, 4, 60)
     stack = pg_stack_steady
     client = stack.client()
     stack.env["HEMATOVISION_LOG_FORMAT"] = "json"  # for the workers started below
@@ -102,9 +102,9 @@ def test_cpu_and_gpu_workers_split_the_stages(pg_stack_steady, real_data: Path, 
         assert done[(j["id"], "report")] == ("cpu", j["slide_id"])
 
 
-def test_urgent_slides_overtake_at_every_stage(pg_stack_steady, real_data: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_urgent_slides_overtake_at_every_stage(pg_stack_steady, real_cells: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Priority 0 (most urgent) submitted after a routine batch is finished first by one worker."""
-    slides = _slides(real_data, tmp_path, 4, 80)
+    slides = _slides(real_cells, tmp_path, 4, 80)
     stack = pg_stack_steady
     client = stack.client()
     routine = client.submit(slides[:3], priority=9)

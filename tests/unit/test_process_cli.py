@@ -13,16 +13,17 @@ from hematovision.cli import main
 pytestmark = pytest.mark.slow  # analyses a slide with the Keras model
 
 
-def test_process_reports_bad_files_and_finishes_good_ones(real_data: Path, tmp_path: Path) -> None:
+def test_process_reports_bad_files_and_finishes_good_ones(real_cells: Path, tmp_path: Path) -> None:
+    from hematovision.devtools.sample_build import sample_root
     from hematovision.devtools.synthetic import make_slide
 
     good = tmp_path / "good.tiff"
-    make_slide(good, real_data, 1024, 1024, mpp=0.25, n_wbc=6, seed=3)
+    make_slide(good, real_cells, 1024, 1024, mpp=0.25, n_wbc=6, seed=3)
     empty = tmp_path / "empty.svs"
     empty.write_bytes(b"")
     text = tmp_path / "notes.svs"
     text.write_text("scanner log, not a slide\n" * 20)
-    jpeg = next((real_data / "data/bccd/BCCD/JPEGImages").glob("*.jpg")).read_bytes()
+    jpeg = next(sample_root().glob("lymphocyte/*.jpg")).read_bytes()  # a real JPEG, cut short below
     truncated = tmp_path / "cut.jpg"
     truncated.write_bytes(jpeg[: len(jpeg) // 3])
     out = tmp_path / "reports"

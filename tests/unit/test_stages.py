@@ -20,11 +20,11 @@ from workers.stages import PermanentError, job_folder, run_classify, run_prepare
 
 
 @pytest.fixture(scope="module")
-def slide_path(real_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def slide_path(real_cells: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from hematovision.devtools.synthetic import make_slide
 
     p = tmp_path_factory.mktemp("slides") / "s.tiff"
-    make_slide(p, real_data, 1024, 1024, mpp=0.25, n_wbc=8, seed=11, fmt="tiff")
+    make_slide(p, real_cells, 1024, 1024, mpp=0.25, n_wbc=8, seed=11, fmt="tiff")
     return p
 
 

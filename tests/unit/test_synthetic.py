@@ -12,8 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from hematovision.cli import main
-from hematovision.core.datasets import pbc_root
+from hematovision.core.datasets import have_pbc
 from hematovision.core.slides import open_slide
+from hematovision.devtools import sample_build
 from hematovision.devtools.slide_writer import write_pyramid
 from hematovision.devtools.synthetic import (
     DEFAULT_WBC_MIX,
@@ -87,14 +88,16 @@ def test_white_cells_do_not_overlap_and_are_dark(pbc_slide: tuple[Path, dict]) -
 
 
 def test_real_pbc_cells_used_when_available(pbc_slide: tuple[Path, dict], data_root: Path) -> None:
+    """The shared PBC images where they are, else the packaged sample: real cells either way."""
     _, m = pbc_slide
-    if not pbc_root(data_root).is_dir():
-        assert m["source"] == "procedural"
-        return
-    assert m["source"] == "pbc"
+    if have_pbc(data_root):
+        assert m["source"] == "pbc" and m["source_root"] == str(data_root)
+    else:
+        assert m["source"] == "pbc-sample" and m["source_root"] == str(sample_build.sample_root())
     files = [c["source_file"] for c in m["cells"] if c["kind"] == "wbc"]
-    assert all(f and (Path(data_root) / f).is_file() for f in files)
+    assert all(f and (Path(m["source_root"]) / f).is_file() for f in files)
     assert len(set(files)) == len(files)  # each crop once before any repeat
+    assert "Acevedo et al. 2020" in m["attribution"] and "CC BY 4.0" in m["attribution"]
 
 
 def test_svs_slide_is_aperio(tmp_path: Path) -> None:
@@ -110,15 +113,50 @@ def test_svs_slide_is_aperio(tmp_path: Path) -> None:
     _check_manifest(json.loads(manifest_path(out).read_text()), SIZE, 1536)
 
 
-def test_procedural_fallback_with_empty_data_root(tmp_path: Path) -> None:
+def test_packaged_sample_when_the_data_root_is_empty(tmp_path: Path) -> None:
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    m = make_slide(tmp_path / "p.tiff", empty, 1536, 1536, n_wbc=10, seed=0)
+    assert m["source"] == "pbc-sample"
+    assert any("no real cell images under" in n and "packaged sample" in n for n in m["notes"])
+    wbcs = [c for c in m["cells"] if c["kind"] == "wbc"]
+    assert len(wbcs) == 10
+    root = sample_build.sample_root()
+    for c in wbcs:
+        assert Path(c["source_file"]).parts[0] == c["class"] and (root / c["source_file"]).is_file()
+    assert json.loads(manifest_path(tmp_path / "p.tiff").read_text())["source"] == "pbc-sample"
+    assert "ATTRIBUTION.md" in m["attribution"]
+    # the same slide when asked for by name, and nothing else changes with the data root
+    again = make_slide(tmp_path / "q.tiff", None, 1536, 1536, n_wbc=10, seed=0, source="pbc-sample")
+    assert again["cells"] == m["cells"] and again["notes"] == []
+    with pytest.raises(ValueError, match="no real cell images under"):
+        make_slide(tmp_path / "r.tiff", empty, 1024, 1024, n_wbc=6, source="pbc")
+
+
+def test_procedural_cells_only_without_the_sample(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last resort, for an install that lost its package data: drawn cells, and the notes say so."""
+    monkeypatch.setattr(sample_build, "SAMPLE_DIR", tmp_path / "lost-sample")
     empty = tmp_path / "no-data"
     empty.mkdir()
     m = make_slide(tmp_path / "p.tiff", empty, 1024, 1024, n_wbc=6, seed=0)
-    assert m["source"] == "procedural"
-    assert any("no real cell images under" in n and "drew procedural cells" in n for n in m["notes"])
+    assert m["source"] == "procedural" and m["source_root"] is None
+    assert any("no packaged sample" in n and "drew procedural cells" in n for n in m["notes"])
     assert all(c["source_file"] is None for c in m["cells"])
-    with pytest.raises(ValueError, match="no real cell images under"):
-        make_slide(tmp_path / "q.tiff", empty, 1024, 1024, n_wbc=6, source="pbc")
+    with pytest.raises(ValueError, match="packaged sample of real cells is missing"):
+        make_slide(tmp_path / "q.tiff", empty, 1024, 1024, n_wbc=6, source="pbc-sample")
+
+
+@pytest.mark.parametrize("mpp", [1.0, 0.1])
+def test_sample_cells_at_coarse_and_fine_scales(tmp_path: Path, mpp: float) -> None:
+    """The sample's images are cut to the 26 µm a slide pastes; a sprite that reads past them (coarse
+    slides read a square wider than the image) is padded with the image's background, not refused."""
+    side = int(60 / mpp) * 4
+    m = make_slide(tmp_path / "c.tiff", None, side, side, mpp=mpp, n_wbc=3, seed=1, source="pbc-sample")
+    assert m["counts"]["wbc"] == 3
+    with open_slide(tmp_path / "c.tiff") as slide:
+        for c in (c for c in m["cells"] if c["kind"] == "wbc"):
+            x0, y0, x1, y1 = c["bbox"]
+            assert slide.read_region((x0, y0), 0, (x1 - x0, y1 - y0)).min() < 150, c  # a stained nucleus
 
 
 def test_deterministic_and_tiling_independent(tmp_path: Path) -> None:
@@ -136,16 +174,17 @@ def test_deterministic_and_tiling_independent(tmp_path: Path) -> None:
     assert np.array_equal(whole, pieces)
 
 
-def test_mix_and_held_out_files(tmp_path: Path, data_root: Path, require) -> None:  # type: ignore[no-untyped-def]
+def test_mix_and_held_out_files(tmp_path: Path) -> None:
     m = make_slide(tmp_path / "l.tiff", tmp_path, 1024, 1024, n_wbc=5, source="procedural", wbc_mix={"lymphocyte": 1.0})
     assert m["differential"] == {"lymphocyte": 5}
-    root = pbc_root(data_root)
+    root = sample_build.sample_root()  # any folder laid out as PBC's: <class>/<file>.jpg
     held_out = sorted((root / "monocyte").glob("*.jpg"))[:2] + sorted((root / "basophil").glob("*.jpg"))[:2]
-    require(len(held_out) == 4, f"PBC monocytes and basophils under {root}")
-    m = make_slide(tmp_path / "h.tiff", data_root, 1536, 1536, n_wbc=6, seed=2, wbc_files=held_out)
+    assert len(held_out) == 4
+    m = make_slide(tmp_path / "h.tiff", tmp_path, 1536, 1536, n_wbc=6, seed=2, wbc_files=held_out)
     used = {Path(c["source_file"]).name for c in m["cells"] if c["kind"] == "wbc"}
     assert used <= {f.name for f in held_out}
     assert set(m["differential"]) <= {"monocyte", "basophil"}
+    assert m["source"] == "pbc-sample"  # the files are the packaged sample's
     with pytest.raises(ValueError, match="unknown white-cell class"):
         plan_smear(512, 512, 0.25, 2, data_root=tmp_path, source="procedural", wbc_mix={"blast": 1})
 
@@ -198,7 +237,7 @@ def test_cli_make_slide(tmp_path: Path) -> None:
     )
     assert res.exit_code == 0, res.output
     assert f"slide:    {out}" in res.output and "manifest:" in res.output
-    assert "5 white cells" in res.output and "procedurally drawn cells" in res.output
+    assert "5 white cells" in res.output and "the packaged sample" in res.output
     assert "no real cell images under" in res.output
     assert openslide.OpenSlide.detect_format(str(out)) == "aperio"
     assert json.loads(manifest_path(out).read_text())["counts"]["wbc"] == 5

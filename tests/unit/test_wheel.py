@@ -47,9 +47,16 @@ def test_wheel_holds_package_data(wheel: Path) -> None:
         "hematovision/core/flag_rules.toml",
         "hemato_model/models/wbc-effnetlite0-v1/model.keras",
         "hemato_model/models/wbc-effnetlite0-v1/model.json",
+        "hematovision/devtools/sample_cells/ATTRIBUTION.md",
+        "hematovision/devtools/sample_cells/manifest.csv",
+        "hematovision/devtools/sample_cells/lymphocyte/LY_112097.jpg",
     ]
     missing = [n for n in expected if n not in names]
     assert missing == [], f"not in {wheel.name}: {missing}"
+    sample = sorted(
+        p.relative_to(ROOT).as_posix() for p in (ROOT / "hematovision/devtools/sample_cells").glob("*/*.jpg")
+    )
+    assert len(sample) == 320 and [n for n in sample if n not in names] == []
     revisions = sorted(p.name for p in (ROOT / "migrations" / "versions").glob("*.py"))
     assert [n for n in revisions if f"migrations/versions/{n}" not in names] == []
 
@@ -89,6 +96,9 @@ ui = c.get("/ui/")
 assert ui.status_code == 200 and b"HematoVision" in ui.data, ui.status_code
 css = c.get("/ui/static/hv.css")
 assert css.status_code == 200, css.status_code
+from hematovision.devtools.sample_build import SAMPLE_DIR, read_sample
+assert SAMPLE_DIR.is_relative_to({str(target)!r}), SAMPLE_DIR
+assert len(read_sample()) == 320
 print("wheel ok")
 """
     env = {**os.environ, "PYTHONPATH": str(target)}
