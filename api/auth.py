@@ -1,26 +1,130 @@
-"""API-key authentication, scopes and the audit log.
+"""Who is asking, and may they: API keys for machines, login sessions for people, CSRF, scopes.
 
-Every endpoint except ``/healthz`` needs a key (header ``X-API-Key`` or ``Authorization: Bearer``):
-GET needs scope ``read``, anything else ``submit`` (``admin`` may do all). Submissions,
-cancellations, reclassifications, sign-offs, report reads and exports and flag-report reads are
-written to the audit log.
+Every endpoint except ``/healthz``, the login page and static files needs a principal:
+
+- a **machine** presents an API key (header ``X-API-Key`` or ``Authorization: Bearer``); its scope
+  (``read``, ``submit``, ``review``, ``admin``) decides what it may do. No key may sign off;
+- a **person** has a login session (Flask-Login, a signed cookie) opened at ``/ui/login``; their
+  role (``technologist``, ``pathologist``, ``admin``) decides what they may do. Unsafe requests in a
+  session must carry the session's CSRF token (Flask-WTF's ``CSRFProtect``: the form field
+  ``csrf_token`` or the header ``X-CSRFToken``); key requests need none (a browser never adds the key
+  header on its own).
+
+The review pages need a person and send others to the login page. Each endpoint maps to one action
+(:mod:`hematovision.core.access`): GET is ``read``; submitting, cancelling, reclassifying and signing
+off are their own actions. A refusal answers 401 (no valid credentials) or 403 (not allowed), and
+it is audited like every other attempt (:mod:`api.audit`).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
-from flask import Flask, Response, g, request
+from flask import Flask, g, redirect, request, url_for
+from flask.typing import ResponseReturnValue
+from flask_login import LoginManager, UserMixin, current_user
+from flask_wtf.csrf import CSRFError, CSRFProtect
 
 from api.context import db
 from api.errors import ApiError
+from hematovision.core.access import key_may, printable, role_may
 
 log = logging.getLogger(__name__)
-#: The review pages and their static files hold no data (all data comes from the keyed API).
-UI_ENDPOINTS = frozenset(
-    {"ui.index", "ui.batches_page", "ui.batch_page", "ui.flags_page", "ui.slide_page", "ui.gallery_page", "ui.static"}
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: Served to anyone: liveness, static files, the login page (and logout, which needs no session).
+PUBLIC_ENDPOINTS = frozenset({"health.healthz", "static", "ui.static", "ui.login", "ui.logout"})
+#: The review pages: a person must be logged in (else: the login page).
+UI_PAGES = frozenset(
+    {"ui.index", "ui.batches_page", "ui.batch_page", "ui.flags_page", "ui.slide_page", "ui.gallery_page"}
 )
-PUBLIC_ENDPOINTS = frozenset({"health.healthz", "static"}) | UI_ENDPOINTS
+#: The action of each unsafe endpoint (every GET is ``read``; an unsafe endpoint not named here
+#: needs ``admin``).
+UNSAFE_ACTIONS = {
+    "batches.submit_batch": "submit",
+    "jobs.cancel_job": "cancel",
+    "review.label_cell": "reclassify",
+    "review.signoff": "signoff",
+}
+
+csrf = CSRFProtect()
+login_manager = LoginManager()
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a request acts for: ``kind`` is ``key``, ``user`` or ``anonymous``; ``name`` the key's
+    name or the username; ``grant`` the key's scope or the person's role."""
+
+    kind: str
+    name: str
+    id: int | None = None
+    grant: str | None = None
+    full_name: str | None = None
+
+    @property
+    def actor(self) -> str:
+        """The audit log's name for the principal: ``key:<name>``, ``user:<username>``, ``anonymous``."""
+        return "anonymous" if self.kind == "anonymous" else f"{self.kind}:{printable(self.name)}"
+
+    def may(self, action: str) -> bool:
+        if self.kind == "key":
+            return key_may(self.grant or "", action)
+        if self.kind == "user":
+            return role_may(self.grant or "", action)
+        return False
+
+
+ANONYMOUS = Principal("anonymous", "anonymous")
+
+
+class Person(UserMixin):
+    """The logged-in person as Flask-Login sees them (loaded from the ``users`` row per request)."""
+
+    def __init__(self, user_id: int, username: str, full_name: str, role: str, fingerprint: str) -> None:
+        self.user_id, self.username, self.full_name, self.role = user_id, username, full_name, role
+        self.fingerprint = fingerprint
+
+    def get_id(self) -> str:
+        # The fingerprint ends sessions opened before a password change.
+        return f"{self.user_id}:{self.fingerprint}"
+
+    @property
+    def principal(self) -> Principal:
+        return Principal("user", self.username, self.user_id, self.role, self.full_name)
+
+
+def person_of(user: object) -> Person:
+    from hematovision.store.models import User
+    from hematovision.store.users import session_fingerprint
+
+    assert isinstance(user, User)
+    return Person(user.id, user.username, user.full_name, user.role, session_fingerprint(user))
+
+
+def principal() -> Principal:
+    """The current request's principal (anonymous outside a request that was authenticated)."""
+    p = g.get("principal")
+    return p if isinstance(p, Principal) else ANONYMOUS
+
+
+def refuse(status: int, code: str, message: str, reason: str) -> ApiError:
+    """An ApiError for a refused attempt; the audit records it as ``refused`` with ``reason``."""
+    g.refused = True
+    g.setdefault("audit_detail", {})["reason"] = reason
+    return ApiError(status, code, message)
+
+
+def session_person() -> Person | None:
+    """The person of the request's login session, if any (a disabled user has none)."""
+    user = current_user
+    return user if isinstance(user, Person) and user.is_authenticated else None
+
+
+def action_of(endpoint: str, method: str) -> str:
+    if method in SAFE_METHODS:
+        return "read"
+    return UNSAFE_ACTIONS.get(endpoint, "admin")
 
 
 def _presented_key() -> str | None:
@@ -31,64 +135,98 @@ def _presented_key() -> str | None:
     return key or None
 
 
-def _audit_action() -> str | None:
-    ep = request.endpoint or ""
-    if ep == "batches.submit_batch":
-        return "submit"
-    if ep == "jobs.cancel_job":
-        return "cancel"
-    if ep == "review.label_cell":
-        return "reclassify"
-    if ep == "review.signoff":
-        return "signoff"
-    if ep in ("reports.slide_report", "reports.flag_report"):
-        # Any rendering other than the JSON document (CSV, PDF, HL7) leaves the system: an export.
-        return "export" if request.args.get("format") in ("csv", "pdf", "hl7") else "read"
-    return None
+def check_csrf() -> None:
+    """Refuse (400 ``csrf_failed``) an unsafe request without the session's CSRF token."""
+    try:
+        csrf.protect()
+    except CSRFError as e:
+        raise refuse(
+            400,
+            "csrf_failed",
+            f"{e.description} Reload the page and try again.",
+            reason=f"CSRF check failed: {e.description}",
+        ) from None
+
+
+def _scope_refusal(action: str, scope: str) -> ApiError:
+    if action == "signoff":
+        return refuse(
+            403,
+            "forbidden",
+            "API keys cannot sign slides off: an electronic signature is a person's act (log in to the review UI)",
+            reason="sign-off with an API key",
+        )
+    return refuse(
+        403,
+        "forbidden",
+        f"this key's scope '{scope}' does not allow '{action}'",
+        reason=f"scope {scope} lacks {action}",
+    )
 
 
 def register_auth(app: Flask) -> None:
-    from hematovision.store.apikeys import allows, find_key
+    from hematovision.store.apikeys import find_key
+
+    csrf.init_app(app)
+    login_manager.init_app(app)
+    login_manager.session_protection = "strong"
+
+    @login_manager.user_loader
+    def _load_person(session_id: str) -> Person | None:
+        from hematovision.store.models import User
+        from hematovision.store.users import session_fingerprint
+
+        user_id, _, fingerprint = session_id.partition(":")
+        if not user_id.isdigit() or not 0 < int(user_id) < 2**31:
+            return None
+        user = db().get(User, int(user_id))
+        if user is None or user.disabled_at is not None or session_fingerprint(user) != fingerprint:
+            return None
+        return person_of(user)
 
     @app.before_request
-    def _authenticate() -> None:
-        g.actor = "anonymous"
-        if request.endpoint in PUBLIC_ENDPOINTS or not app.extensions["hv_settings"].auth_required:
-            return
-        if request.endpoint is None:  # unknown route: let the 404/405 handlers answer
-            return
+    def _authenticate() -> ResponseReturnValue | None:
+        g.principal = ANONYMOUS
+        endpoint = request.endpoint
+        if endpoint is None or endpoint in PUBLIC_ENDPOINTS:  # unknown route: the 404/405 handlers answer
+            return None
+        if endpoint in UI_PAGES:
+            person = session_person()
+            if person is None:
+                return redirect(url_for("ui.login", next=request.path))
+            g.principal = person.principal
+            return None
+        action = g.permission = action_of(endpoint, request.method)
         key = _presented_key()
-        if key is None:
-            raise ApiError(401, "unauthorized", "an API key is required (header X-API-Key)")
-        row = find_key(db(), key)
-        if row is None:
-            raise ApiError(401, "unauthorized", "the API key is not valid or has been revoked")
-        needed = "read" if request.method in ("GET", "HEAD", "OPTIONS") else "submit"
-        if not allows(row.scope, needed):
-            raise ApiError(403, "forbidden", f"this key's scope '{row.scope}' does not allow this ('{needed}' needed)")
-        g.actor = f"key:{row.name}:{row.prefix}"
-
-    @app.after_request
-    def _audit(resp: Response) -> Response:
-        action = _audit_action()
-        if action is None or resp.status_code >= 500:
-            return resp
-        from hematovision.store.models import AuditEntry
-
-        resource = request.full_path.rstrip("?")
-        if action == "submit" and resp.is_json and resp.status_code in (200, 202):
-            resource = f"batch:{(resp.get_json(silent=True) or {}).get('id')}"
-        try:
-            with app.extensions["hv_sessions"]() as s, s.begin():
-                s.add(
-                    AuditEntry(
-                        actor=getattr(g, "actor", "anonymous"),
-                        action=action,
-                        resource=resource[:300],
-                        status=resp.status_code,
-                        remote_addr=request.remote_addr,
-                    )
+        if key is not None:
+            row = find_key(db(), key)
+            if row is None:
+                g.principal = Principal("key", "?")
+                raise refuse(
+                    401, "unauthorized", "the API key is not valid or has been revoked", reason="invalid or revoked key"
                 )
-        except Exception:  # the audit must not turn a served answer into an error; it is logged
-            log.exception("audit log write failed")
-        return resp
+            g.principal = Principal("key", row.name, row.id, row.scope)
+            if not key_may(row.scope, action):
+                raise _scope_refusal(action, row.scope)
+            return None
+        person = session_person()
+        if person is not None:
+            g.principal = person.principal
+            if request.method not in SAFE_METHODS:
+                check_csrf()
+            if not role_may(person.role, action):
+                raise refuse(
+                    403,
+                    "forbidden",
+                    f"the role '{person.role}' does not allow '{action}'",
+                    reason=f"role {person.role} lacks {action}",
+                )
+            return None
+        if not app.extensions["hv_settings"].auth_required and action != "signoff":
+            return None  # development only: the keyed API open to anyone (never a sign-off)
+        raise refuse(
+            401,
+            "unauthorized",
+            "an API key (header X-API-Key) or a login session (/ui/login) is required",
+            reason="no credentials",
+        )

@@ -238,7 +238,8 @@ def openapi_document() -> dict[str, Any]:
             "/api/v1/cells/{cell_id}/label": {
                 "post": {
                     "operationId": "reclassifyCell",
-                    "summary": "Reclassify a white cell (technologist review); answers the recomputed differential",
+                    "summary": "Reclassify a white cell (a person, or a key of scope review or admin); answers the "
+                    "recomputed differential",
                     "parameters": [_CELL_ID_PARAM],
                     "requestBody": {
                         "required": True,
@@ -264,12 +265,51 @@ def openapi_document() -> dict[str, Any]:
             "/api/v1/slides/{slide_id}/signoff": {
                 "post": {
                     "operationId": "signOffSlide",
-                    "summary": "Sign the slide off (verified_by, verified_at); read-only afterwards. 409 while cells "
-                    "are unidentified",
+                    "summary": "Electronic signature: a logged-in person (session + CSRF token, never an API key) "
+                    "re-enters their password; records who, when and the meaning; read-only afterwards. 409 while "
+                    "cells are unidentified",
                     "parameters": [_id_param("slide_id")],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["password"],
+                                    "properties": {"password": {"type": "string"}},
+                                }
+                            }
+                        },
+                    },
                     "responses": {
-                        "200": _resp("signed off", {"type": "object", "required": ["verified_by", "verified_at"]}),
-                        **_errors(404, 409, 503),
+                        "200": _resp(
+                            "signed off",
+                            {
+                                "type": "object",
+                                "required": ["verified_by", "verified_by_id", "verified_at", "signature"],
+                            },
+                        ),
+                        **_errors(400, 401, 403, 404, 409, 503),
+                    },
+                }
+            },
+            "/api/v1/slides/{slide_id}/audit": {
+                "get": {
+                    "operationId": "getSlideAudit",
+                    "summary": "The slide's audit history, oldest first: reclassifications, sign-off, reads and "
+                    "exports, refused attempts",
+                    "parameters": [
+                        _id_param("slide_id"),
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 5000, "default": 500},
+                        },
+                    ],
+                    "responses": {
+                        "200": _resp("audit entries", {"type": "object", "required": ["slide_id", "entries"]}),
+                        **_errors(400, 401, 403, 404, 503),
                     },
                 }
             },

@@ -6,6 +6,7 @@ from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
+from api.audit import commit_audited
 from api.context import db
 from api.errors import ApiError
 from api.serializers import job_json
@@ -34,5 +35,5 @@ def cancel_job(job_id: str) -> ResponseReturnValue:
         raise ApiError(409, "already_final", f"job {job_id} is already {job.state}")
     job.state = "cancelled"
     job.finished_at = utcnow()
-    session.commit()
+    commit_audited(session, slide_id=job.slide_id, job_id=job.id)
     return jsonify(job_json(job))

@@ -1,4 +1,8 @@
-"""Review API: cells, reclassification, sign-off, DeepZoom tiles and cell crops.
+"""Review API: cells, reclassification, sign-off, a slide's audit history, DeepZoom tiles and cell crops.
+
+Sign-off is an electronic signature: only a logged-in person (role technologist, pathologist or
+admin) may sign, and only after re-entering their password in the request (re-authentication);
+API keys never sign. The signature records the user id, full name, time and its meaning.
 
 The slide image is opened only from the path stored when the slide was accepted (never one a client
 names), through OpenSlide (``openslide.open_slide``: OpenSlide for WSI formats, its ``ImageSlide``
@@ -13,18 +17,22 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-from flask import Blueprint, Response, g, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
+from api.audit import commit_audited, note, note_slide
+from api.auth import principal, refuse, session_person
 from api.context import db, settings
 from api.errors import ApiError
 from api.params import query_int, query_text
 from api.serializers import batch_json, iso
+from hematovision.core.access import SIGNOFF_MEANING, printable
 from hematovision.core.flags import effective_rules
-from hematovision.service.review import reclassify, sign_off, slide_classes
-from hematovision.store.models import Batch, Cell, CellReview, Slide
+from hematovision.service.review import Signer, reclassify, sign_off, slide_classes
+from hematovision.store.models import AuditEntry, Batch, Cell, CellReview, Slide, User
+from hematovision.store.users import LOCK_MINUTES, verify_password
 
 bp = Blueprint("review", __name__, url_prefix="/api/v1")
 
@@ -135,6 +143,7 @@ def slide_cells(slide_id: str) -> ResponseReturnValue:
             "ready": slide.report is not None,
             "classes": slide_classes(report) if report else [],
             "verified_by": slide.verified_by,
+            "verified_by_id": report.get("verified_by_id"),
             "verified_at": iso(slide.verified_at),
             "count": len(cells),
             "cells": [cell_json(c, original) for c in cells],
@@ -156,18 +165,91 @@ def label_cell(cell_id: int) -> ResponseReturnValue:
     if not isinstance(label, str) or not label:
         raise ApiError(400, "invalid_label", 'the body needs "label": a class name or "unidentified"')
     session = db()
-    cell, report = reclassify(session, cell_id, label, g.actor, rules=_rules())
-    session.commit()
+    before = session.get(Cell, cell_id)
+    note(cell_id=cell_id, **{"from": before.label if before else None, "to": printable(label)})
+    cell, report = reclassify(session, cell_id, label, principal().actor, rules=_rules())
+    commit_audited(session, slide_id=cell.slide_id)
     return jsonify({"cell": cell_json(cell), "slide_id": cell.slide_id, **_review_state(report)})
 
 
 @bp.post("/slides/<hexid:slide_id>/signoff")
 def signoff(slide_id: str) -> ResponseReturnValue:
-    """Sign the slide off (verified by the key's holder); read-only afterwards."""
+    """Sign the slide off as the logged-in person, who re-enters their password (``{"password": …}``);
+    the slide is read-only afterwards."""
+    person = session_person()
+    if person is None:  # the auth hook lets only people through; anything else is a bug
+        raise ApiError(403, "forbidden", "only a logged-in person can sign off")
+    body = request.get_json(silent=True)
+    password = body.get("password") if isinstance(body, dict) else None
+    if not isinstance(password, str) or not password:
+        raise refuse(
+            401,
+            "reauthentication_required",
+            'signing off needs your password: send {"password": …} to re-authenticate',
+            reason="sign-off without re-authentication",
+        )
     session = db()
-    slide = sign_off(session, slide_id, g.actor)
-    session.commit()
-    return jsonify({"slide_id": slide.id, "verified_by": slide.verified_by, "verified_at": iso(slide.verified_at)})
+    _slide(slide_id)
+    check = verify_password(session, session.get(User, person.user_id), password)
+    if check.user is None:
+        locked = "locked" in (check.reason or "")
+        why = check.reason or "unknown"
+        refusal = refuse(
+            403,
+            "reauthentication_failed",
+            f"too many wrong passwords: the account is locked for {LOCK_MINUTES} minutes"
+            if locked
+            else "the password is not correct; the slide was not signed off",
+            reason=f"re-authentication failed: {why}",
+        )
+        commit_audited(session, status=403, outcome="refused")  # keeps the failed-attempt count
+        raise refusal
+    signer = Signer(check.user.id, check.user.username, check.user.full_name, check.user.role)
+    slide = sign_off(session, slide_id, signer, meaning=SIGNOFF_MEANING)
+    commit_audited(session, meaning=SIGNOFF_MEANING, signer=signer.full_name)
+    return jsonify(
+        {
+            "slide_id": slide.id,
+            "verified_by": slide.verified_by,
+            "verified_by_id": signer.username,
+            "verified_at": iso(slide.verified_at),
+            "signature": (slide.report or {}).get("signature"),
+        }
+    )
+
+
+@bp.get("/slides/<slide_id>/audit")
+def slide_audit(slide_id: str) -> ResponseReturnValue:
+    """The slide's audit history, oldest first: reclassifications, sign-off, reads and exports of its
+    report, refused attempts (``limit``: the most recent N, default 500, at most 5000)."""
+    slide = _slide(slide_id)
+    raw = request.args.get("limit", "500")
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 5000:
+        raise ApiError(400, "invalid_limit", "limit must be an integer from 1 to 5000")
+    note_slide(None)  # reading the history is audited, but not as part of it
+    rows = (
+        db()
+        .execute(
+            select(AuditEntry)
+            .where(AuditEntry.slide_id == slide.id)
+            .order_by(AuditEntry.at.desc(), AuditEntry.id.desc())
+            .limit(int(raw))
+        )
+        .scalars()
+        .all()
+    )
+    entries = [
+        {
+            "at": iso(e.at),
+            "actor": e.actor,
+            "action": e.action,
+            "outcome": e.outcome,
+            "status": e.status,
+            "detail": e.detail or {},
+        }
+        for e in reversed(rows)
+    ]
+    return jsonify({"slide_id": slide.id, "count": len(entries), "entries": entries})
 
 
 # --- images: DeepZoom tiles and cell crops ---------------------------------------------------------

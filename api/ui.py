@@ -1,8 +1,11 @@
-"""The technologist's review pages: server-rendered shells, filled in by the keyed JSON API.
+"""The technologist's review pages: server-rendered shells, filled in by the JSON API.
 
-The pages hold no data and are served without a key; their scripts ask for an API key once (kept in
-the browser's ``localStorage``) and send it as ``X-API-Key`` with every request. OpenSeadragon is not
-kept in git: ``npm ci`` in ``api/assets/`` copies it into ``api/static/vendor/`` (git-ignored).
+A person logs in at ``/ui/login`` (username and password; a Flask-Login session in a signed,
+HTTP-only cookie) and every page needs that session (else: the login page). The pages hold no data:
+their scripts call the JSON API with the session cookie and, on unsafe requests, the session's CSRF
+token (``<meta name="csrf-token">``, sent as ``X-CSRFToken``). Single sign-on (OIDC) is not yet
+available. OpenSeadragon is not kept in git: ``npm ci`` in ``api/assets/`` copies it into
+``api/static/vendor/`` (git-ignored).
 """
 
 from __future__ import annotations
@@ -11,13 +14,25 @@ import json
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, redirect, render_template, url_for
+from flask import Blueprint, g, redirect, render_template, request, session, url_for
 from flask.typing import ResponseReturnValue
+from flask_login import login_user, logout_user
 from markupsafe import Markup
+
+from api.audit import commit_audited
+from api.auth import Principal, check_csrf, person_of, session_person
+from api.context import db
+from api.errors import ApiError
+from hematovision.core.access import SIGNOFF_MEANING, printable
 
 bp = Blueprint("ui", __name__, template_folder="templates", static_folder="static", static_url_path="/ui/static")
 
 VENDOR_DIR = Path(__file__).with_name("static") / "vendor" / "openseadragon"
+
+
+@bp.context_processor
+def _page_globals() -> dict[str, str]:
+    return {"signoff_meaning": SIGNOFF_MEANING}
 
 
 def viewer_installed() -> bool:
@@ -33,6 +48,69 @@ def boot(call: str, *args: Any) -> Markup:
     """
     src = url_for("ui.static", filename="boot.js")
     return Markup('<script src="{}" data-call="{}" data-args="{}"></script>').format(src, call, json.dumps(list(args)))
+
+
+def safe_next(raw: str | None) -> str:
+    """Where to go after logging in: a review page of this site, never another site."""
+    if (
+        raw
+        and raw.startswith("/ui/")
+        and not raw.startswith("/ui/login")
+        and "\\" not in raw
+        and "//" not in raw
+        and raw.isprintable()
+    ):
+        return raw
+    return url_for("ui.batches_page")
+
+
+@bp.route("/ui/login", methods=["GET", "POST"])
+def login() -> ResponseReturnValue:
+    """The login form; a POST checks the CSRF token, the username and the password."""
+    from hematovision.store.users import LOCK_MINUTES, authenticate
+
+    nxt = safe_next(request.values.get("next"))
+    if request.method == "GET":
+        if session_person() is not None:
+            return redirect(nxt)
+        return render_template("login.html", page="login", next=nxt, error=None)
+    username = request.form.get("username", "").strip()
+    password = request.form.get("password", "")
+    g.principal = Principal("user", printable(username) or "?")
+    try:
+        check_csrf()
+    except ApiError as e:
+        commit_audited(db(), status=400, outcome="refused")
+        return render_template("login.html", page="login", next=nxt, error=e.message), 400
+    store = db()
+    check = authenticate(store, username, password)
+    if check.user is None:
+        why = check.reason or "unknown"
+        g.refused = True
+        commit_audited(store, status=401, outcome="refused", reason=f"login failed: {why}")
+        message = "Wrong username or password, or the account is disabled."
+        if "locked" in why:
+            message = f"Too many wrong passwords: try again in {LOCK_MINUTES} minutes."
+        return render_template("login.html", page="login", next=nxt, error=message, username=username), 401
+    person = person_of(check.user)
+    g.principal = person.principal
+    commit_audited(store, status=302)
+    session.clear()  # a new session (and a new CSRF token) for the person
+    login_user(person)
+    session.permanent = True  # ends after HEMATOVISION_SESSION_HOURS
+    return redirect(nxt)
+
+
+@bp.post("/ui/logout")
+def logout() -> ResponseReturnValue:
+    person = session_person()
+    if person is not None:
+        g.principal = person.principal
+        check_csrf()
+        commit_audited(db(), status=302)
+        logout_user()
+    session.clear()
+    return redirect(url_for("ui.login"))
 
 
 @bp.get("/")

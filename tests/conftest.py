@@ -17,6 +17,7 @@ Test modules import nothing from ``tests``: what they share are the fixtures her
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -117,6 +118,104 @@ def client(app, make_key):  # type: ignore[no-untyped-def]
     c = app.test_client()
     c.environ_base["HTTP_X_API_KEY"] = make_key()
     return c
+
+
+#: The password the ``make_user`` and ``person`` fixtures give people unless told otherwise.
+TEST_PASSWORD = "correct horse battery"
+_CSRF_META = re.compile(r'<meta name="csrf-token" content="([^"]+)"')
+
+
+@pytest.fixture
+def make_user(request: pytest.FixtureRequest) -> Callable[..., int]:
+    """``make_user(username="tess", role="technologist", full_name="Tess Tech", password=TEST_PASSWORD,
+    app=None) -> user id``: a person stored in ``app``'s database (the ``app`` fixture's unless given)."""
+
+    def make(  # type: ignore[no-untyped-def]
+        username: str = "tess",
+        role: str = "technologist",
+        full_name: str = "Tess Tech",
+        password: str = TEST_PASSWORD,
+        *,
+        app=None,
+    ) -> int:
+        from hematovision.store.users import create_user
+
+        app = app if app is not None else request.getfixturevalue("app")
+        with app.extensions["hv_sessions"]() as s, s.begin():
+            return create_user(s, username, full_name, role, password).id
+
+    return make
+
+
+class PersonClient:
+    """A test client logged in to the review UI as a person: ``post``/``get`` send the session cookie,
+    and ``post`` the session's CSRF token (header ``X-CSRFToken``) unless ``csrf=False``."""
+
+    def __init__(self, client, username: str, full_name: str, password: str, user_id: int) -> None:  # type: ignore[no-untyped-def]
+        self.client, self.username, self.full_name, self.password, self.user_id = (
+            client,
+            username,
+            full_name,
+            password,
+            user_id,
+        )
+        self.csrf = ""
+
+    def refresh_csrf(self) -> str:
+        page = self.client.get("/ui/")
+        assert page.status_code == 200, page.status_code
+        found = _CSRF_META.search(page.get_data(as_text=True))
+        assert found, "no CSRF token on the page"
+        self.csrf = found.group(1)
+        return self.csrf
+
+    def get(self, url: str, **kw):  # type: ignore[no-untyped-def]
+        return self.client.get(url, **kw)
+
+    def post(self, url: str, *, csrf: bool = True, **kw):  # type: ignore[no-untyped-def]
+        headers = dict(kw.pop("headers", {}))
+        if csrf:
+            headers["X-CSRFToken"] = self.csrf
+        return self.client.post(url, headers=headers, **kw)
+
+
+def login_form(client, username: str, password: str, *, next_url: str | None = None):  # type: ignore[no-untyped-def]
+    """POST the login form with the token of a freshly served login page; returns the response."""
+    page = client.get("/ui/login")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page.get_data(as_text=True))
+    assert token, "no CSRF field on the login page"
+    data = {"username": username, "password": password, "csrf_token": token.group(1)}
+    if next_url:
+        data["next"] = next_url
+    return client.post("/ui/login", data=data)
+
+
+@pytest.fixture(name="login_form", scope="session")
+def login_form_fixture() -> Callable[..., object]:
+    """``login_form(client, username, password, next_url=None)``: submit the login form as a browser does."""
+    return login_form
+
+
+@pytest.fixture
+def person(app, make_user) -> Callable[..., PersonClient]:  # type: ignore[no-untyped-def]
+    """``person(role="technologist", username=None, full_name=None) -> PersonClient``: a new person,
+    logged in through the login form on a new test client."""
+    made = 0
+
+    def make(role: str = "technologist", username: str | None = None, full_name: str | None = None) -> PersonClient:
+        nonlocal made
+        made += 1
+        username = username or f"{role[:4]}{made}"
+        full_name = full_name or f"{role.capitalize()} Number{made}"
+        user_id = make_user(username, role, full_name)
+        c = app.test_client()
+        r = login_form(c, username, TEST_PASSWORD)
+        assert r.status_code == 302, r.get_data(as_text=True)
+        p = PersonClient(c, username, full_name, TEST_PASSWORD, user_id)
+        p.refresh_csrf()
+        return p
+
+    return make
 
 
 class JobRows(NamedTuple):

@@ -1,8 +1,10 @@
-/* HematoVision review pages: the API key, keyed fetches and the list pages. */
+/* HematoVision review pages: session-authenticated fetches (CSRF token on unsafe requests) and the
+   list pages. Every id put into a URL goes through encodeURIComponent (seg). */
 "use strict";
 const HV = (() => {
-  const KEY = "hv_api_key";
-  const key = () => localStorage.getItem(KEY) || "";
+  const csrfToken = () => (document.querySelector('meta[name="csrf-token"]') || {}).content || "";
+  /** One path segment: an id from a page, a link or an answer never changes the URL's shape. */
+  const seg = (id) => encodeURIComponent(String(id));
 
   function el(tag, attrs = {}, ...children) {
     const e = document.createElement(tag);
@@ -18,43 +20,30 @@ const HV = (() => {
     return e;
   }
 
-  let waiting = null;
-  function askKey() {
-    const dlg = document.getElementById("key-dialog");
-    if (!waiting) {
-      waiting = new Promise((resolve) => {
-        dlg.addEventListener("close", () => {
-          const v = document.getElementById("key-input").value.trim();
-          if (v) localStorage.setItem(KEY, v);
-          showWho(); waiting = null; resolve();
-        }, { once: true });
-      });
-      document.getElementById("key-input").value = "";
-      dlg.showModal();
-    }
-    return waiting;
+  function toLogin() {
+    window.location.assign("/ui/login?next=" + encodeURIComponent(window.location.pathname));
   }
 
-  function showWho() {
-    document.getElementById("who").textContent = key() ? "key " + key().slice(0, 10) + "…" : "no API key";
-  }
-
-  /** fetch with the key; JSON in and out; asks for a key on 401/403 and retries once. */
-  async function api(path, opts = {}, retried = false) {
-    if (!key()) await askKey();
-    const headers = Object.assign({ "X-API-Key": key() }, opts.headers || {});
+  /** fetch with the login session (cookie) and, on unsafe requests, the CSRF token; JSON in and out.
+      A 401 "unauthorized" (the session ended) goes to the login page. */
+  async function api(path, opts = {}) {
+    const method = opts.method || "GET";
+    const headers = Object.assign({}, opts.headers || {});
+    if (method !== "GET" && method !== "HEAD") headers["X-CSRFToken"] = csrfToken();
     if (opts.json !== undefined) { headers["Content-Type"] = "application/json"; opts.body = JSON.stringify(opts.json); }
-    const r = await fetch(path, { method: opts.method || "GET", headers, body: opts.body });
-    if ((r.status === 401 || r.status === 403) && !retried) { await askKey(); return api(path, opts, true); }
+    const r = await fetch(path, { method, headers, body: opts.body, credentials: "same-origin" });
     if (opts.raw) return r;
     const body = await r.json().catch(() => ({}));
-    if (!r.ok) { const err = new Error((body.error && body.error.message) || r.statusText); err.status = r.status; err.code = body.error && body.error.code; throw err; }
+    const code = body.error && body.error.code;
+    if (r.status === 401 && code === "unauthorized") { toLogin(); }
+    if (!r.ok) { const err = new Error((body.error && body.error.message) || r.statusText); err.status = r.status; err.code = code; throw err; }
     return body;
   }
 
   /** An image from the keyed API as an object URL. */
   async function imageUrl(path) {
     const r = await api(path, { raw: true });
+    if (r.status === 401) { toLogin(); }
     if (!r.ok) throw new Error("image " + r.status);
     return URL.createObjectURL(await r.blob());
   }
@@ -85,7 +74,7 @@ const HV = (() => {
         tbody.replaceChildren(...doc.batches.map((b) => {
           const states = Object.entries(b.states).map(([k, v]) => `${v} ${k}`).join(", ");
           return el("tr", {},
-            el("td", {}, el("a", { href: `/ui/batches/${b.id}`, text: b.name || b.id.slice(0, 8) }), el("div", { class: "muted small", text: b.id })),
+            el("td", {}, el("a", { href: `/ui/batches/${seg(b.id)}`, text: b.name || b.id.slice(0, 8) }), el("div", { class: "muted small", text: b.id })),
             el("td", { text: fmtTime(b.created_at) }),
             el("td", { text: String(b.priority) }),
             el("td", {}, el("span", { class: "pill " + b.state, text: b.state })),
@@ -101,17 +90,17 @@ const HV = (() => {
       const tbody = document.querySelector("#slides tbody");
       async function load() {
         let b;
-        try { b = await api(`/api/v1/batches/${encodeURIComponent(batchId)}`); } catch (e) { failRow(tbody, 5, e); return; }
+        try { b = await api(`/api/v1/batches/${seg(batchId)}`); } catch (e) { failRow(tbody, 5, e); return; }
         document.getElementById("batch-title").textContent = b.name || "Batch " + b.id.slice(0, 8);
         document.getElementById("batch-meta").textContent = `${b.jobs.length} slides · submitted ${fmtTime(b.created_at)} · priority ${b.priority} · ${b.state}`;
         tbody.replaceChildren(...b.jobs.map((j) => el("tr", {},
-          el("td", {}, j.state === "succeeded" ? el("a", { href: `/ui/slides/${j.slide_id}`, text: j.filename }) : j.filename,
+          el("td", {}, j.state === "succeeded" ? el("a", { href: `/ui/slides/${seg(j.slide_id)}`, text: j.filename }) : j.filename,
             j.error ? el("div", { class: "muted small", text: j.error }) : null),
           el("td", {}, el("span", { class: "pill " + j.state, text: j.state }),
             (j.state === "queued" || j.state === "running") && j.stage ? el("div", { class: "muted small", text: j.stage }) : null),
           el("td", {}, progress(j.progress, j.state === "succeeded")),
           el("td", { text: j.duration_s ? j.duration_s.toFixed(1) + " s" : "—" }),
-          el("td", {}, j.state === "succeeded" ? el("a", { class: "button", href: `/ui/slides/${j.slide_id}`, text: "Review" }) : null))));
+          el("td", {}, j.state === "succeeded" ? el("a", { class: "button", href: `/ui/slides/${seg(j.slide_id)}`, text: "Review" }) : null))));
         if (b.state !== "finished") setTimeout(load, 3000);
       }
       load();
@@ -122,27 +111,23 @@ const HV = (() => {
       const since = document.getElementById("since");
       async function load() {
         let q = "";
-        if (since.value) q = "?since=" + new Date(Date.now() - Number(since.value) * 3600e3).toISOString();
+        if (since.value) q = "?since=" + encodeURIComponent(new Date(Date.now() - Number(since.value) * 3600e3).toISOString());
         let doc;
         try { doc = await api("/api/v1/flags" + q); } catch (e) { box.replaceChildren(el("p", { class: "muted", text: "Could not load: " + e.message })); return; }
         if (!doc.slides.length) { box.replaceChildren(el("p", { class: "muted", text: "No flagged slides in this period." })); return; }
         box.replaceChildren(...doc.slides.map((s) => el("article", { class: "card " + s.max_severity, "data-slide": s.slide_id },
           el("div", {}, sev(s.max_severity)),
           el("div", {},
-            el("h3", {}, el("a", { href: `/ui/slides/${s.slide_id}`, text: s.filename })),
+            el("h3", {}, el("a", { href: `/ui/slides/${seg(s.slide_id)}`, text: s.filename })),
             el("div", { class: "meta", text: `analysed ${fmtTime(s.analysed_at)} · ${s.counts.wbc} WBC · ${s.counts.rbc} RBC · ${s.counts.platelets} platelets` }),
             el("ul", {}, s.flags.map((f) => el("li", {}, el("strong", { text: f.code.replaceAll("_", " ").toLowerCase() + ": " }), f.message))),
             ...(s.rules_not_evaluated || []).length ? [el("div", { class: "meta", text: "Not evaluated: " + [...new Set(s.rules_not_evaluated.map((e) => e.reason))].join("; ") })] : []),
-          el("div", {}, el("a", { class: "button", href: `/ui/slides/${s.slide_id}`, text: "Review →" })))));
+          el("div", {}, el("a", { class: "button", href: `/ui/slides/${seg(s.slide_id)}`, text: "Review →" })))));
       }
       since.addEventListener("change", load);
       load();
     },
   };
 
-  document.addEventListener("DOMContentLoaded", () => {
-    showWho();
-    document.getElementById("change-key").addEventListener("click", askKey);
-  });
-  return { api, imageUrl, el, toast, fmtTime, pct, sev, pages, key, askKey };
+  return { api, imageUrl, el, seg, toast, fmtTime, pct, sev, pages };
 })();

@@ -1,9 +1,10 @@
-/* Slide review: viewer with cell outlines, differential, flags, gallery, reclassification, sign-off.
-   Keys: 1-9 assign the n-th class to the selected cell, U unidentified, N next unidentified cell,
+/* Slide review: viewer with cell outlines, differential, flags, gallery, reclassification, sign-off
+   (an electronic signature: the person re-enters their password), the slide's audit history.
+   Every id put into a URL goes through HV.seg (encodeURIComponent). Keys: 1-9 assign the n-th class to the selected cell, U unidentified, N next unidentified cell,
    arrows / J K previous and next cell, Esc clears the selection. */
 "use strict";
 HV.review = (() => {
-  const { api, el, toast, pct, sev, fmtTime } = HV;
+  const { api, el, seg, toast, pct, sev, fmtTime } = HV;
   const COLORS = { basophil: "#7c3aed", eosinophil: "#f97316", erythroblast: "#db2777", ig: "#0891b2", lymphocyte: "#2563eb",
     monocyte: "#16a34a", neutrophil: "#eab308", platelet: "#65a30d", blast: "#dc2626", unidentified: "#ffffff" };
   const color = (label) => COLORS[label || "unidentified"] || "#00e5ff";
@@ -23,9 +24,10 @@ HV.review = (() => {
     if (S.readOnly) {
       const r = S.report || {};
       badge.className = "status verified";
-      const actor = r.verified_by || S.meta.verified_by || "";
-      badge.textContent = `Verified by ${actor.startsWith("key:") ? actor.split(":")[1] : actor} · ${fmtTime(r.verified_at || S.meta.verified_at)}`;
-      badge.title = actor;
+      const name = r.verified_by || S.meta.verified_by || "";
+      const id = r.verified_by_id || S.meta.verified_by_id || "";
+      badge.textContent = `Verified by ${name}${id ? " (" + id + ")" : ""} · ${fmtTime(r.verified_at || S.meta.verified_at)}`;
+      badge.title = (r.signature && r.signature.meaning) || "";
       btn.disabled = true; btn.textContent = "Signed off";
     } else {
       const open = S.cells.filter((c) => labelOf(c) === "unidentified").length;
@@ -141,26 +143,70 @@ HV.review = (() => {
     if (labelOf(c) === label) return;
     const before = S.report.differential;
     try {
-      const res = await api(`/api/v1/cells/${c.id}/label`, { method: "POST", json: { label } });
+      const res = await api(`/api/v1/cells/${seg(c.id)}/label`, { method: "POST", json: { label } });
       if (!c.reviewed) { c.reviewed = true; c.model_label = c.model_label ?? c.label; }
       c.label = res.cell.label;
       S.changed = new Set(Object.keys(res.differential).filter((k) => !before[k] || before[k].count !== res.differential[k].count));
       Object.assign(S.report, res);
       const o = S.overlays.get(c.id); if (o) o.style.setProperty("--c", color(c.label));
-      renderDifferential(); renderGallery(); renderSelected();
+      renderDifferential(); renderGallery(); renderSelected(); loadAudit();
       toast(`Cell ${c.id} → ${label}`);
     } catch (e) { toast(e.message, true); if (e.status === 409) await reload(); }
+  }
+
+  /** The password of the electronic signature, from the sign-off dialog (null: cancelled). */
+  function askPassword() {
+    const dlg = document.getElementById("signoff-dialog");
+    const input = document.getElementById("signoff-password");
+    input.value = "";
+    return new Promise((resolve) => {
+      const cancel = document.getElementById("signoff-cancel");
+      const onCancel = () => dlg.close("cancel");
+      cancel.addEventListener("click", onCancel, { once: true });
+      dlg.addEventListener("close", () => {
+        cancel.removeEventListener("click", onCancel);
+        const pw = input.value; input.value = "";
+        resolve(dlg.returnValue === "sign" && pw ? pw : null);
+      }, { once: true });
+      dlg.returnValue = "";
+      dlg.showModal();
+      input.focus();
+    });
   }
 
   async function signOff() {
     const open = S.cells.filter((c) => labelOf(c) === "unidentified").length;
     if (open) { toast(`${open} unidentified cell(s): classify them before signing off (N selects the next one).`, true); nextUnidentified(); return; }
-    if (!confirm("Sign off this slide? Its results become read-only and the report is final.")) return;
+    const password = await askPassword();
+    if (!password) return;
     try {
-      const res = await api(`/api/v1/slides/${S.slideId}/signoff`, { method: "POST" });
-      S.readOnly = true; S.report.verified_by = res.verified_by; S.report.verified_at = res.verified_at;
-      renderStatus(); renderSelected(); toast("Signed off.");
-    } catch (e) { toast(e.message, true); }
+      const res = await api(`/api/v1/slides/${seg(S.slideId)}/signoff`, { method: "POST", json: { password } });
+      S.readOnly = true; S.report.verified_by = res.verified_by; S.report.verified_by_id = res.verified_by_id;
+      S.report.verified_at = res.verified_at; S.report.signature = res.signature;
+      renderStatus(); renderSelected(); loadAudit(); toast("Signed off.");
+    } catch (e) { toast(e.message, true); loadAudit(); }
+  }
+
+  const ACTION_TEXT = { reclassify: "reclassified", signoff: "signed off", export: "exported", cancel: "cancelled", read: "read" };
+
+  /** The slide's audit history (reads of the report are counted, not listed). */
+  async function loadAudit() {
+    const box = document.getElementById("audit");
+    if (!box) return;
+    let doc;
+    try { doc = await api(`/api/v1/slides/${seg(S.slideId)}/audit`); } catch (e) { box.replaceChildren(el("li", { class: "muted", text: "Could not load: " + e.message })); return; }
+    const shown = doc.entries.filter((e) => e.action !== "read" || e.outcome !== "allowed");
+    const reads = doc.entries.length - shown.length;
+    document.getElementById("audit-n").textContent = `${shown.length} ${shown.length === 1 ? "entry" : "entries"} · ${reads} ${reads === 1 ? "read" : "reads"}`;
+    box.replaceChildren(...(shown.length ? shown.slice().reverse().map((e) => {
+      const d = e.detail || {};
+      let what = ACTION_TEXT[e.action] || e.action;
+      if (e.action === "reclassify") what += ` cell ${d.cell_id}: ${d.from || "unidentified"} → ${d.to}`;
+      if (e.action === "signoff" && d.meaning) what += ` (${d.meaning})`;
+      if (e.action === "export" && d.format) what += ` ${d.format.toUpperCase()}`;
+      if (e.outcome !== "allowed") what += ` — ${e.outcome} (${e.status}${d.reason ? ": " + d.reason : ""})`;
+      return el("li", { class: e.outcome }, el("span", { class: "muted", text: fmtTime(e.at) + " · " }), el("strong", { text: e.actor }), " " + what);
+    }) : [el("li", { class: "muted", text: "No reclassification, sign-off or export yet." })]));
   }
 
   function onKey(ev) {
@@ -175,14 +221,14 @@ HV.review = (() => {
     else if (k === "Escape") { select(null); }
   }
 
-  /** The DZI descriptor is fetched with the key here (OpenSeadragon sends ajaxHeaders with tile
-      requests only) and handed over as an inline DZI tile source. */
+  /** The DZI descriptor is fetched here and handed over as an inline DZI tile source; tiles are
+      plain image requests that carry the session cookie (same origin). */
   async function dziSource() {
-    const r = await api(`/api/v1/slides/${S.slideId}/dzi`, { raw: true });
+    const r = await api(`/api/v1/slides/${seg(S.slideId)}/dzi`, { raw: true });
     if (!r.ok) throw new Error("slide image: HTTP " + r.status);
     const x = new DOMParser().parseFromString(await r.text(), "application/xml");
     const im = x.getElementsByTagName("Image")[0], sz = x.getElementsByTagName("Size")[0];
-    return { Image: { xmlns: "http://schemas.microsoft.com/deepzoom/2008", Url: `/api/v1/slides/${S.slideId}/tiles/`,
+    return { Image: { xmlns: "http://schemas.microsoft.com/deepzoom/2008", Url: `/api/v1/slides/${seg(S.slideId)}/tiles/`,
       Format: im.getAttribute("Format"), Overlap: im.getAttribute("Overlap"), TileSize: im.getAttribute("TileSize"),
       Size: { Width: sz.getAttribute("Width"), Height: sz.getAttribute("Height") } } };
   }
@@ -192,7 +238,7 @@ HV.review = (() => {
     legend.replaceChildren(...keyed().map((cls) => el("span", {}, el("i", { style: `background:${cls === "unidentified" ? "#fff;border:1px solid #98a2b3" : color(cls)}` }), cls)));
     S.viewer = OpenSeadragon({
       element: document.getElementById("viewer"), prefixUrl, showNavigator: true, navigatorPosition: "TOP_RIGHT",
-      tileSources: await dziSource(), loadTilesWithAjax: true, ajaxHeaders: { "X-API-Key": HV.key() },
+      tileSources: await dziSource(),
       gestureSettingsMouse: { clickToZoom: false }, maxZoomPixelRatio: 2, visibilityRatio: 0.8, crossOriginPolicy: false,
     });
     S.viewer.addHandler("open", () => {
@@ -210,14 +256,14 @@ HV.review = (() => {
   }
 
   async function reload() {
-    const [meta, report] = await Promise.all([api(`/api/v1/slides/${S.slideId}/cells?kind=wbc`), api(`/api/v1/slides/${S.slideId}/report`)]);
+    const [meta, report] = await Promise.all([api(`/api/v1/slides/${seg(S.slideId)}/cells?kind=wbc`), api(`/api/v1/slides/${seg(S.slideId)}/report`)]);
     S.meta = meta; S.report = report; S.cells = meta.cells; S.classes = meta.classes.slice(0, 9);
     S.byId = new Map(S.cells.map((c) => [c.id, c]));
     S.readOnly = Boolean(meta.verified_at);
     document.getElementById("slide-title").textContent = meta.filename;
-    const bl = document.getElementById("batch-link"); if (bl) { bl.href = `/ui/batches/${meta.batch_id}`; bl.textContent = "batch " + meta.batch_id.slice(0, 8); }
+    const bl = document.getElementById("batch-link"); if (bl) { bl.href = `/ui/batches/${seg(meta.batch_id)}`; bl.textContent = "batch " + meta.batch_id.slice(0, 8); }
     document.getElementById("slide-meta").textContent = `${meta.width}×${meta.height} px · ${meta.mpp} µm/px · analysed ${fmtTime(report.analysed_at)} · model ${report.model.name} ${report.model.version}`;
-    renderDifferential(); renderGallery(); renderSelected();
+    renderDifferential(); renderGallery(); renderSelected(); loadAudit();
   }
 
   async function start(slideId, opts) {

@@ -28,12 +28,14 @@ def _register() -> None:
         process_command,
         server_commands,
         slide_commands,
+        users_commands,
     )
 
     for module in (
         demo_command,
         server_commands,
         admin_commands,
+        users_commands,
         client_commands,
         process_command,
         slide_commands,

@@ -1,10 +1,11 @@
-"""Administration of one installation: the results database and the API keys."""
+"""Administration of one installation: the results database and the API keys (people: users_commands)."""
 
 from __future__ import annotations
 
 import click
 
 from hematovision.cli.options import settings_or_exit
+from hematovision.core.access import SCOPES
 
 
 @click.group()
@@ -37,13 +38,20 @@ def keys() -> None:
 @keys.command("create")
 @click.option(
     "--scope",
-    type=click.Choice(["read", "submit", "admin"]),
+    type=click.Choice(SCOPES),
     required=True,
-    help="read: results; submit: also submit and cancel; admin: everything.",
+    help="read: read results; submit: read, submit slides and cancel jobs (the LIS intake key); "
+    "review: read and reclassify cells; admin: all of these. No key can sign off: people sign "
+    "(see `hematovision users`).",
 )
-@click.option("--name", default="default", show_default=True, help="Who or what uses the key (audit log).")
+@click.option(
+    "--name",
+    default="default",
+    show_default=True,
+    help="Who or what uses the key (shown in the audit log): at most 64 characters, no control characters.",
+)
 def keys_create(scope: str, name: str) -> None:
-    """Create an API key and print it."""
+    """Create an API key (for a machine) and print it."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from hematovision.store.apikeys import create_key
@@ -53,6 +61,8 @@ def keys_create(scope: str, name: str) -> None:
     try:
         with transaction(make_session_factory(make_engine(settings))) as s:
             key = create_key(s, name, scope)
+    except ValueError as e:  # a bad name
+        raise click.ClickException(str(e)) from None
     except (SQLAlchemyError, OSError) as e:  # no database, or no schema yet
         raise click.ClickException(
             f"cannot store the key: {e.__class__.__name__} (run `hematovision db upgrade`?)"

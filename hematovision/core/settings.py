@@ -13,7 +13,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: The folder holding the installed packages: the checkout for an editable install, else site-packages.
@@ -82,12 +82,22 @@ class Settings(BaseSettings):
     cache_dir: Path | None = Field(
         default=None, description="Where converted backbone weights are cached; empty = ~/.cache/hematovision."
     )
-    auth_required: bool = Field(default=True, description="API keys required (all but /healthz).")
+    auth_required: bool = Field(
+        default=True, description="An API key or a login session is required (all but /healthz and the login page)."
+    )
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="Signs the review UI's session cookies and CSRF tokens; empty = a random key kept in "
+        "var_dir/secret_key (set it when several API processes serve one site).",
+    )
+    session_hours: float = Field(default=12.0, gt=0, description="A login session ends after this many hours.")
+    secure_cookies: bool = Field(default=False, description="Session cookie only over HTTPS (set behind TLS).")
 
-    @field_validator("cache_dir", mode="before")
+    @field_validator("cache_dir", "secret_key", mode="before")
     @classmethod
     def _empty_is_default(cls, value: object) -> object:
-        """``HEMATOVISION_CACHE_DIR=`` (empty) means the default folder, not the working directory."""
+        """An empty ``HEMATOVISION_CACHE_DIR=`` means the default folder (not the working directory),
+        an empty ``HEMATOVISION_SECRET_KEY=`` the kept random key."""
         return None if value == "" else value
 
     @property

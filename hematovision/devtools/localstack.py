@@ -3,7 +3,7 @@
 Used by ``hematovision demo``, the integration tests and the load benchmark: each starts the real
 ``hematovision serve`` and ``hematovision worker`` commands as child processes (in their own process
 groups, so that only what was started here is ever signalled), on a database migrated first and
-with an API key made for the caller.
+with an API key made for the caller (and, with :meth:`LocalStack.add_user`, people who log in).
 """
 
 from __future__ import annotations
@@ -77,6 +77,24 @@ class LocalStack:
         from hematovision.cli.api_client import ApiClient
 
         return ApiClient(self.api_url, self.api_key)
+
+    def add_user(self, username: str, full_name: str, role: str, password: str) -> int:
+        """Store a person who can log in to this stack's review UI; returns the user id."""
+        from hematovision.core.settings import Settings
+        from hematovision.store.db import make_engine, make_session_factory, transaction
+        from hematovision.store.users import create_user
+
+        settings = Settings(
+            var_dir=self.var_dir,
+            database_url=self.env["HEMATOVISION_DATABASE_URL"],
+            broker_url=self.env["HEMATOVISION_BROKER_URL"],
+        )
+        engine = make_engine(settings)
+        try:
+            with transaction(make_session_factory(engine)) as session:
+                return create_user(session, username, full_name, role, password).id
+        finally:
+            engine.dispose()
 
     def __enter__(self) -> LocalStack:
         return self

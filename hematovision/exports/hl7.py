@@ -1,8 +1,12 @@
 """LIS export: one HL7 v2.5 ORU^R01 (unsolicited observation result) message per analysed slide.
 
 The message is built element by element with hl7apy (a maintained HL7 v2 library), never by string
-concatenation, so every free text is escaped by the library (``|^~\\&`` become ``\\F\\``, ``\\S\\``, …)
-and the segment order follows the ORU_R01 structure of HL7 v2.5:
+concatenation, and the segment order follows the ORU_R01 structure of HL7 v2.5. Every value that
+comes from users or data (ids, names, file names, flag messages, model names, the caller's
+parameters) goes through :func:`escape` first: the delimiters ``| ^ ~ \\ &`` become the escape
+sequences ``\\F\\ \\S\\ \\R\\ \\E\\ \\T\\``, and CR, LF and every other control character become a
+hexadecimal escape (``\\X0D\\``), so no value can end a field, a component or a segment (a CR in a
+name would otherwise start a second ``MSH``):
 
     MSH
     PID                 the patient, which HematoVision does not know (see below)
@@ -27,6 +31,9 @@ Choices a receiving LIS should know about:
   normal range and would flag against it. The interval is in the NTE that follows each OBX.
 - **Result status.** Unverified results are preliminary (OBR-25 / OBX-11 ``P``); a report that
   carries ``verified_by`` is sent as final (``F``).
+- **Verifier.** The person who signed the slide off is the responsible observer of every OBX
+  (OBX-16, XCN ``username^family^given``) and is named, with the signature's time and meaning, in
+  an NTE. Only a person's name and login id appear: never an API key or any part of one.
 - **Codes.** Observation codes are local (coding system ``L``, ``HV-…``); mapping them to LOINC is
   the receiving interface's configuration, not guessed here.
 - **Character set.** Flag messages contain ``≥``, ``–`` and superscripts; the message declares
@@ -42,14 +49,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from hl7apy.core import Field, Message, Segment
-from hl7apy.v2_5 import get_base_datatypes
 
 from hematovision.core.flags import not_evaluated_lines
 
 HL7_VERSION = "2.5"
 #: Media type used by the API for ER7-encoded messages.
 HL7_MEDIA_TYPE = "x-application/hl7-v2+er7"
-_DT = get_base_datatypes()
 _ASCII = {"≥": ">=", "≤": "<=", "–": "-", "—": "-", "×10⁹": "x10^9", "×": "x", "µ": "u", "⁹": "^9"}
 
 
@@ -62,9 +67,44 @@ def _text(value: Any, ascii_only: bool) -> str:
     return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
 
 
-def _escape(text: str) -> str:
-    """ER7-escape free text with hl7apy's textual data type (``|`` -> ``\\F\\``, ``^`` -> ``\\S\\``, …)."""
-    return str(_DT["FT"](text).to_er7())
+_ESCAPES = {"\\": "\\E\\", "|": "\\F\\", "^": "\\S\\", "&": "\\T\\", "~": "\\R\\"}
+#: While the message is built, a hexadecimal escape is held between these two private-use
+#: characters: hl7apy would otherwise escape its backslashes again (it keeps only the escape
+#: sequences it knows, \\F\\ \\S\\ \\T\\ \\R\\ \\E\\ \\H\\ \\N\\). They become ``\\X`` and ``\\`` at the end.
+_HEX_OPEN, _HEX_CLOSE = "\ue000", "\ue001"
+
+
+def _needs_hex(ch: str) -> bool:
+    code = ord(ch)
+    return code < 0x20 or 0x7F <= code < 0xA0 or ch in "\u2028\u2029" or ch in (_HEX_OPEN, _HEX_CLOSE)
+
+
+def _escaped(text: str, hex_open: str, hex_close: str) -> str:
+    out = []
+    for ch in text:
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif _needs_hex(ch):
+            out.append(f"{hex_open}{ch.encode('utf-8').hex().upper()}{hex_close}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def escape(text: str) -> str:
+    """ER7-escape one value with the default delimiters: ``\\`` -> ``\\E\\``, ``|`` -> ``\\F\\``,
+    ``^`` -> ``\\S\\``, ``&`` -> ``\\T\\``, ``~`` -> ``\\R\\``, and CR, LF and any other control
+    character (C0, DEL, C1, U+2028/U+2029) -> ``\\Xhh…\\`` (its UTF-8 bytes in hexadecimal)."""
+    return _escaped(text, "\\X", "\\")
+
+
+def _protected(text: str) -> str:
+    """:func:`escape` for a value handed to hl7apy (hexadecimal escapes held by placeholders)."""
+    return _escaped(text, _HEX_OPEN, _HEX_CLOSE)
+
+
+def _finish(er7: str) -> str:
+    return er7.replace(_HEX_OPEN, "\\X").replace(_HEX_CLOSE, "\\")
 
 
 def _set(field: Field, *components: Any) -> None:
@@ -73,7 +113,7 @@ def _set(field: Field, *components: Any) -> None:
     for i, value in enumerate(components, start=1):
         if value is None or value == "":
             continue
-        setattr(field, f"{name}_{i}", _escape(str(value)))
+        setattr(field, f"{name}_{i}", _protected(str(value)))
 
 
 def _hl7_time(value: str | datetime | None) -> str:
@@ -103,11 +143,35 @@ def _number(value: float | int) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def split_name(full_name: str) -> tuple[str, str]:
+    """(family, given) of a person's full name: ``"Doe, Jane"`` -> ("Doe", "Jane"); otherwise the
+    last word is the family name (``"Jane Q. Doe"`` -> ("Doe", "Jane Q."))."""
+    name = " ".join(full_name.split())
+    if "," in name:
+        family, given = name.split(",", 1)
+        return family.strip(), given.strip()
+    given, _, family = name.rpartition(" ")
+    return family, given
+
+
+def verifier(report: dict[str, Any]) -> tuple[str, str, str] | None:
+    """(id, family, given) of the person who signed the report off, or None when unsigned."""
+    if not report.get("verified_by"):
+        return None
+    sig = report.get("signature") or {}
+    name = str(sig.get("name") or report["verified_by"])
+    family, given = split_name(name)
+    return str(sig.get("username") or report.get("verified_by_id") or ""), family, given
+
+
 class _Builder:
     """Keeps the running set ids of OBX and NTE segments while the message is filled."""
 
-    def __init__(self, ascii_only: bool, status: str, model: str, observed: str) -> None:
+    def __init__(
+        self, ascii_only: bool, status: str, model: str, observed: str, observer: tuple[str, str, str] | None
+    ) -> None:
         self.ascii_only, self.status, self.model, self.observed = ascii_only, status, model, observed
+        self.observer = observer
         self.obx_id = 0
 
     def nte(self, group: Any, set_id: int, text: str) -> None:
@@ -123,11 +187,14 @@ class _Builder:
         seg.obx_1 = str(self.obx_id)
         seg.obx_2 = "NM"
         _set(seg.obx_3, code, _text(text, self.ascii_only), "L")
-        seg.obx_5 = value
+        seg.obx_5 = _protected(value)
         if units:
             _set(seg.obx_6, units[0], units[1], "UCUM")
         seg.obx_11 = self.status
         seg.obx_14 = self.observed
+        if self.observer is not None:  # OBX-16 responsible observer (XCN): id^family^given
+            ident, family, given = self.observer
+            _set(seg.obx_16, ident, _text(family, self.ascii_only), _text(given, self.ascii_only))
         _set(seg.obx_18, self.model, "HEMATOVISION")
         seg.obx_19 = self.observed
         return obs
@@ -150,7 +217,8 @@ def oru_r01(
 
     Args:
         report: the slide report dictionary (``hematovision.service.slide_results.build_report``; optionally with
-            ``analysed_at``, ``verified_by``, ``verified_at``, ``patient_id``).
+            ``analysed_at``, ``verified_by``, ``verified_by_id``, ``verified_at``, ``signature``,
+            ``patient_id``).
         sending_facility: MSH-4, and the assigning authority of the placeholder patient id.
         sending_application: MSH-3.
         receiving_application: MSH-5 (the LIS), if the interface needs it.
@@ -171,7 +239,8 @@ def oru_r01(
     model = report.get("model") or {}
     model_text = f"{model.get('name', '?')} {model.get('version', '?')}"
     observed = _hl7_time(report.get("analysed_at") or report.get("generated_at"))
-    b = _Builder(ascii_only, status, model_text, observed)
+    observer = verifier(report)
+    b = _Builder(ascii_only, status, model_text, observed, observer)
 
     msg = Message("ORU_R01", version=HL7_VERSION)
     _set(msg.msh.msh_3, sending_application)
@@ -180,8 +249,8 @@ def oru_r01(
     _set(msg.msh.msh_6, receiving_facility)
     msg.msh.msh_7 = _hl7_time(None)
     msg.msh.msh_9 = "ORU^R01^ORU_R01"
-    msg.msh.msh_10 = control_id or uuid.uuid4().hex[:20]
-    msg.msh.msh_11 = processing_id
+    msg.msh.msh_10 = _protected(control_id or uuid.uuid4().hex[:20])
+    msg.msh.msh_11 = _protected(processing_id)
     if not ascii_only:
         msg.msh.msh_18 = "UNICODE UTF-8"
 
@@ -226,11 +295,12 @@ def oru_r01(
         f"Model {model_text}; flag rules {report.get('rules_version')}{digest}; "
         f"intervals: {report.get('ci_method', 'exact binomial 95%')}."
     )
-    notes.append(
-        f"Verified by {report['verified_by']} at {report.get('verified_at', '?')}."
-        if verified
-        else "Not yet verified by a technologist: preliminary result."
-    )
+    if observer is not None:
+        meaning = (report.get("signature") or {}).get("meaning")
+        who = f"{report['verified_by']} (ID {observer[0]})" if observer[0] else str(report["verified_by"])
+        notes.append(f"Verified by {who} at {report.get('verified_at', '?')}" + (f": {meaning}." if meaning else "."))
+    else:
+        notes.append("Not yet verified by a technologist: preliminary result.")
     notes.append(str(report.get("limits") or "Decision support only: review by a qualified technologist."))
     for i, text in enumerate(notes, start=1):
         b.nte(order, i, text)
@@ -266,4 +336,4 @@ def oru_r01(
     spm.spm_1 = "1"
     _set(spm.spm_2, slide_id)  # EIP: the slide is the specimen HematoVision saw
     _set(spm.spm_4, "BLD", "Whole blood", "HL70487")
-    return str(msg.to_er7())
+    return _finish(str(msg.to_er7()))

@@ -7,10 +7,17 @@ import io
 from typing import Any
 
 
+def _cell(value: Any) -> str:
+    """Text for a spreadsheet cell: a leading ``= + - @`` (a formula to Excel) gets a ``'`` first."""
+    text = str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
 def report_csv(report: dict[str, Any]) -> str:
-    """The report as CSV: identification, counts, one row per differential class (percent of
-    classified cells), unidentified cells beside it, absolute counts (with a WBC count), one row per
-    flag, and one per rule not evaluated (so that no flag is never read as a negative result)."""
+    """The report as CSV: identification, who verified it (name, ID, time, meaning), counts, one row
+    per differential class (percent of classified cells), unidentified cells beside it, absolute
+    counts (with a WBC count), one row per flag, and one per rule not evaluated (so that no flag is
+    never read as a negative result)."""
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["slide_id", report["slide_id"]])
@@ -19,6 +26,14 @@ def report_csv(report: dict[str, Any]) -> str:
     w.writerow(["rules_version", report.get("rules_version")])
     if report.get("rules_sha256"):
         w.writerow(["rules_sha256", report["rules_sha256"]])
+    sig = report.get("signature") or {}
+    if report.get("verified_by"):
+        w.writerow(["verified_by", _cell(report["verified_by"])])
+        w.writerow(["verified_by_id", _cell(sig.get("username") or report.get("verified_by_id") or "")])
+        w.writerow(["verified_at", report.get("verified_at")])
+        w.writerow(["signature_meaning", _cell(sig.get("meaning") or "")])
+    else:
+        w.writerow(["verified_by", "not yet verified (preliminary)"])
     for k, v in report["counts"].items():
         w.writerow([f"count_{k}", v])
     w.writerow([])

@@ -164,10 +164,11 @@ def _fmt_time(value: Any) -> str:
 
 def _status_banner(report: dict[str, Any], st: dict[str, ParagraphStyle]) -> Table:
     if report.get("verified_by"):
-        text, bg = (
-            f"VERIFIED by {para_text(report['verified_by'])} on {_fmt_time(report.get('verified_at'))}",
-            "#C8E6C9",
-        )
+        sig = report.get("signature") or {}
+        ident = sig.get("username") or report.get("verified_by_id")
+        who = para_text(report["verified_by"]) + (f" (ID {para_text(ident)})" if ident else "")
+        meaning = f" — {para_text(sig['meaning'])}" if sig.get("meaning") else ""
+        text, bg = f"VERIFIED by {who} on {_fmt_time(report.get('verified_at'))}{meaning}", "#C8E6C9"
     else:
         text, bg = "PRELIMINARY — not yet verified by a technologist", "#FFE0B2"
     t = Table([[Paragraph(text, st["banner"])]], colWidths=[180 * mm])

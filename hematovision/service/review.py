@@ -7,24 +7,29 @@ current labels of all its white cells in the one home the worker uses too
 ``differential`` and ``flags`` rows are replaced in the caller's one transaction, so a reader never
 sees a differential that disagrees with its flags.
 
-A sign-off (``verified_by``, ``verified_at``) makes the slide read-only; it is refused while any
-white cell is still ``unidentified``. Plain functions on a SQLAlchemy session: no Flask here.
+A sign-off is a person's electronic signature (:class:`Signer`: user id, username, full name,
+role; checked and re-authenticated by the caller): it stores a ``signatures`` row (who, when, the
+meaning), sets ``verified_by`` (the full name) and ``verified_at``, and makes the slide read-only;
+it is refused while any white cell is still ``unidentified``. Plain functions on a SQLAlchemy
+session: no Flask here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from hematovision.core.access import SIGNOFF_MEANING
 from hematovision.core.datasets import PBC_CLASSES
 from hematovision.core.flags import NON_WBC_CLASSES, load_rules
 from hematovision.core.results import UNIDENTIFIED, WBC
 from hematovision.service.slide_results import replace_result_rows, resummarise
-from hematovision.store.models import Cell, CellReview, Slide, utcnow
+from hematovision.store.models import Cell, CellReview, Signature, Slide, utcnow
 
 
 class ReviewError(ValueError):
@@ -34,6 +39,16 @@ class ReviewError(ValueError):
     def __init__(self, kind: str, code: str, message: str) -> None:
         super().__init__(message)
         self.kind, self.code, self.message = kind, code, message
+
+
+@dataclass(frozen=True)
+class Signer:
+    """The person signing a slide off, as identified (and re-authenticated) by the caller."""
+
+    user_id: int
+    username: str
+    full_name: str
+    role: str
 
 
 def slide_classes(report: dict[str, Any]) -> list[str]:
@@ -121,8 +136,12 @@ def reclassify(
     return cell, recompute(session, slide, rules or load_rules())
 
 
-def sign_off(session: Session, slide_id: str, actor: str, *, at: datetime | None = None) -> Slide:
-    """Mark the slide verified by ``actor``; refused (conflict) while white cells are unidentified."""
+def sign_off(
+    session: Session, slide_id: str, signer: Signer, *, meaning: str = SIGNOFF_MEANING, at: datetime | None = None
+) -> Slide:
+    """Sign the slide off as ``signer``: the signature row, ``verified_by``/``verified_at`` and the
+    report's ``verified_by`` (full name), ``verified_by_id`` (username) and ``signature``. Refused
+    (conflict) while white cells are unidentified or when the slide is already signed."""
     slide = _locked_slide(session, slide_id)
     report = _check_editable(slide)
     open_cells = session.execute(
@@ -138,9 +157,34 @@ def sign_off(session: Session, slide_id: str, actor: str, *, at: datetime | None
             "classify each one (keys 1-9) before signing off",
         )
     when = at or utcnow()
-    slide.verified_by = actor
+    stamp = when.isoformat(timespec="seconds") + "Z"
+    session.add(
+        Signature(
+            slide_id=slide.id,
+            user_id=signer.user_id,
+            username=signer.username,
+            full_name=signer.full_name,
+            role=signer.role,
+            meaning=meaning,
+            signed_at=when,
+        )
+    )
+    slide.verified_by = signer.full_name
     slide.verified_at = when
-    slide.report = {**report, "verified_by": actor, "verified_at": when.isoformat(timespec="seconds") + "Z"}
+    slide.report = {
+        **report,
+        "verified_by": signer.full_name,
+        "verified_by_id": signer.username,
+        "verified_at": stamp,
+        "signature": {
+            "user_id": signer.user_id,
+            "username": signer.username,
+            "name": signer.full_name,
+            "role": signer.role,
+            "meaning": meaning,
+            "signed_at": stamp,
+        },
+    }
     return slide
 
 

@@ -9,7 +9,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -188,10 +188,15 @@ class ApiKey(Base):
 
 
 class AuditEntry(Base):
-    """Who submitted, read, cancelled or exported what."""
+    """One attempt, allowed or refused: who tried (``key:<name>``, ``user:<username>`` or
+    ``anonymous``; never a key or any part of one), what, on which resource, when, from where, the
+    HTTP status and the outcome (``allowed``, ``refused`` for 401/403 and CSRF failures, ``failed``
+    for other errors). ``slide_id`` ties the entry to a slide's history (no foreign key: the audit
+    outlives what it describes); ``detail`` holds what else was decided (e.g. a reclassification's
+    from/to labels, an export's format, a refusal's reason)."""
 
     __tablename__ = "audit_log"
-    __table_args__ = (Index("ix_audit_log_at", "at"),)
+    __table_args__ = (Index("ix_audit_log_at", "at"), Index("ix_audit_log_slide_at", "slide_id", "at"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -200,3 +205,44 @@ class AuditEntry(Base):
     resource: Mapped[str] = mapped_column(String(300))
     status: Mapped[int]
     remote_addr: Mapped[str | None] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(20), server_default=text("'allowed'"))
+    slide_id: Mapped[str | None] = mapped_column(String(32))
+    detail: Mapped[dict[str, Any] | None]
+
+
+class User(Base):
+    """A person who logs in to the review UI (technologist, pathologist or admin).
+
+    ``password_hash`` is ``scrypt$n$r$p$salt$hash`` (see :mod:`hematovision.store.users`); a
+    disabled user can neither log in nor use an open session. ``failed_logins`` and
+    ``locked_until`` slow password guessing (login and sign-off re-authentication alike).
+    """
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    full_name: Mapped[str] = mapped_column(String(100))
+    role: Mapped[str] = mapped_column(String(20))
+    password_hash: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    disabled_at: Mapped[datetime | None]
+    last_login_at: Mapped[datetime | None]
+    failed_logins: Mapped[int] = mapped_column(default=0, server_default=text("0"))
+    locked_until: Mapped[datetime | None]
+
+
+class Signature(Base):
+    """The electronic signature of a slide's sign-off: who (the user and, as signed, their username,
+    full name and role), when, and what it means. One per slide (a signed slide is read-only)."""
+
+    __tablename__ = "signatures"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slide_id: Mapped[str] = mapped_column(ForeignKey("slides.id", ondelete="CASCADE"), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    username: Mapped[str] = mapped_column(String(64))
+    full_name: Mapped[str] = mapped_column(String(100))
+    role: Mapped[str] = mapped_column(String(20))
+    meaning: Mapped[str] = mapped_column(String(200))
+    signed_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,7 +1,7 @@
 """wide cell ids: ``cells.id`` and ``cell_reviews.cell_id`` become 64-bit
 
 Revision ID: 0007
-Revises: 0004
+Revises: 0006
 Create Date: 2026-12-01 12:00:00
 
 Every detected cell, red cells included, gets a row, so a 32-bit ``cells.id`` is a ceiling (about
@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0007"
-down_revision = "0004"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 

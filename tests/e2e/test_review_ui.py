@@ -1,12 +1,15 @@
 """The technologist's morning screen in a real browser: headless Chromium (Debian's ``chromium``)
 driven by Playwright, against the real API and a real worker on the embedded defaults.
 
-Submit a slide, wait for it, open it from the flag list, reclassify a cell with the keyboard,
-resolve the unidentified cells, sign off, and check the report JSON: ``verified_by`` is set and the
-differential changed. Skipped with the reason when Chromium, Playwright or the built viewer
-(``npm ci`` in ``api/assets/``) is missing -- except under ``CI=true``, where that fails the run
-(``api/assets/ci-setup.sh`` installs all three). ``HEMATOVISION_SCREENSHOTS=1`` also writes the screenshots
-to ``docs/screenshots/`` (always to the test's temporary folder).
+Log in as a technologist, submit a slide (with the LIS's submit key), wait for it, open it from the
+flag list, reclassify a cell with the keyboard, resolve the unidentified cells, sign off with the
+password re-entered, and check the report JSON: ``verified_by`` is the person and the differential
+changed. A second test opens a crafted review link (``/ui/slides/..%5Cjobs%5C<id>%5Ccancel%3F``)
+as an admin and presses Sign off: the other job must not be cancelled. Skipped with the reason
+when Chromium, Playwright or the built viewer (``npm ci`` in ``api/assets/``) is missing -- except
+under ``CI=true``, where that fails the run (``api/assets/ci-setup.sh`` installs all three).
+``HEMATOVISION_SCREENSHOTS=1`` also writes the screenshots to ``docs/screenshots/`` (always to the
+test's temporary folder).
 """
 
 from __future__ import annotations
@@ -63,11 +66,25 @@ def browser(require) -> Iterator[object]:  # type: ignore[no-untyped-def]
         b.close()
 
 
+TECH = ("tess", "Tess Tech", "technologist", "tess's long password")
+ADMIN = ("ada", "Ada Admin", "admin", "ada's long password")
+
+
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[LocalStack]:
-    with start_stack(tmp_path / "var", key_scope="submit", key_name="technologist", api_threads=4) as s:
+    with start_stack(tmp_path / "var", key_scope="submit", key_name="lis-intake", api_threads=4) as s:
+        s.add_user(*TECH)
         s.start_worker()
         yield s
+
+
+def _log_in(page, stack: LocalStack, username: str, password: str) -> None:  # type: ignore[no-untyped-def]
+    page.goto(f"{stack.api_url}/ui/")
+    page.wait_for_selector("#login-form")  # the review pages send people to the login page first
+    page.fill("#username", username)
+    page.fill("#password", password)
+    page.click("#login-submit")
+    page.wait_for_url(f"{stack.api_url}/ui/")
 
 
 def _shot(page, tmp_path: Path, name: str, full_page: bool = False) -> None:  # type: ignore[no-untyped-def]
@@ -116,15 +133,14 @@ def test_review_reclassify_and_sign_off(browser, stack: LocalStack, tmp_path: Pa
     assert before["flags"], "a 6-cell slide is flagged (insufficient differential)"
 
     ctx = browser.new_context(viewport={"width": 1440, "height": 900}, device_scale_factor=1)
-    ctx.add_init_script(f"localStorage.setItem('hv_api_key', {stack.api_key!r});")
     page = ctx.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     # What the Content-Security-Policy refuses (an inline script or style) shows only on the console.
     page.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
-    page.on("dialog", lambda d: d.accept())
+    _log_in(page, stack, TECH[0], TECH[3])
+    assert "Tess Tech" in page.inner_text("#who")
 
-    page.goto(f"{stack.api_url}/ui/")
     page.wait_for_selector("#batches a:has-text('night run (e2e)')")
     page.wait_for_selector("#batches .pill.finished")
     _shot(page, tmp_path, "batches")
@@ -170,18 +186,71 @@ def test_review_reclassify_and_sign_off(browser, stack: LocalStack, tmp_path: Pa
     _shot(page, tmp_path, "gallery")
 
     page.click("#signoff")
+    page.wait_for_selector("#signoff-dialog[open]")
+    page.fill("#signoff-password", "not my password")
+    page.click("#signoff-confirm")
+    page.wait_for_selector("#toast.show.error")
+    assert "not correct" in page.inner_text("#toast")
+    page.click("#signoff")
+    page.fill("#signoff-password", TECH[3])
+    page.click("#signoff-confirm")
     page.wait_for_selector("#status-badge.verified")
+    assert "Tess Tech (tess)" in page.inner_text("#status-badge")
     page.wait_for_selector("#toast:not(.show)")
     _shot(page, tmp_path, "gallery-signed-off")
     assert not errors, errors
 
     after = client.report(slide_id)
-    assert after["verified_by"].startswith("key:technologist:")
+    assert after["verified_by"] == "Tess Tech" and after["verified_by_id"] == "tess"
+    assert after["signature"]["meaning"] == "verified: results reviewed and released"
     assert after["verified_at"]
     assert after["differential"] != before["differential"]
     assert after["differential"][target]["count"] >= before["differential"][target]["count"] + 1
     assert after["unidentified"] == 0
     # Read-only now: the API refuses changes.
-    with pytest.raises(ApiClientError, match="409"):
+    status = page.evaluate(
+        f"HV.api('/api/v1/cells/{state['id']}/label', {{method: 'POST', json: {{label: 'monocyte'}}}})"
+        ".then(() => 200, (e) => e.status)"
+    )
+    assert status == 409
+    with pytest.raises(ApiClientError, match="403"):  # and the LIS's intake key may not reclassify at all
         client._call("POST", f"/api/v1/cells/{state['id']}/label", json={"label": "monocyte"})
+    page.goto(f"{stack.api_url}/ui/slides/{slide_id}")
+    page.wait_for_selector("body[data-ready='1']")
+    page.wait_for_selector("#audit li.allowed")
+    history = page.inner_text("#audit")
+    assert "user:tess" in history and "signed off" in history and "reclassified" in history
+    assert "refused" in history, "the wrong password is in the slide's history"
     ctx.close()
+
+
+def test_crafted_review_link_cannot_cancel_another_job(browser, tmp_path: Path, data_root: Path) -> None:  # type: ignore[no-untyped-def]
+    """``/ui/slides/..%5Cjobs%5C<id>%5Ccancel%3F``: the page's slide id is ``..\\jobs\\<id>\\cancel?``.
+    Put into a fetch URL unencoded, a browser reads the backslashes as slashes and "Sign off" POSTs
+    ``/api/v1/jobs/<id>/cancel`` with the admin's session and CSRF token. Encoded, it stays a
+    (missing) slide id under ``/api/v1/slides/``."""
+    from hematovision.devtools.synthetic import make_slide
+
+    slide_path = tmp_path / "queued.tiff"
+    make_slide(slide_path, data_root, 512, 512, mpp=0.25, n_wbc=2)
+    with start_stack(tmp_path / "var", key_scope="submit", key_name="lis-intake", api_threads=4) as stack:
+        stack.add_user(*ADMIN)  # an admin may cancel jobs: the link would succeed without the encoding
+        client = stack.client()
+        job_id = client.submit([slide_path], name="stays queued")["job_ids"][0]  # no worker: it stays queued
+        ctx = browser.new_context(viewport={"width": 1280, "height": 800})
+        page = ctx.new_page()
+        posts: list[str] = []
+        page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
+        _log_in(page, stack, ADMIN[0], ADMIN[3])
+        page.goto(f"{stack.api_url}/ui/slides/..%5Cjobs%5C{job_id}%5Ccancel%3F")
+        page.wait_for_selector("#toast.show")  # the slide cannot be loaded
+        page.wait_for_selector("#toast:not(.show)")
+        page.click("#signoff")
+        page.wait_for_selector("#signoff-dialog[open]")
+        page.fill("#signoff-password", ADMIN[3])
+        page.click("#signoff-confirm")
+        page.wait_for_selector("#toast.show.error")
+        assert client.job(job_id)["state"] == "queued", "the crafted link cancelled another job"
+        api_posts = [u for u in posts if "/api/v1/" in u]
+        assert len(api_posts) == 1 and api_posts[0].endswith("%5Ccancel%3F/signoff"), api_posts
+        ctx.close()

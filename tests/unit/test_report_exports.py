@@ -297,3 +297,131 @@ def test_cli_writes_pdf_and_hl7_over_http(app, client, make_job, slide_file: Pat
     finally:
         server.shutdown()
         thread.join(5)
+
+
+def _signed_report(**over) -> dict:  # type: ignore[no-untyped-def]
+    report = {
+        "slide_id": "0123456789abcdef0123456789abcdef",
+        "model": {"name": "m", "version": "1"},
+        "counts": {"wbc": 10},
+        "differential": {
+            "neutrophil": {"count": 9, "percent": 90.0, "ci95": [55.5, 99.7]},
+            "lymphocyte": {"count": 1, "percent": 10.0, "ci95": [0.3, 44.5]},
+        },
+        "flags": [],
+        "limits": "decision support",
+        "verified_by": "Jane Doe",
+        "verified_by_id": "jdoe",
+        "verified_at": "2026-11-27T07:30:00Z",
+        "signature": {
+            "user_id": 7,
+            "username": "jdoe",
+            "name": "Jane Doe",
+            "role": "technologist",
+            "meaning": "verified: results reviewed and released",
+            "signed_at": "2026-11-27T07:30:00Z",
+        },
+    }
+    report.update(over)
+    return report
+
+
+def test_hl7_verifier_is_the_person_in_obx16() -> None:
+    er7 = oru_r01(_signed_report(), control_id="c1")
+    msg = parse_message(er7, find_groups=True, validation_level=VALIDATION_LEVEL.STRICT)
+    assert msg.validate()
+    order = msg.oru_r01_patient_result.oru_r01_order_observation
+    assert order.obr.obr_25.to_er7() == "F"
+    for obs in order.children.get("ORU_R01_OBSERVATION"):
+        assert obs.obx.obx_16.to_er7() == "jdoe^Doe^Jane" and obs.obx.obx_11.to_er7() == "F"
+    notes = [n.nte_3.to_er7() for n in order.children.get("NTE")]
+    assert "Verified by Jane Doe (ID jdoe) at 2026-11-27T07:30:00Z: verified: results reviewed and released." in notes
+    # Unsigned: preliminary, no responsible observer.
+    er7 = oru_r01(_signed_report(verified_by=None, signature=None, verified_by_id=None), control_id="c2")
+    assert "jdoe" not in er7 and "|P|" in er7
+
+
+def test_hl7_escapes_every_delimiter_and_line_break_in_names() -> None:
+    evil = "Eve\r\nMSH|^~\\&|EVIL|X\rPID|1||666^^^^MR\nOBX|9|ST|x^y"
+    report = _signed_report(
+        slide_id="slide\rMSH|1",
+        verified_by=evil,
+        verified_by_id="jd\roe|^~\\&",
+        signature={**_signed_report()["signature"], "name": evil, "username": "jd\roe|^~\\&"},
+        flags=[{"code": "X", "severity": "review", "message": "line one\r\nline two | ^ ~ \\ &"}],
+        model={"name": "m\rMSH|", "version": "1\n"},
+    )
+    er7 = oru_r01(report, control_id="c\r1|", placer_order="acc\n|9", patient_id="p\r^1", sending_facility="F\r|")
+    segments = er7.split("\r")
+    assert sum(1 for seg in segments if seg.startswith("MSH")) == 1
+    assert not any(seg.startswith(("PID|1||666", "OBX|9")) for seg in segments)
+    assert "\n" not in er7 and "EVIL" in er7
+    msg = parse_message(er7, find_groups=True)
+    assert len(msg.children.get("MSH")) == 1 and msg.validate()
+    order = msg.oru_r01_patient_result.oru_r01_order_observation
+    assert len(order.children.get("ORU_R01_OBSERVATION")) == 3  # two classes and the white-cell count
+    obx = next(seg for seg in segments if seg.startswith("OBX|1|"))
+    ident, family, given = obx.split("|")[16].split("^")
+    assert ident == "jd\\X0D\\oe\\F\\\\S\\\\R\\\\E\\\\T\\"
+    assert family == "OBX\\F\\9\\F\\ST\\F\\x\\S\\y" and given.startswith("Eve MSH\\F\\\\S\\")
+    assert "NTE|1|L|FLAG [review] X: line one\\X0D\\\\X0A\\line two \\F\\ \\S\\ \\R\\ \\E\\ \\T\\" in segments
+    assert segments[0].split("|")[9] == "c\\X0D\\1\\F\\"
+    obr = next(seg for seg in segments if seg.startswith("OBR|"))
+    assert obr.split("|")[3].startswith("slide\\X0D\\MSH\\F\\1^")
+
+
+def test_csv_and_pdf_name_the_verifier() -> None:
+    from hematovision.exports.report_csv import report_csv
+    from hematovision.exports.slide_pdf import slide_report_pdf
+
+    rows = list(csv.reader(io.StringIO(report_csv(_signed_report()))))
+    assert ["verified_by", "Jane Doe"] in rows and ["verified_by_id", "jdoe"] in rows
+    assert ["signature_meaning", "verified: results reviewed and released"] in rows
+    rows = list(csv.reader(io.StringIO(report_csv(_signed_report(verified_by="=cmd|x", verified_by_id="@a")))))
+    assert ["verified_by", "'=cmd|x"] in rows
+    buf = io.BytesIO()
+    slide_report_pdf(_signed_report(), buf, thumbnail=None, invariant=1)
+    text = " ".join(pdf_text(buf.getvalue()).split())
+    assert "VERIFIED by Jane Doe (ID jdoe)" in text and "verified: results reviewed and released" in text
+
+
+def test_no_key_or_part_of_one_in_reports_exports_audit_or_logs(  # type: ignore[no-untyped-def]
+    app, make_key, person, make_job, slide_file: Path, caplog
+) -> None:
+    """Reclassified with a review key, signed off by a person, exported with an admin key: the keys
+    (or any 6+ character piece of them) appear in no report, export, audit entry or log line."""
+    import logging
+
+    from hematovision.store.models import Cell
+
+    caplog.set_level(logging.DEBUG)
+    slide_id, _ = store_slide(make_job, slide_file, REVIEW)
+    review_key, admin_key = make_key("review", "middleware"), make_key("admin", "lis")
+    c = app.test_client()
+    with app.extensions["hv_sessions"]() as s:
+        cell_id = s.execute(select(Cell.id).where(Cell.slide_id == slide_id, Cell.kind == "wbc")).scalars().first()
+    r = c.post(f"/api/v1/cells/{cell_id}/label", headers={"X-API-Key": review_key}, json={"label": "monocyte"})
+    assert r.status_code == 200, r.json
+    c.post(f"/api/v1/slides/{slide_id}/signoff", headers={"X-API-Key": admin_key}, json={"password": "x"})
+    c.get("/api/v1/flags", headers={"X-API-Key": review_key[:-1] + "A"})  # a wrong key, refused
+    tech = person(username="jdoe", full_name="Jane Doe")
+    assert tech.post(f"/api/v1/slides/{slide_id}/signoff", json={"password": tech.password}).status_code == 200
+    outputs: dict[str, bytes] = {}
+    for fmt in ("json", "csv", "pdf", "hl7"):
+        r = c.get(f"/api/v1/slides/{slide_id}/report?format={fmt}", headers={"X-API-Key": admin_key})
+        assert r.status_code == 200, fmt
+        outputs[fmt] = r.data
+    outputs["pdf text"] = pdf_text(outputs["pdf"]).encode()
+    outputs["flags csv"] = c.get("/api/v1/flags?format=csv", headers={"X-API-Key": admin_key}).data
+    outputs["audit api"] = c.get(f"/api/v1/slides/{slide_id}/audit", headers={"X-API-Key": admin_key}).data
+    with app.extensions["hv_sessions"]() as s:
+        rows = s.execute(select(AuditEntry)).scalars().all()
+        outputs["audit table"] = repr([(e.actor, e.action, e.resource, e.detail) for e in rows]).encode()
+    outputs["logs"] = caplog.text.encode()
+    assert b"Jane Doe" in outputs["pdf text"] and b"jdoe" in outputs["hl7"] and b"Jane Doe" in outputs["csv"]
+    assert b"key:middleware" in outputs["audit table"] and b"key:?" in outputs["audit table"]
+    for key in (review_key, admin_key):
+        pieces = {key, key[:6], key[:10], key[3:9], key[-6:]} | {key[i : i + 8] for i in range(0, len(key) - 8, 4)}
+        for name, data in outputs.items():
+            for piece in pieces:
+                assert piece.encode() not in data, f"a piece of a key ({len(piece)} characters) in the {name}"

@@ -11,9 +11,18 @@ from sqlalchemy import select, update
 
 from hematovision.core.results import CellResult, SlideAnalysis
 from hematovision.devtools.synthetic import make_slide
-from hematovision.service.review import ReviewError, reclassify, sign_off, slide_classes
+from hematovision.service.review import ReviewError, Signer, reclassify, sign_off, slide_classes
 from hematovision.service.slide_results import build_report
-from hematovision.store.models import AuditEntry, Cell, CellReview, DifferentialEntry, FlagRecord, Slide, new_id
+from hematovision.store.models import (
+    AuditEntry,
+    Cell,
+    CellReview,
+    DifferentialEntry,
+    FlagRecord,
+    Signature,
+    Slide,
+    new_id,
+)
 from workers.job_store import store_analysis
 
 CLASSES = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet"]
@@ -76,7 +85,7 @@ def test_reclassify_recomputes_and_records(app, analysed: str) -> None:  # type:
     with factory() as s, s.begin():
         s.execute(update(FlagRecord).where(FlagRecord.slide_id == analysed).values(created_at=raised))
     with factory() as s, s.begin():
-        cell, report = reclassify(s, cell_id, new, "key:alice:hv_1")
+        cell, report = reclassify(s, cell_id, new, "user:alice")
     assert report["differential"][new]["count"] == before["differential"].get(new, {"count": 0})["count"] + 1
     assert report["differential"][old]["count"] == before["differential"][old]["count"] - 1
     assert report["reviewed_cells"] == 1
@@ -90,7 +99,7 @@ def test_reclassify_recomputes_and_records(app, analysed: str) -> None:  # type:
         # INSUFFICIENT_WBC stands before and after: it keeps the time it was first raised.
         assert {f.code: f.created_at for f in flags}["INSUFFICIENT_WBC"] == raised
         rev = s.execute(select(CellReview)).scalar_one()
-        assert (rev.cell_id, rev.from_label, rev.to_label, rev.actor) == (cell_id, old, new, "key:alice:hv_1")
+        assert (rev.cell_id, rev.from_label, rev.to_label, rev.actor) == (cell_id, old, new, "user:alice")
     # Unknown labels, unknown cells.
     with factory() as s, s.begin(), pytest.raises(ReviewError) as e:
         reclassify(s, cell_id, "dragon", "x")
@@ -100,10 +109,11 @@ def test_reclassify_recomputes_and_records(app, analysed: str) -> None:  # type:
     assert e.value.kind == "not_found"
 
 
-def test_signoff_needs_no_unidentified_then_locks(app, analysed: str) -> None:  # type: ignore[no-untyped-def]
+def test_signoff_needs_no_unidentified_then_locks(app, analysed: str, make_user) -> None:  # type: ignore[no-untyped-def]
     factory = app.extensions["hv_sessions"]
+    bob = Signer(make_user("bob", "pathologist", "Bob Smith"), "bob", "Bob Smith", "pathologist")
     with factory() as s, s.begin(), pytest.raises(ReviewError) as e:
-        sign_off(s, analysed, "key:bob:hv_2")
+        sign_off(s, analysed, bob)
     assert e.value.kind == "conflict" and "unidentified" in e.value.message
     with factory() as s:
         open_ids = (
@@ -113,31 +123,51 @@ def test_signoff_needs_no_unidentified_then_locks(app, analysed: str) -> None:  
         )
     for cid in open_ids:
         with factory() as s, s.begin():
-            reclassify(s, cid, "monocyte", "key:bob:hv_2")
+            reclassify(s, cid, "monocyte", "user:bob")
     with factory() as s, s.begin():
-        sign_off(s, analysed, "key:bob:hv_2")
+        sign_off(s, analysed, bob)
     with factory() as s:
         slide = s.get(Slide, analysed)
-        assert slide.verified_by == "key:bob:hv_2" and slide.verified_at is not None
-        assert slide.report["verified_by"] == "key:bob:hv_2" and slide.report["verified_at"].endswith("Z")
+        assert slide.verified_by == "Bob Smith" and slide.verified_at is not None
+        assert slide.report["verified_by"] == "Bob Smith" and slide.report["verified_at"].endswith("Z")
+        assert slide.report["verified_by_id"] == "bob"
+        assert slide.report["signature"] == {
+            "user_id": bob.user_id,
+            "username": "bob",
+            "name": "Bob Smith",
+            "role": "pathologist",
+            "meaning": "verified: results reviewed and released",
+            "signed_at": slide.report["verified_at"],
+        }
         assert slide.report["unidentified"] == 0
+        sig = s.execute(select(Signature)).scalar_one()
+        assert (sig.slide_id, sig.user_id, sig.full_name, sig.meaning) == (
+            analysed,
+            bob.user_id,
+            "Bob Smith",
+            "verified: results reviewed and released",
+        )
     with factory() as s, s.begin(), pytest.raises(ReviewError) as e:
         reclassify(s, open_ids[0], "lymphocyte", "x")
     assert e.value.kind == "conflict"
+    with factory() as s, s.begin(), pytest.raises(ReviewError) as e:
+        sign_off(s, analysed, bob)
+    assert e.value.kind == "conflict"
 
 
-def test_review_api_end_to_end(app, client, analysed: str) -> None:  # type: ignore[no-untyped-def]
+def test_review_api_end_to_end(app, client, person, analysed: str) -> None:  # type: ignore[no-untyped-def]
     cells = _wbc(client, analysed)
     assert cells and all(c["kind"] == "wbc" for c in cells)
     meta = client.get(f"/api/v1/slides/{analysed}/cells").get_json()
     assert "neutrophil" in meta["classes"] and meta["verified_by"] is None
+    tech = person("technologist", username="jdoe", full_name="Jane Doe")
     # Sign-off refused while a cell is unidentified.
-    r = client.post(f"/api/v1/slides/{analysed}/signoff")
+    r = tech.post(f"/api/v1/slides/{analysed}/signoff", json={"password": tech.password})
     assert r.status_code == 409 and "unidentified" in r.get_json()["error"]["message"]
     before = client.get(f"/api/v1/slides/{analysed}/report").get_json()
     for c in cells:
-        if c["label"] is None:
-            r = client.post(f"/api/v1/cells/{c['id']}/label", json={"label": "eosinophil"})
+        if c["label"] is None:  # a person reclassifies in a session (CSRF token sent)
+            r = tech.post(f"/api/v1/cells/{c['id']}/label", json={"label": "eosinophil"})
             assert r.status_code == 200, r.get_json()
             body = r.get_json()
             assert body["cell"]["label"] == "eosinophil" and "differential" in body and "flags" in body
@@ -146,19 +176,69 @@ def test_review_api_end_to_end(app, client, analysed: str) -> None:  # type: ign
     assert client.post("/api/v1/cells/999999/label", json={"label": "monocyte"}).status_code == 404
     filtered = client.get(f"/api/v1/slides/{analysed}/cells?label=eosinophil").get_json()["cells"]
     assert filtered and all(c["label"] == "eosinophil" for c in filtered) and any(c["reviewed"] for c in filtered)
-    r = client.post(f"/api/v1/slides/{analysed}/signoff")
+    # Keys never sign; a person signs only with their password re-entered.
+    assert client.post(f"/api/v1/slides/{analysed}/signoff", json={"password": "x"}).status_code == 403
+    r = tech.post(f"/api/v1/slides/{analysed}/signoff")
+    assert r.status_code == 401 and r.get_json()["error"]["code"] == "reauthentication_required"
+    r = tech.post(f"/api/v1/slides/{analysed}/signoff", json={})
+    assert r.status_code == 401 and r.get_json()["error"]["code"] == "reauthentication_required"
+    r = tech.post(f"/api/v1/slides/{analysed}/signoff", json={"password": "not my password"})
+    assert r.status_code == 403 and r.get_json()["error"]["code"] == "reauthentication_failed"
+    r = tech.post(f"/api/v1/slides/{analysed}/signoff", json={"password": tech.password}, csrf=False)
+    assert r.status_code == 400 and r.get_json()["error"]["code"] == "csrf_failed"
+    assert client.get(f"/api/v1/slides/{analysed}/report").get_json().get("verified_by") is None
+    r = tech.post(f"/api/v1/slides/{analysed}/signoff", json={"password": tech.password})
     assert r.status_code == 200, r.get_json()
+    assert r.get_json()["verified_by"] == "Jane Doe" and r.get_json()["verified_by_id"] == "jdoe"
     after = client.get(f"/api/v1/slides/{analysed}/report").get_json()
-    assert after["verified_by"].startswith("key:tests:") and after["verified_at"]
+    assert after["verified_by"] == "Jane Doe" and after["verified_by_id"] == "jdoe" and after["verified_at"]
+    assert after["signature"]["meaning"] == "verified: results reviewed and released"
+    assert after["signature"]["user_id"] == tech.user_id
     assert after["differential"]["eosinophil"]["count"] > before["differential"]["eosinophil"]["count"]
     # Read-only afterwards.
     assert client.post(f"/api/v1/cells/{cells[0]['id']}/label", json={"label": "monocyte"}).status_code == 409
-    assert client.post(f"/api/v1/slides/{analysed}/signoff").status_code == 409
+    assert tech.post(f"/api/v1/slides/{analysed}/signoff", json={"password": tech.password}).status_code == 409
     hl7 = client.get(f"/api/v1/slides/{analysed}/report?format=hl7").get_data(as_text=True)
-    assert "Verified by key:tests:" in hl7
+    assert "Verified by Jane Doe (ID jdoe)" in hl7 and "|jdoe^Doe^Jane|" in hl7
     with app.extensions["hv_sessions"]() as s:
-        actions = [a.action for a in s.execute(select(AuditEntry).order_by(AuditEntry.id)).scalars()]
-    assert "reclassify" in actions and "signoff" in actions
+        rows = s.execute(select(AuditEntry).where(AuditEntry.action == "signoff").order_by(AuditEntry.id)).scalars()
+        signoffs = [(e.actor, e.status, e.outcome, (e.detail or {}).get("reason")) for e in rows]
+    assert signoffs == [
+        ("user:jdoe", 409, "failed", None),
+        ("key:tests", 403, "refused", "sign-off with an API key"),
+        ("user:jdoe", 401, "refused", "sign-off without re-authentication"),
+        ("user:jdoe", 401, "refused", "sign-off without re-authentication"),
+        ("user:jdoe", 403, "refused", "re-authentication failed: wrong password"),
+        ("user:jdoe", 400, "refused", signoffs[5][3]),
+        ("user:jdoe", 200, "allowed", None),
+        ("user:jdoe", 409, "failed", None),
+    ]
+    assert "CSRF" in signoffs[5][3]
+    # The slide's audit history: reclassifications (from/to), sign-off attempts, reads and exports.
+    hist = client.get(f"/api/v1/slides/{analysed}/audit").get_json()
+    actions = [e["action"] for e in hist["entries"]]
+    assert hist["slide_id"] == analysed and hist["count"] == len(actions)
+    assert "reclassify" in actions and "signoff" in actions and actions[-1] == "export"
+    rec = next(e for e in hist["entries"] if e["action"] == "reclassify" and e["outcome"] == "allowed")
+    assert rec["actor"] == "user:jdoe" and rec["detail"]["to"] == "eosinophil" and rec["detail"]["from"] is None
+    signed = next(e for e in hist["entries"] if e["action"] == "signoff" and e["outcome"] == "allowed")
+    assert signed["detail"]["meaning"] == "verified: results reviewed and released"
+    assert signed["detail"]["signer"] == "Jane Doe" and signed["detail"]["user_id"] == tech.user_id
+    assert "audit" not in actions, "reading the history is audited, but not as part of it"
+    assert client.get("/api/v1/slides/nope/audit").status_code == 404
+    assert client.get(f"/api/v1/slides/{analysed}/audit?limit=0").status_code == 400
+    assert client.get(f"/api/v1/slides/{analysed}/audit?limit=2").get_json()["count"] == 2
+
+
+def test_wrong_signoff_passwords_lock_the_account(app, person, analysed: str) -> None:  # type: ignore[no-untyped-def]
+    from hematovision.store.users import MAX_FAILED
+
+    tech = person()
+    for _ in range(MAX_FAILED):
+        r = tech.post(f"/api/v1/slides/{analysed}/signoff", json={"password": "guess guess guess"})
+        assert r.status_code == 403
+    r = tech.post(f"/api/v1/slides/{analysed}/signoff", json={"password": tech.password})
+    assert r.status_code == 403 and "locked" in r.get_json()["error"]["message"]
 
 
 def test_images_and_tiles(client, analysed: str) -> None:  # type: ignore[no-untyped-def]
@@ -175,24 +255,24 @@ def test_images_and_tiles(client, analysed: str) -> None:  # type: ignore[no-unt
     assert client.get("/api/v1/slides/nope/dzi").status_code == 404
 
 
-def test_keys_scopes_and_pages(app, make_key, analysed: str) -> None:  # type: ignore[no-untyped-def]
+def test_keys_scopes_and_pages(app, make_key, person, analysed: str) -> None:  # type: ignore[no-untyped-def]
     anon = app.test_client()
     assert anon.get(f"/api/v1/slides/{analysed}/cells").status_code == 401
-    for page in (
-        "/ui/",
-        "/ui/flags",
-        f"/ui/slides/{analysed}",
-        f"/ui/slides/{analysed}/gallery",
-        f"/ui/batches/{new_id()}",
-    ):
-        r = anon.get(page)
-        assert r.status_code == 200 and b"HematoVision" in r.data, page
+    pages = ("/ui/", "/ui/flags", f"/ui/slides/{analysed}", f"/ui/slides/{analysed}/gallery", f"/ui/batches/{new_id()}")
+    for page in pages:
+        assert anon.get(page).status_code == 302, page
     assert anon.get("/ui/static/hv.js").status_code == 200
+    tech = person()
+    for page in pages:
+        r = tech.get(page)
+        assert r.status_code == 200 and b"HematoVision" in r.data, page
+    assert b'id="signoff-password"' in tech.get(f"/ui/slides/{analysed}").data
     reader = app.test_client()
     reader.environ_base["HTTP_X_API_KEY"] = make_key("read", "reader")
     assert reader.get(f"/api/v1/slides/{analysed}/cells").status_code == 200
     assert reader.get("/api/v1/batches").get_json()["count"] == 1
     assert reader.post(f"/api/v1/slides/{analysed}/signoff").status_code == 403
+    assert reader.get("/ui/").status_code == 302, "a key does not open the review pages"
 
 
 #: The review endpoints: the method each answers and the media type of its 200 answer.
@@ -200,6 +280,7 @@ REVIEW_ENDPOINTS = {
     "/api/v1/slides/{slide_id}/cells": ("get", "application/json"),
     "/api/v1/cells/{cell_id}/label": ("post", "application/json"),
     "/api/v1/slides/{slide_id}/signoff": ("post", "application/json"),
+    "/api/v1/slides/{slide_id}/audit": ("get", "application/json"),
     "/api/v1/slides/{slide_id}/dzi": ("get", "application/xml"),
     "/api/v1/slides/{slide_id}/tiles/{level}/{col}_{row}.jpeg": ("get", "image/jpeg"),
     "/api/v1/cells/{cell_id}/image": ("get", "image/jpeg"),

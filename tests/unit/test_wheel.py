@@ -92,7 +92,8 @@ s = Settings(var_dir=Path({str(tmp_path / "var")!r}), database_url="", broker_ur
 upgrade(s)
 app = create_app(s)
 c = app.test_client()
-ui = c.get("/ui/")
+assert c.get("/ui/").status_code == 302  # the review pages need a login
+ui = c.get("/ui/login")
 assert ui.status_code == 200 and b"HematoVision" in ui.data, ui.status_code
 css = c.get("/ui/static/hv.css")
 assert css.status_code == 200, css.status_code
