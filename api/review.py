@@ -218,7 +218,7 @@ def signoff(slide_id: str) -> ResponseReturnValue:
     )
 
 
-@bp.get("/slides/<slide_id>/audit")
+@bp.get("/slides/<hexid:slide_id>/audit")
 def slide_audit(slide_id: str) -> ResponseReturnValue:
     """The slide's audit history, oldest first: reclassifications, sign-off, reads and exports of its
     report, refused attempts (``limit``: the most recent N, default 500, at most 5000)."""

@@ -53,7 +53,7 @@ def test_every_endpoint_but_healthz_needs_credentials(app) -> None:  # type: ign
         ("get", f"/api/v1/slides/{x}/audit"),
         ("get", "/api/v1/flags"),
         ("post", "/api/v1/batches"),
-        ("post", "/api/v1/slides/x/signoff"),
+        ("post", f"/api/v1/slides/{x}/signoff"),
         ("get", "/metrics"),
     ]:
         r = getattr(c, method)(url)

@@ -74,7 +74,7 @@ def test_malformed_ids_are_404_on_every_endpoint(app: Flask, client) -> None:  #
     assert tried >= 100
 
 
-def test_well_formed_unknown_ids_are_404_not_500(client) -> None:  # type: ignore[no-untyped-def]
+def test_well_formed_unknown_ids_are_404_not_500(client, person) -> None:  # type: ignore[no-untyped-def]
     """Ids of the right shape that do not exist, up to the largest 64-bit cell id."""
     x = new_id()
     for method, url in [
@@ -83,7 +83,7 @@ def test_well_formed_unknown_ids_are_404_not_500(client) -> None:  # type: ignor
         ("POST", f"/api/v1/jobs/{x}/cancel"),
         ("GET", f"/api/v1/slides/{x}/report"),
         ("GET", f"/api/v1/slides/{x}/cells"),
-        ("POST", f"/api/v1/slides/{x}/signoff"),
+        ("GET", f"/api/v1/slides/{x}/audit"),
         ("GET", f"/api/v1/slides/{x}/dzi"),
         ("GET", f"/api/v1/slides/{x}/tiles/0/0_0.jpeg"),
         ("GET", f"/api/v1/cells/{2**31}/image"),
@@ -92,6 +92,10 @@ def test_well_formed_unknown_ids_are_404_not_500(client) -> None:  # type: ignor
     ]:
         r = client.open(url, method=method, json={"label": "neutrophil"} if method == "POST" else None)
         assert r.status_code == 404 and r.json["error"]["code"] == "not_found", (method, url, r.json)
+    # Sign-off is a person's act (keys get 403 whatever the id): a person signing an unknown slide gets 404.
+    signer = person()
+    r = signer.post(f"/api/v1/slides/{x}/signoff", json={"password": signer.password})
+    assert r.status_code == 404 and r.json["error"]["code"] == "not_found", r.json
 
 
 def test_a_malformed_id_needs_no_key_to_be_refused(app: Flask) -> None:
@@ -231,10 +235,11 @@ class _Tags(HTMLParser):
         self.inline += [f"{tag} {k}" for k in a if k == "style" or k.startswith("on")]
 
 
-def test_security_headers_on_pages_and_api(client, make_job) -> None:  # type: ignore[no-untyped-def]
+def test_security_headers_on_pages_and_api(client, person, make_job) -> None:  # type: ignore[no-untyped-def]
     _, job_id, slide_id = make_job()
     responses = {
-        "page": client.get(f"/ui/slides/{slide_id}"),
+        "page": person().get(f"/ui/slides/{slide_id}"),
+        "login page": client.get("/ui/login"),
         "api": client.get(f"/api/v1/jobs/{job_id}"),
         "api error": client.get(f"/api/v1/jobs/{new_id()}"),
         "script": client.get("/ui/static/boot.js"),
@@ -261,7 +266,7 @@ def test_security_headers_on_pages_and_api(client, make_job) -> None:  # type: i
         ("/ui/slides/{slide}/gallery", "review.start"),
     ],
 )
-def test_pages_run_no_inline_script(client, make_job, page: str, call: str) -> None:  # type: ignore[no-untyped-def]
+def test_pages_run_no_inline_script(person, make_job, page: str, call: str) -> None:  # type: ignore[no-untyped-def]
     """What the policy forbids is not in the pages: every script has a src; no style or on* attribute;
     each page starts through boot.js with its call and arguments as data."""
     factory, _, slide_id = make_job()
@@ -269,7 +274,7 @@ def test_pages_run_no_inline_script(client, make_job, page: str, call: str) -> N
 
     with factory() as s:
         batch_id = s.get(Slide, slide_id).batch_id
-    r = client.get(page.format(batch=batch_id, slide=slide_id))
+    r = person().get(page.format(batch=batch_id, slide=slide_id))
     assert r.status_code == 200
     tags = _Tags()
     tags.feed(r.get_data(as_text=True))

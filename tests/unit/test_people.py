@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from hematovision.store.models import AuditEntry, User
+from hematovision.store.models import AuditEntry, User, new_id
 from hematovision.store.users import (
     MAX_FAILED,
     check_password,
@@ -106,7 +106,8 @@ def test_users_cli(app, settings, monkeypatch) -> None:  # type: ignore[no-untyp
 
 def test_pages_need_a_login(app, make_user, login_form) -> None:  # type: ignore[no-untyped-def]
     c = app.test_client()
-    for page in ("/ui/", "/ui/flags", "/ui/slides/abc", "/ui/slides/abc/gallery", "/ui/batches/x", "/"):
+    x = new_id()
+    for page in ("/ui/", "/ui/flags", f"/ui/slides/{x}", f"/ui/slides/{x}/gallery", f"/ui/batches/{x}", "/"):
         r = c.get(page)
         assert r.status_code == 302, page
         if page != "/":
