@@ -52,7 +52,10 @@ def register_auth(app: Flask) -> None:
 
     @app.before_request
     def _authenticate() -> None:
+        """Runs first, before any view reads the body (request.files/form/json are untouched here);
+        ``api.server`` refuses a keyless body even before the server reads it."""
         g.actor = "anonymous"
+        g.api_key_id = None
         if request.endpoint in PUBLIC_ENDPOINTS or not app.extensions["hv_settings"].auth_required:
             return
         if request.endpoint is None:  # unknown route: let the 404/405 handlers answer
@@ -67,6 +70,7 @@ def register_auth(app: Flask) -> None:
         if not allows(row.scope, needed):
             raise ApiError(403, "forbidden", f"this key's scope '{row.scope}' does not allow this ('{needed}' needed)")
         g.actor = f"key:{row.name}:{row.prefix}"
+        g.api_key_id = row.id
 
     @app.after_request
     def _audit(resp: Response) -> Response:

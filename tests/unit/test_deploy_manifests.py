@@ -604,7 +604,7 @@ def test_keda_reads_a_number_from_the_queues_endpoint(tmp_path: Path, make_key) 
     queues): each valueLocation resolves to a number, and the answer has the documented shape."""
     from urllib.parse import urlsplit
 
-    from api.app import create_app
+    from api.app import create_app, stop_app
     from api.health import openapi_document
     from hematovision.store.migrate import upgrade
 
@@ -644,7 +644,7 @@ def test_keda_reads_a_number_from_the_queues_endpoint(tmp_path: Path, make_key) 
         # Without a key the scaler would get 401, not a wrong number.
         assert app.test_client().get(urlsplit(triggers[0]["metadata"]["url"]).path).status_code == 401
     finally:
-        app.extensions["hv_engine"].dispose()
+        stop_app(app)
 
 
 @pytest.mark.slow

@@ -1,0 +1,127 @@
+"""The production WSGI server: waitress, with its request-size limit set from the settings and a
+gate that answers before the body is read.
+
+Waitress reads a request's whole body (into memory or a temporary file) before it calls the app,
+so the app's own checks come after the upload has been received. Two answers do not need the body
+and are given from the headers alone, in waitress's I/O thread, with the API's JSON error shape:
+
+- a body larger than ``HEMATOVISION_MAX_UPLOAD_MB`` (waitress's ``max_request_body_size`` is set to
+  the same limit, so the documented limit is the one in force): 413 ``too_large``;
+- a body sent to the keyed API (``/api/…``, ``/metrics``) without any API key, or with a value that
+  cannot be a key: 401 ``unauthorized``.
+
+The connection is then closed without reading the body. Keys that look valid are checked by the
+app (one database look-up) as before.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Flask
+
+from api.errors import size_text
+from hematovision.core.settings import Settings
+
+#: Path prefixes whose every route needs a key (the review UI and /healthz do not).
+KEYED_PREFIXES = ("/api/", "/metrics")
+#: What a key looks like (``hematovision.store.apikeys``: ``hv_`` + 43 URL-safe characters).
+_KEY_PREFIX = "hv_"
+_MAX_KEY_CHARS = 200
+
+
+def _waitress() -> Any:
+    import waitress.channel
+    import waitress.parser
+    import waitress.utilities
+
+    return waitress
+
+
+def _json_error_class(utilities: Any) -> type:
+    class JsonError(utilities.Error):  # type: ignore[misc,name-defined]
+        """A waitress error answered in the API's JSON shape."""
+
+        def __init__(self, status: int, reason: str, code: str, message: str) -> None:
+            super().__init__(message)
+            self.code, self.reason, self.error_code = status, reason, code
+
+        def to_response(self, ident: str | None = None) -> tuple[str, list[tuple[str, str]], bytes]:
+            body = json.dumps({"error": {"code": self.error_code, "message": self.body}}).encode()
+            return f"{self.code} {self.reason}", [("Content-Type", "application/json")], body
+
+    return JsonError
+
+
+def _presented_key(headers: dict[str, str]) -> str | None:
+    key = headers.get("X_API_KEY", "").strip()
+    auth = headers.get("AUTHORIZATION", "")
+    if not key and auth.lower().startswith("bearer "):
+        key = auth[7:].strip()
+    return key or None
+
+
+def make_server(app: Flask, settings: Settings, host: str, port: int, threads: int = 8, **kw: Any) -> Any:
+    """A waitress server for ``app`` (not yet serving: call ``.run()``), gated as the module says."""
+    waitress = _waitress()
+    from waitress.server import create_server
+
+    limit = settings.max_upload_mb * 2**20
+    JsonError = _json_error_class(waitress.utilities)
+    auth_required = settings.auth_required
+
+    class GatedParser(waitress.parser.HTTPRequestParser):  # type: ignore[misc,name-defined]
+        _gated = False
+
+        def received(self, data: bytes) -> int:
+            consumed = int(super().received(data))
+            if self.headers_finished and not self._gated:
+                self._gated = True
+                self._gate()
+            return consumed
+
+        def _gate(self) -> None:
+            if isinstance(self.error, waitress.utilities.RequestEntityTooLarge):
+                self.error = JsonError(
+                    413, "Request Entity Too Large", "too_large", f"the request exceeds the limit of {size_text(limit)}"
+                )
+                return
+            if self.error is not None or self.completed or not auth_required:
+                return  # no body to spare (the app answers), or a parse error waitress reports
+            path = self.path or ""
+            if not path.startswith(KEYED_PREFIXES):
+                return
+            key = _presented_key(self.headers)
+            if key is not None and key.startswith(_KEY_PREFIX) and len(key) <= _MAX_KEY_CHARS:
+                return  # looks like a key: the app checks it against the database
+            self.error = JsonError(
+                401,
+                "Unauthorized",
+                "unauthorized",
+                "an API key is required (header X-API-Key)"
+                if key is None
+                else "the API key is not valid or has been revoked",
+            )
+            self.completed = True
+
+    class GatedChannel(waitress.channel.HTTPChannel):  # type: ignore[misc,name-defined]
+        parser_class = GatedParser
+
+    # waitress refuses a body of max_request_body_size bytes or more: one more byte than the limit
+    server = create_server(
+        app,
+        host=host,
+        port=port,
+        threads=threads,
+        ident="hematovision",
+        max_request_body_size=limit + 1,
+        **kw,
+    )
+    server.channel_class = GatedChannel
+    return server
+
+
+def serve(app: Flask, settings: Settings, host: str, port: int, threads: int = 8) -> None:
+    """Serve ``app`` until the process is stopped."""
+    make_server(app, settings, host, port, threads).run()
