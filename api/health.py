@@ -381,6 +381,12 @@ def openapi_document() -> dict[str, Any]:
                         "progress": {"type": "number"},
                         "job_ids": {"type": "array", "items": {"type": "string"}},
                         "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}},
+                        "queued": {
+                            "type": "boolean",
+                            "description": "202 only: the jobs reached the broker now (false: the broker is "
+                            "down and they are queued when it returns)",
+                        },
+                        "duplicate": {"type": "boolean", "description": "200 only: the Idempotency-Key's batch"},
                     },
                 },
                 "Report": {
