@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import unicodedata
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -96,8 +97,8 @@ def _name(raw: Any) -> str | None:
     return raw
 
 
-def _unknown(names: set[str], allowed: set[str]) -> None:
-    extra = sorted(names - allowed)
+def _unknown(names: Iterable[object], allowed: set[str]) -> None:
+    extra = sorted({n if isinstance(n, str) else "" for n in names} - allowed)
     if extra:
         shown = ", ".join(repr(n[:50]) for n in extra[:10]) + (" …" if len(extra) > 10 else "")
         raise ApiError(
@@ -276,6 +277,7 @@ def submit_batch() -> ResponseReturnValue:
             request_sha256=digest,
             batch_id=batch_id,
         )
+        messages = outbox_ids(session, jobs)  # flushed with the rows: published after the commit
         if staging is not None and final_dir is not None:
             os.rename(staging, final_dir)  # the uploads become the batch's files in one step
             staging = None
@@ -300,7 +302,7 @@ def submit_batch() -> ResponseReturnValue:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
         g.pop("upload_staging", None)
-    queued = dispatcher().publish_now(outbox_ids(session, jobs))
+    queued = dispatcher().publish_now(messages)
     if not queued:
         log.warning("batch %s accepted; its %d job(s) are queued when the broker is back", batch.id, len(jobs))
     return jsonify(batch_json(batch, with_jobs=True) | {"queued": queued}), 202

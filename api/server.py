@@ -86,6 +86,7 @@ def make_server(app: Flask, settings: Settings, host: str, port: int, threads: i
                 self.error = JsonError(
                     413, "Request Entity Too Large", "too_large", f"the request exceeds the limit of {size_text(limit)}"
                 )
+                self.expect_continue = False
                 return
             if self.error is not None or self.completed or not auth_required:
                 return  # no body to spare (the app answers), or a parse error waitress reports
@@ -104,6 +105,7 @@ def make_server(app: Flask, settings: Settings, host: str, port: int, threads: i
                 else "the API key is not valid or has been revoked",
             )
             self.completed = True
+            self.expect_continue = False  # no "100 Continue": the body is not wanted
 
     class GatedChannel(waitress.channel.HTTPChannel):  # type: ignore[misc,name-defined]
         parser_class = GatedParser
