@@ -225,7 +225,13 @@ def submit_batch() -> ResponseReturnValue:
             if request.content_length is not None and request.content_length > free:
                 raise ApiError(503, "upload_storage_full", "the upload storage is full; nothing was submitted")
             g.upload_staging = staging
-            raw_fields, paths, uploads = _form_body()
+            try:
+                raw_fields, paths, uploads = _form_body()
+            except OSError as exc:  # e.g. the disk filled up while the uploads were written
+                log.error("upload not stored: %s", exc.__class__.__name__)
+                raise ApiError(
+                    503, "upload_storage_unavailable", "the upload could not be stored; nothing was submitted"
+                ) from None
         elif request.mimetype == "application/json":
             raw_fields, paths, uploads = _json_body()
         else:

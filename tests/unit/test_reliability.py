@@ -110,7 +110,7 @@ def test_running_job_without_heartbeat_is_requeued_in_its_stage(make_job, settin
     factory, job_id, _ = make_job()
     old = utcnow() - timedelta(seconds=settings.stale_after_s + 5)
     set_job(factory, job_id, state="running", stage=CLASSIFY, heartbeat_at=old, started_at=old, worker="gone:1")
-    fresh_factory, fresh_id, _ = make_job()
+    _, fresh_id, _ = make_job()
     set_job(factory, fresh_id, state="running", stage=PREPARE, heartbeat_at=utcnow(), started_at=old)
     result = reconcile(factory, settings)
     assert result.stale == [job_id] and result.lost == []
