@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from datetime import timedelta
@@ -9,6 +10,8 @@ from datetime import timedelta
 from flask import Flask, g
 
 from hematovision.core.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def secret_key(settings: Settings) -> str:
@@ -32,16 +35,28 @@ def secret_key(settings: Settings) -> str:
     return path.read_text().strip()
 
 
-def create_app(settings: Settings) -> Flask:
-    """Build the intake API for one installation's settings."""
+def create_app(settings: Settings, *, background: bool = True) -> Flask:
+    """Build the intake API for one installation's settings.
+
+    Starts the outbox dispatcher (a background thread publishing accepted slides to the broker,
+    retrying while it is down; ``background=False`` leaves it stopped, e.g. for a one-off script)
+    and removes staging folders left by a killed API process. :func:`stop_app` stops the thread.
+    """
     from api import audit, auth, batches, errors, health, jobs, queues, reports, review, ui
     from api.params import register_converters
     from api.security import register_security_headers
+    from api.uploads import IntakeRequest, sweep_staging
+    from hematovision.service.outbox import Dispatcher
     from hematovision.service.queueing import make_celery
     from hematovision.store.db import make_engine, make_session_factory
 
     app = Flask("hematovision")
-    settings.ensure_dirs()
+    app.request_class = IntakeRequest
+    try:
+        settings.ensure_dirs()
+    except OSError as exc:  # an unusable upload folder must not keep the API down: /healthz says so
+        log.error("cannot create the working folders under %s: %s", settings.resolved_var_dir, exc)
+    sweep_staging(settings.upload_dir)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_mb * 2**20
     app.config["MAX_FORM_PARTS"] = settings.max_batch_parts
     app.config["JSON_SORT_KEYS"] = False
@@ -62,6 +77,12 @@ def create_app(settings: Settings) -> Flask:
     app.extensions["hv_engine"] = engine
     app.extensions["hv_sessions"] = make_session_factory(engine)
     app.extensions["hv_celery"] = make_celery(settings)
+    dispatcher = Dispatcher(
+        app.extensions["hv_sessions"], app.extensions["hv_celery"], interval_s=settings.dispatch_interval_s
+    )
+    app.extensions["hv_dispatcher"] = dispatcher
+    if background:
+        dispatcher.start()
 
     @app.teardown_appcontext
     def _close_session(_exc: BaseException | None) -> None:
@@ -80,3 +101,9 @@ def create_app(settings: Settings) -> Flask:
     for bp in (health.bp, batches.bp, jobs.bp, queues.bp, reports.bp, review.bp, ui.bp):
         app.register_blueprint(bp)
     return app
+
+
+def stop_app(app: Flask) -> None:
+    """Stop the app's background thread and close its database connections."""
+    app.extensions["hv_dispatcher"].stop()
+    app.extensions["hv_engine"].dispose()

@@ -8,11 +8,14 @@ one), the action, the resource, the slide it concerns, the HTTP status, the outc
 ``refused``, ``failed``), the client address and ``detail`` (e.g. from/to labels, the export
 format, why it was refused).
 
-An audit write that fails fails the request. A change (cancel, reclassify, sign-off, a login's
-counters) writes its entry in the same transaction as the change (:func:`commit_audited`): if the
-entry cannot be stored, nothing changes and the answer is 500 ``audit_failed`` (503 when the
-database is unreachable). Everything else is written after the view has answered and before the
-answer is sent; if that write fails, the answer is replaced by the same 500/503.
+An audit write that fails fails the request. A change (a submission's batch, slides, jobs and
+outbox rows; cancel, reclassify, sign-off, a login's counters) writes its entry in the same
+transaction as the change (:func:`commit_audited`): if the entry cannot be stored, nothing changes
+and the answer is 500 ``audit_failed`` (503 when the database is unreachable). Everything else is
+written after the view has answered and before the answer is sent; if that write fails, the answer
+is replaced by the same 500/503. The production server's answers from the headers alone (401 for
+a body without credentials, 413 over the limit: :mod:`api.server`) are audited by
+:func:`audit_early_answer`.
 """
 
 from __future__ import annotations
@@ -176,3 +179,53 @@ def register_audit(app: Flask) -> None:
             log.exception("audit log write failed (%s)", action)
             return error_response(500, "audit_failed", AUDIT_FAILED)
         return resp
+
+
+def audit_early_answer(
+    app: Flask, *, method: str, path: str, key: str | None, remote_addr: str | None, status: int, message: str
+) -> tuple[int, str, str] | None:
+    """Audit an answer the server gave from the request's headers alone (:mod:`api.server`: 401
+    without credentials, 413 over the upload limit), as the app audits its own answers.
+
+    Returns None, or ``(status, code, message)`` to answer instead when the entry could not be
+    written (as for the app's answers: an attempt is not answered unaudited).
+    """
+    from api.auth import Principal, action_of
+    from hematovision.store.apikeys import find_key
+
+    try:
+        ctx = app.test_request_context(path, method=method, environ_base={"REMOTE_ADDR": remote_addr or ""})
+    except Exception:  # noqa: BLE001 - a path Werkzeug cannot take: the app would not route it either
+        log.warning("not audited: an early %d answer for an unroutable path", status)
+        return None
+    with ctx:
+        endpoint = request.endpoint
+        if endpoint is None:
+            return None  # no route: the app answers 404/405 unaudited as well
+        refused = status in (401, 403)
+        action = audit_action()
+        if action is None:
+            if not refused:
+                return None
+            action = action_of(endpoint, method)
+        session = db()
+        try:
+            if key is not None:
+                row = find_key(session, key)
+                g.principal = Principal("key", row.name, row.id, row.scope) if row else Principal("key", "?")
+            if refused:
+                reason = "no credentials" if key is None else "invalid or revoked key"
+                note(reason=f"{reason} (refused before the body was read)")
+            else:
+                note(reason=f"answered before the body was read: {message[:200]}")
+            session.add(_entry(session, action, status, "refused" if refused else "failed"))
+            session.commit()
+        except OperationalError:
+            session.rollback()
+            log.warning("audit log write failed: the database is unavailable (%s)", action)
+            return 503, "database_unavailable", AUDIT_FAILED + "; retry later"
+        except SQLAlchemyError:
+            session.rollback()
+            log.exception("audit log write failed (%s)", action)
+            return 500, "audit_failed", AUDIT_FAILED
+    return None

@@ -6,9 +6,13 @@ Every endpoint except ``/healthz``, the login page and static files needs a prin
   (``read``, ``submit``, ``review``, ``admin``) decides what it may do. No key may sign off;
 - a **person** has a login session (Flask-Login, a signed cookie) opened at ``/ui/login``; their
   role (``technologist``, ``pathologist``, ``admin``) decides what they may do. Unsafe requests in a
-  session must carry the session's CSRF token (Flask-WTF's ``CSRFProtect``: the form field
-  ``csrf_token`` or the header ``X-CSRFToken``); key requests need none (a browser never adds the key
-  header on its own).
+  session must carry the session's CSRF token (Flask-WTF's ``CSRFProtect``: the header
+  ``X-CSRFToken`` or the form field ``csrf_token``; a submission, whose body is streamed, takes the
+  header only); key requests need none (a browser never adds the key header on its own).
+
+Credentials are checked before any view reads the body; the production server refuses a body
+sent to the keyed API without a key or session cookie before reading it (:mod:`api.server`).
+The key row's id (``Principal.id``) scopes a submission's ``Idempotency-Key`` (:mod:`api.batches`).
 
 The review pages need a person and send others to the login page. Each endpoint maps to one action
 (:mod:`hematovision.core.access`): GET is ``read``; submitting, cancelling, reclassifying and signing
@@ -47,7 +51,29 @@ UNSAFE_ACTIONS = {
     "review.signoff": "signoff",
 }
 
-csrf = CSRFProtect()
+#: Endpoints whose body is read by the view alone (uploads are streamed into a staging folder):
+#: a session request to them carries its CSRF token in the header, never in the form.
+STREAMED_ENDPOINTS = frozenset({"batches.submit_batch"})
+
+
+class HeaderFirstCSRF(CSRFProtect):
+    """Flask-WTF's CSRF check, reading the token from the header (``X-CSRFToken``) before the form:
+    the form of a streamed upload is not parsed before the view has made its staging folder."""
+
+    def _get_csrf_token(self) -> str | None:  # type: ignore[override]
+        from flask import current_app
+
+        for header_name in current_app.config["WTF_CSRF_HEADERS"]:
+            token = request.headers.get(header_name)
+            if token:
+                return token
+        if request.endpoint in STREAMED_ENDPOINTS:
+            return None
+        token = super()._get_csrf_token()
+        return token if isinstance(token, str) else None
+
+
+csrf = HeaderFirstCSRF()
 login_manager = LoginManager()
 
 
@@ -186,6 +212,8 @@ def register_auth(app: Flask) -> None:
 
     @app.before_request
     def _authenticate() -> ResponseReturnValue | None:
+        """Runs first, before any view reads the body (request.files/form/json are untouched here);
+        ``api.server`` refuses a body without credentials even before the server reads it."""
         g.principal = ANONYMOUS
         endpoint = request.endpoint
         if endpoint is None or endpoint in PUBLIC_ENDPOINTS:  # unknown route: the 404/405 handlers answer

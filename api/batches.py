@@ -1,64 +1,148 @@
 """Batches: submit slides (uploads and/or server-side paths), read a batch's progress.
 
-A submission is validated whole before anything is written: every slide is opened and decoded
-(``validate_slide``), every server-side path must lie below the configured import root (symlinks
-resolved). Only then are the batch, its slides and jobs inserted in one transaction and the jobs
-queued; if queueing fails the rows and the stored files are removed again.
+Intake is strict and whole: the key is checked before the body is read (``api.auth``; the server
+refuses a keyless body before reading it, ``api.server``); unknown fields, numbers that are not
+plain ASCII numbers in range, over-long names and too many paths are refused (422/413); uploads
+are streamed into a staging folder (503 when the upload folder cannot take them, checked before
+reading); every slide is checked from its headers and a bounded read (``validate_slide``) and
+every server-side path must lie below the import root (symlinks resolved). Only then are the
+batch, its slides, its jobs, one outbox message per job and the submission's audit entry written
+in ONE transaction (:func:`api.audit.commit_audited`): once it is committed the answer is 202 and
+the slides WILL be analysed, whether the broker is up now (the messages are published at once) or
+only later (the outbox dispatcher publishes them when it returns). A rejected submission leaves no
+rows and no files.
+
+An upload keeps the name the client gave (Unicode included) as its display name
+(``hematovision.core.filenames.display_name``: ``slides.filename``) and is stored under a safe
+internal name (``storage_name``); error messages name the slide as the client did and never show
+a server path.
+
+``Idempotency-Key`` belongs to the API key that sent it: the same key with the same submission
+returns the batch (200, ``duplicate``), with another submission 409 ``idempotency_conflict``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import math
 import os
 import re
 import shutil
-import uuid
+import unicodedata
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, g, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from werkzeug.datastructures import FileStorage
 
-from api.context import celery, db, settings
+from api.audit import commit_audited
+from api.auth import principal
+from api.context import db, dispatcher, settings
 from api.errors import ApiError
 from api.serializers import batch_json
+from api.uploads import make_staging, staged_path
 from hematovision.core.filenames import FileNameError, display_name, redact_paths, storage_name
-from hematovision.service.queueing import enqueue_slide
-from hematovision.service.submission import NewSlide, add_batch
+from hematovision.service.submission import NewSlide, add_batch, outbox_ids
 from hematovision.store.models import Batch, new_id
 
 log = logging.getLogger(__name__)
 bp = Blueprint("batches", __name__, url_prefix="/api/v1/batches")
 
+#: The fields a submission may carry (JSON keys or multipart fields); uploads come as ``files``.
+FIELDS = ("name", "priority", "mpp", "wbc_per_l", "paths")
+MAX_NAME_CHARS = 200
+MAX_KEY_CHARS = 200
+#: A JSON body holds fields and paths only: this much per allowed path, plus the fields.
+JSON_BYTES_PER_PATH = 4200
+_INT = re.compile(r"[0-9]{1,18}")
+_FLOAT = re.compile(r"[+-]?(?:[0-9]{1,30}(?:\.[0-9]{0,30})?|\.[0-9]{1,30})(?:[eE][+-]?[0-9]{1,4})?")
+
+
+def _invalid(message: str) -> ApiError:
+    return ApiError(422, "invalid_field", message)
+
 
 def _number(raw: Any, field: str, *, low: float, high: float, integer: bool = False) -> float | int | None:
+    """A strictly parsed number: a JSON number, or a string of ASCII digits (no ``1_0``, no other
+    scripts' digits, no ``inf``/``nan``), finite and within ``low..high``."""
     if raw is None or raw == "":
         return None
-    try:
+    kind = "an integer" if integer else "a number"
+    shown = repr(raw)[:40]
+    if isinstance(raw, bool):
+        raise _invalid(f"'{field}' must be {kind}, got {shown}")
+    value: float | int
+    if isinstance(raw, int):
+        value = raw
+    elif isinstance(raw, float):
+        if integer and not raw.is_integer():
+            raise _invalid(f"'{field}' must be {kind}, got {shown}")
+        value = raw
+    elif isinstance(raw, str) and (_INT if integer else _FLOAT).fullmatch(raw):
         value = int(raw) if integer else float(raw)
-    except (TypeError, ValueError):
-        kind = "an integer" if integer else "a number"
-        raise ApiError(400, "invalid_field", f"'{field}' must be {kind}, got {raw!r}") from None
-    if isinstance(raw, bool) or not (low <= value <= high):
-        raise ApiError(400, "invalid_field", f"'{field}' must lie in {low}..{high}, got {raw!r}")
-    return value
+    else:
+        raise _invalid(f"'{field}' must be {kind} written in ASCII digits, got {shown}")
+    if not math.isfinite(value) or not (low <= value <= high):
+        raise _invalid(f"'{field}' must lie in {low:g}..{high:g}, got {shown}")
+    return int(value) if integer else float(value)
 
 
-def _request_fields() -> tuple[dict[str, Any], list[str]]:
-    """Fields and server-side paths from a multipart form or a JSON body."""
-    if request.mimetype == "application/json":
-        body = request.get_json(silent=True)
-        if not isinstance(body, dict):
-            raise ApiError(400, "malformed_json", "the request body must be a JSON object")
-        paths = body.get("paths", [])
-        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
-            raise ApiError(400, "invalid_field", "'paths' must be a list of strings")
-        return body, paths
-    form = request.form
-    fields = {k: form.get(k) for k in ("name", "priority", "mpp", "wbc_per_l")}
-    return fields, [p for p in form.getlist("paths") if p]
+def _name(raw: Any) -> str | None:
+    if raw is None or raw == "":
+        return None
+    if not isinstance(raw, str):
+        raise _invalid("'name' must be a string")
+    if len(raw) > MAX_NAME_CHARS:
+        raise _invalid(f"'name' is {len(raw)} characters long; at most {MAX_NAME_CHARS} are allowed")
+    if any(unicodedata.category(ch) == "Cc" for ch in raw):
+        raise _invalid("'name' must not contain NUL or other control characters")
+    return raw
+
+
+def _unknown(names: Iterable[object], allowed: set[str]) -> None:
+    extra = sorted({n if isinstance(n, str) else "" for n in names} - allowed)
+    if extra:
+        shown = ", ".join(repr(n[:50]) for n in extra[:10]) + (" …" if len(extra) > 10 else "")
+        raise ApiError(
+            422, "unknown_field", f"unknown field(s) {shown}; a submission takes {', '.join(sorted(allowed))}"
+        )
+
+
+def _json_body() -> tuple[dict[str, Any], list[str], list[FileStorage]]:
+    limit = settings().max_paths * JSON_BYTES_PER_PATH + 65536
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, "too_large", f"a JSON submission may be at most {limit // 1024} KiB")
+    request.max_content_length = limit  # also bounds a chunked body while it is read
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ApiError(400, "malformed_json", "the request body must be a JSON object")
+    _unknown(set(body), set(FIELDS))
+    paths = body.get("paths", [])
+    if paths is None:
+        paths = []
+    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+        raise _invalid("'paths' must be a list of strings")
+    return body, paths, []
+
+
+def _form_body() -> tuple[dict[str, Any], list[str], list[FileStorage]]:
+    form, files = request.form, request.files
+    _unknown(set(form) | {f"{k} (a file)" for k in files if k != "files"}, set(FIELDS))
+    fields: dict[str, Any] = {}
+    for k in FIELDS:
+        if k == "paths":
+            continue
+        values = form.getlist(k)
+        if len(values) > 1:
+            raise ApiError(422, "duplicate_field", f"'{k}' is given {len(values)} times; give it once")
+        fields[k] = values[0] if values else None
+    return fields, [p for p in form.getlist("paths") if p], files.getlist("files")
 
 
 def _server_path(raw: str) -> Path:
@@ -98,121 +182,207 @@ def _safe_upload_name(name: str | None) -> str:
         raise ApiError(400, "invalid_filename", f"upload name {name[:200]!r} is not a plain file name") from None
 
 
+def _owner() -> str:
+    """Whose Idempotency-Keys these are: the API key's row (``key:<id>``), the person's
+    (``user:<id>``), or ``anonymous`` (only where authentication is off)."""
+    who = principal()
+    return f"{who.kind}:{who.id}" if who.kind in ("key", "user") and who.id is not None else "anonymous"
+
+
+def _request_sha256(fields: dict[str, Any], files: list[tuple[str, int]], paths: list[str]) -> str:
+    """What makes two submissions the same: the parsed fields, the files' names and sizes, the paths."""
+    doc = {**fields, "files": [list(f) for f in files], "paths": paths}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _replay(key: str, digest: str) -> ResponseReturnValue | None:
+    """The answer to a key already used by this client: the batch (200) or a conflict (409)."""
+    existing = (
+        db()
+        .execute(select(Batch).where(Batch.idempotency_owner == _owner(), Batch.idempotency_key == key))
+        .scalar_one_or_none()
+    )
+    if existing is None:
+        return None
+    if existing.request_sha256 != digest:
+        raise ApiError(
+            409,
+            "idempotency_conflict",
+            f"this Idempotency-Key was used for batch {existing.id} with a different submission; "
+            "use a new key for a new submission",
+        )
+    dispatcher().kick()  # its jobs' messages are in the outbox: make sure they go out
+    return jsonify(batch_json(existing, with_jobs=True) | {"duplicate": True}), 200
+
+
 @bp.post("")
 def submit_batch() -> ResponseReturnValue:
+    cfg = settings()
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and (not (0 < len(key) <= MAX_KEY_CHARS) or any(unicodedata.category(ch) == "Cc" for ch in key)):
+        raise ApiError(400, "invalid_header", "Idempotency-Key must be 1..200 characters without control characters")
+    staging: Path | None = None
+    final_dir: Path | None = None
+    try:
+        if request.mimetype == "multipart/form-data":
+            # The uploads are written to the upload folder while the body is parsed: make sure it
+            # can take them before reading anything.
+            try:
+                staging = make_staging(cfg.upload_dir)
+                free = shutil.disk_usage(cfg.upload_dir).free
+            except OSError as exc:
+                log.error("upload folder unusable: %s", exc.__class__.__name__)
+                raise ApiError(
+                    503, "upload_storage_unavailable", "the upload storage is not writable; nothing was submitted"
+                ) from None
+            if request.content_length is not None and request.content_length > free:
+                raise ApiError(503, "upload_storage_full", "the upload storage is full; nothing was submitted")
+            g.upload_staging = staging
+            try:
+                raw_fields, paths, uploads = _form_body()
+            except OSError as exc:  # e.g. the disk filled up while the uploads were written
+                log.error("upload not stored: %s", exc.__class__.__name__)
+                raise ApiError(
+                    503, "upload_storage_unavailable", "the upload could not be stored; nothing was submitted"
+                ) from None
+        elif request.mimetype == "application/json":
+            raw_fields, paths, uploads = _json_body()
+        else:
+            raw_fields, paths, uploads = _form_body()
+        if len(paths) > cfg.max_paths:
+            raise ApiError(
+                413, "too_many_paths", f"{len(paths)} paths in one submission; at most {cfg.max_paths} are allowed"
+            )
+        fields = {
+            "name": _name(raw_fields.get("name")),
+            "priority": _number(raw_fields.get("priority"), "priority", low=0, high=9, integer=True),
+            "mpp": _number(raw_fields.get("mpp"), "mpp", low=0.01, high=100.0),
+            "wbc_per_l": _number(raw_fields.get("wbc_per_l"), "wbc_per_l", low=0, high=1e12),
+        }
+        if fields["priority"] is None:
+            fields["priority"] = 5
+        if not uploads and not paths:
+            raise ApiError(400, "no_slides", "submit at least one slide: multipart 'files' and/or 'paths'")
+        staged = _stage_uploads(uploads)
+        digest = _request_sha256(fields, [(n, p.stat().st_size) for n, p in staged], paths)
+        if key:
+            replay = _replay(key, digest)
+            if replay is not None:
+                return replay
+        entries = _validated(staged, paths, fields["mpp"])
+        batch_id = new_id()
+        if staged:
+            final_dir = cfg.upload_dir / batch_id
+        session = db()
+        try:
+            batch, jobs = add_batch(
+                session,
+                [
+                    NewSlide(
+                        filename=name,
+                        path=str(final_dir / path.name if final_dir is not None and path.parent == staging else path),
+                        format=info.get("format"),
+                        mpp=info.get("mpp"),
+                        mpp_source=info.get("mpp_source"),
+                        width=info["dimensions"][0],
+                        height=info["dimensions"][1],
+                        wbc_per_l=fields["wbc_per_l"],
+                    )
+                    for name, path, info in entries
+                ],
+                name=fields["name"],
+                priority=int(fields["priority"]),
+                idempotency_key=key or None,
+                idempotency_owner=_owner(),
+                request_sha256=digest,
+                batch_id=batch_id,
+            )
+            messages = outbox_ids(session, jobs)  # flushed with the rows: published after the commit
+        except IntegrityError:  # another request of this client with this key was first
+            session.rollback()
+            replay = _replay(key, digest) if key else None
+            if replay is not None:
+                return replay
+            raise
+        if staging is not None and final_dir is not None:
+            os.rename(staging, final_dir)  # the uploads become the batch's files in one step
+            staging = None
+        g.audit_resource = f"batch:{batch.id}"
+        commit_audited(session, status=202, slides=len(jobs))  # the rows, the outbox and the audit entry
+        final_dir = None  # committed: the files belong to the batch now
+    except BaseException:
+        db().rollback()
+        if final_dir is not None:
+            shutil.rmtree(final_dir, ignore_errors=True)
+        raise
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        g.pop("upload_staging", None)
+    queued = dispatcher().publish_now(messages)
+    if not queued:
+        log.warning("batch %s accepted; its %d job(s) are queued when the broker is back", batch.id, len(jobs))
+    return jsonify(batch_json(batch, with_jobs=True) | {"queued": queued}), 202
+
+
+def _stage_uploads(uploads: list[FileStorage]) -> list[tuple[str, Path]]:
+    """Give each upload its storage name in the staging folder: ``(display name, file)``."""
+    staged: list[tuple[str, Path]] = []
+    for i, up in enumerate(uploads):
+        fname = _safe_upload_name(up.filename)
+        src = staged_path(up.stream)
+        if src is None:  # not written by our stream factory (no staging folder): nothing to keep
+            raise ApiError(400, "invalid_upload", "uploads must be sent as multipart/form-data")
+        up.stream.close()
+        dest = src.with_name(storage_name(i, up.filename))
+        os.replace(src, dest)
+        if dest.stat().st_size == 0:
+            raise ApiError(400, "empty_file", f"{fname}: the file is empty")
+        staged.append((fname, dest))
+    return staged
+
+
+def _validated(
+    staged: list[tuple[str, Path]], paths: list[str], mpp: float | int | None
+) -> list[tuple[str, Path, dict[str, Any]]]:
+    """Every slide checked (headers and a bounded read) before anything is written."""
     from hematovision.core.slides import SlideError, validate_slide
 
     cfg = settings()
-    fields, paths = _request_fields()
-    name = fields.get("name")
-    if name is not None and not isinstance(name, str):
-        raise ApiError(400, "invalid_field", "'name' must be a string")
-    priority = _number(fields.get("priority"), "priority", low=0, high=9, integer=True)
-    mpp = _number(fields.get("mpp"), "mpp", low=0.01, high=100.0)
-    wbc_per_l = _number(fields.get("wbc_per_l"), "wbc_per_l", low=0, high=1e12)
-    key = request.headers.get("Idempotency-Key")
-    if key is not None and not (0 < len(key) <= 200):
-        raise ApiError(400, "invalid_header", "Idempotency-Key must be 1..200 characters")
-    session = db()
-    if key:
-        existing = session.execute(select(Batch).where(Batch.idempotency_key == key)).scalar_one_or_none()
-        if existing is not None:
-            return jsonify(batch_json(existing, with_jobs=True) | {"duplicate": True}), 200
-    uploads = request.files.getlist("files") if request.mimetype != "application/json" else []
-    if not uploads and not paths:
-        raise ApiError(400, "no_slides", "submit at least one slide: multipart 'files' and/or 'paths'")
-    staging = cfg.upload_dir / f".incoming-{uuid.uuid4().hex}"
-    staged: list[tuple[str, Path, dict[str, Any]]] = []
-    final_dir: Path | None = None
-    try:
-        staging.mkdir(parents=True)
-        for i, up in enumerate(uploads):
-            fname = _safe_upload_name(up.filename)
-            dest = staging / storage_name(i, up.filename)
-            up.save(dest)
-            if dest.stat().st_size == 0:
-                raise ApiError(400, "empty_file", f"{fname}: the file is empty")
-            try:
-                info = validate_slide(dest, mpp=mpp, default_mpp=cfg.default_mpp)
-            except SlideError as e:
-                raise ApiError(422, "invalid_slide", _named(fname, e)) from None
-            staged.append((fname, dest, info))
-        server_items: list[tuple[str, Path, dict[str, Any]]] = []
-        for raw in paths:
-            real = _server_path(raw)
-            try:
-                info = validate_slide(real, mpp=mpp, default_mpp=cfg.default_mpp)
-            except SlideError as e:
-                raise ApiError(422, "invalid_slide", _named(raw, e)) from None
-            server_items.append((real.name, real, info))
-        batch_id = new_id()
-        final_dir = cfg.upload_dir / batch_id
-        entries = [
-            NewSlide(
-                filename=fname,
-                path=str(final_dir / path.name if path.parent == staging else path),
-                format=info.get("format"),
-                mpp=info.get("mpp"),
-                mpp_source=info.get("mpp_source"),
-                width=info["dimensions"][0],
-                height=info["dimensions"][1],
-                wbc_per_l=wbc_per_l,
-            )
-            for fname, path, info in staged + server_items
-        ]
-        batch, jobs = add_batch(
-            session,
-            entries,
-            name=name,
-            priority=5 if priority is None else int(priority),
-            idempotency_key=key or None,
-            batch_id=batch_id,
-        )
-        if staged:
-            final_dir.mkdir(parents=True, exist_ok=True)
-        for _fname, path, _ in staged:
-            shutil.move(str(path), str(final_dir / path.name))
-        session.commit()
-    except IntegrityError:
-        session.rollback()
-        _cleanup(staging, None)
-        existing = session.execute(select(Batch).where(Batch.idempotency_key == key)).scalar_one_or_none()
-        if existing is not None:
-            return jsonify(batch_json(existing, with_jobs=True) | {"duplicate": True}), 200
-        raise
-    except BaseException:
-        session.rollback()
-        _cleanup(staging, final_dir)
-        raise
-    _cleanup(staging, None)
-    try:
-        for job in jobs:
-            enqueue_slide(celery(), job.id, priority=batch.priority)
-    except Exception as exc:  # noqa: BLE001 - whatever the transport raises, nothing was queued
-        log.error("could not queue batch %s: %s", batch.id, exc)
-        session.delete(batch)
-        session.commit()
-        _cleanup(None, cfg.upload_dir / batch.id)
-        raise ApiError(503, "broker_unavailable", "the job queue is unavailable; nothing was submitted") from None
-    body = batch_json(batch, with_jobs=True)
-    return jsonify(body), 202
+    items: list[tuple[str, Path, dict[str, Any]]] = []
+    for fname, path in staged:
+        try:
+            info = validate_slide(path, mpp=mpp, default_mpp=cfg.default_mpp)
+        except SlideError as e:
+            raise ApiError(422, "invalid_slide", _client_message(e, fname, path)) from None
+        items.append((fname, path, info))
+    for raw in paths:
+        real = _server_path(raw)
+        try:
+            info = validate_slide(real, mpp=mpp, default_mpp=cfg.default_mpp)
+        except SlideError as e:
+            raise ApiError(422, "invalid_slide", _client_message(e, raw, real)) from None
+        items.append((real.name, real, info))
+    return items
 
 
-def _named(name: str, err: Exception) -> str:
-    """The slide's message, led by the name the client gave (once), with no server path in it: the
-    name the file has on the server (an upload's storage name, a resolved link) becomes the client's."""
+def _client_message(err: Exception, name: str, path: Path) -> str:
+    """The slide's message in the client's terms: led by the name the client gave (once), with no
+    server path in it. The file as the server knows it (``path``: an upload's staged file, a
+    resolved link; ``err.file_name``: the name a ``SlideError`` gives it) is named as the client
+    named it, the server's folders are removed and any other absolute path is cut to its last part
+    (:func:`hematovision.core.filenames.redact_paths`)."""
     base = os.path.basename(name)
-    msg = redact_paths(str(err))
-    stored = getattr(err, "file_name", None)
-    if stored and stored != base:
-        msg = msg.replace(stored, base)
-    return msg if msg.startswith(base) else f"{name}: {msg}"
-
-
-def _cleanup(staging: Path | None, final_dir: Path | None) -> None:
-    for d in (staging, final_dir):
-        if d is not None and d.exists():
-            shutil.rmtree(d, ignore_errors=True)
+    msg = str(err).replace(str(path), base)
+    cfg = settings()
+    for folder in (path.parent, cfg.upload_dir, cfg.import_root, cfg.resolved_var_dir):
+        if folder is not None and str(folder) not in ("", os.sep):
+            msg = msg.replace(str(folder) + os.sep, "").replace(str(folder), "…")
+    msg = redact_paths(msg)
+    for stored in {getattr(err, "file_name", None), path.name}:
+        if stored and stored != base:
+            msg = msg.replace(stored, base)
+    return msg if msg.startswith(base) or msg.startswith(name) else f"{name}: {msg}"
 
 
 @bp.get("/<hexid:batch_id>")

@@ -1,4 +1,5 @@
-"""Per-request access to the settings, the database session and the Celery producer."""
+"""Per-request access to the settings, the database session, the Celery producer and the outbox
+dispatcher."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from flask import current_app, g
 from sqlalchemy.orm import Session
 
 from hematovision.core.settings import Settings
+from hematovision.service.outbox import Dispatcher
 
 
 def settings() -> Settings:
@@ -22,3 +24,8 @@ def db() -> Session:
 
 def celery() -> Celery:
     return current_app.extensions["hv_celery"]
+
+
+def dispatcher() -> Dispatcher:
+    """The app's outbox dispatcher (a background thread; see ``hematovision.service.outbox``)."""
+    return current_app.extensions["hv_dispatcher"]

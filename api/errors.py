@@ -32,6 +32,13 @@ def error_response(status: int, code: str, message: str) -> Response:
     return resp
 
 
+def size_text(n_bytes: int) -> str:
+    """``4096 MiB`` or ``4.2 MB``-like text for a byte limit."""
+    if n_bytes >= 2**20 and n_bytes % 2**20 == 0:
+        return f"{n_bytes // 2**20} MiB"
+    return f"{n_bytes / 2**20:.1f} MiB" if n_bytes >= 2**20 else f"{n_bytes // 1024} KiB"
+
+
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(e: ApiError) -> ResponseReturnValue:
@@ -43,7 +50,7 @@ def register_error_handlers(app: Flask) -> None:
         if e.code == 413:
             from flask import request
 
-            limit = app.config.get("MAX_CONTENT_LENGTH") or 0
+            limit = request.max_content_length or app.config.get("MAX_CONTENT_LENGTH") or 0
             if request.content_length is not None and request.content_length <= limit:
                 parts = app.config.get("MAX_FORM_PARTS")
                 return error_response(
@@ -51,7 +58,7 @@ def register_error_handlers(app: Flask) -> None:
                     "too_many_parts",
                     f"too many files and fields in one submission (limit {parts}); split the batch",
                 )
-            return error_response(413, "too_large", f"upload exceeds the limit of {limit // 2**20} MiB")
+            return error_response(413, "too_large", f"the request exceeds the limit of {size_text(limit)}")
         return error_response(e.code or 500, code, e.description or e.name)
 
     @app.errorhandler(ReviewError)

@@ -8,7 +8,7 @@ from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 from sqlalchemy import text
 
-from api.context import db
+from api.context import db, settings
 from hematovision.store.models import CELL_ID_MAX, ID_PATTERN
 
 bp = Blueprint("health", __name__)
@@ -53,7 +53,17 @@ def openapi_document() -> dict[str, Any]:
         "openapi": "3.0.3",
         "info": {"title": "HematoVision intake API", "version": "1"},
         "paths": {
-            "/healthz": {"get": {"operationId": "health", "responses": {"200": _resp("ok"), **_errors(503)}}},
+            "/healthz": {
+                "get": {
+                    "operationId": "health",
+                    "summary": "The database, the broker (down: still 200, submissions are accepted) and the "
+                    "upload folder (writable, free space); 503 when the database or the upload folder is unusable",
+                    "responses": {
+                        "200": _resp("ok or degraded", {"$ref": "#/components/schemas/Health"}),
+                        **_errors(503),
+                    },
+                }
+            },
             "/metrics": {
                 "get": {
                     "operationId": "metrics",
@@ -108,9 +118,10 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {
                         "202": _resp("accepted", {"$ref": "#/components/schemas/Batch"}),
                         "200": _resp(
-                            "duplicate submission (same Idempotency-Key)", {"$ref": "#/components/schemas/Batch"}
+                            "duplicate submission (same Idempotency-Key and submission, same API key)",
+                            {"$ref": "#/components/schemas/Batch"},
                         ),
-                        **_errors(400, 413, 422, 503),
+                        **_errors(400, 401, 403, 409, 413, 422, 503),
                     },
                 },
             },
@@ -141,8 +152,9 @@ def openapi_document() -> dict[str, Any]:
             "/api/v1/queues": {
                 "get": {
                     "operationId": "getQueues",
-                    "summary": "Per stage (prepare, classify, report): its queue, slides waiting, running, "
-                    "and their sum (demand, for autoscalers)",
+                    "summary": "Per stage (prepare, classify, report): its queue, slides waiting, running "
+                    "(fresh heartbeat), stale (heartbeat too old), queued in the database, stranded (stale + "
+                    "queued beyond the messages waiting) and demand = waiting + running + stranded (for autoscalers)",
                     "responses": {"200": _resp("stage load", {"$ref": "#/components/schemas/Queues"}), **_errors(503)},
                 }
             },
@@ -380,11 +392,28 @@ def openapi_document() -> dict[str, Any]:
                         "duration_s": {"type": "number", "nullable": True},
                     },
                 },
+                "Health": {
+                    "type": "object",
+                    "required": ["status", "database", "broker", "uploads"],
+                    "properties": {
+                        "status": {"type": "string", "enum": ["ok", "degraded", "unavailable"]},
+                        "database": {"type": "string", "enum": ["ok", "down"]},
+                        "broker": {"type": "string", "enum": ["ok", "down"]},
+                        "uploads": {
+                            "type": "object",
+                            "properties": {
+                                "writable": {"type": "boolean"},
+                                "free_mb": {"type": "integer", "nullable": True},
+                            },
+                        },
+                    },
+                },
                 "Queues": {
                     "type": "object",
                     "required": ["stages"],
                     "properties": {
                         "broker_reachable": {"type": "boolean"},
+                        "stale_after_s": {"type": "integer"},
                         "stages": {
                             "type": "object",
                             "additionalProperties": {
@@ -393,6 +422,9 @@ def openapi_document() -> dict[str, Any]:
                                     "queue": {"type": "string"},
                                     "waiting": {"type": "integer", "nullable": True},
                                     "running": {"type": "integer"},
+                                    "stale": {"type": "integer"},
+                                    "queued": {"type": "integer"},
+                                    "stranded": {"type": "integer"},
                                     "demand": {"type": "integer", "nullable": True},
                                 },
                             },
@@ -410,6 +442,12 @@ def openapi_document() -> dict[str, Any]:
                         "progress": {"type": "number"},
                         "job_ids": {"type": "array", "items": {"type": "string"}},
                         "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}},
+                        "queued": {
+                            "type": "boolean",
+                            "description": "202 only: the jobs reached the broker now (false: the broker is "
+                            "down and they are queued when it returns)",
+                        },
+                        "duplicate": {"type": "boolean", "description": "200 only: the Idempotency-Key's batch"},
                     },
                 },
                 "Report": {
@@ -484,8 +522,34 @@ def openapi_document() -> dict[str, Any]:
 
 @bp.get("/healthz")
 def healthz() -> ResponseReturnValue:
-    db().execute(text("SELECT 1"))
-    return jsonify({"status": "ok"})
+    """The database, the broker and the upload folder. 503 when the database or the upload folder is
+    unusable (nothing can be accepted); 200 with ``broker: down`` when only the broker is away
+    (submissions are accepted and queued when it returns)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from hematovision.service.queueing import broker_reachable
+    from hematovision.service.submission import upload_storage
+
+    cfg = settings()
+    try:
+        db().execute(text("SELECT 1"))
+        database = "ok"
+    except SQLAlchemyError:
+        db().rollback()
+        database = "down"
+    uploads = upload_storage(cfg.upload_dir)
+    broker = "ok" if broker_reachable(cfg) else "down"
+    body: dict[str, Any] = {"database": database, "broker": broker, "uploads": uploads}
+    if database == "down" or not uploads["writable"]:
+        code, message = (
+            ("database_unavailable", "the results database is unavailable; retry later")
+            if database == "down"
+            else ("upload_storage_unavailable", "the upload folder is not writable")
+        )
+        resp = jsonify({"error": {"code": code, "message": message}, "status": "unavailable", **body})
+        resp.status_code = 503
+        return resp
+    return jsonify({"status": "ok" if broker == "ok" else "degraded", **body})
 
 
 @bp.get("/api/v1/openapi.json")

@@ -63,7 +63,7 @@ def main() -> None:
         for _ in range(a.slides):
             with factory() as s, s.begin():
                 entry = NewSlide(filename=slide_path.name, path=str(slide_path.resolve()), mpp=a.mpp)
-                _, (job,) = add_batch(s, [entry], name="bench")
+                _, (job,) = add_batch(s, [entry], name="bench", queue=False)
                 job_id = job.id
             row: dict[str, float] = {}
             t = time.perf_counter()

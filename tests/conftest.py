@@ -87,14 +87,14 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def app(settings: Settings):  # type: ignore[no-untyped-def]
-    from api.app import create_app
+    from api.app import create_app, stop_app
     from hematovision.store.migrate import upgrade
 
     upgrade(settings)
     app = create_app(settings)
     app.config["TESTING"] = True
     yield app
-    app.extensions["hv_engine"].dispose()
+    stop_app(app)
 
 
 @pytest.fixture
@@ -230,8 +230,8 @@ class JobRows(NamedTuple):
 def make_job(request: pytest.FixtureRequest, settings: Settings) -> Iterator[Callable[..., JobRows]]:
     """``make_job(path="/nonexistent/slide.tiff", *, filename=None, mpp=0.25, name="t", priority=5,
     width=None, height=None, state=None) -> JobRows``: one batch with one slide and its job, added
-    through ``hematovision.service.submission.add_batch`` as the API adds them (committed, nothing
-    queued). ``state`` sets the job's state afterwards (a new job is ``queued``).
+    through ``hematovision.service.submission.add_batch`` as the API adds them (committed; nothing
+    queued, no outbox row). ``state`` sets the job's state afterwards (a new job is ``queued``).
 
     The rows go to the test's database: the ``app`` fixture's sessions when the test uses ``app``,
     else a database migrated here under ``settings.var_dir``.
@@ -268,7 +268,7 @@ def make_job(request: pytest.FixtureRequest, settings: Settings) -> Iterator[Cal
         factory = sessions()
         entry = NewSlide(filename=filename or Path(path).name, path=str(path), mpp=mpp, width=width, height=height)
         with factory() as s, s.begin():
-            _, (job,) = add_batch(s, [entry], name=name, priority=priority)
+            _, (job,) = add_batch(s, [entry], name=name, priority=priority, queue=False)
             if state is not None:
                 job.state = state
             job_id, slide_id = job.id, job.slide_id

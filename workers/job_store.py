@@ -12,15 +12,19 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from hematovision.core.results import SlideAnalysis
+from hematovision.service.outbox import add_message
 from hematovision.service.slide_results import replace_result_rows
 from hematovision.store.db import transaction
 from hematovision.store.models import FINAL_STATES, Job, ModelVersion, utcnow
@@ -75,6 +79,7 @@ def claim_stage(factory: sessionmaker[Session], job_id: str, stage: str) -> Tick
         job.state = "running"
         job.attempts = max(job.attempts, run["runs"])
         job.started_at = job.started_at or utcnow()
+        job.heartbeat_at = utcnow()
         job.worker = run["worker"]
         job.error = None
         slide = job.slide
@@ -98,18 +103,21 @@ def finish_stage(
     next_stage: str,
     progress: float,
     **facts: Any,
-) -> bool:
-    """Record a stage's run (``facts`` such as seconds) and leave the job queued for ``next_stage``;
-    False when the job ended meanwhile (cancelled), so the next stage must not be queued."""
+) -> int | None:
+    """Record a stage's run (``facts`` such as seconds) and leave the job queued for ``next_stage``,
+    with the next stage's outbox message written in the same transaction (so it is published even
+    if the broker is away right now). Returns the outbox row's id; None when the job ended meanwhile
+    (cancelled), so the next stage must not be queued."""
     with transaction(factory) as s:
         job = _live_job(s, job_id)
         if job is None:
-            return False
+            return None
         _record_stage(job, stage, **facts)
         job.stage = next_stage
         job.state = "queued"
         job.progress = round(max(job.progress, progress), 3)
-        return True
+        job.heartbeat_at = utcnow()
+        return add_message(s, job.id, next_stage, job.slide.batch.priority).id
 
 
 def set_progress(factory: sessionmaker[Session], job_id: str, fraction: float) -> None:
@@ -117,6 +125,36 @@ def set_progress(factory: sessionmaker[Session], job_id: str, fraction: float) -
         job = s.get(Job, job_id)
         if job is not None and job.state == "running":
             job.progress = round(max(job.progress, min(0.99, fraction)), 3)
+            job.heartbeat_at = utcnow()
+
+
+def touch_heartbeat(factory: sessionmaker[Session], job_id: str) -> None:
+    """Record that the job's running stage is alive (a cheap UPDATE of one row)."""
+    with transaction(factory) as s:
+        s.execute(update(Job).where(Job.id == job_id, Job.state == "running").values(heartbeat_at=utcnow()))
+
+
+@contextmanager
+def heartbeat(factory: sessionmaker[Session], job_id: str, interval_s: float) -> Iterator[None]:
+    """Record a heartbeat every ``interval_s`` from a small thread while the block runs, whatever the
+    stage is doing (opening a slide, loading the model, a long classification), so the reconciler
+    can tell a slow stage from a dead worker."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(interval_s):
+            try:
+                touch_heartbeat(factory, job_id)
+            except Exception as exc:  # noqa: BLE001 - database away: the next beat tries again
+                log.debug("heartbeat of job %s not recorded: %s", job_id, exc.__class__.__name__)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{job_id[:8]}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=max(5.0, interval_s))
 
 
 def job_state(factory: sessionmaker[Session], job_id: str) -> str | None:

@@ -47,13 +47,15 @@ class PermanentError(Exception):
 
 @dataclass
 class Outcome:
-    """What a stage did: ``state`` is ``done`` (queue ``next_stage``), ``succeeded``, ``skipped``
-    (the job had ended) or ``cancelled``."""
+    """What a stage did: ``state`` is ``done`` (``next_stage`` is queued through the outbox row
+    ``outbox_id``), ``succeeded``, ``skipped`` (the job had ended) or ``cancelled``."""
 
     state: str
     next_stage: str | None = None
     priority: int = 5
     slide_id: str | None = None
+    #: The outbox row of the next stage's message (written with the stage's end), to publish now.
+    outbox_id: int | None = None
 
 
 def job_folder(settings: Settings, job_id: str) -> Path:
@@ -165,9 +167,10 @@ def run_prepare(settings: Settings, factory: sessionmaker[Session], job_id: str)
             "rbc": counts["rbc"],
             "platelets": counts["platelets"],
         }
-    if not finish_stage(factory, job_id, PREPARE, CLASSIFY, PROGRESS_AT_END[PREPARE], **facts):
+    outbox_id = finish_stage(factory, job_id, PREPARE, CLASSIFY, PROGRESS_AT_END[PREPARE], **facts)
+    if outbox_id is None:
         return _ended("cancelled", settings, job_id)
-    return Outcome("done", CLASSIFY, ticket.priority, ticket.slide_id)
+    return Outcome("done", CLASSIFY, ticket.priority, ticket.slide_id, outbox_id)
 
 
 def run_classify(settings: Settings, factory: sessionmaker[Session], classifier: Any, job_id: str) -> Outcome:
@@ -218,9 +221,10 @@ def run_classify(settings: Settings, factory: sessionmaker[Session], classifier:
             "cells": len(labels),
             "cells_per_s": round(len(labels) / seconds, 1) if seconds > 0 else None,
         }
-    if not finish_stage(factory, job_id, CLASSIFY, REPORT, PROGRESS_AT_END[CLASSIFY], **facts):
+    outbox_id = finish_stage(factory, job_id, CLASSIFY, REPORT, PROGRESS_AT_END[CLASSIFY], **facts)
+    if outbox_id is None:
         return _ended("cancelled", settings, job_id)
-    return Outcome("done", REPORT, ticket.priority, ticket.slide_id)
+    return Outcome("done", REPORT, ticket.priority, ticket.slide_id, outbox_id)
 
 
 def run_report(settings: Settings, factory: sessionmaker[Session], job_id: str) -> Outcome:

@@ -1,9 +1,10 @@
 """The stage tasks: thin, idempotent, each taking only a job id (the work is in ``workers.stages``).
 
-Each task runs its stage and, when the stage is done, queues the next one by name on its configured
-queue with the batch's priority, before its own message is acknowledged (late ack): a worker that
-dies at any point leaves the message to be delivered again, and the stages' idempotence keeps the
-result single. The database engine (and, on classify workers, the model) is created once per worker
+Each task runs its stage (recording a heartbeat on the job every ``heartbeat_s``) and, when the
+stage is done, publishes the next stage's message, written to the outbox in the transaction that
+ended the stage, before its own message is acknowledged (late ack): a worker that dies at any point
+leaves the message to be delivered again (or its job to the reconciler), and the stages' idempotence
+keeps the result single. The database engine (and, on classify workers, the model) is created once per worker
 process. Database outages are retried without limit (the job stays as it was); a stage that crashes
 (or meets data that cannot be decoded, which may be a passing storage fault) is retried up to
 ``task_max_retries`` times, then its job ends ``failed`` with the reason.
@@ -21,7 +22,7 @@ from celery import Task, shared_task
 from sqlalchemy.exc import OperationalError
 
 from hematovision.core.settings import Settings
-from hematovision.service.queueing import CLASSIFY, PREPARE, REPORT, TASK_NAMES, enqueue_stage
+from hematovision.service.queueing import CLASSIFY, PREPARE, REPORT, TASK_NAMES
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
@@ -43,7 +44,7 @@ def session_factory(settings: Settings) -> sessionmaker[Session]:
 
 def _run_stage(task: Any, stage: str, job_id: str, work: Callable[[Settings, Any], Any]) -> str:
     from hematovision.service.metrics import STAGE_OUTCOMES, STAGE_SECONDS
-    from workers.job_store import mark_failed
+    from workers.job_store import heartbeat, mark_failed
     from workers.stages import PermanentError, discard
 
     settings: Settings = task.app.conf.hv_settings
@@ -51,9 +52,10 @@ def _run_stage(task: Any, stage: str, job_id: str, work: Callable[[Settings, Any
     ids = {"job_id": job_id, "stage": stage}
     started = time.perf_counter()
     try:
-        outcome = work(settings, factory)
-        if outcome.next_stage:
-            enqueue_stage(task.app, outcome.next_stage, job_id, outcome.priority)
+        with heartbeat(factory, job_id, settings.heartbeat_s):
+            outcome = work(settings, factory)
+        if outcome.outbox_id is not None:
+            _publish_next(task.app, factory, outcome.outbox_id, ids)
     except OperationalError as exc:  # database away: retry, the job stays as it was
         STAGE_OUTCOMES.labels(stage, "retry_db").inc()
         log.warning("job %s %s: database unavailable (%s); retrying", job_id, stage, exc.__class__.__name__, extra=ids)
@@ -83,6 +85,17 @@ def _run_stage(task: Any, stage: str, job_id: str, work: Callable[[Settings, Any
         extra=ids | ({"slide_id": outcome.slide_id} if outcome.slide_id else {}),
     )
     return outcome.state
+
+
+def _publish_next(app: Any, factory: sessionmaker[Session], outbox_id: int, ids: dict[str, str]) -> None:
+    """Publish the next stage's message (already committed in the outbox) before this message is
+    acknowledged. A broker that is away now does not fail the stage: the row stays unsent and the
+    dispatchers (this worker's, the API's) publish it when the broker is back."""
+    from hematovision.service.outbox import dispatch
+
+    result = dispatch(factory, app, ids=[outbox_id])
+    if result.error is not None:
+        log.warning("next stage not published yet (%s); it stays in the outbox", result.error, extra=ids)
 
 
 @shared_task(bind=True, name=TASK_NAMES[PREPARE], max_retries=None, acks_late=True)

@@ -12,10 +12,9 @@ from hematovision.cli.options import settings_or_exit, setup_logging
 @click.option("--port", type=int, default=None, help="Port (default: settings api_port).")
 @click.option("--threads", type=int, default=8, show_default=True)
 def serve(host: str | None, port: int | None, threads: int) -> None:
-    """Run the intake API (waitress WSGI server)."""
-    import waitress
-
-    from api.app import create_app
+    """Run the intake API (waitress WSGI server; request bodies up to HEMATOVISION_MAX_UPLOAD_MB)."""
+    from api.app import create_app, stop_app
+    from api.server import make_server
 
     settings = settings_or_exit()
     setup_logging(settings)
@@ -24,9 +23,11 @@ def serve(host: str | None, port: int | None, threads: int) -> None:
         f"HematoVision API on http://{host or settings.api_host}:{port or settings.api_port} "
         f"(database {settings.sqlalchemy_url.split('@')[-1]}, broker {settings.celery_broker_url.split('@')[-1]})"
     )
-    waitress.serve(
-        app, host=host or settings.api_host, port=port or settings.api_port, threads=threads, ident="hematovision"
-    )
+    server = make_server(app, settings, host or settings.api_host, port or settings.api_port, threads)
+    try:
+        server.run()
+    finally:
+        stop_app(app)
 
 
 @click.command()

@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     default_mpp: float | None = Field(default=None, description="µm/px for slides that state none.")
     max_upload_mb: int = Field(default=4096, description="Largest accepted upload, MiB.")
     max_batch_parts: int = Field(default=5000, description="Most files + fields in one multipart submission.")
+    max_paths: int = Field(default=1000, ge=1, description="Most server-side paths in one submission.")
     min_wbc: int = Field(default=200, description="Fewer white cells: the differential is insufficient.")
     target_wbc: int = Field(default=200, description="Stop once this many white cells are classified.")
     full_count: bool = Field(default=False, description="Analyse the whole smear, not just target_wbc.")
@@ -57,6 +58,19 @@ class Settings(BaseSettings):
     task_time_limit_s: int = Field(default=3600, description="Hard time limit of one slide task.")
     visibility_timeout_s: int = Field(
         default=7800, description="Redis: an unacknowledged slide is re-delivered after this (> longest task)."
+    )
+    stale_after_s: int = Field(
+        default=300,
+        ge=1,
+        description="A running job without a heartbeat for this long, or a queued job without a message "
+        "in the broker for this long, is re-queued by the reconciler.",
+    )
+    heartbeat_s: float = Field(default=30.0, gt=0, description="How often a running stage records a heartbeat.")
+    reconcile_interval_s: float = Field(
+        default=60.0, gt=0, description="How often each worker runs the reconciler (it also runs at start)."
+    )
+    dispatch_interval_s: float = Field(
+        default=5.0, gt=0, description="How often the outbox dispatcher looks for messages not yet in the broker."
     )
     api_host: str = "127.0.0.1"
     api_port: int = 8000

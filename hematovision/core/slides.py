@@ -33,7 +33,7 @@ from types import TracebackType
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from hematovision.core.filenames import redact_paths
 
@@ -265,16 +265,20 @@ class ImageSlide(Slide):
 
     def stated_mpp(self) -> float | None:
         """µm/px from the image's resolution (JFIF density, PNG pHYs, TIFF tags), if plausible."""
-        dpi = self._info.get("dpi")
-        if not dpi:
-            return None
-        try:
-            dpi_x = float(dpi[0])
-        except (TypeError, ValueError, IndexError):
-            return None
-        if not dpi_x > 0:
-            return None
-        return _plausible(25400.0 / dpi_x, self.path.name)
+        return _image_mpp(self._info, self.path.name)
+
+
+def _image_mpp(info: dict[str, Any], name: str) -> float | None:
+    dpi = info.get("dpi")
+    if not dpi:
+        return None
+    try:
+        dpi_x = float(dpi[0])
+    except (TypeError, ValueError, IndexError):
+        return None
+    if not dpi_x > 0:
+        return None
+    return _plausible(25400.0 / dpi_x, name)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -296,6 +300,20 @@ def open_slide(path: str | os.PathLike[str], mpp: float | None = None, default_m
     path = Path(path)
     mpp = _check_mpp(mpp, "the submitted scale (mpp)")
     default_mpp = _check_mpp(default_mpp, "HEMATOVISION_DEFAULT_MPP")
+    head = _read_head(path)
+    slide = _open_openslide(path, head)
+    if slide is None:
+        slide = _open_image(path, head)
+    try:
+        slide.mpp, slide.mpp_source = _resolve_mpp(slide.stated_mpp(), mpp, default_mpp, path.name)
+    except BaseException:
+        slide.close()
+        raise
+    return slide
+
+
+def _read_head(path: Path) -> bytes:
+    """The first bytes of a file that must exist, be a file and not be empty (else SlideError)."""
     name = path.name
     if not path.exists():
         raise SlideError(f"{name}: file not found")
@@ -309,34 +327,31 @@ def open_slide(path: str | os.PathLike[str], mpp: float | None = None, default_m
         raise SlideError(f"{name}: cannot read the file ({exc.strerror or _why(exc)})") from exc
     if size == 0:
         raise SlideError(f"{name} is empty (0 bytes): the upload or copy did not complete")
+    return head
 
-    slide = _open_openslide(path, head)
-    if slide is None:
-        slide = _open_image(path, head)
-    try:
-        stated = slide.stated_mpp()
-        if mpp is not None:
-            slide.mpp, slide.mpp_source = mpp, "submission"
-        elif stated is not None:
-            slide.mpp, slide.mpp_source = stated, "slide"
-        elif default_mpp is not None:
-            slide.mpp, slide.mpp_source = default_mpp, "default"
-        else:
-            raise SlideError(f"{name} states no microns per pixel; {_NO_MPP_HINT}")
-    except BaseException:
-        slide.close()
-        raise
-    return slide
+
+def _resolve_mpp(stated: float | None, mpp: float | None, default_mpp: float | None, name: str) -> tuple[float, str]:
+    """The scale and where it came from: the submission, the file, the installation default."""
+    if mpp is not None:
+        return mpp, "submission"
+    if stated is not None:
+        return stated, "slide"
+    if default_mpp is not None:
+        return default_mpp, "default"
+    raise SlideError(f"{name} states no microns per pixel; {_NO_MPP_HINT}")
 
 
 def validate_slide(
     path: str | os.PathLike[str], mpp: float | None = None, default_mpp: float | None = None
 ) -> dict[str, Any]:
-    """Cheap acceptance check before an upload is queued: open, decode a little, close.
+    """Cheap acceptance check before an upload is queued, in bounded memory and time per slide.
 
-    Reads a small region of the lowest-resolution level (written last, so a truncated file shows
-    there) and of the centre of level 0, and for TIFF-based files checks that every tile or strip
-    the file lists lies inside the file.
+    A whole-slide image is opened with OpenSlide (which reads tiles on demand): a small region of
+    the lowest-resolution level (written last, so a truncated file shows there) and of the centre of
+    level 0 are decoded, and for TIFF-based files every tile or strip the file lists must lie inside
+    the file. A plain field image is NOT decoded whole (a 120-megapixel PNG would take ~2 GB in the
+    API): its header gives format, size and scale, and its data are checked by a bounded read
+    (:func:`_check_image_data`); the worker decodes it.
 
     Returns:
         ``{"format", "dimensions": [w, h], "mpp", "mpp_source", "level_count",
@@ -351,9 +366,15 @@ def validate_slide(
 
 
 def _validate(path: Path, mpp: float | None, default_mpp: float | None) -> dict[str, Any]:
-    with open_slide(path, mpp=mpp, default_mpp=default_mpp) as slide:
-        if isinstance(slide, OpenSlideSlide):
-            _check_tiff_extent(path)
+    mpp = _check_mpp(mpp, "the submitted scale (mpp)")
+    default_mpp = _check_mpp(default_mpp, "HEMATOVISION_DEFAULT_MPP")
+    head = _read_head(path)
+    opened = _open_openslide(path, head)
+    if opened is None:
+        return _inspect_image(path, head, mpp, default_mpp)
+    with opened as slide:
+        slide.mpp, slide.mpp_source = _resolve_mpp(slide.stated_mpp(), mpp, default_mpp, path.name)
+        _check_tiff_extent(path)
         last = slide.level_count - 1
         lw, lh = slide.level_dimensions[last]
         slide.read_region((0, 0), last, (min(lw, 512), min(lh, 512)))
@@ -441,31 +462,8 @@ def _segments_end(page: Any) -> int:
 def _open_image(path: Path, head: bytes) -> ImageSlide:
     """Decode a plain field image with Pillow (refusing huge or unsupported ones)."""
     name = path.name
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(path)
-    except Image.DecompressionBombError as exc:
-        raise SlideError(_bomb_message(name, None)) from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        if _looks_like_text(head):
-            snippet = head[:40].decode("utf-8", "replace").strip().splitlines()[0][:40]
-            raise SlideError(
-                f"{name} is a text file (it starts with {snippet!r}), not a slide image — was an "
-                "error page or a link saved instead of the slide?"
-            ) from exc
-        raise SlideError(f"{name} is not a format HematoVision can read; use {_SUPPORTED}") from exc
-    with im:
-        fmt = (im.format or "").upper()
-        if fmt not in FIELD_IMAGE_FORMATS:
-            raise SlideError(
-                f"{name} is a {fmt or 'unknown'} image, which HematoVision does not accept; use {_SUPPORTED}"
-            )
-        w, h = im.size
-        if w <= 0 or h <= 0:
-            raise SlideError(f"{name} declares an empty image ({w}×{h})")
-        if w * h > FIELD_IMAGE_MAX_PIXELS:
-            raise SlideError(_bomb_message(name, (w, h)))
+    with _pil_open(path, head) as im:
+        fmt, _w, _h = _checked_header(im, name)
         info = {str(k): v for k, v in im.info.items()}
         try:
             im.load()
@@ -477,6 +475,152 @@ def _open_image(path: Path, head: bytes) -> ImageSlide:
                 "file is probably truncated or corrupt — copy or upload it again"
             ) from exc
     return ImageSlide(path, pixels, FIELD_IMAGE_FORMATS[fmt], info)
+
+
+def _pil_open(path: Path, head: bytes) -> Image.Image:
+    """Pillow's lazy open (header only), with the module's messages for what it cannot read."""
+    name = path.name
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(path)
+    except Image.DecompressionBombError as exc:
+        raise SlideError(_bomb_message(name, None)) from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        if _looks_like_text(head):
+            snippet = head[:40].decode("utf-8", "replace").strip().splitlines()[0][:40]
+            raise SlideError(
+                f"{name} is a text file (it starts with {snippet!r}), not a slide image — was an "
+                "error page or a link saved instead of the slide?"
+            ) from exc
+        raise SlideError(f"{name} is not a format HematoVision can read; use {_SUPPORTED}") from exc
+
+
+def _checked_header(im: Image.Image, name: str) -> tuple[str, int, int]:
+    """Format and size of an opened field image, refused when unsupported, empty or a bomb."""
+    fmt = (im.format or "").upper()
+    if fmt not in FIELD_IMAGE_FORMATS:
+        raise SlideError(f"{name} is a {fmt or 'unknown'} image, which HematoVision does not accept; use {_SUPPORTED}")
+    w, h = im.size
+    if w <= 0 or h <= 0:
+        raise SlideError(f"{name} declares an empty image ({w}×{h})")
+    if w * h > FIELD_IMAGE_MAX_PIXELS:
+        raise SlideError(_bomb_message(name, (w, h)))
+    return fmt, w, h
+
+
+def _inspect_image(path: Path, head: bytes, mpp: float | None, default_mpp: float | None) -> dict[str, Any]:
+    """``validate_slide`` for a plain field image: header, scale and a bounded check of its data."""
+    name = path.name
+    with _pil_open(path, head) as im:
+        fmt, w, h = _checked_header(im, name)
+        info = {str(k): v for k, v in im.info.items()}
+        orientation = _orientation(im, fmt)
+        _check_image_data(path, im, fmt)
+    value, source = _resolve_mpp(_image_mpp(info, name), mpp, default_mpp, name)
+    if orientation in (5, 6, 7, 8):  # shown turned by a quarter (exif_transpose when decoded)
+        w, h = h, w
+    return {
+        "format": "image",
+        "dimensions": [w, h],
+        "mpp": value,
+        "mpp_source": source,
+        "level_count": 1,
+        "level_dimensions": [[w, h]],
+    }
+
+
+def _orientation(im: Image.Image, fmt: str) -> int:
+    """The EXIF orientation from the header alone (Pillow's ``getexif`` on a PNG decodes the whole
+    image to look for a late eXIf chunk; only one before the image data is read here)."""
+    try:
+        if fmt == "PNG":
+            raw = im.info.get("exif")
+            if not raw:
+                return 1
+            exif = Image.Exif()
+            exif.load(raw)
+            return int(exif.get(0x0112, 1))
+        return int(im.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 - a damaged EXIF block only loses the orientation
+        return 1
+
+
+#: Decompressed bytes of a PNG's image data inflated at intake (the rest is the worker's).
+PNG_INFLATE_CHECK_BYTES = 1 << 20
+_READ_CHUNK = 1 << 20
+
+
+def _check_image_data(path: Path, im: Image.Image, fmt: str) -> None:
+    """Refuse a truncated or corrupt field image without decoding it whole.
+
+    PNG: every chunk must lie inside the file with a matching CRC, up to IEND, and the start of the
+    image data must inflate. JPEG: decoded at 1/8 scale (the decoder's DCT scaling: 1/64 of the
+    memory), which reads every entropy-coded segment. BMP: the pixel rows must lie inside the file.
+    TIFF: the strips were checked against the file's size already (``_check_tiff_readable``).
+    """
+    name = path.name
+    corrupt = (
+        f"{name}: the {FIELD_IMAGE_FORMATS[fmt]} image could not be decoded ({{}}); the file is probably "
+        "truncated or corrupt — copy or upload it again"
+    )
+    try:
+        if fmt == "PNG":
+            problem = _png_problem(path)
+            if problem:
+                raise SlideError(corrupt.format(problem))
+        elif FIELD_IMAGE_FORMATS[fmt] == "JPEG":
+            w, h = im.size
+            im.draft("RGB", (max(1, w // 8), max(1, h // 8)))
+            im.load()
+        elif fmt == "BMP" and isinstance(im, ImageFile.ImageFile) and im.tile and im.tile[0][0] == "raw":
+            _, extents, offset, args = im.tile[0]
+            stride = int(args[1]) if isinstance(args, tuple) and len(args) > 1 else 0
+            rows = int(extents[3]) - int(extents[1]) if extents else 0
+            if stride > 0 and offset + stride * rows > path.stat().st_size:
+                raise SlideError(corrupt.format("its pixel rows end beyond the end of the file"))
+    except SlideError:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+        raise SlideError(corrupt.format(_why(exc))) from exc
+
+
+def _png_problem(path: Path) -> str | None:
+    """What is wrong with a PNG's chunk structure (None when nothing): reads the file once in 1 MiB
+    pieces and inflates at most ``PNG_INFLATE_CHECK_BYTES`` of its image data."""
+    import struct
+    import zlib
+
+    size = path.stat().st_size
+    inflater = zlib.decompressobj()
+    inflated = 0
+    seen_idat = False
+    with path.open("rb") as fh:
+        if fh.read(8) != b"\x89PNG\r\n\x1a\n":
+            return "no PNG signature"
+        while True:
+            header = fh.read(8)
+            if len(header) < 8:
+                return "it ends before its IEND chunk"
+            length, kind = struct.unpack(">I4s", header)
+            if fh.tell() + length + 4 > size:
+                return f"its {kind.decode('latin-1')!r} chunk ends beyond the end of the file"
+            crc = zlib.crc32(kind)
+            left = length
+            while left:
+                piece = fh.read(min(left, _READ_CHUNK))
+                crc = zlib.crc32(piece, crc)
+                left -= len(piece)
+                if kind == b"IDAT" and inflated < PNG_INFLATE_CHECK_BYTES:
+                    try:
+                        inflated += len(inflater.decompress(piece, PNG_INFLATE_CHECK_BYTES - inflated))
+                    except zlib.error as exc:
+                        return f"its image data do not inflate ({_why(exc)})"
+            if struct.unpack(">I", fh.read(4))[0] != crc & 0xFFFFFFFF:
+                return f"its {kind.decode('latin-1')!r} chunk has a wrong checksum"
+            seen_idat = seen_idat or kind == b"IDAT"
+            if kind == b"IEND":
+                return None if seen_idat else "it has no image data"
 
 
 def _to_rgb(im: Image.Image) -> np.ndarray:

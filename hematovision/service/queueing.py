@@ -16,6 +16,9 @@ state lives in the results database).
 
 from __future__ import annotations
 
+import base64
+import json
+import os
 from typing import Any
 
 from celery import Celery
@@ -103,13 +106,107 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
+#: Publishing tries once more on a fresh connection (a pooled one may be stale after a broker
+#: restart) and then gives up: the outbox keeps the message and its dispatcher retries with backoff.
+PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.5, "interval_max": 0.5}
+
+
 def enqueue_stage(app: Celery, stage: str, job_id: str, priority: int = 5) -> None:
-    """Queue one stage of a slide job by task name, on the stage's configured queue."""
+    """Queue one stage of a slide job by task name, on the stage's configured queue.
+
+    Raises whatever the transport raises when the broker cannot be reached (after one quick retry).
+    Jobs are queued through the outbox (:mod:`hematovision.service.outbox`), which calls this.
+    """
     name = TASK_NAMES[stage]
     queue = app.conf.task_routes[name]["queue"]
-    app.send_task(name, args=[job_id], queue=queue, priority=max(0, min(9, priority)))
+    app.send_task(
+        name,
+        args=[job_id],
+        queue=queue,
+        priority=max(0, min(9, priority)),
+        retry=True,
+        retry_policy=PUBLISH_RETRY_POLICY,
+    )
 
 
-def enqueue_slide(app: Celery, job_id: str, priority: int = 5) -> None:
-    """Queue a new slide job: its first stage (the API never imports the workers)."""
-    enqueue_stage(app, PREPARE, job_id, priority)
+def broker_reachable(settings: Settings, timeout_s: float = 1.0) -> bool:
+    """Whether the broker answers now: Redis answers PING; the filesystem queue's folder is writable."""
+    url = settings.celery_broker_url
+    if url.startswith("filesystem"):
+        return settings.broker_dir.is_dir() and os.access(settings.broker_dir, os.W_OK | os.X_OK)
+    if url.startswith("redis"):
+        import redis
+
+        try:
+            client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+            try:
+                return bool(client.ping())
+            finally:
+                client.close()
+        except Exception:  # noqa: BLE001 - any failure to answer means "not reachable"
+            return False
+    return True  # another transport: not checked here
+
+
+def pending_job_ids(settings: Settings) -> set[str] | None:
+    """The job ids that have a stage message in the broker now: waiting in a stage queue, or
+    delivered to a worker and not yet acknowledged (Redis keeps those in its ``unacked`` hash).
+
+    None when the broker cannot be read; the reconciler then re-queues nothing that depends on it.
+    """
+    url = settings.celery_broker_url
+    names = set(TASK_NAMES.values())
+    found: set[str] = set()
+    try:
+        if url.startswith("filesystem"):
+            for f in settings.broker_dir.glob("*.msg"):
+                try:
+                    payload = json.loads(f.read_bytes())
+                except (OSError, ValueError):
+                    continue  # taken by a worker meanwhile, or half written
+                _collect(payload, names, found)
+            return found
+        if url.startswith("redis"):
+            import redis
+
+            r = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30)
+            try:
+                for queue in dict.fromkeys(stage_queues(settings).values()):
+                    for key in redis_lists(queue):
+                        for raw in r.lrange(key, 0, -1):
+                            _collect(_loads(raw), names, found)
+                for _tag, raw in r.hscan_iter("unacked"):
+                    entry = _loads(raw)
+                    if isinstance(entry, list) and entry:
+                        _collect(entry[0], names, found)
+            finally:
+                r.close()
+            return found
+    except Exception:  # noqa: BLE001 - the broker is away or unreadable: nothing can be concluded
+        return None
+    return None
+
+
+def _loads(raw: bytes | str) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def _collect(payload: Any, names: set[str], found: set[str]) -> None:
+    """Add the job id of one Kombu message (Celery protocol 2) to ``found`` if it is a stage task."""
+    if not isinstance(payload, dict):
+        return
+    headers = payload.get("headers") or {}
+    if headers.get("task") not in names:
+        return
+    body: Any = payload.get("body")
+    try:
+        if (payload.get("properties") or {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args = json.loads(body)[0]
+        if args and isinstance(args[0], str):
+            found.add(args[0])
+    except (ValueError, TypeError, IndexError, KeyError):
+        return

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 from hematovision.core.settings import Settings
 
@@ -16,13 +17,15 @@ if TYPE_CHECKING:
     from sqlalchemy.pool import ConnectionPoolEntry
 
 
-def make_engine(settings: Settings) -> Engine:
+def make_engine(settings: Settings, *, pooled: bool = True) -> Engine:
     """An engine for ``settings.sqlalchemy_url``; SQLite gets WAL and a busy timeout so the API and
-    a worker process can share the file."""
+    a worker process can share the file. ``pooled=False``: a new connection each time (for a
+    background thread of a process that forks)."""
     url = settings.sqlalchemy_url
+    nopool: dict[str, Any] = {} if pooled else {"poolclass": NullPool}
     if url.startswith("sqlite"):
-        settings.ensure_dirs()
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        settings.resolved_var_dir.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **nopool)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
@@ -33,6 +36,8 @@ def make_engine(settings: Settings) -> Engine:
             cur.close()
 
         return engine
+    if not pooled:
+        return create_engine(url, **nopool)
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
 
 

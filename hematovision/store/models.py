@@ -51,11 +51,18 @@ class ModelVersion(Base):
 
 class Batch(Base):
     __tablename__ = "batches"
+    #: An Idempotency-Key belongs to the API key that used it: two clients may use the same string.
+    __table_args__ = (UniqueConstraint("idempotency_owner", "idempotency_key", name="uq_batches_idempotency"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     name: Mapped[str | None] = mapped_column(String(200))
     priority: Mapped[int] = mapped_column(default=5)
-    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    #: Who used the key: ``key:<api key id>``, ``anonymous`` (no authentication) or ``legacy``.
+    idempotency_owner: Mapped[str | None] = mapped_column(String(40))
+    #: SHA-256 of the submission (fields, file names and sizes, paths): the same key with another
+    #: body is a conflict, not a duplicate.
+    request_sha256: Mapped[str | None] = mapped_column(String(64))
     submitted_by: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
@@ -112,8 +119,30 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    #: Last sign of life: set when a stage is claimed, every few seconds while it runs, when it
+    #: finishes and when the job is re-queued. The reconciler re-queues running jobs whose heartbeat
+    #: is older than ``stale_after_s``.
+    heartbeat_at: Mapped[datetime | None]
 
     slide: Mapped[Slide] = relationship(back_populates="job")
+
+
+class OutboxMessage(Base):
+    """A stage message to publish to the broker, written in the same transaction as the job state it
+    belongs to (transactional outbox). A dispatcher publishes unsent rows and sets ``sent_at``; while
+    the broker is away it retries with backoff (``attempts``, ``next_attempt_at``, ``last_error``)."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    stage: Mapped[str] = mapped_column(String(20))
+    priority: Mapped[int] = mapped_column(default=5)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(index=True)
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
 
 
 class Cell(Base):

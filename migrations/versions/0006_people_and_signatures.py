@@ -1,7 +1,7 @@
 """people, electronic signatures and a fuller audit log
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005
 Create Date: 2026-12-01 10:00:00
 
 Written by hand and checked against the models by ``tests/unit/test_schema_drift.py`` (Alembic's
@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
-down_revision = "0004"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 

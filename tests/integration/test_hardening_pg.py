@@ -42,7 +42,7 @@ def _settings(url: str, tmp_path: Path) -> Settings:
 @pytest.fixture
 def pg_client(postgres_url: str, tmp_path: Path) -> Iterator[tuple[Flask, FlaskClient]]:
     """The API on a freshly migrated PostgreSQL schema, and a client with an admin key."""
-    from api.app import create_app
+    from api.app import create_app, stop_app
     from hematovision.store.apikeys import create_key
     from hematovision.store.migrate import upgrade
 
@@ -55,7 +55,7 @@ def pg_client(postgres_url: str, tmp_path: Path) -> Iterator[tuple[Flask, FlaskC
     client = app.test_client()
     client.environ_base["HTTP_X_API_KEY"] = key
     yield app, client
-    app.extensions["hv_engine"].dispose()
+    stop_app(app)
 
 
 def _id_routes(app: Flask) -> list[tuple[str, str]]:
@@ -72,12 +72,31 @@ def _url(rule: str, *, hexid: str | None = None, cellid: str | None = None) -> s
     return re.sub(r"<int:\w+>", "0", url)
 
 
+PASSWORD = "pg hardening pw"
+
+
 def _open(client: FlaskClient, method: str, url: str) -> Any:
-    return client.open(url, method=method, json={"label": "neutrophil"} if method == "POST" else None)
+    body = {"password": PASSWORD} if url.endswith("/signoff") else {"label": "neutrophil"}
+    return client.open(url, method=method, json=body if method == "POST" else None)
 
 
-def test_malformed_and_oversized_ids_are_404_on_postgres(pg_client: tuple[Flask, FlaskClient]) -> None:
+def _person(app: Flask, login_form: Any) -> FlaskClient:
+    """A client logged in as an admin person, sending the session's CSRF token on every request."""
+    from hematovision.store.users import create_user
+
+    with app.extensions["hv_sessions"]() as s, s.begin():
+        create_user(s, "pgadmin", "Pg Admin", "admin", PASSWORD)
+    c = app.test_client()
+    assert login_form(c, "pgadmin", PASSWORD).status_code == 302
+    token = re.search(r'name="csrf-token" content="([^"]+)"', c.get("/ui/").get_data(as_text=True))
+    assert token
+    c.environ_base["HTTP_X_CSRFTOKEN"] = token.group(1)
+    return c
+
+
+def test_malformed_and_oversized_ids_are_404_on_postgres(pg_client: tuple[Flask, FlaskClient], login_form) -> None:  # type: ignore[no-untyped-def]
     app, client = pg_client
+    person = _person(app, login_form)  # the review pages and sign-off are a person's (keys: 302/403)
     routes = _id_routes(app)
     assert len({r for _, r in routes}) >= 13
     for method, rule in routes:
@@ -90,7 +109,7 @@ def test_malformed_and_oversized_ids_are_404_on_postgres(pg_client: tuple[Flask,
         # the empty shell from a review page (its script then asks the API)
         for value in [str(2**31), str(CELL_ID_MAX)] if cell else [new_id()]:
             url = _url(rule, cellid=value) if cell else _url(rule, hexid=value)
-            r = _open(client, method, url)
+            r = _open(person if rule.startswith("/ui/") or rule.endswith("/signoff") else client, method, url)
             expected = 200 if rule.startswith("/ui/") else 404
             assert r.status_code == expected, (method, url, r.status_code, r.get_data(as_text=True)[:200])
 
@@ -125,7 +144,9 @@ def _analysed_slide(app: Flask, tmp_path: Path) -> tuple[str, int]:
     Image.fromarray(np.full((256, 256, 3), 210, np.uint8)).save(path)
     factory = app.extensions["hv_sessions"]
     with factory() as s, s.begin():
-        _, (job,) = add_batch(s, [NewSlide(filename="血液.png", path=str(path), mpp=0.25, width=256, height=256)])
+        _, (job,) = add_batch(
+            s, [NewSlide(filename="血液.png", path=str(path), mpp=0.25, width=256, height=256)], queue=False
+        )
         job.state = "running"
         job_id, slide_id = job.id, job.slide_id
     cells = [CellResult("wbc", (10 + 60 * i, 10, 50 + 60 * i, 50), 0.9, "neutrophil", 0.9) for i in range(3)]

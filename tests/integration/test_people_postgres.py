@@ -23,7 +23,7 @@ PASSWORD = "postgres person pw"
 
 
 def test_people_and_signatures_on_postgresql(postgres_url: str, tmp_path: Path, login_form) -> None:  # type: ignore[no-untyped-def]
-    from api.app import create_app
+    from api.app import create_app, stop_app
 
     settings = Settings(var_dir=tmp_path / "var", database_url=postgres_url, broker_url="")
     upgrade(settings)
@@ -34,7 +34,9 @@ def test_people_and_signatures_on_postgresql(postgres_url: str, tmp_path: Path, 
             assert compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata) == []
         with factory() as s, s.begin():
             create_user(s, "pat", "Pat O'Logist", "pathologist", PASSWORD)
-            _, (job,) = add_batch(s, [NewSlide(filename="a.tiff", path="/nonexistent/a.tiff", mpp=0.25)], name="pg")
+            _, (job,) = add_batch(
+                s, [NewSlide(filename="a.tiff", path="/nonexistent/a.tiff", mpp=0.25)], name="pg", queue=False
+            )
             job.state = "running"
             job_id, slide_id = job.id, job.slide_id
         cells = [CellResult("wbc", (10 * i, 0, 10 * i + 8, 8), 0.9, "neutrophil", 0.95) for i in range(4)]
@@ -82,4 +84,4 @@ def test_people_and_signatures_on_postgresql(postgres_url: str, tmp_path: Path, 
             ("user:pat", "export", "allowed"),
         ]
     finally:
-        engine.dispose()
+        stop_app(app)

@@ -29,11 +29,10 @@ def _png_header(width: int, height: int) -> bytes:
 
 
 def _upload(client, *files: tuple[str, bytes], **fields: Any):  # type: ignore[no-untyped-def]
+    headers = fields.pop("headers", {})
     data = {k: str(v) for k, v in fields.items()}
     data["files"] = [(io.BytesIO(b), name) for name, b in files]
-    return client.post(
-        "/api/v1/batches", data=data, content_type="multipart/form-data", headers=fields.pop("headers", {})
-    )
+    return client.post("/api/v1/batches", data=data, content_type="multipart/form-data", headers=headers)
 
 
 @pytest.fixture(scope="session")

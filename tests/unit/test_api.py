@@ -27,7 +27,9 @@ def queued_messages(settings) -> int:  # type: ignore[no-untyped-def]
 
 
 def test_healthz_and_openapi(client) -> None:  # type: ignore[no-untyped-def]
-    assert client.get("/healthz").json == {"status": "ok"}
+    health = client.get("/healthz").json
+    assert (health["status"], health["database"], health["broker"]) == ("ok", "ok", "ok")
+    assert health["uploads"]["writable"] is True and health["uploads"]["free_mb"] > 0
     doc = client.get("/api/v1/openapi.json").json
     assert doc["openapi"].startswith("3.")
     assert {"/api/v1/batches", "/api/v1/jobs/{job_id}", "/api/v1/flags"} <= set(doc["paths"])
@@ -58,8 +60,8 @@ PNG = b"<a small PNG>"  # stands for png_bytes() in parameters (fixtures are not
         ([("empty.svs", b"")], {"mpp": 0.25}, 400, "empty_file"),
         ([("notes.svs", b"this is a text file, not a slide\n" * 10)], {"mpp": 0.25}, 422, "invalid_slide"),
         ([("x.png", PNG)], {}, 422, "invalid_slide"),  # no µm/px anywhere
-        ([("x.png", PNG)], {"mpp": "abc"}, 400, "invalid_field"),
-        ([("x.png", PNG)], {"mpp": 0.25, "priority": 42}, 400, "invalid_field"),
+        ([("x.png", PNG)], {"mpp": "abc"}, 422, "invalid_field"),
+        ([("x.png", PNG)], {"mpp": 0.25, "priority": 42}, 422, "invalid_field"),
         ([("../../etc/passwd.png", PNG)], {"mpp": 0.25}, 400, "invalid_filename"),
     ],
 )
@@ -103,9 +105,9 @@ def test_malformed_json_and_wrong_types(client) -> None:  # type: ignore[no-unty
     r = client.post("/api/v1/batches", data="{not json", content_type="application/json")
     assert r.status_code == 400 and r.json["error"]["code"] == "malformed_json"
     r = client.post("/api/v1/batches", json={"paths": "x.png"})
-    assert r.status_code == 400 and r.json["error"]["code"] == "invalid_field"
+    assert r.status_code == 422 and r.json["error"]["code"] == "invalid_field"
     r = client.post("/api/v1/batches", json={"paths": ["a"], "mpp": True})
-    assert r.status_code == 400
+    assert r.status_code == 422
 
 
 def test_idempotency_key_returns_the_same_batch(app, client, png_bytes) -> None:  # type: ignore[no-untyped-def]
@@ -150,7 +152,7 @@ def test_cancel_a_queued_job(client, png_bytes, upload) -> None:  # type: ignore
 def client_with(settings, make_key):  # type: ignore[no-untyped-def]
     """``client_with(**overrides) -> (app, client)``: a keyed test client of an app built with some
     settings changed."""
-    from api.app import create_app
+    from api.app import create_app, stop_app
     from hematovision.store.migrate import upgrade
 
     apps = []
@@ -167,7 +169,7 @@ def client_with(settings, make_key):  # type: ignore[no-untyped-def]
 
     yield build
     for app in apps:
-        app.extensions["hv_engine"].dispose()
+        stop_app(app)
 
 
 def test_upload_over_the_size_limit(client_with, upload) -> None:  # type: ignore[no-untyped-def]

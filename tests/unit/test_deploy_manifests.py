@@ -604,7 +604,7 @@ def test_keda_reads_a_number_from_the_queues_endpoint(tmp_path: Path, make_key) 
     queues): each valueLocation resolves to a number, and the answer has the documented shape."""
     from urllib.parse import urlsplit
 
-    from api.app import create_app
+    from api.app import create_app, stop_app
     from api.health import openapi_document
     from hematovision.store.migrate import upgrade
 
@@ -630,21 +630,24 @@ def test_keda_reads_a_number_from_the_queues_endpoint(tmp_path: Path, make_key) 
         assert body["broker_reachable"] is True
         assert set(body["stages"]) == set(STAGES)
         for stage, load in body["stages"].items():
-            assert set(load) == {"queue", "waiting", "running", "demand"}
+            assert set(load) == {"queue", "waiting", "running", "stale", "queued", "stranded", "demand"}
             assert load["queue"] == stage_queues(settings)[stage]
-            assert load["demand"] == load["waiting"] + load["running"]
+            assert load["demand"] == load["waiting"] + load["running"] + load["stranded"]
         schema = openapi_document()["components"]["schemas"]["Queues"]
         assert set(body) <= set(schema["properties"]) and set(schema["required"]) <= set(body)
         assert set(schema["properties"]["stages"]["additionalProperties"]["properties"]) == {
             "queue",
             "waiting",
             "running",
+            "stale",
+            "queued",
+            "stranded",
             "demand",
         }
         # Without a key the scaler would get 401, not a wrong number.
         assert app.test_client().get(urlsplit(triggers[0]["metadata"]["url"]).path).status_code == 401
     finally:
-        app.extensions["hv_engine"].dispose()
+        stop_app(app)
 
 
 @pytest.mark.slow

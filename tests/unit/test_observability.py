@@ -28,8 +28,24 @@ def test_queues_endpoint_gives_each_stage_its_load(app, client, png_bytes, uploa
         job = s.get(Job, body["job_ids"][0])
         job.state, job.stage = "running", "classify"
     stages = client.get("/api/v1/queues").get_json()["stages"]
-    assert stages["prepare"] == {"queue": "slides.prepare", "waiting": 2, "running": 0, "demand": 2}
-    assert stages["classify"] == {"queue": "slides.classify", "waiting": 0, "running": 1, "demand": 1}
+    assert stages["prepare"] == {
+        "queue": "slides.prepare",
+        "waiting": 2,
+        "running": 0,
+        "stale": 0,
+        "queued": 1,
+        "stranded": 0,
+        "demand": 2,
+    }
+    assert stages["classify"] == {
+        "queue": "slides.classify",
+        "waiting": 0,
+        "running": 1,
+        "stale": 0,
+        "queued": 0,
+        "stranded": 0,
+        "demand": 1,
+    }
     assert stages["report"]["demand"] == 0
 
 

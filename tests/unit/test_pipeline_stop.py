@@ -20,11 +20,11 @@ TARGET = 20
 
 
 @pytest.fixture(scope="module")
-def slide_path(real_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def slide_path(real_cells: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from hematovision.devtools.synthetic import make_slide
 
     p = tmp_path_factory.mktemp("big") / "s.tiff"
-    make_slide(p, real_data, 4096, 4096, mpp=0.25, n_wbc=120, seed=5, fmt="tiff")
+    make_slide(p, real_cells, 4096, 4096, mpp=0.25, n_wbc=120, seed=5, fmt="tiff")
     return p
 
 

@@ -1,0 +1,70 @@
+"""The revision chain on PostgreSQL: 0001 → … → 0004 → 0005 (outbox) → 0006 (people) → 0007 (wide
+cell ids), one head; a 0004 database with data is upgraded to a schema that matches the models
+(0005 keeps old Idempotency-Keys as ``legacy``, 0006 cuts key fragments out of actors), downgraded
+to 0004 and upgraded again (the SQLite side: tests/unit/test_migrations.py, test_schema_drift.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, text
+
+from hematovision.core.settings import Settings
+from hematovision.store.migrate import alembic_config
+from hematovision.store.models import Base
+
+
+def test_the_revision_chain_on_postgresql(postgres_url: str, tmp_path: Path) -> None:
+    settings = Settings(var_dir=tmp_path / "var", database_url=postgres_url, broker_url="")
+    settings.ensure_dirs()
+    cfg = alembic_config(settings)
+    script = ScriptDirectory.from_config(cfg)
+    assert script.get_heads() == ["0007"]
+    chain = [r.revision for r in script.walk_revisions("base", "heads")]
+    assert chain == ["0007", "0006", "0005", "0004", "0003", "0002", "0001"]
+
+    eng = create_engine(postgres_url)
+
+    def drift() -> list[Any]:
+        with eng.connect() as c:
+            return compare_metadata(MigrationContext.configure(c, opts={"compare_type": True}), Base.metadata)
+
+    try:
+        command.upgrade(cfg, "0004")
+        with eng.begin() as c:
+            c.execute(
+                text("INSERT INTO batches (id, priority, idempotency_key, created_at) VALUES ('b1', 5, 'k1', now())")
+            )
+            c.execute(
+                text(
+                    "INSERT INTO audit_log (at, actor, action, resource, status) "
+                    "VALUES (now(), 'key:lis:hv_1234567', 'submit', 'batch:b1', 202)"
+                )
+            )
+        command.upgrade(cfg, "head")
+        assert drift() == []
+        with eng.begin() as c:
+            assert c.execute(text("SELECT idempotency_owner FROM batches")).scalar_one() == "legacy"
+            assert c.execute(text("SELECT actor, outcome FROM audit_log")).one() == ("key:lis", "allowed")
+            # Another API key may use the same Idempotency-Key now.
+            c.execute(
+                text(
+                    "INSERT INTO batches (id, priority, idempotency_key, idempotency_owner, created_at) "
+                    "VALUES ('b2', 5, 'k1', 'key:1', now())"
+                )
+            )
+        command.downgrade(cfg, "0004")
+        with eng.connect() as c:
+            keys = c.execute(text("SELECT idempotency_key FROM batches ORDER BY id")).scalars().all()
+            tables = set(c.execute(text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")).scalars())
+        assert keys == ["k1", None]
+        assert not {"outbox", "users", "signatures"} & tables
+        command.upgrade(cfg, "head")
+        assert drift() == []
+    finally:
+        eng.dispose()
