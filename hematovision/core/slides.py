@@ -336,7 +336,8 @@ def validate_slide(
 
     Reads a small region of the lowest-resolution level (written last, so a truncated file shows
     there) and of the centre of level 0, and for TIFF-based files checks that every tile or strip
-    the file lists lies inside the file.
+    the file lists lies inside the file. A grayscale image (no colour: 8- or 16-bit grey) and an
+    image of one flat colour (blank glass, black) are refused: neither can hold a stained smear.
 
     Returns:
         ``{"format", "dimensions": [w, h], "mpp", "mpp_source", "level_count",
@@ -356,9 +357,10 @@ def _validate(path: Path, mpp: float | None, default_mpp: float | None) -> dict[
             _check_tiff_extent(path)
         last = slide.level_count - 1
         lw, lh = slide.level_dimensions[last]
-        slide.read_region((0, 0), last, (min(lw, 512), min(lh, 512)))
+        overview = slide.read_region((0, 0), last, (min(lw, 512), min(lh, 512)))
         w, h = slide.dimensions
         slide.read_region((max(0, w // 2 - 128), max(0, h // 2 - 128)), 0, (min(w, 256), min(h, 256)))
+        _check_content(slide, overview)
         return {
             "format": slide.format,
             "dimensions": [w, h],
@@ -467,6 +469,7 @@ def _open_image(path: Path, head: bytes) -> ImageSlide:
         if w * h > FIELD_IMAGE_MAX_PIXELS:
             raise SlideError(_bomb_message(name, (w, h)))
         info = {str(k): v for k, v in im.info.items()}
+        info[_SOURCE_MODE] = im.mode
         try:
             im.load()
             upright = ImageOps.exif_transpose(im) or im
@@ -477,6 +480,31 @@ def _open_image(path: Path, head: bytes) -> ImageSlide:
                 "file is probably truncated or corrupt — copy or upload it again"
             ) from exc
     return ImageSlide(path, pixels, FIELD_IMAGE_FORMATS[fmt], info)
+
+
+_SOURCE_MODE = "hematovision.source_mode"
+#: Pillow modes of images without colour (a smear's stain cannot be told apart in them).
+GRAYSCALE_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+#: An image whose every channel spans at most this many grey levels shows nothing (blank glass,
+#: black, one colour).
+FLAT_IMAGE_RANGE = 4
+
+
+def _check_content(slide: Slide, overview: np.ndarray) -> None:
+    """Refuse what cannot be a stained smear: a grayscale image, or one flat colour (judged on
+    ``overview``, a read of the lowest-resolution level)."""
+    name = slide.path.name
+    mode = getattr(slide, "_info", {}).get(_SOURCE_MODE)
+    if mode in GRAYSCALE_MODES:
+        raise SlideError(
+            f"{name} is a grayscale image (mode {mode}): HematoVision needs a colour (RGB) image of a "
+            "Romanowsky-stained smear; nuclei cannot be told from red cells without colour"
+        )
+    thumb = slide.thumbnail(256) if isinstance(slide, ImageSlide) else overview
+    spread = thumb.reshape(-1, 3).max(axis=0).astype(int) - thumb.reshape(-1, 3).min(axis=0).astype(int)
+    if int(spread.max()) <= FLAT_IMAGE_RANGE:
+        colour = "black" if thumb.mean() < 20 else "blank (glass only)" if thumb.mean() > 235 else "one flat colour"
+        raise SlideError(f"{name} is {colour}: the image holds no smear to analyse")
 
 
 def _to_rgb(im: Image.Image) -> np.ndarray:

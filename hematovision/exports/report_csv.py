@@ -19,6 +19,10 @@ def report_csv(report: dict[str, Any]) -> str:
     w.writerow(["rules_version", report.get("rules_version")])
     if report.get("rules_sha256"):
         w.writerow(["rules_sha256", report["rules_sha256"]])
+    if "differential_valid" in report:  # the domain and quality gate
+        w.writerow(
+            ["differential_valid", report["differential_valid"], report.get("differential_invalid_reason") or ""]
+        )
     for k, v in report["counts"].items():
         w.writerow([f"count_{k}", v])
     w.writerow([])
