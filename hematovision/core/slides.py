@@ -503,7 +503,7 @@ def _check_content(slide: Slide, overview: np.ndarray) -> None:
     thumb = slide.thumbnail(256) if isinstance(slide, ImageSlide) else overview
     spread = thumb.reshape(-1, 3).max(axis=0).astype(int) - thumb.reshape(-1, 3).min(axis=0).astype(int)
     if int(spread.max()) <= FLAT_IMAGE_RANGE:
-        colour = "black" if thumb.mean() < 20 else "blank (glass only)" if thumb.mean() > 235 else "one flat colour"
+        colour = "black" if thumb.mean() < 20 else "blank (glass only)" if thumb.mean() >= 200 else "one flat colour"
         raise SlideError(f"{name} is {colour}: the image holds no smear to analyse")
 
 
