@@ -73,6 +73,8 @@ def _review_state(report: dict[str, Any]) -> dict[str, Any]:
             "counts",
             "differential",
             "differential_sufficient",
+            "differential_valid",
+            "differential_invalid_reason",
             "unidentified",
             "unidentified_percent",
             "absolute_10e9_per_l",

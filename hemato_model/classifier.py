@@ -7,6 +7,13 @@ A model is a directory holding ``model.keras`` (plain Keras 3 layers: the networ
 and ``input_px`` pixels. A cell whose top probability is under ``threshold`` is reported as
 ``"unidentified"`` (the low-confidence bucket) rather than forced into a class.
 
+Out of distribution: :meth:`Classifier.classify_scored` also gives each crop's energy score
+``-logsumexp(logits)`` (Liu et al., "Energy-based out-of-distribution detection", NeurIPS 2020), the
+logits being the final dense layer (``head``) applied to the penultimate features, from the same
+forward pass. ``ood.json`` beside the model (optional; written by
+``benchmarks/fit_ood_stats.py``) holds the energies' distribution on the model's own training
+crops and the per-crop cut-off the domain gate uses (:attr:`Classifier.ood_stats`).
+
 TensorFlow/Keras are imported only when a model is loaded.
 """
 
@@ -27,6 +34,9 @@ log = logging.getLogger(__name__)
 UNIDENTIFIED = "unidentified"
 MODEL_FILE = "model.keras"
 META_FILE = "model.json"
+OOD_FILE = "ood.json"
+#: The layer whose input is the penultimate features and whose output is the softmax.
+HEAD_LAYER = "head"
 
 
 class ModelError(ValueError):
@@ -94,8 +104,11 @@ class Classifier(ModelSpec):
 
     preprocessing: dict[str, Any] = field(default_factory=dict)
     batch_size: int = 64
+    #: ``ood.json`` of the model directory, when present (see the module docstring).
+    ood_stats: dict[str, Any] | None = None
     _model: Any = field(default=None, repr=False)
     _predict: Any = field(default=None, repr=False)
+    _head: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
     @classmethod
     def load(cls, model_dir: str | Path, verify_sha256: bool = True) -> Classifier:
@@ -116,8 +129,18 @@ class Classifier(ModelSpec):
         n_out = int(model.outputs[0].shape[-1])
         if n_out != len(meta["classes"]):
             raise ModelError(f"{model_path}: {n_out} outputs but {len(meta['classes'])} classes in {META_FILE}")
-        clf = cls(**vars(spec), preprocessing=dict(meta.get("preprocessing", {})))
+        ood_path = model_dir / OOD_FILE
+        ood = json.loads(ood_path.read_text()) if ood_path.is_file() else None
+        clf = cls(**vars(spec), preprocessing=dict(meta.get("preprocessing", {})), ood_stats=ood)
         clf._model = model
+        try:
+            head = model.get_layer(HEAD_LAYER)
+            kernel, bias = (np.asarray(w, dtype=np.float64) for w in head.get_weights())
+            clf._head = (kernel, bias)
+            # one forward pass gives the softmax and the penultimate features
+            clf._model = keras.Model(model.inputs, [model.outputs[0], head.input])
+        except ValueError:
+            log.info("%s has no %r layer: no energy scores", model_dir, HEAD_LAYER)
         log.info("loaded classifier %s %s from %s", clf.name, clf.version, model_dir)
         return clf
 
@@ -170,6 +193,11 @@ class Classifier(ModelSpec):
         Returns:
             float32 (N, len(classes)); rows sum to 1.
         """
+        return self.predict_scored(crops)[0]
+
+    def predict_scored(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(class probabilities, energy score per crop or None) of a batch of crops (see
+        :meth:`predict_proba` and the module docstring)."""
         crops = np.asarray(crops)
         if crops.ndim == 3:
             crops = crops[None]
@@ -177,12 +205,20 @@ class Classifier(ModelSpec):
         if crops.ndim != 4 or crops.shape[1:] != expected:
             raise ValueError(f"crops must be (N, {self.input_px}, {self.input_px}, 3), got {crops.shape}")
         if len(crops) == 0:
-            return np.zeros((0, len(self.classes)), dtype=np.float32)
+            return np.zeros((0, len(self.classes)), dtype=np.float32), np.zeros(0) if self._head else None
         if crops.dtype != np.uint8:
             crops = np.clip(crops, 0, 255).astype(np.uint8)
         predict = self._compiled()
-        out = [np.asarray(predict(crops[i : i + self.batch_size])) for i in range(0, len(crops), self.batch_size)]
-        return np.concatenate(out).astype(np.float32)
+        out = [predict(crops[i : i + self.batch_size]) for i in range(0, len(crops), self.batch_size)]
+        if self._head is None:
+            return np.concatenate([np.asarray(o) for o in out]).astype(np.float32), None
+        proba = np.concatenate([np.asarray(o[0]) for o in out]).astype(np.float32)
+        features = np.concatenate([np.asarray(o[1]) for o in out]).astype(np.float64)
+        kernel, bias = self._head
+        logits = features @ kernel + bias
+        top = logits.max(axis=1)
+        energy = -(top + np.log(np.exp(logits - top[:, None]).sum(axis=1)))
+        return proba, energy
 
     def labels_from_proba(self, proba: np.ndarray) -> list[tuple[str, float]]:
         """(label, top probability) per row; ``"unidentified"`` under the threshold."""
@@ -196,6 +232,12 @@ class Classifier(ModelSpec):
     def classify(self, crops: np.ndarray) -> list[tuple[str, float]]:
         """Label and top probability of each crop; low-confidence crops are ``"unidentified"``."""
         return self.labels_from_proba(self.predict_proba(crops))
+
+    def classify_scored(self, crops: np.ndarray) -> tuple[list[tuple[str, float]], list[float | None]]:
+        """:meth:`classify` and each crop's energy score (None without a ``head`` layer)."""
+        proba, energy = self.predict_scored(crops)
+        energies: list[float | None] = [None] * len(proba) if energy is None else [round(float(e), 5) for e in energy]
+        return self.labels_from_proba(proba), energies
 
 
 _CACHE: dict[Path, Classifier] = {}

@@ -3,11 +3,13 @@
 ``prepare`` (CPU) writes the cells it found and the white-cell crops; ``classify`` (GPU) reads the
 crops and writes one label per crop; ``report`` reads both. The folder layout::
 
-    meta.json         the slide's analysis without labels: size, mpp, area, cells (kind, box, score),
-                      the crop spec (model name/version, crop_um, input_px) and, in crop order,
-                      the index in ``cells`` of each cropped white cell
+    meta.json         the slide's analysis without labels: size, mpp, area, the gate's measurements
+                      (``quality``), cells (kind, box, score), the crop spec (model name/version,
+                      crop_um, input_px) and, in crop order, the index in ``cells`` of each cropped
+                      white cell
     crops-00000.npy   uint8 (n, input_px, input_px, 3), one file per batch the pipeline flushes
-    labels.json       written by ``classify``: (label, probability) per crop, the model's identity
+    labels.json       written by ``classify``: (label, probability) per crop, the energy score per
+                      crop (``energies``) and the model's identity with its ``ood`` statistics
 
 Writers put ``meta.json`` and ``labels.json`` in place last and atomically (``os.replace``), so a
 reader never sees half a file; a folder without ``meta.json`` is incomplete.
@@ -83,6 +85,7 @@ def write_prepared(folder: Path, analysis: SlideAnalysis, crop_cells: list[CellR
             "area_mm2": analysis.area_mm2,
             "stopped_early": analysis.stopped_early,
             "timings_s": analysis.timings_s,
+            "quality": analysis.quality,
         },
         "model": {
             "name": spec.name,
@@ -136,15 +139,19 @@ def read_prepared(folder: Path) -> Prepared:
         area_mm2=s["area_mm2"],
         stopped_early=s["stopped_early"],
         timings_s=dict(s["timings_s"]),
+        quality=dict(s.get("quality") or {}),
         cells=[CellResult(k, (x0, y0, x1, y1), score) for k, x0, y0, x1, y1, score in doc["cells"]],
     )
     return Prepared(folder, analysis, list(doc["crop_cells"]), m)
 
 
-def write_labels(folder: Path, labels: list[tuple[str, float]], model: dict[str, Any]) -> None:
-    write_json_atomic(
-        folder / LABELS, {"format": FORMAT, "model": model, "labels": [[lab, round(float(p), 6)] for lab, p in labels]}
-    )
+def write_labels(
+    folder: Path, labels: list[tuple[str, float]], model: dict[str, Any], energies: list[float | None] | None = None
+) -> None:
+    doc: dict[str, Any] = {"format": FORMAT, "model": model, "labels": [[lab, round(float(p), 6)] for lab, p in labels]}
+    if energies is not None:
+        doc["energies"] = energies
+    write_json_atomic(folder / LABELS, doc)
 
 
 def read_labels(folder: Path) -> dict[str, Any] | None:
@@ -160,9 +167,16 @@ def apply_labels(prepared: Prepared, labels: dict[str, Any]) -> SlideAnalysis:
     rows = labels["labels"]
     if len(rows) != len(prepared.crop_cells):
         raise HandoffError(f"{prepared.folder}: {len(rows)} labels for {len(prepared.crop_cells)} crops")
+    from hemato_model.quality import ood_summary
+
     analysis = prepared.analysis
-    for i, (label, prob) in zip(prepared.crop_cells, rows, strict=True):
-        analysis.cells[i].label, analysis.cells[i].probability = label, float(prob)
+    energies = labels.get("energies") or [None] * len(rows)
+    for i, (label, prob), energy in zip(prepared.crop_cells, rows, energies, strict=True):
+        cell = analysis.cells[i]
+        cell.label, cell.probability, cell.energy = label, float(prob), energy
+    ood = ood_summary(energies, labels["model"].get("ood"))
+    if ood is not None:
+        analysis.quality["ood"] = ood
     analysis.model_name = labels["model"]["name"]
     analysis.model_version = labels["model"]["version"]
     analysis.classes = list(labels["model"]["classes"])

@@ -46,6 +46,7 @@ import numpy as np
 
 from hemato_model.detection import Detection, detect_cells
 from hemato_model.preprocessing import crop_cell
+from hemato_model.quality import measure_quality, ood_summary
 from hematovision.core.results import WBC, CellResult, SlideAnalysis, is_classified_wbc
 
 if TYPE_CHECKING:
@@ -154,11 +155,13 @@ class ClassifyingSink:
 
     def flush(self) -> None:
         t = time.perf_counter()
+        scored = getattr(self.classifier, "classify_scored", None)
         for i in range(0, len(self._pending), self.batch_size):
             part = self._pending[i : i + self.batch_size]
-            labels = self.classifier.classify(np.stack([crop for _, crop in part]))
-            for (cell, _), (label, prob) in zip(part, labels, strict=True):
-                cell.label, cell.probability = label, float(prob)
+            batch = np.stack([crop for _, crop in part])
+            labels, energies = scored(batch) if scored else (self.classifier.classify(batch), [None] * len(part))
+            for (cell, _), (label, prob), energy in zip(part, labels, energies, strict=True):
+                cell.label, cell.probability, cell.energy = label, float(prob), energy
         self._pending = []
         self.seconds += time.perf_counter() - t
 
@@ -189,6 +192,9 @@ def analyze_slide(
     sink = ClassifyingSink(classifier, params.batch_size)
     result = prepare_slide(slide, classifier, sink, params, progress, should_stop)
     result.timings_s["classify"] = sink.seconds
+    ood = ood_summary([c.energy for c in sink.cells], getattr(classifier, "ood_stats", None))
+    if ood is not None:
+        result.quality["ood"] = ood
     return result
 
 
@@ -227,6 +233,9 @@ def prepare_slide(
     down = w / lw
     result.area_mm2 = float(mask.sum()) * (down * mpp / 1000.0) ** 2
     result.timings_s["smear_area"] = time.perf_counter() - t0
+    t = time.perf_counter()
+    result.quality = measure_quality(slide, mask, down)  # the domain and quality gate's measurements
+    result.timings_s["gate"] = time.perf_counter() - t
     progress(0.02, "smear area found")
 
     def check_stop() -> None:

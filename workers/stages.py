@@ -196,12 +196,19 @@ def run_classify(settings: Settings, factory: sessionmaker[Session], classifier:
         progress = _progress_fn(factory, job_id, PROGRESS_AT_END[PREPARE], PROGRESS_AT_END[CLASSIFY])
         total = max(1, len(prepared.crop_cells))
         labels: list[tuple[str, float]] = []
+        energies: list[float | None] = []
+        scored = getattr(classifier, "classify_scored", None)
         seconds = 0.0
         for chunk in prepared.crop_chunks():
             if job_state(factory, job_id) == "cancelled":
                 return _ended("cancelled", settings, job_id)
             t = time.perf_counter()
-            labels.extend(classifier.classify(chunk))
+            if scored is not None:
+                got, energy = scored(chunk)
+            else:
+                got, energy = classifier.classify(chunk), [None] * len(chunk)
+            labels.extend(got)
+            energies.extend(energy)
             seconds += time.perf_counter() - t
             progress(len(labels) / total)
         write_labels(
@@ -212,7 +219,9 @@ def run_classify(settings: Settings, factory: sessionmaker[Session], classifier:
                 "version": classifier.version,
                 "classes": list(classifier.classes),
                 "sha256": getattr(classifier, "meta", {}).get("sha256"),
+                "ood": getattr(classifier, "ood_stats", None),
             },
+            energies,
         )
         CELLS_CLASSIFIED.inc(len(labels))
         CLASSIFY_SECONDS.inc(seconds)

@@ -42,7 +42,8 @@ HV.review = (() => {
     const tbody = document.querySelector("#differential tbody");
     const unid = r.unidentified_percent === undefined || r.unidentified_percent === null ? ""
       : ` · ${r.unidentified} unidentified (${pct(r.unidentified_percent)}% of ${r.counts.wbc_seen} seen, not in n)`;
-    document.getElementById("diff-n").textContent = `n = ${r.counts.wbc} classified white cells${r.differential_sufficient ? "" : " (insufficient)"}${unid}`;
+    const invalid = r.differential_valid === false ? ` — NOT VALID for release until reviewed (${r.differential_invalid_reason || "outside the validated domain"})` : "";
+    document.getElementById("diff-n").textContent = `n = ${r.counts.wbc} classified white cells${r.differential_sufficient ? "" : " (insufficient)"}${unid}${invalid}`;
     tbody.replaceChildren(...Object.entries(r.differential).map(([cls, d]) => {
       const [lo, hi] = d.ci95;
       return el("tr", { class: (d.count ? "" : "zero") + (S.changed.has(cls) ? " changed" : ""), "data-class": cls },

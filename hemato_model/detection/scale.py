@@ -1,6 +1,16 @@
-"""Scale from the image itself: µm/px estimated from the red cells of a field (7.5 µm across)."""
+"""Scale from the image itself: µm/px estimated from the red cells of a field (7.5 µm across) or,
+where a crop holds no whole red cell, from the white cell at its centre (about 12 µm across).
+
+:func:`estimate_mpp` measures red cells (fields, slides). :func:`estimate_wbc_mpp` measures the
+centred white cell of a single-cell crop. :func:`estimate_image_mpp` picks between them per image and
+says which it used (:class:`ScaleEstimate`); ``hematovision evaluate`` without ``--mpp`` calls it on
+every image, and the slide gate (:mod:`hemato_model.quality`) compares a slide's stated scale with
+:func:`estimate_mpp` over its sampled fields. Accuracy: docs/validation.md, "Scale estimate".
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -8,6 +18,22 @@ from skimage.feature import peak_local_max
 
 from hemato_model.detection.stain import check_image, disk, nucleus_threshold, stain_field
 from hematovision.core.datasets import RBC_DIAMETER_UM
+
+#: Typical white-cell diameter, µm (neutrophils and monocytes 12-15 µm, small lymphocytes 7-9 µm;
+#: PBC's class mix measures ~12 µm at its stated 0.08 µm/px).
+WBC_DIAMETER_UM = 12.0
+#: Isolated round red cells a field needs before their diameter is trusted over a white cell's.
+MIN_WHOLE_RBC = 3
+
+
+@dataclass(frozen=True)
+class ScaleEstimate:
+    """µm/px measured on one image, and what it was measured on (``red_cells``: isolated red
+    cells; ``red_cells_packed``: distance maxima of touching red cells; ``white_cell``: the centred
+    white cell of a crop)."""
+
+    mpp: float
+    source: str
 
 
 def estimate_mpp(image: np.ndarray) -> float:
@@ -27,6 +53,11 @@ def estimate_mpp(image: np.ndarray) -> float:
     Raises:
         ValueError: when no red cells can be measured (a blank or non-smear image).
     """
+    return RBC_DIAMETER_UM / _red_cell_diameter_px(image)[0]
+
+
+def _red_cell_diameter_px(image: np.ndarray) -> tuple[float, int]:
+    """(red-cell diameter in input pixels, isolated round red cells it rests on); see estimate_mpp."""
     from skimage.measure import regionprops
 
     arr = check_image(image)
@@ -62,4 +93,84 @@ def estimate_mpp(image: np.ndarray) -> float:
     d_px *= field.scale
     if d_px < 5:
         raise ValueError(f"cannot estimate µm/px: red cells measure {d_px:.1f} px, too small")
-    return RBC_DIAMETER_UM / d_px
+    return d_px, len(diameters)
+
+
+#: Cell diameter over the equivalent diameter of the central nucleus' convex hull, calibrated on
+#: the shipped model's PBC training crops (524 white-cell crops of 600 sampled: the median estimate
+#: equals PBC_MPP, 0.08 µm/px); see docs/validation.md.
+WBC_CELL_PER_HULL = 1.15
+#: The stained disc :func:`estimate_mpp` measures is smaller than the red cell a 7.5 µm diameter
+#: refers to: measured disc / diameter is 0.81 on PBC training crops (0.0993 µm/px read for 0.08)
+#: and 0.91 on CBC fields (0.078 for 0.071); :func:`estimate_image_mpp` corrects by the mean.
+RBC_DISC_FRACTION = 0.85
+
+
+def estimate_wbc_mpp(image: np.ndarray) -> float:
+    """Estimate µm/px of a single-cell crop from its centred white cell (about 12 µm across).
+
+    The nuclear stain (``OD_green - OD_blue`` over the glass, as in detection) is thresholded
+    relative to the crop's red cells; nuclear fragments within a few pixels are grouped and the
+    group nearest the centre is the cell's nucleus (lobes of a neutrophil included). The cell's
+    diameter is ``WBC_CELL_PER_HULL`` times the equivalent diameter of that nucleus' convex hull
+    (the cytoplasm is not segmented: it is pale and touches red cells), and is set to
+    ``WBC_DIAMETER_UM``.
+
+    Accuracy (docs/validation.md): a per-cell scale is only as good as the cell is typical (a small
+    lymphocyte reads ~30 % fine, a monocyte coarse); the median over a folder is what to trust.
+
+    Raises:
+        ValueError: when no nucleus is found near the centre.
+    """
+    from skimage.measure import regionprops
+
+    arr = check_image(image)
+    longest = max(arr.shape[:2])
+    pre = max(1.0, longest / 256.0)
+    block = max(8, int(round(longest / pre / 4)))
+    field = stain_field(arr, 1.0, pre, block, smooth_px=1.0)
+    nuclear = (field.stain > nucleus_threshold(field)) & field.cells
+    if nuclear.sum() < 20:
+        raise ValueError("cannot estimate µm/px: no white-cell nucleus in the image")
+    h, w = nuclear.shape
+    gap = max(2.0, 0.03 * max(h, w))
+    labels, n = ndi.label(ndi.binary_dilation(nuclear, disk(gap)))
+    cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
+    best, best_d = None, float("inf")
+    for rp in regionprops(labels):
+        y, x = rp.centroid
+        d = float(np.hypot(y - cy, x - cx))
+        if d < best_d and rp.area >= 0.01 * h * w:
+            best, best_d = rp, d
+    if best is None or best_d > 0.35 * max(h, w):
+        raise ValueError("cannot estimate µm/px: no white-cell nucleus near the centre")
+    group = (labels == best.label) & nuclear
+    hull = regionprops(group.astype(np.uint8))[0].area_convex
+    d_px = WBC_CELL_PER_HULL * 2.0 * float(np.sqrt(hull / np.pi)) * field.scale
+    if d_px < 5:
+        raise ValueError(f"cannot estimate µm/px: the white cell measures {d_px:.1f} px, too small")
+    return WBC_DIAMETER_UM / d_px
+
+
+def estimate_image_mpp(image: np.ndarray, centred_cell: bool = True) -> ScaleEstimate:
+    """µm/px of one image from its own content: isolated red cells when it holds at least
+    ``MIN_WHOLE_RBC`` of them, else (for a single-cell crop, ``centred_cell``) its centred white
+    cell, else packed red cells. A field (``centred_cell=False``) is measured on red cells only.
+
+    Raises:
+        ValueError: when nothing can be measured (a blank, black or one-colour image).
+    """
+    try:
+        d_px, whole = _red_cell_diameter_px(image)
+    except ValueError:
+        d_px, whole = 0.0, 0
+    if whole >= MIN_WHOLE_RBC:
+        return ScaleEstimate(RBC_DISC_FRACTION * RBC_DIAMETER_UM / d_px, "red_cells")
+    if centred_cell:
+        try:
+            return ScaleEstimate(estimate_wbc_mpp(image), "white_cell")
+        except ValueError:
+            pass
+    if d_px > 0:
+        return ScaleEstimate(RBC_DISC_FRACTION * RBC_DIAMETER_UM / d_px, "red_cells_packed")
+    raise ValueError("cannot estimate µm/px: neither red cells nor a white cell can be measured")

@@ -7,13 +7,16 @@ they measure the classifier itself. The low-confidence bucket is reported beside
 (accuracy on the cells kept) and ``accuracy_unidentified_as_error`` (bucketed cells counted wrong).
 
 Scale: with ``mpp`` given, each image's crop is ``crop_um`` µm around the image centre at that
-scale. Without it the images are taken to be single centred cells at PBC scale
-(:data:`hematovision.core.datasets.PBC_MPP`, CellaVision DM96), which is what the shipped model was
-trained on; other sources must pass their ``mpp``.
+scale (``mpp_source: "given"``). Without it the scale is measured, never assumed: every image's
+µm/px is estimated from its own content (:func:`hemato_model.detection.scale.estimate_image_mpp`:
+isolated red cells, else the centred white cell) and the crop is cut at that estimate
+(``mpp_source: "estimated"``, with the median and spread of the estimates and how many images
+could not be measured; those are cut at the median of the others). The model's own ``split.json``
+states the scale of an ``--extra-data`` folder it was trained with (``mpp_source: "split"``).
 
 BCCD (out of domain): the WBC box of each image with exactly one WBC box and one subtype label
-(neutrophil/eosinophil/lymphocyte/monocyte) is cropped at ``crop_um`` around the box centre at
-:data:`hematovision.core.datasets.BCCD_MPP` and compared with the majority-class baseline.
+(neutrophil/eosinophil/lymphocyte/monocyte) is cropped at ``crop_um`` around the box centre at the
+field's estimated scale (or ``mpp``) and compared with the majority-class baseline.
 """
 
 from __future__ import annotations
@@ -119,6 +122,70 @@ def collect_folder(
     return paths, labels, skipped
 
 
+def estimate_scales(images: Sequence[np.ndarray], centred_cell: bool = True) -> tuple[list[float], dict[str, Any]]:
+    """Per-image µm/px estimates (the median of the measured ones stands in for an image that
+    cannot be measured) and their summary for the JSON output.
+
+    Raises:
+        DataError: when no image can be measured.
+    """
+    from hemato_model.detection.scale import estimate_image_mpp
+
+    values: list[float | None] = []
+    sources: dict[str, int] = {}
+    for img in images:
+        try:
+            est = estimate_image_mpp(img, centred_cell)
+        except ValueError:
+            values.append(None)
+            continue
+        values.append(est.mpp)
+        sources[est.source] = sources.get(est.source, 0) + 1
+    measured = np.array([v for v in values if v is not None], dtype=float)
+    if len(measured) == 0:
+        raise DataError("cannot estimate µm/px on any image (no red or white cell measurable): pass --mpp")
+    median = float(np.median(measured))
+    p10, p25, p75, p90 = (float(x) for x in np.percentile(measured, [10, 25, 75, 90]))
+    summary = {
+        "median": round(median, 4),
+        "p10": round(p10, 4),
+        "p90": round(p90, 4),
+        "iqr": [round(p25, 4), round(p75, 4)],
+        "relative_spread": round((p90 - p10) / median, 3),
+        "n_measured": len(measured),
+        "n_unmeasured": sum(v is None for v in values),
+        "sources": dict(sorted(sources.items())),
+    }
+    return [median if v is None else v for v in values], summary
+
+
+def _estimated_crops(
+    paths: Sequence[Path], crop_um: float, input_px: int, progress: ProgressFactory | None = None
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Centred crops of single-cell images, each cut at its own estimated µm/px."""
+    from PIL import Image
+
+    from hemato_model.preprocessing import crop_cell
+
+    images = []
+    bar = progress(len(paths), "Measuring scale") if progress else None
+    try:
+        for p in paths:
+            with Image.open(p) as im:
+                images.append(np.asarray(im.convert("RGB")))
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+    scales, summary = estimate_scales(images)
+    crops = np.empty((len(paths), input_px, input_px, 3), dtype=np.uint8)
+    for i, (img, mpp) in enumerate(zip(images, scales, strict=True)):
+        h, w = img.shape[:2]
+        crops[i] = crop_cell(img, ((w - 1) / 2.0 + 0.5, (h - 1) / 2.0 + 0.5), mpp, crop_um, input_px)
+    return crops, summary
+
+
 def evaluate_folder(
     clf: Classifier,
     data_dir: str | Path,
@@ -126,10 +193,10 @@ def evaluate_folder(
     split: str | None = None,
     progress: ProgressFactory | None = None,
 ) -> dict[str, Any]:
-    """Evaluate ``clf`` on an image folder (optionally only one part of the model's ``split.json``)."""
-    from hematovision.core.datasets import PBC_MPP
-
+    """Evaluate ``clf`` on an image folder (optionally only one part of the model's ``split.json``);
+    without ``mpp`` the scale of every image is estimated (see the module docstring)."""
     split_files = None
+    source = "given" if mpp else "estimated"
     if split:
         split_path = clf.model_dir / "split.json"
         if not split_path.is_file():
@@ -138,20 +205,26 @@ def evaluate_folder(
         extra = split_doc.get("extra")
         if extra and Path(extra["data_dir"]).resolve() == Path(data_dir).resolve():
             split_doc = extra  # the --extra-data folder the model was trained with
-            mpp = mpp or float(extra["mpp"])
+            if not mpp:
+                mpp, source = float(extra["mpp"]), "split"
         if split not in split_doc:
             raise DataError(f"split.json has no part {split!r} (train, val, test)")
         split_files = split_doc[split]
     paths, labels, skipped = collect_folder(data_dir, clf.classes, split_files)
-    scale = mpp if mpp else PBC_MPP
-    crops = load_crops(paths, scale, clf.crop_um, clf.input_px, progress, label="Classifying")
+    estimates: dict[str, Any] | None = None
+    if mpp:
+        crops = load_crops(paths, mpp, clf.crop_um, clf.input_px, progress, label="Cutting crops")
+    else:
+        crops, estimates = _estimated_crops(paths, clf.crop_um, clf.input_px, progress)
+        mpp = estimates["median"]
     proba = clf.predict_proba(crops)
     result = {
         "model": f"{clf.name} {clf.version}",
         "data": str(data_dir),
         "split": split,
-        "mpp": scale,
-        "mpp_assumed": mpp is None,
+        "mpp": mpp,
+        "mpp_source": source,
+        "mpp_estimates": estimates,
         **scored(labels, proba, clf.classes, clf.threshold, clf.classes),
         "skipped_folders": skipped,
     }
@@ -266,6 +339,10 @@ def bccd_cells(bccd_root: str | Path) -> list[tuple[Path, tuple[float, float], s
 def evaluate_bccd(clf: Classifier, bccd_root: str | Path, mpp: float | None = None) -> dict[str, Any]:
     """Out-of-domain accuracy and macro recall on BCCD WBC crops vs the majority-class baseline.
 
+    Without ``mpp`` each field's scale is estimated from its red cells (``mpp_source:
+    "estimated"``); the data set's nominal :data:`~hematovision.core.datasets.BCCD_MPP` is reported
+    beside it (pass ``--mpp 0.071`` to score at it).
+
     Only BCCD's four subtypes are scored; a prediction of another model class (e.g. ``ig``) counts
     as wrong. Macro averages run over the four BCCD classes. ``predicted_counts`` includes the
     ``unidentified`` bucket.
@@ -275,12 +352,19 @@ def evaluate_bccd(clf: Classifier, bccd_root: str | Path, mpp: float | None = No
     from hemato_model.preprocessing import crop_cell
     from hematovision.core.datasets import BCCD_MPP
 
-    scale = mpp or BCCD_MPP
     cells = bccd_cells(bccd_root)
-    crops = np.empty((len(cells), clf.input_px, clf.input_px, 3), dtype=np.uint8)
-    for i, (jpg, centre, _) in enumerate(cells):
+    images = []
+    for jpg, _, _ in cells:
         with Image.open(jpg) as im:
-            crops[i] = crop_cell(np.asarray(im.convert("RGB")), centre, scale, clf.crop_um, clf.input_px)
+            images.append(np.asarray(im.convert("RGB")))
+    estimates: dict[str, Any] | None = None
+    if mpp:
+        scales = [mpp] * len(cells)
+    else:
+        scales, estimates = estimate_scales(images, centred_cell=False)  # fields: the WBC is off-centre
+    crops = np.empty((len(cells), clf.input_px, clf.input_px, 3), dtype=np.uint8)
+    for i, (img, (_, centre, _), s) in enumerate(zip(images, cells, scales, strict=True)):
+        crops[i] = crop_cell(img, centre, s, clf.crop_um, clf.input_px)
     truth = [c for _, _, c in cells]
     proba = clf.predict_proba(crops)
     predicted = [label for label, _ in clf.labels_from_proba(proba)]
@@ -290,7 +374,10 @@ def evaluate_bccd(clf: Classifier, bccd_root: str | Path, mpp: float | None = No
     return {
         "model": f"{clf.name} {clf.version}",
         "data": str(bccd_root),
-        "mpp": scale,
+        "mpp": mpp if mpp else estimates["median"] if estimates else None,
+        "mpp_source": "given" if mpp else "estimated",
+        "mpp_estimates": estimates,
+        "nominal_mpp": BCCD_MPP,
         "class_counts": counts,
         **metrics,
         "baseline_majority": {

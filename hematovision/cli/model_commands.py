@@ -196,7 +196,8 @@ def train_command(
     type=float,
     default=None,
     help="µm/px of the images: the crop is crop_um around the image centre at this scale "
-    "[default: single centred cells at PBC scale, 0.08].",
+    "[default: measured on every image (red cells, else the centred white cell); the JSON says "
+    "mpp_source and the spread of the estimates].",
 )
 @click.option(
     "--split",

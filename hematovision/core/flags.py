@@ -14,6 +14,11 @@ How the rules read a differential:
   for a critical rule, so an uncertain critical finding never ranks below a certain review one.
 - Under the minimum count the differential is insufficient (INSUFFICIENT_WBC) and no negative
   statement is made, but every positive finding and borderline is kept.
+- The domain and quality gate (:func:`evaluate_gate`, ``[gate]`` in the rules file) compares a
+  slide's stain, focus, scale and the classifier's out-of-distribution score with the validated
+  ranges; outside them a critical flag (STAIN_OUT_OF_RANGE, FOCUS_POOR, SCALE_MISMATCH,
+  DOMAIN_UNVALIDATED, IMAGE_UNUSABLE) carries the measured value and the range, and the
+  differential is not valid for release until reviewed.
 - A rule that cannot run says so: the outcome's ``not_evaluated`` lists each rule with the reason (a
   model without a blast class, no WBC count for absolute counts, no age so adult intervals were
   used, …), and a model that cannot recognise blasts raises BLAST_DETECTION_UNAVAILABLE (info), so
@@ -433,3 +438,120 @@ def not_evaluated_lines(entries: list[dict[str, str]] | None) -> list[str]:
     for e in entries or []:
         by_reason.setdefault(str(e.get("reason")), []).append(str(e.get("rule")))
     return [f"{', '.join(rules)}: {reason}" for reason, rules in by_reason.items()]
+
+
+GATE_CODES = ("IMAGE_UNUSABLE", "STAIN_OUT_OF_RANGE", "FOCUS_POOR", "SCALE_MISMATCH", "DOMAIN_UNVALIDATED")
+
+
+def _outside(value: float, bounds: list[float]) -> bool:
+    return value < float(bounds[0]) or value > float(bounds[1])
+
+
+def evaluate_gate(quality: dict[str, Any] | None, rules: dict[str, Any]) -> list[Flag]:
+    """The domain and quality gate: a critical flag per measurement outside its validated range.
+
+    Args:
+        quality: the slide's gate measurements (:mod:`hemato_model.quality`; ``SlideAnalysis.quality``);
+            None or empty for an analysis made before the gate existed (no flag is raised then).
+        rules: the effective rules (``[gate]``: ranges calibrated on in-domain slides,
+            ``benchmarks/gate_calibration.py``).
+    """
+    if not quality or "gate" not in rules:
+        return []
+    g = rules["gate"]
+    flags: list[Flag] = []
+    if int(quality.get("fields_measured") or 0) < int(g["min_fields_measured"]):
+        flags.append(
+            Flag(
+                "IMAGE_UNUSABLE",
+                "critical",
+                f"No stained cells could be measured on the {quality.get('fields_sampled', 0)} fields sampled: "
+                "the image is blank, black, one colour or not a blood smear; no differential can be given.",
+                {
+                    "fields_sampled": quality.get("fields_sampled", 0),
+                    "fields_measured": quality.get("fields_measured", 0),
+                },
+            )
+        )
+        return flags
+    stain = quality.get("stain") or {}
+    outside: list[str] = []
+    evidence: dict[str, Any] = {}
+    for key, rng_key in (("rbc_od_chroma", "rbc_od_chroma"), ("nucleus_od_chroma", "nucleus_od_chroma")):
+        vec = stain.get(key)
+        if vec is None:
+            if key == "nucleus_od_chroma":
+                outside.append("no nuclear stain found")
+                evidence[key] = None
+            continue
+        for i, channel in enumerate(("red", "green", "blue")):
+            bounds = g.get(f"{rng_key}_{channel}")
+            if bounds is not None and _outside(float(vec[i]), bounds):
+                outside.append(
+                    f"{key.replace('_od_chroma', '')} OD share {channel} {vec[i]:.3f} not in {bounds[0]}–{bounds[1]}"
+                )
+                evidence[f"{key}_{channel}"] = {"value": vec[i], "range": list(bounds)}
+    glass = stain.get("glass_brightness")
+    if glass is not None and _outside(float(glass), g["glass_brightness"]):
+        outside.append(f"glass brightness {glass:.0f} not in {g['glass_brightness'][0]}–{g['glass_brightness'][1]}")
+        evidence["glass_brightness"] = {"value": glass, "range": list(g["glass_brightness"])}
+    if outside:
+        flags.append(
+            Flag(
+                "STAIN_OUT_OF_RANGE",
+                "critical",
+                "Stain or illumination outside the validated range (" + "; ".join(outside) + "): the model was "
+                "not validated on this stain; the differential is not valid until reviewed.",
+                evidence,
+            )
+        )
+    focus = quality.get("focus")
+    if focus is not None and float(focus) < float(g["focus_min"]):
+        flags.append(
+            Flag(
+                "FOCUS_POOR",
+                "critical",
+                f"Focus measure {focus:.3f} under the validated minimum {g['focus_min']}: the slide is blurred or "
+                "out of focus; the differential is not valid until reviewed.",
+                {"value": focus, "minimum": float(g["focus_min"])},
+            )
+        )
+    scale = quality.get("scale") or {}
+    ratio = scale.get("ratio")
+    enough_fields = int(scale.get("fields_measured") or 0) >= int(g["scale_min_fields"])
+    if ratio is not None and enough_fields and _outside(float(ratio), g["scale_ratio"]):
+        flags.append(
+            Flag(
+                "SCALE_MISMATCH",
+                "critical",
+                f"Stated scale {scale['stated_mpp']:g} µm/px but the red cells measure "
+                f"{scale['measured_mpp']:.3f} µm/px (ratio {ratio:.2f}, validated {g['scale_ratio'][0]}–"
+                f"{g['scale_ratio'][1]}): cells are cut at the wrong size; check the slide's µm/px.",
+                {
+                    "stated_mpp": scale["stated_mpp"],
+                    "measured_mpp": scale["measured_mpp"],
+                    "ratio": ratio,
+                    "range": list(g["scale_ratio"]),
+                },
+            )
+        )
+    ood = quality.get("ood")
+    enough_crops = ood is not None and int(ood.get("crops") or 0) >= int(g["ood_min_crops"])
+    if ood and enough_crops and float(ood["share_above"]) > float(g["ood_share_max"]):
+        flags.append(
+            Flag(
+                "DOMAIN_UNVALIDATED",
+                "critical",
+                f"{100 * ood['share_above']:.0f}% of {ood['crops']} white-cell crops lie outside what the "
+                f"classifier was trained on (energy above {ood['energy_threshold']:.2f}; validated at most "
+                f"{100 * float(g['ood_share_max']):.0f}%): the differential is not valid until reviewed.",
+                {
+                    "share_above": ood["share_above"],
+                    "crops": ood["crops"],
+                    "median_energy": ood["median_energy"],
+                    "energy_threshold": ood["energy_threshold"],
+                    "maximum_share": float(g["ood_share_max"]),
+                },
+            )
+        )
+    return flags

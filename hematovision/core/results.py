@@ -34,6 +34,9 @@ class CellResult:
     score: float
     label: str | None = None
     probability: float | None = None
+    #: The classifier's energy score of a white cell's crop (-logsumexp of its logits; higher =
+    #: less like the training data), when the classifier gives one.
+    energy: float | None = None
 
     @property
     def center(self) -> tuple[float, float]:
@@ -56,6 +59,9 @@ class SlideAnalysis:
     area_mm2: float = 0.0
     stopped_early: bool = False
     timings_s: dict[str, float] = field(default_factory=dict)
+    #: The domain and quality gate's measurements (:mod:`hemato_model.quality`): stain, focus,
+    #: scale, and ``ood`` (the classifier's out-of-distribution score) once crops are classified.
+    quality: dict[str, Any] = field(default_factory=dict)
 
     def counts(self) -> dict[str, int]:
         out = {"wbc": 0, "rbc": 0, "platelets": 0}

@@ -352,6 +352,9 @@ def validate_slide(
     the file. A plain field image is NOT decoded whole (a 120-megapixel PNG would take ~2 GB in the
     API): its header gives format, size and scale, and its data are checked by a bounded read
     (:func:`_check_image_data`); the worker decodes it.
+    A grayscale image (no colour: 8- or 16-bit grey) and an image of one flat colour (blank glass,
+    black) are refused: neither can hold a stained smear (a large plain image whose pixels are not
+    decoded here is judged on its header's mode; the worker's quality gate flags a flat one).
 
     Returns:
         ``{"format", "dimensions": [w, h], "mpp", "mpp_source", "level_count",
@@ -377,9 +380,10 @@ def _validate(path: Path, mpp: float | None, default_mpp: float | None) -> dict[
         _check_tiff_extent(path)
         last = slide.level_count - 1
         lw, lh = slide.level_dimensions[last]
-        slide.read_region((0, 0), last, (min(lw, 512), min(lh, 512)))
+        overview = slide.read_region((0, 0), last, (min(lw, 512), min(lh, 512)))
         w, h = slide.dimensions
         slide.read_region((max(0, w // 2 - 128), max(0, h // 2 - 128)), 0, (min(w, 256), min(h, 256)))
+        _check_content(slide, overview)
         return {
             "format": slide.format,
             "dimensions": [w, h],
@@ -465,6 +469,7 @@ def _open_image(path: Path, head: bytes) -> ImageSlide:
     with _pil_open(path, head) as im:
         fmt, _w, _h = _checked_header(im, name)
         info = {str(k): v for k, v in im.info.items()}
+        info[_SOURCE_MODE] = im.mode
         try:
             im.load()
             upright = ImageOps.exif_transpose(im) or im
@@ -514,9 +519,13 @@ def _inspect_image(path: Path, head: bytes, mpp: float | None, default_mpp: floa
     name = path.name
     with _pil_open(path, head) as im:
         fmt, w, h = _checked_header(im, name)
+        _refuse_without_colour(name, im.mode)
         info = {str(k): v for k, v in im.info.items()}
         orientation = _orientation(im, fmt)
         _check_image_data(path, im, fmt)
+        if FIELD_IMAGE_FORMATS[fmt] == "JPEG" or w * h <= FLAT_CHECK_MAX_PIXELS:
+            # A JPEG was decoded at 1/8 scale just above; a small image costs little to decode.
+            _refuse_flat(name, np.asarray(im.convert("RGB")))
     value, source = _resolve_mpp(_image_mpp(info, name), mpp, default_mpp, name)
     if orientation in (5, 6, 7, 8):  # shown turned by a quarter (exif_transpose when decoded)
         w, h = h, w
@@ -621,6 +630,41 @@ def _png_problem(path: Path) -> str | None:
             seen_idat = seen_idat or kind == b"IDAT"
             if kind == b"IEND":
                 return None if seen_idat else "it has no image data"
+
+
+_SOURCE_MODE = "hematovision.source_mode"
+#: Pillow modes of images without colour (a smear's stain cannot be told apart in them).
+GRAYSCALE_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+#: An image whose every channel spans at most this many grey levels shows nothing (blank glass,
+#: black, one colour).
+FLAT_IMAGE_RANGE = 4
+
+
+#: Plain images up to this many pixels are decoded at intake to check their colour (~12 MB).
+FLAT_CHECK_MAX_PIXELS = 4_000_000
+
+
+def _check_content(slide: Slide, overview: np.ndarray) -> None:
+    """Refuse what cannot be a stained smear: a grayscale image, or one flat colour (judged on
+    ``overview``, a read of the lowest-resolution level)."""
+    _refuse_without_colour(slide.path.name, getattr(slide, "_info", {}).get(_SOURCE_MODE))
+    thumb = slide.thumbnail(256) if isinstance(slide, ImageSlide) else overview
+    _refuse_flat(slide.path.name, thumb)
+
+
+def _refuse_without_colour(name: str, mode: str | None) -> None:
+    if mode in GRAYSCALE_MODES:
+        raise SlideError(
+            f"{name} is a grayscale image (mode {mode}): HematoVision needs a colour (RGB) image of a "
+            "Romanowsky-stained smear; nuclei cannot be told from red cells without colour"
+        )
+
+
+def _refuse_flat(name: str, thumb: np.ndarray) -> None:
+    spread = thumb.reshape(-1, 3).max(axis=0).astype(int) - thumb.reshape(-1, 3).min(axis=0).astype(int)
+    if int(spread.max()) <= FLAT_IMAGE_RANGE:
+        colour = "black" if thumb.mean() < 20 else "blank (glass only)" if thumb.mean() >= 200 else "one flat colour"
+        raise SlideError(f"{name} is {colour}: the image holds no smear to analyse")
 
 
 def _to_rgb(im: Image.Image) -> np.ndarray:

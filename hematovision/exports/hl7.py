@@ -290,6 +290,8 @@ def oru_r01(
         f"Differential {'sufficient' if report.get('differential_sufficient') else 'INSUFFICIENT'}: "
         f"{n_wbc} classified white cells{unidentified}."
     )
+    if report.get("differential_valid") is False:
+        notes.append(f"Differential NOT VALID for release until reviewed: {report.get('differential_invalid_reason')}.")
     digest = f" (SHA-256 {report['rules_sha256']})" if report.get("rules_sha256") else ""
     notes.append(
         f"Model {model_text}; flag rules {report.get('rules_version')}{digest}; "

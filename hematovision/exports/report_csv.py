@@ -34,6 +34,10 @@ def report_csv(report: dict[str, Any]) -> str:
         w.writerow(["signature_meaning", _cell(sig.get("meaning") or "")])
     else:
         w.writerow(["verified_by", "not yet verified (preliminary)"])
+    if "differential_valid" in report:  # the domain and quality gate
+        w.writerow(
+            ["differential_valid", report["differential_valid"], report.get("differential_invalid_reason") or ""]
+        )
     for k, v in report["counts"].items():
         w.writerow([f"count_{k}", v])
     w.writerow([])

@@ -422,6 +422,14 @@ def slide_report_pdf(
         "no negative statement is made"
     )
     story += [Spacer(1, 2 * mm), Paragraph(f"{suff} ({n_wbc} classified white cells counted).", st["body"])]
+    if report.get("differential_valid") is False:  # the domain and quality gate
+        story.append(
+            Paragraph(
+                "<b>Differential NOT VALID for release until reviewed</b>: "
+                + para_text(report.get("differential_invalid_reason") or "outside the validated domain"),
+                st["body"],
+            )
+        )
 
     story.append(Paragraph("Differential and counts", st["h2"]))
     side = Table(

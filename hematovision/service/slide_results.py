@@ -18,7 +18,14 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from hematovision.core.flags import evaluate_rules, load_rules, max_severity, rules_sha256
+from hematovision.core.flags import (
+    SEVERITY_RANK,
+    evaluate_gate,
+    evaluate_rules,
+    load_rules,
+    max_severity,
+    rules_sha256,
+)
 from hematovision.core.patient import PatientContext
 from hematovision.core.results import (
     EXCLUDED_LABELS,
@@ -105,8 +112,10 @@ def summarise_cells(
     *,
     patient: PatientContext | None,
     rules: dict[str, Any],
+    quality: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The report fields that follow from a slide's cells: counts, differential, flags.
+    """The report fields that follow from a slide's cells: counts, differential, flags, and whether
+    the differential may be released (the domain and quality gate).
 
     Args:
         cells: ``(kind, label)`` of every cell found on the slide (white cells' labels may be None:
@@ -114,6 +123,8 @@ def summarise_cells(
         classes: the classes the differential lists (also when none was seen).
         patient: age, sex and WBC count, as far as known (the slide's ``wbc_per_l``, converted).
         rules: the effective flag rules.
+        quality: the slide's gate measurements (``SlideAnalysis.quality``); a flag of the gate makes
+            ``differential_valid`` false, with the reason, until a technologist reviews the slide.
     """
     kinds_labels = list(cells)
     labels = [label or UNIDENTIFIED for kind, label in kinds_labels if kind == WBC]
@@ -128,6 +139,8 @@ def summarise_cells(
         patient=patient,
         rules=rules,
     )
+    gate = evaluate_gate(quality, rules)
+    flags = sorted([*gate, *outcome.flags], key=lambda f: -SEVERITY_RANK.get(f.severity, 0))
     n = d.n_classified
     u_lo, u_hi = percent_interval(d.unidentified, d.n_seen)
     platelets = sum(1 for kind, _ in kinds_labels if kind == PLATELET) + d.platelet_candidates
@@ -154,8 +167,12 @@ def summarise_cells(
         "patient": patient.to_dict(),
         "age_partition": outcome.age_partition,
         "absolute_10e9_per_l": outcome.absolute,
-        "flags": [f.to_dict() for f in outcome.flags],
-        "max_severity": max_severity(outcome.flags),
+        "differential_valid": not gate,
+        "differential_invalid_reason": (
+            "not valid for release until reviewed: " + ", ".join(f.code for f in gate) if gate else None
+        ),
+        "flags": [f.to_dict() for f in flags],
+        "max_severity": max_severity(flags),
         "rules_not_evaluated": outcome.not_evaluated,
         "rules_version": rules.get("version"),
         "rules_sha256": rules_sha256(rules),
@@ -174,7 +191,11 @@ def build_report(
     """The report dictionary (the JSON report's content) for one analysed slide."""
     rules = rules or load_rules()
     summary = summarise_cells(
-        ((c.kind, c.label) for c in analysis.cells), analysis.classes, patient=patient, rules=rules
+        ((c.kind, c.label) for c in analysis.cells),
+        analysis.classes,
+        patient=patient,
+        rules=rules,
+        quality=analysis.quality,
     )
     return {
         "slide_id": slide_id,
@@ -184,6 +205,7 @@ def build_report(
         "dimensions": [analysis.width, analysis.height],
         "model": {"name": analysis.model_name, "version": analysis.model_version},
         **summary,
+        "quality": analysis.quality,
         "analysis": {
             "fields_analysed": analysis.fields_analysed,
             "area_mm2": round(analysis.area_mm2, 4),
@@ -202,7 +224,13 @@ def resummarise(session: Session, slide: Slide, classes: list[str], rules: dict[
     rows = session.execute(select(Cell.kind, Cell.label).where(Cell.slide_id == slide.id)).all()
     known = (slide.report or {}).get("patient") or {}
     patient = PatientContext.from_wbc_per_l(slide.wbc_per_l, age_years=known.get("age_years"), sex=known.get("sex"))
-    summary = summarise_cells(((r.kind, r.label) for r in rows), classes, patient=patient, rules=rules)
+    summary = summarise_cells(
+        ((r.kind, r.label) for r in rows),
+        classes,
+        patient=patient,
+        rules=rules,
+        quality=(slide.report or {}).get("quality"),
+    )
     counts = {**(slide.report or {}).get("counts", {}), **summary["counts"]}
     return {**(slide.report or {}), **summary, "counts": counts}
 

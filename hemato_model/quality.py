@@ -1,0 +1,204 @@
+"""The domain and quality gate's measurements on a slide: stain, focus, scale and usable cells.
+
+:func:`measure_quality` reads ``GATE_FIELDS`` fields of ``GATE_FIELD_UM`` µm spread over the smear
+area (fixed seed: the staged and the one-process path read the same fields) and measures, per field:
+
+- **Stain** (Beer–Lambert optical density over the field's glass, as in :mod:`.detection.stain`):
+  the OD *chromaticity* (each channel's share of the OD sum) of red-cell pixels and of nuclear
+  pixels. A Romanowsky stain of the validated kind has red cells absorbing mostly green (pink) and
+  nuclei absorbing green and red (purple); another stain or camera moves these shares. The glass
+  brightness (the field's 95th percentile, 0..255) is kept beside them.
+- **Focus**: a contrast-normalised gradient energy at a fixed physical scale. The green optical
+  density is resampled to ``FOCUS_MPP`` µm/px; focus = std(Laplacian of Gaussian, σ = 1 px) /
+  std(band-pass, Gaussian σ 1 − σ 4 px) over cell pixels. A defocused or blurred field loses the
+  fine band first, so the ratio falls whatever the stain's strength (variance of the Laplacian,
+  Pech-Pacheco et al. 2000, normalised by the coarser band).
+- **Scale**: µm/px measured from the field's red cells
+  (:func:`hemato_model.detection.scale.estimate_image_mpp`); the slide's is the median over fields,
+  compared with the stated µm/px.
+- **Cells**: the share of field pixels that are cells; a field without cells is not measured.
+
+The classifier's own out-of-distribution score (the energy of each white-cell crop) comes later, from
+the classify stage (:meth:`hemato_model.classifier.Classifier.classify_scored`). The flags are
+decided with the other rules (:func:`hematovision.core.flags.evaluate_gate`), against ranges in the
+rules file calibrated on in-domain slides (``benchmarks/gate_calibration.py``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from hemato_model.detection.stain import check_image, nucleus_threshold, resample, stain_field
+
+if TYPE_CHECKING:
+    from hematovision.core.slides import Slide
+
+#: Fields measured per slide and their side, µm.
+GATE_FIELDS = 6
+GATE_FIELD_UM = 100.0
+#: Resolution of the focus measure, µm/px (finer images are reduced to it; coarser ones cannot show
+#: focus at this scale and report ``None``).
+FOCUS_MPP = 0.25
+#: Working resolution of the stain measures, µm/px.
+STAIN_MPP = 0.4
+#: Least share of cell pixels for a field to be measured.
+MIN_CELL_FRACTION = 0.02
+
+
+def _od(rgb: np.ndarray) -> np.ndarray:
+    """Per-channel optical density over the field's glass (95th percentile per channel)."""
+    glass = np.percentile(rgb.reshape(-1, 3), 95, axis=0).astype(np.float32)
+    return np.asarray(-np.log10(np.clip((rgb.astype(np.float32) + 1.0) / (glass + 1.0), 1e-3, 1.0)))
+
+
+def _chroma(od: np.ndarray, mask: np.ndarray) -> list[float] | None:
+    if mask.sum() < 20:
+        return None
+    mean = od[mask].mean(axis=0)
+    total = float(mean.sum())
+    if total <= 1e-6:
+        return None
+    return [round(float(v / total), 4) for v in mean]
+
+
+def focus_measure(image: np.ndarray, mpp: float) -> float | None:
+    """Contrast-normalised gradient energy of a field at ``FOCUS_MPP`` (see the module docstring)."""
+    if mpp > FOCUS_MPP * 1.05:
+        return None
+    small = resample(image, FOCUS_MPP / mpp).astype(np.float32)
+    od = _od(small)[..., 1]
+    fine = ndi.gaussian_laplace(od, 1.0)
+    band = ndi.gaussian_filter(od, 1.0) - ndi.gaussian_filter(od, 4.0)
+    cells = ndi.gaussian_filter(od, 2.0) > 0.05
+    if cells.sum() < 100:
+        return None
+    coarse = float(band[cells].std())
+    if coarse <= 1e-6:
+        return None
+    return float(fine[cells].std()) / coarse
+
+
+def measure_field(image: np.ndarray, mpp: float) -> dict[str, Any] | None:
+    """Stain, focus and scale of one field; None when it holds too few cells to measure."""
+    from hemato_model.detection.scale import estimate_image_mpp
+
+    arr = check_image(image)
+    field = stain_field(arr, mpp, STAIN_MPP)
+    cell_fraction = float(field.cells.mean())
+    if cell_fraction < MIN_CELL_FRACTION or not np.isfinite(field.od).all():
+        return None
+    small = resample(arr, field.scale)
+    od = _od(small)
+    h, w = field.cells.shape
+    od = od[:h, :w]
+    nuclear = (field.stain > nucleus_threshold(field)) & field.cells
+    rbc = field.cells & ~ndi.binary_dilation(nuclear, iterations=2)
+    try:
+        scale = estimate_image_mpp(arr, centred_cell=False)
+        measured, source = round(scale.mpp, 5), scale.source
+    except ValueError:
+        measured, source = None, None
+    return {
+        "cell_fraction": round(cell_fraction, 4),
+        "rbc_od_chroma": _chroma(od, rbc),
+        "nucleus_od_chroma": _chroma(od, nuclear),
+        "rbc_od": round(float(field.od[rbc].mean()), 4) if rbc.any() else None,
+        "glass_brightness": round(float(np.percentile(arr.reshape(-1, 3).mean(axis=1), 95)), 1),
+        "focus": None if (f := focus_measure(arr, mpp)) is None else round(f, 4),
+        "measured_mpp": measured,
+        "mpp_source": source,
+    }
+
+
+def _median(values: list[Any]) -> float | None:
+    v = [float(x) for x in values if x is not None]
+    return round(float(np.median(v)), 5) if v else None
+
+
+def _median_vec(values: list[Any]) -> list[float] | None:
+    v = [x for x in values if x is not None]
+    return [round(float(x), 4) for x in np.median(np.array(v, dtype=float), axis=0)] if v else None
+
+
+def summarise_fields(fields: list[dict[str, Any] | None], stated_mpp: float) -> dict[str, Any]:
+    """The slide's gate measurements: per-measure medians over the fields that could be measured."""
+    ok = [f for f in fields if f is not None]
+    measured = _median([f["measured_mpp"] for f in ok])
+    return {
+        "fields_sampled": len(fields),
+        "fields_measured": len(ok),
+        "stain": {
+            "rbc_od_chroma": _median_vec([f["rbc_od_chroma"] for f in ok]),
+            "nucleus_od_chroma": _median_vec([f["nucleus_od_chroma"] for f in ok]),
+            "rbc_od": _median([f["rbc_od"] for f in ok]),
+            "glass_brightness": _median([f["glass_brightness"] for f in ok]),
+        },
+        "focus": _median([f["focus"] for f in ok]),
+        "scale": {
+            "stated_mpp": stated_mpp,
+            "measured_mpp": measured,
+            "ratio": round(measured / stated_mpp, 4) if measured else None,
+            "fields_measured": sum(1 for f in ok if f["measured_mpp"] is not None),
+        },
+    }
+
+
+def field_origins(
+    mask: np.ndarray, down: float, width: int, height: int, field_px: int, n: int
+) -> list[tuple[int, int]]:
+    """Level-0 origins of ``n`` fields spread over the smear mask (seeded; whole image if small)."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return []
+    rng = np.random.default_rng(1)
+    picks = sorted(rng.choice(len(xs), size=min(n, len(xs)), replace=False))
+    out = []
+    for p in picks:
+        gx, gy = int(xs[p] * down), int(ys[p] * down)
+        x0 = min(max(0, gx - field_px // 2), max(0, width - field_px))
+        y0 = min(max(0, gy - field_px // 2), max(0, height - field_px))
+        if (x0, y0) not in out:
+            out.append((x0, y0))
+    return out
+
+
+def measure_quality(slide: Slide, mask: np.ndarray, down: float, n_fields: int = GATE_FIELDS) -> dict[str, Any]:
+    """The gate's measurements of a slide (see the module docstring)."""
+    mpp = float(slide.mpp)
+    w, h = slide.dimensions
+    field_px = min(int(round(GATE_FIELD_UM / mpp)), w, h)
+    fields: list[dict[str, Any] | None] = []
+    for x0, y0 in field_origins(mask, down, w, h, field_px, n_fields):
+        region = slide.read_region((x0, y0), 0, (min(field_px, w - x0), min(field_px, h - y0)))
+        try:
+            fields.append(measure_field(region, mpp))
+        except ValueError:
+            fields.append(None)
+    return summarise_fields(fields, mpp)
+
+
+def ood_summary(energies: list[float | None], stats: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The slide's out-of-distribution score from its white-cell crops' energies.
+
+    Args:
+        energies: ``-logsumexp(logits)`` per crop (None where the model gives none).
+        stats: the model's ``ood.json`` (``energy_threshold``: the per-crop cut-off, the
+            ``crop_quantile`` of the training crops' energies).
+
+    Returns:
+        ``{"crops", "median_energy", "share_above", "energy_threshold"}``, or None when the model
+        has no OOD statistics or no crop has an energy.
+    """
+    e = np.array([x for x in energies if x is not None], dtype=float)
+    if stats is None or len(e) == 0:
+        return None
+    thr = float(stats["energy_threshold"])
+    return {
+        "crops": len(e),
+        "median_energy": round(float(np.median(e)), 4),
+        "share_above": round(float((e > thr).mean()), 4),
+        "energy_threshold": thr,
+    }
