@@ -17,7 +17,7 @@ from scipy import ndimage as ndi
 from hemato_model.handoff import CropSpool
 from hemato_model.pipeline import PipelineParams, prepare_slide, smear_mask
 from hemato_model.quality import measure_quality, ood_summary
-from hematovision.core.datasets import BCCD_DIR, BCCD_MPP, PBC_MPP, pbc_root
+from hematovision.core.datasets import BCCD_DIR, BCCD_MPP, PBC_MPP, have_pbc, pbc_root
 from hematovision.core.flags import evaluate_gate, load_rules
 from hematovision.core.slides import SlideError, open_slide, validate_slide
 from hematovision.service.slide_results import build_report
@@ -43,12 +43,12 @@ def _codes(q: dict[str, Any]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def smear(real_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
+def smear(real_cells: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
     """A small make-slide slide (0.25 µm/px) and its pixels."""
     from hematovision.devtools.synthetic import make_slide
 
     p = tmp_path_factory.mktemp("gate") / "smear.tiff"
-    make_slide(p, real_data, 1536, 1536, mpp=0.25, n_wbc=12, seed=21, fmt="tiff")
+    make_slide(p, real_cells, 1536, 1536, mpp=0.25, n_wbc=12, seed=21, fmt="tiff")
     with open_slide(p) as slide:
         return p, slide.read_region((0, 0), 0, slide.dimensions)
 
@@ -181,7 +181,9 @@ def test_grayscale_images_are_refused_at_upload_and_never_give_a_valid_different
 # --- scale ------------------------------------------------------------------------------------------
 
 
-def test_scale_estimate_within_15_percent_on_pbc_test_crops(real_data: Path) -> None:
+def test_scale_estimate_within_15_percent_on_pbc_test_crops(data_root: Path, require) -> None:  # type: ignore[no-untyped-def]
+    require(have_pbc(data_root), f"the PBC data set under {data_root}")
+    real_data = data_root
     from hemato_model.detection.scale import estimate_image_mpp
 
     files = json.loads(MODEL_SPLIT.read_text())["test"]
@@ -212,7 +214,9 @@ def test_scale_estimate_refuses_a_blank_image() -> None:
 
 
 @pytest.mark.slow
-def test_evaluate_without_mpp_measures_the_scale(real_data: Path, tmp_path: Path) -> None:
+def test_evaluate_without_mpp_measures_the_scale(data_root: Path, require, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    require(have_pbc(data_root), f"the PBC data set under {data_root}")
+    real_data = data_root
     from click.testing import CliRunner
 
     from hematovision.cli import main as cli
