@@ -30,7 +30,8 @@ from api.params import query_int, query_text
 from api.serializers import batch_json, iso
 from hematovision.core.access import SIGNOFF_MEANING, printable
 from hematovision.core.flags import effective_rules
-from hematovision.service.review import Signer, reclassify, sign_off, slide_classes
+from hematovision.core.vocabulary import Vocabulary
+from hematovision.service.review import Signer, allowed_labels, label_effect, reclassify, sign_off, slide_classes
 from hematovision.store.models import AuditEntry, Batch, Cell, CellReview, Slide, User
 from hematovision.store.users import LOCK_MINUTES, verify_password
 
@@ -84,6 +85,8 @@ def _review_state(report: dict[str, Any]) -> dict[str, Any]:
             "rules_version",
             "rules_sha256",
             "reviewed_cells",
+            "review_terms",
+            "smudge_per_100_wbc",
         )
     }
 
@@ -144,6 +147,8 @@ def slide_cells(slide_id: str) -> ResponseReturnValue:
             "mpp": slide.mpp,
             "ready": slide.report is not None,
             "classes": slide_classes(report) if report else [],
+            "labels": allowed_labels(report, _rules()) if report else [],
+            "vocabulary": [t.to_dict() for t in Vocabulary.from_rules(_rules()).terms],
             "verified_by": slide.verified_by,
             "verified_by_id": report.get("verified_by_id"),
             "verified_at": iso(slide.verified_at),
@@ -167,11 +172,17 @@ def label_cell(cell_id: int) -> ResponseReturnValue:
     if not isinstance(label, str) or not label:
         raise ApiError(400, "invalid_label", 'the body needs "label": a class name or "unidentified"')
     session = db()
+    rules = _rules()
     before = session.get(Cell, cell_id)
-    note(cell_id=cell_id, **{"from": before.label if before else None, "to": printable(label)})
-    cell, report = reclassify(session, cell_id, label, principal().actor, rules=_rules())
+    previous = before.label if before else None
+    note(cell_id=cell_id, **{"from": previous, "to": printable(label)})
+    cell, report = reclassify(session, cell_id, label, principal().actor, rules=rules)
+    effect = label_effect(rules, previous, label)
+    note(counts_as=effect["counts_as"], wbc_change=effect["wbc_change"])
+    if effect.get("message"):
+        note(effect=effect["message"])
     commit_audited(session, slide_id=cell.slide_id)
-    return jsonify({"cell": cell_json(cell), "slide_id": cell.slide_id, **_review_state(report)})
+    return jsonify({"cell": cell_json(cell), "slide_id": cell.slide_id, "effect": effect, **_review_state(report)})
 
 
 @bp.post("/slides/<hexid:slide_id>/signoff")

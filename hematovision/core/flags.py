@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from hematovision.core.patient import DAYS_PER_YEAR, PatientContext
 from hematovision.core.results import NON_WBC_LABELS
 from hematovision.core.stats import clopper_pearson
+from hematovision.core.vocabulary import load_vocabulary_file
 
 if TYPE_CHECKING:
     from hematovision.core.settings import Settings
@@ -93,6 +94,8 @@ def effective_rules(settings: Settings) -> dict[str, Any]:
     """
     rules = load_rules(settings.flag_rules)
     rules["insufficient"]["min_wbc"] = settings.min_wbc
+    if settings.review_vocabulary is not None:
+        rules["vocabulary"] = {"term": load_vocabulary_file(settings.review_vocabulary)}
     return rules
 
 

@@ -88,6 +88,10 @@ class Settings(BaseSettings):
         default=None, description="Crops handed between stages; shared by all workers. Empty = var_dir/work."
     )
     flag_rules: Path | None = Field(default=None, description="Flag-rule TOML; empty = shipped rules.")
+    review_vocabulary: Path | None = Field(
+        default=None,
+        description="Review vocabulary TOML ([[term]] entries) replacing the rules file's; empty = the rules file's.",
+    )
     log_format: str = Field(default="text", description="text or json (one JSON object per line).")
     worker_metrics_port: int = Field(default=0, description="Serve a worker's Prometheus metrics here (0 = off).")
     worker_metrics_host: str = Field(

@@ -28,6 +28,7 @@ from hematovision.core.access import SIGNOFF_MEANING
 from hematovision.core.datasets import PBC_CLASSES
 from hematovision.core.flags import NON_WBC_CLASSES, load_rules
 from hematovision.core.results import UNIDENTIFIED, WBC
+from hematovision.core.vocabulary import Vocabulary
 from hematovision.service.slide_results import replace_result_rows, resummarise
 from hematovision.store.models import Cell, CellReview, Signature, Slide, utcnow
 
@@ -61,6 +62,39 @@ def slide_classes(report: dict[str, Any]) -> list[str]:
     names = {k for k in report.get("differential", {}) if k != UNIDENTIFIED} | set(NON_WBC_CLASSES)
     order = {c: i for i, c in enumerate(PBC_CLASSES)}
     return sorted(names, key=lambda c: (order.get(c, len(order)), c))
+
+
+def allowed_labels(report: dict[str, Any], rules: dict[str, Any]) -> list[str]:
+    """Every label a reviewer may give a white cell on this slide: the model's classes, the review
+    vocabulary's codes, ``unidentified``."""
+    out = slide_classes(report)
+    out += [c for c in Vocabulary.from_rules(rules).codes() if c not in out]
+    return [*out, UNIDENTIFIED]
+
+
+def label_effect(rules: dict[str, Any], before: str | None, after: str) -> dict[str, Any]:
+    """What a relabel does to the counts, for the response and the audit: what the new label counts
+    as, and whether the cell left (or joined) the white-cell count, said in words."""
+    vocab = Vocabulary.from_rules(rules)
+    was, now = vocab.category(before or UNIDENTIFIED), vocab.category(after)
+    was_wbc, now_wbc = vocab.is_wbc(before or UNIDENTIFIED), vocab.is_wbc(after)
+    effect: dict[str, Any] = {"counts_as": now, "was_counted_as": was, "in_wbc_count": now_wbc}
+    if was_wbc and not now_wbc:
+        where = {
+            "platelet": "the platelet count",
+            "platelet_clump": "the platelet count and the platelet-clump count (PLATELET_CLUMPS)",
+            "erythroblast": "nucleated red cells per 100 WBC",
+            "smudge": "smudge cells per 100 WBC",
+            "excluded": "no count (excluded)",
+        }.get(now, now)
+        effect["wbc_change"] = -1
+        effect["message"] = f"relabelled {after}: removed from the white-cell count; now counted in {where}"
+    elif now_wbc and not was_wbc:
+        effect["wbc_change"] = 1
+        effect["message"] = f"relabelled {after}: added to the white-cell count (as {now})"
+    else:
+        effect["wbc_change"] = 0
+    return effect
 
 
 def _locked_slide(session: Session, slide_id: str) -> Slide:
@@ -108,7 +142,8 @@ def reclassify(
 ) -> tuple[Cell, dict[str, Any]]:
     """Give a white cell a new label, record it, and recompute the slide. Returns (cell, report).
 
-    ``label`` is one of :func:`slide_classes` or ``unidentified``. Setting the label a cell
+    ``label`` is one of :func:`allowed_labels` (the model's classes, the review vocabulary,
+    ``unidentified``). Setting the label a cell
     already has changes nothing and records nothing. Call inside a transaction.
     """
     cell = session.get(Cell, cell_id)
@@ -120,7 +155,8 @@ def reclassify(
         )
     slide = _locked_slide(session, cell.slide_id)
     report = _check_editable(slide)
-    allowed = [*slide_classes(report), UNIDENTIFIED]
+    rules = rules or load_rules()
+    allowed = allowed_labels(report, rules)
     if label not in allowed:
         raise ReviewError("invalid", "invalid_label", f"label must be one of {', '.join(allowed)}; got {label!r}")
     current = cell.label or UNIDENTIFIED
@@ -133,7 +169,7 @@ def reclassify(
     )
     cell.label = label
     session.flush()
-    return cell, recompute(session, slide, rules or load_rules())
+    return cell, recompute(session, slide, rules)
 
 
 def sign_off(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,16 +28,15 @@ from hematovision.core.flags import (
 )
 from hematovision.core.patient import PatientContext
 from hematovision.core.results import (
-    EXCLUDED_LABELS,
     PLATELET,
     RBC,
-    SMUDGE,
     UNIDENTIFIED,
     WBC,
     SlideAnalysis,
     is_classified_wbc,
 )
 from hematovision.core.stats import percent_interval
+from hematovision.core.vocabulary import OUTSIDE_CATEGORIES, Vocabulary
 from hematovision.store.models import Cell, DifferentialEntry, FlagRecord, Slide, utcnow
 
 LIMITS = (
@@ -64,6 +63,9 @@ class Differential:
         erythroblasts, platelet_candidates: white-cell candidates called erythroblast / platelet.
         smudge: smudge cells (reported per 100 classified white cells, not in the differential).
         excluded: artefacts (``artefact``, ``not_classed``): in no count.
+        platelets: white-cell candidates a reviewer called a (single, e.g. giant) platelet.
+        terms: each label counted as something other than itself (a vocabulary term: ``band`` ->
+            ``neutrophil``, ``platelet_clump`` -> ``platelet_clump``, …): ``{"count", "counts_as"}``.
     """
 
     table: dict[str, dict[str, Any]]
@@ -73,6 +75,8 @@ class Differential:
     platelet_candidates: int = 0
     smudge: int = 0
     excluded: int = 0
+    platelets: int = 0
+    terms: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def n_seen(self) -> int:
@@ -83,11 +87,19 @@ class Differential:
         return {k: v["count"] for k, v in self.table.items()}
 
 
-def differential(labels: list[str], classes: list[str]) -> Differential:
-    """Count white-cell candidates' labels into a differential (see :mod:`hematovision.core.results`
-    for what each kind of label counts as)."""
+def differential(labels: list[str], classes: list[str], vocabulary: Vocabulary | None = None) -> Differential:
+    """Count white-cell candidates' labels into a differential: each label counts as the review
+    vocabulary says (:mod:`hematovision.core.vocabulary`; a model class or unknown label as itself)."""
+    vocab = vocabulary or Vocabulary(())
     counts = Counter(labels)
-    classified = {k: v for k, v in counts.items() if is_classified_wbc(k)}
+    by_category: Counter[str] = Counter()
+    terms: dict[str, dict[str, Any]] = {}
+    for label, k in counts.items():
+        cat = vocab.category(label)
+        by_category[cat] += k
+        if cat != label:
+            terms[label] = {"count": k, "counts_as": cat}
+    classified = {k: v for k, v in by_category.items() if is_classified_wbc(k) and k not in OUTSIDE_CATEGORIES}
     n = sum(classified.values())
     wbc_classes = [c for c in classes if is_classified_wbc(c)]
     table: dict[str, dict[str, Any]] = {}
@@ -98,11 +110,13 @@ def differential(labels: list[str], classes: list[str]) -> Differential:
     return Differential(
         table,
         n,
-        unidentified=counts.get(UNIDENTIFIED, 0),
-        erythroblasts=counts.get("erythroblast", 0),
-        platelet_candidates=counts.get("platelet", 0),
-        smudge=counts.get(SMUDGE, 0),
-        excluded=sum(v for k, v in counts.items() if k in EXCLUDED_LABELS),
+        unidentified=by_category.get(UNIDENTIFIED, 0),
+        erythroblasts=by_category.get("erythroblast", 0),
+        platelet_candidates=by_category.get("platelet_clump", 0),
+        platelets=by_category.get("platelet", 0),
+        smudge=by_category.get("smudge", 0),
+        excluded=by_category.get("excluded", 0),
+        terms=terms,
     )
 
 
@@ -128,7 +142,7 @@ def summarise_cells(
     """
     kinds_labels = list(cells)
     labels = [label or UNIDENTIFIED for kind, label in kinds_labels if kind == WBC]
-    d = differential(labels, classes)
+    d = differential(labels, classes, Vocabulary.from_rules(rules))
     patient = patient or PatientContext()
     outcome = evaluate_rules(
         d.counts(),
@@ -143,7 +157,7 @@ def summarise_cells(
     flags = sorted([*gate, *outcome.flags], key=lambda f: -SEVERITY_RANK.get(f.severity, 0))
     n = d.n_classified
     u_lo, u_hi = percent_interval(d.unidentified, d.n_seen)
-    platelets = sum(1 for kind, _ in kinds_labels if kind == PLATELET) + d.platelet_candidates
+    platelets = sum(1 for kind, _ in kinds_labels if kind == PLATELET) + d.platelet_candidates + d.platelets
     return {
         "counts": {
             "wbc": n,
@@ -152,12 +166,14 @@ def summarise_cells(
             "rbc": sum(1 for kind, _ in kinds_labels if kind == RBC),
             "platelets": platelets,
             "platelet_candidates": d.platelet_candidates,
+            "platelets_from_wbc_candidates": d.platelets,
             "erythroblasts": d.erythroblasts,
             "smudge": d.smudge,
             "excluded": d.excluded,
         },
         "differential": d.table,
         "differential_basis": DIFFERENTIAL_BASIS,
+        "review_terms": d.terms,
         "differential_sufficient": n >= int(rules["insufficient"]["min_wbc"]),
         "nrbc_per_100_wbc": round(100.0 * d.erythroblasts / n, 1) if n else None,
         "smudge_per_100_wbc": round(100.0 * d.smudge / n, 1) if n else None,
