@@ -1,6 +1,6 @@
 /* Slide review: viewer with cell outlines, differential, flags, gallery, reclassification, sign-off
    (an electronic signature: the person re-enters their password), the slide's audit history.
-   Every id put into a URL goes through HV.seg (encodeURIComponent). Keys: 1-9 assign the n-th class to the selected cell, U unidentified, N next unidentified cell,
+   Every id put into a URL goes through HV.seg (encodeURIComponent). Keys: 1-9 assign the n-th class to the selected cell, the review vocabulary's letters (B blast, S smudge, ...) its terms, U unidentified, N next unidentified cell,
    arrows / J K previous and next cell, Esc clears the selection. */
 "use strict";
 HV.review = (() => {
@@ -8,7 +8,7 @@ HV.review = (() => {
   const COLORS = { basophil: "#7c3aed", eosinophil: "#f97316", erythroblast: "#db2777", ig: "#0891b2", lymphocyte: "#2563eb",
     monocyte: "#16a34a", neutrophil: "#eab308", platelet: "#65a30d", blast: "#dc2626", unidentified: "#ffffff" };
   const color = (label) => COLORS[label || "unidentified"] || "#00e5ff";
-  const S = { slideId: null, cells: [], byId: new Map(), classes: [], report: null, sel: null, viewer: null, overlays: new Map(), readOnly: false, imgs: new Map(), changed: new Set() };
+  const S = { slideId: null, cells: [], byId: new Map(), classes: [], vocab: [], report: null, sel: null, viewer: null, overlays: new Map(), readOnly: false, imgs: new Map(), changed: new Set() };
 
   const labelOf = (c) => c.label || "unidentified";
   const keyed = () => [...S.classes, "unidentified"];
@@ -109,6 +109,16 @@ HV.review = (() => {
     document.getElementById("class-keys").replaceChildren(...keyed().map((cls, i) => el("button", {
       type: "button", class: labelOf(c) === cls ? "current" : "", disabled: S.readOnly, "data-label": cls, onclick: () => assign(cls) },
     el("kbd", { text: cls === "unidentified" ? "U" : String(i + 1) }), cls)));
+    /* The lab's review vocabulary beyond the model's classes: a menu, and each term's letter key. */
+    const menu = document.getElementById("vocab-menu");
+    if (menu) {
+      const terms = S.vocab.filter((t) => !S.classes.includes(t.code));
+      menu.disabled = S.readOnly;
+      menu.replaceChildren(el("option", { value: "", text: "— choose —" }), ...terms.map((t) => el("option", {
+        value: t.code, text: `${t.name}${t.key ? " (" + t.key.toUpperCase() + ")" : ""}${t.in_differential ? "" : " · not in differential"}` })));
+      menu.value = terms.some((t) => t.code === labelOf(c)) ? labelOf(c) : "";
+      menu.onchange = () => { if (menu.value) assign(menu.value); };
+    }
   }
 
   function select(id, pan = false) {
@@ -151,7 +161,7 @@ HV.review = (() => {
       Object.assign(S.report, res);
       const o = S.overlays.get(c.id); if (o) o.style.setProperty("--c", color(c.label));
       renderDifferential(); renderGallery(); renderSelected(); loadAudit();
-      toast(`Cell ${c.id} → ${label}`);
+      toast(`Cell ${c.id} → ${label}${res.effect && res.effect.message ? " · " + res.effect.message : ""}`);
     } catch (e) { toast(e.message, true); if (e.status === 409) await reload(); }
   }
 
@@ -220,6 +230,7 @@ HV.review = (() => {
     else if (k === "ArrowRight" || k === "j") { step(1); ev.preventDefault(); }
     else if (k === "ArrowLeft" || k === "k") { step(-1); ev.preventDefault(); }
     else if (k === "Escape") { select(null); }
+    else { const t = S.vocab.find((x) => x.key && x.key.toLowerCase() === k.toLowerCase()); if (t) { assign(t.code); ev.preventDefault(); } }
   }
 
   /** The DZI descriptor is fetched here and handed over as an inline DZI tile source; tiles are
@@ -258,7 +269,7 @@ HV.review = (() => {
 
   async function reload() {
     const [meta, report] = await Promise.all([api(`/api/v1/slides/${seg(S.slideId)}/cells?kind=wbc`), api(`/api/v1/slides/${seg(S.slideId)}/report`)]);
-    S.meta = meta; S.report = report; S.cells = meta.cells; S.classes = meta.classes.slice(0, 9);
+    S.meta = meta; S.report = report; S.cells = meta.cells; S.classes = meta.classes.slice(0, 9); S.vocab = meta.vocabulary || [];
     S.byId = new Map(S.cells.map((c) => [c.id, c]));
     S.readOnly = Boolean(meta.verified_at);
     document.getElementById("slide-title").textContent = meta.filename;
