@@ -12,11 +12,12 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
-from sqlalchemy import select
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
 
 from api.context import db
 from api.errors import ApiError
-from api.params import query_id
+from api.params import query_id, query_text
 from api.serializers import iso
 from hematovision.core.flags import SEVERITY_RANK
 from hematovision.exports.report_csv import report_csv
@@ -97,33 +98,88 @@ def slide_report(slide_id: str) -> ResponseReturnValue:
     return jsonify(report)
 
 
-def _flag_document(batch_id: str | None, since_raw: str | None) -> dict[str, Any]:
+FLAG_STATUSES = ("pending", "verified", "all")
+#: Columns the flag list's ``q`` searches (case-insensitive substring). An ``accession`` column, when
+#: the slide model has one, joins them without further change.
+SEARCH_COLUMNS = ("filename", "accession")
+
+
+def _parse_since(since_raw: str) -> datetime:
+    try:
+        since = datetime.fromisoformat(since_raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiError(400, "invalid_since", f"'since' must be an ISO 8601 time or 'all', got {since_raw!r}") from None
+    if since.tzinfo is not None:
+        since = since.astimezone(UTC).replace(tzinfo=None)
+    return since
+
+
+def default_window(session: Session) -> datetime | None:
+    """Where the flag list starts without ``since``: the last sign-off session. That is the earliest
+    analysis of a slide not yet signed off (nothing still to do drops out of the list), or, when every
+    slide is signed, the start (UTC midnight) of the day of the latest sign-off. None: no slide yet."""
+    pending = session.execute(
+        select(func.min(Slide.analysed_at)).where(Slide.analysed_at.is_not(None), Slide.verified_at.is_(None))
+    ).scalar_one_or_none()
+    if pending is not None:
+        return pending  # type: ignore[no-any-return]
+    last = session.execute(select(func.max(Slide.verified_at))).scalar_one_or_none()
+    return None if last is None else last.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _flag_document(
+    batch_id: str | None, since_raw: str | None, status: str = "pending", search: str | None = None
+) -> dict[str, Any]:
+    """The triaged flag list: slides with a flag above ``info``, most severe first (critical, review,
+    borderline, warning), then most recent; slides whose only flags are ``info`` notes are counted
+    (``info_only``), not listed. ``status``: pending (not signed off; the default: a to-do list),
+    verified or all. ``since``: an ISO time, ``all``, or by default :func:`default_window`."""
     session = db()
+    if status not in FLAG_STATUSES:
+        raise ApiError(400, "invalid_status", f"status must be one of {', '.join(FLAG_STATUSES)}")
     q = select(Slide).where(Slide.analysed_at.is_not(None), Slide.max_severity.is_not(None))
     if batch_id:
         if session.get(Batch, batch_id) is None:
             raise ApiError(404, "not_found", f"no batch {batch_id}")
         q = q.where(Slide.batch_id == batch_id)
-    if since_raw:
-        try:
-            since = datetime.fromisoformat(since_raw.replace("Z", "+00:00"))
-        except ValueError:
-            raise ApiError(400, "invalid_since", f"'since' must be an ISO 8601 time, got {since_raw!r}") from None
-        if since.tzinfo is not None:
-            since = since.astimezone(UTC).replace(tzinfo=None)
+    if status == "pending":
+        q = q.where(Slide.verified_at.is_(None))
+    elif status == "verified":
+        q = q.where(Slide.verified_at.is_not(None))
+    since: datetime | None = None
+    if since_raw and since_raw != "all":
+        since = _parse_since(since_raw)
+    elif not since_raw and not batch_id:
+        since = default_window(session)
+    if since is not None:
         q = q.where(Slide.analysed_at >= since)
+    if search:
+        pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        columns = [getattr(Slide, c) for c in SEARCH_COLUMNS if hasattr(Slide, c)]
+        q = q.where(or_(*(col.ilike(pattern, escape="\\") for col in columns)))
     slides = session.execute(q).scalars().all()
     slides = sorted(slides, key=lambda s: (-SEVERITY_RANK.get(s.max_severity or "", 0), -(s.analysed_at.timestamp())))
     items = []
+    info_only = 0
+    by_severity: dict[str, int] = {}
     for s in slides:
         flags = session.execute(select(FlagRecord).where(FlagRecord.slide_id == s.id)).scalars().all()
         flags = sorted(flags, key=lambda f: -SEVERITY_RANK.get(f.severity, 0))
+        if all(SEVERITY_RANK.get(f.severity, 0) <= SEVERITY_RANK["info"] for f in flags):
+            info_only += 1
+            continue
+        top = flags[0].severity
+        by_severity[top] = by_severity.get(top, 0) + 1
         items.append(
             {
                 "slide_id": s.id,
                 "batch_id": s.batch_id,
                 "filename": s.filename,
-                "max_severity": s.max_severity,
+                "accession": getattr(s, "accession", None),
+                "max_severity": top,
+                "status": "verified" if s.verified_at is not None else "pending",
+                "verified_by": s.verified_by,
+                "verified_at": iso(s.verified_at),
                 "analysed_at": iso(s.analysed_at),
                 "counts": {"wbc": s.n_wbc, "rbc": s.n_rbc, "platelets": s.n_platelets},
                 "flags": [
@@ -133,14 +189,32 @@ def _flag_document(batch_id: str | None, since_raw: str | None) -> dict[str, Any
                 "rules_not_evaluated": (s.report or {}).get("rules_not_evaluated", []),
             }
         )
-    return {"batch": batch_id, "since": since_raw, "count": len(items), "slides": items}
+    return {
+        "batch": batch_id,
+        "since": since_raw if since_raw else (iso(since) if since is not None else None),
+        "since_default": not since_raw,
+        "status": status,
+        "search": search,
+        "count": len(items),
+        "by_severity": by_severity,
+        "info_only": info_only,
+        "info_only_note": f"{info_only} slide{'s' if info_only != 1 else ''} with information notes only (not listed)",
+        "slides": items,
+    }
 
 
 @bp.get("/flags")
 def flag_report() -> ResponseReturnValue:
-    """Flagged slides, most severe first (then most recent), as JSON, CSV or PDF."""
+    """The triaged flag list (critical, then review, then the rest; info-only slides counted apart;
+    ``status`` pending (default) / verified / all; ``since`` default: the last sign-off session;
+    ``q``: search by filename or accession), as JSON, CSV or PDF."""
     fmt = _format(FLAG_REPORT_FORMATS)
-    doc = _flag_document(query_id("batch"), request.args.get("since"))
+    doc = _flag_document(
+        query_id("batch"),
+        request.args.get("since"),
+        request.args.get("status", "pending"),
+        query_text("q", 200),
+    )
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     if fmt == "csv":
         from hematovision.exports.flag_report import flag_report_csv

@@ -109,14 +109,22 @@ const HV = (() => {
     async flags() {
       const box = document.getElementById("flag-list");
       const since = document.getElementById("since");
+      const status = document.getElementById("status");
+      const search = document.getElementById("flag-search");
       async function load() {
-        let q = "";
-        if (since.value) q = "?since=" + encodeURIComponent(new Date(Date.now() - Number(since.value) * 3600e3).toISOString());
+        const params = new URLSearchParams();
+        if (since.value === "all") params.set("since", "all");
+        else if (since.value) params.set("since", new Date(Date.now() - Number(since.value) * 3600e3).toISOString());
+        if (status && status.value) params.set("status", status.value);
+        if (search && search.value.trim()) params.set("q", search.value.trim());
+        const q = params.toString() ? "?" + params.toString() : "";
         let doc;
         try { doc = await api("/api/v1/flags" + q); } catch (e) { box.replaceChildren(el("p", { class: "muted", text: "Could not load: " + e.message })); return; }
+        const note = document.getElementById("info-only");
+        if (note) note.textContent = `${doc.info_only_note || ""}${doc.since && doc.since !== "all" ? " · since " + fmtTime(doc.since) : ""}`;
         if (!doc.slides.length) { box.replaceChildren(el("p", { class: "muted", text: "No flagged slides in this period." })); return; }
         box.replaceChildren(...doc.slides.map((s) => el("article", { class: "card " + s.max_severity, "data-slide": s.slide_id },
-          el("div", {}, sev(s.max_severity)),
+          el("div", {}, sev(s.max_severity), el("div", { class: "muted small", text: s.status === "verified" ? `signed off by ${s.verified_by}` : "to do" })),
           el("div", {},
             el("h3", {}, el("a", { href: `/ui/slides/${seg(s.slide_id)}`, text: s.filename })),
             el("div", { class: "meta", text: `analysed ${fmtTime(s.analysed_at)} · ${s.counts.wbc} WBC · ${s.counts.rbc} RBC · ${s.counts.platelets} platelets` }),
@@ -125,6 +133,8 @@ const HV = (() => {
           el("div", {}, el("a", { class: "button", href: `/ui/slides/${seg(s.slide_id)}`, text: "Review →" })))));
       }
       since.addEventListener("change", load);
+      if (status) status.addEventListener("change", load);
+      if (search) { let t = null; search.addEventListener("input", () => { clearTimeout(t); t = setTimeout(load, 300); }); }
       load();
     },
   };

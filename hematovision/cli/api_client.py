@@ -83,10 +83,16 @@ class ApiClient:
         return _body(resp, fmt)
 
     def flags(
-        self, batch: str | None = None, since: str | None = None, fmt: str = "json"
+        self,
+        batch: str | None = None,
+        since: str | None = None,
+        fmt: str = "json",
+        *,
+        status: str | None = None,
+        search: str | None = None,
     ) -> dict[str, Any] | str | bytes:
-        """The leukemia-flag report: a dict (``json``), text (``csv``) or the PDF's bytes (``pdf``)."""
-        params = {k: v for k, v in (("batch", batch), ("since", since)) if v}
+        """The triaged flag list: a dict (``json``), text (``csv``) or the PDF's bytes (``pdf``)."""
+        params = {k: v for k, v in (("batch", batch), ("since", since), ("status", status), ("q", search)) if v}
         if fmt != "json":
             params["format"] = fmt
         return _body(self._call("GET", "/api/v1/flags", params=params), fmt)

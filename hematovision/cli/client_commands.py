@@ -126,20 +126,42 @@ def report(slide_id: str, fmt: str, out: str | None, api: str, api_key: str | No
 
 @click.command()
 @click.option("--batch", default=None, help="Only this batch.")
-@click.option("--since", default=None, help="Only slides analysed since this ISO time.")
+@click.option(
+    "--since",
+    default=None,
+    help="Only slides analysed since this ISO time ('all': no limit; default: the last sign-off session).",
+)
+@click.option(
+    "--status",
+    type=click.Choice(["pending", "verified", "all"]),
+    default="pending",
+    show_default=True,
+    help="Slides not yet signed off (a to-do list), signed off, or both.",
+)
+@click.option("--search", default=None, help="Only slides whose filename (or accession) contains this.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "pdf"]), default="table", show_default=True)
 @click.option(
     "--out", type=click.Path(dir_okay=False, writable=True), default=None, help="Write to a file (required for pdf)."
 )
 @api_option
 @api_errors
-def flags(batch: str | None, since: str | None, fmt: str, out: str | None, api: str, api_key: str | None) -> None:
-    """The leukemia-flag report: flagged slides, most severe first."""
+def flags(
+    batch: str | None,
+    since: str | None,
+    status: str,
+    search: str | None,
+    fmt: str,
+    out: str | None,
+    api: str,
+    api_key: str | None,
+) -> None:
+    """The triaged flag list: critical first, then review, then the rest; slides with information
+    notes only are counted, not listed."""
     if fmt == "pdf" and not out:
         raise click.UsageError("--format pdf needs --out FILE")
     from hematovision.core.flags import not_evaluated_lines
 
-    body = api_client(api, api_key).flags(batch, since, "json" if fmt == "table" else fmt)
+    body = api_client(api, api_key).flags(batch, since, "json" if fmt == "table" else fmt, status=status, search=search)
     if isinstance(body, bytes):  # the PDF, written unchanged
         data = body
     elif fmt == "table":
@@ -153,6 +175,8 @@ def flags(batch: str | None, since: str | None, fmt: str, out: str | None, api: 
             )
             lines += [f"    [{f['severity']}] {f['code']}: {f['message']}" for f in s["flags"]]
             lines += [f"    not evaluated: {line}" for line in not_evaluated_lines(s.get("rules_not_evaluated"))]
+        if body.get("info_only_note"):
+            lines.append(body["info_only_note"])
         data = "\n".join(lines).encode("utf-8")
     else:
         data = (json.dumps(body, indent=2) if fmt == "json" else str(body)).encode("utf-8")

@@ -1,5 +1,10 @@
 """The overnight leukemia-flag report as CSV and PDF: flagged slides, most severe first.
 
+The document is the triaged flag list (critical, then review, then the rest; slides with only
+``info`` notes counted in ``info_only``, not listed; ``status`` pending/verified/all; ``since``, by
+default the last sign-off session); the PDF states the criteria and the info-only count, the CSV
+adds each slide's ``status`` and ``verified_at``.
+
 Both render the document the API serves as JSON at ``GET /api/v1/flags``: ``{"batch", "since",
 "count", "slides": [{"slide_id", "batch_id", "filename", "max_severity", "analysed_at", "counts",
 "flags": [{"code", "severity", "message", "evidence"}], "rules_not_evaluated": [{"rule", "reason"}]}]}``.
@@ -54,6 +59,8 @@ CSV_COLUMNS = [
     "ci95_high",
     "threshold_pct",
     "borderline",
+    "status",
+    "verified_at",
 ]
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
@@ -102,6 +109,8 @@ def flag_report_csv(doc: dict[str, Any]) -> str:
                 ci[1],
                 ev.get("threshold_pct"),
                 bool(ev.get("borderline")) if f else None,
+                s.get("status"),
+                s.get("verified_at"),
             ]
             w.writerow([_cell(v) for v in row])
     return buf.getvalue()
@@ -109,8 +118,14 @@ def flag_report_csv(doc: dict[str, Any]) -> str:
 
 def _criteria(doc: dict[str, Any]) -> str:
     parts = [f"batch {doc['batch']}" if doc.get("batch") else "all batches"]
-    if doc.get("since"):
-        parts.append(f"analysed since {doc['since']}")
+    status = doc.get("status")
+    if status in ("pending", "verified"):
+        parts.append("not yet signed off" if status == "pending" else "signed off")
+    if doc.get("since") and doc.get("since") != "all":
+        since = f"analysed since {doc['since']}"
+        parts.append(since + (" (the last sign-off session)" if doc.get("since_default") else ""))
+    if doc.get("search"):
+        parts.append(f"matching {doc['search']!r}")
     return ", ".join(parts)
 
 
@@ -134,8 +149,11 @@ def flag_report_pdf(doc: dict[str, Any], out: BinaryIO | str | Path, **doc_optio
         [sev.upper(), str(by_sev[sev])] for sev in sorted(by_sev, key=lambda k: -SEVERITY_RANK.get(k, -1))
     ]
     summary.append(["Total", str(len(slides))])
-    t = Table(summary, colWidths=[45 * mm, 20 * mm], hAlign="LEFT")
-    t.setStyle(TableStyle(grid_style() + [("FONTNAME", (0, -1), (-1, -1), FONT_BOLD)]))
+    if doc.get("info_only") is not None:
+        summary.append(["Information notes only (not listed)", str(doc["info_only"])])
+    total_row = summary.index(["Total", str(len(slides))])
+    t = Table(summary, colWidths=[60 * mm, 20 * mm], hAlign="LEFT")
+    t.setStyle(TableStyle(grid_style() + [("FONTNAME", (0, total_row), (-1, total_row), FONT_BOLD)]))
     story += [
         Spacer(1, 3 * mm),
         t,
