@@ -59,7 +59,7 @@ def served(app) -> Iterator[str]:  # type: ignore[no-untyped-def]
         thread.join(5)
 
 
-def test_flag_lists_show_what_was_not_evaluated(browser, served: str, app, make_key, make_job) -> None:  # type: ignore[no-untyped-def]
+def test_flag_lists_show_what_was_not_evaluated(browser, served: str, app, make_user, make_job) -> None:  # type: ignore[no-untyped-def]
     from hematovision.core.results import CellResult, SlideAnalysis
     from hematovision.service.slide_results import build_report
     from workers.job_store import store_analysis
@@ -72,13 +72,20 @@ def test_flag_lists_show_what_was_not_evaluated(browser, served: str, app, make_
     )
     factory, job_id, slide_id = make_job(filename="normal.tiff", width=1024, height=1024, state="running")
     assert store_analysis(factory, job_id, analysis, build_report(analysis, slide_id=slide_id))
-    key = make_key(scope="read", name="technologist")
+    password = "flag list reader"
+    make_user("fiona", "technologist", "Fiona Flag", password)
 
     ctx = browser.new_context(viewport={"width": 1280, "height": 900})
-    ctx.add_init_script(f"localStorage.setItem('hv_api_key', {key!r});")
     page = ctx.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
+    # The review pages need a person: log in through the form, as a technologist does.
+    page.goto(f"{served}/ui/")
+    page.wait_for_selector("#login-form")
+    page.fill("#username", "fiona")
+    page.fill("#password", password)
+    page.click("#login-submit")
+    page.wait_for_url(f"{served}/ui/")
 
     page.goto(f"{served}/ui/slides/{slide_id}/gallery")
     page.wait_for_selector("body[data-ready='1']")
@@ -91,7 +98,7 @@ def test_flag_lists_show_what_was_not_evaluated(browser, served: str, app, make_
 
     # The overnight list triages: a slide whose only flag is an information note is counted, not listed.
     page.goto(f"{served}/ui/flags")
-    page.wait_for_function("document.getElementById('info-only').textContent.includes('information notes only')")
+    page.wait_for_selector("#info-only:has-text('information notes only')")
     assert "1 slide with information notes only" in page.inner_text("#info-only")
     assert page.query_selector(f"article.card[data-slide='{slide_id}']") is None
     assert not errors, errors
