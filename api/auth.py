@@ -49,6 +49,7 @@ UNSAFE_ACTIONS = {
     "jobs.cancel_job": "cancel",
     "review.label_cell": "reclassify",
     "review.signoff": "signoff",
+    "slides.patch_slide": "submit",  # the order's data come from the LIS intake (or an admin)
 }
 
 #: Endpoints whose body is read by the view alone (uploads are streamed into a staging folder):

@@ -20,6 +20,7 @@ from api.params import query_id
 from api.serializers import iso
 from hematovision.core.flags import SEVERITY_RANK
 from hematovision.exports.report_csv import report_csv
+from hematovision.service.submission import order_of
 from hematovision.store.models import Batch, Cell, FlagRecord, Slide
 
 bp = Blueprint("reports", __name__, url_prefix="/api/v1")
@@ -86,6 +87,7 @@ def slide_report(slide_id: str) -> ResponseReturnValue:
     report["batch_id"] = slide.batch_id
     report["filename"] = slide.filename
     report["analysed_at"] = iso(slide.analysed_at)
+    report["order"] = order_of(slide).to_dict()
     if fmt == "csv":
         return _attachment(report_csv(report), "text/csv; charset=utf-8", f"{slide.id}.csv")
     if fmt == "pdf":

@@ -121,7 +121,7 @@ def summarise_cells(
         cells: ``(kind, label)`` of every cell found on the slide (white cells' labels may be None:
             unidentified).
         classes: the classes the differential lists (also when none was seen).
-        patient: age, sex and WBC count, as far as known (the slide's ``wbc_per_l``, converted).
+        patient: age, sex and WBC count, as far as known (from the slide's order: ``OrderInfo.context()``).
         rules: the effective flag rules.
         quality: the slide's gate measurements (``SlideAnalysis.quality``); a flag of the gate makes
             ``differential_valid`` false, with the reason, until a technologist reviews the slide.
@@ -222,8 +222,9 @@ def resummarise(session: Session, slide: Slide, classes: list[str], rules: dict[
     """The slide's report with its counts, differential and flags summarised again from the cells'
     current labels in the database (after a reclassification); other report fields are kept."""
     rows = session.execute(select(Cell.kind, Cell.label).where(Cell.slide_id == slide.id)).all()
-    known = (slide.report or {}).get("patient") or {}
-    patient = PatientContext.from_wbc_per_l(slide.wbc_per_l, age_years=known.get("age_years"), sex=known.get("sex"))
+    from hematovision.service.submission import order_of
+
+    patient = order_of(slide).context()
     summary = summarise_cells(
         ((r.kind, r.label) for r in rows),
         classes,
