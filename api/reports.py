@@ -14,7 +14,7 @@ from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
-from api.context import db
+from api.context import db, settings
 from api.errors import ApiError
 from api.params import query_id
 from api.serializers import iso
@@ -93,9 +93,20 @@ def slide_report(slide_id: str) -> ResponseReturnValue:
     if fmt == "pdf":
         return _attachment(_slide_pdf(slide, report), "application/pdf", f"{slide.id}.pdf")
     if fmt == "hl7":
-        from hematovision.exports.hl7 import HL7_MEDIA_TYPE, oru_r01
+        from hematovision.core.flags import effective_rules
+        from hematovision.exports.hl7 import HL7_MEDIA_TYPE, PreliminaryRefused, load_result_codes, oru_r01
 
-        return _attachment(oru_r01(report).encode("utf-8"), f"{HL7_MEDIA_TYPE}; charset=utf-8", f"{slide.id}.hl7")
+        cfg = settings()
+        try:
+            message = oru_r01(
+                report,
+                allow_preliminary=cfg.hl7_allow_preliminary,
+                rules=effective_rules(cfg),
+                codes=load_result_codes(cfg.result_codes),
+            )
+        except PreliminaryRefused as e:
+            raise ApiError(409, "not_verified", str(e)) from None
+        return _attachment(message.encode("utf-8"), f"{HL7_MEDIA_TYPE}; charset=utf-8", f"{slide.id}.hl7")
     return jsonify(report)
 
 

@@ -88,6 +88,13 @@ class Settings(BaseSettings):
         default=None, description="Crops handed between stages; shared by all workers. Empty = var_dir/work."
     )
     flag_rules: Path | None = Field(default=None, description="Flag-rule TOML; empty = shipped rules.")
+    result_codes: Path | None = Field(
+        default=None, description="HL7 observation-code (LOINC) map TOML; empty = the shipped result_codes.toml."
+    )
+    hl7_allow_preliminary: bool = Field(
+        default=False,
+        description="Allow HL7 messages of unverified slides (result status P); else only signed-off (F).",
+    )
     log_format: str = Field(default="text", description="text or json (one JSON object per line).")
     worker_metrics_port: int = Field(default=0, description="Serve a worker's Prometheus metrics here (0 = off).")
     worker_metrics_host: str = Field(
