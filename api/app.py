@@ -77,8 +77,16 @@ def create_app(settings: Settings, *, background: bool = True) -> Flask:
     app.extensions["hv_engine"] = engine
     app.extensions["hv_sessions"] = make_session_factory(engine)
     app.extensions["hv_celery"] = make_celery(settings)
+    from hematovision.service.lis import lis_chore
+
+    send_lis = lis_chore(app.extensions["hv_sessions"], settings)
     dispatcher = Dispatcher(
-        app.extensions["hv_sessions"], app.extensions["hv_celery"], interval_s=settings.dispatch_interval_s
+        app.extensions["hv_sessions"],
+        app.extensions["hv_celery"],
+        interval_s=min(settings.dispatch_interval_s, settings.lis_interval_s)
+        if send_lis
+        else settings.dispatch_interval_s,
+        chores=[(settings.lis_interval_s, send_lis)] if send_lis else [],
     )
     app.extensions["hv_dispatcher"] = dispatcher
     if background:

@@ -91,6 +91,13 @@ class Settings(BaseSettings):
     result_codes: Path | None = Field(
         default=None, description="HL7 observation-code (LOINC) map TOML; empty = the shipped result_codes.toml."
     )
+    lis_host: str = Field(default="", description="LIS MLLP host for HL7 results; empty = no sending.")
+    lis_port: int = Field(default=2575, description="LIS MLLP port.")
+    lis_send_on_signoff: bool = Field(default=True, description="Queue the HL7 result for the LIS at sign-off.")
+    lis_timeout_s: float = Field(default=10.0, description="Seconds to connect and wait for the LIS's ACK.")
+    lis_interval_s: float = Field(default=2.0, description="How often the sender looks for unsent LIS messages.")
+    lis_application: str = Field(default="", description="MSH-5 receiving application (the LIS), if needed.")
+    lis_facility: str = Field(default="", description="MSH-6 receiving facility, if needed.")
     hl7_allow_preliminary: bool = Field(
         default=False,
         description="Allow HL7 messages of unverified slides (result status P); else only signed-off (F).",
