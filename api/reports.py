@@ -83,7 +83,20 @@ def slide_report(slide_id: str) -> ResponseReturnValue:
     if slide.report is None:
         state = slide.job.state if slide.job else "unknown"
         raise ApiError(409, "not_ready", f"slide {slide_id} has no report yet (job {state})")
-    report = dict(slide.report)
+    version = request.args.get("version", "current")
+    if version not in ("current", "machine"):
+        raise ApiError(400, "invalid_version", "version must be 'current' (the reviewed report) or 'machine'")
+    if version == "machine":
+        if slide.machine_report is None:
+            raise ApiError(404, "not_found", f"slide {slide_id} has no machine report stored")
+        if fmt == "hl7":
+            raise ApiError(400, "invalid_format", "the machine report is not sent to the LIS; ask for json, csv or pdf")
+        report = dict(slide.machine_report)
+        report["result_status"] = "machine"
+    else:
+        report = dict(slide.report)
+        report["result_status"] = "final" if slide.verified_at is not None else "preliminary"
+    report["report_version"] = version
     report["batch_id"] = slide.batch_id
     report["filename"] = slide.filename
     report["analysed_at"] = iso(slide.analysed_at)

@@ -241,7 +241,7 @@ def run_report(settings: Settings, factory: sessionmaker[Session], job_id: str) 
     from hemato_model.handoff import HandoffError, apply_labels, read_labels, read_prepared
     from hematovision.core.flags import effective_rules
     from hematovision.service.metrics import SLIDE_SECONDS
-    from hematovision.service.slide_results import build_report
+    from hematovision.service.slide_results import build_report, model_card_limits
 
     ticket = claim_stage(factory, job_id, REPORT)
     if ticket is None:
@@ -260,6 +260,7 @@ def run_report(settings: Settings, factory: sessionmaker[Session], job_id: str) 
         source=os.path.basename(ticket.path),
         patient=ticket.patient,
         rules=rules,
+        limits=model_card_limits(settings.model_dir),
     )
     stored = store_analysis(
         factory,

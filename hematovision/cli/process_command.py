@@ -58,7 +58,7 @@ def process(
     from hematovision.core.flags import effective_rules, not_evaluated_lines
     from hematovision.core.patient import match_order, parse_worklist
     from hematovision.core.slides import SlideError, open_slide
-    from hematovision.service.slide_results import build_report
+    from hematovision.service.slide_results import build_report, model_card_limits
 
     worklist, paths = read_manifest(manifest, paths)  # its rows are named by file name
     orders = parse_worklist(worklist) if worklist is not None else {}
@@ -91,6 +91,7 @@ def process(
             source=str(p),
             rules=rules,
             patient=order.context() if order else None,
+            limits=model_card_limits(Path(model_dir) if model_dir else settings.model_dir),
         )
         if order is not None:
             rep["order"] = order.to_dict()

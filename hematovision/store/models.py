@@ -101,6 +101,8 @@ class Slide(Base):
     max_severity: Mapped[str | None] = mapped_column(String(20))
     analysed_at: Mapped[datetime | None] = mapped_column(index=True)
     report: Mapped[dict[str, Any] | None]
+    #: The report as the machine made it (before any review), kept unchanged beside ``report``.
+    machine_report: Mapped[dict[str, Any] | None]
     # Technologist sign-off (issue 7): once set, the slide's results are read-only.
     verified_by: Mapped[str | None] = mapped_column(String(100))
     verified_at: Mapped[datetime | None]

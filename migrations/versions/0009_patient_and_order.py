@@ -10,6 +10,8 @@ Written by hand and checked against the models (tests/unit/test_schema_drift.py)
   birth date or age, sex, collection time and the analyser's white-cell count in 10⁹/L. The old
   per-submission ``wbc_per_l`` (per litre, unchecked) is dropped; a plausible old value
   (10⁸..5·10¹¹ per litre) is carried over as ``wbc_10e9_per_l``, any other is dropped with it.
+- ``slides.machine_report``: the report as the machine made it, kept unchanged beside the reviewed one
+  (existing slides: copied from ``report`` where no cell was reviewed yet).
 - ``lis_outbox``: HL7 result messages for the LIS, written at sign-off and sent over MLLP with
   retries (attempts, last error, sent time, the ACK).
 """
@@ -33,10 +35,15 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("sex", sa.String(length=1), nullable=True))
         batch_op.add_column(sa.Column("collected_at", sa.DateTime(), nullable=True))
         batch_op.add_column(sa.Column("wbc_10e9_per_l", sa.Double(), nullable=True))
+        batch_op.add_column(sa.Column("machine_report", sa.JSON(), nullable=True))
         batch_op.create_index(batch_op.f("ix_slides_accession"), ["accession"], unique=False)
     op.execute("UPDATE slides SET wbc_10e9_per_l = wbc_per_l / 1e9 WHERE wbc_per_l >= 1e8 AND wbc_per_l <= 5e11")
     with op.batch_alter_table("slides", schema=None) as batch_op:
         batch_op.drop_column("wbc_per_l")
+    op.execute(
+        "UPDATE slides SET machine_report = report WHERE report IS NOT NULL "
+        "AND NOT EXISTS (SELECT 1 FROM cell_reviews WHERE cell_reviews.slide_id = slides.id)"
+    )
 
     op.create_table(
         "lis_outbox",
@@ -66,6 +73,7 @@ def downgrade() -> None:
     with op.batch_alter_table("slides", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_slides_accession"))
         for column in (
+            "machine_report",
             "wbc_10e9_per_l",
             "collected_at",
             "sex",
