@@ -59,10 +59,13 @@ def _slide_pdf(slide: Slide, report: dict[str, Any]) -> bytes:
     cells = [
         {"kind": r.kind, "bbox": [r.x0, r.y0, r.x1, r.y1], "label": r.label, "probability": r.probability} for r in rows
     ]
+    from hematovision.core.flags import effective_rules
+
     pics = slide_pictures(slide.path, slide.mpp, cells)
     buf = io.BytesIO()
+    cfg = settings()
     slide_report_pdf(
-        report,
+        {**report, "lab": {"name": cfg.lab_name, "address": cfg.lab_address}},
         buf,
         thumbnail=pics.thumbnail,
         thumb_downsample=pics.thumb_downsample,
@@ -70,6 +73,7 @@ def _slide_pdf(slide: Slide, report: dict[str, Any]) -> bytes:
         gallery=pics.gallery,
         gallery_probabilities=pics.gallery_probabilities,
         pictures_note=pics.note,
+        rules=effective_rules(cfg),
     )
     return buf.getvalue()
 

@@ -91,6 +91,8 @@ class Settings(BaseSettings):
     result_codes: Path | None = Field(
         default=None, description="HL7 observation-code (LOINC) map TOML; empty = the shipped result_codes.toml."
     )
+    lab_name: str = Field(default="", description="The laboratory's name, printed on slide reports.")
+    lab_address: str = Field(default="", description="The laboratory's address, printed on slide reports.")
     lis_host: str = Field(default="", description="LIS MLLP host for HL7 results; empty = no sending.")
     lis_port: int = Field(default=2575, description="LIS MLLP port.")
     lis_send_on_signoff: bool = Field(default=True, description="Queue the HL7 result for the LIS at sign-off.")

@@ -103,7 +103,8 @@ def abnormal_flag(value: float, interval: tuple[float | None, float | None, floa
     return "N" if (low, high) != (None, None) else ""
 
 
-def _range_text(interval: tuple[float | None, float | None, float | None, float | None], *, absolute: bool) -> str:
+def range_text(interval: tuple[float | None, float | None, float | None, float | None]) -> str:
+    """OBX-7 text of an interval (``0-50``, ``1-20``, ``>1``); empty when the lab states none."""
     low, high = interval[0], interval[1]
     if low is None and high is None:
         return ""
@@ -426,7 +427,7 @@ def oru_r01(
             _number(d["percent"]),
             ("%", "percent"),
             loinc=(entry.get("loinc_manual") if manual else None) or entry.get("loinc") or None,
-            reference=_range_text(interval, absolute=False),
+            reference=range_text(interval),
             abnormal=abnormal_flag(float(d["percent"]), interval),
         )
         lo, hi = d["ci95"]
@@ -440,7 +441,7 @@ def oru_r01(
             _number(a["value"]),
             ("10*9/L", "10^9/L"),
             loinc=class_codes.get(cls, {}).get("loinc_abs") or None,
-            reference=_range_text(interval, absolute=True),
+            reference=range_text(interval),
             abnormal=abnormal_flag(float(a["value"]), interval),
         )
         b.nte(obs, 1, f"95% CI {_number(a['ci95'][0])}-{_number(a['ci95'][1])} x10^9/L (WBC given x proportion).")

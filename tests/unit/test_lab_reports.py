@@ -45,3 +45,22 @@ def test_limits_come_from_the_model_card(tmp_path: Path) -> None:
     (tmp_path / "MODEL_CARD.md").write_text("# m\n\n## Limits\n- only tested on one stain\n\n## Other\nx\n")
     assert model_card_limits(tmp_path).endswith("only tested on one stain")
     assert model_card_limits(tmp_path / "missing") == LIMITS
+
+
+def test_the_pdf_carries_patient_lab_intervals_and_page_n_of_m(app, client, make_job, slide_file: Path) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    from tests.unit.test_report_exports import pdf_text
+
+    slide_id, _ = store_slide(make_job, slide_file, REVIEW)
+    cfg = app.extensions["hv_settings"]
+    cfg.lab_name, cfg.lab_address = "Central Haematology Lab", "1 Main St, Springfield"
+    with app.extensions["hv_sessions"]() as s:
+        slide = s.get(Slide, slide_id)
+        slide.accession, slide.patient_id, slide.assigning_authority, slide.sex = "ACC-3", "P77", "HOSP", "F"
+        s.commit()
+    text = pdf_text(client.get(f"/api/v1/slides/{slide_id}/report?format=pdf").data)
+    assert "Central Haematology Lab" in text and "1 Main St, Springfield" in text
+    assert "ACC-3" in text and "P77 (HOSP)" in text and "preliminary" in text
+    assert "Ref. (%)" in text and "0-50" in text  # lymphocytes, adult limit from the rules
+    pages = text.count("page ")
+    assert pages >= 1 and f"page 1 of {pages}" in text
+    assert "Red cells (RBC)" not in text and "Platelets\n" not in text  # no unitless object counts
