@@ -149,3 +149,18 @@ def test_submit_manifest_refuses_bad_rows_before_sending(tmp_path) -> None:  # t
     assert "--manifest" in help_text
     help_text = CliRunner().invoke(cli, ["process", "--help"]).output
     assert "--manifest" in help_text and "--out" in help_text
+
+
+def test_the_slide_page_header_shows_the_order_escaped_and_find_by_accession(app, person, make_job) -> None:  # type: ignore[no-untyped-def]
+    sessions, _, slide_id = make_job()
+    with sessions() as s:
+        slide = s.get(Slide, slide_id)
+        slide.accession, slide.patient_id, slide.sex, slide.wbc_10e9_per_l = "ACC-<b>", "P9", "F", 6.5
+        s.commit()
+    tech = person("technologist", username="jdoe", full_name="Jane Doe")
+    html = tech.get(f"/ui/slides/{slide_id}").get_data(as_text=True)
+    assert 'id="slide-order"' in html and "ACC-&lt;b&gt;" in html and "P9" in html and "6.5 ×10⁹/L" in html
+    r = tech.get("/ui/find?accession=ACC-<b>")
+    assert r.status_code == 302 and r.headers["Location"].endswith(f"/ui/slides/{slide_id}")
+    r = tech.get("/ui/find?accession=none")
+    assert r.status_code == 302 and "not_found=none" in r.headers["Location"]
