@@ -164,3 +164,50 @@ def test_the_slide_page_header_shows_the_order_escaped_and_find_by_accession(app
     assert r.status_code == 302 and r.headers["Location"].endswith(f"/ui/slides/{slide_id}")
     r = tech.get("/ui/find?accession=none")
     assert r.status_code == 302 and "not_found=none" in r.headers["Location"]
+
+
+def test_submit_manifest_sends_the_worklist_over_http(app, client, tmp_path, png_bytes) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    from werkzeug.serving import make_server
+
+    from hematovision.cli import main as cli
+
+    (tmp_path / "a.png").write_bytes(png_bytes())
+    (tmp_path / "b.png").write_bytes(png_bytes())
+    (tmp_path / "w.csv").write_text(WORKLIST)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    api = ["--api", f"http://127.0.0.1:{server.server_port}", "--api-key", client.environ_base["HTTP_X_API_KEY"]]
+    try:
+        res = CliRunner().invoke(cli, ["submit", "--manifest", str(tmp_path / "w.csv"), "--mpp", "0.25", *api])
+        assert res.exit_code == 0, res.output
+        assert "2 job(s)" in res.output
+    finally:
+        server.shutdown()
+    with app.extensions["hv_sessions"]() as s:
+        got = {sl.filename: (sl.accession, sl.wbc_10e9_per_l) for sl in s.scalars(select(Slide))}
+    assert got == {"a.png": ("ACC-1", 25.0), "b.png": ("ACC-2", None)}
+
+
+def test_patch_evaluates_the_flags_again_with_the_new_wbc(app, client, make_job) -> None:  # type: ignore[no-untyped-def]
+    from hematovision.core.flags import load_rules
+    from hematovision.service.slide_results import replace_result_rows, summarise_cells
+    from hematovision.store.models import Cell
+
+    sessions, _, slide_id = make_job()
+    labels = ["neutrophil"] * 2 + ["lymphocyte"] * 198
+    with sessions() as s:
+        slide = s.get(Slide, slide_id)
+        s.add_all(Cell(slide_id=slide_id, kind="wbc", x0=0, y0=0, x1=1, y1=1, score=0.9, label=lab) for lab in labels)
+        report = summarise_cells(
+            (("wbc", lab) for lab in labels), ["lymphocyte", "neutrophil"], patient=None, rules=load_rules()
+        )
+        replace_result_rows(s, slide, {**report, "slide_id": slide_id})
+        s.commit()
+    before = client.get(f"/api/v1/slides/{slide_id}/report").json
+    assert before["absolute_10e9_per_l"] is None
+    assert client.patch(f"/api/v1/slides/{slide_id}", json={"wbc_10e9_per_l": 5.0}).status_code == 200
+    after = client.get(f"/api/v1/slides/{slide_id}/report").json
+    assert after["patient"]["wbc_10e9_per_l"] == 5.0 and after["absolute_10e9_per_l"]["neutrophil"]["value"] == 0.05
+    assert "SEVERE_NEUTROPENIA" in {f["code"] for f in after["flags"]}
