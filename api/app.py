@@ -42,7 +42,7 @@ def create_app(settings: Settings, *, background: bool = True) -> Flask:
     retrying while it is down; ``background=False`` leaves it stopped, e.g. for a one-off script)
     and removes staging folders left by a killed API process. :func:`stop_app` stops the thread.
     """
-    from api import audit, auth, batches, errors, health, jobs, queues, reports, review, ui
+    from api import audit, auth, batches, errors, health, jobs, queues, reports, review, slides, ui
     from api.params import register_converters
     from api.security import register_security_headers
     from api.uploads import IntakeRequest, sweep_staging
@@ -77,8 +77,16 @@ def create_app(settings: Settings, *, background: bool = True) -> Flask:
     app.extensions["hv_engine"] = engine
     app.extensions["hv_sessions"] = make_session_factory(engine)
     app.extensions["hv_celery"] = make_celery(settings)
+    from hematovision.service.lis import lis_chore
+
+    send_lis = lis_chore(app.extensions["hv_sessions"], settings)
     dispatcher = Dispatcher(
-        app.extensions["hv_sessions"], app.extensions["hv_celery"], interval_s=settings.dispatch_interval_s
+        app.extensions["hv_sessions"],
+        app.extensions["hv_celery"],
+        interval_s=min(settings.dispatch_interval_s, settings.lis_interval_s)
+        if send_lis
+        else settings.dispatch_interval_s,
+        chores=[(settings.lis_interval_s, send_lis)] if send_lis else [],
     )
     app.extensions["hv_dispatcher"] = dispatcher
     if background:
@@ -98,7 +106,7 @@ def create_app(settings: Settings, *, background: bool = True) -> Flask:
 
     init_metrics(app)
     audit.register_audit(app)  # after the metrics hook: it runs before it and may replace the answer
-    for bp in (health.bp, batches.bp, jobs.bp, queues.bp, reports.bp, review.bp, ui.bp):
+    for bp in (health.bp, batches.bp, jobs.bp, queues.bp, reports.bp, review.bp, slides.bp, ui.bp):
         app.register_blueprint(bp)
     return app
 

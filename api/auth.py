@@ -40,7 +40,15 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 PUBLIC_ENDPOINTS = frozenset({"health.healthz", "static", "ui.static", "ui.login", "ui.logout"})
 #: The review pages: a person must be logged in (else: the login page).
 UI_PAGES = frozenset(
-    {"ui.index", "ui.batches_page", "ui.batch_page", "ui.flags_page", "ui.slide_page", "ui.gallery_page"}
+    {
+        "ui.index",
+        "ui.batches_page",
+        "ui.batch_page",
+        "ui.flags_page",
+        "ui.slide_page",
+        "ui.gallery_page",
+        "ui.find_slide",
+    }
 )
 #: The action of each unsafe endpoint (every GET is ``read``; an unsafe endpoint not named here
 #: needs ``admin``).
@@ -49,6 +57,7 @@ UNSAFE_ACTIONS = {
     "jobs.cancel_job": "cancel",
     "review.label_cell": "reclassify",
     "review.signoff": "signoff",
+    "slides.patch_slide": "submit",  # the order's data come from the LIS intake (or an admin)
 }
 
 #: Endpoints whose body is read by the view alone (uploads are streamed into a staging folder):

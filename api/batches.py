@@ -24,6 +24,7 @@ returns the batch (200, ``duplicate``), with another submission 409 ``idempotenc
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import math
@@ -32,6 +33,7 @@ import re
 import shutil
 import unicodedata
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,7 @@ from api.errors import ApiError
 from api.serializers import batch_json
 from api.uploads import make_staging, staged_path
 from hematovision.core.filenames import FileNameError, display_name, redact_paths, storage_name
+from hematovision.core.patient import OrderError, OrderInfo, match_order, parse_order, parse_worklist, wbc_10e9_per_l
 from hematovision.service.submission import NewSlide, add_batch, outbox_ids
 from hematovision.store.models import Batch, new_id
 
@@ -55,7 +58,11 @@ log = logging.getLogger(__name__)
 bp = Blueprint("batches", __name__, url_prefix="/api/v1/batches")
 
 #: The fields a submission may carry (JSON keys or multipart fields); uploads come as ``files``.
-FIELDS = ("name", "priority", "mpp", "wbc_per_l", "paths")
+#: ``slides`` (JSON) / ``worklist`` (multipart CSV part) carry each slide's order and patient
+#: (:mod:`hematovision.core.patient`); ``wbc_per_l`` (per litre, for every slide) is the old way to
+#: give the WBC count, accepted for this release only.
+FIELDS = ("name", "priority", "mpp", "wbc_per_l", "paths", "slides", "worklist")
+MAX_WORKLIST_BYTES = 2 * 2**20
 MAX_NAME_CHARS = 200
 MAX_KEY_CHARS = 200
 #: A JSON body holds fields and paths only: this much per allowed path, plus the fields.
@@ -122,21 +129,62 @@ def _json_body() -> tuple[dict[str, Any], list[str], list[FileStorage]]:
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
         raise ApiError(400, "malformed_json", "the request body must be a JSON object")
-    _unknown(set(body), set(FIELDS))
+    _unknown(set(body), set(FIELDS) - {"worklist"})
     paths = body.get("paths", [])
     if paths is None:
         paths = []
     if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
         raise _invalid("'paths' must be a list of strings")
+    body = {**body, "slides": _json_orders(body.get("slides"))}
     return body, paths, []
+
+
+def _json_orders(raw: Any) -> dict[str, OrderInfo] | None:
+    """The JSON ``slides`` entries (``{"file" | "path": …, "accession": …, …}``) as ``{name: order}``."""
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not all(isinstance(e, dict) for e in raw):
+        raise _invalid("'slides' must be a list of objects, each with 'file' or 'path' and the order's fields")
+    orders: dict[str, OrderInfo] = {}
+    for i, entry in enumerate(raw):
+        entry = dict(entry)
+        names = [entry.pop(k) for k in ("file", "path") if k in entry]
+        if len(names) != 1 or not isinstance(names[0], str) or not names[0]:
+            raise _invalid(f"slides[{i}]: give exactly one of 'file' or 'path' (the slide it describes)")
+        if names[0] in orders:
+            raise _invalid(f"slides[{i}]: {names[0][:200]!r} is described twice")
+        try:
+            orders[names[0]] = parse_order(entry)
+        except OrderError as e:
+            raise _invalid(f"slides[{i}] ({names[0][:200]}): {e}") from None
+    return orders
+
+
+def _worklist_part(part: FileStorage | None) -> dict[str, OrderInfo] | None:
+    """The multipart ``worklist`` part (a CSV: :data:`hematovision.core.patient.WORKLIST_COLUMNS`)."""
+    if part is None:
+        return None
+    data = part.stream.read(MAX_WORKLIST_BYTES + 1)
+    if len(data) > MAX_WORKLIST_BYTES:
+        raise ApiError(413, "too_large", f"the worklist may be at most {MAX_WORKLIST_BYTES // 2**20} MiB")
+    try:
+        return parse_worklist(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise _invalid("the worklist must be UTF-8 text (CSV)") from None
+    except OrderError as e:
+        raise _invalid(str(e)) from None
 
 
 def _form_body() -> tuple[dict[str, Any], list[str], list[FileStorage]]:
     form, files = request.form, request.files
-    _unknown(set(form) | {f"{k} (a file)" for k in files if k != "files"}, set(FIELDS))
-    fields: dict[str, Any] = {}
+    _unknown(set(form) | {f"{k} (a file)" for k in files if k not in ("files", "worklist")}, set(FIELDS) - {"slides"})
+    if len(files.getlist("worklist")) > 1:
+        raise ApiError(422, "duplicate_field", "'worklist' is given more than once; give it once")
+    fields: dict[str, Any] = {"slides": _worklist_part(files.get("worklist"))}
+    if "worklist" in form:
+        fields["slides"] = _worklist_part(FileStorage(io.BytesIO(form["worklist"].encode()), "worklist.csv"))
     for k in FIELDS:
-        if k == "paths":
+        if k in ("paths", "slides", "worklist"):
             continue
         values = form.getlist(k)
         if len(values) > 1:
@@ -257,19 +305,38 @@ def submit_batch() -> ResponseReturnValue:
             "name": _name(raw_fields.get("name")),
             "priority": _number(raw_fields.get("priority"), "priority", low=0, high=9, integer=True),
             "mpp": _number(raw_fields.get("mpp"), "mpp", low=0.01, high=100.0),
-            "wbc_per_l": _number(raw_fields.get("wbc_per_l"), "wbc_per_l", low=0, high=1e12),
+            "wbc_per_l": _number(raw_fields.get("wbc_per_l"), "wbc_per_l", low=0, high=1e15),
         }
+        orders: dict[str, OrderInfo] = raw_fields.get("slides") or {}
+        legacy_wbc: float | None = None
+        if fields["wbc_per_l"] is not None:  # deprecated: per litre, the same for every slide
+            try:
+                legacy_wbc = wbc_10e9_per_l(float(fields["wbc_per_l"]) / 1e9, "wbc_per_l")
+            except OrderError as e:
+                raise _invalid(
+                    f"{e} (wbc_per_l is per litre: 7.5e9 is 7.5 ×10⁹/L; prefer per-slide wbc_10e9_per_l)"
+                ) from None
         if fields["priority"] is None:
             fields["priority"] = 5
         if not uploads and not paths:
             raise ApiError(400, "no_slides", "submit at least one slide: multipart 'files' and/or 'paths'")
         staged = _stage_uploads(uploads)
-        digest = _request_sha256(fields, [(n, p.stat().st_size) for n, p in staged], paths)
+        digest = _request_sha256(
+            {**fields, "slides": {k: v.to_dict() for k, v in sorted(orders.items())}},
+            [(n, p.stat().st_size) for n, p in staged],
+            paths,
+        )
         if key:
             replay = _replay(key, digest)
             if replay is not None:
                 return replay
         entries = _validated(staged, paths, fields["mpp"])
+        slide_orders = _slide_orders(orders, [(n,) for n, _ in staged] + [(p, os.path.basename(p)) for p in paths])
+        if legacy_wbc is not None:
+            slide_orders = [
+                replace(o or OrderInfo(), wbc_10e9_per_l=o.wbc_10e9_per_l if o and o.wbc_10e9_per_l else legacy_wbc)
+                for o in slide_orders
+            ]
         batch_id = new_id()
         if staged:
             final_dir = cfg.upload_dir / batch_id
@@ -286,9 +353,9 @@ def submit_batch() -> ResponseReturnValue:
                         mpp_source=info.get("mpp_source"),
                         width=info["dimensions"][0],
                         height=info["dimensions"][1],
-                        wbc_per_l=fields["wbc_per_l"],
+                        order=order,
                     )
-                    for name, path, info in entries
+                    for (name, path, info), order in zip(entries, slide_orders, strict=True)
                 ],
                 name=fields["name"],
                 priority=int(fields["priority"]),
@@ -323,6 +390,18 @@ def submit_batch() -> ResponseReturnValue:
     if not queued:
         log.warning("batch %s accepted; its %d job(s) are queued when the broker is back", batch.id, len(jobs))
     return jsonify(batch_json(batch, with_jobs=True) | {"queued": queued}), 202
+
+
+def _slide_orders(orders: dict[str, OrderInfo], names: list[tuple[str, ...]]) -> list[OrderInfo | None]:
+    """Each slide's order (matched by file name or path as the client gave it); a worklist row that
+    matches no slide of the submission is refused (a typo would otherwise lose a patient's data)."""
+    found = [match_order(orders, *n) for n in names]
+    used = {k for n in names for k in n if k in orders}
+    unused = sorted(set(orders) - used)
+    if unused:
+        shown = ", ".join(repr(u[:100]) for u in unused[:10])
+        raise _invalid(f"worklist row(s) {shown} match no slide of this submission (match by file name or path)")
+    return found
 
 
 def _stage_uploads(uploads: list[FileStorage]) -> list[tuple[str, Path]]:

@@ -46,8 +46,22 @@ def openapi_document() -> dict[str, Any]:
         "name": {"type": "string"},
         "priority": {"type": "integer", "minimum": 0, "maximum": 9},
         "mpp": {"type": "number", "minimum": 0.01, "maximum": 100},
-        "wbc_per_l": {"type": "number", "minimum": 0},
+        "wbc_per_l": {"type": "number", "minimum": 1e8, "maximum": 5e11, "deprecated": True},
         "paths": {"type": "array", "items": {"type": "string"}},
+        "slides": {"type": "array", "items": {"$ref": "#/components/schemas/SlideOrder"}},
+        "worklist": {"type": "string", "format": "binary", "description": "multipart: a worklist CSV"},
+    }
+    order_props: dict[str, Any] = {
+        "file": {"type": "string"},
+        "path": {"type": "string"},
+        "accession": {"type": "string", "maxLength": 64},
+        "patient_id": {"type": "string", "maxLength": 64},
+        "assigning_authority": {"type": "string", "maxLength": 64},
+        "birth_date": {"type": "string", "format": "date"},
+        "age_years": {"type": "number", "minimum": 0, "maximum": 130},
+        "sex": {"type": "string", "enum": ["F", "M", "O", "U"]},
+        "collected_at": {"type": "string", "format": "date-time"},
+        "wbc_10e9_per_l": {"type": "number", "minimum": 0.1, "maximum": 500},
     }
     return {
         "openapi": "3.0.3",
@@ -157,6 +171,41 @@ def openapi_document() -> dict[str, Any]:
                     "queued beyond the messages waiting) and demand = waiting + running + stranded (for autoscalers)",
                     "responses": {"200": _resp("stage load", {"$ref": "#/components/schemas/Queues"}), **_errors(503)},
                 }
+            },
+            "/api/v1/slides": {
+                "get": {
+                    "operationId": "findSlides",
+                    "summary": "The slides of an accession (?accession=), newest first",
+                    "parameters": [
+                        {"name": "accession", "in": "query", "required": True, "schema": {"type": "string"}}
+                    ],
+                    "responses": {"200": {"description": "slides"}, **_errors(400, 503)},
+                }
+            },
+            "/api/v1/slides/{slide_id}": {
+                "get": {
+                    "operationId": "getSlide",
+                    "summary": "A slide's order, patient and state",
+                    "parameters": [_id_param("slide_id")],
+                    "responses": {"200": {"description": "slide"}, **_errors(404, 503)},
+                },
+                "patch": {
+                    "operationId": "patchSlide",
+                    "summary": "Correct the slide's order and patient before sign-off (audited; 409 after sign-off)",
+                    "parameters": [_id_param("slide_id")],
+                    "requestBody": {
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "additionalProperties": False,
+                                    "properties": {k: v for k, v in order_props.items() if k not in ("file", "path")},
+                                }
+                            }
+                        }
+                    },
+                    "responses": {"200": {"description": "slide"}, **_errors(400, 404, 409, 422, 503)},
+                },
             },
             "/api/v1/slides/{slide_id}/report": {
                 "get": {
@@ -363,6 +412,7 @@ def openapi_document() -> dict[str, Any]:
         },
         "components": {
             "schemas": {
+                "SlideOrder": {"type": "object", "additionalProperties": False, "properties": order_props},
                 "Error": {
                     "type": "object",
                     "required": ["error"],

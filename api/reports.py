@@ -15,12 +15,13 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from api.context import db
+from api.context import db, settings
 from api.errors import ApiError
 from api.params import query_id, query_text
 from api.serializers import iso
 from hematovision.core.flags import SEVERITY_RANK
 from hematovision.exports.report_csv import report_csv
+from hematovision.service.submission import order_of
 from hematovision.store.models import Batch, Cell, FlagRecord, Slide
 
 bp = Blueprint("reports", __name__, url_prefix="/api/v1")
@@ -59,10 +60,13 @@ def _slide_pdf(slide: Slide, report: dict[str, Any]) -> bytes:
     cells = [
         {"kind": r.kind, "bbox": [r.x0, r.y0, r.x1, r.y1], "label": r.label, "probability": r.probability} for r in rows
     ]
+    from hematovision.core.flags import effective_rules
+
     pics = slide_pictures(slide.path, slide.mpp, cells)
     buf = io.BytesIO()
+    cfg = settings()
     slide_report_pdf(
-        report,
+        {**report, "lab": {"name": cfg.lab_name, "address": cfg.lab_address}},
         buf,
         thumbnail=pics.thumbnail,
         thumb_downsample=pics.thumb_downsample,
@@ -70,6 +74,7 @@ def _slide_pdf(slide: Slide, report: dict[str, Any]) -> bytes:
         gallery=pics.gallery,
         gallery_probabilities=pics.gallery_probabilities,
         pictures_note=pics.note,
+        rules=effective_rules(cfg),
     )
     return buf.getvalue()
 
@@ -83,18 +88,43 @@ def slide_report(slide_id: str) -> ResponseReturnValue:
     if slide.report is None:
         state = slide.job.state if slide.job else "unknown"
         raise ApiError(409, "not_ready", f"slide {slide_id} has no report yet (job {state})")
-    report = dict(slide.report)
+    version = request.args.get("version", "current")
+    if version not in ("current", "machine"):
+        raise ApiError(400, "invalid_version", "version must be 'current' (the reviewed report) or 'machine'")
+    if version == "machine":
+        if slide.machine_report is None:
+            raise ApiError(404, "not_found", f"slide {slide_id} has no machine report stored")
+        if fmt == "hl7":
+            raise ApiError(400, "invalid_format", "the machine report is not sent to the LIS; ask for json, csv or pdf")
+        report = dict(slide.machine_report)
+        report["result_status"] = "machine"
+    else:
+        report = dict(slide.report)
+        report["result_status"] = "final" if slide.verified_at is not None else "preliminary"
+    report["report_version"] = version
     report["batch_id"] = slide.batch_id
     report["filename"] = slide.filename
     report["analysed_at"] = iso(slide.analysed_at)
+    report["order"] = order_of(slide).to_dict()
     if fmt == "csv":
         return _attachment(report_csv(report), "text/csv; charset=utf-8", f"{slide.id}.csv")
     if fmt == "pdf":
         return _attachment(_slide_pdf(slide, report), "application/pdf", f"{slide.id}.pdf")
     if fmt == "hl7":
-        from hematovision.exports.hl7 import HL7_MEDIA_TYPE, oru_r01
+        from hematovision.core.flags import effective_rules
+        from hematovision.exports.hl7 import HL7_MEDIA_TYPE, PreliminaryRefused, load_result_codes, oru_r01
 
-        return _attachment(oru_r01(report).encode("utf-8"), f"{HL7_MEDIA_TYPE}; charset=utf-8", f"{slide.id}.hl7")
+        cfg = settings()
+        try:
+            message = oru_r01(
+                report,
+                allow_preliminary=cfg.hl7_allow_preliminary,
+                rules=effective_rules(cfg),
+                codes=load_result_codes(cfg.result_codes),
+            )
+        except PreliminaryRefused as e:
+            raise ApiError(409, "not_verified", str(e)) from None
+        return _attachment(message.encode("utf-8"), f"{HL7_MEDIA_TYPE}; charset=utf-8", f"{slide.id}.hl7")
     return jsonify(report)
 
 

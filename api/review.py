@@ -24,7 +24,7 @@ from sqlalchemy.orm import selectinload
 
 from api.audit import commit_audited, note, note_slide
 from api.auth import principal, refuse, session_person
-from api.context import db, settings
+from api.context import db, dispatcher, settings
 from api.errors import ApiError
 from api.params import query_int, query_text
 from api.serializers import batch_json, iso
@@ -219,7 +219,15 @@ def signoff(slide_id: str) -> ResponseReturnValue:
         raise refusal
     signer = Signer(check.user.id, check.user.username, check.user.full_name, check.user.role)
     slide = sign_off(session, slide_id, signer, meaning=SIGNOFF_MEANING)
-    commit_audited(session, meaning=SIGNOFF_MEANING, signer=signer.full_name)
+    cfg = settings()
+    lis_queued = bool(cfg.lis_host and cfg.lis_send_on_signoff)
+    if lis_queued:  # in the sign-off's transaction: the result reaches the LIS even if it is down now
+        from hematovision.service.lis import queue_result
+
+        queue_result(session, slide, cfg)
+    commit_audited(session, meaning=SIGNOFF_MEANING, signer=signer.full_name, lis_queued=lis_queued)
+    if lis_queued:
+        dispatcher().kick()  # sent by the dispatcher thread, not in this request
     return jsonify(
         {
             "slide_id": slide.id,

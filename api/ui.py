@@ -133,11 +133,40 @@ def flags_page() -> ResponseReturnValue:
     return render_template("flags.html", page="flags")
 
 
+def _order(slide_id: str) -> dict[str, Any] | None:
+    """The slide's order and patient for the page header (autoescaped by the template)."""
+    from hematovision.service.submission import order_of
+    from hematovision.store.models import Slide
+
+    slide = db().get(Slide, slide_id)
+    return None if slide is None else order_of(slide).to_dict()
+
+
 @bp.get("/ui/slides/<hexid:slide_id>")
 def slide_page(slide_id: str) -> ResponseReturnValue:
-    return render_template("slide.html", page="slide", slide_id=slide_id, viewer=viewer_installed())
+    return render_template(
+        "slide.html", page="slide", slide_id=slide_id, viewer=viewer_installed(), order=_order(slide_id)
+    )
 
 
 @bp.get("/ui/slides/<hexid:slide_id>/gallery")
 def gallery_page(slide_id: str) -> ResponseReturnValue:
-    return render_template("gallery.html", page="gallery", slide_id=slide_id)
+    return render_template("gallery.html", page="gallery", slide_id=slide_id, order=_order(slide_id))
+
+
+@bp.get("/ui/find")
+def find_slide() -> ResponseReturnValue:
+    """Open the newest slide of an accession (``?accession=``); back to the batches when none."""
+    from sqlalchemy import select
+
+    from hematovision.store.models import Slide
+
+    accession = request.args.get("accession", "")[:64]
+    found = (
+        db()
+        .scalars(select(Slide.id).where(Slide.accession == accession).order_by(Slide.created_at.desc()).limit(1))
+        .first()
+    )
+    if not accession or found is None:
+        return redirect(url_for("ui.batches_page", not_found=accession or None))
+    return redirect(url_for("ui.slide_page", slide_id=found))

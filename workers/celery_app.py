@@ -34,11 +34,15 @@ def start_maintenance(settings: Settings, app: Celery) -> Dispatcher:
             )
         prune_sent(factory)
 
+    from hematovision.service.lis import lis_chore
+
+    send_lis = lis_chore(factory, settings)
     dispatcher = Dispatcher(
         factory,
         app,
         interval_s=settings.dispatch_interval_s,
-        chores=[(settings.reconcile_interval_s, reconcile_now)],
+        chores=[(settings.reconcile_interval_s, reconcile_now)]
+        + ([(settings.lis_interval_s, send_lis)] if send_lis else []),
         name="worker-maintenance",
     )
     return dispatcher.start()

@@ -23,9 +23,11 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from hematovision.core.patient import PatientContext
 from hematovision.core.results import SlideAnalysis
 from hematovision.service.outbox import add_message
 from hematovision.service.slide_results import replace_result_rows
+from hematovision.service.submission import order_of
 from hematovision.store.db import transaction
 from hematovision.store.models import FINAL_STATES, Job, ModelVersion, utcnow
 
@@ -38,7 +40,7 @@ class Ticket:
     slide_id: str
     path: str
     mpp: float | None
-    wbc_per_l: float | None
+    patient: PatientContext
     attempts: int
     priority: int
     stage: str
@@ -88,7 +90,7 @@ def claim_stage(factory: sessionmaker[Session], job_id: str, stage: str) -> Tick
             slide.id,
             slide.path,
             slide.mpp,
-            slide.wbc_per_l,
+            order_of(slide).context(),
             job.attempts,
             slide.batch.priority,
             stage,

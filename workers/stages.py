@@ -240,9 +240,8 @@ def run_report(settings: Settings, factory: sessionmaker[Session], job_id: str) 
     """Build the slide's report from cells and labels and store the whole result at once."""
     from hemato_model.handoff import HandoffError, apply_labels, read_labels, read_prepared
     from hematovision.core.flags import effective_rules
-    from hematovision.core.patient import PatientContext
     from hematovision.service.metrics import SLIDE_SECONDS
-    from hematovision.service.slide_results import build_report
+    from hematovision.service.slide_results import build_report, model_card_limits
 
     ticket = claim_stage(factory, job_id, REPORT)
     if ticket is None:
@@ -259,8 +258,9 @@ def run_report(settings: Settings, factory: sessionmaker[Session], job_id: str) 
         analysis,
         slide_id=ticket.slide_id,
         source=os.path.basename(ticket.path),
-        patient=PatientContext.from_wbc_per_l(ticket.wbc_per_l),
+        patient=ticket.patient,
         rules=rules,
+        limits=model_card_limits(settings.model_dir),
     )
     stored = store_analysis(
         factory,

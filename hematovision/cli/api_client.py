@@ -58,14 +58,20 @@ class ApiClient:
         priority: int | None = None,
         mpp: float | None = None,
         idempotency_key: str | None = None,
+        worklist: str | None = None,
     ) -> dict[str, Any]:
+        """Submit one batch; ``worklist`` is a worklist CSV's text (each slide's order and patient)."""
         data: dict[str, Any] = {"paths": list(paths)}
         for k, v in (("name", name), ("priority", priority), ("mpp", mpp)):
             if v is not None:
                 data[k] = str(v)
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         with ExitStack() as stack:
-            uploads = [("files", (p.name, stack.enter_context(open(p, "rb")))) for p in map(Path, files)]
+            uploads: list[tuple[str, Any]] = [
+                ("files", (p.name, stack.enter_context(open(p, "rb")))) for p in map(Path, files)
+            ]
+            if worklist is not None:
+                uploads.append(("worklist", ("worklist.csv", worklist.encode("utf-8"), "text/csv")))
             return self._call("POST", "/api/v1/batches", data=data, files=uploads or None, headers=headers).json()
 
     def batch(self, batch_id: str) -> dict[str, Any]:

@@ -13,8 +13,15 @@ from hematovision.cli.options import api_client, api_errors, api_option
 
 
 @click.command()
-@click.argument("paths", nargs=-1, required=True)
+@click.argument("paths", nargs=-1)
 @click.option("--server-path", is_flag=True, help="PATHS are server-side paths below the import root.")
+@click.option(
+    "--manifest",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Worklist CSV (file,accession,patient_id,assigning_authority,birth_date,sex,collected_at,"
+    "wbc_10e9_per_l): each slide's order and patient. Without PATHS, its 'file' column names the slides.",
+)
 @click.option("--name", default=None, help="Batch name.")
 @click.option("--priority", type=click.IntRange(0, 9), default=None, help="0 = most urgent.")
 @click.option("--mpp", type=float, default=None, help="Microns per pixel, for slides that state none.")
@@ -25,6 +32,7 @@ from hematovision.cli.options import api_client, api_errors, api_option
 def submit(
     paths: tuple[str, ...],
     server_path: bool,
+    manifest: str | None,
     name: str | None,
     priority: int | None,
     mpp: float | None,
@@ -34,6 +42,7 @@ def submit(
     api_key: str | None,
 ) -> None:
     """Submit slides to the API as one batch."""
+    worklist, paths = read_manifest(manifest, paths, resolve=not server_path)
     client = api_client(api, api_key)
     files: list[Path] = []
     if not server_path:
@@ -42,13 +51,71 @@ def submit(
                 raise click.ClickException(f"{p}: no such file")
             files.append(Path(p))
     batch = client.submit(
-        files, paths if server_path else (), name=name, priority=priority, mpp=mpp, idempotency_key=idempotency_key
+        files,
+        paths if server_path else (),
+        name=name,
+        priority=priority,
+        mpp=mpp,
+        idempotency_key=idempotency_key,
+        worklist=worklist,
     )
     click.echo(f"batch {batch['id']}: {len(batch['job_ids'])} job(s)")
     for j in batch.get("jobs", []):
         click.echo(f"  job {j['id']}  slide {j['slide_id']}  {j['filename']}")
     if wait:
         _wait(client, batch["id"])
+
+
+def read_manifest(
+    manifest: str | None, paths: tuple[str, ...], *, resolve: bool = True
+) -> tuple[str | None, tuple[str, ...]]:
+    """The worklist's text and the slides to submit: PATHS, or (none given) the worklist's files,
+    relative to the worklist's folder. Every row is checked here first; a bad row, or a row that
+    names no slide of PATHS, stops the command before anything is sent."""
+    from hematovision.core.patient import OrderError, match_order, parse_worklist
+
+    if manifest is None:
+        if not paths:
+            raise click.UsageError("give the slides (PATHS) or a --manifest naming them")
+        return None, paths
+    text = Path(manifest).read_text(encoding="utf-8-sig")
+    try:
+        orders = parse_worklist(text)
+    except OrderError as e:
+        raise click.ClickException(f"{manifest}: {e}; nothing was submitted") from None
+    if not paths:
+        base = Path(manifest).parent
+        paths = tuple(str(base / f) if resolve and not Path(f).is_absolute() else f for f in orders)
+        rows = {p: f for p, f in zip(paths, orders, strict=True)}
+        # the rows name the slides as the server will see them: by file name
+        text = _renamed(text, {f: Path(p).name if resolve else f for p, f in rows.items()})
+        return text, paths
+    unused = set(orders) - {k for p in paths for k in (p, Path(p).name) if match_order(orders, k)}
+    if unused:
+        raise click.ClickException(
+            f"{manifest}: row(s) {', '.join(sorted(unused)[:10])} match none of the slides given; nothing was submitted"
+        )
+    if resolve:  # uploads are matched by file name at the server
+        text = _renamed(text, {f: Path(f).name for f in orders})
+    return text, paths
+
+
+def _renamed(text: str, names: dict[str, str]) -> str:
+    """The worklist CSV with its ``file`` column renamed (``names``: old -> new)."""
+    import csv
+    import io
+
+    rows = list(csv.DictReader(io.StringIO(text.lstrip("\ufeff"))))
+    out = io.StringIO()
+    if not rows:
+        return text
+    writer = csv.DictWriter(out, fieldnames=[k.strip() for k in rows[0]], lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        row = {k.strip(): v for k, v in row.items()}
+        row["file"] = names.get(row["file"].strip(), row["file"])
+        writer.writerow(row)
+    return out.getvalue()
 
 
 def _wait(client: ApiClient, batch_id: str) -> dict[str, Any]:

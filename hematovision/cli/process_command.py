@@ -31,19 +31,37 @@ def _bar_progress(bar: ProgressBar[int]) -> Callable[[float, str], None]:
 
 
 @click.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.argument("paths", nargs=-1, type=click.Path())
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Report directory.")
+@click.option(
+    "--manifest",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Worklist CSV (file,accession,patient_id,assigning_authority,birth_date,sex,collected_at,"
+    "wbc_10e9_per_l): each slide's order and patient. Without PATHS, its 'file' column names the slides.",
+)
 @click.option("--mpp", type=float, default=None, help="Microns per pixel for slides that state none.")
 @click.option("--model-dir", type=click.Path(file_okay=False), default=None, help="Classifier model directory.")
 @click.option("--full-count", is_flag=True, help="Analyse the whole smear, not just the target WBC count.")
-def process(paths: tuple[str, ...], out_dir: str, mpp: float | None, model_dir: str | None, full_count: bool) -> None:
+def process(
+    paths: tuple[str, ...],
+    out_dir: str,
+    manifest: str | None,
+    mpp: float | None,
+    model_dir: str | None,
+    full_count: bool,
+) -> None:
     """Analyse slides locally (no server) and write one report JSON per slide."""
     from hemato_model.classifier import load_classifier
     from hemato_model.pipeline import PipelineParams, analyze_slide
+    from hematovision.cli.client_commands import read_manifest
     from hematovision.core.flags import effective_rules, not_evaluated_lines
+    from hematovision.core.patient import match_order, parse_worklist
     from hematovision.core.slides import SlideError, open_slide
-    from hematovision.service.slide_results import build_report
+    from hematovision.service.slide_results import build_report, model_card_limits
 
+    worklist, paths = read_manifest(manifest, paths)  # its rows are named by file name
+    orders = parse_worklist(worklist) if worklist is not None else {}
     settings = settings_or_exit()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -66,7 +84,17 @@ def process(paths: tuple[str, ...], out_dir: str, mpp: float | None, model_dir: 
             click.echo(f"error: {p}: analysis failed: {e.__class__.__name__}: {e}", err=True)
             failures += 1
             continue
-        rep = build_report(analysis, slide_id=Path(p).stem, source=str(p), rules=rules)
+        order = match_order(orders, Path(p).name)
+        rep = build_report(
+            analysis,
+            slide_id=Path(p).stem,
+            source=str(p),
+            rules=rules,
+            patient=order.context() if order else None,
+            limits=model_card_limits(Path(model_dir) if model_dir else settings.model_dir),
+        )
+        if order is not None:
+            rep["order"] = order.to_dict()
         target = out / f"{Path(p).name}.report.json"
         tmp = target.with_suffix(".tmp")
         tmp.write_text(json.dumps(rep, indent=2))

@@ -92,6 +92,22 @@ class Settings(BaseSettings):
         default=None,
         description="Review vocabulary TOML ([[term]] entries) replacing the rules file's; empty = the rules file's.",
     )
+    result_codes: Path | None = Field(
+        default=None, description="HL7 observation-code (LOINC) map TOML; empty = the shipped result_codes.toml."
+    )
+    lab_name: str = Field(default="", description="The laboratory's name, printed on slide reports.")
+    lab_address: str = Field(default="", description="The laboratory's address, printed on slide reports.")
+    lis_host: str = Field(default="", description="LIS MLLP host for HL7 results; empty = no sending.")
+    lis_port: int = Field(default=2575, description="LIS MLLP port.")
+    lis_send_on_signoff: bool = Field(default=True, description="Queue the HL7 result for the LIS at sign-off.")
+    lis_timeout_s: float = Field(default=10.0, description="Seconds to connect and wait for the LIS's ACK.")
+    lis_interval_s: float = Field(default=2.0, description="How often the sender looks for unsent LIS messages.")
+    lis_application: str = Field(default="", description="MSH-5 receiving application (the LIS), if needed.")
+    lis_facility: str = Field(default="", description="MSH-6 receiving facility, if needed.")
+    hl7_allow_preliminary: bool = Field(
+        default=False,
+        description="Allow HL7 messages of unverified slides (result status P); else only signed-off (F).",
+    )
     log_format: str = Field(default="text", description="text or json (one JSON object per line).")
     worker_metrics_port: int = Field(default=0, description="Serve a worker's Prometheus metrics here (0 = off).")
     worker_metrics_host: str = Field(

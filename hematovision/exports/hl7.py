@@ -1,58 +1,118 @@
-"""LIS export: one HL7 v2.5 ORU^R01 (unsolicited observation result) message per analysed slide.
+"""LIS export: one HL7 v2.5.1 ORU^R01 (unsolicited observation result) message per signed-off slide.
 
 The message is built element by element with hl7apy (a maintained HL7 v2 library), never by string
-concatenation, and the segment order follows the ORU_R01 structure of HL7 v2.5. Every value that
+concatenation, and the segment order follows the ORU_R01 structure of HL7 v2.5.1. Every value that
 comes from users or data (ids, names, file names, flag messages, model names, the caller's
 parameters) goes through :func:`escape` first: the delimiters ``| ^ ~ \\ &`` become the escape
 sequences ``\\F\\ \\S\\ \\R\\ \\E\\ \\T\\``, and CR, LF and every other control character become a
-hexadecimal escape (``\\X0D\\``), so no value can end a field, a component or a segment (a CR in a
-name would otherwise start a second ``MSH``):
+hexadecimal escape (``\\X0D\\``), so no value can end a field, a component or a segment:
 
     MSH
-    PID                 the patient, which HematoVision does not know (see below)
-    OBR                 the white-cell differential panel; OBR-3 = the slide id
-    NTE*                flags (one per flag), the rules not evaluated (one per reason), differential
-                        sufficiency, model and rules version (with the rules' SHA-256), the
-                        decision-support statement
-    { OBX  NTE }        one OBX per differential class: percent (NM, UCUM ``%``); its NTE carries the
-                        count and the exact 95 % interval
-    { OBX  NTE }        with a WBC count: one OBX per class, absolute count (10*9/L) and its interval
-    OBX  OBX  OBX       classified white cells; unidentified (% of all seen); NRBC per 100 white cells
-    SPM                 the specimen (the slide)
+    PID                 PID-3 ``ID^^^authority^MR`` (the slide id as a placeholder ``ACSN`` without
+                        a patient id), PID-7 birth date, PID-8 sex (from the slide's order)
+    ORC                 RE; ORC-2/3 the accession
+    OBR                 the differential panel; OBR-2 and OBR-3 the accession (the slide id without
+                        one), OBR-7 the collection time
+    NTE*                flags, rules not evaluated, sufficiency, model and rules version, verifier,
+                        unidentified white cells (a note: never an OBX), the limits statement
+    { OBX  NTE }        one OBX per differential class: percent, LOINC from ``result_codes.toml``
+                        (local ``HV-…`` code as the alternate), OBX-7 the lab's limit for the age
+                        partition (from the flag rules), OBX-8 H/L/N or HH/LL beyond a critical
+                        limit; its NTE carries the count and the exact 95 % interval
+    { OBX  NTE }        with a WBC count: absolute counts (10*9/L), same codes and flags
+    OBX  OBX            classified white cells; NRBC per 100 white cells (58413-6)
+    SPM                 SPM-2 accession & slide id, SPM-17 collection time
 
-Choices a receiving LIS should know about:
-
-- **Patient identity.** A slide reaches HematoVision without a patient identifier. PID-3 is required
-  by HL7, so when no ``patient_id`` is given it carries the slide id as a placeholder, typed as an
-  accession id (``ACSN``) whose assigning authority is the sending facility — never a medical record
-  number (``MR``) — so an interface engine cannot mistake it for a patient. The LIS matches the
-  result on OBR-2 (``placer_order``, the lab's accession, when known) or OBR-3/SPM-2 (the slide).
-- **The 95 % interval is not a reference range.** OBX-7 is left empty: an LIS shows OBX-7 as the
-  normal range and would flag against it. The interval is in the NTE that follows each OBX.
-- **Result status.** Unverified results are preliminary (OBR-25 / OBX-11 ``P``); a report that
-  carries ``verified_by`` is sent as final (``F``).
-- **Verifier.** The person who signed the slide off is the responsible observer of every OBX
-  (OBX-16, XCN ``username^family^given``) and is named, with the signature's time and meaning, in
-  an NTE. Only a person's name and login id appear: never an API key or any part of one.
-- **Codes.** Observation codes are local (coding system ``L``, ``HV-…``); mapping them to LOINC is
-  the receiving interface's configuration, not guessed here.
-- **Character set.** Flag messages contain ``≥``, ``–`` and superscripts; the message declares
-  MSH-18 ``UNICODE UTF-8``. With ``ascii_only=True`` text is transliterated to ASCII instead (for
-  interfaces that accept nothing else) and MSH-18 is left empty.
+- **Result status.** Only a signed-off report is sent (final, ``F``); an unverified one raises
+  :class:`PreliminaryRefused` unless ``allow_preliminary`` (setting ``hl7_allow_preliminary``), and
+  is then marked preliminary (``P``).
+- **Reference intervals.** OBX-7 is the rules file's (non-critical) limit for the patient's age
+  partition (``0-50`` for lymphocytes in adults), not the 95 % interval of the count (that is in the
+  NTE). Blasts have no limit (no OBX-7; any blast is flagged by the rules instead).
+- **Verifier.** OBX-16 (XCN ``username^family^given``) and an NTE. Never an API key.
+- **Codes.** LOINC where the code map has one; blasts counted by a reviewer use the manual code
+  (709-6), otherwise 26446-5; immature granulocytes # and blasts # keep local codes.
+- **Character set.** MSH-18 ``UNICODE UTF-8``, or ASCII transliteration with ``ascii_only=True``.
 """
 
 from __future__ import annotations
 
+import tomllib
 import unicodedata
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from hl7apy.core import Field, Message, Segment
 
-from hematovision.core.flags import not_evaluated_lines
+from hematovision.core.flags import load_rules, not_evaluated_lines
 
-HL7_VERSION = "2.5"
+HL7_VERSION = "2.5.1"
+#: The shipped observation-code map (LOINC per class), beside the flag rules.
+DEFAULT_RESULT_CODES = Path(__file__).resolve().parent.parent / "core" / "result_codes.toml"
+
+
+class PreliminaryRefused(ValueError):
+    """An unverified report asked for as HL7 while preliminary messages are not allowed."""
+
+
+def load_result_codes(path: Path | None = None) -> dict[str, Any]:
+    """The observation-code map (``result_codes.toml``: LOINC per class, percent and absolute)."""
+    with open(path or DEFAULT_RESULT_CODES, "rb") as fh:
+        return tomllib.load(fh)
+
+
+def reference_interval(
+    rules: dict[str, Any], cls: str, partition: str, *, absolute: bool
+) -> tuple[float | None, float | None, float | None, float | None]:
+    """(low, high, critical low, critical high) of a class from the lab's flag rules, for the age
+    partition: the limits of the non-critical rules make OBX-7, the critical ones HH/LL."""
+    low = high = crit_low = crit_high = None
+    section = rules.get("absolute" if absolute else "relative", {})
+    for rule in section.values():
+        if rule.get("class") != cls:
+            continue
+        key = "limit" if absolute else "high_pct"
+        value = float((rule.get("by_age") or {}).get(partition, rule[key]))
+        is_low = absolute and rule.get("direction") == "low"
+        if rule.get("severity") == "critical":
+            if is_low:
+                crit_low = value
+            else:
+                crit_high = value
+        elif is_low:
+            low = value
+        else:
+            high = value
+    return low, high, crit_low, crit_high
+
+
+def abnormal_flag(value: float, interval: tuple[float | None, float | None, float | None, float | None]) -> str:
+    """OBX-8 (HL7 table 0078): ``LL``/``HH`` beyond a critical limit, ``L``/``H`` beyond the
+    interval, ``N`` inside it, empty when the lab states no interval for the result."""
+    low, high, crit_low, crit_high = interval
+    if crit_low is not None and value < crit_low:
+        return "LL"
+    if crit_high is not None and value > crit_high:
+        return "HH"
+    if low is not None and value < low:
+        return "L"
+    if high is not None and value > high:
+        return "H"
+    return "N" if (low, high) != (None, None) else ""
+
+
+def range_text(interval: tuple[float | None, float | None, float | None, float | None]) -> str:
+    """OBX-7 text of an interval (``0-50``, ``1-20``, ``>1``); empty when the lab states none."""
+    low, high = interval[0], interval[1]
+    if low is None and high is None:
+        return ""
+    if high is None:
+        return f">{_number(low)}" if low is not None else ""
+    return f"{_number(low if low is not None else 0.0)}-{_number(high)}"
+
+
 #: Media type used by the API for ER7-encoded messages.
 HL7_MEDIA_TYPE = "x-application/hl7-v2+er7"
 _ASCII = {"≥": ">=", "≤": "<=", "–": "-", "—": "-", "×10⁹": "x10^9", "×": "x", "µ": "u", "⁹": "^9"}
@@ -180,16 +240,32 @@ class _Builder:
         seg.nte_2 = "L"  # source: the filler (ancillary department)
         _set(seg.nte_3, _text(text, self.ascii_only))
 
-    def obx(self, order: Any, code: str, text: str, value: str, units: tuple[str, str] | None) -> Any:
+    def obx(
+        self,
+        order: Any,
+        code: str,
+        text: str,
+        value: str,
+        units: tuple[str, str] | None,
+        *,
+        loinc: str | None = None,
+        reference: str = "",
+        abnormal: str = "",
+    ) -> Any:
         self.obx_id += 1
         obs = order.add_group("ORU_R01_OBSERVATION")
         seg = obs.obx
         seg.obx_1 = str(self.obx_id)
         seg.obx_2 = "NM"
-        _set(seg.obx_3, code, _text(text, self.ascii_only), "L")
+        if loinc:  # CWE: LOINC first, the local code as the alternate
+            _set(seg.obx_3, loinc, _text(text, self.ascii_only), "LN", code, _text(text, self.ascii_only), "L")
+        else:
+            _set(seg.obx_3, code, _text(text, self.ascii_only), "L")
         seg.obx_5 = _protected(value)
         if units:
             _set(seg.obx_6, units[0], units[1], "UCUM")
+        _set(seg.obx_7, reference)
+        _set(seg.obx_8, abnormal)
         seg.obx_11 = self.status
         seg.obx_14 = self.observed
         if self.observer is not None:  # OBX-16 responsible observer (XCN): id^family^given
@@ -212,27 +288,43 @@ def oru_r01(
     control_id: str | None = None,
     processing_id: str = "P",
     ascii_only: bool = False,
+    allow_preliminary: bool = False,
+    rules: dict[str, Any] | None = None,
+    codes: dict[str, Any] | None = None,
 ) -> str:
-    """Build the ORU^R01 message of one slide report.
+    """Build the ORU^R01 (v2.5.1) message of one slide report.
 
     Args:
         report: the slide report dictionary (``hematovision.service.slide_results.build_report``; optionally with
             ``analysed_at``, ``verified_by``, ``verified_by_id``, ``verified_at``, ``signature``,
-            ``patient_id``).
+            ``order`` (``OrderInfo.to_dict()``: accession, patient, birth date, sex, collection)).
         sending_facility: MSH-4, and the assigning authority of the placeholder patient id.
         sending_application: MSH-3.
         receiving_application: MSH-5 (the LIS), if the interface needs it.
         receiving_facility: MSH-6.
-        patient_id: the patient identifier when the lab supplied one (PID-3, type ``MR``); without
-            it the slide id is sent as a placeholder accession id (see the module docstring).
-        placer_order: the LIS order/accession number (OBR-2), when known.
+        patient_id: overrides the order's patient identifier (PID-3).
+        placer_order: overrides the order's accession (OBR-2/ORC-2).
         control_id: MSH-10; a new random id when not given (it must be unique per message).
         processing_id: MSH-11: ``P`` production, ``T`` training, ``D`` debugging.
         ascii_only: transliterate free text to ASCII instead of declaring UTF-8.
+        allow_preliminary: send an unverified report (result status ``P``); otherwise it is refused
+            (:class:`PreliminaryRefused`): only a signed-off report goes out, as final (``F``).
+        rules: the lab's flag rules (OBX-7 reference intervals, OBX-8); the shipped ones by default.
+        codes: the observation-code map (:func:`load_result_codes`); the shipped one by default.
 
     Returns:
         The message in ER7 encoding, segments separated by ``\\r``.
     """
+    if not report.get("verified_by") and not allow_preliminary:
+        raise PreliminaryRefused(
+            f"slide {report.get('slide_id')} is not signed off: its results may not be sent as HL7 "
+            "(preliminary messages are disabled: HEMATOVISION_HL7_ALLOW_PRELIMINARY)"
+        )
+    rules = rules or load_rules()
+    codes = codes or load_result_codes()
+    class_codes: dict[str, dict[str, str]] = codes.get("classes", {})
+    order_info: dict[str, Any] = report.get("order") or {}
+    partition = str(report.get("age_partition") or rules["age_partitions"]["default"])
     slide_id = str(report["slide_id"])
     verified = bool(report.get("verified_by"))
     status = "F" if verified else "P"
@@ -257,20 +349,30 @@ def oru_r01(
     result = msg.add_group("ORU_R01_PATIENT_RESULT")
     pid = result.add_group("ORU_R01_PATIENT").pid
     pid.pid_1 = "1"
-    patient_id = patient_id or report.get("patient_id")
-    if patient_id:
-        _set(pid.pid_3, patient_id, None, None, None, "MR")
+    patient_id = patient_id or order_info.get("patient_id") or report.get("patient_id")
+    if patient_id:  # CX: ID^^^assigning authority^MR
+        _set(pid.pid_3, patient_id, None, None, order_info.get("assigning_authority"), "MR")
     else:
         _set(pid.pid_3, slide_id, None, None, sending_facility, "ACSN")
     pid.pid_5 = '""'  # HL7's explicit null: the name is required, and unknown here
+    if order_info.get("birth_date"):
+        pid.pid_7 = str(order_info["birth_date"]).replace("-", "")
+    if order_info.get("sex"):
+        _set(pid.pid_8, order_info["sex"])
 
+    accession = placer_order or order_info.get("accession")
     order = result.add_group("ORU_R01_ORDER_OBSERVATION")
+    orc = order.orc
+    orc.orc_1 = "RE"  # observations to follow
+    _set(orc.orc_2, accession)
+    _set(orc.orc_3, accession or slide_id, sending_facility)
+    orc.orc_5 = "CM"  # order status: completed
     obr = order.obr
     obr.obr_1 = "1"
-    _set(obr.obr_2, placer_order)
-    _set(obr.obr_3, slide_id, sending_facility)
+    _set(obr.obr_2, accession)  # placer order number: the lab's accession
+    _set(obr.obr_3, accession or slide_id, sending_facility)  # filler order number
     _set(obr.obr_4, "HV-DIFF", "White cell differential (digital morphology)", "L")
-    obr.obr_7 = observed
+    obr.obr_7 = _hl7_time(order_info["collected_at"]) if order_info.get("collected_at") else observed
     obr.obr_22 = _hl7_time(report.get("verified_at") or report.get("generated_at"))
     obr.obr_24 = "HM"  # diagnostic service section: hematology
     obr.obr_25 = status
@@ -304,27 +406,46 @@ def oru_r01(
     else:
         notes.append("Not yet verified by a technologist: preliminary result.")
     notes.append(str(report.get("limits") or "Decision support only: review by a qualified technologist."))
+    if report.get("unidentified_percent") is not None:  # a note, never a result (OBX)
+        notes.append(
+            f"Unidentified white cells: {report.get('unidentified', 0)} ({report['unidentified_percent']}% of all "
+            "seen); not reported as a result."
+        )
     for i, text in enumerate(notes, start=1):
         b.nte(order, i, text)
 
+    manual = bool(report.get("reviewed_cells"))  # a reviewer's labels: a manual count
     for cls, d in report.get("differential", {}).items():
-        obs = b.obx(order, _class_code(cls), _class_text(cls), _number(d["percent"]), ("%", "percent"))
+        if cls == "unidentified":
+            continue  # unidentified cells are a note, never a result
+        entry = class_codes.get(cls, {})
+        interval = reference_interval(rules, cls, partition, absolute=False)
+        obs = b.obx(
+            order,
+            _class_code(cls),
+            _class_text(cls),
+            _number(d["percent"]),
+            ("%", "percent"),
+            loinc=(entry.get("loinc_manual") if manual else None) or entry.get("loinc") or None,
+            reference=range_text(interval),
+            abnormal=abnormal_flag(float(d["percent"]), interval),
+        )
         lo, hi = d["ci95"]
         b.nte(obs, 1, f"{d['count']} of {n_wbc} classified white cells; 95% CI {_number(lo)}-{_number(hi)} %.")
     for cls, a in (report.get("absolute_10e9_per_l") or {}).items():
+        interval = reference_interval(rules, cls, partition, absolute=True)
         obs = b.obx(
-            order, _class_code(cls) + "#", _class_text(cls) + " (absolute)", _number(a["value"]), ("10*9/L", "10^9/L")
+            order,
+            _class_code(cls) + "#",
+            _class_text(cls) + " (absolute)",
+            _number(a["value"]),
+            ("10*9/L", "10^9/L"),
+            loinc=class_codes.get(cls, {}).get("loinc_abs") or None,
+            reference=range_text(interval),
+            abnormal=abnormal_flag(float(a["value"]), interval),
         )
         b.nte(obs, 1, f"95% CI {_number(a['ci95'][0])}-{_number(a['ci95'][1])} x10^9/L (WBC given x proportion).")
     b.obx(order, "HV-WBCN", "Classified white cells", str(n_wbc), ("{cells}", "cells"))
-    if report.get("unidentified_percent") is not None:
-        b.obx(
-            order,
-            "HV-UNID",
-            "Unidentified white cells (of all seen)",
-            _number(report["unidentified_percent"]),
-            ("%", "percent"),
-        )
     if report.get("nrbc_per_100_wbc") is not None:
         b.obx(
             order,
@@ -332,10 +453,12 @@ def oru_r01(
             "Nucleated red cells per 100 white cells",
             _number(report["nrbc_per_100_wbc"]),
             ("/100{WBCs}", "per 100 WBC"),
+            loinc=(codes.get("other") or {}).get("nrbc_per_100_wbc") or None,
         )
-
     spm = order.add_group("ORU_R01_SPECIMEN").spm
     spm.spm_1 = "1"
-    _set(spm.spm_2, slide_id)  # EIP: the slide is the specimen HematoVision saw
+    _set(spm.spm_2, accession or slide_id, slide_id)  # EIP: the accession (placer) and the slide (filler)
     _set(spm.spm_4, "BLD", "Whole blood", "HL70487")
+    if order_info.get("collected_at"):
+        spm.spm_17 = _hl7_time(order_info["collected_at"])
     return _finish(str(msg.to_er7()))

@@ -256,12 +256,37 @@ def page_decorator(title: str, footer: str) -> Callable[[Canvas, SimpleDocTempla
         canvas.setFont(FONT, 8.5)
         x = doc.leftMargin + pdfmetrics.stringWidth("HematoVision", FONT_BOLD, 10) + 4 * mm
         draw_text(canvas, x, h - 7 * mm, "·  " + title, FONT, 8.5)
-        canvas.drawRightString(w - doc.rightMargin, h - 7 * mm, f"page {doc.page}")
+        # "page N of M" is drawn by NumberedCanvas once the number of pages is known
         canvas.setFillColor(colors.HexColor("#555555"))
         draw_text(canvas, doc.leftMargin, 8 * mm, footer[:190], FONT, 6.5)
         canvas.restoreState()
 
     return draw
+
+
+class NumberedCanvas(Canvas):
+    """A canvas that holds its pages until the end so that each can say "page N of M"."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pages: list[dict[str, Any]] = []
+
+    def showPage(self) -> None:  # reportlab's name
+        self._pages.append(dict(self.__dict__))
+        self._startPage()
+
+    def save(self) -> None:
+        total = len(self._pages)
+        for state in self._pages:
+            self.__dict__.update(state)
+            w, h = self._pagesize
+            self.saveState()
+            self.setFillColor(colors.white)
+            self.setFont(FONT, 8.5)
+            self.drawRightString(w - 15 * mm, h - 7 * mm, f"page {self._pageNumber} of {total}")
+            self.restoreState()
+            super().showPage()
+        super().save()
 
 
 def build_pdf(out: BinaryIO | str | Path, title: str, story: list[Any], decorate: Any, **kw: Any) -> None:
@@ -285,7 +310,7 @@ def build_pdf(out: BinaryIO | str | Path, title: str, story: list[Any], decorate
         **kw,
     )
     with _BUILD_LOCK:
-        doc.build(story, onFirstPage=decorate, onLaterPages=decorate)
+        doc.build(story, onFirstPage=decorate, onLaterPages=decorate, canvasmaker=NumberedCanvas)
 
 
 def format_evidence(ev: dict[str, Any]) -> str:

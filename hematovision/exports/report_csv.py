@@ -21,6 +21,11 @@ def report_csv(report: dict[str, Any]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["slide_id", report["slide_id"]])
+    status = report.get("result_status") or ("final" if report.get("verified_by") else "preliminary")
+    w.writerow(["result_status", status])
+    for k, v in (report.get("order") or {}).items():
+        if v is not None:
+            w.writerow([k, _cell(v)])
     w.writerow(["model", f"{report['model']['name']} {report['model']['version']}"])
     w.writerow(["mpp", report.get("mpp")])
     w.writerow(["rules_version", report.get("rules_version")])
@@ -73,4 +78,6 @@ def report_csv(report: dict[str, Any]) -> str:
     w.writerow(["rule_not_evaluated", "reason"])
     for e in report.get("rules_not_evaluated") or []:
         w.writerow([e.get("rule"), e.get("reason")])
+    w.writerow([])
+    w.writerow(["limits", _cell(report.get("limits") or "")])
     return buf.getvalue()

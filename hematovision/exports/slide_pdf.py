@@ -30,7 +30,7 @@ from reportlab.lib.units import mm
 from reportlab.platypus import Image as RLImage
 from reportlab.platypus import KeepTogether, PageBreak, Paragraph, Spacer, Table, TableStyle
 
-from hematovision.core.flags import not_evaluated_lines
+from hematovision.core.flags import load_rules, not_evaluated_lines
 from hematovision.exports.pdf_style import (
     FONT_BOLD,
     build_pdf,
@@ -186,7 +186,19 @@ def _status_banner(report: dict[str, Any], st: dict[str, ParagraphStyle]) -> Tab
 def _identification(report: dict[str, Any], st: dict[str, ParagraphStyle]) -> Table:
     model = report.get("model") or {}
     mpp = report.get("mpp")
+    order = report.get("order") or {}
+    patient = order.get("patient_id")
+    if patient and order.get("assigning_authority"):
+        patient = f"{patient} ({order['assigning_authority']})"
+    age = (report.get("patient") or {}).get("age_years")
+    born = order.get("birth_date") or (f"age {age:.1f} y" if isinstance(age, int | float) else None)
     pairs = [
+        ("Accession", order.get("accession")),
+        ("Patient ID", patient),
+        ("Born / sex", " / ".join(str(v) for v in (born, order.get("sex")) if v) or None),
+        ("Collected", _fmt_time(order.get("collected_at")) if order.get("collected_at") else None),
+        ("WBC (analyser)", f"{order['wbc_10e9_per_l']:g} ×10^9/L" if order.get("wbc_10e9_per_l") else None),
+        ("Status", str(report.get("result_status") or ("final" if report.get("verified_by") else "preliminary"))),
         ("Slide", report.get("slide_id")),
         ("Batch", report.get("batch_id")),
         ("File", report.get("filename") or report.get("source")),
@@ -195,6 +207,7 @@ def _identification(report: dict[str, Any], st: dict[str, ParagraphStyle]) -> Ta
         ("Flag rules", _rules_text(report)),
         ("Scale", f"{mpp:.3f} µm/px" if isinstance(mpp, int | float) else "—"),
         ("Generated", _fmt_time(report.get("generated_at"))),
+        ("Verified", _fmt_time(report.get("verified_at")) if report.get("verified_at") else "not yet (preliminary)"),
     ]
     rows = []
     for i in range(0, len(pairs), 2):
@@ -233,31 +246,56 @@ def _not_evaluated(report: dict[str, Any], st: dict[str, ParagraphStyle]) -> lis
     ]
 
 
-def _absolute_table(report: dict[str, Any]) -> Table | None:
+def _reference(report: dict[str, Any], rules: dict[str, Any], cls: str, *, absolute: bool = False) -> str:
+    """The lab's interval for a class (the flag rules' limits for the age partition), as in HL7 OBX-7."""
+    from hematovision.exports.hl7 import range_text, reference_interval
+
+    partition = str(report.get("age_partition") or rules["age_partitions"]["default"])
+    return range_text(reference_interval(rules, cls, partition, absolute=absolute)) or "—"
+
+
+def _absolute_table(report: dict[str, Any], rules: dict[str, Any]) -> Table | None:
     absolute = report.get("absolute_10e9_per_l")
     if not absolute:
         return None
     wbc = (report.get("patient") or {}).get("wbc_10e9_per_l")
-    rows: list[list[Any]] = [["Class", "×10^9/L", "95% CI"]]
+    rows: list[list[Any]] = [["Class", "×10^9/L", "95% CI", "Ref. (×10^9/L)"]]
     rows += [
-        [label_text(c), f"{a['value']:.2f}", f"{a['ci95'][0]:.2f} – {a['ci95'][1]:.2f}"] for c, a in absolute.items()
+        [
+            label_text(c),
+            f"{a['value']:.2f}",
+            f"{a['ci95'][0]:.2f} – {a['ci95'][1]:.2f}",
+            _reference(report, rules, c, absolute=True),
+        ]
+        for c, a in absolute.items()
     ]
     if wbc is not None:
         rows.append(["WBC given", f"{wbc:.2f}", ""])
-    t = Table(rows, colWidths=[45 * mm, 22 * mm, 30 * mm], hAlign="LEFT")
+    t = Table(rows, colWidths=[45 * mm, 22 * mm, 30 * mm, 30 * mm], hAlign="LEFT")
     t.setStyle(TableStyle(grid_style() + [("ALIGN", (1, 0), (-1, -1), "RIGHT")]))
     return t
 
 
-def _differential_table(report: dict[str, Any], order: list[str], st: dict[str, ParagraphStyle]) -> Table:
-    rows: list[list[Any]] = [["", "Class", "Count", "%", "95% CI (%)"]]
+def _differential_table(
+    report: dict[str, Any], order: list[str], st: dict[str, ParagraphStyle], rules: dict[str, Any]
+) -> Table:
+    rows: list[list[Any]] = [["", "Class", "Count", "%", "95% CI (%)", "Ref. (%)"]]
     style = grid_style() + [("ALIGN", (2, 0), (-1, -1), "RIGHT")]
     for i, (cls, d) in enumerate(report.get("differential", {}).items(), start=1):
         lo, hi = d["ci95"]
-        rows.append(["", label_text(cls), d["count"], f"{d['percent']:.1f}", f"{lo:.1f} – {hi:.1f}"])
+        rows.append(
+            [
+                "",
+                label_text(cls),
+                d["count"],
+                f"{d['percent']:.1f}",
+                f"{lo:.1f} – {hi:.1f}",
+                _reference(report, rules, cls),
+            ]
+        )
         style.append(("BACKGROUND", (0, i), (0, i), colors.HexColor(class_colour(cls, order))))
     n_wbc = report.get("counts", {}).get("wbc", 0)
-    rows.append(["", "Classified white cells", n_wbc, "100.0" if n_wbc else "—", ""])
+    rows.append(["", "Classified white cells", n_wbc, "100.0" if n_wbc else "—", "", ""])
     style += [("FONTNAME", (0, -1), (-1, -1), FONT_BOLD), ("BACKGROUND", (0, -1), (-1, -1), colors.HexColor("#F5F5F5"))]
     if report.get("unidentified_percent") is not None:  # beside the differential, not in its denominator
         lo, hi = report.get("unidentified_ci95") or [0.0, 0.0]
@@ -268,10 +306,11 @@ def _differential_table(report: dict[str, Any], order: list[str], st: dict[str, 
                 report.get("unidentified", 0),
                 f"{report['unidentified_percent']:.1f}",
                 f"{lo:.1f} – {hi:.1f}",
+                "",
             ]
         )
         style.append(("BACKGROUND", (0, -1), (0, -1), colors.HexColor(class_colour("unidentified", order))))
-    t = Table(rows, colWidths=[5 * mm, 45 * mm, 18 * mm, 16 * mm, 26 * mm], repeatRows=1)
+    t = Table(rows, colWidths=[5 * mm, 38 * mm, 15 * mm, 14 * mm, 24 * mm, 16 * mm], repeatRows=1)
     t.setStyle(TableStyle(style))
     return t
 
@@ -282,8 +321,6 @@ def _counts_table(report: dict[str, Any]) -> Table:
     rows = [
         ["Count", "Value"],
         ["White cells (WBC)", c.get("wbc", 0)],
-        ["Red cells (RBC)", c.get("rbc", 0)],
-        ["Platelets", c.get("platelets", 0)],
         ["Erythroblasts (NRBC)", c.get("erythroblasts", 0)],
         ["NRBC per 100 WBC", "—" if nrbc is None else f"{nrbc:.1f}"],
         ["Unidentified white cells", report.get("unidentified", 0)],
@@ -376,6 +413,7 @@ def slide_report_pdf(
     gallery_probabilities: dict[str, list[float | None]] | None = None,
     pictures_note: str | None = None,
     crop_um: float = 24.0,
+    rules: dict[str, Any] | None = None,
     **doc_options: Any,
 ) -> None:
     """Render one slide's report as a PDF.
@@ -392,13 +430,21 @@ def slide_report_pdf(
         gallery_probabilities: the classifier probability of each crop, for its caption.
         pictures_note: why pictures are missing, printed in their place.
         crop_um: the nominal crop width, for the gallery's caption.
+        rules: the lab's flag rules (reference intervals for the age partition); shipped by default.
         **doc_options: passed to reportlab's ``SimpleDocTemplate`` (e.g. ``invariant=1``).
     """
     st = styles()
+    rules = rules or load_rules()
     cells, gallery = cells or [], gallery or {}
     order = list(report.get("differential", {}))
     order += sorted({c.get("label") or "unidentified" for c in cells if c.get("kind") == "wbc"} - set(order))
+    lab = report.get("lab") or {}
     story: list[Any] = [
+        *(
+            [Paragraph(f"<b>{para_text(lab.get('name'))}</b> · {para_text(lab.get('address') or '')}", st["small"])]
+            if lab.get("name")
+            else []
+        ),
         Paragraph("Peripheral blood smear — white-cell differential", st["title"]),
         _status_banner(report, st),
         Spacer(1, 3 * mm),
@@ -433,7 +479,9 @@ def slide_report_pdf(
 
     story.append(Paragraph("Differential and counts", st["h2"]))
     side = Table(
-        [[_differential_table(report, order, st), _counts_table(report)]], colWidths=[114 * mm, 66 * mm], hAlign="LEFT"
+        [[_differential_table(report, order, st, rules), _counts_table(report)]],
+        colWidths=[114 * mm, 66 * mm],
+        hAlign="LEFT",
     )
     side.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP"), ("LEFTPADDING", (0, 0), (-1, -1), 0)]))
     story += [
@@ -444,7 +492,7 @@ def slide_report_pdf(
             st["small"],
         ),
     ]
-    absolute = _absolute_table(report)
+    absolute = _absolute_table(report, rules)
     if absolute is not None:
         story += [
             Paragraph("Absolute counts", st["h2"]),

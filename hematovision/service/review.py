@@ -27,9 +27,11 @@ from sqlalchemy.orm import Session
 from hematovision.core.access import SIGNOFF_MEANING
 from hematovision.core.datasets import PBC_CLASSES
 from hematovision.core.flags import NON_WBC_CLASSES, load_rules
+from hematovision.core.patient import OrderInfo
 from hematovision.core.results import UNIDENTIFIED, WBC
 from hematovision.core.vocabulary import Vocabulary
 from hematovision.service.slide_results import replace_result_rows, resummarise
+from hematovision.service.submission import order_of, set_order
 from hematovision.store.models import Cell, CellReview, Signature, Slide, utcnow
 
 
@@ -233,3 +235,33 @@ def review_history(session: Session, slide_id: str) -> Sequence[CellReview]:
         .scalars()
         .all()
     )
+
+
+def update_order(
+    session: Session, slide_id: str, changes: OrderInfo, given: set[str], *, rules: dict[str, Any] | None = None
+) -> tuple[Slide, dict[str, Any]]:
+    """Correct a slide's order and patient (the ``given`` fields of ``changes``) before sign-off;
+    an analysed slide's flags are evaluated again with the new patient context (age, sex, WBC).
+    Returns (slide, ``{field: [old, new]}`` of what changed). Refused once the slide is signed off.
+    Call inside a transaction (the caller audits)."""
+    slide = _locked_slide(session, slide_id)
+    if slide.verified_at is not None:
+        if slide.report is not None:
+            _check_editable(slide)  # says who signed it and when
+        raise ReviewError("conflict", "signed_off", f"slide {slide.id} was signed off and is read-only")
+    before = order_of(slide)
+    after = before.merged(changes, given)
+    if after.birth_date is not None and after.age_years is not None:
+        if "birth_date" in given and "age_years" not in given:
+            after = after.merged(OrderInfo(), {"age_years"})
+        elif "age_years" in given and "birth_date" not in given:
+            after = after.merged(OrderInfo(), {"birth_date"})
+        else:
+            raise ReviewError("invalid", "invalid_field", "give 'birth_date' or 'age_years', not both")
+    old, new = before.to_dict(), after.to_dict()
+    changed = {k: [old[k], new[k]] for k in old if old[k] != new[k]}
+    set_order(slide, after)
+    session.flush()
+    if changed and slide.report is not None:
+        recompute(session, slide, rules or load_rules())
+    return slide, changed

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import delete, select
@@ -39,11 +40,42 @@ from hematovision.core.stats import percent_interval
 from hematovision.core.vocabulary import OUTSIDE_CATEGORIES, Vocabulary
 from hematovision.store.models import Cell, DifferentialEntry, FlagRecord, Slide, utcnow
 
+DECISION_SUPPORT = "Decision support only: every differential must be reviewed by a qualified technologist."
 LIMITS = (
-    "Decision support only: every differential must be reviewed by a qualified technologist. "
+    f"{DECISION_SUPPORT} "
     "The classifier was trained on normal cells of healthy donors (PBC, one lab, one stain); "
     "cells it is unsure of are reported as 'unidentified'. See MODEL_CARD.md for known limits."
 )
+
+
+def model_card_limits(model_dir: Path | None) -> str:
+    """The report's limits statement: the decision-support sentence and the model card's "Known
+    limits" (or "Limits") section, or ``model.json``'s ``limits``, so the report states the limits of
+    the model that produced it; :data:`LIMITS` when the model directory states none."""
+    import json
+    import re
+
+    if model_dir is None:
+        return LIMITS
+    card = model_dir / "MODEL_CARD.md"
+    try:
+        text = card.read_text(encoding="utf-8")
+        m = re.search(r"^## +(?:Known +)?limits\b.*?$(.*?)(?=^## |\Z)", text, flags=re.M | re.S | re.I)
+        if m and m.group(1).strip():
+            body = " ".join(line.strip() for line in m.group(1).strip().splitlines())
+            body = re.sub(r"\*\*|`", "", body).replace(" - ", " • ").lstrip("- ")
+            return f"{DECISION_SUPPORT} Model limits ({model_dir.name}): {body}"
+    except OSError:
+        pass
+    try:
+        meta = json.loads((model_dir / "model.json").read_text(encoding="utf-8"))
+        if isinstance(meta.get("limits"), str) and meta["limits"].strip():
+            return f"{DECISION_SUPPORT} Model limits ({model_dir.name}): {meta['limits'].strip()}"
+    except (OSError, ValueError):
+        pass
+    return LIMITS
+
+
 CI_METHOD = "exact binomial (Clopper-Pearson) 95%"
 DIFFERENTIAL_BASIS = (
     "percent of classified white cells; unidentified cells, erythroblasts, platelets and smudge cells are "
@@ -135,7 +167,7 @@ def summarise_cells(
         cells: ``(kind, label)`` of every cell found on the slide (white cells' labels may be None:
             unidentified).
         classes: the classes the differential lists (also when none was seen).
-        patient: age, sex and WBC count, as far as known (the slide's ``wbc_per_l``, converted).
+        patient: age, sex and WBC count, as far as known (from the slide's order: ``OrderInfo.context()``).
         rules: the effective flag rules.
         quality: the slide's gate measurements (``SlideAnalysis.quality``); a flag of the gate makes
             ``differential_valid`` false, with the reason, until a technologist reviews the slide.
@@ -203,8 +235,10 @@ def build_report(
     source: str | None = None,
     patient: PatientContext | None = None,
     rules: dict[str, Any] | None = None,
+    limits: str | None = None,
 ) -> dict[str, Any]:
-    """The report dictionary (the JSON report's content) for one analysed slide."""
+    """The report dictionary (the JSON report's content) for one analysed slide; ``limits`` is the
+    statement of the model's limits (:func:`model_card_limits`)."""
     rules = rules or load_rules()
     summary = summarise_cells(
         ((c.kind, c.label) for c in analysis.cells),
@@ -229,7 +263,7 @@ def build_report(
             "timings_s": {k: round(v, 3) for k, v in analysis.timings_s.items()},
         },
         "ci_method": CI_METHOD,
-        "limits": LIMITS,
+        "limits": limits or LIMITS,
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
@@ -238,8 +272,9 @@ def resummarise(session: Session, slide: Slide, classes: list[str], rules: dict[
     """The slide's report with its counts, differential and flags summarised again from the cells'
     current labels in the database (after a reclassification); other report fields are kept."""
     rows = session.execute(select(Cell.kind, Cell.label).where(Cell.slide_id == slide.id)).all()
-    known = (slide.report or {}).get("patient") or {}
-    patient = PatientContext.from_wbc_per_l(slide.wbc_per_l, age_years=known.get("age_years"), sex=known.get("sex"))
+    from hematovision.service.submission import order_of
+
+    patient = order_of(slide).context()
     summary = summarise_cells(
         ((r.kind, r.label) for r in rows),
         classes,
@@ -326,4 +361,5 @@ def replace_result_rows(
     if cells is not None:
         slide.model_version_id = model_version_id
         slide.analysed_at = now
+        slide.machine_report = report  # a fresh analysis: the machine's report, kept beside reviews
     slide.report = report  # a new dict: JSON columns track assignment, not mutation

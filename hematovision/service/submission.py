@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from hematovision.core.patient import OrderInfo
 from hematovision.service.outbox import add_message
 from hematovision.service.queueing import PREPARE
 from hematovision.store.models import Batch, Job, OutboxMessage, Slide, new_id
@@ -30,7 +31,31 @@ class NewSlide:
     format: str | None = None
     width: int | None = None
     height: int | None = None
-    wbc_per_l: float | None = None
+    order: OrderInfo | None = None
+
+
+#: The slide columns that hold its order (the fields of :class:`OrderInfo`).
+ORDER_COLUMNS = (
+    "accession",
+    "patient_id",
+    "assigning_authority",
+    "birth_date",
+    "age_years",
+    "sex",
+    "collected_at",
+    "wbc_10e9_per_l",
+)
+
+
+def order_of(slide: Slide) -> OrderInfo:
+    """The slide's order and patient as stored."""
+    return OrderInfo(**{k: getattr(slide, k) for k in ORDER_COLUMNS})
+
+
+def set_order(slide: Slide, order: OrderInfo) -> None:
+    """Store ``order`` on the slide's columns (the caller audits and commits)."""
+    for k in ORDER_COLUMNS:
+        setattr(slide, k, getattr(order, k))
 
 
 def add_batch(
@@ -74,8 +99,9 @@ def add_batch(
             mpp_source=entry.mpp_source,
             width=entry.width,
             height=entry.height,
-            wbc_per_l=entry.wbc_per_l,
         )
+        if entry.order is not None:
+            set_order(slide, entry.order)
         session.add(slide)
         job = Job(id=new_id(), slide_id=slide.id, batch_id=batch.id)
         session.add(job)

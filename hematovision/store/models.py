@@ -6,7 +6,7 @@ Works on SQLite (the embedded demo) and PostgreSQL (production, via psycopg 3).
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
@@ -81,8 +81,18 @@ class Slide(Base):
     mpp_source: Mapped[str | None] = mapped_column(String(20))
     width: Mapped[int | None]
     height: Mapped[int | None]
-    wbc_per_l: Mapped[float | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The order and patient (issue 15; :class:`hematovision.core.patient.OrderInfo`): from the
+    # submission's worklist or ``PATCH /api/v1/slides/<id>`` before sign-off.
+    accession: Mapped[str | None] = mapped_column(String(64), index=True)
+    patient_id: Mapped[str | None] = mapped_column(String(64))
+    assigning_authority: Mapped[str | None] = mapped_column(String(64))
+    birth_date: Mapped[date | None]
+    age_years: Mapped[float | None]
+    sex: Mapped[str | None] = mapped_column(String(1))
+    collected_at: Mapped[datetime | None]
+    #: The analyser's white-cell count in 10⁹/L (0.1..500), for the absolute-count rules.
+    wbc_10e9_per_l: Mapped[float | None]
     # Results (filled in one transaction when the analysis is stored).
     model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
     n_wbc: Mapped[int | None]
@@ -91,6 +101,8 @@ class Slide(Base):
     max_severity: Mapped[str | None] = mapped_column(String(20))
     analysed_at: Mapped[datetime | None] = mapped_column(index=True)
     report: Mapped[dict[str, Any] | None]
+    #: The report as the machine made it (before any review), kept unchanged beside ``report``.
+    machine_report: Mapped[dict[str, Any] | None]
     # Technologist sign-off (issue 7): once set, the slide's results are read-only.
     verified_by: Mapped[str | None] = mapped_column(String(100))
     verified_at: Mapped[datetime | None]
@@ -275,3 +287,23 @@ class Signature(Base):
     role: Mapped[str] = mapped_column(String(20))
     meaning: Mapped[str] = mapped_column(String(200))
     signed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class LisMessage(Base):
+    """An HL7 result message for the LIS (``lis_outbox``): written when a slide is signed off (or by
+    ``hematovision lis send``), sent over MLLP by :mod:`hematovision.service.lis`, retried with
+    backoff while the LIS is away (``attempts``, ``next_attempt_at``, ``last_error``); ``sent_at``
+    and ``ack`` (the ACK's MSA-1 code and text) once the LIS accepted it."""
+
+    __tablename__ = "lis_outbox"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slide_id: Mapped[str] = mapped_column(ForeignKey("slides.id", ondelete="CASCADE"), index=True)
+    control_id: Mapped[str] = mapped_column(String(40))
+    message: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    sent_at: Mapped[datetime | None] = mapped_column(index=True)
+    ack: Mapped[str | None] = mapped_column(String(200))

@@ -24,9 +24,9 @@ def test_the_revision_chain_on_postgresql(postgres_url: str, tmp_path: Path) -> 
     settings.ensure_dirs()
     cfg = alembic_config(settings)
     script = ScriptDirectory.from_config(cfg)
-    assert script.get_heads() == ["0007"]
+    assert script.get_heads() == ["0009"]
     chain = [r.revision for r in script.walk_revisions("base", "heads")]
-    assert chain == ["0007", "0006", "0005", "0004", "0003", "0002", "0001"]
+    assert chain == ["0009", "0007", "0006", "0005", "0004", "0003", "0002", "0001"]
 
     eng = create_engine(postgres_url)
 
@@ -46,7 +46,17 @@ def test_the_revision_chain_on_postgresql(postgres_url: str, tmp_path: Path) -> 
                     "VALUES (now(), 'key:lis:hv_1234567', 'submit', 'batch:b1', 202)"
                 )
             )
+            # 0009: a plausible per-litre WBC is carried over in 10^9/L; a unit error (25 per litre) is not.
+            c.execute(
+                text(
+                    "INSERT INTO slides (id, batch_id, filename, path, created_at, wbc_per_l) VALUES "
+                    "('s1', 'b1', 'a.tiff', '/x', now(), 7.5e9), ('s2', 'b1', 'b.tiff', '/y', now(), 25)"
+                )
+            )
         command.upgrade(cfg, "head")
+        with eng.begin() as c:
+            wbc = dict(c.execute(text("SELECT id, wbc_10e9_per_l FROM slides")).all())
+            assert wbc == {"s1": 7.5, "s2": None}
         assert drift() == []
         with eng.begin() as c:
             assert c.execute(text("SELECT idempotency_owner FROM batches")).scalar_one() == "legacy"
@@ -63,7 +73,7 @@ def test_the_revision_chain_on_postgresql(postgres_url: str, tmp_path: Path) -> 
             keys = c.execute(text("SELECT idempotency_key FROM batches ORDER BY id")).scalars().all()
             tables = set(c.execute(text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")).scalars())
         assert keys == ["k1", None]
-        assert not {"outbox", "users", "signatures"} & tables
+        assert not {"outbox", "users", "signatures", "lis_outbox"} & tables
         command.upgrade(cfg, "head")
         assert drift() == []
     finally:

@@ -22,7 +22,7 @@ from sqlalchemy import select
 from hematovision.core.results import CellResult, SlideAnalysis
 from hematovision.devtools.synthetic import make_slide
 from hematovision.exports.flag_report import flag_report_csv
-from hematovision.exports.hl7 import oru_r01
+from hematovision.exports.hl7 import PreliminaryRefused, oru_r01
 from hematovision.service.slide_results import build_report
 from hematovision.store.models import AuditEntry, Cell, new_id
 from workers.job_store import store_analysis
@@ -120,20 +120,24 @@ def test_verified_report_says_who(slide_file: Path) -> None:
 def test_hl7_message_parses_back_with_one_obx_per_class(app, client, make_job, slide_file: Path) -> None:  # type: ignore[no-untyped-def]
     slide_id, report = store_slide(make_job, slide_file, CRITICAL)
     r = client.get(f"/api/v1/slides/{slide_id}/report?format=hl7")
+    assert r.status_code == 409 and r.json["error"]["code"] == "not_verified"  # unverified: refused by default
+    app.extensions["hv_settings"].hl7_allow_preliminary = True
+    r = client.get(f"/api/v1/slides/{slide_id}/report?format=hl7")
     assert r.status_code == 200 and r.mimetype == "x-application/hl7-v2+er7"
     er7 = r.data.decode("utf-8")
     assert er7.startswith("MSH|^~\\&|") and "\n" not in er7
     msg = parse_message(er7, find_groups=True, validation_level=VALIDATION_LEVEL.STRICT)
     assert msg.name == "ORU_R01" and msg.validate()
-    assert msg.msh.msh_9.to_er7() == "ORU^R01^ORU_R01" and msg.msh.msh_12.to_er7() == "2.5"
+    assert msg.msh.msh_9.to_er7() == "ORU^R01^ORU_R01" and msg.msh.msh_12.to_er7() == "2.5.1"
     order = msg.oru_r01_patient_result.oru_r01_order_observation
     assert order.obr.obr_3.to_er7().startswith(slide_id) and order.obr.obr_25.to_er7() == "P"
     values = {}
     for obs in order.children.get("ORU_R01_OBSERVATION"):
-        code = obs.obx.obx_3.obx_3_1.to_er7()
+        local = obs.obx.obx_3.to_er7().split("^")
+        code = local[3] if len(local) > 3 and local[2] == "LN" else local[0]  # LOINC first, local alternate
         values[code] = (obs.obx.obx_5.to_er7(), obs.obx.obx_6.obx_6_1.to_er7())
-    diff_codes = {c for c in values if c not in ("HV-WBCN", "HV-NRBC100", "HV-UNID")}
-    assert len(diff_codes) == len(report["differential"])
+    diff_codes = {c for c in values if c not in ("HV-WBCN", "HV-NRBC100")}
+    assert len(diff_codes) == len(report["differential"]) - ("unidentified" in report["differential"])
     assert values["HV-BLAST"] == ("30", "%") and values["HV-NEUTROPHIL"] == ("50", "%")
     assert values["HV-WBCN"][0] == "100"
     notes = [n.nte_3.to_er7() for n in order.children.get("NTE")]
@@ -161,6 +165,7 @@ def test_a_v1_report_says_it_cannot_see_blasts_in_every_format(app, client, make
     pdf = pdf_text(client.get(url + "?format=pdf").data)
     assert "BLAST_DETECTION_UNAVAILABLE" in pdf and "cannot recognise blasts" in pdf
     assert "Rules not evaluated" in pdf and "no WBC count given" in pdf
+    app.extensions["hv_settings"].hl7_allow_preliminary = True
     er7 = client.get(url + "?format=hl7").data.decode("utf-8")
     order = parse_message(er7, find_groups=True).oru_r01_patient_result.oru_r01_order_observation
     notes = [n.nte_3.to_er7() for n in order.children.get("NTE")]
@@ -197,8 +202,9 @@ def test_absolute_counts_and_unidentified_in_the_exports() -> None:
         and "SEVERE_NEUTROPENIA" in pdf
         and "Unidentified (of 210 seen)" in pdf
     )
-    er7 = oru_r01(report, control_id="c2")
-    assert "HV-NEUTROPHIL#" in er7 and "10*9/L" in er7 and "HV-UNID" in er7
+    er7 = oru_r01(report, control_id="c2", allow_preliminary=True)
+    assert "HV-NEUTROPHIL#" in er7 and "10*9/L" in er7 and "|751-8^" in er7
+    assert "HV-UNID" not in er7 and "Unidentified white cells:" in er7  # a note, not an OBX
 
 
 def test_hl7_escapes_delimiters_in_free_text() -> None:
@@ -210,7 +216,7 @@ def test_hl7_escapes_delimiters_in_free_text() -> None:
         "flags": [{"code": "X", "severity": "review", "message": "a|b^c&d~e\\f"}],
         "limits": "decision support",
     }
-    er7 = oru_r01(report, control_id="c1", ascii_only=True)
+    er7 = oru_r01(report, control_id="c1", ascii_only=True, allow_preliminary=True)
     msg = parse_message(er7, find_groups=True)
     order = msg.oru_r01_patient_result.oru_r01_order_observation
     assert order.nte.nte_3.to_er7() == "FLAG [review] X: a\\F\\b\\S\\c\\T\\d\\R\\e\\E\\f"
@@ -285,6 +291,7 @@ def test_cli_writes_pdf_and_hl7_over_http(app, client, make_job, slide_file: Pat
         assert res.exit_code == 0, res.output
         assert out.read_bytes().startswith(b"%PDF") and "SUSPECTED_ACUTE_LEUKEMIA" in pdf_text(out.read_bytes())
         hl7 = tmp_path / "r.hl7"
+        app.extensions["hv_settings"].hl7_allow_preliminary = True  # the slide is not signed off
         assert runner.invoke(main, ["report", slide_id, "--format", "hl7", "--out", str(hl7), *api]).exit_code == 0
         assert hl7.read_bytes().count(b"\rOBX|") >= len(CLASSES) - 1
         res = runner.invoke(main, ["flags", "--format", "csv", *api])
@@ -337,7 +344,10 @@ def test_hl7_verifier_is_the_person_in_obx16() -> None:
     notes = [n.nte_3.to_er7() for n in order.children.get("NTE")]
     assert "Verified by Jane Doe (ID jdoe) at 2026-11-27T07:30:00Z: verified: results reviewed and released." in notes
     # Unsigned: preliminary, no responsible observer.
-    er7 = oru_r01(_signed_report(verified_by=None, signature=None, verified_by_id=None), control_id="c2")
+    unsigned = _signed_report(verified_by=None, signature=None, verified_by_id=None)
+    with pytest.raises(PreliminaryRefused):
+        oru_r01(unsigned, control_id="c2")
+    er7 = oru_r01(unsigned, control_id="c2", allow_preliminary=True)
     assert "jdoe" not in er7 and "|P|" in er7
 
 
@@ -367,7 +377,9 @@ def test_hl7_escapes_every_delimiter_and_line_break_in_names() -> None:
     assert "NTE|1|L|FLAG [review] X: line one\\X0D\\\\X0A\\line two \\F\\ \\S\\ \\R\\ \\E\\ \\T\\" in segments
     assert segments[0].split("|")[9] == "c\\X0D\\1\\F\\"
     obr = next(seg for seg in segments if seg.startswith("OBR|"))
-    assert obr.split("|")[3].startswith("slide\\X0D\\MSH\\F\\1^")
+    assert obr.split("|")[3].startswith("acc\\X0A\\\\F\\9^")  # the accession (placer_order) in OBR-2 and 3
+    spm = next(seg for seg in segments if seg.startswith("SPM|"))
+    assert "slide\\X0D\\MSH\\F\\1" in spm  # the slide stays in SPM-2
 
 
 def test_csv_and_pdf_name_the_verifier() -> None:

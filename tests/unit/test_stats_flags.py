@@ -298,7 +298,7 @@ def test_age_partitions() -> None:
     ]  # fmt: skip
     with pytest.raises(ValueError):
         PatientContext(age_years=-1)
-    assert PatientContext.from_wbc_per_l(7.5e9).wbc_10e9_per_l == 7.5
+    assert PatientContext(wbc_10e9_per_l=7.5).wbc_10e9_per_l == 7.5
 
 
 def test_absolute_counts_carry_exact_intervals_for_every_class() -> None:
