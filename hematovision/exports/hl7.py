@@ -103,6 +103,22 @@ def abnormal_flag(value: float, interval: tuple[float | None, float | None, floa
     return "N" if (low, high) != (None, None) else ""
 
 
+#: Cells that are abnormal in peripheral blood whatever their share: OBX-8 ``A``, or ``AA`` when a
+#: critical flag of theirs was raised (HL7 table 0078).
+PRESENCE_ABNORMAL = {"blast": ("BLASTS", "SUSPECTED_ACUTE_LEUKEMIA", "BLASTS_PRESENT")}
+
+
+def _presence_flag(cls: str, entry: dict[str, Any], report: dict[str, Any]) -> str:
+    codes = PRESENCE_ABNORMAL.get(cls)
+    if not codes or not entry.get("count"):
+        return ""
+    critical = any(
+        f.get("code", "").removesuffix("_BORDERLINE") in codes and f.get("severity") == "critical"
+        for f in report.get("flags", [])
+    )
+    return "AA" if critical else "A"
+
+
 def range_text(interval: tuple[float | None, float | None, float | None, float | None]) -> str:
     """OBX-7 text of an interval (``0-50``, ``1-20``, ``>1``); empty when the lab states none."""
     low, high = interval[0], interval[1]
@@ -428,7 +444,7 @@ def oru_r01(
             ("%", "percent"),
             loinc=(entry.get("loinc_manual") if manual else None) or entry.get("loinc") or None,
             reference=range_text(interval),
-            abnormal=abnormal_flag(float(d["percent"]), interval),
+            abnormal=abnormal_flag(float(d["percent"]), interval) or _presence_flag(cls, d, report),
         )
         lo, hi = d["ci95"]
         b.nte(obs, 1, f"{d['count']} of {n_wbc} classified white cells; 95% CI {_number(lo)}-{_number(hi)} %.")

@@ -4,10 +4,9 @@ signs off with the password re-entered, and a REAL MLLP listener receives the OR
 API's dispatcher thread from the LIS outbox), which hl7apy validates, with the patient, the
 accession, LOINC codes and OBX-7/OBX-8.
 
-TODO (issue 15, item 5): the reviewer should label a cell ``blast``; the shipped model (v1) has no
-blast class and the review vocabulary of this base accepts only the model's classes, so the
-unidentified cells are labelled ``lymphocyte`` here. Switch to ``blast`` once the review vocabulary
-with ``blast`` lands.
+The shipped model (v1) has no blast class: the reviewer records one with the review vocabulary's
+``blast``, which fires the blast rules and goes to the LIS under the manual-count LOINC 709-6 with an
+abnormal flag in OBX-8; a pathologist signs.
 """
 
 from __future__ import annotations
@@ -65,7 +64,7 @@ def test_worklist_to_lis(postgres_url: str, redis_url: str, start_stack, real_ce
         ) as stack,
     ):
         stack.start_worker()
-        stack.add_user("tech1", "Jane Doe", "technologist", PASSWORD)
+        stack.add_user("tech1", "Jane Doe", "pathologist", PASSWORD)
         client = stack.client()
         batch = client.submit([slide], worklist=worklist, name="e2e")
         final = client.wait_for_batch(batch["id"], timeout_s=900, poll_s=1.0)
@@ -81,8 +80,9 @@ def test_worklist_to_lis(postgres_url: str, redis_url: str, start_stack, real_ce
         hdr = {"X-CSRFToken": csrf}
         cells = person.get(f"{stack.api_url}/api/v1/slides/{slide_id}/cells", timeout=30).json()["cells"]
         open_cells = [c for c in cells if c["kind"] == "wbc" and c["label"] in (None, "unidentified")]
-        for c in open_cells or cells[:1]:
-            label = "lymphocyte"  # TODO: "blast" once the review vocabulary accepts it (see module docstring)
+        wbc = [c for c in cells if c["kind"] == "wbc"]
+        for i, c in enumerate(open_cells or wbc[:1]):
+            label = "blast" if i == 0 else "lymphocyte"  # one blast recorded by the reviewer
             r = person.post(f"{stack.api_url}/api/v1/cells/{c['id']}/label", json={"label": label}, headers=hdr)
             assert r.status_code == 200, r.text
         r = person.post(f"{stack.api_url}/api/v1/slides/{slide_id}/signoff", json={"password": PASSWORD}, headers=hdr)
@@ -101,7 +101,8 @@ def test_worklist_to_lis(postgres_url: str, redis_url: str, start_stack, real_ce
     assert order.obr.obr_2.to_er7() == "ACC-E2E-1" and order.obr.obr_25.to_er7() == "F"
     obx = [o.obx for o in order.children.get("ORU_R01_OBSERVATION")]
     codes = {o.obx_3.to_er7().split("^")[0] for o in obx}
-    assert {"770-8", "736-9", "751-8"} <= codes  # LOINC: neutrophils %, lymphocytes %, neutrophils #
+    assert {"770-8", "736-9", "751-8", "709-6"} <= codes  # neutrophils %, lymphocytes %, neutrophils #, blasts (manual)
     flags = {o.obx_3.to_er7().split("^")[0]: (o.obx_7.to_er7(), o.obx_8.to_er7()) for o in obx}
     assert flags["736-9"][0] == "0-50" and flags["736-9"][1] in ("N", "H")  # the adult limit, from the rules
+    assert flags["709-6"][1] not in ("", "N"), flags["709-6"]  # a blast is abnormal whatever its share
     assert all(o.obx_11.to_er7() == "F" and o.obx_16.to_er7() == "tech1^Doe^Jane" for o in obx)
