@@ -29,6 +29,8 @@ def test_the_revision_chain_on_postgresql(postgres_url: str, tmp_path: Path) -> 
     assert chain == ["0009", "0007", "0006", "0005", "0004", "0003", "0002", "0001"]
 
     eng = create_engine(postgres_url)
+    with eng.begin() as c:  # the session's database may hold other tests' rows: start from nothing
+        c.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
 
     def drift() -> list[Any]:
         with eng.connect() as c:
