@@ -26,6 +26,7 @@ def _register() -> None:
         detect_commands,
         model_commands,
         process_command,
+        rbc_commands,
         server_commands,
         slide_commands,
     )
@@ -38,6 +39,7 @@ def _register() -> None:
         process_command,
         slide_commands,
         model_commands,
+        rbc_commands,
         detect_commands,
         bench_command,
     ):
