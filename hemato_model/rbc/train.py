@@ -73,7 +73,7 @@ class RbcTrainConfig:
     cut: str = DEFAULT_CUT
     head_epochs: int = 60
     head_lr: float = 1e-3
-    epochs: int = 10
+    epochs: int = 12
     batch_size: int = 64
     finetune_lr: float = 1e-3
     warmup_epochs: int = 1
@@ -83,7 +83,7 @@ class RbcTrainConfig:
     zoom: float = 0.05
     shift: float = 0.04
     aug_strength: float = 0.8
-    max_minutes: float = 25.0
+    max_minutes: float = 24.0
     target_accuracy: float = 0.97
     threshold_floor: float = 0.4
     version: str = "1.0.0"

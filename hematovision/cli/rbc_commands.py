@@ -34,8 +34,9 @@ _SCALE_HELP = (
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Model directory to write.")
 @click.option("--mpp", type=float, default=None, help="µm/px of the fields [default: estimated from red cells].")
 @click.option("--scale", "scale_mode", type=click.Choice(["folder", "field"]), default="folder", help=_SCALE_HELP)
-@click.option("--epochs", default=10, show_default=True, help="Fine-tuning epochs (0 = frozen backbone + head only).")
-@click.option("--max-minutes", default=25.0, show_default=True, help="Wall-clock budget of the fine-tuning.")
+@click.option("--epochs", default=12, show_default=True, help="Fine-tuning epochs (0 = frozen backbone + head only).")
+@click.option("--patience", default=3, show_default=True, help="Early-stopping patience (epochs).")
+@click.option("--max-minutes", default=24.0, show_default=True, help="Wall-clock budget of the fine-tuning.")
 @click.option("--seed", default=1, show_default=True, help="Seed of the split by field, initialisation, augmentation.")
 @click.option("--input-px", default=64, show_default=True, help="Network input size in pixels.")
 @click.option("--crop-um", default=12.0, show_default=True, help="Physical side of each crop in µm.")
@@ -49,6 +50,7 @@ def train_rbc_command(
     mpp: float | None,
     scale_mode: str,
     epochs: int,
+    patience: int,
     max_minutes: float,
     seed: int,
     input_px: int,
@@ -85,6 +87,7 @@ def train_rbc_command(
         scale_mode=scale_mode,
         seed=seed,
         epochs=epochs,
+        patience=patience,
         max_minutes=max_minutes,
         finetune_lr=finetune_lr,
         version=model_version,
