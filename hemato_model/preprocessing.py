@@ -88,12 +88,15 @@ _RGB_FROM_HED = _RGB_FROM_HED / np.linalg.norm(_RGB_FROM_HED, axis=1, keepdims=T
 _HED_FROM_RGB = np.linalg.inv(_RGB_FROM_HED).astype(np.float32)
 
 
-def make_augmenter(seed: int, strength: float = 1.0) -> Callable[[Any], Any]:
+def make_augmenter(seed: int, strength: float = 1.0, zoom: float = 0.15, shift: float = 0.06) -> Callable[[Any], Any]:
     """Build a batch augmentation function for ``tf.data``: float32 (N, H, W, 3) 0..255 in and out.
 
     Args:
         seed: seed of the Keras random layers (the pipeline is reproducible given the data order).
         strength: scales the colour jitter (1.0 = the shipped model's setting).
+        zoom: scale jitter, ± this fraction (the red-cell model keeps it small: its size classes
+            are told apart by physical size).
+        shift: translation jitter, ± this fraction of the side.
     """
     import keras
     import tensorflow as tf
@@ -102,8 +105,8 @@ def make_augmenter(seed: int, strength: float = 1.0) -> Callable[[Any], Any]:
         [
             keras.layers.RandomFlip("horizontal_and_vertical", seed=seed),
             keras.layers.RandomRotation(0.5, fill_mode="reflect", seed=seed + 1),
-            keras.layers.RandomZoom((-0.15, 0.15), fill_mode="reflect", seed=seed + 2),
-            keras.layers.RandomTranslation(0.06, 0.06, fill_mode="reflect", seed=seed + 3),
+            keras.layers.RandomZoom((-zoom, zoom), fill_mode="reflect", seed=seed + 2),
+            keras.layers.RandomTranslation(shift, shift, fill_mode="reflect", seed=seed + 3),
         ],
         name="geometry_augmentation",
     )

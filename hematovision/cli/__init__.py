@@ -28,6 +28,7 @@ def _register() -> None:
         lis_commands,
         model_commands,
         process_command,
+        rbc_commands,
         server_commands,
         slide_commands,
         users_commands,
@@ -44,6 +45,7 @@ def _register() -> None:
         process_command,
         slide_commands,
         model_commands,
+        rbc_commands,
         detect_commands,
         bench_command,
     ):

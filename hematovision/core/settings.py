@@ -26,6 +26,8 @@ MODELS_DIR = Path(str(files("hemato_model") / "models"))
 #: HEMATOVISION_MODEL_DIR (see its model card).
 SHIPPED_MODEL_DIR = MODELS_DIR / "wbc-effnetlite0-v1"
 BLAST_MODEL_DIR = MODELS_DIR / "wbc-blast-effnetlite0-v2"
+#: The red-cell morphology classifier (13 Chula RBC-12 classes, MIT; not yet used by the pipeline).
+RBC_MODEL_DIR = MODELS_DIR / "rbc-effnetlite0-v1"
 
 
 def _default_data_root() -> Path:
