@@ -13,9 +13,20 @@ HV.review = (() => {
   const labelOf = (c) => c.label || "unidentified";
   const keyed = () => [...S.classes, "unidentified"];
 
-  function img(cell) {
-    if (!S.imgs.has(cell.id)) S.imgs.set(cell.id, HV.imageUrl(cell.image_url).catch(() => ""));
-    return S.imgs.get(cell.id);
+  /** A cell's picture URL: a plain same-origin image request carrying the session cookie, so the
+      browser loads thumbnails lazily (only those scrolled into view) instead of one fetch per cell
+      before anything else. */
+  const img = (cell) => cell.image_url;
+
+  /** The key shown beside a cell outline and in the legend: 1-9 for the n-th class, U unidentified,
+      the vocabulary letter for another review term (classes never differ by colour alone). */
+  function keyOf(label) {
+    const cls = label || "unidentified";
+    if (cls === "unidentified") return "U";
+    const i = S.classes.indexOf(cls);
+    if (i >= 0) return String(i + 1);
+    const t = S.vocab.find((x) => x.code === cls);
+    return t && t.key ? t.key.toUpperCase() : cls.charAt(0).toUpperCase();
   }
 
   function renderStatus() {
@@ -29,6 +40,11 @@ HV.review = (() => {
       badge.textContent = `Verified by ${name}${id ? " (" + id + ")" : ""} · ${fmtTime(r.verified_at || S.meta.verified_at)}`;
       badge.title = (r.signature && r.signature.meaning) || "";
       btn.disabled = true; btn.textContent = "Signed off";
+      const hl7 = document.getElementById("dl-hl7");
+      if (hl7 && hl7.dataset.href) {
+        hl7.href = hl7.dataset.href; hl7.setAttribute("download", ""); hl7.removeAttribute("aria-disabled");
+        hl7.textContent = "HL7"; hl7.title = "The HL7 ORU^R01 result message of the signed-off slide";
+      }
     } else {
       const open = S.cells.filter((c) => labelOf(c) === "unidentified").length;
       badge.className = "status prelim"; badge.title = "";
@@ -88,8 +104,7 @@ HV.review = (() => {
       if (!cells.length) continue;
       parts.push(el("h3", {}, el("span", { class: "swatch", style: `background:${cls === "unidentified" ? "#98a2b3" : color(cls)}` }), `${cls}`, el("span", { class: "muted small", text: `${cells.length}` })));
       parts.push(el("div", { class: "thumbs" }, cells.map((c) => {
-        const im = el("img", { alt: `cell ${c.id} (${labelOf(c)})`, width: 72, height: 72 });
-        img(c).then((u) => { if (u) im.src = u; });
+        const im = el("img", { alt: `cell ${c.id} (${labelOf(c)})`, width: 72, height: 72, loading: "lazy", decoding: "async", src: img(c) });
         return el("button", { type: "button", class: "thumb" + (c.reviewed ? " reviewed" : "") + (S.sel === c.id ? " sel" : ""), "data-cell": c.id, title: `${labelOf(c)}${c.probability ? " · p=" + c.probability.toFixed(2) : ""}`, onclick: () => select(c.id, true) },
           im, el("span", { class: "tag", text: c.probability ? c.probability.toFixed(2) : "—" }));
       })));
@@ -102,7 +117,7 @@ HV.review = (() => {
     const c = S.byId.get(S.sel);
     if (!c) { box.hidden = true; return; }
     box.hidden = false;
-    img(c).then((u) => { if (S.sel === c.id && u) document.getElementById("sel-img").src = u; });
+    document.getElementById("sel-img").src = img(c);
     document.getElementById("sel-title").textContent = `Cell ${c.id}: ${labelOf(c)}`;
     const orig = c.reviewed ? ` · model said ${c.model_label || "unidentified"}` : (c.probability ? ` · model confidence ${c.probability.toFixed(2)}` : "");
     document.getElementById("sel-sub").textContent = orig + (S.readOnly ? " · signed off (read-only)" : "");
@@ -159,7 +174,8 @@ HV.review = (() => {
       c.label = res.cell.label;
       S.changed = new Set(Object.keys(res.differential).filter((k) => !before[k] || before[k].count !== res.differential[k].count));
       Object.assign(S.report, res);
-      const o = S.overlays.get(c.id); if (o) o.style.setProperty("--c", color(c.label));
+      const o = S.overlays.get(c.id);
+      if (o) { o.style.setProperty("--c", color(c.label)); o.firstChild.textContent = keyOf(c.label); o.title = `cell ${c.id}: ${labelOf(c)}`; }
       renderDifferential(); renderGallery(); renderSelected(); loadAudit();
       toast(`Cell ${c.id} → ${label}${res.effect && res.effect.message ? " · " + res.effect.message : ""}`);
     } catch (e) { toast(e.message, true); if (e.status === 409) await reload(); }
@@ -247,7 +263,7 @@ HV.review = (() => {
 
   async function startViewer(prefixUrl) {
     const legend = document.getElementById("legend");
-    legend.replaceChildren(...keyed().map((cls) => el("span", {}, el("i", { style: `background:${cls === "unidentified" ? "#fff;border:1px solid #98a2b3" : color(cls)}` }), cls)));
+    legend.replaceChildren(...keyed().map((cls) => el("span", {}, el("i", { style: `background:${cls === "unidentified" ? "#fff;border:1px solid #98a2b3" : color(cls)}` }), el("kbd", { class: "legend-key", text: keyOf(cls) }), " " + cls)));
     S.viewer = OpenSeadragon({
       element: document.getElementById("viewer"), prefixUrl, showNavigator: true, navigatorPosition: "TOP_RIGHT",
       tileSources: await dziSource(),
@@ -256,7 +272,8 @@ HV.review = (() => {
     S.viewer.addHandler("open", () => {
       for (const c of S.cells) {
         const [x0, y0, x1, y1] = c.bbox;
-        const e = el("div", { class: "cellbox", "data-cell": c.id, title: `cell ${c.id}` });
+        const e = el("div", { class: "cellbox", "data-cell": c.id, title: `cell ${c.id}: ${labelOf(c)}` },
+          el("span", { class: "cellkey", "aria-hidden": "true", text: keyOf(c.label) }));
         e.style.setProperty("--c", color(c.label));
         S.viewer.addOverlay({ element: e, location: S.viewer.viewport.imageToViewportRectangle(x0, y0, x1 - x0, y1 - y0) });
         new OpenSeadragon.MouseTracker({ element: e, clickHandler: () => select(c.id) });
@@ -267,7 +284,7 @@ HV.review = (() => {
     S.viewer.addHandler("open-failed", (ev) => toast("Slide image: " + (ev.message || "could not be opened"), true));
   }
 
-  async function reload() {
+  async function reload(opts = {}) {
     const [meta, report] = await Promise.all([api(`/api/v1/slides/${seg(S.slideId)}/cells?kind=wbc`), api(`/api/v1/slides/${seg(S.slideId)}/report`)]);
     S.meta = meta; S.report = report; S.cells = meta.cells; S.classes = meta.classes.slice(0, 9); S.vocab = meta.vocabulary || [];
     S.byId = new Map(S.cells.map((c) => [c.id, c]));
@@ -275,17 +292,21 @@ HV.review = (() => {
     document.getElementById("slide-title").textContent = meta.filename;
     const bl = document.getElementById("batch-link"); if (bl) { bl.href = `/ui/batches/${seg(meta.batch_id)}`; bl.textContent = "batch " + meta.batch_id.slice(0, 8); }
     document.getElementById("slide-meta").textContent = `${meta.width}×${meta.height} px · ${meta.mpp} µm/px · analysed ${fmtTime(report.analysed_at)} · model ${report.model.name} ${report.model.version}`;
-    renderDifferential(); renderGallery(); renderSelected(); loadAudit();
+    renderDifferential(); renderSelected(); loadAudit();
+    if (!opts.deferGallery) renderGallery();
   }
 
   async function start(slideId, opts) {
     S.slideId = slideId;
     document.addEventListener("keydown", onKey);
     document.getElementById("signoff").addEventListener("click", signOff);
-    try { await reload(); } catch (e) { toast(e.message, true); document.getElementById("slide-title").textContent = e.status === 409 ? "Not analysed yet" : "Slide not available"; return; }
+    /* The viewer first: the gallery (one button per cell) is built after it has started. */
+    try { await reload({ deferGallery: true }); } catch (e) { toast(e.message, true); document.getElementById("slide-title").textContent = e.status === 409 ? "Not analysed yet" : "Slide not available"; return; }
     if (opts.viewer && window.OpenSeadragon) {
       try { await startViewer(opts.prefixUrl); } catch (e) { toast(e.message, true); }
     }
+    renderGallery();
+    document.body.dataset.readyMs = String(Math.round(performance.now()));
     document.body.dataset.ready = "1";
   }
 

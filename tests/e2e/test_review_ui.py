@@ -102,6 +102,13 @@ def _shot(page, tmp_path: Path, name: str, full_page: bool = False) -> None:  # 
         shutil.copyfile(out, SCREENSHOTS / f"{name}.png")
 
 
+# A cell thumbnail (a lazy same-origin <img>) has loaded.
+THUMB_LOADED = (
+    "[...document.querySelectorAll('#gallery img[src*=\"/api/v1/cells/\"]')]"
+    ".some((i) => i.complete && i.naturalWidth > 0)"
+)
+
+
 def _wait_until(page, expression: str, timeout_s: float = 30.0) -> None:  # type: ignore[no-untyped-def]
     """``page.wait_for_function`` without ``eval`` in the page: Playwright polls a string predicate
     with ``new Function`` there, which the pages' Content-Security-Policy (no 'unsafe-eval') refuses;
@@ -152,7 +159,7 @@ def test_review_reclassify_and_sign_off(browser, stack: LocalStack, tmp_path: Pa
     page.wait_for_url(f"**/ui/slides/{slide_id}")
     page.wait_for_selector("body[data-ready='1']")
     page.wait_for_selector(".cellbox")  # the viewer opened the DeepZoom image and drew the outlines
-    _wait_until(page, "document.querySelectorAll('#gallery img[src^=\"blob:\"]').length > 0")
+    _wait_until(page, THUMB_LOADED)
 
     # Click a counted white cell in the viewer, then press the key of another class.
     page.locator(".cellbox").first.click(force=True)
@@ -180,7 +187,7 @@ def test_review_reclassify_and_sign_off(browser, stack: LocalStack, tmp_path: Pa
 
     page.goto(f"{stack.api_url}/ui/slides/{slide_id}/gallery")
     page.wait_for_selector("body[data-ready='1']")
-    _wait_until(page, "document.querySelectorAll('#gallery img[src^=\"blob:\"]').length > 0")
+    _wait_until(page, THUMB_LOADED)
     page.locator("#gallery .thumb").first.click()
     page.wait_for_timeout(300)
     _shot(page, tmp_path, "gallery")
