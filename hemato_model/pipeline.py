@@ -9,10 +9,13 @@ power"):
    overlap and every cell kind is detected; a cell belongs to the tile whose core holds its centre,
    so nothing is counted twice.
 3. **Whole slides** take two passes: white-cell candidates are found on a low-resolution level
-   (``candidate_mpp``, ~2 µm/px) chunk by chunk inside the smear area; only a window around each
-   candidate is read at level 0, where the cell is confirmed and its box refined. Red cells and
-   platelets are counted in ``rbc_fields`` full-resolution fields spread over the smear. Unless a full
-   count is asked for, reading stops once enough white cells are in hand:
+   (``candidate_mpp``, ~1 µm/px, with the looser rule of
+   :func:`hemato_model.detection.wbc_candidates`) chunk by chunk inside the smear area; only a
+   window around each candidate is read at level 0, where the cells within ``REFINE_REACH_UM`` of
+   it are confirmed by the full-resolution rule and their boxes refined. Both paths find the same
+   white cells (``tests/unit/test_wholeslide_recall.py``). Red cells and platelets are counted in
+   ``rbc_fields`` full-resolution fields spread over the smear. Unless a full count is asked for,
+   reading stops once enough white cells are in hand:
 
    - where the crops are classified as they are cut (:func:`analyze_slide`, one process), once
      ``target_wbc`` white cells are *classified* (named: not ``unidentified``, not an erythroblast or
@@ -44,7 +47,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import numpy as np
 
-from hemato_model.detection import Detection, detect_cells
+from hemato_model.detection import Detection, detect_cells, wbc_candidates
 from hemato_model.preprocessing import crop_cell
 from hemato_model.quality import measure_quality, ood_summary
 from hematovision.core.results import WBC, CellResult, SlideAnalysis, is_classified_wbc
@@ -63,6 +66,16 @@ class AnalysisCancelled(Exception):
     """Raised when ``should_stop`` says the job was cancelled."""
 
 
+#: Two-pass reading: every white cell the level-0 detector finds within this many µm of a
+#: candidate's centre is taken (a coarse candidate can stand for two touching cells, or for a cell
+#: and a nucleus beside it, which the full-resolution path both counts) ...
+REFINE_REACH_UM = 10.0
+#: ... unless a cell already taken lies within this many µm: the same cell seen again from a
+#: neighbouring candidate or an overlapping chunk (its level-0 box is found again within a µm or
+#: two). Half of the 10 µm used before, which dropped the second of two cells 5-10 µm apart.
+DUPLICATE_UM = 5.0
+
+
 @dataclass
 class PipelineParams:
     target_wbc: int = 200
@@ -70,8 +83,15 @@ class PipelineParams:
     full_res_max_mpix: float = 64.0
     tile_px: int = 1024
     overlap_um: float = 30.0
-    candidate_mpp: float = 2.0
-    chunk_px: int = 1024
+    #: µm/px of the level searched for white-cell candidates (the finest level at most this
+    #: coarse is read). 1 µm/px, not 2: slides store every level as JPEG with 4:2:0 chroma, so
+    #: the nuclear stain (a colour difference) of a 2 µm/px level is sampled every 4 µm and a
+    #: lymphocyte's or erythroblast's 6-7 µm nucleus faded under the threshold (45 of 90
+    #: lymphocytes found on an 8192² slide; see docs/validation.md).
+    candidate_mpp: float = 1.0
+    #: Side of the square chunks the candidate level is read in, µm (as 1,024 px of a 2 µm/px
+    #: level were), so the order the smear is read in does not depend on the level's resolution.
+    chunk_um: float = 2048.0
     rbc_fields: int = 12
     field_um: float = 150.0
     batch_size: int = 64
@@ -348,8 +368,8 @@ def _two_pass(
     crop_px = int(math.ceil(spec.crop_um / mpp))
     win_px = int(math.ceil(30.0 / mpp))  # 30 µm window to confirm and refine a candidate
     accepted: dict[tuple[int, int], list[tuple[float, float]]] = {}
-    cell_um = 10.0
-    grid = cell_um / mpp
+    grid = DUPLICATE_UM / mpp
+    reach = REFINE_REACH_UM / mpp
 
     def duplicate(x: float, y: float) -> bool:
         gx, gy = int(x // grid), int(y // grid)
@@ -360,7 +380,8 @@ def _two_pass(
                         return True
         return False
 
-    chunks = list(_tiles(lw, lh, params.chunk_px, int(math.ceil(20.0 / level_mpp))))
+    chunk_px = max(64, int(round(params.chunk_um / level_mpp)))
+    chunks = list(_tiles(lw, lh, chunk_px, int(math.ceil(20.0 / level_mpp))))
     t_cand = t_refine = 0.0
     n_wbc = 0
 
@@ -375,7 +396,7 @@ def _two_pass(
     for i, ((cx0, cy0, _cw, _ch), low) in enumerate(zip(chunks, reads, strict=True)):
         check_stop()
         t = time.perf_counter()
-        cands = detect_cells(low, level_mpp, kinds=("wbc",))
+        cands = wbc_candidates(low, level_mpp)
         t_cand += time.perf_counter() - t
         t = time.perf_counter()
         for d in cands:
@@ -385,19 +406,21 @@ def _two_pass(
                 continue
             wx0, wy0 = int(gx) - win_px, int(gy) - win_px
             window = slide.read_region((wx0, wy0), 0, (2 * win_px, 2 * win_px))
-            fine = [f for f in detect_cells(window, mpp, kinds=("wbc",))]
-            if not fine:
-                continue
-            best = min(fine, key=lambda f: (_centre(f)[0] - win_px) ** 2 + (_centre(f)[1] - win_px) ** 2)
-            fx, fy = _centre(best)
-            ax, ay = wx0 + fx, wy0 + fy
-            if duplicate(ax, ay):
-                continue
-            accepted.setdefault((int(ax // grid), int(ay // grid)), []).append((ax, ay))
-            bx0, by0, bx1, by1 = best.bbox
-            cell = CellResult(WBC, (wx0 + bx0, wy0 + by0, wx0 + bx1, wy0 + by1), float(best.score))
-            sink.add(cell, _crop_from_slide(slide, ax, ay, crop_px, mpp, spec, window, (wx0, wy0)))
-            n_wbc += 1
+            fine = detect_cells(window, mpp, kinds=("wbc",))
+            dists = [math.hypot(_centre(f)[0] - win_px, _centre(f)[1] - win_px) for f in fine]
+            for k in sorted(range(len(fine)), key=dists.__getitem__):
+                if dists[k] > reach:
+                    break
+                best = fine[k]
+                fx, fy = _centre(best)
+                ax, ay = wx0 + fx, wy0 + fy
+                if duplicate(ax, ay):
+                    continue
+                accepted.setdefault((int(ax // grid), int(ay // grid)), []).append((ax, ay))
+                bx0, by0, bx1, by1 = best.bbox
+                cell = CellResult(WBC, (wx0 + bx0, wy0 + by0, wx0 + bx1, wy0 + by1), float(best.score))
+                sink.add(cell, _crop_from_slide(slide, ax, ay, crop_px, mpp, spec, window, (wx0, wy0)))
+                n_wbc += 1
         t_refine += time.perf_counter() - t
         result.fields_analysed += 1
         if sink.pending >= params.batch_size:

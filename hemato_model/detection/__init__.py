@@ -21,8 +21,11 @@ code runs on a 0.07 µm/px camera field and on a 1 µm/px pyramid level):
 4. **White cells.** Nuclear pixels are grouped by a dilation of ``WBC_MERGE_UM`` (lobes of one
    neutrophil, separated by thin, unstained filaments, become one group), then groups closer than a
    cell radius are merged again (a cell is one group however lobed). A group is a white cell if its
-   stained area is at least ``WBC_MIN_NUCLEUS_UM2``; the box is the nuclear box grown by the
-   cytoplasm margin ``WBC_CYTOPLASM_UM`` and clamped to the white-cell size range.
+   stained area is at least ``WBC_MIN_NUCLEUS_UM2``, or at least ``WBC_MIN_DENSE_NUCLEUS_UM2`` when
+   it is dense (``WBC_DENSE_CONTRAST``: the pyknotic nucleus of an erythroblast); the box is the
+   nuclear box grown by the cytoplasm margin ``WBC_CYTOPLASM_UM`` and clamped to the white-cell
+   size range. On a coarse pyramid level, ``wbc_candidates`` screens with a looser rule
+   (``CANDIDATE_RULE``: JPEG chroma there is too coarse for small nuclei), for level-0 confirmation.
 5. **Platelets.** Small objects outside white cells whose stain passes a lower threshold than
    nuclei with a stricter blue-passing ratio (``PLATELET_MIN_CHROMA``: purple specks on red cells
    and debris are less blue), sized by ``PLATELET_DIAMETER_UM``.
@@ -49,10 +52,11 @@ Scores are heuristic confidences in 0..1 (stain contrast and size agreement), mo
 rank detections, not calibrated probabilities.
 
 Modules, one step each: :mod:`.stain` (1-3), :mod:`.white_cells` (4), :mod:`.platelets` (5),
-:mod:`.red_cells` (6), :mod:`.scale` (``estimate_mpp``) and :mod:`.detect` (``detect_cells``).
+:mod:`.red_cells` (6), :mod:`.scale` (``estimate_mpp``) and :mod:`.detect` (``detect_cells``,
+``wbc_candidates``).
 """
 
-from hemato_model.detection.detect import KINDS, Detection, detect_cells
+from hemato_model.detection.detect import KINDS, Detection, detect_cells, wbc_candidates
 from hemato_model.detection.scale import estimate_mpp
 
-__all__ = ["KINDS", "Detection", "detect_cells", "estimate_mpp"]
+__all__ = ["KINDS", "Detection", "detect_cells", "estimate_mpp", "wbc_candidates"]

@@ -30,6 +30,11 @@ GLASS_BLOCK_UM = 30.0
 GLASS_MIN_FRACTION = 0.85
 #: Minimum mean OD of a cell pixel (a blank field has no cells).
 CELL_MIN_OD = 0.03
+#: The field's robust statistics (cell threshold, reference stain) are taken from a regular grid
+#: of at most this many pixels: a level-0 tile or a camera field at working resolution has fewer,
+#: a 2 x 2 mm chunk of a 1 µm/px pyramid level has 4 million, where sorting them all cost more
+#: than finding the cells.
+STATS_MAX_PX = 1_000_000
 
 
 @dataclass
@@ -72,28 +77,45 @@ def resample(image: np.ndarray, scale: float) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BOX))
 
 
-def glass_map(rgb: np.ndarray, block_px: int) -> np.ndarray:
+def _block_percentile(rgb: np.ndarray, by: np.ndarray, bx: np.ndarray, step: int, q: float) -> np.ndarray:
+    """Per-channel ``q``-th percentile of every block ``rgb[by[i]:by[i+1]:step, bx[j]:bx[j+1]:step]``.
+
+    The same numbers as one ``np.percentile`` per block, computed for all blocks of one shape at
+    a time (block edges from ``linspace`` give at most two heights and two widths): one call per
+    block cost more than the rest of white-cell detection on a coarse pyramid level.
+    """
+    grid = np.empty((len(by) - 1, len(bx) - 1, 3), np.float32)
+    heights, widths = np.diff(by), np.diff(bx)
+    for hb in np.unique(heights):
+        rows = np.nonzero(heights == hb)[0]
+        ry = by[rows][:, None] + np.arange(0, hb, step)[None, :]  # (n_rows, hb / step)
+        for wb in np.unique(widths):
+            cols = np.nonzero(widths == wb)[0]
+            cx = bx[cols][:, None] + np.arange(0, wb, step)[None, :]  # (n_cols, wb / step)
+            blocks = rgb[ry[:, :, None, None], cx[None, None, :, :]]  # (n_rows, bh, n_cols, bw, 3)
+            blocks = blocks.transpose(0, 2, 1, 3, 4).reshape(len(rows), len(cols), -1, 3)
+            grid[np.ix_(rows, cols)] = np.percentile(blocks, q, axis=2)
+    return grid
+
+
+def glass_map(rgb: np.ndarray, block_px: int, channels: tuple[int, ...] = (0, 1, 2)) -> np.ndarray:
     """Colour of the bare glass at every pixel (flat field), from the brightest pixels per block.
 
     Camera fields are unevenly lit (vignetting, a tilted lamp), so a single glass colour leaves
     the dim side's cells under threshold. Per block of ``block_px``, the glass is the 90th
     percentile of each channel; blocks darker than ``GLASS_MIN_FRACTION`` of the field's glass
     (crowded with cells, no glass to see) take the field's value; the block grid is smoothed and
-    interpolated back to pixels.
+    interpolated back to pixels. Returns the ``channels`` asked for, in that order.
     """
     h, w = rgb.shape[:2]
-    field_glass = np.percentile(rgb.reshape(-1, 3), 95, axis=0)
+    field_glass = np.percentile(stats_sample(rgb).reshape(-1, 3), 95, axis=0)
     nby, nbx = max(1, h // block_px), max(1, w // block_px)
     if nby * nbx <= 1:
-        return np.broadcast_to(field_glass, rgb.shape)
+        return np.broadcast_to(field_glass[list(channels)], (*rgb.shape[:2], len(channels)))
     by = np.linspace(0, h, nby + 1).astype(int)
     bx = np.linspace(0, w, nbx + 1).astype(int)
-    grid = np.empty((nby, nbx, 3), np.float32)
     step = 2 if block_px >= 16 else 1  # every other pixel is plenty for a percentile
-    for i in range(nby):
-        for j in range(nbx):
-            block = rgb[by[i] : by[i + 1] : step, bx[j] : bx[j + 1] : step].reshape(-1, 3)
-            grid[i, j] = np.percentile(block, 90, axis=0)
+    grid = _block_percentile(rgb, by, bx, step, 90.0)
     floor = GLASS_MIN_FRACTION * field_glass.sum()
     dim = grid.sum(axis=2) < floor
     grid[dim] = field_glass
@@ -104,10 +126,16 @@ def glass_map(rgb: np.ndarray, block_px: int) -> np.ndarray:
             np.asarray(
                 Image.fromarray(np.ascontiguousarray(grid[..., c]), mode="F").resize((w, h), Image.Resampling.BILINEAR)
             )
-            for c in range(3)
+            for c in channels
         ],
         2,
     )
+
+
+def stats_sample(values: np.ndarray) -> np.ndarray:
+    """``values`` (2-D) on a regular grid of at most ``STATS_MAX_PX`` pixels (all of them if fewer)."""
+    step = int(np.ceil(np.sqrt(values.shape[0] * values.shape[1] / STATS_MAX_PX)))
+    return values[::step, ::step] if step > 1 else values
 
 
 def cell_threshold(od: np.ndarray) -> float:
@@ -138,14 +166,17 @@ def stain_field(
     scale = (scale_x + scale_y) / 2.0
     wmpp = mpp * scale
     rgb = small.astype(np.float32)
-    glass = glass_map(rgb, max(8, int(round(GLASS_BLOCK_UM / wmpp))) if block_px is None else block_px)
-    od = -np.log10(np.clip((rgb + 1.0) / (glass + 1.0), 1e-3, 1.0))
+    # optical density of green and blue only (red is not used)
+    glass = glass_map(rgb, max(8, int(round(GLASS_BLOCK_UM / wmpp))) if block_px is None else block_px, (1, 2))
+    od_g = -np.log10(np.clip((rgb[..., 1] + 1.0) / (glass[..., 0] + 1.0), 1e-3, 1.0))
+    od_b = -np.log10(np.clip((rgb[..., 2] + 1.0) / (glass[..., 1] + 1.0), 1e-3, 1.0))
     sigma = max(0.3, 0.35 / wmpp) if smooth_px is None else smooth_px
     # haemoglobin and nuclear dyes both absorb green most: the green OD finds every cell
-    od_mean = ndi.gaussian_filter(od[..., 1], sigma)
-    stain = ndi.gaussian_filter(od[..., 1] - od[..., 2], sigma)
-    cells = od_mean > cell_threshold(od_mean)
-    ref = float(np.median(stain[cells])) if cells.any() else 0.0
+    od_mean = ndi.gaussian_filter(od_g, sigma)
+    stain = ndi.gaussian_filter(od_g - od_b, sigma)
+    cells = od_mean > cell_threshold(stats_sample(od_mean))
+    sampled_cells = stats_sample(cells)
+    ref = float(np.median(stats_sample(stain)[sampled_cells])) if sampled_cells.any() else 0.0
     return StainField(scale, wmpp, od_mean, stain, cells, ref)
 
 
