@@ -48,7 +48,7 @@ CONFIGS = sorted({(fmt, mpp) for fmt, mpp, *_ in SLIDES})
 
 
 @pytest.fixture(scope="module")
-def runs(real_data: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+def runs(real_cells: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     """Every slide down both paths, classified with the shipped model (made and run once)."""
     from hemato_model.classifier import load_classifier
     from hematovision.core.settings import load_settings
@@ -59,7 +59,7 @@ def runs(real_data: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict
     out = []
     for fmt, mpp, width, height, mix, n_wbc, seed in SLIDES:
         path = folder / f"s{seed}.{fmt}"
-        manifest = make_slide(path, real_data, width, height, mpp=mpp, n_wbc=n_wbc, seed=seed, fmt=fmt, wbc_mix=mix)
+        manifest = make_slide(path, real_cells, width, height, mpp=mpp, n_wbc=n_wbc, seed=seed, fmt=fmt, wbc_mix=mix)
         assert manifest["counts"]["wbc"] == n_wbc, manifest["notes"]
         out += [measure(path, p, classifier) for p in PATHS]
     return out
