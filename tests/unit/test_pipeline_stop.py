@@ -36,7 +36,7 @@ def classified(cells: list) -> int:  # type: ignore[type-arg]
 def test_one_process_reads_until_the_target_is_classified(settings, slide_path: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     clf = Classifier.load(settings.model_dir)
     # A whole-slide read (low-resolution candidates first), in small chunks so it can stop early.
-    two_pass = {"full_res_max_mpix": 1.0, "chunk_px": 96}
+    two_pass = {"full_res_max_mpix": 1.0, "chunk_um": 192.0}
     with open_slide(slide_path) as slide:
         everything = analyze_slide(slide, clf, PipelineParams(full_count=True, **two_pass))
     probs = [c.probability for c in everything.cells if c.kind == WBC]
