@@ -9,7 +9,9 @@ from real PBC cells, in both formats (tiled TIFF, Aperio SVS) at 0.25 and 0.5 µ
 * ``left-shift``: 8192² px, about a fifth of the white cells immature granulocytes, 300;
 * ``every-class``: 8192² px, the seven classes alike, 350 white cells (50 each);
 * ``large``: 24000² px at 0.25 µm/px, the default mix, 300 white cells (two-pass only: the
-  full-resolution path is for slides up to ``full_res_max_mpix``, 64 Mpx, and this one has 576).
+  full-resolution path is for slides up to ``full_res_max_mpix``, 64 Mpx, and this one has 576);
+* ``erythroblasts`` (only with ``--slides erythroblasts``): 8192² px, 550 erythroblasts, each of
+  the PBC erythroblast images once.
 
 Each slide runs down both pipeline paths (forced with ``PipelineParams``, never stopping early; see
 :mod:`hematovision.devtools.wholeslide_recall`) with the shipped classifier, and every placed white
@@ -46,7 +48,9 @@ SLIDES: dict[str, tuple[int, dict[str, float] | None, int, int]] = {
     ),
     "every-class": (8192, dict.fromkeys(EVERY_CLASS, 1.0), 350, 143),
     "large": (24000, None, 300, 144),  # 0.25 µm/px, two-pass only
+    "erythroblasts": (8192, {"erythroblast": 1.0}, 550, 145),  # on request: --slides erythroblasts
 }
+DEFAULT_SLIDES = ("normal", "lymphocytosis", "left-shift", "every-class", "large")
 
 
 def _slide(work: Path, data_root: Path, name: str, mpp: float, fmt: str) -> Path:
@@ -68,6 +72,101 @@ def _commit() -> str:
         return "unknown"
 
 
+CLASS_ORDER = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil", "ig", "erythroblast")
+
+
+def markdown(reports: list[dict[str, Any]]) -> str:
+    """The per-class tables of one report, or of two (before -> after), as Markdown."""
+    last = reports[-1]
+
+    def key(row: dict[str, Any]) -> tuple[str, float, str, bool]:
+        return (row["path"], row["mpp"], row["format"], "large" in row["slides"])
+
+    earlier = [{key(r): r for r in rep["table"]} for rep in reports[:-1]]
+    head = "| path | µm/px | format | slides | " + " | ".join(CLASS_ORDER) + " | all |"
+    lines = [head, "|" + "---|" * (len(CLASS_ORDER) + 5)]
+    for row in last["table"]:
+        cells = []
+        for cls in (*CLASS_ORDER, None):
+            parts = []
+            for table in (*earlier, {key(row): row}):
+                pc = table[key(row)]["per_class"] if key(row) in table else {}
+                found = sum(v["found"] for c, v in pc.items() if cls in (None, c))
+                placed = sum(v["placed"] for c, v in pc.items() if cls in (None, c))
+                parts.append(f"{found}/{placed}" if placed else "–")
+            cells.append(" → ".join(parts))
+        slides = "24000² (large)" if "large" in row["slides"] else f"{len(row['slides'])} × 8192²"
+        lines.append(
+            f"| {row['path'].replace('_', '-')} | {row['mpp']} | {row['format']} | {slides} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    lines += ["", "Unidentified (classifier below its threshold) of the cells found, last report:", ""]
+    lines += [head, "|" + "---|" * (len(CLASS_ORDER) + 5)]
+    for row in last["table"]:
+        pc = row["per_class"]
+        cells = [f"{pc[c].get('unidentified', 0)}/{pc[c]['found']}" if c in pc else "–" for c in CLASS_ORDER]
+        total = f"{sum(v.get('unidentified', 0) for v in pc.values())}/{sum(v['found'] for v in pc.values())}"
+        slides = "24000² (large)" if "large" in row["slides"] else f"{len(row['slides'])} × 8192²"
+        lines.append(
+            f"| {row['path'].replace('_', '-')} | {row['mpp']} | {row['format']} | {slides} | "
+            + " | ".join(cells)
+            + f" | {total} |"
+        )
+    return "\n".join(lines)
+
+
+def chroma_check(work: Path, data_root: Path) -> dict[str, Any]:
+    """Why the old candidate pass lost cells: the white-cell rule at 2 µm/px on the ``normal`` TIFF
+    slide's 2 µm/px level as stored (JPEG, 4:2:0 chroma), rendered without compression (level 0
+    box-filtered 8x), and that rendering JPEG-encoded at the slide's quality with 4:4:4 and with
+    4:2:0 chroma; then the candidate screen now used, on the stored 1 µm/px level."""
+    import imagecodecs
+    import numpy as np
+    from PIL import Image
+
+    from hemato_model.detection import detect_cells, wbc_candidates
+    from hematovision.core.slides import open_slide
+    from hematovision.devtools.synthetic import SmearRenderer, plan_smear
+    from hematovision.devtools.wholeslide_recall import match_cells, placed_white_cells
+
+    side, mix, n, seed = SLIDES["normal"]
+    path = _slide(work, data_root, "normal", 0.25, "tiff")
+    _, placed = placed_white_cells(path)
+    render = SmearRenderer(plan_smear(side, side, 0.25, n, seed, data_root=data_root, wbc_mix=mix))
+    raw = np.zeros((side // 8, side // 8, 3), np.uint8)
+    for y in range(0, side, 1024):
+        for x in range(0, side, 1024):
+            tile = render(x, y, 1024, 1024)
+            raw[y // 8 : y // 8 + 128, x // 8 : x // 8 + 128] = np.asarray(Image.fromarray(tile).reduce(8))
+
+    def jpeg(sub: tuple[int, int]) -> Any:
+        enc = imagecodecs.jpeg_encode(raw, level=85, colorspace="RGB", outcolorspace="YCBCR", subsampling=sub)
+        return np.asarray(imagecodecs.jpeg_decode(enc))
+
+    def tally(dets: list[Any], scale: float) -> dict[str, str]:
+        found = match_cells(placed, np.array([d.center for d in dets]).reshape(-1, 2) * scale, 0.25)
+        per: dict[str, list[int]] = {}
+        for cell, j in zip(placed, found, strict=True):
+            per.setdefault(cell["class"], [0, 0])[0] += j is not None
+            per[cell["class"]][1] += 1
+        return {c: f"{f}/{t}" for c, (f, t) in sorted(per.items())}
+
+    with open_slide(path) as slide:
+        stored2 = slide.read_region((0, 0), 3, (side // 8, side // 8))
+        stored1 = slide.read_region((0, 0), 2, (side // 4, side // 4))
+    return {
+        "slide": path.name,
+        "white-cell rule, 2 µm/px level": {
+            "stored (JPEG q85, 4:2:0)": tally(detect_cells(stored2, 2.0, kinds=("wbc",)), 8),
+            "uncompressed": tally(detect_cells(raw, 2.0, kinds=("wbc",)), 8),
+            "JPEG q85, 4:4:4": tally(detect_cells(jpeg((1, 1)), 2.0, kinds=("wbc",)), 8),
+            "JPEG q85, 4:2:0": tally(detect_cells(jpeg((2, 2)), 2.0, kinds=("wbc",)), 8),
+        },
+        "candidate screen, stored 1 µm/px level": tally(wbc_candidates(stored1, 1.0), 4),
+    }
+
+
 def main() -> None:
     from hemato_model.classifier import load_classifier
     from hematovision.core.settings import load_settings
@@ -78,9 +177,24 @@ def main() -> None:
     ap.add_argument("--formats", default="tiff,svs")
     ap.add_argument("--mpps", default="0.25,0.5")
     ap.add_argument("--paths", default=",".join(PATHS))
-    ap.add_argument("--slides", default=",".join(SLIDES), help="which of the slides above")
+    ap.add_argument("--slides", default=",".join(DEFAULT_SLIDES), help="which of the slides above")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    ap.add_argument(
+        "--table",
+        type=Path,
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="print the per-class tables of saved results (two: before -> after) as Markdown, and stop",
+    )
+    ap.add_argument("--chroma-check", action="store_true", help="print chroma_check's JSON (see there), and stop")
     a = ap.parse_args()
+    if a.chroma_check:
+        print(json.dumps(chroma_check(a.work_dir, load_settings().data_root), indent=1, ensure_ascii=False))
+        return
+    if a.table:
+        print(markdown([json.loads(f.read_text()) for f in a.table]))
+        return
     settings = load_settings()
     a.work_dir.mkdir(parents=True, exist_ok=True)
     classifier = load_classifier(settings.model_dir)
@@ -133,7 +247,7 @@ def main() -> None:
         "table": table,
         "runs": runs,
     }
-    text = json.dumps(report, indent=1)
+    text = json.dumps(report, indent=1, ensure_ascii=False)
     if a.out is not None:
         a.out.write_text(text + "\n")
     print(text)

@@ -86,8 +86,8 @@ class PipelineParams:
     #: µm/px of the level searched for white-cell candidates (the finest level at most this
     #: coarse is read). 1 µm/px, not 2: slides store every level as JPEG with 4:2:0 chroma, so
     #: the nuclear stain (a colour difference) of a 2 µm/px level is sampled every 4 µm and a
-    #: lymphocyte's or erythroblast's 6-7 µm nucleus faded under the threshold (45 of 90
-    #: lymphocytes found on an 8192² slide; see docs/validation.md).
+    #: lymphocyte's or erythroblast's 6-7 µm nucleus faded under the threshold (about half the
+    #: lymphocytes were lost; docs/validation.md, "Whole-slide detection recall").
     candidate_mpp: float = 1.0
     #: Side of the square chunks the candidate level is read in, µm (as 1,024 px of a 2 µm/px
     #: level were), so the order the smear is read in does not depend on the level's resolution.

@@ -25,13 +25,13 @@ WORK_MPP_WBC_ONLY = 0.8
 #: that makes the nuclear stain is sampled every 2 µm, so a small, dense nucleus (a pyknotic
 #: erythroblast's, 3-5 µm) mixes its chroma with the red cells around it while its darkness (luma)
 #: stays: its stain/OD ratio falls under ``NUCLEUS_MIN_CHROMA`` (0.5), and its stained area and
-#: contrast shrink. Measured on 550 PBC erythroblasts placed at 0.25 µm/px, candidates at 1 µm/px:
-#: 22 missed with the full rule, 3 with the ratio at 0.4 (no candidate of 20 µm² or more away from
-#: a white cell at 0.4; 4 per 4 mm² at 0.3: dark overlapping red cells). Dense groups count from
-#: 5 µm² and contrast 2 (three PBC erythroblasts with 3 µm nuclei give 12-15 µm² at contrast
-#: 2.1-2.8 there; platelets and debris away from white cells: about one such group per 10 mm²).
-#: Candidates are confirmed at level 0 with the full rule, so a looser screen costs only the reads
-#: of the windows it rejects.
+#: contrast shrink. Tuned on a synthetic slide of 550 PBC erythroblasts at 0.25 µm/px, candidates
+#: at 1 µm/px: 22 missed with the full rule, 3 with the ratio at 0.4, which let no candidate of
+#: 20 µm² or more through away from a white cell (0.3 did: dark overlapping red cells). Dense
+#: groups count from 5 µm² and contrast 2 (erythroblasts with 3 µm nuclei give 12-15 µm² at
+#: contrast 2.1-2.8 there). Candidates are confirmed at level 0 with the full rule, so a looser
+#: screen costs only the reads of the windows it rejects (docs/validation.md, "Whole-slide
+#: detection recall").
 CANDIDATE_RULE = NucleusRule(min_chroma=0.4, min_dense_nucleus_um2=5.0, dense_contrast=2.0)
 
 

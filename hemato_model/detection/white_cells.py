@@ -23,10 +23,10 @@ WBC_MIN_NUCLEUS_UM2 = 20.0
 #: stains only 10-20 µm² but is the darkest chromatin of the smear. A group of at least
 #: ``WBC_MIN_DENSE_NUCLEUS_UM2`` whose mean stain is at least ``WBC_DENSE_CONTRAST`` x the nuclear
 #: threshold, not cut by the image border (a sliver of a larger nucleus), is a white cell too.
-#: Measured (docs/validation.md, "Whole-slide detection recall"): of 1,100 PBC erythroblasts placed
-#: on synthetic slides (0.25 and 0.5 µm/px), 3.8-5.1 % have 10-20 µm² of nucleus, all with contrast
-#: >= 3.05; platelets lying on red cells there reach 2.6; on CBC Testing and TXL-PBC test no group
-#: of 10-20 µm² reaches 2.0 (pale debris, cut cells), so precision there is unchanged.
+#: Chosen on the synthetic slides of benchmarks/wholeslide_recall.py: small erythroblast nuclei
+#: reach contrast 2.9-5.8, platelets lying on red cells mostly stay under 2.8 (a few dense platelet
+#: clumps pass; docs/validation.md, "Whole-slide detection recall"); on CBC Testing and TXL-PBC test
+#: no group of 10-20 µm² reaches 2.0 and the detection scores are unchanged.
 WBC_MIN_DENSE_NUCLEUS_UM2 = 10.0
 WBC_DENSE_CONTRAST = 2.8
 #: Cytoplasm rim added around the nuclear box, µm.

@@ -37,6 +37,8 @@ from hematovision.devtools.synthetic import manifest_path
 #: A detection matches a placed cell when its centre is within half the cell of the cell's centre,
 #: and at least this many µm.
 MATCH_UM = 6.0
+#: Radius of the disc a PBC crop is pasted in (``cell_sprites.WBC_MASK_UM`` / 2 + the 1 µm feather).
+PASTED_RADIUS_UM = 14.0
 PATHS = ("two_pass", "full_resolution")
 
 
@@ -119,8 +121,11 @@ def measure(slide_path: str | Path, path: str, classifier: Any = None) -> dict[s
 
     Returns:
         ``{"slide", "format", "mpp", "size", "path", "seconds", "placed", "detected",
-        "unmatched_detections", "per_class": {class: {"placed", "found", "recall",
-        "unidentified", "as_class"}}}`` (the last two only with a classifier).
+        "unmatched_detections", "unmatched": {"in_a_pasted_cell", "elsewhere", "labels"},
+        "per_class": {class: {"placed", "found", "recall", "unidentified", "as_class"}}}``
+        (labels, unidentified and as_class only with a classifier). A detection that matches no
+        placed cell is either in the disc a PBC crop was pasted in (a neighbouring cell the crop
+        brought along: real, but not in the manifest) or elsewhere (a false detection).
     """
     from hemato_model.pipeline import analyze_slide, prepare_slide
     from hematovision.core.results import WBC
@@ -154,6 +159,22 @@ def measure(slide_path: str | Path, path: str, classifier: Any = None) -> dict[s
         if classifier is not None:
             row.setdefault("unidentified", 0)
             row.setdefault("as_class", 0)
+    matched = {j for j in matches if j is not None}
+    extra = [j for j in range(len(wbc)) if j not in matched]
+    unmatched: dict[str, Any] = {"in_a_pasted_cell": 0, "elsewhere": 0}
+    if extra:
+        from scipy.spatial import cKDTree
+
+        # inside the disc a PBC crop was pasted in (a neighbour the crop brought), or elsewhere
+        discs = cKDTree(np.array([c["center"] for c in placed], float).reshape(-1, 2))
+        dist, _ = discs.query(centres[extra])
+        near = int((dist * float(head["mpp"]) <= PASTED_RADIUS_UM).sum()) if len(placed) else 0
+        unmatched = {"in_a_pasted_cell": near, "elsewhere": len(extra) - near}
+        if classifier is not None:
+            labels: dict[str, int] = {}
+            for j in extra:
+                labels[str(wbc[j].label)] = labels.get(str(wbc[j].label), 0) + 1
+            unmatched["labels"] = dict(sorted(labels.items()))
     return {
         "slide": Path(slide_path).name,
         "format": head["format"],
@@ -163,7 +184,8 @@ def measure(slide_path: str | Path, path: str, classifier: Any = None) -> dict[s
         "seconds": round(seconds, 2),
         "placed": len(placed),
         "detected": len(wbc),
-        "unmatched_detections": len(wbc) - sum(j is not None for j in matches),
+        "unmatched_detections": len(extra),
+        "unmatched": unmatched,
         "per_class": dict(sorted(per_class.items())),
     }
 
