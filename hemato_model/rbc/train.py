@@ -48,6 +48,7 @@ from hemato_model.rbc.data import (
     load_crops,
     split_fields,
 )
+from hemato_model.training.classifier_training import fit_head_on_features
 
 log = logging.getLogger(__name__)
 
@@ -136,21 +137,16 @@ def fit_head(
     (x_tr, y_tr), (x_va, y_va) = data["train"], data["val"]
     f_tr, f_va = _predict(pooled, x_tr), _predict(pooled, x_va)
     t_features = time.time() - t0
-    inp = keras.Input((f_tr.shape[1],))
-    out = model.get_layer("head")(model.get_layer("head_dropout")(inp))
-    head = keras.Model(inp, out)
-    head.compile(
-        optimizer=keras.optimizers.Adam(cfg.head_lr), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
-    )
-    hist = head.fit(
-        f_tr,
-        y_tr,
-        validation_data=(f_va, y_va),
+    hist = fit_head_on_features(
+        model,
+        (f_tr, y_tr),
+        (f_va, y_va),
+        lr=cfg.head_lr,
         epochs=cfg.head_epochs,
         batch_size=128,
         class_weight=rbc_class_weights(y_tr, len(RBC_CLASSES), cfg.class_weight_power),
+        patience=8,
         verbose=verbose,
-        callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=8, restore_best_weights=True)],
     )
     return {
         "epochs": len(hist.history["loss"]),

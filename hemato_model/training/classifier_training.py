@@ -289,38 +289,62 @@ def fit_head(
     verbose: int,
 ) -> dict[str, Any]:
     """Stage 1: fit the head on frozen-backbone features (computed once)."""
-    import keras
 
     n_classes = int(model.outputs[0].shape[-1])
     t0 = time.time()
     f_train = _features(backbone, x_train, 64)
     f_val = _features(backbone, x_val, 64)
     log.info("features of %d+%d crops in %.0f s", len(f_train), len(f_val), time.time() - t0)
-    inp = keras.Input((f_train.shape[1],))
-    head_layers = [model.get_layer("head_dropout"), model.get_layer("head")]
-    x = inp
-    for layer in head_layers:
-        x = layer(x)
-    head = keras.Model(inp, x)
-    head.compile(
-        optimizer=keras.optimizers.Adam(cfg.head_lr), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
-    )
-    hist = head.fit(
-        f_train,
-        y_train,
-        validation_data=(f_val, y_val),
+    hist = fit_head_on_features(
+        model,
+        (f_train, y_train),
+        (f_val, y_val),
+        lr=cfg.head_lr,
         epochs=cfg.head_epochs,
         batch_size=64,
         class_weight=class_weights(y_train, n_classes),
+        patience=10,
         verbose=verbose,
-        shuffle=True,
-        callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=10, restore_best_weights=True)],
     )
     return {
         "epochs": len(hist.history["loss"]),
         "val_accuracy": float(max(hist.history["val_accuracy"])),
         "seconds": round(time.time() - t0, 1),
     }
+
+
+def fit_head_on_features(
+    model: Any,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    *,
+    lr: float,
+    epochs: int,
+    batch_size: int,
+    class_weight: dict[int, float],
+    patience: int,
+    verbose: int,
+) -> Any:
+    """Fit ``model``'s head (its ``head_dropout`` and ``head`` layers, shared with the model, so the
+    model gets the weights) on pooled features computed once from the frozen backbone; early
+    stopping on the validation loss keeps the best weights. Returns the Keras history. Shared by the
+    white-cell and the red-cell trainers."""
+    import keras
+
+    inp = keras.Input((train[0].shape[1],))
+    head = keras.Model(inp, model.get_layer("head")(model.get_layer("head_dropout")(inp)))
+    head.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return head.fit(
+        train[0],
+        train[1],
+        validation_data=val,
+        epochs=epochs,
+        batch_size=batch_size,
+        class_weight=class_weight,
+        verbose=verbose,
+        shuffle=True,
+        callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)],
+    )
 
 
 def fine_tune(
