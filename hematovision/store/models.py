@@ -38,15 +38,70 @@ class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
 
 
+#: A registered model's status: ``registered`` (known, usable on request), ``promoted`` (the one the
+#: workers assign to new slides; at most one), ``retired`` (rolled back from).
+MODEL_STATUSES = ("registered", "promoted", "retired")
+
+
 class ModelVersion(Base):
+    """A classifier version (the model registry, :mod:`hematovision.service.model_registry`).
+
+    Rows are also made by the workers for a model that labelled a slide (name, version, SHA-256);
+    ``hematovision models register`` fills in the rest. At most one row is ``promoted`` (a partial
+    unique index): the model the workers assign to new slides.
+    """
+
     __tablename__ = "model_versions"
-    __table_args__ = (UniqueConstraint("name", "version", name="uq_model_versions_name_version"),)
+    __table_args__ = (
+        UniqueConstraint("name", "version", name="uq_model_versions_name_version"),
+        Index(
+            "uq_model_versions_one_promoted",
+            "status",
+            unique=True,
+            sqlite_where=text("status = 'promoted'"),
+            postgresql_where=text("status = 'promoted'"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(100))
     version: Mapped[str] = mapped_column(String(50))
+    #: SHA-256 of ``model.keras``.
     sha256: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The registry (issue 18): where the model directory is, where it came from, its validation.
+    path: Mapped[str | None] = mapped_column(Text)
+    parent_name: Mapped[str | None] = mapped_column(String(160))
+    parent_sha256: Mapped[str | None] = mapped_column(String(64))
+    #: SHA-256 of the training data manifest (``model.json``'s ``training_data_sha256``).
+    data_sha256: Mapped[str | None] = mapped_column(String(64))
+    validation_path: Mapped[str | None] = mapped_column(Text)
+    #: The validation report (``validation.json`` of the model directory, from ``validate-model``).
+    validation: Mapped[dict[str, Any] | None]
+    status: Mapped[str] = mapped_column(String(20), default="registered", server_default=text("'registered'"))
+    registered_by: Mapped[str | None] = mapped_column(String(100))
+    registered_at: Mapped[datetime | None]
+    promoted_by: Mapped[str | None] = mapped_column(String(100))
+    promoted_at: Mapped[datetime | None]
+    #: Why it was last promoted, rolled back to or retired.
+    reason: Mapped[str | None] = mapped_column(Text)
+
+
+class ModelPromotion(Base):
+    """One change of the promoted model (append-only): who, when, from which version to which,
+    ``promote`` or ``rollback``, why, and the override reason when the validation report did not
+    allow the promotion."""
+
+    __tablename__ = "model_promotions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(100))
+    action: Mapped[str] = mapped_column(String(20))
+    from_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    to_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    reason: Mapped[str] = mapped_column(Text)
+    override_reason: Mapped[str | None] = mapped_column(Text)
 
 
 class Batch(Base):
