@@ -172,6 +172,18 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {"200": _resp("stage load", {"$ref": "#/components/schemas/Queues"}), **_errors(503)},
                 }
             },
+            "/api/v1/models": {
+                "get": {
+                    "operationId": "listModels",
+                    "summary": "The model registry: versions (SHA-256 of model.keras, path, parent, training data "
+                    "hash, validation verdict, status registered/promoted/retired, who promoted it and when), "
+                    "the promoted one, and the promotion/rollback history (newest first)",
+                    "responses": {
+                        "200": _resp("registry", {"type": "object", "required": ["promoted", "models", "history"]}),
+                        **_errors(401, 403, 503),
+                    },
+                }
+            },
             "/api/v1/slides": {
                 "get": {
                     "operationId": "findSlides",

@@ -103,6 +103,9 @@ class ModelPromotion(Base):
     reason: Mapped[str] = mapped_column(Text)
     override_reason: Mapped[str | None] = mapped_column(Text)
 
+    from_version: Mapped[ModelVersion | None] = relationship(foreign_keys=[from_version_id])
+    to_version: Mapped[ModelVersion] = relationship(foreign_keys=[to_version_id])
+
 
 class Batch(Base):
     __tablename__ = "batches"
