@@ -91,7 +91,8 @@ def _parent(meta: dict[str, Any]) -> tuple[str | None, str | None]:
 
 
 def _data_sha256(meta: dict[str, Any]) -> str | None:
-    training = meta.get("training") if isinstance(meta.get("training"), dict) else {}
+    found = meta.get("training")
+    training: dict[str, Any] = found if isinstance(found, dict) else {}
     for value in (
         meta.get("training_data_sha256"),
         meta.get("data_manifest_sha256"),
@@ -142,7 +143,9 @@ def parse_ref(ref: str) -> tuple[str, str]:
     """``NAME:VERSION`` → (name, version)."""
     name, sep, version = ref.rpartition(":")
     if not sep or not name or not version:
-        raise RegistryError("bad_reference", f"{ref!r}: give the model as NAME:VERSION (see `hematovision models list`)")
+        raise RegistryError(
+            "bad_reference", f"{ref!r}: give the model as NAME:VERSION (see `hematovision models list`)"
+        )
     return name, version
 
 
@@ -255,9 +258,7 @@ def _check_text(what: str, value: str | None, limit: int) -> str:
     return value
 
 
-def promote(
-    session: Session, ref: str, actor: str, reason: str, override_reason: str | None = None
-) -> ModelPromotion:
+def promote(session: Session, ref: str, actor: str, reason: str, override_reason: str | None = None) -> ModelPromotion:
     """Promote ``NAME:VERSION``: new slides get it from now on.
 
     Refused when its validation report is missing or says it is not promotable, unless an

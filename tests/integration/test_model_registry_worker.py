@@ -52,7 +52,9 @@ def test_promotion_and_rollback_switch_the_running_worker(pg_stack_steady, real_
     lab = tmp_path / "wbc-lab"
     shutil.copytree(SHIPPED_MODEL_DIR, lab)
     meta = json.loads((lab / "model.json").read_text())
-    (lab / "model.json").write_text(json.dumps(meta | {"version": LAB, "parent": {"name": meta["name"], "version": V1, "sha256": meta["sha256"]}}))
+    (lab / "model.json").write_text(
+        json.dumps(meta | {"version": LAB, "parent": {"name": meta["name"], "version": V1, "sha256": meta["sha256"]}})
+    )
     (lab / "validation.json").write_text(json.dumps({"promotable": True}))
 
     stack.start_worker()
@@ -61,7 +63,9 @@ def test_promotion_and_rollback_switch_the_running_worker(pg_stack_steady, real_
     assert first["slide"]["model"] == {"name": meta["name"], "version": V1, "sha256": meta["sha256"]}
 
     _models(stack, "register", str(lab), "--by", "director")
-    assert "-> wbc-effnetlite0:1.0.0-lab" in _models(stack, "promote", f"{meta['name']}:{LAB}", "--by", "director", "--reason", "lab stain")
+    assert "-> wbc-effnetlite0:1.0.0-lab" in _models(
+        stack, "promote", f"{meta['name']}:{LAB}", "--by", "director", "--reason", "lab stain"
+    )
     second = _analyse(stack, slides[1], "promoted")  # same worker process, no restart
     assert second["report"]["model"]["version"] == LAB
     assert second["slide"]["model"]["version"] == LAB and second["slide"]["model"]["sha256"] == meta["sha256"]

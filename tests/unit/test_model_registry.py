@@ -96,7 +96,9 @@ def test_promotion_needs_a_promotable_validation_report_or_an_override(sessions,
     with transaction(sessions) as s:
         reg.promote(s, "wbc-test:3.0.0", "director", "validated on our cells")
     with transaction(sessions) as s:
-        reg.promote(s, "wbc-test:2.0.0", "director", "stain change", override_reason="PBC drop accepted by the director")
+        reg.promote(
+            s, "wbc-test:2.0.0", "director", "stain change", override_reason="PBC drop accepted by the director"
+        )
     with sessions() as s:
         current = reg.promoted(s)
         assert current is not None and reg.ref_of(current) == "wbc-test:2.0.0"
@@ -196,7 +198,10 @@ def test_models_cli(settings: Settings, model_dir, monkeypatch: pytest.MonkeyPat
     assert ok.exit_code == 0 and "promote: wbc-effnetlite0:1.0.0 -> wbc-test:2.0.0 by alice" in ok.output, ok.output
     doc = json.loads(runner.invoke(main, ["models", "list", "--json"]).output)
     assert doc["promoted"] == "wbc-test:2.0.0"
-    assert {m["ref"]: m["status"] for m in doc["models"]} == {"wbc-effnetlite0:1.0.0": "registered", "wbc-test:2.0.0": "promoted"}
+    assert {m["ref"]: m["status"] for m in doc["models"]} == {
+        "wbc-effnetlite0:1.0.0": "registered",
+        "wbc-test:2.0.0": "promoted",
+    }
     back = runner.invoke(main, ["models", "rollback", "--by", "alice", "--reason", "flags changed"])
     assert back.exit_code == 0 and "rollback: wbc-test:2.0.0 -> wbc-effnetlite0:1.0.0" in back.output, back.output
     assert runner.invoke(main, ["models", "list"]).output.startswith("* wbc-effnetlite0:1.0.0")
@@ -233,7 +238,12 @@ def test_0011_downgrades_and_upgrades_again(settings: Settings) -> None:
     engine = make_engine(settings)
     try:
         with engine.begin() as c:
-            c.execute(text("INSERT INTO model_versions (name, version, sha256, created_at) VALUES ('m', '1', 'x', '2026-12-01')"))
+            c.execute(
+                text(
+                    "INSERT INTO model_versions (name, version, sha256, created_at) "
+                    "VALUES ('m', '1', 'x', '2026-12-01')"
+                )
+            )
             assert c.execute(text("SELECT status FROM model_versions")).scalar_one() == "registered"
         command.downgrade(alembic_config(settings), "0009")
         with engine.connect() as c:
