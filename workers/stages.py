@@ -30,6 +30,7 @@ from hematovision.store.models import utcnow
 from workers.job_store import (
     AssignedModel,
     assign_model,
+    assigned_model,
     claim_stage,
     finish_stage,
     job_state,
@@ -257,6 +258,23 @@ def run_classify(settings: Settings, factory: sessionmaker[Session], classifier:
     return Outcome("done", REPORT, ticket.priority, ticket.slide_id, outbox_id)
 
 
+def slide_model(settings: Settings, factory: sessionmaker[Session], job_id: str) -> AssignedModel | None:
+    """The model the job's slide was assigned when it was prepared (None: prepared before the
+    registry, the configured model is used); a model missing on this machine fails the job."""
+    from hematovision.service.model_registry import RegistryError
+
+    try:
+        return assigned_model(factory, job_id, settings.model_dir)
+    except RegistryError as exc:
+        raise PermanentError(exc.message) from None
+
+
+def _model_dir_used(settings: Settings, factory: sessionmaker[Session], job_id: str) -> Path:
+    """The directory of the model that labelled the slide (its card states the report's limits)."""
+    assigned = slide_model(settings, factory, job_id)
+    return assigned.model_dir if assigned is not None else settings.model_dir
+
+
 def run_report(settings: Settings, factory: sessionmaker[Session], job_id: str) -> Outcome:
     """Build the slide's report from cells and labels and store the whole result at once."""
     from hemato_model.handoff import HandoffError, apply_labels, read_labels, read_prepared
@@ -281,7 +299,7 @@ def run_report(settings: Settings, factory: sessionmaker[Session], job_id: str) 
         source=os.path.basename(ticket.path),
         patient=ticket.patient,
         rules=rules,
-        limits=model_card_limits(settings.model_dir),
+        limits=model_card_limits(_model_dir_used(settings, factory, job_id)),
     )
     stored = store_analysis(
         factory,

@@ -109,15 +109,10 @@ def _classifier(settings: Settings, factory: sessionmaker[Session], job_id: str)
     """The classifier of the model the slide was assigned when it was prepared (cached by its
     SHA-256), else the configured one (slides prepared before the registry)."""
     from hemato_model.classifier import load_classifier
-    from hematovision.service.model_registry import RegistryError
-    from workers.job_store import assigned_model
     from workers.model_cache import classifier_for
-    from workers.stages import PermanentError
+    from workers.stages import slide_model
 
-    try:
-        assigned = assigned_model(factory, job_id, settings.model_dir)
-    except RegistryError as exc:
-        raise PermanentError(exc.message) from None
+    assigned = slide_model(settings, factory, job_id)
     if assigned is None or assigned.sha256 is None:
         return load_classifier(settings.model_dir)
     return classifier_for(assigned.model_dir, assigned.sha256)
