@@ -241,7 +241,7 @@ def signoff(slide_id: str) -> ResponseReturnValue:
         role=signer.role,
         result_status=status_of(slide),
         lis_queued=lis_queued,
-        **({"reason": signed["reason"]} if signed.get("reason") else {}),
+        **({"signoff_reason": signed["reason"]} if signed.get("reason") else {}),
     )
     if lis_queued:
         dispatcher().kick()  # sent by the dispatcher thread, not in this request

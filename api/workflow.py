@@ -158,7 +158,7 @@ def amend_slide(slide_id: str) -> ResponseReturnValue:
     commit_audited(
         session,
         slide_id=slide_id,
-        reason=amendment.get("reason"),
+        amend_reason=amendment.get("reason"),
         version=slide.report_version,
         previous_verified_by=amendment.get("previous_verified_by"),
     )
