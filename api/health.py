@@ -53,7 +53,12 @@ def _json_body(required: str, example_props: dict[str, Any]) -> dict[str, Any]:
 def _workflow_paths() -> dict[str, Any]:
     """The review workflow's endpoints (api/workflow.py)."""
     slide, text = _id_param("slide_id"), {"type": "string", "maxLength": 2000}
-    code = {"name": "code", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[A-Z][A-Z0-9_]*$"}}
+    code = {
+        "name": "code",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^[A-Z][A-Z0-9_]*$"},
+    }
     comments = {"type": "object", "required": ["comments"]}
     return {
         "/api/v1/slides/{slide_id}/flags/{code}/ack": {
@@ -92,7 +97,10 @@ def _workflow_paths() -> dict[str, Any]:
                 "summary": "Add a comment to the slide (or to one of its cells with cell_id); refused once signed off",
                 "parameters": [slide],
                 "requestBody": _json_body("text", {"text": text, "cell_id": {"type": "integer"}}),
-                "responses": {"201": _resp("added", {"type": "object", "required": ["comment"]}), **_errors(400, 404, 409)},
+                "responses": {
+                    "201": _resp("added", {"type": "object", "required": ["comment"]}),
+                    **_errors(400, 404, 409),
+                },
             },
         },
         "/api/v1/cells/{cell_id}/comments": {
@@ -107,7 +115,10 @@ def _workflow_paths() -> dict[str, Any]:
                 "summary": "Add a comment to one cell",
                 "parameters": [_CELL_ID_PARAM],
                 "requestBody": _json_body("text", {"text": text}),
-                "responses": {"201": _resp("added", {"type": "object", "required": ["comment"]}), **_errors(400, 404, 409)},
+                "responses": {
+                    "201": _resp("added", {"type": "object", "required": ["comment"]}),
+                    **_errors(400, 404, 409),
+                },
             },
         },
         "/api/v1/slides/{slide_id}/amend": {

@@ -111,11 +111,17 @@ def slide_report(slide_id: str) -> ResponseReturnValue:
         if old is None:
             raise ApiError(404, "not_found", f"slide {slide_id} has no superseded report version {version}")
         if fmt == "hl7":
-            raise ApiError(400, "invalid_format", "a superseded report is not sent to the LIS; ask for json, csv or pdf")
+            raise ApiError(
+                400, "invalid_format", "a superseded report is not sent to the LIS; ask for json, csv or pdf"
+            )
         report = dict(old.report)
         report["result_status"] = old.result_status
         report["version"] = old.version
-        report["superseded"] = {"amended_by": old.amended_by, "amended_at": iso(old.amended_at), "reason": old.amend_reason}
+        report["superseded"] = {
+            "amended_by": old.amended_by,
+            "amended_at": iso(old.amended_at),
+            "reason": old.amend_reason,
+        }
     report["report_version"] = version
     report["batch_id"] = slide.batch_id
     report["filename"] = slide.filename

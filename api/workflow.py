@@ -14,7 +14,7 @@ from typing import Any
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from api.audit import commit_audited, note, note_slide
+from api.audit import commit_audited, note
 from api.auth import Person, principal, refuse, session_person
 from api.context import db
 from api.errors import ApiError

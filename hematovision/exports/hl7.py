@@ -434,7 +434,9 @@ def oru_r01(
             releasing.get("signed_at"),
         ):
             continue  # the releasing signature: the note above
-        notes.append(f"Signed by {sig.get('name')} ({sig.get('role')}) at {sig.get('signed_at')}: {sig.get('meaning')}.")
+        notes.append(
+            f"Signed by {sig.get('name')} ({sig.get('role')}) at {sig.get('signed_at')}: {sig.get('meaning')}."
+        )
     if report.get("signoff_reason"):
         notes.append(f"Insufficient differential released because: {report['signoff_reason']}")
     amendment = report.get("amendment") or {}

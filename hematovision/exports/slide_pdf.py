@@ -249,8 +249,8 @@ def _workflow_story(report: dict[str, Any], st: dict[str, ParagraphStyle]) -> li
         out.append(Paragraph("Signatures", st["h2"]))
         for sig in sigs:
             line = (
-                f"<b>{para_text(sig.get('name'))}</b> ({para_text(sig.get('role'))}, ID {para_text(sig.get('username'))})"
-                f" on {_fmt_time(sig.get('signed_at'))}: {para_text(sig.get('meaning'))}"
+                f"<b>{para_text(sig.get('name'))}</b> ({para_text(sig.get('role'))}, "
+                f"ID {para_text(sig.get('username'))}) on {_fmt_time(sig.get('signed_at'))}: {para_text(sig.get('meaning'))}"
             )
             if sig.get("reason"):
                 line += f". Reason for releasing an insufficient differential: {para_text(sig['reason'])}"
@@ -270,9 +270,7 @@ def _workflow_story(report: dict[str, Any], st: dict[str, ParagraphStyle]) -> li
     if notes:
         out.append(Paragraph("Comments", st["h2"]))
         out += [
-            Paragraph(
-                f"{para_text(c.get('by'))}, {_fmt_time(c.get('at'))}: {para_text(c.get('text'))}", st["body"]
-            )
+            Paragraph(f"{para_text(c.get('by'))}, {_fmt_time(c.get('at'))}: {para_text(c.get('text'))}", st["body"])
             for c in notes
         ]
     return out

@@ -258,8 +258,8 @@ def _second_signature(session: Session, slide: Slide, signer: Signer, when: date
         raise ReviewError(
             "forbidden",
             "pathologist_required",
-            f"slide {slide.id} awaits a pathologist's signature ({', '.join(report.get('pathologist_reasons') or [])}); "
-            f"a {signer.role} cannot give it",
+            f"slide {slide.id} awaits a pathologist's signature "
+            f"({', '.join(report.get('pathologist_reasons') or [])}); a {signer.role} cannot give it",
         )
     if first is not None and first.user_id == signer.user_id:
         raise ReviewError(

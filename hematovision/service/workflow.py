@@ -194,10 +194,14 @@ def amend(session: Session, slide_id: str, person: Signer, reason: object, *, at
     """
     slide = _locked_slide(session, slide_id)
     if person.role not in AMEND_ROLES:
-        raise ReviewError("forbidden", "forbidden", f"only a technologist or a pathologist may amend; not a {person.role}")
+        raise ReviewError(
+            "forbidden", "forbidden", f"only a technologist or a pathologist may amend; not a {person.role}"
+        )
     if slide.verified_at is None or slide.report is None:
         raise ReviewError(
-            "conflict", "not_signed_off", f"slide {slide.id} is not signed off: correct it directly, no amendment needed"
+            "conflict",
+            "not_signed_off",
+            f"slide {slide.id} is not signed off: correct it directly, no amendment needed",
         )
     try:
         why = clean_text(reason, "reason", MAX_REASON_CHARS)

@@ -109,9 +109,7 @@ def downgrade() -> None:
         batch_op.drop_index("ix_flag_acks_slide_version")
     op.drop_table("flag_acks")
 
-    op.execute(
-        "DELETE FROM signatures WHERE id NOT IN (SELECT MAX(s2.id) FROM signatures s2 GROUP BY s2.slide_id)"
-    )
+    op.execute("DELETE FROM signatures WHERE id NOT IN (SELECT MAX(s2.id) FROM signatures s2 GROUP BY s2.slide_id)")
     with op.batch_alter_table("signatures", schema=None, naming_convention=_NAMING) as batch_op:
         batch_op.drop_index(batch_op.f("ix_signatures_slide_id"))
         batch_op.drop_column("report_version")

@@ -65,7 +65,9 @@ def test_each_flag_needs_an_acknowledgement_with_a_comment(app, client, person, 
     r = tech.post(url, json={"comment": "seen <b>on</b> the smear"})
     assert r.status_code == 201, r.get_json()
     body = r.get_json()
-    assert body["acknowledgement"]["by"] == "Ann Lee" and body["acknowledgement"]["comment"] == "seen <b>on</b> the smear"
+    assert (
+        body["acknowledgement"]["by"] == "Ann Lee" and body["acknowledgement"]["comment"] == "seen <b>on</b> the smear"
+    )
     assert codes[0] not in body["unacknowledged"] and set(body["unacknowledged"]) == set(codes[1:])
     r = _sign(tech, analysed, reason="small slide")
     assert r.status_code == 409 and codes[0] not in r.get_json()["error"]["message"]
@@ -185,7 +187,10 @@ def test_comments_on_slides_and_cells(app, client, person, analysed: str) -> Non
     assert "<script>alert(1)</script> clumps at the edge" in pdf and "nucleoli?" not in pdf  # cells: JSON only
     with app.extensions["hv_sessions"]() as s:
         assert s.execute(select(func.count()).select_from(ReviewComment)).scalar_one() == 3
-        assert s.execute(select(func.count()).select_from(AuditEntry).where(AuditEntry.action == "comment")).scalar_one() >= 3
+        assert (
+            s.execute(select(func.count()).select_from(AuditEntry).where(AuditEntry.action == "comment")).scalar_one()
+            >= 3
+        )
     _classify_open(tech, analysed)
     ack_flags_http(tech, analysed)
     assert _sign(tech, analysed, reason="small slide").status_code == 200
@@ -238,7 +243,10 @@ def test_amend_keeps_the_released_report_and_sends_a_corrected_result(app, clien
     assert _sign(person("pathologist", full_name="Bea Two"), analysed).status_code == 200
     report = client.get(f"/api/v1/slides/{analysed}/report").get_json()
     assert report["result_status"] == "amended" and report["version"] == 2
-    assert report["amendment"]["reason"] == "a blast was missed" and report["amendment"]["previous_verified_by"] == "Ann Lee"
+    assert (
+        report["amendment"]["reason"] == "a blast was missed"
+        and report["amendment"]["previous_verified_by"] == "Ann Lee"
+    )
     hl7 = client.get(f"/api/v1/slides/{analysed}/report?format=hl7").get_data(as_text=True)
     segments = hl7.split("\r")
     obr = next(seg for seg in segments if seg.startswith("OBR|")).split("|")
