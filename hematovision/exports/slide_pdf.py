@@ -250,7 +250,8 @@ def _workflow_story(report: dict[str, Any], st: dict[str, ParagraphStyle]) -> li
         for sig in sigs:
             line = (
                 f"<b>{para_text(sig.get('name'))}</b> ({para_text(sig.get('role'))}, "
-                f"ID {para_text(sig.get('username'))}) on {_fmt_time(sig.get('signed_at'))}: {para_text(sig.get('meaning'))}"
+                f"ID {para_text(sig.get('username'))}) on {_fmt_time(sig.get('signed_at'))}: "
+                f"{para_text(sig.get('meaning'))}"
             )
             if sig.get("reason"):
                 line += f". Reason for releasing an insufficient differential: {para_text(sig['reason'])}"
