@@ -185,6 +185,25 @@ def test_review_reclassify_and_sign_off(browser, stack: LocalStack, tmp_path: Pa
         page.keyboard.press(lymph_key)
         _wait_until(page, f"HV.review.state.cells.filter(c => !c.label || c.label === 'unidentified').length < {left}")
 
+    # Each flag is acknowledged with a comment (a control per flag), and a slide comment is added.
+    page.click("#signoff")
+    page.wait_for_selector("#signoff-dialog[open]")
+    page.fill("#signoff-password", TECH[3])
+    page.click("#signoff-confirm")
+    page.wait_for_selector("#toast.show.error")
+    assert "acknowledge each flag" in page.inner_text("#toast")
+    for _ in range(30):
+        forms = page.locator("form[data-ack]")
+        if not forms.count():
+            break
+        forms.first.locator("input").fill("seen on the smear")
+        forms.first.locator("button").click()
+        page.wait_for_timeout(300)
+    assert not page.locator("form[data-ack]").count()
+    page.fill("#comment-text", "smear edge <b>thin</b>")
+    page.click("#comment-add")
+    page.wait_for_selector("#comments li:has-text('smear edge <b>thin</b>')")  # shown as text, never as markup
+
     page.goto(f"{stack.api_url}/ui/slides/{slide_id}/gallery")
     page.wait_for_selector("body[data-ready='1']")
     _wait_until(page, THUMB_LOADED)
@@ -199,6 +218,8 @@ def test_review_reclassify_and_sign_off(browser, stack: LocalStack, tmp_path: Pa
     page.wait_for_selector("#toast.show.error")
     assert "not correct" in page.inner_text("#toast")
     page.click("#signoff")
+    if page.locator("#signoff-reason-label").is_visible():  # an insufficient differential needs a reason
+        page.fill("#signoff-reason", "all cells of the test slide counted")
     page.fill("#signoff-password", TECH[3])
     page.click("#signoff-confirm")
     page.wait_for_selector("#status-badge.verified")
