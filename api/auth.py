@@ -61,7 +61,7 @@ UNSAFE_ACTIONS = {
     "workflow.acknowledge": "reclassify",  # a person only (the view refuses keys)
     "workflow.slide_comments": "reclassify",
     "workflow.cell_comments": "reclassify",
-    "workflow.amend_slide": "signoff",  # a technologist's or pathologist's act, never a key's
+    "workflow.amend_slide": "reclassify",  # a technologist's or pathologist's act (the view refuses keys)
 }
 
 #: Endpoints whose body is read by the view alone (uploads are streamed into a staging folder):

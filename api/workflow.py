@@ -70,6 +70,7 @@ def _author() -> Author:
 @bp.post("/slides/<hexid:slide_id>/flags/<code>/ack")
 def acknowledge(slide_id: str, code: str) -> ResponseReturnValue:
     """Acknowledge one flag raised on the slide with a comment (``{"comment": …}``)."""
+    _slide(slide_id)
     _person("acknowledge a flag")
     if not FLAG_CODE.match(code):
         raise ApiError(400, "invalid_code", "a flag code is upper-case letters, digits and _ (e.g. BLASTS_PRESENT)")
@@ -144,6 +145,7 @@ def cell_comments(cell_id: int) -> ResponseReturnValue:
 def amend_slide(slide_id: str) -> ResponseReturnValue:
     """Re-open a signed-off slide as a new report version (``{"reason": …}``; a technologist or a
     pathologist); the released report is kept and the next release is a corrected result."""
+    _slide(slide_id)
     person = _person("amend a report")
     reason = _body('{"reason": "a blast was missed"}').get("reason")
     session = db()
