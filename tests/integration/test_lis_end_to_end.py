@@ -112,7 +112,7 @@ def test_worklist_to_lis(postgres_url: str, redis_url: str, start_stack, real_ce
         r = sign(person, hdr, PASSWORD)
         assert r.status_code == 409 and r.json()["error"]["code"] == "unacknowledged_flags", r.text
         codes = acknowledge_all(person, hdr)
-        assert "BLASTS_PRESENT" in codes or "BLASTS" in codes
+        assert any(c.startswith("BLASTS") for c in codes), codes  # the reviewer's blast fires the blast rules
         r = sign(person, hdr, PASSWORD)
         assert r.status_code == 200, r.text
         assert r.json()["result_status"] == "awaiting_pathologist" and r.json()["verified_by"] is None
