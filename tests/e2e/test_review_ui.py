@@ -159,7 +159,11 @@ def test_review_reclassify_and_sign_off(browser, stack: LocalStack, tmp_path: Pa
     page.wait_for_url(f"**/ui/slides/{slide_id}")
     page.wait_for_selector("body[data-ready='1']")
     page.wait_for_selector(".cellbox")  # the viewer opened the DeepZoom image and drew the outlines
+    # The gallery sits below the side panels (flags with their acknowledgement controls, comments):
+    # its thumbnails load lazily, once scrolled near.
+    page.locator("#gallery").scroll_into_view_if_needed()
     _wait_until(page, THUMB_LOADED)
+    page.evaluate("window.scrollTo(0, 0)")
 
     # Click a counted white cell in the viewer, then press the key of another class.
     page.locator(".cellbox").first.click(force=True)
