@@ -253,6 +253,18 @@ def test_review_reclassify_and_sign_off(browser, stack: LocalStack, tmp_path: Pa
     history = page.inner_text("#audit")
     assert "user:tess" in history and "signed off" in history and "reclassified" in history
     assert "refused" in history, "the wrong password is in the slide's history"
+    # Amend: the signed-off report re-opens as version 2 with a reason (the released one is kept).
+    page.click("#amend")
+    page.wait_for_selector("#amend-dialog[open]")
+    page.fill("#amend-reason", "recount requested")
+    page.click("#amend-confirm")
+    page.wait_for_selector("#status-badge.prelim")
+    assert "amendment v2" in page.inner_text("#status-badge")
+    amended = client.report(slide_id)
+    assert amended["amendment"]["reason"] == "recount requested" and amended["result_status"] == "preliminary"
+    kept = client._call("GET", f"/api/v1/slides/{slide_id}/report", params={"version": "1"}).json()
+    assert kept["verified_by"] == "Tess Tech" and kept["result_status"] == "final"
+    assert not errors, errors
     ctx.close()
 
 

@@ -263,3 +263,26 @@ def test_amend_keeps_the_released_report_and_sends_a_corrected_result(app, clien
         acked = s.execute(select(FlagAcknowledgement.report_version)).scalars().all()
         assert set(acked) == {1, 2}
         assert s.execute(select(func.count()).select_from(Cell).where(Cell.label == "blast")).scalar_one() == 1
+
+
+def test_the_review_page_has_the_workflow_controls(person, analysed: str) -> None:  # noqa: F811
+    """The slide page carries the controls the script fills (labelled): flag acknowledgements (drawn
+    per flag into #flags), comments, the sign-off reason, the amend dialog; the gallery has the
+    sign-off and amend dialogs too."""
+    tech = person()
+    page = tech.get(f"/ui/slides/{analysed}").get_data(as_text=True)
+    for marker in (
+        'id="ack-n"',
+        'id="comment-form"',
+        '<label for="comment-text">',
+        'id="comment-on-cell"',
+        'id="signoff-reason"',
+        'id="amend"',
+        'id="amend-dialog"',
+        'id="amend-reason"',
+    ):
+        assert marker in page, marker
+    gallery = tech.get(f"/ui/slides/{analysed}/gallery").get_data(as_text=True)
+    assert 'id="amend-dialog"' in gallery and 'id="signoff-reason"' in gallery
+    script = tech.get("/ui/static/review.js").get_data(as_text=True)
+    assert "/flags/${seg(f.code)}/ack" in script and "/amend`" in script and "Sign as pathologist" in script
