@@ -164,6 +164,11 @@ class Slide(Base):
     # Technologist sign-off (issue 7): once set, the slide's results are read-only.
     verified_by: Mapped[str | None] = mapped_column(String(100))
     verified_at: Mapped[datetime | None]
+    # The review workflow (issue 15): ``awaiting_pathologist`` after a first signature that needs a
+    # pathologist's second one, ``final`` once released, None while open; the report's version
+    # (1, then one more per amendment: the earlier ones are kept in ``report_versions``).
+    review_state: Mapped[str | None] = mapped_column(String(30))
+    report_version: Mapped[int] = mapped_column(default=1, server_default=text("1"))
 
     batch: Mapped[Batch] = relationship(back_populates="slides")
     job: Mapped[Job] = relationship(back_populates="slide", uselist=False)
@@ -332,19 +337,23 @@ class User(Base):
 
 
 class Signature(Base):
-    """The electronic signature of a slide's sign-off: who (the user and, as signed, their username,
-    full name and role), when, and what it means. One per slide (a signed slide is read-only)."""
+    """An electronic signature of a slide's report: who (the user and, as signed, their username,
+    full name and role), when, what it means, the reason given for releasing an insufficient
+    differential, and the report version it signs. A version has one signature, or two when it needs
+    a pathologist's (the first signer's, then the pathologist's); an amendment starts a new version."""
 
     __tablename__ = "signatures"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    slide_id: Mapped[str] = mapped_column(ForeignKey("slides.id", ondelete="CASCADE"), unique=True)
+    slide_id: Mapped[str] = mapped_column(ForeignKey("slides.id", ondelete="CASCADE"), index=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     username: Mapped[str] = mapped_column(String(64))
     full_name: Mapped[str] = mapped_column(String(100))
     role: Mapped[str] = mapped_column(String(20))
     meaning: Mapped[str] = mapped_column(String(200))
     signed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    reason: Mapped[str | None] = mapped_column(Text)
+    report_version: Mapped[int] = mapped_column(default=1, server_default=text("1"))
 
 
 class LisMessage(Base):
@@ -365,3 +374,56 @@ class LisMessage(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     sent_at: Mapped[datetime | None] = mapped_column(index=True)
     ack: Mapped[str | None] = mapped_column(String(200))
+
+
+class FlagAcknowledgement(Base):
+    """A reviewer's acknowledgement of a flag raised on a slide, with their comment: who, when, for
+    which report version. Every flag standing at sign-off needs one of the current version; one
+    holds while its flag code stays raised (a reclassification that raises a new code needs a new one)."""
+
+    __tablename__ = "flag_acks"
+    __table_args__ = (Index("ix_flag_acks_slide_version", "slide_id", "report_version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slide_id: Mapped[str] = mapped_column(ForeignKey("slides.id", ondelete="CASCADE"))
+    report_version: Mapped[int] = mapped_column(default=1)
+    code: Mapped[str] = mapped_column(String(50))
+    comment: Mapped[str] = mapped_column(Text)
+    actor: Mapped[str] = mapped_column(String(100))
+    full_name: Mapped[str | None] = mapped_column(String(100))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ReviewComment(Base):
+    """A free-text comment on a slide (``cell_id`` None) or on one of its cells: who, when."""
+
+    __tablename__ = "review_comments"
+    __table_args__ = (Index("ix_review_comments_slide_at", "slide_id", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slide_id: Mapped[str] = mapped_column(ForeignKey("slides.id", ondelete="CASCADE"))
+    cell_id: Mapped[int | None] = mapped_column(WIDE_ID, ForeignKey("cells.id", ondelete="CASCADE"))
+    report_version: Mapped[int] = mapped_column(default=1)
+    text: Mapped[str] = mapped_column(Text)
+    actor: Mapped[str] = mapped_column(String(100))
+    full_name: Mapped[str | None] = mapped_column(String(100))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ReportVersion(Base):
+    """A released report superseded by an amendment, kept unchanged: the report JSON as it was
+    released, its status and verifier, and who amended it, when and why."""
+
+    __tablename__ = "report_versions"
+    __table_args__ = (UniqueConstraint("slide_id", "version", name="uq_report_versions_slide_version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slide_id: Mapped[str] = mapped_column(ForeignKey("slides.id", ondelete="CASCADE"))
+    version: Mapped[int]
+    report: Mapped[dict[str, Any]]
+    result_status: Mapped[str] = mapped_column(String(30))
+    verified_by: Mapped[str | None] = mapped_column(String(100))
+    verified_at: Mapped[datetime | None]
+    amended_by: Mapped[str] = mapped_column(String(100))
+    amended_at: Mapped[datetime] = mapped_column(default=utcnow)
+    amend_reason: Mapped[str] = mapped_column(Text)

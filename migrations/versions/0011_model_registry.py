@@ -1,7 +1,7 @@
 """the model registry: model versions' provenance, validation and status; the promotion history
 
 Revision ID: 0011
-Revises: 0009
+Revises: 0010
 Create Date: 2026-12-01 15:00:00
 
 Written by hand and checked against the models (tests/unit/test_schema_drift.py):
@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0011"
-down_revision = "0009"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
