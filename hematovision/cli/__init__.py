@@ -31,6 +31,7 @@ def _register() -> None:
         rbc_commands,
         server_commands,
         slide_commands,
+        teach_commands,
         users_commands,
     )
 
@@ -48,6 +49,7 @@ def _register() -> None:
         rbc_commands,
         detect_commands,
         bench_command,
+        teach_commands,
     ):
         for command in module.COMMANDS:
             main.add_command(command)
