@@ -118,7 +118,8 @@ def split_by_group(groups: list[str], labels: list[str], seed: int, val_fraction
         return {"train": parts["train"] + parts["test"], "val": parts["val"]}
     order = [uniq[i] for i in rng.permutation(len(uniq))]
     sizes = {g: groups.count(g) for g in uniq}
-    target, val_groups, n_val = val_fraction * len(groups), set(), 0
+    target, n_val = val_fraction * len(groups), 0
+    val_groups: set[str] = set()
     for g in order:
         if n_val >= target or len(val_groups) == len(uniq) - 1:
             break

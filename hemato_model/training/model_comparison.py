@@ -31,9 +31,7 @@ DEFAULT_MARGIN = 0.02
 DEFAULT_MIN_SUPPORT = 20
 
 
-def model_figures(
-    truth: Sequence[str], proba: np.ndarray, classes: Sequence[str], threshold: float
-) -> dict[str, Any]:
+def model_figures(truth: Sequence[str], proba: np.ndarray, classes: Sequence[str], threshold: float) -> dict[str, Any]:
     """One model's figures on one data set: accuracy, per-class recall (over the true classes),
     unidentified rate, and blast sensitivity/specificity when blasts are among the truth.
 
@@ -129,7 +127,11 @@ def flag_change_summary(per_slide: Sequence[dict[str, Any]]) -> dict[str, Any]:
     removed: dict[str, int] = {}
     changed = 0
     agree = {"current": 0, "candidate": 0}
+    skipped = 0
     for s in per_slide:
+        if s.get("skipped"):  # the slide file could not be read
+            skipped += 1
+            continue
         cur, new, signed = set(s["current"]), set(s["candidate"]), set(s["signed"])
         if cur != new:
             changed += 1
@@ -140,7 +142,8 @@ def flag_change_summary(per_slide: Sequence[dict[str, Any]]) -> dict[str, Any]:
         agree["current"] += int(cur == signed)
         agree["candidate"] += int(new == signed)
     return {
-        "slides": len(per_slide),
+        "slides": len(per_slide) - skipped,
+        "slides_skipped": skipped,
         "slides_with_changed_flags": changed,
         "flags_added": dict(sorted(added.items())),
         "flags_removed": dict(sorted(removed.items())),

@@ -125,7 +125,9 @@ def _model_doc(clf: Any) -> dict[str, Any]:
     help="The lab's held-out reviewed cells (a `dataset export` folder not used for training).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print only the JSON document on stdout (the default output).")
-@click.option("--pdf", "pdf_path", type=click.Path(path_type=Path), default=None, help="Write the validation report here.")
+@click.option(
+    "--pdf", "pdf_path", type=click.Path(path_type=Path), default=None, help="Write the validation report here."
+)
 @click.option("--margin", default=0.02, show_default=True, type=click.FloatRange(0, 0.5), help="Largest allowed drop.")
 @click.option(
     "--min-support",
@@ -244,4 +246,3 @@ def _slide_flags(database_url: str | None, current: Any, candidate: Any, n_slide
 
 
 COMMANDS: list[click.Command] = [dataset, validate_model]
-

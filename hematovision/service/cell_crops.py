@@ -10,6 +10,7 @@ are white (:meth:`hematovision.core.slides.Slide.read_region`).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+
 import numpy as np
 
 from hematovision.core.slides import SlideError, open_slide
@@ -41,4 +42,3 @@ def slide_mpp(slide: Slide) -> float | None:
 
 
 __all__ = ["SlideError", "crop_side_px", "cut_cells", "slide_mpp"]
-

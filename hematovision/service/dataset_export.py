@@ -276,7 +276,7 @@ def _export_slide(
             (work / cls).mkdir(exist_ok=True)
             Image.fromarray(crop).save(work / rel)  # no text chunks: pixels only
             review = last_review.get(cell.id)
-            model_label = first_from[cell.id] if cell.id in first_from else cell.label
+            model_label = first_from.get(cell.id, cell.label)
             actor_role = _role_of_actor(session, review.actor, roles) if review else ""
             rows.append(
                 {
@@ -304,7 +304,6 @@ def _export_slide(
         return None
     writer.writerows(rows)
     return dict(counts)
-
 
 
 __all__ = ["ExportError", "ExportResult", "check_out_dir", "export_reviewed_cells", "slide_hash"]

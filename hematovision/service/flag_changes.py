@@ -32,6 +32,13 @@ def _codes(summary: dict[str, Any]) -> list[str]:
     return sorted({f["code"] for f in summary["flags"]})
 
 
+def _flags(ctx: dict[str, Any], labels: list[str | None], classes: list[str]) -> list[str]:
+    """The flag codes of a slide whose white cells have ``labels`` (its other cells as stored)."""
+    cells = [*ctx["others"], *((WBC, lab) for lab in labels)]
+    summary = summarise_cells(cells, classes, patient=ctx["patient"], rules=ctx["rules"], quality=ctx["quality"])
+    return _codes(summary)
+
+
 def _classes(clf: Classifier, slide: Slide) -> list[str]:
     differential = (slide.report or {}).get("differential", {})
     return list(dict.fromkeys([*clf.classes, *(k for k in differential if k != UNIDENTIFIED)]))
@@ -62,33 +69,33 @@ def slide_flag_changes(
         cells = list(session.execute(select(Cell).where(Cell.slide_id == slide.id).order_by(Cell.id)).scalars())
         wbc = [c for c in cells if c.kind == WBC]
         try:
-            crops = np.stack(
-                [
-                    np.asarray(Image.fromarray(c).resize((current.input_px,) * 2, Image.Resampling.BILINEAR))
-                    for _, c in cut_cells(slide, wbc, current.crop_um)
-                ]
-            ) if wbc else np.zeros((0, current.input_px, current.input_px, 3), np.uint8)
+            crops = (
+                np.stack(
+                    [
+                        np.asarray(Image.fromarray(c).resize((current.input_px,) * 2, Image.Resampling.BILINEAR))
+                        for _, c in cut_cells(slide, wbc, current.crop_um)
+                    ]
+                )
+                if wbc
+                else np.zeros((0, current.input_px, current.input_px, 3), np.uint8)
+            )
         except SlideError as exc:
             log.warning("slide %s skipped: %s", slide.id, exc)
             out.append({"slide": slide.id, "skipped": str(exc), "signed": [], "current": [], "candidate": []})
             continue
-        others = [(c.kind, c.label) for c in cells if c.kind != WBC]
-        patient = order_of(slide).context()
-        quality = (slide.report or {}).get("quality")
-
-        def flags(labels: list[str | None], classes: list[str]) -> list[str]:
-            return _codes(
-                summarise_cells(
-                    [*others, *((WBC, lab) for lab in labels)], classes, patient=patient, rules=rules, quality=quality
-                )
-            )
+        ctx = {
+            "others": [(c.kind, c.label) for c in cells if c.kind != WBC],
+            "patient": order_of(slide).context(),
+            "quality": (slide.report or {}).get("quality"),
+            "rules": rules,
+        }
 
         out.append(
             {
                 "slide": slide.id,
-                "signed": flags([c.label for c in wbc], _classes(current, slide)),
-                "current": flags(_labels(current, crops), _classes(current, slide)),
-                "candidate": flags(_labels(candidate, crops), _classes(candidate, slide)),
+                "signed": _flags(ctx, [c.label for c in wbc], _classes(current, slide)),
+                "current": _flags(ctx, _labels(current, crops), _classes(current, slide)),
+                "candidate": _flags(ctx, _labels(candidate, crops), _classes(candidate, slide)),
             }
         )
     return out
