@@ -27,6 +27,10 @@ def _pct(v: Any) -> str:
     return "—" if v is None else f"{100 * float(v):.1f} %"
 
 
+def _counts(d: dict[str, int]) -> str:
+    return ", ".join(f"{k} ({v})" for k, v in d.items()) or "none"
+
+
 def _model_line(m: dict[str, Any]) -> str:
     parent = m.get("parent") or {}
     text = f"<b>{para_text(m.get('name'))} {para_text(m.get('version'))}</b> · sha256 {para_text(m.get('sha256'))}"
@@ -115,8 +119,8 @@ def validation_report_pdf(doc: dict[str, Any], out: BinaryIO | str | Path, **doc
             Paragraph(f"Flags on the last {flags['slides']} signed-off slides", st["h2"]),
             Paragraph(
                 f"{flags['slides_with_changed_flags']} slide(s) would get other flags with the candidate. "
-                f"Added: {para_text(flags['flags_added'] or 'none')}; removed: "
-                f"{para_text(flags['flags_removed'] or 'none')}. Slides whose flags match the signed-off "
+                f"Added: {para_text(_counts(flags['flags_added']))}; removed: "
+                f"{para_text(_counts(flags['flags_removed']))}. Slides whose flags match the signed-off "
                 f"labels' flags: current {flags['slides_matching_signed_off_flags']['current']}, "
                 f"candidate {flags['slides_matching_signed_off_flags']['candidate']}.",
                 st["body"],

@@ -156,3 +156,26 @@ def test_cli_refuses_a_non_empty_folder_and_prints_json(app, settings, reviewed,
 
     doc = json.loads(r.stdout)
     assert doc["n_cells"] == len(_rows(tmp_path / "ok")) and doc["per_class"]["blast"] == 1
+
+
+@pytest.mark.slow
+def test_flag_changes_re_run_signed_slides(app, reviewed: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+    """``validate-model --slides``: the signed slide is re-classified by both models and its flags
+    re-evaluated; the same model twice changes nothing, and the flags of the signed-off labels are
+    the ones the review stored."""
+    from hemato_model.classifier import Classifier
+    from hemato_model.training.model_comparison import flag_change_summary
+    from hematovision.core.flags import load_rules
+    from hematovision.core.settings import SHIPPED_MODEL_DIR
+    from hematovision.service.flag_changes import slide_flag_changes
+
+    clf = Classifier.load(SHIPPED_MODEL_DIR)
+    with app.extensions["hv_sessions"]() as s:
+        per_slide = slide_flag_changes(s, clf, clf, 5, load_rules())
+    assert [p["slide"] for p in per_slide] == [reviewed["signed"]]  # signed-off slides only
+    summary = flag_change_summary(per_slide)
+    assert summary["slides"] == 1 and summary["slides_with_changed_flags"] == 0
+    with app.extensions["hv_sessions"]() as s:
+        stored = sorted({f["code"] for f in s.get(Slide, reviewed["signed"]).report["flags"]})
+    assert per_slide[0]["signed"] == stored and stored
+    assert per_slide[0]["current"] == per_slide[0]["candidate"]

@@ -117,3 +117,28 @@ def test_lab_split_keeps_a_slide_on_one_side() -> None:
     assert sorted(parts["train"] + parts["val"]) == list(range(50))
     assert {groups[i] for i in parts["train"]}.isdisjoint({groups[i] for i in parts["val"]})
     assert len(parts["val"]) == 10
+
+
+def test_validation_report_pdf(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from hematovision.exports.validation_pdf import validation_report_pdf
+
+    cur = {"lab": _figs(0.80, 0.80, 0.80), "pbc": _figs(0.96, 0.97, 0.95, blast=0.9)}
+    new = {"lab": _figs(0.95, 0.96, 0.94), "pbc": _figs(0.95, 0.90, 0.99, blast=0.8)}
+    for figs in (*cur.values(), *new.values()):
+        figs["accuracy_unidentified_as_error"] = figs["accuracy"]
+    verdict = compare_models(cur, new, CLASSES, override_reason="accepted by the director <b>for</b> a trial")
+    model = {"name": "wbc-x", "version": "1", "sha256": "ab" * 32, "parent": {"name": "p", "version": "0"}}
+    doc = {
+        "candidate": {**model, "training_data_sha256": "cd" * 32},
+        "current": model,
+        "current_figures": cur,
+        "candidate_figures": new,
+        "verdict": verdict,
+        "flag_changes": flag_change_summary(
+            [{"slide": "a", "signed": ["BLASTS"], "current": [], "candidate": ["BLASTS"]}]
+        ),
+    }
+    out = tmp_path / "v.pdf"
+    validation_report_pdf(doc, out, invariant=1)
+    data = out.read_bytes()
+    assert data.startswith(b"%PDF") and len(data) > 2000
