@@ -219,6 +219,20 @@ def train_command(
     )
 
 
+def _moved_pbc(model_dir: Path) -> Path | None:
+    """The data root's PBC folder when the one a model's split.json names is not there (data moved)."""
+    from hematovision.core.datasets import pbc_root
+
+    try:
+        named = Path(json.loads((model_dir / "split.json").read_text()).get("data_dir", ""))
+    except (OSError, ValueError):
+        return None
+    if named.is_dir():
+        return None
+    here = pbc_root(settings_or_exit().data_root)
+    return here if here.is_dir() else None
+
+
 def _train_from_base(
     data_dir: Path,
     base_dir: Path,
@@ -242,6 +256,8 @@ def _train_from_base(
         raise click.UsageError(f"--base: {exc}") from None
     if pbc_dir is not None and not pbc_dir.is_dir():
         raise click.UsageError(f"--pbc: folder not found: {pbc_dir}")
+    if pbc_dir is None:
+        pbc_dir = _moved_pbc(base_dir)
     cfg = LabFineTuneConfig(
         data_dir=str(data_dir),
         base_dir=str(base_dir),

@@ -190,6 +190,10 @@ def validate_model(
     exclude = pbc_exclude.read_text().split() if pbc_exclude else []
     try:
         root, files, mpp = pbc_test_files(current.model_dir, exclude)
+        if pbc_dir is None and not root.is_dir():
+            from hematovision.core.datasets import pbc_root
+
+            pbc_dir = pbc_root(settings_or_exit().data_root)  # the data moved: the data root's PBC
         root = pbc_dir or root
         if not root.is_dir():
             raise DataError(f"PBC folder not found: {root} (give --pbc DIR)")

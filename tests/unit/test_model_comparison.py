@@ -142,3 +142,22 @@ def test_validation_report_pdf(tmp_path) -> None:  # type: ignore[no-untyped-def
     validation_report_pdf(doc, out, invariant=1)
     data = out.read_bytes()
     assert data.startswith(b"%PDF") and len(data) > 2000
+
+
+def test_cli_bad_input_is_a_message_and_exit_2(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from click.testing import CliRunner
+
+    from hematovision.cli import main
+    from hematovision.core.settings import SHIPPED_MODEL_DIR
+
+    data = tmp_path / "data"
+    (data / "blast").mkdir(parents=True)
+    runner = CliRunner()
+    r = runner.invoke(main, ["train", "--data", str(data), "--base", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "--base" in r.output and "not a model directory" in r.output
+    assert not (tmp_path / "o").exists()
+    args = ["validate-model", str(SHIPPED_MODEL_DIR), "--against", str(SHIPPED_MODEL_DIR)]
+    r = runner.invoke(main, [*args, "--data", str(tmp_path / "missing")])
+    assert r.exit_code == 2 and "--data" in r.output
+    r = runner.invoke(main, [*args, "--data", str(data), "--override-reason", " "])
+    assert r.exit_code == 2 and "--override-reason" in r.output
