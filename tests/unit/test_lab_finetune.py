@@ -99,7 +99,8 @@ def test_stain_shifted_lab_gains_without_pbc_loss(tmp_path: Path) -> None:
     cur, new = doc["current_figures"], doc["candidate_figures"]
     print(
         f"train {train_s:.0f} s wall, {train_cpu_s:.0f} s CPU; "
-        f"lab held-out accuracy {cur['lab_held_out']['accuracy']} -> {new['lab_held_out']['accuracy']}; PBC test {cur['pbc_test']['accuracy']} -> {new['pbc_test']['accuracy']}"
+        f"lab held-out accuracy {cur['lab_held_out']['accuracy']} -> {new['lab_held_out']['accuracy']}; "
+        f"PBC test {cur['pbc_test']['accuracy']} -> {new['pbc_test']['accuracy']}"
     )
     assert doc["data"]["pbc_test"]["n"] == 656 - 320  # the lab's cells are left out of the PBC test
     assert new["lab_held_out"]["accuracy"] >= cur["lab_held_out"]["accuracy"] + 0.03  # the gain
