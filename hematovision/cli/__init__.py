@@ -32,6 +32,7 @@ def _register() -> None:
         registry_commands,
         server_commands,
         slide_commands,
+        teach_commands,
         users_commands,
     )
 
@@ -50,6 +51,7 @@ def _register() -> None:
         detect_commands,
         bench_command,
         registry_commands,
+        teach_commands,
     ):
         for command in module.COMMANDS:
             main.add_command(command)

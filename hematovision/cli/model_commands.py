@@ -88,9 +88,28 @@ def _threads(threads: int | None) -> None:
     help="Extra resolution-loss augmentation: half of each batch down-sampled to this "
     "fraction of its side (random, up to 1) and back [default: none].",
 )
+@click.option(
+    "--base",
+    "base_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Fine-tune this model directory on --data (a `dataset export` folder of reviewed cells) mixed "
+    "with its PBC training split; new classes grow the head [defaults then: --epochs 3, --lr 1e-4, "
+    "--unfreeze-from block5a].",
+)
+@click.option(
+    "--pbc",
+    "pbc_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="With --base: the PBC folder, when not where the base's split.json says.",
+)
+@click.option("--pbc-per-class", type=int, default=None, help="With --base: at most this many PBC cells per class.")
 @click.option("--threads", default=2, show_default=True, help="CPU threads for TensorFlow (0 = all).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.pass_context
 def train_command(
+    ctx: click.Context,
     data_dir: Path,
     out_dir: Path,
     epochs: int,
@@ -111,13 +130,36 @@ def train_command(
     model_name: str | None,
     extra_data: Path | None,
     min_resolution: float | None,
+    base_dir: Path | None,
+    pbc_dir: Path | None,
+    pbc_per_class: int | None,
     threads: int,
     quiet: bool,
 ) -> None:
-    """Train the white-cell classifier (frozen head, then fine-tuning) and write a model directory."""
+    """Train the white-cell classifier (frozen head, then fine-tuning) and write a model directory;
+    with --base, fine-tune an existing model on a lab's reviewed cells."""
     _quiet_tensorflow()
     if not data_dir.is_dir():
         raise click.UsageError(f"data folder not found: {data_dir}")
+    if base_dir is not None:
+        given = {
+            name
+            for name in ("epochs", "finetune_lr", "unfreeze_from", "seed", "batch_size", "patience", "head_epochs")
+            if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+        }
+        _train_from_base(
+            data_dir,
+            base_dir,
+            out_dir,
+            pbc_dir,
+            pbc_per_class,
+            {k: v for k, v in ctx.params.items() if k in given},
+            model_name,
+            model_version,
+            threads,
+            quiet,
+        )
+        return
     if init_from is not None and not (init_from / "model.keras").is_file():
         raise click.UsageError(f"--init-from: not a model directory: {init_from}")
     if input_px < 32:
@@ -172,6 +214,87 @@ def train_command(
                 "val_accuracy": info["val_accuracy"],
                 "val_unidentified_rate": info["val_unidentified_rate"],
                 "seconds": info["seconds"],
+            }
+        )
+    )
+
+
+def _moved_pbc(model_dir: Path) -> Path | None:
+    """The data root's PBC folder when the one a model's split.json names is not there (data moved)."""
+    from hematovision.core.datasets import pbc_root
+
+    try:
+        named = Path(json.loads((model_dir / "split.json").read_text()).get("data_dir", ""))
+    except (OSError, ValueError):
+        return None
+    if named.is_dir():
+        return None
+    here = pbc_root(settings_or_exit().data_root)
+    return here if here.is_dir() else None
+
+
+def _train_from_base(
+    data_dir: Path,
+    base_dir: Path,
+    out_dir: Path,
+    pbc_dir: Path | None,
+    pbc_per_class: int | None,
+    overrides: dict[str, Any],
+    model_name: str | None,
+    model_version: str,
+    threads: int,
+    quiet: bool,
+) -> None:
+    """``train --base``: :func:`hemato_model.training.lab_finetune.fine_tune_from_base`; one JSON line."""
+    from hemato_model.classifier import ModelError, read_model_spec
+    from hemato_model.training.classifier_training import DataError
+    from hemato_model.training.lab_finetune import LabFineTuneConfig, fine_tune_from_base
+
+    try:
+        read_model_spec(base_dir)
+    except ModelError as exc:
+        raise click.UsageError(f"--base: {exc}") from None
+    if pbc_dir is not None and not pbc_dir.is_dir():
+        raise click.UsageError(f"--pbc: folder not found: {pbc_dir}")
+    if pbc_dir is None:
+        pbc_dir = _moved_pbc(base_dir)
+    cfg = LabFineTuneConfig(
+        data_dir=str(data_dir),
+        base_dir=str(base_dir),
+        out_dir=str(out_dir),
+        pbc_dir=str(pbc_dir) if pbc_dir else None,
+        pbc_per_class=pbc_per_class,
+        name=model_name,
+        version=model_version,
+        **overrides,
+    )
+    import contextlib
+
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # Keras' progress lines: stdout stays JSON only
+            meta = fine_tune_from_base(
+                cfg, progress=_progress_factory(not quiet), verbose=0 if quiet else 2, threads=threads or None
+            )
+    except DataError as exc:
+        raise click.UsageError(str(exc)) from None
+    t = meta["training"]
+    click.echo(
+        json.dumps(
+            {
+                "model_dir": str(out_dir),
+                "name": meta["name"],
+                "version": meta["version"],
+                "sha256": meta["sha256"],
+                "parent": meta["parent"],
+                "training_data_sha256": meta["training_data"]["manifest_sha256"],
+                "classes": meta["classes"],
+                "new_classes": t["new_classes"],
+                "threshold": meta["threshold"],
+                "val_accuracy_pbc": t["val_accuracy_pbc"],
+                "val_accuracy_lab": t["val_accuracy_lab"],
+                "n_pbc_train": t["n_pbc_train"],
+                "n_lab_train": t["n_lab_train"],
+                "seconds": t["seconds"],
             }
         )
     )

@@ -93,7 +93,10 @@ def _parent(meta: dict[str, Any]) -> tuple[str | None, str | None]:
 def _data_sha256(meta: dict[str, Any]) -> str | None:
     found = meta.get("training")
     training: dict[str, Any] = found if isinstance(found, dict) else {}
+    data = meta.get("training_data")
+    data_doc: dict[str, Any] = data if isinstance(data, dict) else {}
     for value in (
+        data_doc.get("manifest_sha256"),
         meta.get("training_data_sha256"),
         meta.get("data_manifest_sha256"),
         training.get("data_sha256"),
