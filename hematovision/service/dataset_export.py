@@ -151,11 +151,16 @@ def _selected_slides(
 ) -> list[tuple[Slide, Signature | None]]:
     """Signed-off slides (signed since ``since``) and, unless ``signed_only``, unsigned slides with
     reclassifications (made since ``since``), oldest first."""
-    q = select(Slide, Signature).join(Signature, Signature.slide_id == Slide.id, isouter=True)
-    q = q.where(Slide.verified_at.is_not(None))
+    q = select(Slide).where(Slide.verified_at.is_not(None))
     if since is not None:
         q = q.where(Slide.verified_at >= since)
-    rows: list[tuple[Slide, Signature | None]] = [(s, g) for s, g in session.execute(q.order_by(Slide.verified_at))]
+    rows: list[tuple[Slide, Signature | None]] = []
+    for slide in session.execute(q.order_by(Slide.verified_at)).scalars():
+        # The releasing signature: the latest (a pathologist's second signature, or after an amendment).
+        latest = select(Signature).where(Signature.slide_id == slide.id)
+        rows.append(
+            (slide, session.execute(latest.order_by(Signature.signed_at.desc(), Signature.id.desc())).scalars().first())
+        )
     if not signed_only:
         reviewed = select(CellReview.slide_id).distinct()
         if since is not None:

@@ -19,6 +19,7 @@ from hematovision.service.dataset_export import ExportError, export_reviewed_cel
 from hematovision.service.review import Signer, reclassify, sign_off
 from hematovision.service.slide_results import build_report
 from hematovision.store.models import Cell, Slide
+from tests.conftest import ack_flags
 from workers.job_store import store_analysis
 
 CLASSES = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet"]
@@ -59,11 +60,16 @@ def reviewed(app, make_job, make_user, tmp_path: Path, real_cells: Path) -> dict
     signed = _analysed(app, make_job, tmp_path, real_cells, PHI_FILENAME, 1)
     unsigned = _analysed(app, make_job, tmp_path, real_cells, "ACC-778899_second.tiff", 2)
     uid = make_user("bob", "pathologist", "Bob Smith")
+    tech = make_user("amy", "technologist", "Amy Jones")
     with factory() as s:
         first = s.execute(select(Cell.id).where(Cell.slide_id == signed).order_by(Cell.id)).scalars().first()
         other = s.execute(select(Cell.id).where(Cell.slide_id == unsigned).order_by(Cell.id)).scalars().first()
     with factory() as s, s.begin():
         reclassify(s, first, "blast", "user:bob", at=datetime(2026, 3, 2, 9, 0))
+    ack_flags(factory, signed, "user:amy")
+    with factory() as s, s.begin():  # a blast: the technologist signs first, the pathologist releases it
+        amy = Signer(tech, "amy", "Amy Jones", "technologist")
+        sign_off(s, signed, amy, reason="small test slide", at=datetime(2026, 3, 2, 9, 20))
     with factory() as s, s.begin():
         sign_off(s, signed, Signer(uid, "bob", "Bob Smith", "pathologist"), at=datetime(2026, 3, 2, 9, 30))
     with factory() as s, s.begin():
