@@ -29,6 +29,12 @@ power"):
      platelets, and a differential that still falls short is marked insufficient. The two paths
      therefore read the same cells on small slides (read whole) but may stop at different places on
      whole slides.
+
+   A **census** (``census``) reads every candidate chunk of the smear through the same two
+   passes and classifies every white cell found; red cells and platelets still come from the
+   sampled fields. ``full_count`` instead tiles the whole smear at level 0 (every kind, every
+   tile: about 20-40x slower on a 40,000² slide, docs/validation.md "Whole-smear census").
+   Crops go to the sink a batch at a time, so a census holds at most ``batch_size`` crops.
 4. Every white cell is cut at the model's physical crop size (µm) and handed to a *crop sink*: on one
    machine the sink classifies a batch at a time (:func:`analyze_slide`); in the staged service the
    ``prepare`` stage's sink writes the crops to disk for the GPU ``classify`` stage
@@ -80,6 +86,10 @@ DUPLICATE_UM = 5.0
 class PipelineParams:
     target_wbc: int = 200
     full_count: bool = False
+    #: Whole-smear census: every white cell of the smear through the two-pass path (no stop at
+    #: ``target_wbc``), red cells and platelets from the ``rbc_fields`` sampled fields only. Unlike
+    #: ``full_count`` it never reads every level-0 tile of a whole slide.
+    census: bool = False
     full_res_max_mpix: float = 64.0
     tile_px: int = 1024
     overlap_um: float = 30.0
@@ -262,7 +272,7 @@ def prepare_slide(
         if should_stop is not None and should_stop():
             raise AnalysisCancelled("cancelled")
 
-    if w * h / 1e6 <= params.full_res_max_mpix or params.full_count:
+    if w * h / 1e6 <= params.full_res_max_mpix or (params.full_count and not params.census):
         _full_resolution(slide, result, spec, sink, mask, down, params, progress, check_stop)
     else:
         _two_pass(slide, result, spec, sink, mask, down, params, progress, check_stop)
@@ -421,14 +431,14 @@ def _two_pass(
                 cell = CellResult(WBC, (wx0 + bx0, wy0 + by0, wx0 + bx1, wy0 + by1), float(best.score))
                 sink.add(cell, _crop_from_slide(slide, ax, ay, crop_px, mpp, spec, window, (wx0, wy0)))
                 n_wbc += 1
+                if sink.pending >= params.batch_size:  # a dense chunk never holds more than a batch
+                    sink.flush()
         t_refine += time.perf_counter() - t
         result.fields_analysed += 1
-        if sink.pending >= params.batch_size:
-            sink.flush()
-        progress(
-            0.05 + 0.8 * min(1.0, max((i + 1) / len(chunks), n_wbc / max(1, params.wbc_goal))), f"{n_wbc} white cells"
-        )
-        if not params.full_count and _enough_white_cells(sink, params):
+        read = (i + 1) / len(chunks)
+        done = read if params.full_count or params.census else max(read, n_wbc / max(1, params.wbc_goal))
+        progress(0.05 + 0.8 * min(1.0, done), f"{n_wbc} white cells")
+        if not (params.full_count or params.census) and _enough_white_cells(sink, params):
             result.stopped_early = True
             break
     result.timings_s["candidates"] = t_cand
