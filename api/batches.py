@@ -102,14 +102,14 @@ def _number(raw: Any, field: str, *, low: float, high: float, integer: bool = Fa
 
 
 def _flag(raw: Any, field: str) -> bool:
-    """A yes/no option: a JSON boolean, or in a form ``true``/``false``/``1``/``0`` (absent: no).
+    """A yes/no option: a JSON boolean, or in a form ``true``/``false`` (any case), ``1``/``0`` (absent: no).
     Anything else is a 400 ``invalid_option`` (``"yes"``, ``2``, ``"TRUE "`` are not guessed at)."""
     if raw is None or raw is False or raw == "":
         return False
     if raw is True:
         return True
-    if isinstance(raw, str) and raw in ("true", "false", "1", "0"):
-        return raw in ("true", "1")
+    if isinstance(raw, str) and raw.lower() in ("true", "false", "1", "0"):
+        return raw.lower() in ("true", "1")
     raise ApiError(400, "invalid_option", f"'{field}' must be true or false, got {repr(raw)[:40]}")
 
 
