@@ -431,7 +431,7 @@ def _two_pass(
                 if sink.pending >= params.batch_size:  # a dense chunk never holds more than a batch
                     t_flush = time.perf_counter()
                     sink.flush()
-                    t -= time.perf_counter() - t_flush  # classifying is not refining
+                    t += time.perf_counter() - t_flush  # classifying is not refining
         t_refine += time.perf_counter() - t
         result.fields_analysed += 1
         read = (i + 1) / len(chunks)
