@@ -241,7 +241,7 @@ def signoff(slide_id: str) -> ResponseReturnValue:
 
 @bp.post("/slides/<hexid:slide_id>/census")
 def census(slide_id: str) -> ResponseReturnValue:
-    """"Count all cells": queue the slide again as a whole-smear census (a new job, 202). The slide's
+    """Count all cells: queue the slide again as a whole-smear census (a new job, 202). The slide's
     current results stay until the census stores its own; 409 while its job is queued or running
     and once the slide is signed off."""
     from hematovision.service.submission import RequeueRefused, outbox_ids, requeue_slide

@@ -77,9 +77,7 @@ def process(
     out.mkdir(parents=True, exist_ok=True)
     classifier = load_classifier(Path(model_dir) if model_dir else settings.model_dir)
     rules = effective_rules(settings)
-    params = PipelineParams(
-        target_wbc=settings.target_wbc, full_count=full_count or settings.full_count, census=census
-    )
+    params = PipelineParams(target_wbc=settings.target_wbc, full_count=full_count or settings.full_count, census=census)
     failures = 0
     for p in paths:
         try:

@@ -97,7 +97,9 @@ def test_census_option_is_stored_and_reaches_the_prepare_stage(app, client, png_
     # A JSON submission (server-side paths) takes a JSON boolean.
     settings = app.extensions["hv_settings"]
     (settings.import_root / "p.png").write_bytes(png_bytes())
-    r = client.post("/api/v1/batches", json={"paths": [str(settings.import_root / "p.png")], "mpp": 0.25, "census": True})
+    r = client.post(
+        "/api/v1/batches", json={"paths": [str(settings.import_root / "p.png")], "mpp": 0.25, "census": True}
+    )
     assert r.status_code == 202, r.get_json()
     assert r.get_json()["jobs"][0]["census"] is True
 
@@ -117,7 +119,9 @@ def test_bad_census_value_is_400_and_writes_nothing(app, client, png_bytes, valu
 def test_bad_census_value_in_json_is_400(app, client, png_bytes, value: object) -> None:  # type: ignore[no-untyped-def]
     settings = app.extensions["hv_settings"]
     (settings.import_root / "p.png").write_bytes(png_bytes())
-    r = client.post("/api/v1/batches", json={"paths": [str(settings.import_root / "p.png")], "mpp": 0.25, "census": value})
+    r = client.post(
+        "/api/v1/batches", json={"paths": [str(settings.import_root / "p.png")], "mpp": 0.25, "census": value}
+    )
     if value is None:  # null: the option is not given
         assert r.status_code == 202
         assert r.get_json()["jobs"][0]["census"] is False
