@@ -209,3 +209,13 @@ def test_openapi_documents_census(client) -> None:  # type: ignore[no-untyped-de
     doc = client.get("/api/v1/openapi.json").get_json()
     assert "post" in doc["paths"]["/api/v1/slides/{slide_id}/census"]
     assert "census" in json.dumps(doc["paths"]["/api/v1/batches"])
+
+
+def test_process_refuses_census_with_full_count(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from hematovision.cli import main as cli
+
+    r = CliRunner().invoke(cli, ["process", "x.tiff", "--out", str(tmp_path), "--census", "--full-count"])
+    assert r.exit_code == 2 and "not both" in r.output
+    assert not any(tmp_path.iterdir())
