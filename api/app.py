@@ -42,7 +42,7 @@ def create_app(settings: Settings, *, background: bool = True) -> Flask:
     retrying while it is down; ``background=False`` leaves it stopped, e.g. for a one-off script)
     and removes staging folders left by a killed API process. :func:`stop_app` stops the thread.
     """
-    from api import audit, auth, batches, errors, health, jobs, queues, reports, review, slides, ui
+    from api import audit, auth, batches, errors, health, jobs, queues, registry, reports, review, slides, ui, workflow
     from api.params import register_converters
     from api.security import register_security_headers
     from api.uploads import IntakeRequest, sweep_staging
@@ -106,7 +106,7 @@ def create_app(settings: Settings, *, background: bool = True) -> Flask:
 
     init_metrics(app)
     audit.register_audit(app)  # after the metrics hook: it runs before it and may replace the answer
-    for bp in (health.bp, batches.bp, jobs.bp, queues.bp, reports.bp, review.bp, slides.bp, ui.bp):
+    for bp in (health.bp, batches.bp, jobs.bp, queues.bp, reports.bp, review.bp, slides.bp, registry.bp, ui.bp, workflow.bp):
         app.register_blueprint(bp)
     return app
 

@@ -45,11 +45,17 @@ AUDITED_ENDPOINTS: dict[str, str | None] = {
     "review.census": "census",
     "slides.patch_slide": "order",
     "review.slide_audit": "audit",
+    "workflow.acknowledge": "acknowledge",
+    "workflow.amend_slide": "amend",
+    "workflow.slide_comments": "comment",
+    "workflow.cell_comments": "comment",
     "reports.slide_report": None,
     "reports.flag_report": None,
     "ui.login": "login",
     "ui.logout": "logout",
 }
+#: Audited only when they change something (POST); their GETs are plain reads.
+POST_ONLY_AUDITED = frozenset({"ui.login", "ui.logout", "workflow.slide_comments", "workflow.cell_comments"})
 AUDIT_FAILED = "the audit log could not be written, so the request was not carried out (or is not confirmed)"
 
 
@@ -58,7 +64,7 @@ def audit_action() -> str | None:
     endpoint = request.endpoint or ""
     if endpoint not in AUDITED_ENDPOINTS:
         return None
-    if endpoint in ("ui.login", "ui.logout") and request.method != "POST":
+    if endpoint in POST_ONLY_AUDITED and request.method != "POST":
         return None
     action = AUDITED_ENDPOINTS[endpoint]
     if action is None:  # reports: any rendering but the JSON document leaves the system: an export

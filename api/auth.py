@@ -59,6 +59,10 @@ UNSAFE_ACTIONS = {
     "review.census": "reclassify",  # "count all cells": a review action, as reclassifying
     "review.signoff": "signoff",
     "slides.patch_slide": "submit",  # the order's data come from the LIS intake (or an admin)
+    "workflow.acknowledge": "reclassify",  # a person only (the view refuses keys)
+    "workflow.slide_comments": "reclassify",
+    "workflow.cell_comments": "reclassify",
+    "workflow.amend_slide": "reclassify",  # a technologist's or pathologist's act (the view refuses keys)
 }
 
 #: Endpoints whose body is read by the view alone (uploads are streamed into a staging folder):

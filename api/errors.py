@@ -17,7 +17,7 @@ from hematovision.service.review import ReviewError
 
 log = logging.getLogger(__name__)
 #: HTTP status of each kind of review (domain) error.
-REVIEW_STATUS = {"not_found": 404, "invalid": 400, "conflict": 409}
+REVIEW_STATUS = {"not_found": 404, "invalid": 400, "forbidden": 403, "conflict": 409}
 
 
 class ApiError(Exception):

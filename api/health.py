@@ -41,6 +41,110 @@ _CELL_ID_PARAM = {
 }
 
 
+def _json_body(required: str, example_props: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"type": "object", "required": [required], "properties": example_props}}
+        },
+    }
+
+
+def _workflow_paths() -> dict[str, Any]:
+    """The review workflow's endpoints (api/workflow.py)."""
+    slide, text = _id_param("slide_id"), {"type": "string", "maxLength": 2000}
+    code = {
+        "name": "code",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^[A-Z][A-Z0-9_]*$"},
+    }
+    comments = {"type": "object", "required": ["comments"]}
+    return {
+        "/api/v1/slides/{slide_id}/flags/{code}/ack": {
+            "post": {
+                "operationId": "acknowledgeFlag",
+                "summary": "Acknowledge a flag raised on the slide with a comment (a logged-in person); sign-off is "
+                "refused (409, naming the codes) while a raised flag has no acknowledgement",
+                "parameters": [slide, code],
+                "requestBody": _json_body("comment", {"comment": text}),
+                "responses": {
+                    "201": _resp("acknowledged", {"type": "object", "required": ["acknowledgement", "unacknowledged"]}),
+                    **_errors(400, 403, 404, 409, 503),
+                },
+            }
+        },
+        "/api/v1/slides/{slide_id}/flags/acks": {
+            "get": {
+                "operationId": "listFlagAcknowledgements",
+                "summary": "The acknowledgements of the report's current version and the flags still without one",
+                "parameters": [slide],
+                "responses": {
+                    "200": _resp("acknowledgements", {"type": "object", "required": ["acknowledgements"]}),
+                    **_errors(404, 503),
+                },
+            }
+        },
+        "/api/v1/slides/{slide_id}/comments": {
+            "get": {
+                "operationId": "listSlideComments",
+                "summary": "The slide's comments (slide and cells), oldest first",
+                "parameters": [slide],
+                "responses": {"200": _resp("comments", comments), **_errors(404, 503)},
+            },
+            "post": {
+                "operationId": "addSlideComment",
+                "summary": "Add a comment to the slide (or to one of its cells with cell_id); refused once signed off",
+                "parameters": [slide],
+                "requestBody": _json_body("text", {"text": text, "cell_id": {"type": "integer"}}),
+                "responses": {
+                    "201": _resp("added", {"type": "object", "required": ["comment"]}),
+                    **_errors(400, 404, 409),
+                },
+            },
+        },
+        "/api/v1/cells/{cell_id}/comments": {
+            "get": {
+                "operationId": "listCellComments",
+                "summary": "One cell's comments",
+                "parameters": [_CELL_ID_PARAM],
+                "responses": {"200": _resp("comments", comments), **_errors(404, 503)},
+            },
+            "post": {
+                "operationId": "addCellComment",
+                "summary": "Add a comment to one cell",
+                "parameters": [_CELL_ID_PARAM],
+                "requestBody": _json_body("text", {"text": text}),
+                "responses": {
+                    "201": _resp("added", {"type": "object", "required": ["comment"]}),
+                    **_errors(400, 404, 409),
+                },
+            },
+        },
+        "/api/v1/slides/{slide_id}/amend": {
+            "post": {
+                "operationId": "amendSlide",
+                "summary": "Re-open a signed-off slide as a new report version (a technologist or pathologist, with a "
+                "reason); the released report is kept and the next release is a corrected result (HL7 C)",
+                "parameters": [slide],
+                "requestBody": _json_body("reason", {"reason": {"type": "string", "maxLength": 1000}}),
+                "responses": {
+                    "200": _resp("amended", {"type": "object", "required": ["version", "amendment"]}),
+                    **_errors(400, 403, 404, 409, 503),
+                },
+            }
+        },
+        "/api/v1/slides/{slide_id}/versions": {
+            "get": {
+                "operationId": "listReportVersions",
+                "summary": "The slide's superseded report versions (released, then amended) and the current one",
+                "parameters": [slide],
+                "responses": {"200": _resp("versions", {"type": "object", "required": ["superseded"]}), **_errors(404)},
+            }
+        },
+    }
+
+
 def openapi_document() -> dict[str, Any]:
     submit_props = {
         "name": {"type": "string"},
@@ -174,6 +278,18 @@ def openapi_document() -> dict[str, Any]:
                     "(fresh heartbeat), stale (heartbeat too old), queued in the database, stranded (stale + "
                     "queued beyond the messages waiting) and demand = waiting + running + stranded (for autoscalers)",
                     "responses": {"200": _resp("stage load", {"$ref": "#/components/schemas/Queues"}), **_errors(503)},
+                }
+            },
+            "/api/v1/models": {
+                "get": {
+                    "operationId": "listModels",
+                    "summary": "The model registry: versions (SHA-256 of model.keras, path, parent, training data "
+                    "hash, validation verdict, status registered/promoted/retired, who promoted it and when), "
+                    "the promoted one, and the promotion/rollback history (newest first)",
+                    "responses": {
+                        "200": _resp("registry", {"type": "object", "required": ["promoted", "models", "history"]}),
+                        **_errors(401, 403, 503),
+                    },
                 }
             },
             "/api/v1/slides": {
@@ -371,6 +487,7 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            **_workflow_paths(),
             "/api/v1/slides/{slide_id}/audit": {
                 "get": {
                     "operationId": "getSlideAudit",

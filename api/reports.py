@@ -22,6 +22,7 @@ from api.serializers import iso
 from hematovision.core.flags import SEVERITY_RANK
 from hematovision.exports.report_csv import report_csv
 from hematovision.service.submission import order_of
+from hematovision.service.workflow import status_of, versions, workflow_fields
 from hematovision.store.models import Batch, Cell, FlagRecord, Slide
 
 bp = Blueprint("reports", __name__, url_prefix="/api/v1")
@@ -89,8 +90,12 @@ def slide_report(slide_id: str) -> ResponseReturnValue:
         state = slide.job.state if slide.job else "unknown"
         raise ApiError(409, "not_ready", f"slide {slide_id} has no report yet (job {state})")
     version = request.args.get("version", "current")
-    if version not in ("current", "machine"):
-        raise ApiError(400, "invalid_version", "version must be 'current' (the reviewed report) or 'machine'")
+    if version not in ("current", "machine") and not (version.isascii() and version.isdigit() and len(version) < 6):
+        raise ApiError(
+            400,
+            "invalid_version",
+            "version must be 'current' (the reviewed report), 'machine' or the number of a superseded version",
+        )
     if version == "machine":
         if slide.machine_report is None:
             raise ApiError(404, "not_found", f"slide {slide_id} has no machine report stored")
@@ -98,9 +103,25 @@ def slide_report(slide_id: str) -> ResponseReturnValue:
             raise ApiError(400, "invalid_format", "the machine report is not sent to the LIS; ask for json, csv or pdf")
         report = dict(slide.machine_report)
         report["result_status"] = "machine"
-    else:
+    elif version == "current" or int(version) == slide.report_version:
         report = dict(slide.report)
-        report["result_status"] = "final" if slide.verified_at is not None else "preliminary"
+        report.update(workflow_fields(slide, db()))
+    else:
+        old = next((v for v in versions(db(), slide.id) if v.version == int(version)), None)
+        if old is None:
+            raise ApiError(404, "not_found", f"slide {slide_id} has no superseded report version {version}")
+        if fmt == "hl7":
+            raise ApiError(
+                400, "invalid_format", "a superseded report is not sent to the LIS; ask for json, csv or pdf"
+            )
+        report = dict(old.report)
+        report["result_status"] = old.result_status
+        report["version"] = old.version
+        report["superseded"] = {
+            "amended_by": old.amended_by,
+            "amended_at": iso(old.amended_at),
+            "reason": old.amend_reason,
+        }
     report["report_version"] = version
     report["batch_id"] = slide.batch_id
     report["filename"] = slide.filename
@@ -208,6 +229,7 @@ def _flag_document(
                 "accession": getattr(s, "accession", None),
                 "max_severity": top,
                 "status": "verified" if s.verified_at is not None else "pending",
+                "result_status": status_of(s),
                 "verified_by": s.verified_by,
                 "verified_at": iso(s.verified_at),
                 "analysed_at": iso(s.analysed_at),

@@ -32,6 +32,7 @@ from hematovision.core.access import SIGNOFF_MEANING, printable
 from hematovision.core.flags import effective_rules
 from hematovision.core.vocabulary import Vocabulary
 from hematovision.service.review import Signer, allowed_labels, label_effect, reclassify, sign_off, slide_classes
+from hematovision.service.workflow import status_of
 from hematovision.store.models import AuditEntry, Batch, Cell, CellReview, Slide, User
 from hematovision.store.users import LOCK_MINUTES, verify_password
 
@@ -152,6 +153,8 @@ def slide_cells(slide_id: str) -> ResponseReturnValue:
             "verified_by": slide.verified_by,
             "verified_by_id": report.get("verified_by_id"),
             "verified_at": iso(slide.verified_at),
+            "result_status": status_of(slide),
+            "version": slide.report_version,
             "count": len(cells),
             "cells": [cell_json(c, original) for c in cells],
         }
@@ -187,8 +190,10 @@ def label_cell(cell_id: int) -> ResponseReturnValue:
 
 @bp.post("/slides/<hexid:slide_id>/signoff")
 def signoff(slide_id: str) -> ResponseReturnValue:
-    """Sign the slide off as the logged-in person, who re-enters their password (``{"password": …}``);
-    the slide is read-only afterwards."""
+    """Sign the slide off as the logged-in person, who re-enters their password (``{"password": …,
+    "reason": …}``; the reason is required for an insufficient differential); the slide is
+    read-only afterwards. A slide with a critical flag or a blast then awaits a pathologist, whose
+    signature (this same endpoint) releases it."""
     person = session_person()
     if person is None:  # the auth hook lets only people through; anything else is a bug
         raise ApiError(403, "forbidden", "only a logged-in person can sign off")
@@ -218,23 +223,38 @@ def signoff(slide_id: str) -> ResponseReturnValue:
         commit_audited(session, status=403, outcome="refused")  # keeps the failed-attempt count
         raise refusal
     signer = Signer(check.user.id, check.user.username, check.user.full_name, check.user.role)
-    slide = sign_off(session, slide_id, signer, meaning=SIGNOFF_MEANING)
+    reason = body.get("reason") if isinstance(body, dict) else None
+    slide = sign_off(session, slide_id, signer, meaning=SIGNOFF_MEANING, reason=reason)
+    report = slide.report or {}
+    signed = (report.get("signatures") or [{}])[-1]
+    released = slide.verified_at is not None
     cfg = settings()
-    lis_queued = bool(cfg.lis_host and cfg.lis_send_on_signoff)
+    lis_queued = bool(released and cfg.lis_host and cfg.lis_send_on_signoff)
     if lis_queued:  # in the sign-off's transaction: the result reaches the LIS even if it is down now
         from hematovision.service.lis import queue_result
 
         queue_result(session, slide, cfg)
-    commit_audited(session, meaning=SIGNOFF_MEANING, signer=signer.full_name, lis_queued=lis_queued)
+    commit_audited(
+        session,
+        meaning=signed.get("meaning"),
+        signer=signer.full_name,
+        role=signer.role,
+        result_status=status_of(slide),
+        lis_queued=lis_queued,
+        **({"signoff_reason": signed["reason"]} if signed.get("reason") else {}),
+    )
     if lis_queued:
         dispatcher().kick()  # sent by the dispatcher thread, not in this request
     return jsonify(
         {
             "slide_id": slide.id,
+            "result_status": status_of(slide),
             "verified_by": slide.verified_by,
-            "verified_by_id": signer.username,
+            "verified_by_id": signer.username if released else None,
             "verified_at": iso(slide.verified_at),
-            "signature": (slide.report or {}).get("signature"),
+            "signature": report.get("signature") if released else signed,
+            "signatures": report.get("signatures") or [],
+            "pathologist_reasons": report.get("pathologist_reasons") or [],
         }
     )
 

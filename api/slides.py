@@ -43,6 +43,12 @@ def slide_json(slide: Slide) -> dict[str, Any]:
         "verified_at": iso(slide.verified_at),
         "result_status": "final" if slide.verified_at else ("preliminary" if slide.report else None),
         "report_url": f"/api/v1/slides/{slide.id}/report" if slide.report is not None else None,
+        # The model the slide was assigned when it was prepared (the model registry), else None.
+        "model": (
+            {"name": mv.name, "version": mv.version, "sha256": mv.sha256}
+            if (mv := slide.model_version) is not None
+            else None
+        ),
     }
 
 

@@ -133,6 +133,15 @@ def flags_page() -> ResponseReturnValue:
     return render_template("flags.html", page="flags")
 
 
+def _model(slide_id: str) -> dict[str, Any] | None:
+    """The model the slide was assigned (or analysed with) for the page header."""
+    from hematovision.store.models import Slide
+
+    slide = db().get(Slide, slide_id)
+    mv = slide.model_version if slide is not None else None
+    return None if mv is None else {"name": mv.name, "version": mv.version, "sha256": mv.sha256}
+
+
 def _order(slide_id: str) -> dict[str, Any] | None:
     """The slide's order and patient for the page header (autoescaped by the template)."""
     from hematovision.service.submission import order_of
@@ -145,13 +154,28 @@ def _order(slide_id: str) -> dict[str, Any] | None:
 @bp.get("/ui/slides/<hexid:slide_id>")
 def slide_page(slide_id: str) -> ResponseReturnValue:
     return render_template(
-        "slide.html", page="slide", slide_id=slide_id, viewer=viewer_installed(), order=_order(slide_id)
+        "slide.html",
+        page="slide",
+        slide_id=slide_id,
+        viewer=viewer_installed(),
+        order=_order(slide_id),
+        model=_model(slide_id),
     )
 
 
 @bp.get("/ui/slides/<hexid:slide_id>/gallery")
 def gallery_page(slide_id: str) -> ResponseReturnValue:
-    return render_template("gallery.html", page="gallery", slide_id=slide_id, order=_order(slide_id))
+    return render_template(
+        "gallery.html", page="gallery", slide_id=slide_id, order=_order(slide_id), model=_model(slide_id)
+    )
+
+
+@bp.get("/ui/models")
+def models_page() -> ResponseReturnValue:
+    """The model registry (server-rendered: it changes only when a model is promoted)."""
+    from hematovision.service.model_registry import registry_json
+
+    return render_template("models.html", page="models", registry=registry_json(db()))
 
 
 @bp.get("/ui/find")

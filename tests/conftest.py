@@ -277,3 +277,28 @@ def make_job(request: pytest.FixtureRequest, settings: Settings) -> Iterator[Cal
     yield make
     for engine in engines:
         engine.dispose()
+
+
+ACK_COMMENT = "checked on the smear"
+
+
+def ack_flags(factory, slide_id: str, actor: str = "user:tests") -> list[str]:  # type: ignore[no-untyped-def]
+    """Acknowledge every flag raised on the slide (service level, as a reviewer with a comment);
+    returns the codes."""
+    from hematovision.service.workflow import Author, acknowledge_flag
+    from hematovision.store.models import Slide
+
+    with factory() as s, s.begin():
+        codes = list(dict.fromkeys(f["code"] for f in (s.get(Slide, slide_id).report or {}).get("flags", [])))
+        for code in codes:
+            acknowledge_flag(s, slide_id, code, ACK_COMMENT, Author(actor))
+    return codes
+
+
+def ack_flags_http(person, slide_id: str) -> list[str]:  # type: ignore[no-untyped-def]
+    """Acknowledge every flag raised on the slide through the API, as ``person`` (a PersonClient)."""
+    codes = list(dict.fromkeys(f["code"] for f in person.get(f"/api/v1/slides/{slide_id}/report").get_json()["flags"]))
+    for code in codes:
+        r = person.post(f"/api/v1/slides/{slide_id}/flags/{code}/ack", json={"comment": ACK_COMMENT})
+        assert r.status_code == 201, r.get_json()
+    return codes

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
@@ -25,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from hematovision.core.patient import PatientContext
 from hematovision.core.results import SlideAnalysis
+from hematovision.service import model_registry
 from hematovision.service.outbox import add_message
 from hematovision.service.slide_results import replace_result_rows
 from hematovision.service.submission import job_options, order_of
@@ -178,6 +180,40 @@ def mark_failed(factory: sessionmaker[Session], job_id: str, error: str, *, fina
             job.finished_at = utcnow()
         else:
             job.state = "queued"
+
+
+@dataclass(frozen=True)
+class AssignedModel:
+    """The registered model a slide is analysed with (:mod:`hematovision.service.model_registry`)."""
+
+    name: str
+    version: str
+    sha256: str | None
+    model_dir: Path
+
+
+def assign_model(factory: sessionmaker[Session], job_id: str, fallback_dir: Path) -> AssignedModel | None:
+    """Record on the job's slide the model it is analysed with (the promoted one, unless it has one
+    already; ``fallback_dir`` is registered and promoted when nothing is) and return it; None when
+    the job is unknown or final. Raises :class:`~hematovision.service.model_registry.RegistryError`
+    when the model's directory cannot be found here."""
+    with transaction(factory) as s:
+        job = _live_job(s, job_id)
+        if job is None:
+            return None
+        mv = model_registry.assign_model(s, job.slide, fallback_dir)
+        return AssignedModel(mv.name, mv.version, mv.sha256, model_registry.model_dir_of(mv, fallback_dir))
+
+
+def assigned_model(factory: sessionmaker[Session], job_id: str, fallback_dir: Path) -> AssignedModel | None:
+    """The model the job's slide was assigned when it was prepared; None when it has none (prepared
+    before the registry) or the job is unknown: the worker's configured model is used then."""
+    with factory() as s:
+        job = s.get(Job, job_id)
+        mv = job.slide.model_version if job is not None else None
+        if mv is None or mv.path is None:
+            return None
+        return AssignedModel(mv.name, mv.version, mv.sha256, model_registry.model_dir_of(mv, fallback_dir))
 
 
 def _model_version(s: Session, name: str, version: str, sha256: str | None) -> ModelVersion:

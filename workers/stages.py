@@ -28,6 +28,9 @@ from hematovision.core.settings import Settings
 from hematovision.service.queueing import CLASSIFY, NEXT_STAGE, PREPARE, REPORT
 from hematovision.store.models import utcnow
 from workers.job_store import (
+    AssignedModel,
+    assign_model,
+    assigned_model,
     claim_stage,
     finish_stage,
     job_state,
@@ -125,6 +128,17 @@ def _ended(outcome_state: str, settings: Settings, job_id: str) -> Outcome:
     return Outcome(outcome_state)
 
 
+def _assign_model(settings: Settings, factory: sessionmaker[Session], job_id: str) -> AssignedModel | None:
+    """The model the slide is analysed with (the promoted one when it is prepared; see
+    :func:`workers.job_store.assign_model`); a model missing on this machine fails the job."""
+    from hematovision.service.model_registry import RegistryError
+
+    try:
+        return assign_model(factory, job_id, settings.model_dir)
+    except RegistryError as exc:
+        raise PermanentError(exc.message) from None
+
+
 def run_prepare(settings: Settings, factory: sessionmaker[Session], job_id: str) -> Outcome:
     """Find the slide's cells and write the white-cell crops for the classify stage."""
     from hemato_model.classifier import read_model_spec
@@ -139,7 +153,15 @@ def run_prepare(settings: Settings, factory: sessionmaker[Session], job_id: str)
     facts: dict[str, Any] = {}
     if not (final / "meta.json").exists():
         t0 = time.perf_counter()
-        spec = read_model_spec(settings.model_dir)
+        assigned = _assign_model(settings, factory, job_id)
+        if assigned is None:
+            return _ended("skipped", settings, job_id)
+        spec = read_model_spec(assigned.model_dir)
+        if (spec.name, spec.version) != (assigned.name, assigned.version):
+            raise PermanentError(
+                f"{assigned.model_dir} now holds {spec.name} {spec.version}, not the registered "
+                f"{assigned.name} {assigned.version}: a registered model directory must not be changed"
+            )
         tmp = job_folder(settings, job_id) / f"prepare.{uuid.uuid4().hex[:8]}"
         tmp.mkdir(parents=True)
         try:
@@ -238,6 +260,23 @@ def run_classify(settings: Settings, factory: sessionmaker[Session], classifier:
     return Outcome("done", REPORT, ticket.priority, ticket.slide_id, outbox_id)
 
 
+def slide_model(settings: Settings, factory: sessionmaker[Session], job_id: str) -> AssignedModel | None:
+    """The model the job's slide was assigned when it was prepared (None: prepared before the
+    registry, the configured model is used); a model missing on this machine fails the job."""
+    from hematovision.service.model_registry import RegistryError
+
+    try:
+        return assigned_model(factory, job_id, settings.model_dir)
+    except RegistryError as exc:
+        raise PermanentError(exc.message) from None
+
+
+def _model_dir_used(settings: Settings, factory: sessionmaker[Session], job_id: str) -> Path:
+    """The directory of the model that labelled the slide (its card states the report's limits)."""
+    assigned = slide_model(settings, factory, job_id)
+    return assigned.model_dir if assigned is not None else settings.model_dir
+
+
 def run_report(settings: Settings, factory: sessionmaker[Session], job_id: str) -> Outcome:
     """Build the slide's report from cells and labels and store the whole result at once."""
     from hemato_model.handoff import HandoffError, apply_labels, read_labels, read_prepared
@@ -262,7 +301,7 @@ def run_report(settings: Settings, factory: sessionmaker[Session], job_id: str) 
         source=os.path.basename(ticket.path),
         patient=ticket.patient,
         rules=rules,
-        limits=model_card_limits(settings.model_dir),
+        limits=model_card_limits(_model_dir_used(settings, factory, job_id)),
     )
     stored = store_analysis(
         factory,

@@ -105,16 +105,28 @@ def prepare_slide(self: Task, job_id: str) -> str:
     return _run_stage(self, PREPARE, job_id, lambda settings, factory: run_prepare(settings, factory, job_id))
 
 
+def _classifier(settings: Settings, factory: sessionmaker[Session], job_id: str) -> Any:
+    """The classifier of the model the slide was assigned when it was prepared (cached by its
+    SHA-256), else the configured one (slides prepared before the registry)."""
+    from hemato_model.classifier import load_classifier
+    from workers.model_cache import classifier_for
+    from workers.stages import slide_model
+
+    assigned = slide_model(settings, factory, job_id)
+    if assigned is None or assigned.sha256 is None:
+        return load_classifier(settings.model_dir)
+    return classifier_for(assigned.model_dir, assigned.sha256)
+
+
 @shared_task(bind=True, name=TASK_NAMES[CLASSIFY], max_retries=None, acks_late=True)
 def classify_slide(self: Task, job_id: str) -> str:
-    from hemato_model.classifier import load_classifier
     from workers.stages import run_classify
 
     return _run_stage(
         self,
         CLASSIFY,
         job_id,
-        lambda settings, factory: run_classify(settings, factory, load_classifier(settings.model_dir), job_id),
+        lambda settings, factory: run_classify(settings, factory, _classifier(settings, factory, job_id), job_id),
     )
 
 

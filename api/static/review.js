@@ -1,5 +1,6 @@
-/* Slide review: viewer with cell outlines, differential, flags, gallery, reclassification, sign-off
-   (an electronic signature: the person re-enters their password), the slide's audit history.
+/* Slide review: viewer with cell outlines, differential, flags (each acknowledged with a comment),
+   gallery, reclassification, comments, sign-off (an electronic signature: the person re-enters their
+   password; a pathologist's second one where needed), amendment, the slide's audit history.
    Every id put into a URL goes through HV.seg (encodeURIComponent). Keys: 1-9 assign the n-th class to the selected cell, the review vocabulary's letters (B blast, S smudge, ...) its terms, U unidentified, N next unidentified cell,
    arrows / J K previous and next cell, Esc clears the selection. */
 "use strict";
@@ -8,7 +9,7 @@ HV.review = (() => {
   const COLORS = { basophil: "#7c3aed", eosinophil: "#f97316", erythroblast: "#db2777", ig: "#0891b2", lymphocyte: "#2563eb",
     monocyte: "#16a34a", neutrophil: "#eab308", platelet: "#65a30d", blast: "#dc2626", unidentified: "#ffffff" };
   const color = (label) => COLORS[label || "unidentified"] || "#00e5ff";
-  const S = { slideId: null, cells: [], byId: new Map(), classes: [], vocab: [], report: null, sel: null, viewer: null, overlays: new Map(), readOnly: false, imgs: new Map(), changed: new Set() };
+  const S = { slideId: null, cells: [], byId: new Map(), classes: [], vocab: [], report: null, sel: null, viewer: null, overlays: new Map(), readOnly: false, signed: false, awaiting: false, acks: [], comments: [], imgs: new Map(), changed: new Set() };
 
   const labelOf = (c) => c.label || "unidentified";
   const keyed = () => [...S.classes, "unidentified"];
@@ -32,12 +33,24 @@ HV.review = (() => {
   function renderStatus() {
     const badge = document.getElementById("status-badge");
     const btn = document.getElementById("signoff");
-    if (S.readOnly) {
+    const amend = document.getElementById("amend");
+    if (amend) amend.hidden = !S.signed;
+    const reasonLabel = document.getElementById("signoff-reason-label");
+    if (reasonLabel) reasonLabel.hidden = S.awaiting || !(S.report && S.report.differential_sufficient === false);
+    const second = document.getElementById("signoff-second");
+    if (second) second.hidden = !S.awaiting;
+    if (S.awaiting) {
+      const first = ((S.report || {}).signatures || [])[0] || {};
+      badge.className = "status awaiting";
+      badge.textContent = `Awaiting pathologist · reviewed by ${first.name || "?"}`;
+      badge.title = ((S.report || {}).pathologist_reasons || []).join("; ");
+      btn.disabled = false; btn.textContent = "Sign as pathologist";
+    } else if (S.signed) {
       const r = S.report || {};
       badge.className = "status verified";
       const name = r.verified_by || S.meta.verified_by || "";
       const id = r.verified_by_id || S.meta.verified_by_id || "";
-      badge.textContent = `Verified by ${name}${id ? " (" + id + ")" : ""} · ${fmtTime(r.verified_at || S.meta.verified_at)}`;
+      badge.textContent = `${r.result_status === "amended" ? "Amended · " : ""}Verified by ${name}${id ? " (" + id + ")" : ""} · ${fmtTime(r.verified_at || S.meta.verified_at)}`;
       badge.title = (r.signature && r.signature.meaning) || "";
       btn.disabled = true; btn.textContent = "Signed off";
       const census = document.getElementById("census"); if (census) census.disabled = true;
@@ -49,8 +62,9 @@ HV.review = (() => {
     } else {
       const open = S.cells.filter((c) => labelOf(c) === "unidentified").length;
       badge.className = "status prelim"; badge.title = "";
-      badge.textContent = open ? `Preliminary · ${open} unidentified` : "Preliminary";
-      btn.disabled = false;
+      const amended = S.report && S.report.amendment ? ` · amendment v${S.report.amendment.version}` : "";
+      badge.textContent = (open ? `Preliminary · ${open} unidentified` : "Preliminary") + amended;
+      btn.disabled = false; btn.textContent = "Sign off";
     }
   }
 
@@ -75,7 +89,11 @@ HV.review = (() => {
     /* Silence is never a negative result: the rules that could not run are listed under the flags. */
     const notRun = new Map();
     for (const e of r.rules_not_evaluated || []) { if (!notRun.has(e.reason)) notRun.set(e.reason, []); notRun.get(e.reason).push(e.rule); }
-    flags.replaceChildren(...(r.flags.length ? r.flags.map((f) => el("li", { "data-code": f.code }, sev(f.severity), el("span", { text: f.message })))
+    const ackOf = new Map(S.acks.map((a) => [a.code, a]));
+    const acked = r.flags.filter((f) => ackOf.has(f.code)).length;
+    const ackN = document.getElementById("ack-n");
+    if (ackN) ackN.textContent = r.flags.length ? `${acked} of ${r.flags.length} acknowledged` : "";
+    flags.replaceChildren(...(r.flags.length ? r.flags.map((f) => el("li", { "data-code": f.code }, sev(f.severity), el("span", { text: f.message }), ackControl(f, ackOf.get(f.code))))
       : [el("li", { class: "muted", text: "No flags raised." })]),
       ...[...notRun].map(([reason, rules]) => el("li", { class: "muted small not-evaluated", text: `Not evaluated: ${rules.join(", ")} (${reason})` })));
     const counts = document.getElementById("counts");
@@ -94,6 +112,76 @@ HV.review = (() => {
         el("dt", { text: "Flag rules" }), el("dd", { text: String(r.rules_version), title: r.rules_sha256 ? `SHA-256 ${r.rules_sha256}` : "" }));
     }
     renderStatus();
+  }
+
+  /** A flag's acknowledgement: who acknowledged it and their comment, or a small form to do it. */
+  function ackControl(f, a) {
+    if (a) return el("p", { class: "ack done", text: `Acknowledged by ${a.by} · ${fmtTime(a.at)}: ${a.comment}` });
+    if (S.readOnly) return el("p", { class: "ack muted", text: "Not acknowledged" });
+    const input = el("input", { type: "text", maxlength: 2000, required: true, "aria-label": `Comment acknowledging ${f.code}`, placeholder: "comment (required)" });
+    return el("form", { class: "ack-form", "data-ack": f.code, onsubmit: async (ev) => {
+      ev.preventDefault();
+      if (!input.value.trim()) { toast("An acknowledgement needs a comment.", true); input.focus(); return; }
+      try {
+        const res = await api(`/api/v1/slides/${seg(S.slideId)}/flags/${seg(f.code)}/ack`, { method: "POST", json: { comment: input.value } });
+        S.acks = S.acks.filter((x) => x.code !== f.code).concat([res.acknowledgement]);
+        renderDifferential(); loadAudit(); toast(`${f.code} acknowledged.`);
+      } catch (e) { toast(e.message, true); }
+    } }, input, el("button", { type: "submit", text: "Acknowledge" }));
+  }
+
+  function renderComments() {
+    const box = document.getElementById("comments");
+    if (!box) return;
+    document.getElementById("comment-n").textContent = S.comments.length ? String(S.comments.length) : "";
+    box.replaceChildren(...(S.comments.length ? S.comments.map((c) => el("li", {},
+      el("span", { class: "muted", text: `${fmtTime(c.at)} · ` }), el("strong", { text: c.by }),
+      c.cell_id ? el("button", { type: "button", class: "link", text: ` cell ${c.cell_id}`, onclick: () => select(c.cell_id, true) }) : null,
+      el("span", { text: `: ${c.text}` })))
+      : [el("li", { class: "muted", text: "No comments yet." })]));
+    const form = document.getElementById("comment-form");
+    if (form) for (const x of form.elements) x.disabled = S.signed;
+  }
+
+  async function addComment(ev) {
+    ev.preventDefault();
+    const text = document.getElementById("comment-text");
+    const onCell = document.getElementById("comment-on-cell").checked;
+    if (onCell && !S.sel) { toast("Select a cell first, or untick 'on the selected cell'.", true); return; }
+    const path = onCell ? `/api/v1/cells/${seg(S.sel)}/comments` : `/api/v1/slides/${seg(S.slideId)}/comments`;
+    try {
+      const res = await api(path, { method: "POST", json: { text: text.value } });
+      S.comments.push(res.comment); text.value = ""; renderComments(); loadAudit(); toast("Comment added.");
+    } catch (e) { toast(e.message, true); }
+  }
+
+  /** The amendment's reason, from the amend dialog (null: cancelled). */
+  function askReason() {
+    const dlg = document.getElementById("amend-dialog");
+    const input = document.getElementById("amend-reason");
+    input.value = "";
+    return new Promise((resolve) => {
+      const cancel = document.getElementById("amend-cancel");
+      const onCancel = () => dlg.close("cancel");
+      cancel.addEventListener("click", onCancel, { once: true });
+      dlg.addEventListener("close", () => {
+        cancel.removeEventListener("click", onCancel);
+        resolve(dlg.returnValue === "amend" && input.value.trim() ? input.value : null);
+      }, { once: true });
+      dlg.returnValue = "";
+      dlg.showModal();
+      input.focus();
+    });
+  }
+
+  async function amendReport() {
+    const reason = await askReason();
+    if (!reason) return;
+    try {
+      const res = await api(`/api/v1/slides/${seg(S.slideId)}/amend`, { method: "POST", json: { reason } });
+      toast(`Amended: version ${res.version} is open for review.`);
+      await reload();
+    } catch (e) { toast(e.message, true); loadAudit(); }
   }
 
   function renderGallery() {
@@ -166,7 +254,7 @@ HV.review = (() => {
   async function assign(label) {
     const c = S.byId.get(S.sel);
     if (!c) { toast("Select a cell first (click it in the slide or the gallery)."); return; }
-    if (S.readOnly) { toast("This slide is signed off and read-only.", true); return; }
+    if (S.readOnly) { toast(S.awaiting ? "This slide awaits a pathologist's signature and is read-only." : "This slide is signed off and read-only.", true); return; }
     if (labelOf(c) === label) return;
     const before = S.report.differential;
     try {
@@ -204,14 +292,17 @@ HV.review = (() => {
 
   async function signOff() {
     const open = S.cells.filter((c) => labelOf(c) === "unidentified").length;
-    if (open) { toast(`${open} unidentified cell(s): classify them before signing off (N selects the next one).`, true); nextUnidentified(); return; }
+    if (open && !S.awaiting) { toast(`${open} unidentified cell(s): classify them before signing off (N selects the next one).`, true); nextUnidentified(); return; }
+    const reasonBox = document.getElementById("signoff-reason");
+    if (reasonBox) reasonBox.value = "";
     const password = await askPassword();
     if (!password) return;
+    const json = { password };
+    if (reasonBox && reasonBox.value.trim()) json.reason = reasonBox.value;
     try {
-      const res = await api(`/api/v1/slides/${seg(S.slideId)}/signoff`, { method: "POST", json: { password } });
-      S.readOnly = true; S.report.verified_by = res.verified_by; S.report.verified_by_id = res.verified_by_id;
-      S.report.verified_at = res.verified_at; S.report.signature = res.signature;
-      renderStatus(); renderSelected(); loadAudit(); toast("Signed off.");
+      const res = await api(`/api/v1/slides/${seg(S.slideId)}/signoff`, { method: "POST", json });
+      await reload();
+      toast(res.result_status === "awaiting_pathologist" ? "Signed: the slide now awaits a pathologist's signature." : "Signed off.");
     } catch (e) { toast(e.message, true); loadAudit(); }
   }
 
@@ -229,7 +320,7 @@ HV.review = (() => {
     } catch (e) { btn.disabled = false; toast(e.message, true); }
   }
 
-  const ACTION_TEXT = { census: "queued a census (count all cells)", reclassify: "reclassified", signoff: "signed off", export: "exported", cancel: "cancelled", read: "read" };
+  const ACTION_TEXT = { census: "queued a census (count all cells)", acknowledge: "acknowledged", comment: "commented", amend: "amended", reclassify: "reclassified", signoff: "signed off", export: "exported", cancel: "cancelled", read: "read" };
 
   /** The slide's audit history (reads of the report are counted, not listed). */
   async function loadAudit() {
@@ -245,6 +336,8 @@ HV.review = (() => {
       let what = ACTION_TEXT[e.action] || e.action;
       if (e.action === "reclassify") what += ` cell ${d.cell_id}: ${d.from || "unidentified"} → ${d.to}`;
       if (e.action === "signoff" && d.meaning) what += ` (${d.meaning})`;
+      if (e.action === "acknowledge" && d.code) what += ` ${d.code}`;
+      if (e.action === "amend" && d.amend_reason) what += `: ${d.amend_reason}`;
       if (e.action === "export" && d.format) what += ` ${d.format.toUpperCase()}`;
       if (e.outcome !== "allowed") what += ` — ${e.outcome} (${e.status}${d.reason ? ": " + d.reason : ""})`;
       return el("li", { class: e.outcome }, el("span", { class: "muted", text: fmtTime(e.at) + " · " }), el("strong", { text: e.actor }), " " + what);
@@ -303,11 +396,14 @@ HV.review = (() => {
     const [meta, report] = await Promise.all([api(`/api/v1/slides/${seg(S.slideId)}/cells?kind=wbc`), api(`/api/v1/slides/${seg(S.slideId)}/report`)]);
     S.meta = meta; S.report = report; S.cells = meta.cells; S.classes = meta.classes.slice(0, 9); S.vocab = meta.vocabulary || [];
     S.byId = new Map(S.cells.map((c) => [c.id, c]));
-    S.readOnly = Boolean(meta.verified_at);
+    S.signed = Boolean(meta.verified_at);
+    S.awaiting = !S.signed && (report.result_status || meta.result_status) === "awaiting_pathologist";
+    S.readOnly = S.signed || S.awaiting;
+    S.acks = report.flag_acknowledgements || []; S.comments = report.comments || [];
     document.getElementById("slide-title").textContent = meta.filename;
     const bl = document.getElementById("batch-link"); if (bl) { bl.href = `/ui/batches/${seg(meta.batch_id)}`; bl.textContent = "batch " + meta.batch_id.slice(0, 8); }
     document.getElementById("slide-meta").textContent = `${meta.width}×${meta.height} px · ${meta.mpp} µm/px · analysed ${fmtTime(report.analysed_at)} · model ${report.model.name} ${report.model.version}`;
-    renderDifferential(); renderSelected(); loadAudit();
+    renderDifferential(); renderSelected(); renderComments(); loadAudit();
     if (!opts.deferGallery) renderGallery();
   }
 
@@ -315,6 +411,10 @@ HV.review = (() => {
     S.slideId = slideId;
     document.addEventListener("keydown", onKey);
     document.getElementById("signoff").addEventListener("click", signOff);
+    const amendBtn = document.getElementById("amend");
+    if (amendBtn) amendBtn.addEventListener("click", amendReport);
+    const commentForm = document.getElementById("comment-form");
+    if (commentForm) commentForm.addEventListener("submit", addComment);
     const census = document.getElementById("census"); if (census) census.addEventListener("click", queueCensus);
     /* The viewer first: the gallery (one button per cell) is built after it has started. */
     try { await reload({ deferGallery: true }); } catch (e) { toast(e.message, true); document.getElementById("slide-title").textContent = e.status === 409 ? "Not analysed yet" : "Slide not available"; return; }

@@ -29,6 +29,7 @@ def _register() -> None:
         model_commands,
         process_command,
         rbc_commands,
+        registry_commands,
         server_commands,
         slide_commands,
         users_commands,
@@ -48,6 +49,7 @@ def _register() -> None:
         rbc_commands,
         detect_commands,
         bench_command,
+        registry_commands,
     ):
         for command in module.COMMANDS:
             main.add_command(command)

@@ -6,6 +6,7 @@ import click
 
 from hematovision.cli.options import settings_or_exit
 from hematovision.core.access import SCOPES
+from hematovision.core.settings import Settings
 
 
 @click.group()
@@ -28,6 +29,26 @@ def db_upgrade(revision: str) -> None:
     except (CommandError, SQLAlchemyError, OSError) as e:  # unknown revision, database or var_dir unusable
         raise click.ClickException(f"database upgrade failed: {e.__class__.__name__}: {e}") from None
     click.echo(f"database at {revision}: {settings.sqlalchemy_url.split('@')[-1]}")
+    if revision == "head":
+        _promote_configured_model(settings)
+
+
+def _promote_configured_model(settings: Settings) -> None:
+    """Register and promote the configured model directory when no model is promoted yet (the model
+    registry, issue 18); a model directory that cannot be read leaves it to the workers' first use."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from hematovision.service.model_registry import RegistryError, ensure_promoted, ref_of
+    from hematovision.store.db import make_engine, make_session_factory, transaction
+
+    engine = make_engine(settings)
+    try:
+        with transaction(make_session_factory(engine)) as s:
+            click.echo(f"promoted model: {ref_of(ensure_promoted(s, settings.model_dir))}")
+    except (RegistryError, SQLAlchemyError, OSError) as e:
+        click.echo(f"model registry not set up: {e}", err=True)
+    finally:
+        engine.dispose()
 
 
 @click.group()

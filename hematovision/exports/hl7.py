@@ -23,7 +23,8 @@ hexadecimal escape (``\\X0D\\``), so no value can end a field, a component or a 
     OBX  OBX            classified white cells; NRBC per 100 white cells (58413-6)
     SPM                 SPM-2 accession & slide id, SPM-17 collection time
 
-- **Result status.** Only a signed-off report is sent (final, ``F``); an unverified one raises
+- **Result status.** Only a signed-off report is sent (final, ``F``; a released amendment is a
+  corrected result, ``C``, with its reason in an NTE); an unverified one raises
   :class:`PreliminaryRefused` unless ``allow_preliminary`` (setting ``hl7_allow_preliminary``), and
   is then marked preliminary (``P``).
 - **Reference intervals.** OBX-7 is the rules file's (non-critical) limit for the patient's age
@@ -343,7 +344,8 @@ def oru_r01(
     partition = str(report.get("age_partition") or rules["age_partitions"]["default"])
     slide_id = str(report["slide_id"])
     verified = bool(report.get("verified_by"))
-    status = "F" if verified else "P"
+    # A released amendment replaces a final result the LIS holds: a corrected result (HL7 table 0085).
+    status = ("C" if report.get("result_status") == "amended" else "F") if verified else "P"
     model = report.get("model") or {}
     model_text = f"{model.get('name', '?')} {model.get('version', '?')}"
     observed = _hl7_time(report.get("analysed_at") or report.get("generated_at"))
@@ -420,7 +422,31 @@ def oru_r01(
         who = f"{report['verified_by']} (ID {observer[0]})" if observer[0] else str(report["verified_by"])
         notes.append(f"Verified by {who} at {report.get('verified_at', '?')}" + (f": {meaning}." if meaning else "."))
     else:
-        notes.append("Not yet verified by a technologist: preliminary result.")
+        notes.append(
+            "Awaiting a pathologist's signature: preliminary result."
+            if report.get("result_status") == "awaiting_pathologist"
+            else "Not yet verified by a technologist: preliminary result."
+        )
+    releasing = report.get("signature") or {}
+    for sig in report.get("signatures") or []:
+        if observer is not None and (sig.get("username"), sig.get("signed_at")) == (
+            releasing.get("username"),
+            releasing.get("signed_at"),
+        ):
+            continue  # the releasing signature: the note above
+        notes.append(
+            f"Signed by {sig.get('name')} ({sig.get('role')}) at {sig.get('signed_at')}: {sig.get('meaning')}."
+        )
+    if report.get("signoff_reason"):
+        notes.append(f"Insufficient differential released because: {report['signoff_reason']}")
+    amendment = report.get("amendment") or {}
+    if amendment:
+        notes.append(
+            f"{'Corrected result' if status == 'C' else 'Amendment in progress'} (version {amendment.get('version')}): "
+            f"amended by {amendment.get('amended_by')} at {amendment.get('amended_at')} because: "
+            f"{amendment.get('reason')}; replaces the result verified by {amendment.get('previous_verified_by')} "
+            f"at {amendment.get('previous_verified_at')}."
+        )
     notes.append(str(report.get("limits") or "Decision support only: review by a qualified technologist."))
     if report.get("unidentified_percent") is not None:  # a note, never a result (OBX)
         notes.append(

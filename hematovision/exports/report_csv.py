@@ -39,6 +39,31 @@ def report_csv(report: dict[str, Any]) -> str:
         w.writerow(["signature_meaning", _cell(sig.get("meaning") or "")])
     else:
         w.writerow(["verified_by", "not yet verified (preliminary)"])
+    for sig in report.get("signatures") or []:
+        w.writerow(
+            [
+                "signature",
+                _cell(sig.get("name") or ""),
+                _cell(sig.get("username") or ""),
+                sig.get("role"),
+                sig.get("signed_at"),
+                _cell(sig.get("meaning") or ""),
+                _cell(sig.get("reason") or ""),
+            ]
+        )
+    if report.get("signoff_reason"):
+        w.writerow(["signoff_reason", _cell(report["signoff_reason"])])
+    amendment = report.get("amendment") or {}
+    if amendment:
+        w.writerow(
+            [
+                "amendment",
+                amendment.get("version"),
+                _cell(amendment.get("reason") or ""),
+                _cell(amendment.get("amended_by") or ""),
+                amendment.get("amended_at"),
+            ]
+        )
     if "differential_valid" in report:  # the domain and quality gate
         w.writerow(
             ["differential_valid", report["differential_valid"], report.get("differential_invalid_reason") or ""]
@@ -74,6 +99,16 @@ def report_csv(report: dict[str, Any]) -> str:
         w.writerow([f["code"], f["severity"], f["message"]])
     if not report["flags"]:
         w.writerow(["", "", "No flags raised by the rules."])
+    if report.get("flag_acknowledgements"):
+        w.writerow([])
+        w.writerow(["acknowledged_flag", "by", "at", "comment"])
+        for a in report["flag_acknowledgements"]:
+            w.writerow([a.get("code"), _cell(a.get("by") or ""), a.get("at"), _cell(a.get("comment") or "")])
+    if report.get("comments"):
+        w.writerow([])
+        w.writerow(["comment_cell_id", "by", "at", "comment"])
+        for c in report["comments"]:
+            w.writerow([c.get("cell_id") or "", _cell(c.get("by") or ""), c.get("at"), _cell(c.get("text") or "")])
     w.writerow([])
     w.writerow(["rule_not_evaluated", "reason"])
     for e in report.get("rules_not_evaluated") or []:

@@ -163,14 +163,25 @@ def _fmt_time(value: Any) -> str:
 
 
 def _status_banner(report: dict[str, Any], st: dict[str, ParagraphStyle]) -> Table:
+    amendment = report.get("amendment") or {}
     if report.get("verified_by"):
         sig = report.get("signature") or {}
         ident = sig.get("username") or report.get("verified_by_id")
         who = para_text(report["verified_by"]) + (f" (ID {para_text(ident)})" if ident else "")
         meaning = f" — {para_text(sig['meaning'])}" if sig.get("meaning") else ""
         text, bg = f"VERIFIED by {who} on {_fmt_time(report.get('verified_at'))}{meaning}", "#C8E6C9"
+        if report.get("result_status") == "amended":
+            text = f"AMENDED (version {para_text(amendment.get('version'))}) — {text}"
+    elif report.get("result_status") == "awaiting_pathologist":
+        text, bg = "PRELIMINARY — reviewed, AWAITING A PATHOLOGIST'S SIGNATURE", "#FFE0B2"
     else:
         text, bg = "PRELIMINARY — not yet verified by a technologist", "#FFE0B2"
+    if amendment:
+        text += (
+            f"<br/>Amended by {para_text(amendment.get('amended_by'))} on {_fmt_time(amendment.get('amended_at'))}: "
+            f"{para_text(amendment.get('reason'))} (replaces the report verified by "
+            f"{para_text(amendment.get('previous_verified_by'))} on {_fmt_time(amendment.get('previous_verified_at'))})"
+        )
     t = Table([[Paragraph(text, st["banner"])]], colWidths=[180 * mm])
     t.setStyle(
         TableStyle(
@@ -227,6 +238,43 @@ def _identification(report: dict[str, Any], st: dict[str, ParagraphStyle]) -> Ta
         )
     )
     return t
+
+
+def _workflow_story(report: dict[str, Any], st: dict[str, ParagraphStyle]) -> list[Any]:
+    """Signatures (with the reason for an insufficient differential), flag acknowledgements and the
+    slide's comments (cell comments are in the JSON report)."""
+    out: list[Any] = []
+    sigs = report.get("signatures") or []
+    if sigs:
+        out.append(Paragraph("Signatures", st["h2"]))
+        for sig in sigs:
+            line = (
+                f"<b>{para_text(sig.get('name'))}</b> ({para_text(sig.get('role'))}, "
+                f"ID {para_text(sig.get('username'))}) on {_fmt_time(sig.get('signed_at'))}: "
+                f"{para_text(sig.get('meaning'))}"
+            )
+            if sig.get("reason"):
+                line += f". Reason for releasing an insufficient differential: {para_text(sig['reason'])}"
+            out.append(Paragraph(line, st["body"]))
+    acks = [a for a in report.get("flag_acknowledgements") or [] if a.get("standing", True)]
+    if acks:
+        out.append(Paragraph("Flag acknowledgements", st["h2"]))
+        out += [
+            Paragraph(
+                f"<b>{para_text(a.get('code'))}</b> — {para_text(a.get('by'))}, {_fmt_time(a.get('at'))}: "
+                f"{para_text(a.get('comment'))}",
+                st["body"],
+            )
+            for a in acks
+        ]
+    notes = [c for c in report.get("comments") or [] if c.get("cell_id") is None]
+    if notes:
+        out.append(Paragraph("Comments", st["h2"]))
+        out += [
+            Paragraph(f"{para_text(c.get('by'))}, {_fmt_time(c.get('at'))}: {para_text(c.get('text'))}", st["body"])
+            for c in notes
+        ]
+    return out
 
 
 def _rules_text(report: dict[str, Any]) -> str:
@@ -503,6 +551,8 @@ def slide_report_pdf(
                 st["small"],
             ),
         ]
+
+    story += _workflow_story(report, st)
 
     story.append(Paragraph("Limits", st["h2"]))
     story.append(Paragraph(para_text(report.get("limits") or "Decision support only."), st["body"]))

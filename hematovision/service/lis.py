@@ -30,6 +30,7 @@ from hematovision.core.flags import effective_rules
 from hematovision.core.settings import Settings
 from hematovision.exports.hl7 import load_result_codes, oru_r01
 from hematovision.service.submission import order_of
+from hematovision.service.workflow import workflow_fields
 from hematovision.store.db import transaction
 from hematovision.store.models import LisMessage, Slide, utcnow
 
@@ -54,6 +55,7 @@ def export_report(slide: Slide) -> dict[str, Any]:
     report["filename"] = slide.filename
     report["analysed_at"] = None if slide.analysed_at is None else slide.analysed_at.isoformat(timespec="seconds") + "Z"
     report["order"] = order_of(slide).to_dict()
+    report.update(workflow_fields(slide))
     return report
 
 

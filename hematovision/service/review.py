@@ -10,8 +10,11 @@ sees a differential that disagrees with its flags.
 A sign-off is a person's electronic signature (:class:`Signer`: user id, username, full name,
 role; checked and re-authenticated by the caller): it stores a ``signatures`` row (who, when, the
 meaning), sets ``verified_by`` (the full name) and ``verified_at``, and makes the slide read-only;
-it is refused while any white cell is still ``unidentified``. Plain functions on a SQLAlchemy
-session: no Flask here.
+it is refused while any white cell is still ``unidentified`` or a flag is not acknowledged, needs a
+reason when the differential is insufficient, and leaves the slide awaiting a pathologist's second
+signature when a flag is critical or a blast was counted (:mod:`hematovision.core.workflow`;
+acknowledgements, comments and amendments: :mod:`hematovision.service.workflow`). Plain functions on
+a SQLAlchemy session: no Flask here.
 """
 
 from __future__ import annotations
@@ -30,14 +33,26 @@ from hematovision.core.flags import NON_WBC_CLASSES, load_rules
 from hematovision.core.patient import OrderInfo
 from hematovision.core.results import UNIDENTIFIED, WBC
 from hematovision.core.vocabulary import Vocabulary
+from hematovision.core.workflow import (
+    FIRST_SIGNATURE_MEANING,
+    MAX_REASON_CHARS,
+    PATHOLOGIST,
+    PATHOLOGIST_MEANING,
+    STATE_AWAITING,
+    STATE_FINAL,
+    clean_text,
+    insufficient,
+    pathologist_reasons,
+    result_status,
+)
 from hematovision.service.slide_results import replace_result_rows, resummarise
 from hematovision.service.submission import order_of, set_order
-from hematovision.store.models import Cell, CellReview, Signature, Slide, utcnow
+from hematovision.store.models import Cell, CellReview, FlagAcknowledgement, Signature, Slide, utcnow
 
 
 class ReviewError(ValueError):
-    """A review request that cannot be carried out; ``kind`` is ``not_found``, ``invalid`` or
-    ``conflict`` (the API answers 404, 400 and 409)."""
+    """A review request that cannot be carried out; ``kind`` is ``not_found``, ``invalid``,
+    ``forbidden`` or ``conflict`` (the API answers 404, 400, 403 and 409)."""
 
     def __init__(self, kind: str, code: str, message: str) -> None:
         super().__init__(message)
@@ -114,7 +129,13 @@ def _check_editable(slide: Slide) -> dict[str, Any]:
             "conflict",
             "signed_off",
             f"slide {slide.id} was signed off by {slide.verified_by} at "
-            f"{slide.verified_at.isoformat(timespec='seconds')}Z and is read-only",
+            f"{slide.verified_at.isoformat(timespec='seconds')}Z and is read-only (amend it to change it)",
+        )
+    if slide.review_state == STATE_AWAITING:
+        raise ReviewError(
+            "conflict",
+            "awaiting_pathologist",
+            f"slide {slide.id} awaits a pathologist's signature and is read-only",
         )
     return slide.report
 
@@ -174,13 +195,117 @@ def reclassify(
     return cell, recompute(session, slide, rules)
 
 
+def _signature_dict(sig: Signature) -> dict[str, Any]:
+    stamp = sig.signed_at.isoformat(timespec="seconds") + "Z"
+    out: dict[str, Any] = {
+        "user_id": sig.user_id,
+        "username": sig.username,
+        "name": sig.full_name,
+        "role": sig.role,
+        "meaning": sig.meaning,
+        "signed_at": stamp,
+    }
+    if sig.reason:
+        out["reason"] = sig.reason
+    return out
+
+
+def unacknowledged_flags(session: Session, slide: Slide, report: dict[str, Any]) -> list[str]:
+    """The codes of the flags standing on the report that have no acknowledgement (of the current
+    report version) yet, in the report's order."""
+    acked = set(
+        session.execute(
+            select(FlagAcknowledgement.code).where(
+                FlagAcknowledgement.slide_id == slide.id, FlagAcknowledgement.report_version == slide.report_version
+            )
+        ).scalars()
+    )
+    codes = [str(f["code"]) for f in report.get("flags") or []]
+    return [c for c in dict.fromkeys(codes) if c not in acked]
+
+
+def _release(slide: Slide, report: dict[str, Any], sig: Signature, signatures: list[dict[str, Any]]) -> None:
+    stamp = sig.signed_at.isoformat(timespec="seconds") + "Z"
+    slide.verified_by = sig.full_name
+    slide.verified_at = sig.signed_at
+    slide.review_state = STATE_FINAL
+    released = _signature_dict(sig)
+    released.pop("reason", None)
+    slide.report = {
+        **report,
+        "verified_by": sig.full_name,
+        "verified_by_id": sig.username,
+        "verified_at": stamp,
+        "signature": released,
+        "signatures": signatures,
+        "result_status": result_status(slide.review_state, slide.report_version, True),
+    }
+
+
+def _second_signature(session: Session, slide: Slide, signer: Signer, when: datetime) -> Slide:
+    """The pathologist's signature of a slide awaiting it: releases the report."""
+    report = slide.report or {}
+    first = (
+        session.execute(
+            select(Signature)
+            .where(Signature.slide_id == slide.id, Signature.report_version == slide.report_version)
+            .order_by(Signature.signed_at, Signature.id)
+        )
+        .scalars()
+        .first()
+    )
+    if signer.role != PATHOLOGIST:
+        raise ReviewError(
+            "forbidden",
+            "pathologist_required",
+            f"slide {slide.id} awaits a pathologist's signature "
+            f"({', '.join(report.get('pathologist_reasons') or [])}); a {signer.role} cannot give it",
+        )
+    if first is not None and first.user_id == signer.user_id:
+        raise ReviewError(
+            "conflict",
+            "same_signer",
+            f"slide {slide.id} was first signed by you ({signer.username}): the pathologist's signature must be "
+            "another person's",
+        )
+    sig = Signature(
+        slide_id=slide.id,
+        user_id=signer.user_id,
+        username=signer.username,
+        full_name=signer.full_name,
+        role=signer.role,
+        meaning=PATHOLOGIST_MEANING,
+        signed_at=when,
+        report_version=slide.report_version,
+    )
+    session.add(sig)
+    _release(slide, report, sig, [*(report.get("signatures") or []), _signature_dict(sig)])
+    return slide
+
+
 def sign_off(
-    session: Session, slide_id: str, signer: Signer, *, meaning: str = SIGNOFF_MEANING, at: datetime | None = None
+    session: Session,
+    slide_id: str,
+    signer: Signer,
+    *,
+    meaning: str = SIGNOFF_MEANING,
+    reason: str | None = None,
+    at: datetime | None = None,
 ) -> Slide:
-    """Sign the slide off as ``signer``: the signature row, ``verified_by``/``verified_at`` and the
-    report's ``verified_by`` (full name), ``verified_by_id`` (username) and ``signature``. Refused
-    (conflict) while white cells are unidentified or when the slide is already signed."""
+    """Sign the slide's report as ``signer``.
+
+    The first signature is refused (conflict) while white cells are unidentified or a standing flag
+    has no acknowledgement, and (invalid) without a ``reason`` when the differential is
+    insufficient. When a flag is critical or a blast was counted it does not release the report:
+    the slide awaits a pathologist (``review_state`` ``awaiting_pathologist``, read-only, nothing
+    sent). Otherwise, and at the pathologist's second signature (refused to other roles and to the
+    first signer), the report is released: ``verified_by``/``verified_at`` and the report's
+    ``verified_by`` (full name), ``verified_by_id`` (username), ``signature`` (the releasing one) and
+    ``signatures`` (all of this version). Every signature is a ``signatures`` row."""
     slide = _locked_slide(session, slide_id)
+    when = at or utcnow()
+    if slide.review_state == STATE_AWAITING and slide.verified_at is None and slide.report is not None:
+        return _second_signature(session, slide, signer, when)
     report = _check_editable(slide)
     open_cells = session.execute(
         select(func.count())
@@ -194,35 +319,51 @@ def sign_off(
             f"{open_cells} white cell{'s are' if open_cells != 1 else ' is'} still unidentified: "
             "classify each one (keys 1-9) before signing off",
         )
-    when = at or utcnow()
-    stamp = when.isoformat(timespec="seconds") + "Z"
-    session.add(
-        Signature(
-            slide_id=slide.id,
-            user_id=signer.user_id,
-            username=signer.username,
-            full_name=signer.full_name,
-            role=signer.role,
-            meaning=meaning,
-            signed_at=when,
+    pending = unacknowledged_flags(session, slide, report)
+    if pending:
+        raise ReviewError(
+            "conflict",
+            "unacknowledged_flags",
+            f"acknowledge each flag with a comment before signing off; not acknowledged: {', '.join(pending)}",
         )
+    if reason is not None or insufficient(report):
+        try:
+            reason = clean_text(reason, "reason", MAX_REASON_CHARS)
+        except ValueError as e:
+            if insufficient(report):
+                n = (report.get("counts") or {}).get("wbc", 0)
+                raise ReviewError(
+                    "invalid",
+                    "reason_required",
+                    f"the differential is insufficient ({n} classified white cells): signing it off needs a "
+                    f'"reason" ({e})',
+                ) from None
+            raise ReviewError("invalid", "invalid_reason", str(e)) from None
+    labels = session.execute(select(Cell.label).where(Cell.slide_id == slide.id, Cell.kind == WBC)).scalars()
+    needs = pathologist_reasons(report, labels)
+    sig = Signature(
+        slide_id=slide.id,
+        user_id=signer.user_id,
+        username=signer.username,
+        full_name=signer.full_name,
+        role=signer.role,
+        meaning=FIRST_SIGNATURE_MEANING if needs else meaning,
+        signed_at=when,
+        reason=reason,
+        report_version=slide.report_version,
     )
-    slide.verified_by = signer.full_name
-    slide.verified_at = when
-    slide.report = {
-        **report,
-        "verified_by": signer.full_name,
-        "verified_by_id": signer.username,
-        "verified_at": stamp,
-        "signature": {
-            "user_id": signer.user_id,
-            "username": signer.username,
-            "name": signer.full_name,
-            "role": signer.role,
-            "meaning": meaning,
-            "signed_at": stamp,
-        },
-    }
+    session.add(sig)
+    report = {**report, "signoff_reason": reason} if reason else dict(report)
+    if needs:
+        slide.review_state = STATE_AWAITING
+        slide.report = {
+            **report,
+            "signatures": [_signature_dict(sig)],
+            "pathologist_reasons": needs,
+            "result_status": result_status(slide.review_state, slide.report_version, False),
+        }
+        return slide
+    _release(slide, report, sig, [_signature_dict(sig)])
     return slide
 
 
@@ -245,7 +386,7 @@ def update_order(
     Returns (slide, ``{field: [old, new]}`` of what changed). Refused once the slide is signed off.
     Call inside a transaction (the caller audits)."""
     slide = _locked_slide(session, slide_id)
-    if slide.verified_at is not None:
+    if slide.verified_at is not None or slide.review_state == STATE_AWAITING:
         if slide.report is not None:
             _check_editable(slide)  # says who signed it and when
         raise ReviewError("conflict", "signed_off", f"slide {slide.id} was signed off and is read-only")

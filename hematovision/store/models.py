@@ -38,15 +38,73 @@ class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
 
 
+#: A registered model's status: ``registered`` (known, usable on request), ``promoted`` (the one the
+#: workers assign to new slides; at most one), ``retired`` (rolled back from).
+MODEL_STATUSES = ("registered", "promoted", "retired")
+
+
 class ModelVersion(Base):
+    """A classifier version (the model registry, :mod:`hematovision.service.model_registry`).
+
+    Rows are also made by the workers for a model that labelled a slide (name, version, SHA-256);
+    ``hematovision models register`` fills in the rest. At most one row is ``promoted`` (a partial
+    unique index): the model the workers assign to new slides.
+    """
+
     __tablename__ = "model_versions"
-    __table_args__ = (UniqueConstraint("name", "version", name="uq_model_versions_name_version"),)
+    __table_args__ = (
+        UniqueConstraint("name", "version", name="uq_model_versions_name_version"),
+        Index(
+            "uq_model_versions_one_promoted",
+            "status",
+            unique=True,
+            sqlite_where=text("status = 'promoted'"),
+            postgresql_where=text("status = 'promoted'"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(100))
     version: Mapped[str] = mapped_column(String(50))
+    #: SHA-256 of ``model.keras``.
     sha256: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The registry (issue 18): where the model directory is, where it came from, its validation.
+    path: Mapped[str | None] = mapped_column(Text)
+    parent_name: Mapped[str | None] = mapped_column(String(160))
+    parent_sha256: Mapped[str | None] = mapped_column(String(64))
+    #: SHA-256 of the training data manifest (``model.json``'s ``training_data_sha256``).
+    data_sha256: Mapped[str | None] = mapped_column(String(64))
+    validation_path: Mapped[str | None] = mapped_column(Text)
+    #: The validation report (``validation.json`` of the model directory, from ``validate-model``).
+    validation: Mapped[dict[str, Any] | None]
+    status: Mapped[str] = mapped_column(String(20), default="registered", server_default=text("'registered'"))
+    registered_by: Mapped[str | None] = mapped_column(String(100))
+    registered_at: Mapped[datetime | None]
+    promoted_by: Mapped[str | None] = mapped_column(String(100))
+    promoted_at: Mapped[datetime | None]
+    #: Why it was last promoted, rolled back to or retired.
+    reason: Mapped[str | None] = mapped_column(Text)
+
+
+class ModelPromotion(Base):
+    """One change of the promoted model (append-only): who, when, from which version to which,
+    ``promote`` or ``rollback``, why, and the override reason when the validation report did not
+    allow the promotion."""
+
+    __tablename__ = "model_promotions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(100))
+    action: Mapped[str] = mapped_column(String(20))
+    from_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    to_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    reason: Mapped[str] = mapped_column(Text)
+    override_reason: Mapped[str | None] = mapped_column(Text)
+
+    from_version: Mapped[ModelVersion | None] = relationship(foreign_keys=[from_version_id])
+    to_version: Mapped[ModelVersion] = relationship(foreign_keys=[to_version_id])
 
 
 class Batch(Base):
@@ -106,6 +164,11 @@ class Slide(Base):
     # Technologist sign-off (issue 7): once set, the slide's results are read-only.
     verified_by: Mapped[str | None] = mapped_column(String(100))
     verified_at: Mapped[datetime | None]
+    # The review workflow (issue 15): ``awaiting_pathologist`` after a first signature that needs a
+    # pathologist's second one, ``final`` once released, None while open; the report's version
+    # (1, then one more per amendment: the earlier ones are kept in ``report_versions``).
+    review_state: Mapped[str | None] = mapped_column(String(30))
+    report_version: Mapped[int] = mapped_column(default=1, server_default=text("1"))
 
     batch: Mapped[Batch] = relationship(back_populates="slides")
     job: Mapped[Job] = relationship(back_populates="slide", uselist=False)
@@ -274,19 +337,23 @@ class User(Base):
 
 
 class Signature(Base):
-    """The electronic signature of a slide's sign-off: who (the user and, as signed, their username,
-    full name and role), when, and what it means. One per slide (a signed slide is read-only)."""
+    """An electronic signature of a slide's report: who (the user and, as signed, their username,
+    full name and role), when, what it means, the reason given for releasing an insufficient
+    differential, and the report version it signs. A version has one signature, or two when it needs
+    a pathologist's (the first signer's, then the pathologist's); an amendment starts a new version."""
 
     __tablename__ = "signatures"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    slide_id: Mapped[str] = mapped_column(ForeignKey("slides.id", ondelete="CASCADE"), unique=True)
+    slide_id: Mapped[str] = mapped_column(ForeignKey("slides.id", ondelete="CASCADE"), index=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     username: Mapped[str] = mapped_column(String(64))
     full_name: Mapped[str] = mapped_column(String(100))
     role: Mapped[str] = mapped_column(String(20))
     meaning: Mapped[str] = mapped_column(String(200))
     signed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    reason: Mapped[str | None] = mapped_column(Text)
+    report_version: Mapped[int] = mapped_column(default=1, server_default=text("1"))
 
 
 class LisMessage(Base):
@@ -307,3 +374,56 @@ class LisMessage(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     sent_at: Mapped[datetime | None] = mapped_column(index=True)
     ack: Mapped[str | None] = mapped_column(String(200))
+
+
+class FlagAcknowledgement(Base):
+    """A reviewer's acknowledgement of a flag raised on a slide, with their comment: who, when, for
+    which report version. Every flag standing at sign-off needs one of the current version; one
+    holds while its flag code stays raised (a reclassification that raises a new code needs a new one)."""
+
+    __tablename__ = "flag_acks"
+    __table_args__ = (Index("ix_flag_acks_slide_version", "slide_id", "report_version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slide_id: Mapped[str] = mapped_column(ForeignKey("slides.id", ondelete="CASCADE"))
+    report_version: Mapped[int] = mapped_column(default=1)
+    code: Mapped[str] = mapped_column(String(50))
+    comment: Mapped[str] = mapped_column(Text)
+    actor: Mapped[str] = mapped_column(String(100))
+    full_name: Mapped[str | None] = mapped_column(String(100))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ReviewComment(Base):
+    """A free-text comment on a slide (``cell_id`` None) or on one of its cells: who, when."""
+
+    __tablename__ = "review_comments"
+    __table_args__ = (Index("ix_review_comments_slide_at", "slide_id", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slide_id: Mapped[str] = mapped_column(ForeignKey("slides.id", ondelete="CASCADE"))
+    cell_id: Mapped[int | None] = mapped_column(WIDE_ID, ForeignKey("cells.id", ondelete="CASCADE"))
+    report_version: Mapped[int] = mapped_column(default=1)
+    text: Mapped[str] = mapped_column(Text)
+    actor: Mapped[str] = mapped_column(String(100))
+    full_name: Mapped[str | None] = mapped_column(String(100))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ReportVersion(Base):
+    """A released report superseded by an amendment, kept unchanged: the report JSON as it was
+    released, its status and verifier, and who amended it, when and why."""
+
+    __tablename__ = "report_versions"
+    __table_args__ = (UniqueConstraint("slide_id", "version", name="uq_report_versions_slide_version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slide_id: Mapped[str] = mapped_column(ForeignKey("slides.id", ondelete="CASCADE"))
+    version: Mapped[int]
+    report: Mapped[dict[str, Any]]
+    result_status: Mapped[str] = mapped_column(String(30))
+    verified_by: Mapped[str | None] = mapped_column(String(100))
+    verified_at: Mapped[datetime | None]
+    amended_by: Mapped[str] = mapped_column(String(100))
+    amended_at: Mapped[datetime] = mapped_column(default=utcnow)
+    amend_reason: Mapped[str] = mapped_column(Text)

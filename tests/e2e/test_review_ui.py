@@ -159,7 +159,11 @@ def test_review_reclassify_and_sign_off(browser, stack: LocalStack, tmp_path: Pa
     page.wait_for_url(f"**/ui/slides/{slide_id}")
     page.wait_for_selector("body[data-ready='1']")
     page.wait_for_selector(".cellbox")  # the viewer opened the DeepZoom image and drew the outlines
+    # The gallery sits below the side panels (flags with their acknowledgement controls, comments):
+    # its thumbnails load lazily, once scrolled near.
+    page.locator("#gallery").scroll_into_view_if_needed()
     _wait_until(page, THUMB_LOADED)
+    page.evaluate("window.scrollTo(0, 0)")
 
     # Click a counted white cell in the viewer, then press the key of another class.
     page.locator(".cellbox").first.click(force=True)
@@ -185,6 +189,25 @@ def test_review_reclassify_and_sign_off(browser, stack: LocalStack, tmp_path: Pa
         page.keyboard.press(lymph_key)
         _wait_until(page, f"HV.review.state.cells.filter(c => !c.label || c.label === 'unidentified').length < {left}")
 
+    # Each flag is acknowledged with a comment (a control per flag), and a slide comment is added.
+    page.click("#signoff")
+    page.wait_for_selector("#signoff-dialog[open]")
+    page.fill("#signoff-password", TECH[3])
+    page.click("#signoff-confirm")
+    page.wait_for_selector("#toast.show.error")
+    assert "acknowledge each flag" in page.inner_text("#toast")
+    for _ in range(30):
+        forms = page.locator("form[data-ack]")
+        if not forms.count():
+            break
+        forms.first.locator("input").fill("seen on the smear")
+        forms.first.locator("button").click()
+        page.wait_for_timeout(300)
+    assert not page.locator("form[data-ack]").count()
+    page.fill("#comment-text", "smear edge <b>thin</b>")
+    page.click("#comment-add")
+    page.wait_for_selector("#comments li:has-text('smear edge <b>thin</b>')")  # shown as text, never as markup
+
     page.goto(f"{stack.api_url}/ui/slides/{slide_id}/gallery")
     page.wait_for_selector("body[data-ready='1']")
     _wait_until(page, THUMB_LOADED)
@@ -199,6 +222,8 @@ def test_review_reclassify_and_sign_off(browser, stack: LocalStack, tmp_path: Pa
     page.wait_for_selector("#toast.show.error")
     assert "not correct" in page.inner_text("#toast")
     page.click("#signoff")
+    if page.locator("#signoff-reason-label").is_visible():  # an insufficient differential needs a reason
+        page.fill("#signoff-reason", "all cells of the test slide counted")
     page.fill("#signoff-password", TECH[3])
     page.click("#signoff-confirm")
     page.wait_for_selector("#status-badge.verified")
@@ -228,6 +253,18 @@ def test_review_reclassify_and_sign_off(browser, stack: LocalStack, tmp_path: Pa
     history = page.inner_text("#audit")
     assert "user:tess" in history and "signed off" in history and "reclassified" in history
     assert "refused" in history, "the wrong password is in the slide's history"
+    # Amend: the signed-off report re-opens as version 2 with a reason (the released one is kept).
+    page.click("#amend")
+    page.wait_for_selector("#amend-dialog[open]")
+    page.fill("#amend-reason", "recount requested")
+    page.click("#amend-confirm")
+    page.wait_for_selector("#status-badge.prelim")
+    assert "amendment v2" in page.inner_text("#status-badge")
+    amended = client.report(slide_id)
+    assert amended["amendment"]["reason"] == "recount requested" and amended["result_status"] == "preliminary"
+    kept = client._call("GET", f"/api/v1/slides/{slide_id}/report", params={"version": "1"}).json()
+    assert kept["verified_by"] == "Tess Tech" and kept["result_status"] == "final"
+    assert not errors, errors
     ctx.close()
 
 

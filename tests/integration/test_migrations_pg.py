@@ -24,9 +24,9 @@ def test_the_revision_chain_on_postgresql(postgres_url: str, tmp_path: Path) -> 
     settings.ensure_dirs()
     cfg = alembic_config(settings)
     script = ScriptDirectory.from_config(cfg)
-    assert script.get_heads() == ["0009"]
+    assert script.get_heads() == ["0011"]
     chain = [r.revision for r in script.walk_revisions("base", "heads")]
-    assert chain == ["0009", "0007", "0006", "0005", "0004", "0003", "0002", "0001"]
+    assert chain == ["0011", "0010", "0009", "0007", "0006", "0005", "0004", "0003", "0002", "0001"]
 
     eng = create_engine(postgres_url)
     with eng.begin() as c:  # the session's database may hold other tests' rows: start from nothing
@@ -70,12 +70,32 @@ def test_the_revision_chain_on_postgresql(postgres_url: str, tmp_path: Path) -> 
                     "VALUES ('b2', 5, 'k1', 'key:1', now())"
                 )
             )
+        # 0010: two signatures per slide (a first one and a pathologist's); a downgrade keeps the latest.
+        with eng.begin() as c:
+            c.execute(
+                text(
+                    "INSERT INTO users (id, username, full_name, role, password_hash, created_at, failed_logins) "
+                    "VALUES (1, 'u1', 'U One', 'pathologist', 'x', now(), 0)"
+                )
+            )
+            c.execute(
+                text(
+                    "INSERT INTO signatures (slide_id, user_id, username, full_name, role, meaning, signed_at) "
+                    "VALUES ('s1', 1, 'u1', 'U One', 'technologist', 'first', now()), "
+                    "('s1', 1, 'u1', 'U One', 'pathologist', 'second', now())"
+                )
+            )
+        command.downgrade(cfg, "0009")
+        with eng.begin() as c:
+            assert c.execute(text("SELECT meaning FROM signatures")).scalars().all() == ["second"]
+        command.upgrade(cfg, "head")
+        assert drift() == []
         command.downgrade(cfg, "0004")
         with eng.connect() as c:
             keys = c.execute(text("SELECT idempotency_key FROM batches ORDER BY id")).scalars().all()
             tables = set(c.execute(text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")).scalars())
         assert keys == ["k1", None]
-        assert not {"outbox", "users", "signatures", "lis_outbox"} & tables
+        assert not {"outbox", "users", "signatures", "lis_outbox", "model_promotions"} & tables
         command.upgrade(cfg, "head")
         assert drift() == []
     finally:

@@ -67,7 +67,12 @@ def test_people_and_signatures_on_postgresql(postgres_url: str, tmp_path: Path, 
         assert r.status_code == 200, r.json
         r = c.post(f"/api/v1/slides/{slide_id}/signoff", json={"password": "wrong password"}, headers=headers)
         assert r.status_code == 403
-        r = c.post(f"/api/v1/slides/{slide_id}/signoff", json={"password": PASSWORD}, headers=headers)
+        codes = [f["code"] for f in c.get(f"/api/v1/slides/{slide_id}/report").json["flags"]]
+        for code in dict.fromkeys(codes):
+            r = c.post(f"/api/v1/slides/{slide_id}/flags/{code}/ack", json={"comment": "seen"}, headers=headers)
+            assert r.status_code == 201, r.json
+        body = {"password": PASSWORD, "reason": "a four-cell test slide"}
+        r = c.post(f"/api/v1/slides/{slide_id}/signoff", json=body, headers=headers)
         assert r.status_code == 200, r.json
         report = c.get(f"/api/v1/slides/{slide_id}/report").json
         assert report["verified_by"] == "Pat O'Logist" and report["verified_by_id"] == "pat"
@@ -79,6 +84,8 @@ def test_people_and_signatures_on_postgresql(postgres_url: str, tmp_path: Path, 
         assert got == [
             ("user:pat", "reclassify", "allowed"),
             ("user:pat", "signoff", "refused"),
+            ("user:pat", "read", "allowed"),
+            *[("user:pat", "acknowledge", "allowed")] * len(set(codes)),
             ("user:pat", "signoff", "allowed"),
             ("user:pat", "read", "allowed"),
             ("user:pat", "export", "allowed"),

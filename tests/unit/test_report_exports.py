@@ -25,6 +25,7 @@ from hematovision.exports.flag_report import flag_report_csv
 from hematovision.exports.hl7 import PreliminaryRefused, oru_r01
 from hematovision.service.slide_results import build_report
 from hematovision.store.models import AuditEntry, Cell, new_id
+from tests.conftest import ack_flags_http
 from workers.job_store import store_analysis
 
 MODEL_VERSION = "9.8.7-test"
@@ -417,7 +418,9 @@ def test_no_key_or_part_of_one_in_reports_exports_audit_or_logs(  # type: ignore
     c.post(f"/api/v1/slides/{slide_id}/signoff", headers={"X-API-Key": admin_key}, json={"password": "x"})
     c.get("/api/v1/flags", headers={"X-API-Key": review_key[:-1] + "A"})  # a wrong key, refused
     tech = person(username="jdoe", full_name="Jane Doe")
-    assert tech.post(f"/api/v1/slides/{slide_id}/signoff", json={"password": tech.password}).status_code == 200
+    ack_flags_http(tech, slide_id)
+    r = tech.post(f"/api/v1/slides/{slide_id}/signoff", json={"password": tech.password, "reason": "test slide"})
+    assert r.status_code == 200, r.get_json()
     outputs: dict[str, bytes] = {}
     for fmt in ("json", "csv", "pdf", "hl7"):
         r = c.get(f"/api/v1/slides/{slide_id}/report?format={fmt}", headers={"X-API-Key": admin_key})

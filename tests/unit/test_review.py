@@ -23,6 +23,7 @@ from hematovision.store.models import (
     Slide,
     new_id,
 )
+from tests.conftest import ack_flags, ack_flags_http
 from workers.job_store import store_analysis
 
 CLASSES = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet"]
@@ -124,8 +125,9 @@ def test_signoff_needs_no_unidentified_then_locks(app, analysed: str, make_user)
     for cid in open_ids:
         with factory() as s, s.begin():
             reclassify(s, cid, "monocyte", "user:bob")
+    ack_flags(factory, analysed)
     with factory() as s, s.begin():
-        sign_off(s, analysed, bob)
+        sign_off(s, analysed, bob, reason="few cells on a small test slide")
     with factory() as s:
         slide = s.get(Slide, analysed)
         assert slide.verified_by == "Bob Smith" and slide.verified_at is not None
@@ -141,11 +143,12 @@ def test_signoff_needs_no_unidentified_then_locks(app, analysed: str, make_user)
         }
         assert slide.report["unidentified"] == 0
         sig = s.execute(select(Signature)).scalar_one()
-        assert (sig.slide_id, sig.user_id, sig.full_name, sig.meaning) == (
+        assert (sig.slide_id, sig.user_id, sig.full_name, sig.meaning, sig.reason) == (
             analysed,
             bob.user_id,
             "Bob Smith",
             "verified: results reviewed and released",
+            "few cells on a small test slide",
         )
     with factory() as s, s.begin(), pytest.raises(ReviewError) as e:
         reclassify(s, open_ids[0], "lymphocyte", "x")
@@ -171,6 +174,7 @@ def test_review_api_end_to_end(app, client, person, analysed: str) -> None:  # t
             assert r.status_code == 200, r.get_json()
             body = r.get_json()
             assert body["cell"]["label"] == "eosinophil" and "differential" in body and "flags" in body
+    ack_flags_http(tech, analysed)
     assert client.post(f"/api/v1/cells/{cells[0]['id']}/label", json={"label": "nope"}).status_code == 400
     assert client.post(f"/api/v1/cells/{cells[0]['id']}/label", data="x").status_code == 400
     assert client.post("/api/v1/cells/999999/label", json={"label": "monocyte"}).status_code == 404
@@ -187,7 +191,7 @@ def test_review_api_end_to_end(app, client, person, analysed: str) -> None:  # t
     r = tech.post(f"/api/v1/slides/{analysed}/signoff", json={"password": tech.password}, csrf=False)
     assert r.status_code == 400 and r.get_json()["error"]["code"] == "csrf_failed"
     assert client.get(f"/api/v1/slides/{analysed}/report").get_json().get("verified_by") is None
-    r = tech.post(f"/api/v1/slides/{analysed}/signoff", json={"password": tech.password})
+    r = tech.post(f"/api/v1/slides/{analysed}/signoff", json={"password": tech.password, "reason": "small slide"})
     assert r.status_code == 200, r.get_json()
     assert r.get_json()["verified_by"] == "Jane Doe" and r.get_json()["verified_by_id"] == "jdoe"
     after = client.get(f"/api/v1/slides/{analysed}/report").get_json()
