@@ -33,7 +33,7 @@ power"):
    A **census** (``census``) reads every candidate chunk of the smear through the same two
    passes and classifies every white cell found; red cells and platelets still come from the
    sampled fields. ``full_count`` instead tiles the whole smear at level 0 (every kind, every
-   tile: about 20-40x slower on a 40,000² slide, docs/validation.md "Whole-smear census").
+   tile: ~10x slower than a census on a 40,000² slide, docs/validation.md "Whole-smear census").
    Crops go to the sink a batch at a time, so a census holds at most ``batch_size`` crops.
 4. Every white cell is cut at the model's physical crop size (µm) and handed to a *crop sink*: on one
    machine the sink classifies a batch at a time (:func:`analyze_slide`); in the staged service the
