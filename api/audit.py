@@ -42,6 +42,7 @@ AUDITED_ENDPOINTS: dict[str, str | None] = {
     "jobs.cancel_job": "cancel",
     "review.label_cell": "reclassify",
     "review.signoff": "signoff",
+    "review.census": "census",
     "slides.patch_slide": "order",
     "review.slide_audit": "audit",
     "workflow.acknowledge": "acknowledge",

@@ -56,6 +56,7 @@ UNSAFE_ACTIONS = {
     "batches.submit_batch": "submit",
     "jobs.cancel_job": "cancel",
     "review.label_cell": "reclassify",
+    "review.census": "reclassify",  # "count all cells": a review action, as reclassifying
     "review.signoff": "signoff",
     "slides.patch_slide": "submit",  # the order's data come from the LIS intake (or an admin)
     "workflow.acknowledge": "reclassify",  # a person only (the view refuses keys)

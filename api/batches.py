@@ -61,7 +61,8 @@ bp = Blueprint("batches", __name__, url_prefix="/api/v1/batches")
 #: ``slides`` (JSON) / ``worklist`` (multipart CSV part) carry each slide's order and patient
 #: (:mod:`hematovision.core.patient`); ``wbc_per_l`` (per litre, for every slide) is the old way to
 #: give the WBC count, accepted for this release only.
-FIELDS = ("name", "priority", "mpp", "wbc_per_l", "paths", "slides", "worklist")
+#: ``census`` (JSON true/false; multipart ``true``/``false``/``1``/``0``) asks for a whole-smear census.
+FIELDS = ("name", "priority", "mpp", "wbc_per_l", "paths", "slides", "worklist", "census")
 MAX_WORKLIST_BYTES = 2 * 2**20
 MAX_NAME_CHARS = 200
 MAX_KEY_CHARS = 200
@@ -98,6 +99,18 @@ def _number(raw: Any, field: str, *, low: float, high: float, integer: bool = Fa
     if not math.isfinite(value) or not (low <= value <= high):
         raise _invalid(f"'{field}' must lie in {low:g}..{high:g}, got {shown}")
     return int(value) if integer else float(value)
+
+
+def _flag(raw: Any, field: str) -> bool:
+    """A yes/no option: a JSON boolean, or in a form ``true``/``false`` (any case), ``1``/``0`` (absent: no).
+    Anything else is a 400 ``invalid_option`` (``"yes"``, ``2``, ``"TRUE "`` are not guessed at)."""
+    if raw is None or raw is False or raw == "":
+        return False
+    if raw is True:
+        return True
+    if isinstance(raw, str) and raw.lower() in ("true", "false", "1", "0"):
+        return raw.lower() in ("true", "1")
+    raise ApiError(400, "invalid_option", f"'{field}' must be true or false, got {repr(raw)[:40]}")
 
 
 def _name(raw: Any) -> str | None:
@@ -307,6 +320,7 @@ def submit_batch() -> ResponseReturnValue:
             "mpp": _number(raw_fields.get("mpp"), "mpp", low=0.01, high=100.0),
             "wbc_per_l": _number(raw_fields.get("wbc_per_l"), "wbc_per_l", low=0, high=1e15),
         }
+        census = _flag(raw_fields.get("census"), "census")
         orders: dict[str, OrderInfo] = raw_fields.get("slides") or {}
         legacy_wbc: float | None = None
         if fields["wbc_per_l"] is not None:  # deprecated: per litre, the same for every slide
@@ -322,7 +336,11 @@ def submit_batch() -> ResponseReturnValue:
             raise ApiError(400, "no_slides", "submit at least one slide: multipart 'files' and/or 'paths'")
         staged = _stage_uploads(uploads)
         digest = _request_sha256(
-            {**fields, "slides": {k: v.to_dict() for k, v in sorted(orders.items())}},
+            {
+                **fields,
+                "slides": {k: v.to_dict() for k, v in sorted(orders.items())},
+                **({"census": True} if census else {}),  # absent when off: earlier digests still match
+            },
             [(n, p.stat().st_size) for n, p in staged],
             paths,
         )
@@ -363,6 +381,7 @@ def submit_batch() -> ResponseReturnValue:
                 idempotency_owner=_owner(),
                 request_sha256=digest,
                 batch_id=batch_id,
+                census=census,
             )
             messages = outbox_ids(session, jobs)  # flushed with the rows: published after the commit
         except IntegrityError:  # another request of this client with this key was first

@@ -154,6 +154,10 @@ def openapi_document() -> dict[str, Any]:
         "paths": {"type": "array", "items": {"type": "string"}},
         "slides": {"type": "array", "items": {"$ref": "#/components/schemas/SlideOrder"}},
         "worklist": {"type": "string", "format": "binary", "description": "multipart: a worklist CSV"},
+        "census": {
+            "type": "boolean",
+            "description": "whole-smear census of every slide (multipart: true/false/1/0); another value is 400",
+        },
     }
     order_props: dict[str, Any] = {
         "file": {"type": "string"},
@@ -439,6 +443,19 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/api/v1/slides/{slide_id}/census": {
+                "post": {
+                    "operationId": "queueCensus",
+                    "summary": "Count all cells: queue the slide again as a whole-smear census (a new job; the "
+                    "current results stay until the census stores its own). 409 while its job is queued or "
+                    "running, or once it is signed off",
+                    "parameters": [_id_param("slide_id")],
+                    "responses": {
+                        "202": _resp("queued", {"$ref": "#/components/schemas/Job"}),
+                        **_errors(404, 409, 503),
+                    },
+                }
+            },
             "/api/v1/slides/{slide_id}/signoff": {
                 "post": {
                     "operationId": "signOffSlide",
@@ -552,6 +569,7 @@ def openapi_document() -> dict[str, Any]:
                         "progress": {"type": "number", "minimum": 0, "maximum": 1},
                         "stage": {"type": "string", "nullable": True, "enum": ["prepare", "classify", "report", None]},
                         "stages": {"type": "object", "description": "per stage: runs, worker, seconds of its last run"},
+                        "census": {"type": "boolean", "description": "queued as a whole-smear census"},
                         "error": {"type": "string", "nullable": True},
                         "created_at": {"type": "string", "nullable": True},
                         "started_at": {"type": "string", "nullable": True},

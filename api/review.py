@@ -27,7 +27,7 @@ from api.auth import principal, refuse, session_person
 from api.context import db, dispatcher, settings
 from api.errors import ApiError
 from api.params import query_int, query_text
-from api.serializers import batch_json, iso
+from api.serializers import batch_json, iso, job_json
 from hematovision.core.access import SIGNOFF_MEANING, printable
 from hematovision.core.flags import effective_rules
 from hematovision.core.vocabulary import Vocabulary
@@ -257,6 +257,26 @@ def signoff(slide_id: str) -> ResponseReturnValue:
             "pathologist_reasons": report.get("pathologist_reasons") or [],
         }
     )
+
+
+@bp.post("/slides/<hexid:slide_id>/census")
+def census(slide_id: str) -> ResponseReturnValue:
+    """Count all cells: queue the slide again as a whole-smear census (a new job, 202). The slide's
+    current results stay until the census stores its own; 409 while its job is queued or running
+    and once the slide is signed off."""
+    from hematovision.service.submission import RequeueRefused, outbox_ids, requeue_slide
+
+    session = db()
+    slide = _slide(slide_id)
+    try:
+        job = requeue_slide(session, slide, census=True)
+    except RequeueRefused as e:
+        raise ApiError(409, e.code, str(e)) from None
+    messages = outbox_ids(session, [job])
+    note(job_id=job.id, mode="census")
+    commit_audited(session, status=202, slide_id=slide.id)
+    queued = dispatcher().publish_now(messages)
+    return jsonify(job_json(job) | {"queued": queued}), 202
 
 
 @bp.get("/slides/<hexid:slide_id>/audit")

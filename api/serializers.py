@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from hematovision.core.filenames import redact_paths
+from hematovision.service.submission import job_options
 from hematovision.store.models import Batch, Job
 
 
@@ -27,6 +28,7 @@ def job_json(job: Job) -> dict[str, Any]:
         "progress": round(job.progress, 3),
         "stage": job.stage,
         "stages": job.stages or {},
+        "census": bool(job_options(job).get("census")),
         "attempts": job.attempts,
         "error": None if job.error is None else redact_paths(job.error),  # the row keeps the full text
         "created_at": iso(job.created_at),

@@ -29,6 +29,12 @@ power"):
      platelets, and a differential that still falls short is marked insufficient. The two paths
      therefore read the same cells on small slides (read whole) but may stop at different places on
      whole slides.
+
+   A **census** (``census``) reads every candidate chunk of the smear through the same two
+   passes and classifies every white cell found; red cells and platelets still come from the
+   sampled fields. ``full_count`` instead tiles the whole smear at level 0 (every kind, every
+   tile: ~10x slower than a census on a 40,000² slide, docs/validation.md "Whole-smear census").
+   Crops go to the sink a batch at a time, so a census holds at most ``batch_size`` crops.
 4. Every white cell is cut at the model's physical crop size (µm) and handed to a *crop sink*: on one
    machine the sink classifies a batch at a time (:func:`analyze_slide`); in the staged service the
    ``prepare`` stage's sink writes the crops to disk for the GPU ``classify`` stage
@@ -74,12 +80,19 @@ REFINE_REACH_UM = 10.0
 #: neighbouring candidate or an overlapping chunk (its level-0 box is found again within a µm or
 #: two). Half of the 10 µm used before, which dropped the second of two cells 5-10 µm apart.
 DUPLICATE_UM = 5.0
+#: A candidate chunk is read only over the smear mask's bounding box within it, widened by this
+#: many µm (more than a white cell's radius: a cell at the edge of the mask is screened whole).
+SMEAR_MARGIN_UM = 30.0
 
 
 @dataclass
 class PipelineParams:
     target_wbc: int = 200
     full_count: bool = False
+    #: Whole-smear census: every white cell of the smear through the two-pass path (no stop at
+    #: ``target_wbc``), red cells and platelets from the ``rbc_fields`` sampled fields only. Unlike
+    #: ``full_count`` it never reads every level-0 tile of a whole slide.
+    census: bool = False
     full_res_max_mpix: float = 64.0
     tile_px: int = 1024
     overlap_um: float = 30.0
@@ -262,7 +275,7 @@ def prepare_slide(
         if should_stop is not None and should_stop():
             raise AnalysisCancelled("cancelled")
 
-    if w * h / 1e6 <= params.full_res_max_mpix or params.full_count:
+    if w * h / 1e6 <= params.full_res_max_mpix or (params.full_count and not params.census):
         _full_resolution(slide, result, spec, sink, mask, down, params, progress, check_stop)
     else:
         _two_pass(slide, result, spec, sink, mask, down, params, progress, check_stop)
@@ -384,14 +397,8 @@ def _two_pass(
     chunks = list(_tiles(lw, lh, chunk_px, int(math.ceil(20.0 / level_mpp))))
     t_cand = t_refine = 0.0
     n_wbc = 0
-
-    def in_smear(c: tuple[int, int, int, int]) -> bool:
-        cx0, cy0, cw, ch = c
-        mx0, my0 = int(cx0 * ds / down), int(cy0 * ds / down)
-        mx1, my1 = int(math.ceil((cx0 + cw) * ds / down)), int(math.ceil((cy0 + ch) * ds / down))
-        return bool(mask[my0 : my1 + 1, mx0 : mx1 + 1].any())
-
-    chunks = [c for c in chunks if in_smear(c)]
+    margin = int(math.ceil(SMEAR_MARGIN_UM / level_mpp))
+    chunks = [b for c in chunks if (b := _clip_to_mask(c, mask, ds / down, margin)) is not None]
     reads = _prefetch(chunks, lambda c: slide.read_region((int(c[0] * ds), int(c[1] * ds)), level, (c[2], c[3])))
     for i, ((cx0, cy0, _cw, _ch), low) in enumerate(zip(chunks, reads, strict=True)):
         check_stop()
@@ -421,20 +428,42 @@ def _two_pass(
                 cell = CellResult(WBC, (wx0 + bx0, wy0 + by0, wx0 + bx1, wy0 + by1), float(best.score))
                 sink.add(cell, _crop_from_slide(slide, ax, ay, crop_px, mpp, spec, window, (wx0, wy0)))
                 n_wbc += 1
+                if sink.pending >= params.batch_size:  # a dense chunk never holds more than a batch
+                    t_flush = time.perf_counter()
+                    sink.flush()
+                    t += time.perf_counter() - t_flush  # classifying is not refining
         t_refine += time.perf_counter() - t
         result.fields_analysed += 1
-        if sink.pending >= params.batch_size:
-            sink.flush()
-        progress(
-            0.05 + 0.8 * min(1.0, max((i + 1) / len(chunks), n_wbc / max(1, params.wbc_goal))), f"{n_wbc} white cells"
-        )
-        if not params.full_count and _enough_white_cells(sink, params):
+        read = (i + 1) / len(chunks)
+        done = read if params.full_count or params.census else max(read, n_wbc / max(1, params.wbc_goal))
+        progress(0.05 + 0.8 * min(1.0, done), f"{n_wbc} white cells")
+        if not (params.full_count or params.census) and _enough_white_cells(sink, params):
             result.stopped_early = True
             break
     result.timings_s["candidates"] = t_cand
     result.timings_s["refine"] = t_refine
     _count_fields(slide, result, mask, down, params, check_stop)
     progress(0.95, "red cells and platelets counted")
+
+
+def _clip_to_mask(
+    chunk: tuple[int, int, int, int], mask: np.ndarray, to_mask: float, margin: int
+) -> tuple[int, int, int, int] | None:
+    """A chunk (x, y, w, h on the candidate level) cut to the bounding box of the smear mask within
+    it, widened by ``margin`` px; None when no smear lies in it. A chunk at the edge of the smear
+    is then read and screened only where the smear is (on the 40,000² bench slide: 70 of 100 Mpx),
+    and a candidate outside the mask was never kept anyway."""
+    cx0, cy0, cw, ch = chunk
+    mx0, my0 = int(cx0 * to_mask), int(cy0 * to_mask)
+    sub = mask[my0 : int(math.ceil((cy0 + ch) * to_mask)) + 1, mx0 : int(math.ceil((cx0 + cw) * to_mask)) + 1]
+    if not sub.any():
+        return None
+    rows, cols = np.nonzero(sub.any(axis=1))[0], np.nonzero(sub.any(axis=0))[0]
+    x0 = max(cx0, int((mx0 + cols[0]) / to_mask) - margin)
+    y0 = max(cy0, int((my0 + rows[0]) / to_mask) - margin)
+    x1 = min(cx0 + cw, int(math.ceil((mx0 + cols[-1] + 1) / to_mask)) + margin)
+    y1 = min(cy0 + ch, int(math.ceil((my0 + rows[-1] + 1) / to_mask)) + margin)
+    return (x0, y0, x1 - x0, y1 - y0)
 
 
 def _enough_white_cells(sink: CropSink, params: PipelineParams) -> bool:

@@ -29,7 +29,7 @@ from hematovision.core.results import SlideAnalysis
 from hematovision.service import model_registry
 from hematovision.service.outbox import add_message
 from hematovision.service.slide_results import replace_result_rows
-from hematovision.service.submission import order_of
+from hematovision.service.submission import job_options, order_of
 from hematovision.store.db import transaction
 from hematovision.store.models import FINAL_STATES, Job, ModelVersion, utcnow
 
@@ -47,6 +47,8 @@ class Ticket:
     priority: int
     stage: str
     started_at: datetime
+    #: A whole-smear census was asked for (:func:`hematovision.service.submission.job_options`).
+    census: bool = False
 
 
 def worker_name() -> str:
@@ -97,6 +99,7 @@ def claim_stage(factory: sessionmaker[Session], job_id: str, stage: str) -> Tick
             slide.batch.priority,
             stage,
             job.started_at,
+            census=job_options(job).get("census", False),
         )
 
 

@@ -166,7 +166,9 @@ def run_prepare(settings: Settings, factory: sessionmaker[Session], job_id: str)
         tmp.mkdir(parents=True)
         try:
             spool = CropSpool(tmp)
-            params = PipelineParams(target_wbc=settings.target_wbc, full_count=settings.full_count)
+            params = PipelineParams(
+                target_wbc=settings.target_wbc, full_count=settings.full_count, census=ticket.census
+            )
             with open_slide(ticket.path, mpp=ticket.mpp, default_mpp=settings.default_mpp) as slide:
                 analysis = prepare_slide(
                     slide,

@@ -53,6 +53,7 @@ HV.review = (() => {
       badge.textContent = `${r.result_status === "amended" ? "Amended · " : ""}Verified by ${name}${id ? " (" + id + ")" : ""} · ${fmtTime(r.verified_at || S.meta.verified_at)}`;
       badge.title = (r.signature && r.signature.meaning) || "";
       btn.disabled = true; btn.textContent = "Signed off";
+      const census = document.getElementById("census"); if (census) census.disabled = true;
       const hl7 = document.getElementById("dl-hl7");
       if (hl7 && hl7.dataset.href) {
         hl7.href = hl7.dataset.href; hl7.setAttribute("download", ""); hl7.removeAttribute("aria-disabled");
@@ -305,7 +306,21 @@ HV.review = (() => {
     } catch (e) { toast(e.message, true); loadAudit(); }
   }
 
-  const ACTION_TEXT = { acknowledge: "acknowledged", comment: "commented", amend: "amended", reclassify: "reclassified", signoff: "signed off", export: "exported", cancel: "cancelled", read: "read" };
+  /** "Count all cells": queue the slide again as a whole-smear census (a new job; the results shown
+      stay until the census has stored its own). */
+  async function queueCensus() {
+    const btn = document.getElementById("census");
+    if (!window.confirm("Count all cells of this slide (whole-smear census)? The current results stay until the census is stored; reclassifications made so far are replaced with it.")) return;
+    btn.disabled = true;
+    try {
+      const res = await api(`/api/v1/slides/${seg(S.slideId)}/census`, { method: "POST", json: {} });
+      btn.textContent = "Census queued";
+      toast(`Census queued (job ${res.id.slice(0, 8)}): the results are replaced when it has finished.`);
+      loadAudit();
+    } catch (e) { btn.disabled = false; toast(e.message, true); }
+  }
+
+  const ACTION_TEXT = { census: "queued a census (count all cells)", acknowledge: "acknowledged", comment: "commented", amend: "amended", reclassify: "reclassified", signoff: "signed off", export: "exported", cancel: "cancelled", read: "read" };
 
   /** The slide's audit history (reads of the report are counted, not listed). */
   async function loadAudit() {
@@ -400,6 +415,7 @@ HV.review = (() => {
     if (amendBtn) amendBtn.addEventListener("click", amendReport);
     const commentForm = document.getElementById("comment-form");
     if (commentForm) commentForm.addEventListener("submit", addComment);
+    const census = document.getElementById("census"); if (census) census.addEventListener("click", queueCensus);
     /* The viewer first: the gallery (one button per cell) is built after it has started. */
     try { await reload({ deferGallery: true }); } catch (e) { toast(e.message, true); document.getElementById("slide-title").textContent = e.status === 409 ? "Not analysed yet" : "Slide not available"; return; }
     if (opts.viewer && window.OpenSeadragon) {

@@ -59,12 +59,16 @@ class ApiClient:
         mpp: float | None = None,
         idempotency_key: str | None = None,
         worklist: str | None = None,
+        census: bool = False,
     ) -> dict[str, Any]:
-        """Submit one batch; ``worklist`` is a worklist CSV's text (each slide's order and patient)."""
+        """Submit one batch; ``worklist`` is a worklist CSV's text (each slide's order and patient);
+        ``census`` asks for a whole-smear census of every slide."""
         data: dict[str, Any] = {"paths": list(paths)}
         for k, v in (("name", name), ("priority", priority), ("mpp", mpp)):
             if v is not None:
                 data[k] = str(v)
+        if census:
+            data["census"] = "true"
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         with ExitStack() as stack:
             uploads: list[tuple[str, Any]] = [

@@ -27,6 +27,7 @@ from hematovision.cli.options import api_client, api_errors, api_option
 @click.option("--mpp", type=float, default=None, help="Microns per pixel, for slides that state none.")
 @click.option("--idempotency-key", default=None)
 @click.option("--wait/--no-wait", default=False, help="Poll until the batch is finished.")
+@click.option("--census", is_flag=True, help="Whole-smear census: classify every white cell of each slide.")
 @api_option
 @api_errors
 def submit(
@@ -38,6 +39,7 @@ def submit(
     mpp: float | None,
     idempotency_key: str | None,
     wait: bool,
+    census: bool,
     api: str,
     api_key: str | None,
 ) -> None:
@@ -58,6 +60,7 @@ def submit(
         mpp=mpp,
         idempotency_key=idempotency_key,
         worklist=worklist,
+        census=census,
     )
     click.echo(f"batch {batch['id']}: {len(batch['job_ids'])} job(s)")
     for j in batch.get("jobs", []):

@@ -42,7 +42,14 @@ def _bar_progress(bar: ProgressBar[int]) -> Callable[[float, str], None]:
 )
 @click.option("--mpp", type=float, default=None, help="Microns per pixel for slides that state none.")
 @click.option("--model-dir", type=click.Path(file_okay=False), default=None, help="Classifier model directory.")
-@click.option("--full-count", is_flag=True, help="Analyse the whole smear, not just the target WBC count.")
+@click.option(
+    "--full-count", is_flag=True, help="Analyse every level-0 tile of the smear, not just the target WBC count (slow)."
+)
+@click.option(
+    "--census",
+    is_flag=True,
+    help="Whole-smear census: classify every white cell (two-pass), red cells and platelets from sampled fields.",
+)
 def process(
     paths: tuple[str, ...],
     out_dir: str,
@@ -50,6 +57,7 @@ def process(
     mpp: float | None,
     model_dir: str | None,
     full_count: bool,
+    census: bool,
 ) -> None:
     """Analyse slides locally (no server) and write one report JSON per slide."""
     from hemato_model.classifier import load_classifier
@@ -60,6 +68,8 @@ def process(
     from hematovision.core.slides import SlideError, open_slide
     from hematovision.service.slide_results import build_report, model_card_limits
 
+    if census and full_count:
+        raise click.UsageError("give --census (two-pass, fast) or --full-count (every level-0 tile), not both")
     worklist, paths = read_manifest(manifest, paths)  # its rows are named by file name
     orders = parse_worklist(worklist) if worklist is not None else {}
     settings = settings_or_exit()
@@ -67,7 +77,7 @@ def process(
     out.mkdir(parents=True, exist_ok=True)
     classifier = load_classifier(Path(model_dir) if model_dir else settings.model_dir)
     rules = effective_rules(settings)
-    params = PipelineParams(target_wbc=settings.target_wbc, full_count=full_count or settings.full_count)
+    params = PipelineParams(target_wbc=settings.target_wbc, full_count=full_count or settings.full_count, census=census)
     failures = 0
     for p in paths:
         try:

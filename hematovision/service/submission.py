@@ -58,6 +58,23 @@ def set_order(slide: Slide, order: OrderInfo) -> None:
         setattr(slide, k, getattr(order, k))
 
 
+#: Analysis options of a job, kept in the record of its first stage (``Job.stages["prepare"]``,
+#: which claims and re-queues merge into, never replace), so no column is needed: ``census``
+#: (bool) asks for a whole-smear census (:attr:`hemato_model.pipeline.PipelineParams.census`).
+JOB_OPTIONS = ("census",)
+
+
+def job_stages(*, census: bool = False) -> dict[str, Any] | None:
+    """The initial ``Job.stages`` of a new job with these options (None: no options)."""
+    return {PREPARE: {"census": True}} if census else None
+
+
+def job_options(job: Job) -> dict[str, Any]:
+    """The options a job was queued with (see :data:`JOB_OPTIONS`)."""
+    record = (job.stages or {}).get(PREPARE) or {}
+    return {k: record[k] for k in JOB_OPTIONS if k in record}
+
+
 def add_batch(
     session: Session,
     slides: Sequence[NewSlide],
@@ -69,6 +86,7 @@ def add_batch(
     request_sha256: str | None = None,
     batch_id: str | None = None,
     queue: bool = True,
+    census: bool = False,
 ) -> tuple[Batch, list[Job]]:
     """Add a batch with one slide and one queued job per entry (flushed, not committed).
 
@@ -77,6 +95,7 @@ def add_batch(
     the broker is reachable now or only later (:mod:`hematovision.service.outbox` publishes them).
     ``batch_id`` may be chosen beforehand (the API files uploads under the batch's id before the
     rows exist). An ``idempotency_key`` belongs to ``idempotency_owner`` (the API key that used it).
+    ``census`` queues every slide for a whole-smear census (:func:`job_stages`).
     """
     batch = Batch(
         id=batch_id or new_id(),
@@ -103,7 +122,7 @@ def add_batch(
         if entry.order is not None:
             set_order(slide, entry.order)
         session.add(slide)
-        job = Job(id=new_id(), slide_id=slide.id, batch_id=batch.id)
+        job = Job(id=new_id(), slide_id=slide.id, batch_id=batch.id, stages=job_stages(census=census))
         session.add(job)
         jobs.append(job)
     session.flush()
@@ -111,6 +130,45 @@ def add_batch(
         for job in jobs:
             add_message(session, job.id, PREPARE, priority)
     return batch, jobs
+
+
+class RequeueRefused(Exception):
+    """The slide cannot be queued again now; ``code`` says why (``signed_off``, ``job_active``)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def requeue_slide(session: Session, slide: Slide, *, census: bool = True) -> Job:
+    """Queue ``slide`` again as a new job (by default a whole-smear census), flushed, not committed.
+
+    A slide has one job (``jobs.slide_id`` is unique): the ended job's row and its sent outbox rows
+    give way to the new job, whose first stage's message is written in the same transaction. The
+    slide's results (cells, differential, flags, report) stay as they are until the new job stores
+    its own in one transaction (:func:`workers.job_store.store_analysis`); reclassifications of the
+    old cells are replaced with them (the audit log keeps them). Refused while the slide's job is
+    still queued or running, and once the slide is signed off (its results are read-only).
+    """
+    from sqlalchemy import delete
+
+    from hematovision.store.models import FINAL_STATES
+
+    if slide.verified_at is not None:
+        raise RequeueRefused("signed_off", "the slide is signed off: its results are read-only")
+    old = slide.job
+    if old is not None and old.state not in FINAL_STATES:
+        raise RequeueRefused("job_active", f"the slide's job is still {old.state}: wait for it or cancel it first")
+    if old is not None:
+        session.execute(delete(OutboxMessage).where(OutboxMessage.job_id == old.id))
+        session.delete(old)
+        session.flush()  # the old row is gone before the new one takes its slide
+    job = Job(id=new_id(), slide_id=slide.id, batch_id=slide.batch_id, stages=job_stages(census=census))
+    session.add(job)
+    session.flush()
+    session.expire(slide, ["job"])
+    add_message(session, job.id, PREPARE, slide.batch.priority)
+    return job
 
 
 def outbox_ids(session: Session, jobs: Sequence[Job]) -> list[int]:
