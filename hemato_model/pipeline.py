@@ -49,6 +49,7 @@ import numpy as np
 
 from hemato_model.detection import Detection, detect_cells, wbc_candidates
 from hemato_model.preprocessing import crop_cell
+from hemato_model.quality import measure_quality, ood_summary
 from hemato_model.sampling import (
     FIELD_UM,
     METHOD,
@@ -59,7 +60,6 @@ from hemato_model.sampling import (
     spread_fields,
     whole_smear,
 )
-from hemato_model.quality import measure_quality, ood_summary
 from hematovision.core.results import WBC, CellResult, SlideAnalysis, is_classified_wbc
 
 if TYPE_CHECKING:
@@ -510,7 +510,10 @@ def _count_fields(
     rng = np.random.default_rng(0)
     picks = rng.choice(len(xs), size=min(params.rbc_fields, len(xs)), replace=False)
     # what the platelet estimate is over (hematovision.core.estimates)
-    result.sampling["count_fields"] = {"fields": len(picks), "area_mm2": round(len(picks) * (field_px * mpp / 1e3) ** 2, 4)}
+    result.sampling["count_fields"] = {
+        "fields": len(picks),
+        "area_mm2": round(len(picks) * (field_px * mpp / 1e3) ** 2, 4),
+    }
     for p in sorted(picks):
         check_stop()
         gx, gy = int(xs[p] * down), int(ys[p] * down)

@@ -197,7 +197,9 @@ def stratified_order(rows: int, cols: int, keep: set[tuple[int, int]]) -> list[t
     return order
 
 
-def spread_fields(mono: Monolayer, width: int, height: int, field_um: float = FIELD_UM) -> list[tuple[int, int, int, int]]:
+def spread_fields(
+    mono: Monolayer, width: int, height: int, field_um: float = FIELD_UM
+) -> list[tuple[int, int, int, int]]:
     """Level-0 fields ``(x, y, w, h)`` over the monolayer, in the order they are to be read
     (:func:`stratified_order` over the grid of fields that are at least ``MIN_FIELD_COVER``
     monolayer). The grid is aligned to level-0 (0, 0), so fields fall on whole tiles of the usual

@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from hematovision.core.estimates import smear_estimates
 from hematovision.core.flags import (
     SEVERITY_RANK,
     evaluate_gate,
@@ -36,7 +37,6 @@ from hematovision.core.results import (
     SlideAnalysis,
     is_classified_wbc,
 )
-from hematovision.core.estimates import smear_estimates
 from hematovision.core.stats import percent_interval, rare_event_detection_limit
 from hematovision.core.vocabulary import OUTSIDE_CATEGORIES, Vocabulary
 from hematovision.store.models import Cell, DifferentialEntry, FlagRecord, Slide, utcnow

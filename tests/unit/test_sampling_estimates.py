@@ -70,7 +70,7 @@ def test_wbc_estimate_units_and_interval() -> None:
     assert e["value"] == pytest.approx(10.0 * WBC_FACTOR, abs=0.01)
     lo, hi = e["ci95"]
     assert lo < e["value"] < hi and lo == pytest.approx(8.136 * WBC_FACTOR, abs=0.01)
-    assert WBC_FACTOR == pytest.approx(0.556)  # 9,000 red cells/mm² of monolayer <-> 5.0 ×10¹²/L
+    assert pytest.approx(0.556) == WBC_FACTOR  # 9,000 red cells/mm² of monolayer <-> 5.0 ×10¹²/L
     assert wbc_estimate(5, 0.0)["value"] is None
 
 
