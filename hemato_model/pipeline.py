@@ -402,6 +402,8 @@ def _two_pass(
     fields: list[tuple[int, int, int, int]] = []
     if spread and mono is not None:
         fields = spread_fields(mono, result.width, result.height, min(params.chunk_um, FIELD_UM))
+        spread = bool(fields)  # no field of monolayer (a smear too small or odd): read it in raster order
+    if spread and mono is not None:
         chunks = level_chunks(fields, ds, int(math.ceil(20.0 / level_mpp)), lw, lh)
         sampling = Sampling(METHOD, mono)
     t_cand = t_refine = 0.0

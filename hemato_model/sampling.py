@@ -71,6 +71,8 @@ class Monolayer:
     down: float
     mpp: float
     axis: int
+    #: The whole stained smear (thumbnail-sized), read after the monolayer if the target is not met.
+    smear: np.ndarray | None = None
     smear_area_mm2: float = 0.0
     thick_area_mm2: float = 0.0
     edge_area_mm2: float = 0.0
@@ -133,7 +135,7 @@ def evaluable_monolayer(thumb: np.ndarray, smear: np.ndarray, down: float, mpp: 
 
     smear = smear.astype(bool)
     px_um = down * mpp
-    mono = Monolayer(mask=smear.copy(), down=down, mpp=mpp, axis=1)
+    mono = Monolayer(mask=smear.copy(), down=down, mpp=mpp, axis=1, smear=smear)
     mono.smear_area_mm2 = float(smear.sum()) * mono.px_area_mm2
     if not smear.any():
         return mono
@@ -200,10 +202,11 @@ def stratified_order(rows: int, cols: int, keep: set[tuple[int, int]]) -> list[t
 def spread_fields(
     mono: Monolayer, width: int, height: int, field_um: float = FIELD_UM
 ) -> list[tuple[int, int, int, int]]:
-    """Level-0 fields ``(x, y, w, h)`` over the monolayer, in the order they are to be read
-    (:func:`stratified_order` over the grid of fields that are at least ``MIN_FIELD_COVER``
-    monolayer). The grid is aligned to level-0 (0, 0), so fields fall on whole tiles of the usual
-    pyramid levels."""
+    """Level-0 fields ``(x, y, w, h)`` in the order they are to be read: first the fields that are at
+    least ``MIN_FIELD_COVER`` monolayer, in :func:`stratified_order`; then, should the target not be
+    met there (a scant smear), the rest of the smear in raster order, so no white cell is left unread
+    that the raster reading of before would have found. The grid is aligned to level-0 (0, 0), so
+    fields fall on whole tiles of the usual pyramid levels."""
     side = max(1, int(round(field_um / mono.mpp)))
     cols, rows = math.ceil(width / side), math.ceil(height / side)
     boxes: dict[tuple[int, int], tuple[int, int, int, int]] = {}
@@ -213,12 +216,25 @@ def spread_fields(
             full = (box[2] * box[3]) * (mono.mpp / 1000.0) ** 2
             if full > 0 and mono.area_in_mm2(box) >= MIN_FIELD_COVER * full:
                 boxes[(r, c)] = box
-    if not boxes:
-        return []
-    r0, r1 = min(r for r, _ in boxes), max(r for r, _ in boxes)
-    c0, c1 = min(c for _, c in boxes), max(c for _, c in boxes)
-    keep = {(r - r0, c - c0) for r, c in boxes}
-    return [boxes[(r + r0, c + c0)] for r, c in stratified_order(r1 - r0 + 1, c1 - c0 + 1, keep)]
+    ordered: list[tuple[int, int, int, int]] = []
+    if boxes:
+        r0, r1 = min(r for r, _ in boxes), max(r for r, _ in boxes)
+        c0, c1 = min(c for _, c in boxes), max(c for _, c in boxes)
+        keep = {(r - r0, c - c0) for r, c in boxes}
+        ordered = [boxes[(r + r0, c + c0)] for r, c in stratified_order(r1 - r0 + 1, c1 - c0 + 1, keep)]
+    if mono.smear is not None:  # then the rest of the smear, in raster order (a scant slide is read whole)
+        d = mono.down
+        for r in range(rows):
+            for c in range(cols):
+                if (r, c) in boxes:
+                    continue
+                x, y = c * side, r * side
+                sub = mono.smear[
+                    int(y / d) : int(math.ceil((y + side) / d)), int(x / d) : int(math.ceil((x + side) / d))
+                ]
+                if sub.any():
+                    ordered.append((x, y, min(side, width - x), min(side, height - y)))
+    return ordered
 
 
 @dataclass

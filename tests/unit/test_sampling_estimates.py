@@ -171,3 +171,17 @@ def test_sampling_record() -> None:
     assert d["area_read_mm2"] == pytest.approx(2048 * 2048 * (0.25e-3) ** 2, rel=0.02)
     assert 0 < d["area_read_mm2"] < d["monolayer_area_mm2"]
     assert math.isclose(d["field_px_area_mm2"], (0.25e-3) ** 2)
+
+
+def test_the_rest_of_the_smear_is_read_after_the_monolayer() -> None:
+    """A scant smear is still read whole: after the monolayer's fields come the smear's other fields."""
+    mono = _ellipse_monolayer(16_000, 0.25)
+    th = mono.mask.shape[0]
+    yy, xx = np.mgrid[0:th, 0:th]
+    mono.smear = np.hypot((xx - th / 2) / (0.49 * th), (yy - th / 2) / (0.48 * th)) <= 1.0
+    only_mono = spread_fields(Monolayer(mask=mono.mask, down=mono.down, mpp=mono.mpp, axis=1), 16_000, 16_000)
+    fields = spread_fields(mono, 16_000, 16_000)
+    assert fields[: len(only_mono)] == only_mono  # the stratified monolayer fields come first
+    rest = fields[len(only_mono) :]
+    assert rest and len(set(fields)) == len(fields)
+    assert rest == sorted(rest, key=lambda f: (f[1], f[0]))  # then the rest, in raster order
