@@ -354,6 +354,20 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/api/v1/slides/{slide_id}/sampling-map": {
+                "get": {
+                    "operationId": "getSamplingMap",
+                    "summary": "PNG map of the fields the differential was read from (thumbnail + field rectangles)",
+                    "parameters": [_id_param("slide_id")],
+                    "responses": {
+                        "200": {
+                            "description": "map",
+                            "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+                        },
+                        **_errors(404, 409, 503),
+                    },
+                }
+            },
             "/api/v1/flags": {
                 "get": {
                     "operationId": "getFlags",
@@ -665,6 +679,24 @@ def openapi_document() -> dict[str, Any]:
                             "type": "object",
                             "nullable": True,
                             "description": "per class: value and 95% CI in 10^9/L (when a WBC count was given)",
+                        },
+                        "rare_event_detection_limit_pct": {
+                            "type": "number",
+                            "nullable": True,
+                            "description": "smallest population (percent) seen at least once with 95% probability "
+                            "among the classified white cells: 100 * (1 - 0.05^(1/n))",
+                        },
+                        "sampling": {
+                            "type": "object",
+                            "nullable": True,
+                            "description": "where the cells were read: method, fields_read, area_read_mm2, "
+                            "monolayer_area_mm2, fields [[x, y, w, h], ...] in level-0 pixels",
+                        },
+                        "estimates": {
+                            "type": "object",
+                            "nullable": True,
+                            "description": "smear estimates wbc and platelets: method, value, unit, ci95 (and per mm2, "
+                            "per 100 RBC, per field)",
                         },
                         "rules_not_evaluated": {
                             "type": "array",

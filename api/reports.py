@@ -149,6 +149,27 @@ def slide_report(slide_id: str) -> ResponseReturnValue:
     return jsonify(report)
 
 
+@bp.get("/slides/<hexid:slide_id>/sampling-map")
+def slide_sampling_map(slide_id: str) -> ResponseReturnValue:
+    """PNG: the slide's thumbnail with the fields its differential was read from (spread sampling)."""
+    from hematovision.exports.sampling_pdf import sampling_map_png
+    from hematovision.exports.slide_pdf import slide_pictures
+
+    slide = db().get(Slide, slide_id)
+    if slide is None:
+        raise ApiError(404, "not_found", f"no slide {slide_id}")
+    if slide.report is None:
+        raise ApiError(409, "not_ready", f"slide {slide_id} has no report yet")
+    fields = (slide.report.get("sampling") or {}).get("fields")
+    if not fields:
+        raise ApiError(404, "not_found", f"slide {slide_id} has no record of the fields read")
+    pics = slide_pictures(slide.path, slide.mpp, [], thumb_px=512)
+    if pics.thumbnail is None:
+        raise ApiError(404, "not_found", pics.note or "the slide picture is unavailable")
+    png = sampling_map_png(pics.thumbnail, pics.thumb_downsample, fields)
+    return Response(png, content_type="image/png", headers={"Cache-Control": "no-store"})
+
+
 FLAG_STATUSES = ("pending", "verified", "all")
 #: Columns the flag list's ``q`` searches (case-insensitive substring). An ``accession`` column, when
 #: the slide model has one, joins them without further change.

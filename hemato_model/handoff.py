@@ -86,6 +86,7 @@ def write_prepared(folder: Path, analysis: SlideAnalysis, crop_cells: list[CellR
             "stopped_early": analysis.stopped_early,
             "timings_s": analysis.timings_s,
             "quality": analysis.quality,
+            "sampling": analysis.sampling,
         },
         "model": {
             "name": spec.name,
@@ -140,6 +141,7 @@ def read_prepared(folder: Path) -> Prepared:
         stopped_early=s["stopped_early"],
         timings_s=dict(s["timings_s"]),
         quality=dict(s.get("quality") or {}),
+        sampling=dict(s.get("sampling") or {}),
         cells=[CellResult(k, (x0, y0, x1, y1), score) for k, x0, y0, x1, y1, score in doc["cells"]],
     )
     return Prepared(folder, analysis, list(doc["crop_cells"]), m)

@@ -56,6 +56,16 @@ import numpy as np
 from hemato_model.detection import Detection, detect_cells, wbc_candidates
 from hemato_model.preprocessing import crop_cell
 from hemato_model.quality import measure_quality, ood_summary
+from hemato_model.sampling import (
+    FIELD_UM,
+    METHOD,
+    Monolayer,
+    Sampling,
+    evaluable_monolayer,
+    level_chunks,
+    spread_fields,
+    whole_smear,
+)
 from hematovision.core.results import WBC, CellResult, SlideAnalysis, is_classified_wbc
 
 if TYPE_CHECKING:
@@ -265,6 +275,7 @@ def prepare_slide(
     mask = smear_mask(thumb)
     down = w / lw
     result.area_mm2 = float(mask.sum()) * (down * mpp / 1000.0) ** 2
+    mono = evaluable_monolayer(thumb, mask, down, mpp)  # spread sampling (hemato_model.sampling)
     result.timings_s["smear_area"] = time.perf_counter() - t0
     t = time.perf_counter()
     result.quality = measure_quality(slide, mask, down)  # the domain and quality gate's measurements
@@ -277,8 +288,10 @@ def prepare_slide(
 
     if w * h / 1e6 <= params.full_res_max_mpix or (params.full_count and not params.census):
         _full_resolution(slide, result, spec, sink, mask, down, params, progress, check_stop)
+        result.sampling = whole_smear(mono, w, h, "whole smear (read whole)").to_dict()
+        result.sampling["count_fields"] = {"fields": result.fields_analysed, "area_mm2": round(result.area_mm2, 4)}
     else:
-        _two_pass(slide, result, spec, sink, mask, down, params, progress, check_stop)
+        _two_pass(slide, result, spec, sink, mask, down, params, progress, check_stop, mono)
     sink.flush()
     result.cells.extend(sink.cells)
     result.timings_s["total"] = time.perf_counter() - t0
@@ -371,8 +384,10 @@ def _two_pass(
     params: PipelineParams,
     progress: ProgressFn,
     check_stop: StopCheck,
+    mono: Monolayer | None = None,
 ) -> None:
-    """Low-resolution white-cell candidates, full resolution only around them."""
+    """Low-resolution white-cell candidates, full resolution only around them; unless a full count
+    is asked for, in spread-sampling fields over the monolayer (:mod:`hemato_model.sampling`)."""
     w, mpp = result.width, result.mpp
     level = slide.get_best_level_for_downsample(params.candidate_mpp / mpp)
     lw, lh = slide.level_dimensions[level]
@@ -395,10 +410,20 @@ def _two_pass(
 
     chunk_px = max(64, int(round(params.chunk_um / level_mpp)))
     chunks = list(_tiles(lw, lh, chunk_px, int(math.ceil(20.0 / level_mpp))))
+    spread = mono is not None and not (params.full_count or params.census)
+    sampling = Sampling("whole smear (full count)", mono)
+    fields: list[tuple[int, int, int, int]] = []
+    if spread and mono is not None:
+        fields = spread_fields(mono, result.width, result.height, min(params.chunk_um, FIELD_UM))
+        spread = bool(fields)  # no field of monolayer (a smear too small or odd): read it in raster order
+    if spread and mono is not None:
+        chunks = level_chunks(fields, ds, int(math.ceil(20.0 / level_mpp)), lw, lh)
+        sampling = Sampling(METHOD, mono)
     t_cand = t_refine = 0.0
     n_wbc = 0
-    margin = int(math.ceil(SMEAR_MARGIN_UM / level_mpp))
-    chunks = [b for c in chunks if (b := _clip_to_mask(c, mask, ds / down, margin)) is not None]
+    if not spread:  # raster order over the smear: each chunk clipped to the smear mask's extent
+        margin = int(math.ceil(SMEAR_MARGIN_UM / level_mpp))
+        chunks = [b for c in chunks if (b := _clip_to_mask(c, mask, ds / down, margin)) is not None]
     reads = _prefetch(chunks, lambda c: slide.read_region((int(c[0] * ds), int(c[1] * ds)), level, (c[2], c[3])))
     for i, ((cx0, cy0, _cw, _ch), low) in enumerate(zip(chunks, reads, strict=True)):
         check_stop()
@@ -434,6 +459,8 @@ def _two_pass(
                     t += time.perf_counter() - t_flush  # classifying is not refining
         t_refine += time.perf_counter() - t
         result.fields_analysed += 1
+        if spread:
+            sampling.read(fields[i])
         read = (i + 1) / len(chunks)
         done = read if params.full_count or params.census else max(read, n_wbc / max(1, params.wbc_goal))
         progress(0.05 + 0.8 * min(1.0, done), f"{n_wbc} white cells")
@@ -442,7 +469,10 @@ def _two_pass(
             break
     result.timings_s["candidates"] = t_cand
     result.timings_s["refine"] = t_refine
-    _count_fields(slide, result, mask, down, params, check_stop)
+    if not spread:
+        sampling = whole_smear(mono, result.width, result.height, sampling.method)
+    result.sampling = sampling.to_dict()
+    _count_fields(slide, result, mono.mask if mono is not None and mono.mask.any() else mask, down, params, check_stop)
     progress(0.95, "red cells and platelets counted")
 
 
@@ -510,6 +540,11 @@ def _count_fields(
         return
     rng = np.random.default_rng(0)
     picks = rng.choice(len(xs), size=min(params.rbc_fields, len(xs)), replace=False)
+    # what the platelet estimate is over (hematovision.core.estimates)
+    result.sampling["count_fields"] = {
+        "fields": len(picks),
+        "area_mm2": round(len(picks) * (field_px * mpp / 1e3) ** 2, 4),
+    }
     for p in sorted(picks):
         check_stop()
         gx, gy = int(xs[p] * down), int(ys[p] * down)

@@ -101,8 +101,7 @@ HV.review = (() => {
       const m = r.model || {};
       counts.replaceChildren(
         el("dt", { text: "White cells classified" }), el("dd", { text: String(r.counts.wbc) }),
-        el("dt", { text: "Red cells (counted fields)" }), el("dd", { text: String(r.counts.rbc) }),
-        el("dt", { text: "Platelets" }), el("dd", { text: String(r.counts.platelets) }),
+        ...estimateRows(r.estimates || {}),
         el("dt", { text: "Nucleated red cells / 100 WBC" }), el("dd", { text: r.nrbc_per_100_wbc === null ? "—" : String(r.nrbc_per_100_wbc) }),
         el("dt", { text: "Unidentified (of white cells seen)" }), el("dd", { text: `${r.unidentified ?? 0}${r.unidentified_percent == null ? "" : " · " + pct(r.unidentified_percent) + "%"}` }),
         ...Object.entries(r.absolute_10e9_per_l || {}).flatMap(([cls, a]) => [
@@ -110,6 +109,16 @@ HV.review = (() => {
         el("dt", { text: "Cells reclassified" }), el("dd", { text: String(r.reviewed_cells || 0) }),
         el("dt", { text: "Model" }), el("dd", { text: `${m.name} ${m.version}` }),
         el("dt", { text: "Flag rules" }), el("dd", { text: String(r.rules_version), title: r.rules_sha256 ? `SHA-256 ${r.rules_sha256}` : "" }));
+    }
+    const rare = document.getElementById("rare-event");
+    if (rare) rare.textContent = r.rare_event_statement || "";
+    const map = document.getElementById("sampling-map");
+    const samp = r.sampling || null;
+    if (map && samp && samp.fields && samp.fields.length) {
+      map.hidden = false;
+      if (!map.getAttribute("src")) map.setAttribute("src", `/api/v1/slides/${seg(S.slideId)}/sampling-map`);
+      document.getElementById("sampling-text").textContent =
+        `${samp.method}: ${samp.fields_read} fields, ${samp.area_read_mm2} mm² read of ${samp.monolayer_area_mm2} mm² of evaluable monolayer.`;
     }
     renderStatus();
   }
@@ -182,6 +191,19 @@ HV.review = (() => {
       toast(`Amended: version ${res.version} is open for review.`);
       await reload();
     } catch (e) { toast(e.message, true); loadAudit(); }
+  /* The smear estimates (value, 95 % CI, unit), in place of raw red-cell and platelet object counts. */
+  function estimateRows(est) {
+    const rows = [];
+    const ci = (c) => (c ? ` [${c[0]}–${c[1]}]` : "");
+    const w = est.wbc;
+    if (w && w.value !== null && w.value !== undefined)
+      rows.push(el("dt", { text: "WBC estimate (×10⁹/L)" }), el("dd", { text: `${w.value}${ci(w.ci95)}`, title: `${w.cells} white cells in ${w.area_mm2} mm² of monolayer (${w.per_mm2}/mm²) × ${w.factor_10e9_per_l_per_cell_mm2}` }));
+    const p = est.platelets;
+    if (p && p.per_100_rbc !== null && p.per_100_rbc !== undefined) {
+      if (p.unit === "10^9/L") rows.push(el("dt", { text: "Platelet estimate (×10⁹/L)" }), el("dd", { text: `${p.value}${ci(p.ci95)}` }));
+      rows.push(el("dt", { text: "Platelets / 100 RBC" }), el("dd", { text: `${p.per_100_rbc}${ci(p.per_100_rbc_ci95)}`, title: `${p.platelets} platelets, ${p.rbc} red cells in ${p.fields} fields (${p.per_field} per field)` }));
+    }
+    return rows;
   }
 
   function renderGallery() {

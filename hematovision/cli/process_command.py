@@ -6,7 +6,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -111,8 +111,8 @@ def process(
         tmp.replace(target)
         diff = ", ".join(f"{k} {v['percent']}%" for k, v in rep["differential"].items() if v["count"])
         click.echo(
-            f"{Path(p).name}: WBC {rep['counts']['wbc']} classified (+{rep['unidentified']} unidentified) "
-            f"RBC {rep['counts']['rbc']} PLT {rep['counts']['platelets']} | {diff} | flags: "
+            f"{Path(p).name}: WBC {rep['counts']['wbc']} classified (+{rep['unidentified']} unidentified)"
+            f"{_estimates_text(rep)} | {diff} | flags: "
             f"{', '.join(f['code'] for f in rep['flags']) or 'none raised'} -> {target}"
         )
         for line in not_evaluated_lines(rep.get("rules_not_evaluated")):
@@ -123,3 +123,16 @@ def process(
 
 
 COMMANDS: list[click.Command] = [process]
+
+
+def _estimates_text(rep: dict[str, Any]) -> str:
+    """The smear estimates with unit and interval (in place of raw red-cell and platelet object counts)."""
+    est = rep.get("estimates") or {}
+    parts = []
+    w, p = est.get("wbc") or {}, est.get("platelets") or {}
+    if w.get("value") is not None:
+        parts.append(f"WBC est. {w['value']} [{w['ci95'][0]}-{w['ci95'][1]}] x10^9/L")
+    if p.get("per_100_rbc") is not None:
+        lo, hi = p["per_100_rbc_ci95"]
+        parts.append(f"PLT {p['per_100_rbc']} [{lo}-{hi}]/100 RBC")
+    return (" " + ", ".join(parts)) if parts else ""

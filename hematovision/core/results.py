@@ -62,6 +62,9 @@ class SlideAnalysis:
     #: The domain and quality gate's measurements (:mod:`hemato_model.quality`): stain, focus,
     #: scale, and ``ood`` (the classifier's out-of-distribution score) once crops are classified.
     quality: dict[str, Any] = field(default_factory=dict)
+    #: Where the differential's cells were read (:class:`hemato_model.sampling.Sampling`'s
+    #: ``to_dict``: method, fields read, area read, monolayer area, field boxes).
+    sampling: dict[str, Any] = field(default_factory=dict)
 
     def counts(self) -> dict[str, int]:
         out = {"wbc": 0, "rbc": 0, "platelets": 0}

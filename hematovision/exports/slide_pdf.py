@@ -43,6 +43,7 @@ from hematovision.exports.pdf_style import (
     styles,
     swatch,
 )
+from hematovision.exports.sampling_pdf import estimates_flowables, map_flowables, rare_event_flowables
 
 log = logging.getLogger(__name__)
 
@@ -508,6 +509,7 @@ def slide_report_pdf(
         else Paragraph(f"No flags raised by rules {para_text(report.get('rules_version'))}.", st["body"])
     )
     story += _not_evaluated(report, st)
+    story += rare_event_flowables(report, st)  # beside the blast rules: what a count of n cells can miss
     n_wbc = report.get("counts", {}).get("wbc", 0)
     suff = (
         "<b>Differential sufficient</b>: yes"
@@ -540,6 +542,7 @@ def slide_report_pdf(
             st["small"],
         ),
     ]
+    story += estimates_flowables(report, st)
     absolute = _absolute_table(report, rules)
     if absolute is not None:
         story += [
@@ -579,6 +582,7 @@ def slide_report_pdf(
         story += _overview(marked_thumbnail(thumbnail, thumb_downsample, cells, order), order, present, st)
     else:
         story.append(Paragraph(para_text(pictures_note or "No slide picture available."), st["body"]))
+    story += map_flowables(report, thumbnail, thumb_downsample, st)
     if gallery:
         story += _gallery(gallery, gallery_probabilities or {}, report, order, st, crop_um)
     elif thumbnail is not None:

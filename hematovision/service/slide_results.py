@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from hematovision.core.estimates import smear_estimates
 from hematovision.core.flags import (
     SEVERITY_RANK,
     evaluate_gate,
@@ -36,7 +37,7 @@ from hematovision.core.results import (
     SlideAnalysis,
     is_classified_wbc,
 )
-from hematovision.core.stats import percent_interval
+from hematovision.core.stats import percent_interval, rare_event_detection_limit
 from hematovision.core.vocabulary import OUTSIDE_CATEGORIES, Vocabulary
 from hematovision.store.models import Cell, DifferentialEntry, FlagRecord, Slide, utcnow
 
@@ -212,6 +213,8 @@ def summarise_cells(
         "unidentified": d.unidentified,
         "unidentified_percent": round(100.0 * d.unidentified / d.n_seen, 1) if d.n_seen else None,
         "unidentified_ci95": [u_lo, u_hi],
+        "rare_event_detection_limit_pct": _rare_event_pct(n),
+        "rare_event_statement": RARE_EVENT_STATEMENT.format(n=n, pct=_rare_event_pct(n)) if n else None,
         "patient": patient.to_dict(),
         "age_partition": outcome.age_partition,
         "absolute_10e9_per_l": outcome.absolute,
@@ -227,6 +230,18 @@ def summarise_cells(
     }
 
 
+RARE_EVENT_STATEMENT = (
+    "With {n} white cells classified, a population of {pct} % or more is seen at least once with 95 % "
+    "probability (binomial); a smaller one (e.g. a few blasts) may be missed by chance."
+)
+
+
+def _rare_event_pct(n: int) -> float | None:
+    """The rare-event detection limit of a count of ``n`` cells, percent (2 significant digits)."""
+    p = rare_event_detection_limit(n)
+    return None if p is None else float(f"{100.0 * p:.2g}")
+
+
 def build_report(
     analysis: SlideAnalysis,
     *,
@@ -236,9 +251,11 @@ def build_report(
     patient: PatientContext | None = None,
     rules: dict[str, Any] | None = None,
     limits: str | None = None,
+    rbc_10e12_per_l: float | None = None,
 ) -> dict[str, Any]:
     """The report dictionary (the JSON report's content) for one analysed slide; ``limits`` is the
-    statement of the model's limits (:func:`model_card_limits`)."""
+    statement of the model's limits (:func:`model_card_limits`); ``rbc_10e12_per_l`` the CBC red-cell
+    count, when known (turns the platelet estimate into ×10⁹/L)."""
     rules = rules or load_rules()
     summary = summarise_cells(
         ((c.kind, c.label) for c in analysis.cells),
@@ -256,6 +273,8 @@ def build_report(
         "model": {"name": analysis.model_name, "version": analysis.model_version},
         **summary,
         "quality": analysis.quality,
+        "sampling": {k: v for k, v in analysis.sampling.items() if k != "field_monolayer_mm2"} or None,
+        "estimates": smear_estimates(analysis.cells, analysis.sampling, rbc_10e12_per_l) if analysis.sampling else None,
         "analysis": {
             "fields_analysed": analysis.fields_analysed,
             "area_mm2": round(analysis.area_mm2, 4),

@@ -40,4 +40,7 @@ def test_process_reports_bad_files_and_finishes_good_ones(real_cells: Path, tmp_
     assert "3 of 4 slide(s) failed" in result.output
     report = json.loads((out / "good.tiff.report.json").read_text())
     assert report["counts"]["wbc"] >= 5 and report["model"]["version"]
+    # the summary line gives the smear estimates with their unit, not raw red-cell/platelet object counts
+    line = next(line for line in result.output.splitlines() if line.startswith("good.tiff:"))
+    assert "x10^9/L" in line and "/100 RBC" in line and " RBC " + str(report["counts"]["rbc"]) not in line
     assert sorted(p.name for p in out.iterdir()) == ["good.tiff.report.json"]
