@@ -191,6 +191,8 @@ HV.review = (() => {
       toast(`Amended: version ${res.version} is open for review.`);
       await reload();
     } catch (e) { toast(e.message, true); loadAudit(); }
+  }
+
   /* The smear estimates (value, 95 % CI, unit), in place of raw red-cell and platelet object counts. */
   function estimateRows(est) {
     const rows = [];
