@@ -88,6 +88,15 @@ def _threads(threads: int | None) -> None:
     help="Extra resolution-loss augmentation: half of each batch down-sampled to this "
     "fraction of its side (random, up to 1) and back [default: none].",
 )
+@click.option(
+    "--aug-profile",
+    type=click.Choice(["standard", "domain"]),
+    default="standard",
+    show_default=True,
+    help="Fine-tuning augmentation: 'domain' adds the cross-laboratory stain, blur, JPEG and "
+    "scale jitter of hemato_model.training.stain_augmentation (and selects the epoch on the "
+    "validation crops plus a stain-shifted copy of them).",
+)
 @click.option("--threads", default=2, show_default=True, help="CPU threads for TensorFlow (0 = all).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train_command(
@@ -111,6 +120,7 @@ def train_command(
     model_name: str | None,
     extra_data: Path | None,
     min_resolution: float | None,
+    aug_profile: str,
     threads: int,
     quiet: bool,
 ) -> None:
@@ -149,6 +159,7 @@ def train_command(
         name=model_name or MODEL_NAME,
         extra_data=str(extra_data) if extra_data else None,
         min_resolution=min_resolution,
+        aug_profile=aug_profile,
     )
     try:
         meta = train(
