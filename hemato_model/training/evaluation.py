@@ -241,12 +241,17 @@ def scored(
     metrics = classification_metrics(truth, forced, score_classes)
     n_kept = int(kept.sum())
     correct = np.array([t == p for t, p in zip(truth, forced, strict=True)])
+    truth_arr = np.asarray(truth)
+    per_class_unidentified = {
+        c: round(float((~kept[truth_arr == c]).mean()), 4) for c in score_classes if (truth_arr == c).any()
+    }
     return {
         **metrics,
         "threshold": threshold,
         "unidentified_rate": round(1.0 - n_kept / len(truth), 4) if len(truth) else 0.0,
         "accuracy_identified": round(float(correct[kept].mean()), 4) if n_kept else 0.0,
         "accuracy_unidentified_as_error": round(float((correct & kept).mean()), 4) if len(truth) else 0.0,
+        "unidentified_rate_per_class": per_class_unidentified,
     }
 
 

@@ -105,6 +105,15 @@ def _threads(threads: int | None) -> None:
     help="With --base: the PBC folder, when not where the base's split.json says.",
 )
 @click.option("--pbc-per-class", type=int, default=None, help="With --base: at most this many PBC cells per class.")
+@click.option(
+    "--aug-profile",
+    type=click.Choice(["standard", "domain"]),
+    default="standard",
+    show_default=True,
+    help="Fine-tuning augmentation: 'domain' adds the cross-laboratory stain, blur, JPEG and "
+    "scale jitter of hemato_model.training.stain_augmentation (and selects the epoch on the "
+    "validation crops plus a stain-shifted copy of them).",
+)
 @click.option("--threads", default=2, show_default=True, help="CPU threads for TensorFlow (0 = all).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.pass_context
@@ -133,6 +142,7 @@ def train_command(
     base_dir: Path | None,
     pbc_dir: Path | None,
     pbc_per_class: int | None,
+    aug_profile: str,
     threads: int,
     quiet: bool,
 ) -> None:
@@ -191,6 +201,7 @@ def train_command(
         name=model_name or MODEL_NAME,
         extra_data=str(extra_data) if extra_data else None,
         min_resolution=min_resolution,
+        aug_profile=aug_profile,
     )
     try:
         meta = train(

@@ -147,3 +147,22 @@ def test_corrupt_or_missing_model_dir_is_refused(tmp_path: Path) -> None:
     (bad / "model.json").write_text(json.dumps(meta))
     with pytest.raises(ModelError, match="sha256"):
         Classifier.load(bad)
+
+
+def test_opt_in_stain_robust_model_is_complete_and_shares_v1s_split() -> None:
+    """wbc-effnetlite0-v1.1 (issue 14): card, checksum, its own ood.json, and v1's exact split (so the
+    PBC test figures of the two models are on the same held-out files)."""
+    v11 = MODELS_DIR / "wbc-effnetlite0-v1.1"
+    meta = json.loads((v11 / "model.json").read_text())
+    assert (
+        meta["version"] == "1.1.0"
+        and meta["classes"] == json.loads((SHIPPED_MODEL_DIR / "model.json").read_text())["classes"]
+    )
+    assert meta["sha256"] == sha256_file(v11 / "model.keras")
+    assert meta["sha256"] in (v11 / "MODEL_CARD.md").read_text()
+    assert meta["training"]["config"]["aug_profile"] == "domain"
+    assert (v11 / "split.json").read_bytes() == (SHIPPED_MODEL_DIR / "split.json").read_bytes()
+    ood = json.loads((v11 / "ood.json").read_text())
+    assert ood["energy_threshold"] != json.loads((SHIPPED_MODEL_DIR / "ood.json").read_text())["energy_threshold"]
+    metrics = json.loads((v11 / "metrics.json").read_text())
+    assert metrics["sha256"] == meta["sha256"] and metrics["pbc_test"]["n"] == 656

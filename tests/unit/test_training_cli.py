@@ -175,3 +175,56 @@ def test_metrics_are_computed_correctly() -> None:
     assert m["per_class"]["a"] == {"precision": 1.0, "recall": 0.5, "f1": 0.6667, "support": 2}
     assert m["per_class"]["b"]["precision"] == 0.6667
     assert m["confusion_matrix"] == [[1, 1], [0, 2]]
+
+
+def test_scored_reports_the_unidentified_rate_per_true_class() -> None:
+    from hemato_model.training.evaluation import scored
+
+    # Two lymphocytes (one under the threshold), two neutrophils (both kept).
+    proba = np.array([[0.95, 0.05], [0.6, 0.4], [0.1, 0.9], [0.02, 0.98]])
+    out = scored(
+        ["lymphocyte", "lymphocyte", "neutrophil", "neutrophil"],
+        proba,
+        ["lymphocyte", "neutrophil"],
+        0.8,
+        ["lymphocyte", "neutrophil"],
+    )
+    assert out["unidentified_rate"] == 0.25
+    assert out["unidentified_rate_per_class"] == {"lymphocyte": 0.5, "neutrophil": 0.0}
+
+
+@pytest.mark.slow
+def test_domain_augmenter_widens_the_colour_range_and_keeps_the_crop() -> None:
+    import tensorflow as tf
+
+    from hemato_model.preprocessing import make_augmenter
+    from hemato_model.training.stain_augmentation import make_domain_augmenter
+
+    rng = np.random.default_rng(0)
+    x = np.full((32, 48, 48, 3), (230, 200, 215), dtype=np.float32)
+    x[:, 14:34, 14:34] = (90, 40, 140)  # a purple "nucleus" on a pink background
+    x += rng.normal(0, 3, x.shape).astype(np.float32)
+    dom = np.asarray(make_domain_augmenter(5)(tf.constant(x)))
+    std = np.asarray(make_augmenter(5)(tf.constant(x)))
+    assert dom.shape == x.shape and np.isfinite(dom).all()
+    assert dom.min() >= 0.0 and dom.max() <= 255.0
+    # Per-crop mean colours spread much wider across the batch than with the standard jitter.
+    assert dom.mean(axis=(1, 2)).std(axis=0).mean() > 1.5 * std.mean(axis=(1, 2)).std(axis=0).mean()
+    # Same seed, same data order: the same crops.
+    again = np.asarray(make_domain_augmenter(5)(tf.constant(x)))
+    assert np.allclose(dom, again)
+
+
+@pytest.mark.slow
+def test_train_with_the_domain_profile_records_it(tmp_path: Path) -> None:
+    data = _make_folder(tmp_path / "data", per_class=5)
+    out = tmp_path / "model"
+    args = ["train", "--data", str(data), "--out", str(out), "--epochs", "1", "--head-epochs", "3"]
+    args += ["--input-px", "32", "--crop-um", "6", "--mpp", "0.1", "--aug-profile", "domain", "--quiet"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["training"]["config"]["aug_profile"] == "domain"
+    assert "JPEG" in meta["preprocessing"]["augmentation"]
+    bad = CliRunner().invoke(main, [*args[:-2], "--aug-profile", "stainy", "--quiet"])
+    assert bad.exit_code != 0 and "Traceback" not in bad.output
