@@ -54,6 +54,7 @@ def process(
     """Analyse slides locally (no server) and write one report JSON per slide."""
     from hemato_model.classifier import load_classifier
     from hemato_model.pipeline import PipelineParams, analyze_slide
+    from hemato_model.rbc.morphology import load_red_cell_model
     from hematovision.cli.client_commands import read_manifest
     from hematovision.core.flags import effective_rules, not_evaluated_lines
     from hematovision.core.patient import match_order, parse_worklist
@@ -67,6 +68,7 @@ def process(
     out.mkdir(parents=True, exist_ok=True)
     classifier = load_classifier(Path(model_dir) if model_dir else settings.model_dir)
     rules = effective_rules(settings)
+    rbc_model, rbc_off = load_red_cell_model(settings.rbc_model_dir if settings.rbc_morphology else None)
     params = PipelineParams(target_wbc=settings.target_wbc, full_count=full_count or settings.full_count)
     failures = 0
     for p in paths:
@@ -75,7 +77,9 @@ def process(
                 open_slide(p, mpp=mpp, default_mpp=settings.default_mpp) as slide,
                 click.progressbar(length=100, label=Path(p).name[:40]) as bar,
             ):
-                analysis = analyze_slide(slide, classifier, params, progress=_bar_progress(bar))
+                analysis = analyze_slide(
+                    slide, classifier, params, progress=_bar_progress(bar), rbc_classifier=rbc_model or rbc_off
+                )
         except SlideError as e:
             click.echo(f"error: {p}: {e}", err=True)
             failures += 1

@@ -62,6 +62,10 @@ class SlideAnalysis:
     #: The domain and quality gate's measurements (:mod:`hemato_model.quality`): stain, focus,
     #: scale, and ``ood`` (the classifier's out-of-distribution score) once crops are classified.
     quality: dict[str, Any] = field(default_factory=dict)
+    #: What red-cell morphology did on this slide (:mod:`hemato_model.rbc.morphology`): ``status``
+    #: (``classified``, ``empty``, ``not_evaluated``), ``reason``, the red-cell model, the scale's
+    #: source, fields read and skipped as thick. The red cells' labels are on the cells.
+    rbc: dict[str, Any] = field(default_factory=dict)
 
     def counts(self) -> dict[str, int]:
         out = {"wbc": 0, "rbc": 0, "platelets": 0}
