@@ -23,6 +23,11 @@ context the report needs (``SlideAnalysis.rbc``). The percentages, grades and fl
 the core (:mod:`hematovision.core.rbc_grading`) from the cells' labels, so a reviewer's
 reclassification recomputes them the same way.
 
+Glass normalisation: the red-cell model was trained on camera fields whose background is darker
+than a scanned slide's (and its elliptocyte fields alone have a bright one, a cue it learnt), so each
+crop is scaled per channel by the model's training glass colour over the field's (``glass_rgb`` in
+``model.json``; the field's glass is its 95th percentile of brightness).
+
 Scale: the model judges size at a physical scale (crops of ``crop_um`` µm); a slide whose µm/px is
 the installation's default (``mpp_source == "default"``) has an *assumed* scale and the section is
 marked uncertain.
@@ -108,6 +113,7 @@ class RedCellSampler:
             self.fields_thick += 1
             return
         ox, oy = origin
+        gain = self._glass_gain(region)
         for c in cells:
             if box_diameter_um(c.bbox, self.mpp) > self.max_diameter_um:
                 self.cells_overlapping += 1
@@ -122,8 +128,20 @@ class RedCellSampler:
                     continue
             cx, cy = c.center
             crop = crop_cell(region, (cx - ox, cy - oy), self.mpp, self.classifier.crop_um, self.classifier.input_px)
+            if gain is not None:
+                crop = np.clip(crop.astype(np.float32) * gain + 0.5, 0, 255).astype(np.uint8)
             self._sample[slot] = (c, crop)
         self.seconds += time.perf_counter() - t
+
+    def _glass_gain(self, region: np.ndarray) -> np.ndarray | None:
+        """Per-channel gain mapping this field's glass colour (95th percentile) to the model's
+        training glass (``preprocessing.glass_rgb`` of ``model.json``; None without it)."""
+        meta = getattr(self.classifier, "meta", None) or {}
+        target = (meta.get("preprocessing") or {}).get("glass_rgb")
+        if target is None:
+            return None
+        glass = np.percentile(region[::4, ::4, :3].reshape(-1, 3), 95, axis=0).astype(np.float32)
+        return np.asarray(target, np.float32) / np.maximum(glass, 1.0)
 
     @property
     def wants_more(self) -> bool:
