@@ -29,7 +29,15 @@ import click
     show_default=True,
     help="Where the generated slide is kept (reused between runs).",
 )
-def bench(as_json: bool, size: int, mpp: float, wbc: int, target_wbc: int, naive_tiles: int, work_dir: Path) -> None:
+@click.option(
+    "--rbc/--no-rbc",
+    "rbc",
+    default=None,
+    help="Include red-cell morphology (default: as the settings say, HEMATOVISION_RBC_MORPHOLOGY).",
+)
+def bench(
+    as_json: bool, size: int, mpp: float, wbc: int, target_wbc: int, naive_tiles: int, work_dir: Path, rbc: bool | None
+) -> None:
     """Slides per hour, cells/s and Mpx/s on a generated whole slide, against a naive full read."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from hematovision.core.settings import load_settings
@@ -45,6 +53,7 @@ def bench(as_json: bool, size: int, mpp: float, wbc: int, target_wbc: int, naive
         n_wbc=wbc,
         target_wbc=target_wbc,
         naive_sample_tiles=naive_tiles or None,
+        rbc_model_dir=s.rbc_model_dir if (s.rbc_morphology if rbc is None else rbc) else None,
     )
     if as_json:
         click.echo(json.dumps(result))

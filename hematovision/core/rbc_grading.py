@@ -143,8 +143,14 @@ def summarise_red_cells(
         return section, [], _not_run(section["reason"])
     flags: list[Flag] = []
     graded: list[str] = []
+    not_run: list[dict[str, str]] = []
+    not_graded = dict(r.get("not_graded") or {})
+    for cls, why in not_graded.items():
+        if cls in findings:
+            findings[cls]["not_graded"] = why
+            not_run.append({"rule": f"RBC_MORPHOLOGY ({cls})", "reason": str(why)})
     for cls, spec in (r.get("grades") or {}).items():
-        if cls not in findings:
+        if cls not in findings or cls in not_graded:
             continue
         f = findings[cls]
         g = grade(100.0 * f["count"] / n, spec["grade_pct"])
@@ -152,7 +158,6 @@ def summarise_red_cells(
         if g:
             graded.append(f"{spec['what']} {g} ({f['percent']}%)")
     s = r["schistocytes"]
-    not_run: list[dict[str, str]] = []
     if s["class"] in findings:
         k = findings[s["class"]]["count"]
         findings[s["class"]]["grade"] = f"{findings[s['class']]['percent']}%"

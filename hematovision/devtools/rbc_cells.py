@@ -9,8 +9,8 @@ end-to-end test never measures the model on cells it was trained or tuned on.
 A cell is cut as a *transmittance* sprite, as the slide renderer composes cells (Beer-Lambert:
 overlapping cells multiply): the field divided by its glass colour (the brightest decile of the
 field per channel), kept inside the cell's own outline (the connected stained region at the
-labelled centre, cut to a disc of ``MAX_RADIUS_UM`` so a touching neighbour is not carried along;
-softened by one pixel) and 1 (clear) outside, then resampled from the set's scale to the slide's.
+labelled centre, cut to the ellipse of the box the red-cell detector finds around that centre, so
+a touching neighbour is not carried along; softened by one pixel) and 1 (clear) outside, then resampled from the set's scale to the slide's.
 The set's scale is the one the red-cell model was trained at (its ``model.json``:
 ``preprocessing.scale.mpp``, 0.167 µm/px estimated from red-cell diameters), so a placed cell has
 the physical size the model expects.
@@ -81,9 +81,19 @@ def parse_rbc_mix(text: str, classes: tuple[str, ...]) -> dict[str, float]:
     return {k: v for k, v in mix.items() if v > 0}
 
 
-def _cell_sprite(field: np.ndarray, glass: np.ndarray, x: float, y: float, set_mpp: float) -> np.ndarray | None:
-    """Transmittance sprite (odd side, centred) of the cell at (x, y) of a field, at ``set_mpp``."""
+def _cell_sprite(
+    field: np.ndarray, glass: np.ndarray, x: float, y: float, set_mpp: float, boxes: np.ndarray
+) -> np.ndarray | None:
+    """Transmittance sprite (odd side, centred) of the cell at (x, y) of a field, at ``set_mpp``;
+    ``boxes``: the red cells the detector finds in the field (the watershed splits touching cells),
+    whose box around (x, y) bounds the cell, so no piece of a neighbour is carried along."""
     from scipy import ndimage as ndi
+
+    inside = (boxes[:, 0] <= x) & (x < boxes[:, 2]) & (boxes[:, 1] <= y) & (y < boxes[:, 3]) if len(boxes) else []
+    if not np.any(inside):
+        return None
+    cand = boxes[np.asarray(inside)]
+    bx0, by0, bx1, by1 = cand[np.argmin(np.hypot((cand[:, 0] + cand[:, 2]) / 2 - x, (cand[:, 1] + cand[:, 3]) / 2 - y))]
 
     r = int(math.ceil(MAX_RADIUS_UM / set_mpp))
     h, w = field.shape[:2]
@@ -98,6 +108,10 @@ def _cell_sprite(field: np.ndarray, glass: np.ndarray, x: float, y: float, set_m
     lab, _ = ndi.label(stained)
     yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
     disc = xx * xx + yy * yy <= r * r
+    # the detected cell's box as an ellipse (1 px margin), in window coordinates
+    ex, ey = (bx0 + bx1) / 2 - xi, (by0 + by1) / 2 - yi
+    ax, ay = max(1.0, (bx1 - bx0) / 2 + 1), max(1.0, (by1 - by0) / 2 + 1)
+    disc &= ((xx - ex) / ax) ** 2 + ((yy - ey) / ay) ** 2 <= 1.0
     # the component at (or nearest to) the centre
     ids = lab[max(0, r - 3) : r + 4, max(0, r - 3) : r + 4]
     ids = ids[ids > 0]
@@ -131,6 +145,7 @@ def load_rbc_bank(
     Raises:
         ValueError: the set or the split is missing, or a class has no cell in the test fields.
     """
+    from hemato_model.detection import detect_cells
     from hemato_model.rbc.data import RBC_CLASSES, mask_overlay, read_field_image, read_labels
 
     root = chula_root(Path(data_root))
@@ -153,7 +168,7 @@ def load_rbc_bank(
     rng = np.random.default_rng([seed, 17])
     sprites: dict[str, list[np.ndarray]] = {c: [] for c in classes}
     sources: dict[str, list[str]] = {c: [] for c in classes}
-    cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    cache: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     factor = set_mpp / slide_mpp
     for c in classes:
         pool = found[c]
@@ -164,9 +179,10 @@ def load_rbc_bank(
             if name not in cache:
                 img = mask_overlay(read_field_image(next((root / "images").glob(f"{name}.*"))))
                 glass = np.percentile(img.reshape(-1, 3).astype(np.float32), 95, axis=0).clip(1.0, 255.0)
-                cache[name] = (img, glass)
-            img, glass = cache[name]
-            s = _cell_sprite(img, glass, x, y, set_mpp)
+                boxes = np.array([d.bbox for d in detect_cells(img, set_mpp, kinds=("rbc",))], float).reshape(-1, 4)
+                cache[name] = (img, glass, boxes)
+            img, glass, boxes = cache[name]
+            s = _cell_sprite(img, glass, x, y, set_mpp, boxes)
             if s is None:
                 continue
             sprites[c].append(_resample(s, factor))

@@ -31,6 +31,7 @@ from reportlab.platypus import Image as RLImage
 from reportlab.platypus import KeepTogether, PageBreak, Paragraph, Spacer, Table, TableStyle
 
 from hematovision.core.flags import load_rules, not_evaluated_lines
+from hematovision.exports.rbc_pdf import EXAMPLES_PER_FINDING, red_cell_section
 from hematovision.exports.pdf_style import (
     FONT_BOLD,
     build_pdf,
@@ -67,6 +68,8 @@ class SlidePictures:
     thumb_downsample: float = 1.0
     gallery: dict[str, list[np.ndarray]] = field(default_factory=dict)
     gallery_probabilities: dict[str, list[float | None]] = field(default_factory=dict)
+    #: A few red cells per red-cell finding (the model's most confident first).
+    rbc_examples: dict[str, list[np.ndarray]] = field(default_factory=dict)
     note: str | None = None
 
 
@@ -109,6 +112,13 @@ def slide_pictures(
                     crop = Image.fromarray(region).resize((crop_px, crop_px), Image.Resampling.LANCZOS)
                     pics.gallery.setdefault(label, []).append(np.asarray(crop))
                     pics.gallery_probabilities.setdefault(label, []).append(c.get("probability"))
+            for label, group in _gallery_cells(cells, EXAMPLES_PER_FINDING, kind="rbc").items():
+                for c in group:
+                    x0, y0, x1, y1 = c["bbox"]
+                    side = min(max(round(12.0 / slide.mpp), 8), 512)
+                    region = slide.read_region(((x0 + x1 - side) // 2, (y0 + y1 - side) // 2), 0, (side, side))
+                    crop = Image.fromarray(region).resize((64, 64), Image.Resampling.LANCZOS)
+                    pics.rbc_examples.setdefault(label, []).append(np.asarray(crop))
             return pics
     except Exception as e:  # noqa: BLE001 - a missing or damaged slide file must not stop the report (it says so)
         log.warning("slide pictures unavailable (%s: %s)", e.__class__.__name__, e)
@@ -119,10 +129,10 @@ def slide_pictures(
         )
 
 
-def _gallery_cells(cells: list[dict[str, Any]], per_class: int) -> dict[str, list[dict[str, Any]]]:
+def _gallery_cells(cells: list[dict[str, Any]], per_class: int, kind: str = "wbc") -> dict[str, list[dict[str, Any]]]:
     by_label: dict[str, list[dict[str, Any]]] = {}
     for c in cells:
-        if c.get("kind") == "wbc":
+        if c.get("kind") == kind and (kind == "wbc" or c.get("label") not in (None, "unidentified")):
             by_label.setdefault(c.get("label") or "unidentified", []).append(c)
     return {k: sorted(v, key=lambda c: -(c.get("probability") or 0.0))[:per_class] for k, v in by_label.items()}
 
@@ -414,6 +424,7 @@ def slide_report_pdf(
     pictures_note: str | None = None,
     crop_um: float = 24.0,
     rules: dict[str, Any] | None = None,
+    rbc_examples: dict[str, list[np.ndarray]] | None = None,
     **doc_options: Any,
 ) -> None:
     """Render one slide's report as a PDF.
@@ -431,6 +442,7 @@ def slide_report_pdf(
         pictures_note: why pictures are missing, printed in their place.
         crop_um: the nominal crop width, for the gallery's caption.
         rules: the lab's flag rules (reference intervals for the age partition); shipped by default.
+        rbc_examples: a few red-cell crops per red-cell finding, for the red-cell section.
         **doc_options: passed to reportlab's ``SimpleDocTemplate`` (e.g. ``invariant=1``).
     """
     st = styles()
@@ -504,6 +516,7 @@ def slide_report_pdf(
             ),
         ]
 
+    story += red_cell_section(report, st, rbc_examples)
     story.append(Paragraph("Limits", st["h2"]))
     story.append(Paragraph(para_text(report.get("limits") or "Decision support only."), st["body"]))
     if not report.get("verified_by"):

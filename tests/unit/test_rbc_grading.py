@@ -68,7 +68,7 @@ def test_schistocytes_over_one_percent_are_critical() -> None:
     f = next(f for f in flags if f.code == "SCHISTOCYTES")
     assert f.severity == "critical" and f.evidence["count"] == 12 and f.evidence["percent"] == 1.2
     assert section["findings"]["schistocyte"]["ci95"][0] < 1.2 < section["findings"]["schistocyte"]["ci95"][1]
-    assert not not_run
+    assert [e["rule"] for e in not_run] == ["RBC_MORPHOLOGY (elliptocyte)"]
 
 
 def test_schistocyte_interval_reaching_one_percent_is_a_critical_borderline() -> None:
@@ -186,3 +186,10 @@ def test_sampler_skips_thick_fields_and_overlapping_cells_and_bounds_the_sample(
     ctx = RedCellSampler(spec, mpp=0.25, mpp_source="default").finish()  # type: ignore[arg-type]
     assert ctx["status"] == "empty" and ctx["reason"] == "no red cells were found in the fields read"
     assert ctx["scale_known"] is False
+
+
+def test_a_finding_the_rules_do_not_grade_is_shown_and_listed_as_not_evaluated() -> None:
+    section, flags, not_run = _summary(_labels(normal=500, elliptocyte=500))
+    assert section["findings"]["elliptocyte"]["percent"] == 50.0 and section["findings"]["elliptocyte"]["grade"] is None
+    assert "background" in section["findings"]["elliptocyte"]["not_graded"]
+    assert not flags and not_run[0]["rule"] == "RBC_MORPHOLOGY (elliptocyte)"
