@@ -205,7 +205,7 @@ def load_red_cell_model(model_dir: str | Path | None) -> tuple[Any | None, str |
     """The red-cell classifier of ``model_dir`` (loaded once per process), or (None, why not):
     a missing or corrupt model switches red-cell morphology off for the slide, it never fails it."""
     if model_dir is None:
-        return None, "red-cell morphology is switched off (HEMATOVISION_RBC_MORPHOLOGY=false)"
+        return None, "red-cell morphology is off (opt-in: HEMATOVISION_RBC_MORPHOLOGY=true or process --rbc)"
     from hemato_model.classifier import ModelError, load_classifier
 
     try:

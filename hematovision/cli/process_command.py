@@ -43,6 +43,12 @@ def _bar_progress(bar: ProgressBar[int]) -> Callable[[float, str], None]:
 @click.option("--mpp", type=float, default=None, help="Microns per pixel for slides that state none.")
 @click.option("--model-dir", type=click.Path(file_okay=False), default=None, help="Classifier model directory.")
 @click.option("--full-count", is_flag=True, help="Analyse the whole smear, not just the target WBC count.")
+@click.option(
+    "--rbc/--no-rbc",
+    "rbc",
+    default=None,
+    help="Red-cell morphology (report rbc_morphology, SCHISTOCYTES): default HEMATOVISION_RBC_MORPHOLOGY (off).",
+)
 def process(
     paths: tuple[str, ...],
     out_dir: str,
@@ -50,6 +56,7 @@ def process(
     mpp: float | None,
     model_dir: str | None,
     full_count: bool,
+    rbc: bool | None,
 ) -> None:
     """Analyse slides locally (no server) and write one report JSON per slide."""
     from hemato_model.classifier import load_classifier
@@ -68,7 +75,8 @@ def process(
     out.mkdir(parents=True, exist_ok=True)
     classifier = load_classifier(Path(model_dir) if model_dir else settings.model_dir)
     rules = effective_rules(settings)
-    rbc_model, rbc_off = load_red_cell_model(settings.rbc_model_dir if settings.rbc_morphology else None)
+    rbc_on = settings.rbc_morphology if rbc is None else rbc
+    rbc_model, rbc_off = load_red_cell_model(settings.rbc_model_dir if rbc_on else None)
     params = PipelineParams(target_wbc=settings.target_wbc, full_count=full_count or settings.full_count)
     failures = 0
     for p in paths:

@@ -27,7 +27,7 @@ MODELS_DIR = Path(str(files("hemato_model") / "models"))
 SHIPPED_MODEL_DIR = MODELS_DIR / "wbc-effnetlite0-v1"
 BLAST_MODEL_DIR = MODELS_DIR / "wbc-blast-effnetlite0-v2"
 #: The red-cell morphology classifier (13 Chula RBC-12 classes, MIT; used by the pipeline's prepare
-#: stage for the report's ``rbc_morphology``, see HEMATOVISION_RBC_MODEL_DIR).
+#: stage for the report's ``rbc_morphology`` when HEMATOVISION_RBC_MORPHOLOGY=true).
 RBC_MODEL_DIR = MODELS_DIR / "rbc-effnetlite0-v1"
 
 
@@ -120,7 +120,9 @@ class Settings(BaseSettings):
         default=None, description="Where converted backbone weights are cached; empty = ~/.cache/hematovision."
     )
     rbc_morphology: bool = Field(
-        default=True, description="Classify a sample of red cells (report rbc_morphology, red-cell flags)."
+        default=False,
+        description="Classify a sample of red cells (report rbc_morphology, red-cell flags). Opt-in: not yet "
+        "validated on scanned slides (docs/validation.md, 'Red-cell morphology in the pipeline').",
     )
     rbc_model_dir: Path = Field(default=RBC_MODEL_DIR, description="Red-cell morphology model directory.")
     auth_required: bool = Field(

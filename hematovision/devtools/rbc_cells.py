@@ -103,14 +103,15 @@ def _cell_sprite(
     win = field[yi - r : yi + r + 1, xi - r : xi + r + 1].astype(np.float32)
     t = np.clip(win / glass[None, None, :], 1e-3, 1.0)
     od = -np.log10(t[..., 1])
-    stained = od > max(0.05, 0.35 * float(np.percentile(od, 90)))
-    stained = ndi.binary_fill_holes(ndi.binary_closing(stained, iterations=1))
+    # a low threshold and a 2-px rim: the pale outer edge of a normal cell is part of its look
+    stained = od > max(0.03, 0.15 * float(np.percentile(od, 90)))
+    stained = ndi.binary_dilation(ndi.binary_fill_holes(ndi.binary_closing(stained, iterations=1)), iterations=2)
     lab, _ = ndi.label(stained)
     yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
     disc = xx * xx + yy * yy <= r * r
     # the detected cell's box as an ellipse (1 px margin), in window coordinates
     ex, ey = (bx0 + bx1) / 2 - xi, (by0 + by1) / 2 - yi
-    ax, ay = max(1.0, (bx1 - bx0) / 2 + 1), max(1.0, (by1 - by0) / 2 + 1)
+    ax, ay = max(1.0, (bx1 - bx0) / 2 + 3), max(1.0, (by1 - by0) / 2 + 3)
     disc &= ((xx - ex) / ax) ** 2 + ((yy - ey) / ay) ** 2 <= 1.0
     # the component at (or nearest to) the centre
     ids = lab[max(0, r - 3) : r + 4, max(0, r - 3) : r + 4]
