@@ -196,7 +196,9 @@ class RedCellSampler:
             "single_cells_seen": self.seen,
             "cells_overlapping": self.cells_overlapping,
             "cells_classified": len(cells),
-            "sampling": f"uniform sample of at most {self.target} single red cells in evaluable fields (seed {self.seed})",
+            "sampling": (
+                f"uniform sample of at most {self.target} single red cells in evaluable fields (seed {self.seed})"
+            ),
             "seconds": round(self.seconds, 3),
         }
 

@@ -161,10 +161,10 @@ def summarise_red_cells(
     if s["class"] in findings:
         k = findings[s["class"]]["count"]
         findings[s["class"]]["grade"] = f"{findings[s['class']]['percent']}%"
-        f = _high_percent("SCHISTOCYTES", "critical", str(s["what"]), k, n, float(s["critical_pct"]))
-        if f:
-            f.message += " of named red cells: possible thrombotic microangiopathy; review the film today"
-            flags.append(f)
+        alert = _high_percent("SCHISTOCYTES", "critical", str(s["what"]), k, n, float(s["critical_pct"]))
+        if alert:
+            alert.message += " of named red cells: possible thrombotic microangiopathy; review the film today"
+            flags.append(alert)
     else:
         not_run.append({"rule": "SCHISTOCYTES", "reason": f"the red-cell model has no {s['class']} class"})
     if graded:

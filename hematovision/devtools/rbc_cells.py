@@ -10,7 +10,8 @@ A cell is cut as a *transmittance* sprite, as the slide renderer composes cells 
 overlapping cells multiply): the field divided by its glass colour (the brightest decile of the
 field per channel), kept inside the cell's own outline (the connected stained region at the
 labelled centre, cut to the ellipse of the box the red-cell detector finds around that centre, so
-a touching neighbour is not carried along; softened by one pixel) and 1 (clear) outside, then resampled from the set's scale to the slide's.
+a touching neighbour is not carried along; softened by one pixel) and 1 (clear) outside, then
+resampled from the set's scale to the slide's.
 The set's scale is the one the red-cell model was trained at (its ``model.json``:
 ``preprocessing.scale.mpp``, 0.167 µm/px estimated from red-cell diameters), so a placed cell has
 the physical size the model expects.

@@ -465,7 +465,11 @@ def oru_r01(
         notes.append(
             f"Red-cell morphology: {rbc.get('status')}"
             + (f" ({rbc.get('reason')})" if rbc.get("reason") else "")
-            + (f"; {rbc.get('n_classified')} named red cells, local codes HV-RBC-*." if rbc.get("n_classified") else ".")
+            + (
+                f"; {rbc.get('n_classified')} named red cells, local codes HV-RBC-*."
+                if rbc.get("n_classified")
+                else "."
+            )
         )
     for i, text in enumerate(notes, start=1):
         b.nte(order, i, text)

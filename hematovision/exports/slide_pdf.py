@@ -31,7 +31,6 @@ from reportlab.platypus import Image as RLImage
 from reportlab.platypus import KeepTogether, PageBreak, Paragraph, Spacer, Table, TableStyle
 
 from hematovision.core.flags import load_rules, not_evaluated_lines
-from hematovision.exports.rbc_pdf import EXAMPLES_PER_FINDING, red_cell_section
 from hematovision.exports.pdf_style import (
     FONT_BOLD,
     build_pdf,
@@ -44,6 +43,7 @@ from hematovision.exports.pdf_style import (
     styles,
     swatch,
 )
+from hematovision.exports.rbc_pdf import EXAMPLES_PER_FINDING, red_cell_section
 
 log = logging.getLogger(__name__)
 

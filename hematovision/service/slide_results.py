@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from hematovision.core.flags import (
     SEVERITY_RANK,
+    Flag,
     evaluate_gate,
     evaluate_rules,
     load_rules,
@@ -213,7 +214,9 @@ def summarise_cells(
         rules=rules,
     )
     gate = evaluate_gate(quality, rules)
-    rbc_section, rbc_flags, rbc_not_run = None, [], []
+    rbc_section: dict[str, Any] | None = None
+    rbc_flags: list[Flag] = []
+    rbc_not_run: list[dict[str, str]] = []
     if red_cells is not None:
         ctx = dict(red_cells.context)
         if any(f.code == "SCALE_MISMATCH" for f in gate) and ctx.get("scale_known", True):

@@ -40,7 +40,20 @@ def test_reported_red_cell_mix_against_the_manifest(tmp_path: Path) -> None:
     mix = ",".join(f"{k}={v:g}" for k, v in MIX.items())
     r = runner.invoke(
         main,
-        ["make-slide", str(slide), "--width", "4096", "--height", "4096", "--wbc", "220", "--seed", "5", "--rbc-mix", mix],
+        [
+            "make-slide",
+            str(slide),
+            "--width",
+            "4096",
+            "--height",
+            "4096",
+            "--wbc",
+            "220",
+            "--seed",
+            "5",
+            "--rbc-mix",
+            mix,
+        ],
     )
     assert r.exit_code == 0, r.output
     manifest = json.loads(slide.with_name(slide.name + ".manifest.json").read_text())
