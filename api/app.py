@@ -106,7 +106,18 @@ def create_app(settings: Settings, *, background: bool = True) -> Flask:
 
     init_metrics(app)
     audit.register_audit(app)  # after the metrics hook: it runs before it and may replace the answer
-    for bp in (health.bp, batches.bp, jobs.bp, queues.bp, reports.bp, review.bp, slides.bp, registry.bp, ui.bp, workflow.bp):
+    for bp in (
+        health.bp,
+        batches.bp,
+        jobs.bp,
+        queues.bp,
+        reports.bp,
+        review.bp,
+        slides.bp,
+        registry.bp,
+        ui.bp,
+        workflow.bp,
+    ):
         app.register_blueprint(bp)
     return app
 

@@ -47,6 +47,7 @@ UI_PAGES = frozenset(
         "ui.flags_page",
         "ui.slide_page",
         "ui.gallery_page",
+        "ui.red_cell_gallery_page",
         "ui.find_slide",
     }
 )

@@ -63,7 +63,19 @@ def _slide_pdf(slide: Slide, report: dict[str, Any]) -> bytes:
     ]
     from hematovision.core.flags import effective_rules
 
-    pics = slide_pictures(slide.path, slide.mpp, cells)
+    red = (  # classified red cells, for the red-cell section's examples
+        db()
+        .execute(
+            select(Cell.x0, Cell.y0, Cell.x1, Cell.y1, Cell.label, Cell.probability).where(
+                Cell.slide_id == slide.id, Cell.kind == "rbc", Cell.label.is_not(None)
+            )
+        )
+        .all()
+    )
+    red_cells = [
+        {"kind": "rbc", "bbox": [r.x0, r.y0, r.x1, r.y1], "label": r.label, "probability": r.probability} for r in red
+    ]
+    pics = slide_pictures(slide.path, slide.mpp, cells + red_cells)
     buf = io.BytesIO()
     cfg = settings()
     slide_report_pdf(
@@ -76,6 +88,7 @@ def _slide_pdf(slide: Slide, report: dict[str, Any]) -> bytes:
         gallery_probabilities=pics.gallery_probabilities,
         pictures_note=pics.note,
         rules=effective_rules(cfg),
+        rbc_examples=pics.rbc_examples,
     )
     return buf.getvalue()
 

@@ -31,7 +31,15 @@ from api.serializers import batch_json, iso, job_json
 from hematovision.core.access import SIGNOFF_MEANING, printable
 from hematovision.core.flags import effective_rules
 from hematovision.core.vocabulary import Vocabulary
-from hematovision.service.review import Signer, allowed_labels, label_effect, reclassify, sign_off, slide_classes
+from hematovision.service.review import (
+    Signer,
+    allowed_labels,
+    label_effect,
+    reclassify,
+    red_cell_classes,
+    sign_off,
+    slide_classes,
+)
 from hematovision.service.workflow import status_of
 from hematovision.store.models import AuditEntry, Batch, Cell, CellReview, Slide, User
 from hematovision.store.users import LOCK_MINUTES, verify_password
@@ -88,6 +96,7 @@ def _review_state(report: dict[str, Any]) -> dict[str, Any]:
             "reviewed_cells",
             "review_terms",
             "smudge_per_100_wbc",
+            "rbc_morphology",
         )
     }
 
@@ -138,6 +147,13 @@ def slide_cells(slide_id: str) -> ResponseReturnValue:
     ):
         original[r.cell_id] = r.from_label  # oldest review last: its from_label is the model's
     report = slide.report or {}
+    classes = slide_classes(report) if report else []
+    labels = allowed_labels(report, _rules()) if report else []
+    vocabulary = [t.to_dict() for t in Vocabulary.from_rules(_rules()).terms]
+    if kind == "rbc":  # the red-cell review: the red-cell model's classes (the first nine keyed)
+        red = red_cell_classes(report)
+        classes, labels = red, [*red, "unidentified"] if red else []
+        vocabulary = [{"code": c, "name": c, "key": None, "in_differential": True} for c in red[9:]]
     return jsonify(
         {
             "slide_id": slide.id,
@@ -147,9 +163,10 @@ def slide_cells(slide_id: str) -> ResponseReturnValue:
             "height": slide.height,
             "mpp": slide.mpp,
             "ready": slide.report is not None,
-            "classes": slide_classes(report) if report else [],
-            "labels": allowed_labels(report, _rules()) if report else [],
-            "vocabulary": [t.to_dict() for t in Vocabulary.from_rules(_rules()).terms],
+            "kind": kind,
+            "classes": classes,
+            "labels": labels,
+            "vocabulary": vocabulary,
             "verified_by": slide.verified_by,
             "verified_by_id": report.get("verified_by_id"),
             "verified_at": iso(slide.verified_at),
@@ -170,7 +187,8 @@ def _json_body() -> dict[str, Any]:
 
 @bp.post("/cells/<cellid:cell_id>/label")
 def label_cell(cell_id: int) -> ResponseReturnValue:
-    """Reclassify one white cell; answers the cell and the recomputed differential and flags."""
+    """Reclassify one white cell (or a classified red cell); answers the cell and the recomputed
+    differential, red-cell section and flags."""
     label = _json_body().get("label")
     if not isinstance(label, str) or not label:
         raise ApiError(400, "invalid_label", 'the body needs "label": a class name or "unidentified"')
@@ -180,7 +198,11 @@ def label_cell(cell_id: int) -> ResponseReturnValue:
     previous = before.label if before else None
     note(cell_id=cell_id, **{"from": previous, "to": printable(label)})
     cell, report = reclassify(session, cell_id, label, principal().actor, rules=rules)
-    effect = label_effect(rules, previous, label)
+    if cell.kind == "rbc":  # a red cell: the red-cell section is recomputed; the white-cell count is not touched
+        effect = {"counts_as": label, "was_counted_as": previous, "in_wbc_count": False, "wbc_change": 0}
+        effect["message"] = f"red cell relabelled {label}: red-cell morphology recomputed"
+    else:
+        effect = label_effect(rules, previous, label)
     note(counts_as=effect["counts_as"], wbc_change=effect["wbc_change"])
     if effect.get("message"):
         note(effect=effect["message"])

@@ -178,6 +178,12 @@ def models_page() -> ResponseReturnValue:
     return render_template("models.html", page="models", registry=registry_json(db()))
 
 
+@bp.get("/ui/slides/<hexid:slide_id>/red-cells")
+def red_cell_gallery_page(slide_id: str) -> ResponseReturnValue:
+    """The red-cell gallery: the classified red cells per finding, reclassified like white cells."""
+    return render_template("gallery.html", page="gallery", slide_id=slide_id, order=_order(slide_id), kind="rbc")
+
+
 @bp.get("/ui/find")
 def find_slide() -> ResponseReturnValue:
     """Open the newest slide of an accession (``?accession=``); back to the batches when none."""

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from hematovision.core.results import CellResult, SlideAnalysis
+from hematovision.core.results import RBC, CellResult, SlideAnalysis
 
 META, LABELS = "meta.json", "labels.json"
 FORMAT = 1
@@ -87,6 +87,7 @@ def write_prepared(folder: Path, analysis: SlideAnalysis, crop_cells: list[CellR
             "timings_s": analysis.timings_s,
             "quality": analysis.quality,
             "sampling": analysis.sampling,
+            "rbc": analysis.rbc,
         },
         "model": {
             "name": spec.name,
@@ -97,6 +98,12 @@ def write_prepared(folder: Path, analysis: SlideAnalysis, crop_cells: list[CellR
         },
         "cells": [[c.kind, *map(int, c.bbox), round(float(c.score), 6)] for c in analysis.cells],
         "crop_cells": [index[id(c)] for c in crop_cells],
+        # red cells classified in this stage (red-cell morphology): cell index -> [label, probability]
+        "rbc_labels": {
+            str(i): [c.label, round(float(c.probability or 0.0), 6)]
+            for i, c in enumerate(analysis.cells)
+            if c.kind == RBC and c.label is not None
+        },
     }
     write_json_atomic(folder / META, doc)
 
@@ -143,7 +150,11 @@ def read_prepared(folder: Path) -> Prepared:
         quality=dict(s.get("quality") or {}),
         sampling=dict(s.get("sampling") or {}),
         cells=[CellResult(k, (x0, y0, x1, y1), score) for k, x0, y0, x1, y1, score in doc["cells"]],
+        rbc=dict(s.get("rbc") or {}),
     )
+    for i, (label, prob) in (doc.get("rbc_labels") or {}).items():
+        cell = analysis.cells[int(i)]
+        cell.label, cell.probability = label, float(prob)
     return Prepared(folder, analysis, list(doc["crop_cells"]), m)
 
 

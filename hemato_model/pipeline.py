@@ -49,7 +49,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -66,9 +66,10 @@ from hemato_model.sampling import (
     spread_fields,
     whole_smear,
 )
-from hematovision.core.results import WBC, CellResult, SlideAnalysis, is_classified_wbc
+from hematovision.core.results import RBC, WBC, CellResult, SlideAnalysis, is_classified_wbc
 
 if TYPE_CHECKING:
+    from hemato_model.rbc.morphology import RedCellSampler
     from hematovision.core.slides import Slide
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,11 @@ class PipelineParams:
     thumb_mpp: float = 8.0
     candidate_margin: float = 1.25
     max_candidate_factor: float = 5.0
+    #: Red-cell morphology (with a red-cell model): cells to classify per slide, and the most
+    #: sampled fields a whole slide reads (beyond ``rbc_fields``) while fewer single red cells are
+    #: in hand (:mod:`hemato_model.rbc.morphology`).
+    rbc_cells: int = 1500
+    rbc_max_fields: int = 48
 
     @property
     def wbc_goal(self) -> int:
@@ -229,11 +235,13 @@ def analyze_slide(
     params: PipelineParams | None = None,
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
+    rbc_classifier: Any | None = None,
 ) -> SlideAnalysis:
-    """Analyse one slide on this machine: find the cells and classify the white ones."""
+    """Analyse one slide on this machine: find the cells and classify the white ones (and a sample
+    of the red ones with ``rbc_classifier``, see :func:`prepare_slide`)."""
     params = params or PipelineParams()
     sink = ClassifyingSink(classifier, params.batch_size)
-    result = prepare_slide(slide, classifier, sink, params, progress, should_stop)
+    result = prepare_slide(slide, classifier, sink, params, progress, should_stop, rbc_classifier=rbc_classifier)
     result.timings_s["classify"] = sink.seconds
     ood = ood_summary([c.energy for c in sink.cells], getattr(classifier, "ood_stats", None))
     if ood is not None:
@@ -248,11 +256,15 @@ def prepare_slide(
     params: PipelineParams | None = None,
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
+    *,
+    rbc_classifier: Any | None = None,
 ) -> SlideAnalysis:
     """Find a slide's cells and hand each white cell's crop to ``sink`` (see the module docstring).
 
     The returned analysis holds every cell; the white cells are ``sink.cells`` (last, in crop
-    order), labelled only if the sink classifies.
+    order), labelled only if the sink classifies. With ``rbc_classifier`` (the red-cell model) a
+    uniform sample of the single red cells in evaluable fields is classified here, in this stage
+    (:mod:`hemato_model.rbc.morphology`), and ``SlideAnalysis.rbc`` says what was done.
     """
     params = params or PipelineParams()
     progress = progress or (lambda _f, _m: None)
@@ -286,12 +298,22 @@ def prepare_slide(
         if should_stop is not None and should_stop():
             raise AnalysisCancelled("cancelled")
 
+    rbc = None
+    if rbc_classifier is not None and not isinstance(rbc_classifier, str):
+        from hemato_model.rbc.morphology import RedCellSampler
+
+        rbc = RedCellSampler(rbc_classifier, mpp, getattr(slide, "mpp_source", None), target=params.rbc_cells)
     if w * h / 1e6 <= params.full_res_max_mpix or (params.full_count and not params.census):
-        _full_resolution(slide, result, spec, sink, mask, down, params, progress, check_stop)
+        _full_resolution(slide, result, spec, sink, mask, down, params, progress, check_stop, rbc)
         result.sampling = whole_smear(mono, w, h, "whole smear (read whole)").to_dict()
         result.sampling["count_fields"] = {"fields": result.fields_analysed, "area_mm2": round(result.area_mm2, 4)}
     else:
-        _two_pass(slide, result, spec, sink, mask, down, params, progress, check_stop, mono)
+        _two_pass(slide, result, spec, sink, mask, down, params, progress, check_stop, mono, rbc)
+    if rbc is not None:
+        result.rbc = rbc.finish()
+        result.timings_s["rbc_morphology"] = rbc.seconds
+    else:  # a string: why there is no red-cell model
+        result.rbc = {"status": "not_evaluated", "reason": rbc_classifier or "no red-cell model is configured"}
     sink.flush()
     result.cells.extend(sink.cells)
     result.timings_s["total"] = time.perf_counter() - t0
@@ -314,6 +336,7 @@ def _full_resolution(
     params: PipelineParams,
     progress: ProgressFn,
     check_stop: StopCheck,
+    rbc: RedCellSampler | None = None,
 ) -> None:
     """Level-0 tiling over the smear area; every kind detected; cells owned by their tile core."""
     w, h, mpp = result.width, result.height, result.mpp
@@ -334,6 +357,7 @@ def _full_resolution(
         dets = detect_cells(region, mpp)
         t_detect += time.perf_counter() - t
         result.fields_analysed += 1
+        red: list[CellResult] = []
         for d in dets:
             cx, cy = _centre(d)
             gx, gy = x0 + cx, y0 + cy
@@ -346,6 +370,10 @@ def _full_resolution(
                 sink.add(cell, crop)
             else:
                 result.cells.append(cell)
+                if d.kind == RBC:
+                    red.append(cell)
+        if rbc is not None:
+            rbc.offer(region, (x0, y0), red, float((core[2] - core[0]) * (core[3] - core[1])))
         if sink.pending >= params.batch_size:
             sink.flush()
         progress(0.05 + 0.9 * (i + 1) / len(tiles), f"tile {i + 1}/{len(tiles)}")
@@ -385,6 +413,7 @@ def _two_pass(
     progress: ProgressFn,
     check_stop: StopCheck,
     mono: Monolayer | None = None,
+    rbc: RedCellSampler | None = None,
 ) -> None:
     """Low-resolution white-cell candidates, full resolution only around them; unless a full count
     is asked for, in spread-sampling fields over the monolayer (:mod:`hemato_model.sampling`)."""
@@ -472,7 +501,8 @@ def _two_pass(
     if not spread:
         sampling = whole_smear(mono, result.width, result.height, sampling.method)
     result.sampling = sampling.to_dict()
-    _count_fields(slide, result, mono.mask if mono is not None and mono.mask.any() else mask, down, params, check_stop)
+    count_mask = mono.mask if mono is not None and mono.mask.any() else mask
+    _count_fields(slide, result, count_mask, down, params, check_stop, rbc)
     progress(0.95, "red cells and platelets counted")
 
 
@@ -530,8 +560,11 @@ def _count_fields(
     down: float,
     params: PipelineParams,
     check_stop: StopCheck,
+    rbc: RedCellSampler | None = None,
 ) -> None:
-    """Red cells and platelets in full-resolution fields spread evenly over the smear area."""
+    """Red cells and platelets in full-resolution fields spread evenly over the smear area; with
+    red-cell morphology, more fields (at most ``rbc_max_fields``) while too few single red cells
+    are in hand."""
     t = time.perf_counter()
     mpp = result.mpp
     field_px = int(params.field_um / mpp)
@@ -539,19 +572,29 @@ def _count_fields(
     if len(xs) == 0:
         return
     rng = np.random.default_rng(0)
-    picks = rng.choice(len(xs), size=min(params.rbc_fields, len(xs)), replace=False)
-    # what the platelet estimate is over (hematovision.core.estimates)
-    result.sampling["count_fields"] = {
-        "fields": len(picks),
-        "area_mm2": round(len(picks) * (field_px * mpp / 1e3) ** 2, 4),
-    }
-    for p in sorted(picks):
+    picks = sorted(rng.choice(len(xs), size=min(params.rbc_fields, len(xs)), replace=False))
+    if rbc is not None:  # further fields, read only while the sampler wants more (first fields unchanged)
+        extra = np.random.default_rng(1).permutation(len(xs))[: max(0, params.rbc_max_fields - len(picks)) * 2]
+        picks += [int(p) for p in extra if p not in set(picks)][: max(0, params.rbc_max_fields - len(picks))]
+    n_read = 0
+    for i, p in enumerate(picks):
+        if i >= params.rbc_fields and (rbc is None or not rbc.wants_more):
+            break
         check_stop()
+        n_read += 1
         gx, gy = int(xs[p] * down), int(ys[p] * down)
         x0 = min(max(0, gx - field_px // 2), max(0, result.width - field_px))
         y0 = min(max(0, gy - field_px // 2), max(0, result.height - field_px))
         region = slide.read_region((x0, y0), 0, (field_px, field_px))
+        red: list[CellResult] = []
         for d in detect_cells(region, mpp, kinds=("rbc", "platelet")):
             bx0, by0, bx1, by1 = d.bbox
-            result.cells.append(CellResult(d.kind, (x0 + bx0, y0 + by0, x0 + bx1, y0 + by1), float(d.score)))
+            cell = CellResult(d.kind, (x0 + bx0, y0 + by0, x0 + bx1, y0 + by1), float(d.score))
+            result.cells.append(cell)
+            if d.kind == RBC:
+                red.append(cell)
+        if rbc is not None:
+            rbc.offer(region, (x0, y0), red, float(region.shape[0] * region.shape[1]))
+    # what the platelet estimate is over (hematovision.core.estimates): the fields actually read
+    result.sampling["count_fields"] = {"fields": n_read, "area_mm2": round(n_read * (field_px * mpp / 1e3) ** 2, 4)}
     result.timings_s["fields"] = time.perf_counter() - t

@@ -144,6 +144,7 @@ def run_prepare(settings: Settings, factory: sessionmaker[Session], job_id: str)
     from hemato_model.classifier import read_model_spec
     from hemato_model.handoff import CropSpool, write_prepared
     from hemato_model.pipeline import AnalysisCancelled, PipelineParams, prepare_slide
+    from hemato_model.rbc.morphology import load_red_cell_model
     from hematovision.core.slides import open_slide
 
     ticket = claim_stage(factory, job_id, PREPARE)
@@ -162,6 +163,9 @@ def run_prepare(settings: Settings, factory: sessionmaker[Session], job_id: str)
                 f"{assigned.model_dir} now holds {spec.name} {spec.version}, not the registered "
                 f"{assigned.name} {assigned.version}: a registered model directory must not be changed"
             )
+        # red-cell morphology runs here, in prepare (CPU): the fields are in memory here, and the
+        # classify stage's crop handoff stays the white cells' alone
+        rbc_model, rbc_off = load_red_cell_model(settings.rbc_model_dir if settings.rbc_morphology else None)
         tmp = job_folder(settings, job_id) / f"prepare.{uuid.uuid4().hex[:8]}"
         tmp.mkdir(parents=True)
         try:
@@ -177,6 +181,7 @@ def run_prepare(settings: Settings, factory: sessionmaker[Session], job_id: str)
                     params,
                     progress=_progress_fn(factory, job_id, 0.0, PROGRESS_AT_END[PREPARE]),
                     should_stop=lambda: job_state(factory, job_id) == "cancelled",
+                    rbc_classifier=rbc_model or rbc_off,
                 )
             write_prepared(tmp, analysis, spool.cells, spec)
             _publish(tmp, final)

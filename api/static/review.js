@@ -9,7 +9,7 @@ HV.review = (() => {
   const COLORS = { basophil: "#7c3aed", eosinophil: "#f97316", erythroblast: "#db2777", ig: "#0891b2", lymphocyte: "#2563eb",
     monocyte: "#16a34a", neutrophil: "#eab308", platelet: "#65a30d", blast: "#dc2626", unidentified: "#ffffff" };
   const color = (label) => COLORS[label || "unidentified"] || "#00e5ff";
-  const S = { slideId: null, cells: [], byId: new Map(), classes: [], vocab: [], report: null, sel: null, viewer: null, overlays: new Map(), readOnly: false, signed: false, awaiting: false, acks: [], comments: [], imgs: new Map(), changed: new Set() };
+  const S = { kind: "wbc", slideId: null, cells: [], byId: new Map(), classes: [], vocab: [], report: null, sel: null, viewer: null, overlays: new Map(), readOnly: false, signed: false, awaiting: false, acks: [], comments: [], imgs: new Map(), changed: new Set() };
 
   const labelOf = (c) => c.label || "unidentified";
   const keyed = () => [...S.classes, "unidentified"];
@@ -222,7 +222,7 @@ HV.review = (() => {
           im, el("span", { class: "tag", text: c.probability ? c.probability.toFixed(2) : "—" }));
       })));
     }
-    box.replaceChildren(...(parts.length ? parts : [el("p", { class: "muted", text: "No white cells on this slide." })]));
+    box.replaceChildren(...(parts.length ? parts : [el("p", { class: "muted", text: S.kind === "rbc" ? "No classified red cells on this slide." : "No white cells on this slide." })]));
   }
 
   function renderSelected() {
@@ -417,7 +417,7 @@ HV.review = (() => {
   }
 
   async function reload(opts = {}) {
-    const [meta, report] = await Promise.all([api(`/api/v1/slides/${seg(S.slideId)}/cells?kind=wbc`), api(`/api/v1/slides/${seg(S.slideId)}/report`)]);
+    const [meta, report] = await Promise.all([api(`/api/v1/slides/${seg(S.slideId)}/cells?kind=${S.kind}`), api(`/api/v1/slides/${seg(S.slideId)}/report`)]);
     S.meta = meta; S.report = report; S.cells = meta.cells; S.classes = meta.classes.slice(0, 9); S.vocab = meta.vocabulary || [];
     S.byId = new Map(S.cells.map((c) => [c.id, c]));
     S.signed = Boolean(meta.verified_at);
@@ -433,6 +433,7 @@ HV.review = (() => {
 
   async function start(slideId, opts) {
     S.slideId = slideId;
+    S.kind = (opts && opts.kind) || "wbc"; /* "rbc": the red-cell gallery (classified red cells, red-cell classes) */
     document.addEventListener("keydown", onKey);
     document.getElementById("signoff").addEventListener("click", signOff);
     const amendBtn = document.getElementById("amend");

@@ -35,8 +35,22 @@ import click
     is_flag=True,
     help="Time a whole-smear census (every white cell) and match its cells to the slide's manifest.",
 )
+@click.option(
+    "--rbc/--no-rbc",
+    "rbc",
+    default=None,
+    help="Include red-cell morphology (default: as the settings say, HEMATOVISION_RBC_MORPHOLOGY).",
+)
 def bench(
-    as_json: bool, size: int, mpp: float, wbc: int, target_wbc: int, naive_tiles: int, work_dir: Path, census: bool
+    as_json: bool,
+    size: int,
+    mpp: float,
+    wbc: int,
+    target_wbc: int,
+    naive_tiles: int,
+    work_dir: Path,
+    census: bool,
+    rbc: bool | None,
 ) -> None:
     """Slides per hour, cells/s and Mpx/s on a generated whole slide, against a naive full read."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -54,6 +68,7 @@ def bench(
         target_wbc=target_wbc,
         naive_sample_tiles=naive_tiles or None,
         census=census,
+        rbc_model_dir=s.rbc_model_dir if (s.rbc_morphology if rbc is None else rbc) else None,
     )
     if as_json:
         click.echo(json.dumps(result))

@@ -50,6 +50,12 @@ def _bar_progress(bar: ProgressBar[int]) -> Callable[[float, str], None]:
     is_flag=True,
     help="Whole-smear census: classify every white cell (two-pass), red cells and platelets from sampled fields.",
 )
+@click.option(
+    "--rbc/--no-rbc",
+    "rbc",
+    default=None,
+    help="Red-cell morphology (report rbc_morphology, SCHISTOCYTES): default HEMATOVISION_RBC_MORPHOLOGY (off).",
+)
 def process(
     paths: tuple[str, ...],
     out_dir: str,
@@ -58,10 +64,12 @@ def process(
     model_dir: str | None,
     full_count: bool,
     census: bool,
+    rbc: bool | None,
 ) -> None:
     """Analyse slides locally (no server) and write one report JSON per slide."""
     from hemato_model.classifier import load_classifier
     from hemato_model.pipeline import PipelineParams, analyze_slide
+    from hemato_model.rbc.morphology import load_red_cell_model
     from hematovision.cli.client_commands import read_manifest
     from hematovision.core.flags import effective_rules, not_evaluated_lines
     from hematovision.core.patient import match_order, parse_worklist
@@ -77,6 +85,8 @@ def process(
     out.mkdir(parents=True, exist_ok=True)
     classifier = load_classifier(Path(model_dir) if model_dir else settings.model_dir)
     rules = effective_rules(settings)
+    rbc_on = settings.rbc_morphology if rbc is None else rbc
+    rbc_model, rbc_off = load_red_cell_model(settings.rbc_model_dir if rbc_on else None)
     params = PipelineParams(target_wbc=settings.target_wbc, full_count=full_count or settings.full_count, census=census)
     failures = 0
     for p in paths:
@@ -85,7 +95,9 @@ def process(
                 open_slide(p, mpp=mpp, default_mpp=settings.default_mpp) as slide,
                 click.progressbar(length=100, label=Path(p).name[:40]) as bar,
             ):
-                analysis = analyze_slide(slide, classifier, params, progress=_bar_progress(bar))
+                analysis = analyze_slide(
+                    slide, classifier, params, progress=_bar_progress(bar), rbc_classifier=rbc_model or rbc_off
+                )
         except SlideError as e:
             click.echo(f"error: {p}: {e}", err=True)
             failures += 1

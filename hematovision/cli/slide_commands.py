@@ -96,6 +96,14 @@ class _LazyBar:
     help="White-cell mix, e.g. neutrophil=60,lymphocyte=40 (default: normal adult differential).",
 )
 @click.option(
+    "--rbc-mix",
+    "rbc_mix_text",
+    default=None,
+    metavar="CLASS=PCT,...",
+    help="Red-cell morphologies in percent, e.g. schistocyte=5,target=10 (the rest normal): every red cell "
+    "is then a real labelled Chula RBC-12 cell from the red-cell model's test fields (needs data/chula_rbc).",
+)
+@click.option(
     "--data-root",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
@@ -119,6 +127,7 @@ def make_slide_command(
     fmt: str | None,
     source: str,
     mix_text: str | None,
+    rbc_mix_text: str | None,
     data_root: Path | None,
     tile_px: str,
 ) -> None:
@@ -140,6 +149,15 @@ def make_slide_command(
     if not out.parent.exists():
         raise click.ClickException(f"the folder {out.parent} does not exist")
     mix = _parse_mix(mix_text)
+    rbc_mix = None
+    if rbc_mix_text is not None:
+        from hemato_model.rbc.data import RBC_CLASSES
+        from hematovision.devtools.rbc_cells import parse_rbc_mix
+
+        try:
+            rbc_mix = parse_rbc_mix(rbc_mix_text, RBC_CLASSES)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--rbc-mix") from None
     root = data_root if data_root is not None else load_settings().data_root
     tiles = math.ceil(width / int(tile_px)) * math.ceil(height / int(tile_px))
     logging.getLogger("hematovision.devtools.synthetic").setLevel(logging.ERROR)  # notes are echoed below
@@ -156,6 +174,7 @@ def make_slide_command(
             fmt=fmt,
             wbc_mix=mix,
             source=source,
+            rbc_mix=rbc_mix,
             tile_px=int(tile_px),
             progress=bar.update,
         )
@@ -174,6 +193,9 @@ def make_slide_command(
         f"placed:   {counts['wbc']} white cells ({diff}), {counts['rbc']} red cells, {counts['platelets']} platelets"
     )
     click.echo(f"source:   {SOURCE_WORDS[manifest['source']]}")
+    if "rbc_mix" in manifest:
+        placed = ", ".join(f"{c} {p}%" for c, p in manifest["rbc_mix"]["placed_pct"].items())
+        click.echo(f"red-cell mix placed: {placed} ({manifest['rbc_mix']['source']})")
     for note in manifest["notes"]:
         click.echo(f"note:     {note}")
 

@@ -65,6 +65,10 @@ class SlideAnalysis:
     #: Where the differential's cells were read (:class:`hemato_model.sampling.Sampling`'s
     #: ``to_dict``: method, fields read, area read, monolayer area, field boxes).
     sampling: dict[str, Any] = field(default_factory=dict)
+    #: What red-cell morphology did on this slide (:mod:`hemato_model.rbc.morphology`): ``status``
+    #: (``classified``, ``empty``, ``not_evaluated``), ``reason``, the red-cell model, the scale's
+    #: source, fields read and skipped as thick. The red cells' labels are on the cells.
+    rbc: dict[str, Any] = field(default_factory=dict)
 
     def counts(self) -> dict[str, int]:
         out = {"wbc": 0, "rbc": 0, "platelets": 0}

@@ -26,7 +26,8 @@ MODELS_DIR = Path(str(files("hemato_model") / "models"))
 #: HEMATOVISION_MODEL_DIR (see its model card).
 SHIPPED_MODEL_DIR = MODELS_DIR / "wbc-effnetlite0-v1"
 BLAST_MODEL_DIR = MODELS_DIR / "wbc-blast-effnetlite0-v2"
-#: The red-cell morphology classifier (13 Chula RBC-12 classes, MIT; not yet used by the pipeline).
+#: The red-cell morphology classifier (13 Chula RBC-12 classes, MIT; used by the pipeline's prepare
+#: stage for the report's ``rbc_morphology`` when HEMATOVISION_RBC_MORPHOLOGY=true).
 RBC_MODEL_DIR = MODELS_DIR / "rbc-effnetlite0-v1"
 
 
@@ -118,6 +119,12 @@ class Settings(BaseSettings):
     cache_dir: Path | None = Field(
         default=None, description="Where converted backbone weights are cached; empty = ~/.cache/hematovision."
     )
+    rbc_morphology: bool = Field(
+        default=False,
+        description="Classify a sample of red cells (report rbc_morphology, red-cell flags). Opt-in: not yet "
+        "validated on scanned slides (docs/validation.md, 'Red-cell morphology in the pipeline').",
+    )
+    rbc_model_dir: Path = Field(default=RBC_MODEL_DIR, description="Red-cell morphology model directory.")
     auth_required: bool = Field(
         default=True, description="An API key or a login session is required (all but /healthz and the login page)."
     )

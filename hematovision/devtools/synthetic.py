@@ -157,6 +157,11 @@ class SmearPlan:
     notes: list[str] = field(default_factory=list)
     wbc_requested: int = 0
     source_root: Path | None = None  # what the white cells' source files are relative to
+    #: With a red-cell mix (real Chula RBC-12 cells, :mod:`hematovision.devtools.rbc_cells`): each
+    #: red-cell sprite's class and source, and the mix asked for (percent).
+    rbc_sprite_class: list[str] | None = None
+    rbc_sprite_source: list[str] | None = None
+    rbc_mix: dict[str, float] | None = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -190,8 +195,12 @@ def plan_smear(
     source: str = "auto",
     wbc_mix: dict[str, float] | None = None,
     wbc_files: Sequence[Path] | None = None,
+    rbc_mix: dict[str, float] | None = None,
+    real_rbc: Any | None = None,
 ) -> SmearPlan:
-    """Place every cell (deterministic for ``seed``); nothing is rendered yet."""
+    """Place every cell (deterministic for ``seed``); nothing is rendered yet. With ``rbc_mix``
+    (percent by class) and ``real_rbc`` (:class:`hematovision.devtools.rbc_cells.RbcBank`) every red
+    cell is a real cell of its class, classes allocated to the mix exactly."""
     if width < 64 or height < 64:
         raise ValueError(f"the slide must be at least 64×64 pixels, got {width}×{height}")
     if not (mpp > 0 and math.isfinite(mpp)):
@@ -349,6 +358,23 @@ def plan_smear(
     rbc_xy = np.stack([xs[keep], ys[keep]], axis=1).round().astype(np.int32)
     del xs, ys, keep
     rbc_var: np.ndarray = rrng.integers(0, len(rbc_sprites), size=(rbc_xy.shape[0],)).astype(np.int16)
+    sprite_class: list[str] | None = None
+    sprite_source: list[str] | None = None
+    if rbc_mix is not None and real_rbc is not None:
+        mrng = np.random.default_rng([seed, 6])
+        rbc_sprites, sprite_class, sprite_source, offset = [], [], [], {}
+        for c in rbc_mix:
+            offset[c] = len(rbc_sprites)
+            rbc_sprites += real_rbc.sprites[c]
+            sprite_class += [c] * len(real_rbc.sprites[c])
+            sprite_source += real_rbc.sources[c]
+        n_rbc = rbc_xy.shape[0]
+        per_class = _allocate(rbc_mix, n_rbc)
+        order = np.array([c for c, k in per_class.items() for _ in range(k)])
+        mrng.shuffle(order)
+        rbc_var = np.array(
+            [offset[c] + int(mrng.integers(len(real_rbc.sprites[c]))) for c in order.tolist()], np.int16
+        ).reshape(-1)
 
     # --- platelets: about one per 15 red cells, anywhere in the smear
     prng = np.random.default_rng([seed, 4])
@@ -392,6 +418,9 @@ def plan_smear(
         notes=notes,
         wbc_requested=n_wbc,
         source_root=source_root if used != "procedural" else None,
+        rbc_sprite_class=sprite_class,
+        rbc_sprite_source=sprite_source,
+        rbc_mix=dict(rbc_mix) if sprite_class is not None and rbc_mix is not None else None,
     )
 
 
@@ -562,6 +591,7 @@ def _manifest_head(plan: SmearPlan, fmt: str, out_path: Path) -> dict[str, Any]:
         },
         "differential": dict(sorted(differential.items(), key=lambda kv: (-kv[1], kv[0]))),
         "wbc_requested": plan.wbc_requested,
+        **_rbc_mix_head(plan),
         "smear_area": {
             "shape": "ellipse",
             "center": [round(g.cx, 1), round(g.cy, 1)],
@@ -572,6 +602,25 @@ def _manifest_head(plan: SmearPlan, fmt: str, out_path: Path) -> dict[str, Any]:
         "notes": list(plan.notes),
         "generator": "hematovision.devtools.synthetic",
         "attribution": _ATTRIBUTION[plan.source],
+    }
+
+
+def _rbc_mix_head(plan: SmearPlan) -> dict[str, Any]:
+    """The manifest's red-cell mix: asked (percent) and placed (count and percent), when there is one."""
+    if plan.rbc_sprite_class is None:
+        return {}
+    placed: dict[str, int] = {}
+    for v in plan.rbc_var.tolist():
+        c = plan.rbc_sprite_class[v]
+        placed[c] = placed.get(c, 0) + 1
+    n = max(1, int(plan.rbc_xy.shape[0]))
+    return {
+        "rbc_mix": {
+            "requested_pct": plan.rbc_mix,
+            "placed": dict(sorted(placed.items(), key=lambda kv: (-kv[1], kv[0]))),
+            "placed_pct": {c: round(100.0 * k / n, 2) for c, k in sorted(placed.items())},
+            "source": "Chula RBC-12 (MIT), labelled cells of the red-cell model's test fields only",
+        }
     }
 
 
@@ -596,21 +645,25 @@ def _iter_cell_json(plan: SmearPlan, include_rbc: bool = True, as_text: bool = F
         if kind == "rbc" and not include_rbc:
             continue
         halves = np.array([s.shape[0] // 2 for s in sprites])
+        classes = plan.rbc_sprite_class if kind == "rbc" else None
+        srcs = plan.rbc_sprite_source if kind == "rbc" else None
         for (cx, cy), v in zip(xy.tolist(), var.tolist(), strict=True):
             hh = int(halves[v])
+            cls = classes[v] if classes else None
+            src = srcs[v] if srcs else None
             if as_text:
                 yield (
-                    f'{{"kind": "{kind}", "class": null, "center": [{cx}, {cy}], "bbox": '
+                    f'{{"kind": "{kind}", "class": {json.dumps(cls)}, "center": [{cx}, {cy}], "bbox": '
                     f"[{max(0, cx - hh)}, {max(0, cy - hh)}, {min(plan.width, cx + hh + 1)}, "
-                    f'{min(plan.height, cy + hh + 1)}], "source_file": null}}'
+                    f'{min(plan.height, cy + hh + 1)}], "source_file": {json.dumps(src)}}}'
                 )
                 continue
             yield {
                 "kind": kind,
-                "class": None,
+                "class": cls,
                 "center": [cx, cy],
                 "bbox": [max(0, cx - hh), max(0, cy - hh), min(plan.width, cx + hh + 1), min(plan.height, cy + hh + 1)],
-                "source_file": None,
+                "source_file": src,
             }
 
 
@@ -646,6 +699,8 @@ def make_slide(
     source: str = "auto",
     wbc_files: Sequence[Path] | None = None,
     *,
+    rbc_mix: dict[str, float] | None = None,
+    rbc_model_dir: Path | None = None,
     tile_px: int = 512,
     quality: int = 85,
     progress: Callable[[int], None] | None = None,
@@ -668,6 +723,9 @@ def make_slide(
             these three that is there).
         wbc_files: Take white cells only from these PBC files (class = parent folder name), e.g.
             a held-out split for evaluation.
+        rbc_mix: Red-cell morphologies in percent (the rest ``normal``), e.g. ``{"schistocyte": 5}``:
+            every red cell is then a real labelled cell of the Chula RBC-12 set, from the test
+            fields of the red-cell model in ``rbc_model_dir`` (:mod:`hematovision.devtools.rbc_cells`).
         tile_px, quality: TIFF tile size and JPEG quality.
         progress: Called with the number of level-0 tiles written since the last call.
 
@@ -686,6 +744,14 @@ def make_slide(
     if data_root is not None and hasattr(data_root, "data_root"):  # a Settings object
         data_root = data_root.data_root
     root = Path(data_root) if data_root is not None else None
+    bank = None
+    if rbc_mix is not None:
+        from hematovision.core.settings import RBC_MODEL_DIR
+        from hematovision.devtools.rbc_cells import load_rbc_bank
+
+        if root is None:
+            raise ValueError("a red-cell mix needs the shared data (data/chula_rbc)")
+        bank = load_rbc_bank(root, list(rbc_mix), mpp, model_dir=rbc_model_dir or RBC_MODEL_DIR, seed=seed)
     plan = plan_smear(
         width,
         height,
@@ -696,6 +762,8 @@ def make_slide(
         source=source,
         wbc_mix=wbc_mix,
         wbc_files=wbc_files,
+        rbc_mix=rbc_mix,
+        real_rbc=bank,
     )
     for note in plan.notes:
         logger.warning("%s", note)

@@ -116,6 +116,7 @@ def run_benchmark(
     naive_sample_tiles: int | None = 48,
     tile_px: int = 1024,
     census: bool = False,
+    rbc_model_dir: Path | None = None,
 ) -> dict[str, Any]:
     from hemato_model.classifier import load_classifier
     from hemato_model.pipeline import PipelineParams, analyze_slide
@@ -129,12 +130,16 @@ def run_benchmark(
     classifier = load_classifier(model_dir)
     # Warm the model (graph compilation) so the timed run measures steady state.
     classifier.classify(np.zeros((8, classifier.input_px, classifier.input_px, 3), np.uint8))
+    rbc = None
+    if rbc_model_dir is not None:  # red-cell morphology too (warmed the same way)
+        rbc = load_classifier(rbc_model_dir)
+        rbc.classify(np.zeros((8, rbc.input_px, rbc.input_px, 3), np.uint8))
     with open_slide(slide_path) as raw:
         slide = _CountingSlide(raw)
         load_before = os.getloadavg()[0]
         t, c = time.perf_counter(), time.process_time()
         params = PipelineParams(target_wbc=target_wbc, census=census)
-        analysis = analyze_slide(slide, classifier, params)
+        analysis = analyze_slide(slide, classifier, params, rbc_classifier=rbc)
         ours_s = time.perf_counter() - t
         ours_cpu_s = time.process_time() - c
         pixels = slide.pixels_read
@@ -152,6 +157,8 @@ def run_benchmark(
             "generated_in_s": round(make_s, 1),
         },
         "target_wbc": target_wbc,
+        "rbc_morphology": rbc is not None,
+        "rbc_classified": sum(1 for c in analysis.cells if c.kind == "rbc" and c.label is not None),
         "slides_per_hour": round(3600.0 / ours_s, 1),
         "seconds_per_slide": round(ours_s, 2),
         "cells_per_s": round(wbc / ours_s, 1),

@@ -293,6 +293,39 @@ class _Builder:
         return obs
 
 
+#: Red-cell findings are sent with local codes (coding system L): no LOINC code for a morphology
+#: finding as a percentage of red cells was verified here (docs/clinical_rules.md).
+RBC_CODE_PREFIX = "HV-RBC-"
+
+
+def _red_cell_obx(b: _Builder, order: Any, section: dict[str, Any] | None) -> None:
+    """One OBX per graded red-cell finding and the schistocyte percentage (always, when the section
+    was evaluated), percent of named red cells, OBX-8 ``A`` when graded/flagged; NTE: count, CI, grade."""
+    if not section or section.get("status") not in ("ok", "insufficient"):
+        return  # the order's notes say why
+    n = section.get("n_classified", 0)
+    for cls, f in (section.get("findings") or {}).items():
+        is_schisto = cls == "schistocyte"
+        if not (f.get("grade") or is_schisto):
+            continue
+        graded = bool(f.get("grade")) and not is_schisto
+        abnormal = "A" if graded or (is_schisto and f["ci95"][1] >= 1.0) else ""
+        obs = b.obx(
+            order,
+            RBC_CODE_PREFIX + cls.upper(),
+            f"{cls.capitalize()}s/100 red cells" if not cls.endswith("ia") else f"{cls.capitalize()}/100 red cells",
+            _number(f["percent"]),
+            ("%", "percent"),
+            abnormal=abnormal,
+        )
+        grade = f"; ICSH 2015 grade {f['grade']}" if graded else ""
+        b.nte(
+            obs,
+            1,
+            f"{f['count']} of {n} named red cells; 95% CI {_number(f['ci95'][0])}-{_number(f['ci95'][1])} %{grade}.",
+        )
+
+
 def oru_r01(
     report: dict[str, Any],
     *,
@@ -453,6 +486,17 @@ def oru_r01(
             f"Unidentified white cells: {report.get('unidentified', 0)} ({report['unidentified_percent']}% of all "
             "seen); not reported as a result."
         )
+    rbc = report.get("rbc_morphology")
+    if rbc:
+        notes.append(
+            f"Red-cell morphology: {rbc.get('status')}"
+            + (f" ({rbc.get('reason')})" if rbc.get("reason") else "")
+            + (
+                f"; {rbc.get('n_classified')} named red cells, local codes HV-RBC-*."
+                if rbc.get("n_classified")
+                else "."
+            )
+        )
     for i, text in enumerate(notes, start=1):
         b.nte(order, i, text)
 
@@ -497,6 +541,7 @@ def oru_r01(
             ("/100{WBCs}", "per 100 WBC"),
             loinc=(codes.get("other") or {}).get("nrbc_per_100_wbc") or None,
         )
+    _red_cell_obx(b, order, report.get("rbc_morphology"))
     spm = order.add_group("ORU_R01_SPECIMEN").spm
     spm.spm_1 = "1"
     _set(spm.spm_2, accession or slide_id, slide_id)  # EIP: the accession (placer) and the slide (filler)

@@ -93,6 +93,7 @@ def report_csv(report: dict[str, Any]) -> str:
         w.writerow(["class", "absolute_10e9_per_l", "ci95_low", "ci95_high"])
         for cls, a in report["absolute_10e9_per_l"].items():
             w.writerow([cls, a["value"], a["ci95"][0], a["ci95"][1]])
+    _red_cell_rows(w, report.get("rbc_morphology"))
     w.writerow([])
     w.writerow(["flag_code", "severity", "message"])
     for f in report["flags"]:
@@ -116,3 +117,26 @@ def report_csv(report: dict[str, Any]) -> str:
     w.writerow([])
     w.writerow(["limits", _cell(report.get("limits") or "")])
     return buf.getvalue()
+
+
+def _red_cell_rows(w: Any, section: dict[str, Any] | None) -> None:
+    """The red-cell section: its status and reason, one row per finding (percent of named red cells,
+    interval, ICSH grade) and the size figures (issue 17)."""
+    if not section:
+        return
+    w.writerow([])
+    w.writerow(["rbc_morphology_status", section.get("status"), _cell(section.get("reason") or "")])
+    if section.get("n_classified") is None:
+        return
+    w.writerow(["rbc_named", section["n_classified"], "rbc_unidentified", section.get("unidentified", 0)])
+    w.writerow(["rbc_finding", "count", "percent", "ci95_low", "ci95_high", "grade"])
+    for cls, f in (section.get("findings") or {}).items():
+        w.writerow([cls, f["count"], f["percent"], f["ci95"][0], f["ci95"][1], f.get("grade") or ""])
+    size = section.get("size") or {}
+    if size:
+        w.writerow(["rbc_median_diameter_um", size.get("median_diameter_um")])
+        w.writerow(["rbc_cv_diameter_pct", size.get("cv_diameter_pct")])
+        hist = size.get("histogram") or {}
+        edges = hist.get("edges_um") or []
+        w.writerow(["rbc_diameter_histogram_um", *[f"{a}-{b}" for a, b in zip(edges, edges[1:], strict=False)]])
+        w.writerow(["rbc_diameter_histogram_count", *(hist.get("counts") or [])])

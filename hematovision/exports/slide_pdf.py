@@ -43,6 +43,7 @@ from hematovision.exports.pdf_style import (
     styles,
     swatch,
 )
+from hematovision.exports.rbc_pdf import EXAMPLES_PER_FINDING, red_cell_section
 from hematovision.exports.sampling_pdf import estimates_flowables, map_flowables, rare_event_flowables
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,8 @@ class SlidePictures:
     thumb_downsample: float = 1.0
     gallery: dict[str, list[np.ndarray]] = field(default_factory=dict)
     gallery_probabilities: dict[str, list[float | None]] = field(default_factory=dict)
+    #: A few red cells per red-cell finding (the model's most confident first).
+    rbc_examples: dict[str, list[np.ndarray]] = field(default_factory=dict)
     note: str | None = None
 
 
@@ -110,6 +113,13 @@ def slide_pictures(
                     crop = Image.fromarray(region).resize((crop_px, crop_px), Image.Resampling.LANCZOS)
                     pics.gallery.setdefault(label, []).append(np.asarray(crop))
                     pics.gallery_probabilities.setdefault(label, []).append(c.get("probability"))
+            for label, group in _gallery_cells(cells, EXAMPLES_PER_FINDING, kind="rbc").items():
+                for c in group:
+                    x0, y0, x1, y1 = c["bbox"]
+                    side = min(max(round(12.0 / slide.mpp), 8), 512)
+                    region = slide.read_region(((x0 + x1 - side) // 2, (y0 + y1 - side) // 2), 0, (side, side))
+                    crop = Image.fromarray(region).resize((64, 64), Image.Resampling.LANCZOS)
+                    pics.rbc_examples.setdefault(label, []).append(np.asarray(crop))
             return pics
     except Exception as e:  # noqa: BLE001 - a missing or damaged slide file must not stop the report (it says so)
         log.warning("slide pictures unavailable (%s: %s)", e.__class__.__name__, e)
@@ -120,10 +130,10 @@ def slide_pictures(
         )
 
 
-def _gallery_cells(cells: list[dict[str, Any]], per_class: int) -> dict[str, list[dict[str, Any]]]:
+def _gallery_cells(cells: list[dict[str, Any]], per_class: int, kind: str = "wbc") -> dict[str, list[dict[str, Any]]]:
     by_label: dict[str, list[dict[str, Any]]] = {}
     for c in cells:
-        if c.get("kind") == "wbc":
+        if c.get("kind") == kind and (kind == "wbc" or c.get("label") not in (None, "unidentified")):
             by_label.setdefault(c.get("label") or "unidentified", []).append(c)
     return {k: sorted(v, key=lambda c: -(c.get("probability") or 0.0))[:per_class] for k, v in by_label.items()}
 
@@ -463,6 +473,7 @@ def slide_report_pdf(
     pictures_note: str | None = None,
     crop_um: float = 24.0,
     rules: dict[str, Any] | None = None,
+    rbc_examples: dict[str, list[np.ndarray]] | None = None,
     **doc_options: Any,
 ) -> None:
     """Render one slide's report as a PDF.
@@ -480,6 +491,7 @@ def slide_report_pdf(
         pictures_note: why pictures are missing, printed in their place.
         crop_um: the nominal crop width, for the gallery's caption.
         rules: the lab's flag rules (reference intervals for the age partition); shipped by default.
+        rbc_examples: a few red-cell crops per red-cell finding, for the red-cell section.
         **doc_options: passed to reportlab's ``SimpleDocTemplate`` (e.g. ``invariant=1``).
     """
     st = styles()
@@ -555,6 +567,7 @@ def slide_report_pdf(
             ),
         ]
 
+    story += red_cell_section(report, st, rbc_examples)
     story += _workflow_story(report, st)
 
     story.append(Paragraph("Limits", st["h2"]))

@@ -31,7 +31,7 @@ from hematovision.core.access import SIGNOFF_MEANING
 from hematovision.core.datasets import PBC_CLASSES
 from hematovision.core.flags import NON_WBC_CLASSES, load_rules
 from hematovision.core.patient import OrderInfo
-from hematovision.core.results import UNIDENTIFIED, WBC
+from hematovision.core.results import RBC, UNIDENTIFIED, WBC
 from hematovision.core.vocabulary import Vocabulary
 from hematovision.core.workflow import (
     FIRST_SIGNATURE_MEANING,
@@ -79,6 +79,23 @@ def slide_classes(report: dict[str, Any]) -> list[str]:
     names = {k for k in report.get("differential", {}) if k != UNIDENTIFIED} | set(NON_WBC_CLASSES)
     order = {c: i for i, c in enumerate(PBC_CLASSES)}
     return sorted(names, key=lambda c: (order.get(c, len(order)), c))
+
+
+#: Red-cell findings in the order the review offers them (keys 1-9 take the first nine): the
+#: urgent and graded findings first.
+RED_CELL_ORDER = (
+    "schistocyte", "spherocyte", "target", "teardrop", "burr", "stomatocyte", "ovalocyte", "hypochromia", "normal",
+    "macrocyte", "microcyte", "elliptocyte", "uncategorised",
+)  # fmt: skip
+
+
+def red_cell_classes(report: dict[str, Any]) -> list[str]:
+    """The red-cell model's classes on this slide (``[]`` when red cells were not classified), in
+    :data:`RED_CELL_ORDER`."""
+    ctx = (report.get("rbc_morphology") or {}).get("context") or {}
+    classes = list((ctx.get("model") or {}).get("classes") or [])
+    rank = {c: i for i, c in enumerate(RED_CELL_ORDER)}
+    return sorted(classes, key=lambda c: (rank.get(c, len(rank)), c))
 
 
 def allowed_labels(report: dict[str, Any], rules: dict[str, Any]) -> list[str]:
@@ -172,14 +189,17 @@ def reclassify(
     cell = session.get(Cell, cell_id)
     if cell is None:
         raise ReviewError("not_found", "not_found", f"no cell {cell_id}")
-    if cell.kind != WBC:
+    red = cell.kind == RBC and cell.label is not None  # a red cell the red-cell model classified
+    if cell.kind != WBC and not red:
         raise ReviewError(
-            "invalid", "not_a_white_cell", f"cell {cell_id} is a {cell.kind} detection; only white cells are classified"
+            "invalid",
+            "not_a_white_cell",
+            f"cell {cell_id} is a {cell.kind} detection; only white cells and classified red cells are classified",
         )
     slide = _locked_slide(session, cell.slide_id)
     report = _check_editable(slide)
     rules = rules or load_rules()
-    allowed = allowed_labels(report, rules)
+    allowed = [*red_cell_classes(report), UNIDENTIFIED] if red else allowed_labels(report, rules)
     if label not in allowed:
         raise ReviewError("invalid", "invalid_label", f"label must be one of {', '.join(allowed)}; got {label!r}")
     current = cell.label or UNIDENTIFIED

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from hematovision.core.estimates import smear_estimates
 from hematovision.core.flags import (
     SEVERITY_RANK,
+    Flag,
     evaluate_gate,
     evaluate_rules,
     load_rules,
@@ -29,6 +30,7 @@ from hematovision.core.flags import (
     rules_sha256,
 )
 from hematovision.core.patient import PatientContext
+from hematovision.core.rbc_grading import summarise_red_cells
 from hematovision.core.results import (
     PLATELET,
     RBC,
@@ -153,6 +155,29 @@ def differential(labels: list[str], classes: list[str], vocabulary: Vocabulary |
     )
 
 
+@dataclass
+class RedCells:
+    """What the red-cell section is summarised from: every red cell's label (None: not classified),
+    the equivalent diameter (µm) of each named one, and the pipeline's record (``SlideAnalysis.rbc``)."""
+
+    labels: list[str | None]
+    diameters_um: list[float]
+    context: dict[str, Any]
+
+    @classmethod
+    def from_boxes(
+        cls, rows: Iterable[tuple[str | None, Sequence[float]]], mpp: float, context: dict[str, Any]
+    ) -> RedCells:
+        """From ``(label, (x0, y0, x1, y1))`` of every red cell and the slide's µm/px."""
+        labels: list[str | None] = []
+        diameters: list[float] = []
+        for label, (x0, y0, x1, y1) in rows:
+            labels.append(label)
+            if label is not None and label != UNIDENTIFIED:
+                diameters.append(0.5 * ((x1 - x0) + (y1 - y0)) * mpp)
+        return cls(labels, diameters, context)
+
+
 def summarise_cells(
     cells: Iterable[tuple[str, str | None]],
     classes: list[str],
@@ -160,6 +185,7 @@ def summarise_cells(
     patient: PatientContext | None,
     rules: dict[str, Any],
     quality: dict[str, Any] | None = None,
+    red_cells: RedCells | None = None,
 ) -> dict[str, Any]:
     """The report fields that follow from a slide's cells: counts, differential, flags, and whether
     the differential may be released (the domain and quality gate).
@@ -172,6 +198,8 @@ def summarise_cells(
         rules: the effective flag rules.
         quality: the slide's gate measurements (``SlideAnalysis.quality``); a flag of the gate makes
             ``differential_valid`` false, with the reason, until a technologist reviews the slide.
+        red_cells: the red cells, for the ``rbc_morphology`` section and the red-cell flags
+            (:mod:`hematovision.core.rbc_grading`); None leaves both out (a report made before them).
     """
     kinds_labels = list(cells)
     labels = [label or UNIDENTIFIED for kind, label in kinds_labels if kind == WBC]
@@ -187,7 +215,23 @@ def summarise_cells(
         rules=rules,
     )
     gate = evaluate_gate(quality, rules)
-    flags = sorted([*gate, *outcome.flags], key=lambda f: -SEVERITY_RANK.get(f.severity, 0))
+    rbc_section: dict[str, Any] | None = None
+    rbc_flags: list[Flag] = []
+    rbc_not_run: list[dict[str, str]] = []
+    if red_cells is not None:
+        ctx = dict(red_cells.context)
+        if any(f.code == "SCALE_MISMATCH" for f in gate) and ctx.get("scale_known", True):
+            ctx["scale_known"] = False
+            ctx["scale_reason"] = "the red cells contradict the slide's stated scale (SCALE_MISMATCH)"
+        rbc_section, rbc_flags, rbc_not_run = summarise_red_cells(
+            red_cells.labels,
+            red_cells.diameters_um,
+            classes=list((ctx.get("model") or {}).get("classes") or []),
+            rules=rules,
+            context=ctx,
+        )
+        rbc_section["context"] = red_cells.context
+    flags = sorted([*gate, *outcome.flags, *rbc_flags], key=lambda f: -SEVERITY_RANK.get(f.severity, 0))
     n = d.n_classified
     u_lo, u_hi = percent_interval(d.unidentified, d.n_seen)
     platelets = sum(1 for kind, _ in kinds_labels if kind == PLATELET) + d.platelet_candidates + d.platelets
@@ -224,10 +268,10 @@ def summarise_cells(
         ),
         "flags": [f.to_dict() for f in flags],
         "max_severity": max_severity(flags),
-        "rules_not_evaluated": outcome.not_evaluated,
+        "rules_not_evaluated": [*outcome.not_evaluated, *rbc_not_run],
         "rules_version": rules.get("version"),
         "rules_sha256": rules_sha256(rules),
-    }
+    } | ({"rbc_morphology": rbc_section} if rbc_section is not None else {})
 
 
 RARE_EVENT_STATEMENT = (
@@ -263,6 +307,9 @@ def build_report(
         patient=patient,
         rules=rules,
         quality=analysis.quality,
+        red_cells=RedCells.from_boxes(
+            ((c.label, c.bbox) for c in analysis.cells if c.kind == RBC), analysis.mpp, analysis.rbc
+        ),
     )
     return {
         "slide_id": slide_id,
@@ -290,16 +337,27 @@ def build_report(
 def resummarise(session: Session, slide: Slide, classes: list[str], rules: dict[str, Any]) -> dict[str, Any]:
     """The slide's report with its counts, differential and flags summarised again from the cells'
     current labels in the database (after a reclassification); other report fields are kept."""
-    rows = session.execute(select(Cell.kind, Cell.label).where(Cell.slide_id == slide.id)).all()
+    rows = session.execute(
+        select(Cell.kind, Cell.label, Cell.x0, Cell.y0, Cell.x1, Cell.y1).where(Cell.slide_id == slide.id)
+    ).all()
     from hematovision.service.submission import order_of
 
     patient = order_of(slide).context()
+    previous = (slide.report or {}).get("rbc_morphology")
+    red_cells = None
+    if previous is not None:  # a report with a red-cell section: summarised again from the labels
+        red_cells = RedCells.from_boxes(
+            ((r.label, (r.x0, r.y0, r.x1, r.y1)) for r in rows if r.kind == RBC),
+            float((slide.report or {}).get("mpp") or 0.0),
+            dict(previous.get("context") or {}),
+        )
     summary = summarise_cells(
         ((r.kind, r.label) for r in rows),
         classes,
         patient=patient,
         rules=rules,
         quality=(slide.report or {}).get("quality"),
+        red_cells=red_cells,
     )
     counts = {**(slide.report or {}).get("counts", {}), **summary["counts"]}
     return {**(slide.report or {}), **summary, "counts": counts}
@@ -344,7 +402,7 @@ def replace_result_rows(
                 score=float(c.score),
                 label=c.label,
                 probability=None if c.probability is None else float(c.probability),
-                model_version_id=model_version_id if c.label else None,
+                model_version_id=model_version_id if c.label and c.kind != RBC else None,
             )
             for c in cells
         )

@@ -154,3 +154,29 @@ def test_sweep_removes_only_folders_of_ended_or_unknown_jobs(settings, job) -> N
     assert sweep_work_dir(settings, factory) == 1
     assert not job_folder(settings, job_id).exists()
     assert sweep_work_dir(settings, factory) == 0
+
+
+@pytest.mark.slow
+def test_red_cell_morphology_runs_in_prepare_and_reaches_the_report(settings, job, slide_path) -> None:  # type: ignore[no-untyped-def]
+    """Issue 17: with red-cell morphology on, prepare classifies a sample of red cells, the labels cross
+    the hand-over, and the stored cells and report carry them as the one-machine pipeline does."""
+    factory, job_id = job
+    settings = settings.model_copy(update={"rbc_morphology": True})
+    clf, rbc = load_classifier(settings.model_dir), load_classifier(settings.rbc_model_dir)
+    run_prepare(settings, factory, job_id)
+    prepared = read_prepared(job_folder(settings, job_id) / "prepared")
+    red = [c for c in prepared.analysis.cells if c.kind == "rbc" and c.label is not None]
+    assert red and prepared.analysis.rbc["cells_classified"] == len(red)
+    run_classify(settings, factory, clf, job_id)
+    assert run_report(settings, factory, job_id).state == "succeeded"
+    with factory() as s:
+        stored = sorted((c.kind, c.x0, c.y0, c.x1, c.y1, c.label) for c in s.scalars(select(Cell)))
+        from hematovision.store.models import Slide
+
+        report = s.scalars(select(Slide)).one().report
+    with open_slide(slide_path, mpp=0.25) as slide:
+        direct = analyze_slide(slide, clf, PipelineParams(target_wbc=settings.target_wbc), rbc_classifier=rbc)
+    assert stored == sorted((c.kind, *c.bbox, c.label) for c in direct.cells)
+    m = report["rbc_morphology"]
+    assert m["n_classified"] + m["unidentified"] == len(red) and m["status"] in ("ok", "insufficient", "uncertain")
+    assert report["counts"]["rbc"] == sum(1 for c in direct.cells if c.kind == "rbc")
