@@ -69,8 +69,9 @@ def decode(
     neighbourhood; the box is centred at the cell centre plus the predicted offset.
     """
     from scipy.ndimage import maximum_filter
+    from scipy.special import expit
 
-    heat = 1.0 / (1.0 + np.exp(-out[..., 0]))
+    heat = expit(out[..., 0])
     peaks = (heat >= threshold) & (heat == maximum_filter(heat, size=3, mode="constant"))
     if valid_hw is not None:
         vh, vw = (int(np.ceil(v / stride)) for v in valid_hw)

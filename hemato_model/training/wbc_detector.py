@@ -28,14 +28,14 @@ from typing import Any
 
 import numpy as np
 
-from hemato_model.detection.learned import MODEL_FILE, META_FILE, decode, pad_to, resample, sha256_of
+from hemato_model.detection.learned import META_FILE, MODEL_FILE, decode, pad_to, resample, sha256_of
 from hemato_model.training.annotations import read_voc_dir, read_yolo_dir
 
 log = logging.getLogger(__name__)
 
 WORK_MPP = 0.4
 STRIDE = 8
-CANVAS = 160
+CANVAS = 128
 SOURCES = ("CBC", "Raabin", "BCD")
 FEATURE_LAYERS = ("block3b_add", "block5c_add")
 

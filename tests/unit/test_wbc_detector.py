@@ -89,18 +89,16 @@ def test_evaluate_detection_reads_data_yaml_without_split(tmp_path):
         assert payload["split"] == "test" and payload["n_images"] == 2
         assert payload["per_kind"]["wbc"]["n_true"] == 2 and payload["per_kind"]["rbc"]["n_true"] == 2
         assert payload["wbc_detector"] == "classical"
-    result = runner.invoke(
-        main, ["evaluate-detection", "--data", str(data_yaml), "--format", "yolo", "--split", "val"]
-    )
+    result = runner.invoke(main, ["evaluate-detection", "--data", str(data_yaml), "--format", "yolo", "--split", "val"])
     assert result.exit_code == 1 and "no 'val' entry" in result.stderr and "Traceback" not in result.output
 
 
 def test_heat_map_target_decodes_back_to_its_boxes():
     from hemato_model.training import wbc_detector as wd
 
-    boxes = np.array([[20.0, 30.0, 60.0, 66.0], [100.0, 90.0, 132.0, 130.0]])
-    t = wd.make_target(boxes, (150, 140))
-    assert t[..., 5].sum() == 2 and t[..., 6].sum() == np.ceil(150 / 8) * np.ceil(140 / 8)
+    boxes = np.array([[20.0, 30.0, 60.0, 66.0], [70.0, 60.0, 102.0, 96.0]])
+    t = wd.make_target(boxes, (120, 100))
+    assert t[..., 5].sum() == 2 and t[..., 6].sum() == np.ceil(120 / 8) * np.ceil(100 / 8)
     pred = t[..., :5].copy()
     pred[..., 0] = np.where(t[..., 5] > 0, 4.0, -4.0)
     found = sorted(decode(pred, 0.5, wd.STRIDE, wd.WORK_MPP))
@@ -153,3 +151,15 @@ def test_loso_script_prints_json(tmp_path):
         assert held not in fold["trained_on"]
         assert fold["learned_test"]["n_images"] == 2 and fold["learned_test"]["n_true"] >= 1
     assert set(result["all_sources"]) >= {"CBC", "Raabin", "BCD", "threshold"}
+
+
+@pytest.mark.slow
+@pytest.mark.needs(BCCD_IMAGES.is_dir(), f"BCCD images under {DATA_ROOT}")
+def test_detect_cli_with_the_learned_detector(require):
+    require((WBC_DETECTOR_DIR / "model.keras").is_file(), f"the shipped detector in {WBC_DETECTOR_DIR}")
+    sample = BCCD_IMAGES / "BloodImage_00339.jpg"
+    result = CliRunner().invoke(main, ["detect", str(sample), "--json", "--kinds", "wbc", "--detector", "learned"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["wbc_detector"].startswith("learned")
+    assert [c["kind"] for c in payload["cells"]] == ["wbc"]
