@@ -95,6 +95,10 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _training_loss_not_needed(y_true: Any, y_pred: Any) -> Any:
+    raise RuntimeError("the detector's training loss is not available at inference")
+
+
 @dataclass
 class LearnedWbcDetector:
     """A loaded detector: ``detect(image, mpp)`` returns white-cell :class:`Detection` s."""
@@ -121,7 +125,11 @@ class LearnedWbcDetector:
             raise DetectorModelError(f"{model_path}: SHA-256 differs from {META_FILE}; the weights were altered")
         import keras
 
-        model = keras.models.load_model(model_path, compile=False)
+        # v1 was saved with its head's training loss in the head's compile config; loading with
+        # compile=False never calls it, but Keras still resolves the name.
+        model = keras.models.load_model(
+            model_path, compile=False, custom_objects={"detection_loss": _training_loss_not_needed}
+        )
         return cls(
             model=model,
             work_mpp=float(meta["work_mpp"]),

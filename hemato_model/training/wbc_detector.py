@@ -250,9 +250,11 @@ def full_model(extractor: Any, head: Any) -> Any:
     """Image in (float RGB 0..255, any size multiple of 16), head output out."""
     import keras
 
+    clean = build_head()  # an uncompiled copy: the saved model carries no training loss
+    clean.set_weights(head.get_weights())
     inp = keras.Input((None, None, 3), name="image")
     f8, f16 = extractor(inp)
-    return keras.Model(inp, head([f8, f16]), name="wbc_detector")
+    return keras.Model(inp, clean([f8, f16]), name="wbc_detector")
 
 
 # ---------------------------------------------------------------- data cache and training
