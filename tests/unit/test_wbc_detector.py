@@ -141,7 +141,7 @@ def test_learned_detector_finds_the_white_cells_of_cbc_testing_images(require):
 @pytest.mark.needs((DATA_ROOT / TXL_DIR).is_dir() and CBC_TEST.is_dir(), f"CBC and TXL-PBC under {DATA_ROOT}")
 def test_loso_script_prints_json(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    cmd = [sys.executable, str(REPO / "benchmarks" / "wbc_detector_loso.py"), "--data-root", str(DATA_ROOT)]
+    cmd = [sys.executable, str(REPO / "benchmarks" / "wbc_detector_loso.py"), "--data-root", str(DATA_ROOT / "data")]
     cmd += ["--work-dir", str(tmp_path), "--limit", "2", "--n-aug", "0", "--epochs", "1", "--no-classical"]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
