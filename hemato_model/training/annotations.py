@@ -198,3 +198,68 @@ def read_yolo_dir(data_dir: Path, split: str | None = None, images_dir: Path | N
     if not out:
         raise AnnotationError(f"no images in {img_dir}")
     return out
+
+
+#: Split entries of a YOLO ``data.yaml``, in the order ``evaluate-detection`` prefers one.
+YOLO_SPLIT_KEYS = ("test", "val", "train")
+
+
+def read_yolo_data_yaml(path: Path) -> dict[str, Path]:
+    """The split entries of a YOLO ``data.yaml``: ``{"train"|"val"|"test": image folder}``.
+
+    Entries are resolved as YOLO does: relative to the file's ``path:`` key when it has one, else to
+    the folder holding the file. Only single-folder entries are read (not lists or ``.txt`` lists).
+
+    Raises:
+        AnnotationError: when the file cannot be read, is not a mapping, or names no split.
+    """
+    import yaml
+
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise AnnotationError(f"{path}: not a readable YOLO data.yaml ({exc.__class__.__name__})") from exc
+    if not isinstance(doc, dict):
+        raise AnnotationError(f"{path}: not a YOLO data.yaml (expected a mapping with train/val/test)")
+    base = path.parent
+    if isinstance(doc.get("path"), str) and doc["path"].strip():
+        p = Path(doc["path"])
+        base = p if p.is_absolute() else base / p
+    out: dict[str, Path] = {}
+    for key in YOLO_SPLIT_KEYS:
+        entry = doc.get(key)
+        if isinstance(entry, str) and entry.strip():
+            p = Path(entry)
+            out[key] = (p if p.is_absolute() else base / p).resolve()
+    if not out:
+        raise AnnotationError(f"{path}: names no train/val/test image folder")
+    return out
+
+
+def _labels_for(images_dir: Path) -> Path:
+    """YOLO's rule: the label folder is the image folder with its last ``images`` part → ``labels``."""
+    parts = list(images_dir.parts)
+    for i in range(len(parts) - 1, -1, -1):
+        if parts[i] == "images":
+            parts[i] = "labels"
+            return Path(*parts)
+    raise AnnotationError(f"{images_dir}: no 'images' folder in the path to find its labels by")
+
+
+def read_yolo_split(data_yaml: Path, split: str | None = None) -> tuple[str, list[AnnotatedImage]]:
+    """One split of the YOLO set a ``data.yaml`` describes: ``split`` if given, else the first of
+    ``test``, ``val``, ``train`` it names. Returns the split's name and its images.
+
+    Raises:
+        AnnotationError: on an unreadable file, a split it does not name, or missing folders.
+    """
+    splits = read_yolo_data_yaml(data_yaml)
+    if split is None:
+        split = next(k for k in YOLO_SPLIT_KEYS if k in splits)
+    if split not in splits:
+        raise AnnotationError(f"{data_yaml}: no {split!r} entry (it names {', '.join(splits)})")
+    images_dir = splits[split]
+    if not images_dir.is_dir():
+        raise AnnotationError(f"{data_yaml}: {split} image folder not found: {images_dir}")
+    return split, read_yolo_dir(_labels_for(images_dir), images_dir=images_dir)

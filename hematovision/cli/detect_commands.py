@@ -1,4 +1,8 @@
-"""``hematovision detect`` and ``hematovision evaluate-detection``: classical cell detection.
+"""``hematovision detect`` and ``hematovision evaluate-detection``: cell detection and its scores.
+
+White cells come from the classical detector (colour rules, the default) or the learned one
+(``--detector learned`` or ``HEMATOVISION_WBC_DETECTOR=learned``: :mod:`hemato_model.detection.learned`);
+red cells and platelets always come from the classical detector.
 
 Heavy imports (numpy, scikit-image, the detector) happen inside the commands so ``--help`` stays
 fast. Every expected problem (missing file, not an image, no scale) ends as one line on stderr and
@@ -15,6 +19,40 @@ from typing import Any
 import click
 
 KIND_CHOICES = ("wbc", "rbc", "platelet")
+DETECTOR_CHOICES = ("classical", "learned")
+
+
+def _detector_option(func: Any) -> Any:
+    return click.option(
+        "--detector",
+        type=click.Choice(DETECTOR_CHOICES),
+        default=None,
+        help="White-cell detector (default: the wbc_detector setting, classical unless set).",
+    )(func)
+
+
+def _make_detector(choice: str | None) -> tuple[str, Any]:
+    """``(name, detect(rgb, mpp, kinds) -> detections)`` for the chosen white-cell detector."""
+    from hemato_model.detection import detect_cells
+    from hematovision.core.settings import load_settings
+
+    settings = load_settings()
+    name = choice or settings.wbc_detector
+    if name == "classical":
+        return name, detect_cells
+    from hemato_model.detection.learned import DetectorModelError, LearnedWbcDetector
+
+    try:
+        learned = LearnedWbcDetector.load(settings.wbc_detector_dir)
+    except DetectorModelError as exc:
+        _fail(str(exc))
+
+    def run(rgb: Any, mpp: float, kinds: tuple[str, ...] = KIND_CHOICES) -> list[Any]:
+        out = learned.detect(rgb, mpp) if "wbc" in kinds else []
+        rest = tuple(k for k in kinds if k != "wbc")
+        return out + (detect_cells(rgb, mpp, kinds=rest) if rest else [])
+
+    return f"learned ({learned.version})", run
 
 
 def _fail(message: str) -> None:
@@ -62,15 +100,15 @@ def _mpp_for(image: Any, mpp: float | None) -> tuple[float, str]:
     show_default=True,
     help="Comma-separated kinds to detect (wbc, rbc, platelet).",
 )
+@_detector_option
 @click.option("--json", "as_json", is_flag=True, help="Print the detections as JSON.")
-def detect(image: Path, mpp: float | None, kinds: str, as_json: bool) -> None:
+def detect(image: Path, mpp: float | None, kinds: str, detector: str | None, as_json: bool) -> None:
     """Detect white cells, red cells and platelets in one field image (JPEG, PNG, TIFF...)."""
-    from hemato_model.detection import detect_cells
-
     wanted = tuple(k.strip() for k in kinds.split(",") if k.strip())
     bad = [k for k in wanted if k not in KIND_CHOICES]
     if bad or not wanted:
         _fail(f"unknown kind(s) {bad or kinds!r}; choose from {', '.join(KIND_CHOICES)}")
+    detector_name, detect_cells = _make_detector(detector)
     rgb = _read_rgb(image)
     used, source = _mpp_for(rgb, mpp)
     try:
@@ -82,6 +120,7 @@ def detect(image: Path, mpp: float | None, kinds: str, as_json: bool) -> None:
             "cells": [{"kind": c.kind, "bbox": list(c.bbox), "score": round(c.score, 4)} for c in cells],
             "mpp": used,
             "mpp_source": source,
+            "wbc_detector": detector_name,
         }
         click.echo(json.dumps(payload))
         return
@@ -108,31 +147,56 @@ def detect(image: Path, mpp: float | None, kinds: str, as_json: bool) -> None:
     default=None,
     help="Image folder when it is not beside the annotations (CBC: BCCD's JPEGImages).",
 )
-@click.option("--split", default=None, help="YOLO only: subfolder of images/ and labels/ (e.g. test for TXL-PBC).")
+@click.option(
+    "--split",
+    default=None,
+    help="YOLO only: subfolder of images/ and labels/ (e.g. test for TXL-PBC), or an entry of data.yaml. "
+    "Without it, a data.yaml (given as --data, or in the --data folder) gives the split: its test entry, "
+    "else val, else train.",
+)
 @click.option(
     "--mpp",
     type=click.FloatRange(min=0, min_open=True),
     default=None,
     help="µm per pixel of every image; estimated per image when not given.",
 )
+@_detector_option
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 def evaluate_detection(
-    data_dir: Path, fmt: str, images_dir: Path | None, split: str | None, mpp: float | None, as_json: bool
+    data_dir: Path,
+    fmt: str,
+    images_dir: Path | None,
+    split: str | None,
+    mpp: float | None,
+    detector: str | None,
+    as_json: bool,
 ) -> None:
     """Score the detector against annotated boxes: per-kind precision, recall, count error."""
     import time
 
-    from hemato_model.detection import detect_cells, estimate_mpp
-    from hemato_model.training.annotations import AnnotationError, read_voc_dir, read_yolo_dir
+    from hemato_model.detection import estimate_mpp
+    from hemato_model.training.annotations import (
+        AnnotationError,
+        read_voc_dir,
+        read_yolo_dir,
+        read_yolo_split,
+    )
     from hemato_model.training.detection_eval import DetectionScores
 
+    data_yaml = data_dir if data_dir.suffix.lower() in (".yaml", ".yml") else data_dir / "data.yaml"
+    used_split = split
     try:
         if fmt == "voc":
             items = read_voc_dir(data_dir, images_dir)
+        elif images_dir is None and data_yaml.is_file() and (split is None or data_dir == data_yaml):
+            used_split, items = read_yolo_split(data_yaml, split)
+        elif data_dir == data_yaml:
+            raise AnnotationError(f"YOLO data file not found: {data_dir}")
         else:
             items = read_yolo_dir(data_dir, split=split, images_dir=images_dir)
     except AnnotationError as exc:
         _fail(str(exc))
+    detector_name, detect_cells = _make_detector(detector)
     scores = DetectionScores()
     mpps: list[float] = []
     skipped: list[str] = []
@@ -160,6 +224,8 @@ def evaluate_detection(
         {
             "data": str(data_dir),
             "format": fmt,
+            "split": used_split,
+            "wbc_detector": detector_name,
             "mpp_source": "given" if mpp is not None else "estimated",
             "mpp_median": float(sorted(mpps)[len(mpps) // 2]) if mpps else None,
             "skipped_no_scale": skipped,
@@ -169,7 +235,9 @@ def evaluate_detection(
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
-    click.echo(f"{result['n_images']} images, matching: {result['matching_rule']}")
+    split_note = f" ({used_split} split)" if used_split else ""
+    click.echo(f"{result['n_images']} images{split_note}, white cells by {detector_name}")
+    click.echo(f"matching: {result['matching_rule']}")
 
     def pct(v: float | None) -> str:
         return "  n/a" if v is None else f"{100 * v:5.1f}%"

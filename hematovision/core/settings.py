@@ -29,6 +29,11 @@ BLAST_MODEL_DIR = MODELS_DIR / "wbc-blast-effnetlite0-v2"
 #: The red-cell morphology classifier (13 Chula RBC-12 classes, MIT; used by the pipeline's prepare
 #: stage for the report's ``rbc_morphology`` when HEMATOVISION_RBC_MORPHOLOGY=true).
 RBC_MODEL_DIR = MODELS_DIR / "rbc-effnetlite0-v1"
+#: The learned white-cell detector (centre heat map; CBC/BCCD + TXL-PBC boxes, MIT), used where
+#: ``wbc_detector = "learned"``; see its model card and docs/validation.md.
+WBC_DETECTOR_DIR = MODELS_DIR / "wbc-detector-v1"
+#: The white-cell detectors to choose from (``classical``: colour rules, the default).
+WBC_DETECTORS = ("classical", "learned")
 
 
 def _default_data_root() -> Path:
@@ -51,6 +56,11 @@ class Settings(BaseSettings):
     model_dir: Path = Field(default=SHIPPED_MODEL_DIR, description="Classifier model directory.")
     import_root: Path | None = Field(default=None, description="Server-side slide paths must lie below it.")
     default_mpp: float | None = Field(default=None, description="µm/px for slides that state none.")
+    wbc_detector: str = Field(
+        default="classical",
+        description="White-cell detector of `detect` / `evaluate-detection`: classical or learned.",
+    )
+    wbc_detector_dir: Path = Field(default=WBC_DETECTOR_DIR, description="Learned white-cell detector folder.")
     max_upload_mb: int = Field(default=4096, description="Largest accepted upload, MiB.")
     max_batch_parts: int = Field(default=5000, description="Most files + fields in one multipart submission.")
     max_paths: int = Field(default=1000, ge=1, description="Most server-side paths in one submission.")
@@ -135,6 +145,14 @@ class Settings(BaseSettings):
     )
     session_hours: float = Field(default=12.0, gt=0, description="A login session ends after this many hours.")
     secure_cookies: bool = Field(default=False, description="Session cookie only over HTTPS (set behind TLS).")
+
+    @field_validator("wbc_detector")
+    @classmethod
+    def _known_detector(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value not in WBC_DETECTORS:
+            raise ValueError(f"wbc_detector must be one of {', '.join(WBC_DETECTORS)}, got {value!r}")
+        return value
 
     @field_validator("cache_dir", "secret_key", mode="before")
     @classmethod

@@ -30,7 +30,8 @@ def test_detect_json_shape(runner):
     result = runner.invoke(main, ["detect", str(SAMPLE), "--json", "--mpp", "0.071"])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
-    assert set(payload) == {"cells", "mpp", "mpp_source"}
+    assert set(payload) == {"cells", "mpp", "mpp_source", "wbc_detector"}
+    assert payload["wbc_detector"] == "classical"
     assert payload["mpp"] == 0.071 and payload["mpp_source"] == "given"
     assert payload["cells"]
     for cell in payload["cells"]:
