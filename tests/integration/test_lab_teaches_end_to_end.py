@@ -198,7 +198,7 @@ def test_reviewed_cells_teach_a_validated_promoted_model(pg_stack_steady, tmp_pa
         "--out",
         str(new_dir),
         "--pbc-per-class",
-        "25",
+        "60",
         "--epochs",
         "2",
         "--version",
