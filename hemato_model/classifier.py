@@ -19,7 +19,6 @@ TensorFlow/Keras are imported only when a model is loaded.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import threading
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from hematovision.core.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +42,6 @@ HEAD_LAYER = "head"
 
 class ModelError(ValueError):
     """A model directory is missing, incomplete or corrupt."""
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass

@@ -13,7 +13,6 @@ leave-one-source-out").
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 
 from hemato_model.detection.detect import Detection
 from hemato_model.detection.stain import check_image
+from hematovision.core.hashing import sha256_file as sha256_of
 
 MODEL_FILE = "model.keras"
 META_FILE = "model.json"
@@ -85,14 +85,6 @@ def decode(
         cy = (gy + 0.5 + float(out[gy, gx, 4])) * stride
         found.append(((cx - w_px / 2, cy - h_px / 2, cx + w_px / 2, cy + h_px / 2), float(heat[gy, gx])))
     return found
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _training_loss_not_needed(y_true: Any, y_pred: Any) -> Any:

@@ -182,7 +182,8 @@ def _pbc_parts(base_dir: Path, pbc_dir: str | None) -> tuple[Path, dict[str, lis
     return root, {k: list(doc.get(k, [])) for k in ("train", "val", "test")}, mpp
 
 
-def _limit(files: list[str], per_class: int | None) -> list[str]:
+def cap_per_class(files: list[str], per_class: int | None) -> list[str]:
+    """The first ``per_class`` files of each class (the folder before the first ``/``), in order."""
     if not per_class:
         return files
     seen: dict[str, int] = {}
@@ -231,7 +232,10 @@ def fine_tune_from_base(
     new_classes = sorted(set(lab_labels) - set(base_classes))
     classes = base_classes + new_classes
     pbc_root, pbc_split, pbc_mpp = _pbc_parts(base_dir, cfg.pbc_dir)
-    pbc_train, pbc_val = _limit(pbc_split["train"], cfg.pbc_per_class), _limit(pbc_split["val"], cfg.pbc_per_class)
+    pbc_train, pbc_val = (
+        cap_per_class(pbc_split["train"], cfg.pbc_per_class),
+        cap_per_class(pbc_split["val"], cfg.pbc_per_class),
+    )
 
     configure_tensorflow(threads, cfg.seed)
     x_lab = load_lab_crops(lab_paths, crop_um, input_px)

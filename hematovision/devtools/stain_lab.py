@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from hemato_model.training.lab_finetune import cap_per_class
+
 LAB_MPP = 0.10
 CROP_UM = 24.0
 PBC_MPP = 0.08
@@ -109,8 +111,8 @@ def build_stain_lab(
         train += files[:n_tr]
         held += files[n_tr : n_tr + n_ho]
     if per_class:
-        train = _cap(train, per_class)
-        held = _cap(held, per_class)
+        train = cap_per_class(train, per_class)
+        held = cap_per_class(held, per_class)
     if use_val:
         train += split["val"]
     shuffled = [train[i] for i in rng.permutation(len(train))]
@@ -120,17 +122,6 @@ def build_stain_lab(
     n_held = _write(out / "lab_held_out", held, pbc_root, cells_per_slide, "held")
     (out / "pbc_excluded.txt").write_text("\n".join(excluded) + "\n")
     return {"lab_train": n_train, "lab_held_out": n_held, "pbc_test_excluded": len(excluded)}
-
-
-def _cap(files: list[str], per_class: int) -> list[str]:
-    seen: dict[str, int] = {}
-    out = []
-    for f in files:
-        c = f.split("/")[0]
-        if seen.get(c, 0) < per_class:
-            out.append(f)
-            seen[c] = seen.get(c, 0) + 1
-    return out
 
 
 def main() -> None:

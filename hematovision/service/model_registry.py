@@ -17,7 +17,6 @@ API lists the registry): a directory is read as files (JSON and a SHA-256).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from hematovision.core.hashing import sha256_file as sha256_of
 from hematovision.store.models import ModelPromotion, ModelVersion, Slide, utcnow
 
 MODEL_FILE, META_FILE, VALIDATION_FILE = "model.keras", "model.json", "validation.json"
@@ -58,14 +58,6 @@ class ModelDir:
     data_sha256: str | None
     validation: dict[str, Any] | None
     validation_path: Path | None
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _read_json(path: Path) -> dict[str, Any]:
