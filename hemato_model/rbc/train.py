@@ -48,7 +48,7 @@ from hemato_model.rbc.data import (
     load_crops,
     split_fields,
 )
-from hemato_model.training.classifier_training import fit_head_on_features
+from hemato_model.training.classifier_training import compile_for_fine_tuning, fit_head_on_features
 
 log = logging.getLogger(__name__)
 
@@ -200,19 +200,7 @@ def fine_tune(
         .prefetch(2)
     )
     val_ds = tf.data.Dataset.from_tensor_slices((x_va, y_va)).batch(256).map(lambda x, y: (tf.cast(x, tf.float32), y))
-    per_epoch = max(1, int(np.ceil(len(x_tr) / cfg.batch_size)))
-    steps = per_epoch * cfg.epochs
-    warmup = min(steps // 2, per_epoch * cfg.warmup_epochs)
-    schedule = keras.optimizers.schedules.CosineDecay(
-        cfg.finetune_lr / 10,
-        decay_steps=max(1, steps - warmup),
-        alpha=0.05,
-        warmup_target=cfg.finetune_lr,
-        warmup_steps=warmup,
-    )
-    model.compile(
-        optimizer=keras.optimizers.Adam(schedule), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
-    )
+    compile_for_fine_tuning(model, len(x_tr), cfg.batch_size, cfg.epochs, cfg.warmup_epochs, cfg.finetune_lr)
     budget = _TimeBudget.make(cfg.max_minutes * 60.0)
     t0 = time.time()
     hist = model.fit(

@@ -348,6 +348,25 @@ def fit_head_on_features(
     )
 
 
+def compile_for_fine_tuning(
+    model: Any, n_train: int, batch_size: int, epochs: int, warmup_epochs: int, lr: float
+) -> None:
+    """Adam with a linear warm-up from lr/10 (the fresh gradients would otherwise wreck the trained
+    head), then cosine decay to 5 % (Loshchilov & Hutter, "SGDR", ICLR 2017; Goyal et al. 2017
+    warm-up); sparse cross-entropy. The white-cell and red-cell fine-tuning stages share it."""
+    import keras
+
+    per_epoch = max(1, int(np.ceil(n_train / batch_size)))
+    steps = per_epoch * epochs
+    warmup = min(steps // 2, per_epoch * warmup_epochs)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        lr / 10, decay_steps=max(1, steps - warmup), alpha=0.05, warmup_target=lr, warmup_steps=warmup
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(schedule), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
+
+
 def fine_tune(
     model: Any,
     backbone: Any,
@@ -416,20 +435,7 @@ def fine_tune(
         .prefetch(2)
     )
     val_ds = tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(64).map(lambda x, y: (tf.cast(x, tf.float32), y))
-    steps = max(1, int(np.ceil(len(x_train) / cfg.batch_size))) * cfg.epochs
-    warmup = min(steps // 2, max(1, int(np.ceil(len(x_train) / cfg.batch_size))) * cfg.warmup_epochs)
-    # Linear warm-up from lr/10 (the fresh gradients would otherwise wreck the trained head), then
-    # cosine decay to 5 % (Loshchilov & Hutter, "SGDR", ICLR 2017; Goyal et al. 2017 warm-up).
-    schedule = keras.optimizers.schedules.CosineDecay(
-        cfg.finetune_lr / 10,
-        decay_steps=max(1, steps - warmup),
-        alpha=0.05,
-        warmup_target=cfg.finetune_lr,
-        warmup_steps=warmup,
-    )
-    model.compile(
-        optimizer=keras.optimizers.Adam(schedule), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
-    )
+    compile_for_fine_tuning(model, len(x_train), cfg.batch_size, cfg.epochs, cfg.warmup_epochs, cfg.finetune_lr)
     t0 = time.time()
     hist = model.fit(
         train_ds,

@@ -23,6 +23,15 @@ _SCALE_HELP = (
 )
 
 
+def _check_inputs(data_dir: Path, mpp: float | None) -> None:
+    """The checks both commands make before loading anything: quiet TensorFlow, the folder, --mpp."""
+    _quiet_tensorflow()
+    if not data_dir.is_dir():
+        raise click.UsageError(f"data folder not found: {data_dir}")
+    if mpp is not None and not mpp > 0:
+        raise click.UsageError("--mpp must be positive")
+
+
 @click.command("train-rbc")
 @click.option(
     "--data",
@@ -61,11 +70,7 @@ def train_rbc_command(
     quiet: bool,
 ) -> None:
     """Train the red-cell morphology classifier (split by field) and write a model directory."""
-    _quiet_tensorflow()
-    if not data_dir.is_dir():
-        raise click.UsageError(f"data folder not found: {data_dir}")
-    if mpp is not None and not mpp > 0:
-        raise click.UsageError("--mpp must be positive")
+    _check_inputs(data_dir, mpp)
     if input_px < 32:
         raise click.UsageError("--input-px must be at least 32")
     if not crop_um > 0 or epochs < 0 or not max_minutes > 0:
@@ -157,11 +162,7 @@ def evaluate_rbc_command(
     quiet: bool,
 ) -> None:
     """Evaluate a red-cell model on labelled fields: accuracy, macro_f1, per_class, confusion_matrix, scale."""
-    _quiet_tensorflow()
-    if not data_dir.is_dir():
-        raise click.UsageError(f"data folder not found: {data_dir}")
-    if mpp is not None and not mpp > 0:
-        raise click.UsageError("--mpp must be positive")
+    _check_inputs(data_dir, mpp)
     from hemato_model.rbc.data import RbcDataError, list_fields
     from hematovision.core.settings import RBC_MODEL_DIR
 
