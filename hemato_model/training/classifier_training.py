@@ -349,11 +349,18 @@ def fit_head_on_features(
 
 
 def compile_for_fine_tuning(
-    model: Any, n_train: int, batch_size: int, epochs: int, warmup_epochs: int, lr: float
+    model: Any,
+    n_train: int,
+    batch_size: int,
+    epochs: int,
+    warmup_epochs: int,
+    lr: float,
+    loss: str = "sparse_categorical_crossentropy",
 ) -> None:
     """Adam with a linear warm-up from lr/10 (the fresh gradients would otherwise wreck the trained
     head), then cosine decay to 5 % (Loshchilov & Hutter, "SGDR", ICLR 2017; Goyal et al. 2017
-    warm-up); sparse cross-entropy. The white-cell and red-cell fine-tuning stages share it."""
+    warm-up); sparse cross-entropy (categorical for soft targets). The white-cell and red-cell
+    fine-tuning stages share it."""
     import keras
 
     per_epoch = max(1, int(np.ceil(n_train / batch_size)))
@@ -362,9 +369,7 @@ def compile_for_fine_tuning(
     schedule = keras.optimizers.schedules.CosineDecay(
         lr / 10, decay_steps=max(1, steps - warmup), alpha=0.05, warmup_target=lr, warmup_steps=warmup
     )
-    model.compile(
-        optimizer=keras.optimizers.Adam(schedule), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
-    )
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, metrics=["accuracy"])
 
 
 def fine_tune(
@@ -376,8 +381,13 @@ def fine_tune(
     y_val: np.ndarray,
     cfg: TrainConfig,
     verbose: int,
+    soft_targets: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Stage 2: unfreeze the top blocks and train on augmented crops at a low learning rate."""
+    """Stage 2: unfreeze the top blocks and train on augmented crops at a low learning rate.
+
+    ``soft_targets`` (one row of class probabilities per training crop), when given, replace the
+    hard labels ``y_train`` as the training targets (the class weights still follow ``y_train``):
+    the lab fine-tune uses them to keep the parent model's answers on the public cells."""
     import keras
     import tensorflow as tf
 
@@ -427,21 +437,36 @@ def fine_tune(
             pick = tf.cast(gen.uniform((tf.shape(x)[0], 1, 1, 1)) < 0.5, tf.float32)
             return base_augment(tf.clip_by_value(pick * blurred + (1.0 - pick) * x, 0.0, 255.0))
 
+    weights = class_weights(y_train, n_classes)
+    if soft_targets is None:
+        targets: np.ndarray = y_train
+        val_targets: np.ndarray = y_val
+        loss = "sparse_categorical_crossentropy"
+    else:
+        if soft_targets.shape != (len(x_train), n_classes):
+            raise ValueError(f"soft targets of shape {soft_targets.shape}, expected {(len(x_train), n_classes)}")
+        targets = soft_targets.astype(np.float32)
+        val_targets = np.eye(n_classes, dtype=np.float32)[y_val]
+        loss = "categorical_crossentropy"
+    sample_w = np.array([weights[int(c)] for c in y_train], dtype=np.float32)
     train_ds = (
-        tf.data.Dataset.from_tensor_slices((x_train, y_train))
+        tf.data.Dataset.from_tensor_slices((x_train, targets, sample_w))
         .shuffle(len(x_train), seed=cfg.seed, reshuffle_each_iteration=True)
         .batch(cfg.batch_size)
-        .map(lambda x, y: (augment(tf.cast(x, tf.float32)), y), num_parallel_calls=1)
+        .map(lambda x, y, w: (augment(tf.cast(x, tf.float32)), y, w), num_parallel_calls=1)
         .prefetch(2)
     )
-    val_ds = tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(64).map(lambda x, y: (tf.cast(x, tf.float32), y))
-    compile_for_fine_tuning(model, len(x_train), cfg.batch_size, cfg.epochs, cfg.warmup_epochs, cfg.finetune_lr)
+    val_ds = (
+        tf.data.Dataset.from_tensor_slices((x_val, val_targets)).batch(64).map(lambda x, y: (tf.cast(x, tf.float32), y))
+    )
+    compile_for_fine_tuning(
+        model, len(x_train), cfg.batch_size, cfg.epochs, cfg.warmup_epochs, cfg.finetune_lr, loss=loss
+    )
     t0 = time.time()
     hist = model.fit(
         train_ds,
         validation_data=val_ds,
         epochs=cfg.epochs,
-        class_weight=class_weights(y_train, n_classes),
         verbose=verbose,
         shuffle=False,  # the tf.data pipeline shuffles, seeded
         callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True)],

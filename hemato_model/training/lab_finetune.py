@@ -76,6 +76,8 @@ class LabFineTuneConfig:
     patience: int = 3
     pbc_per_class: int | None = None
     max_lab_repeat: int = 4
+    distill: float = 0.5
+    interpolate: bool = True
     name: str | None = None
     version: str = "1.0.0"
 
@@ -196,6 +198,80 @@ def cap_per_class(files: list[str], per_class: int | None) -> list[str]:
     return out
 
 
+def distillation_targets(
+    parent_pbc: np.ndarray, y_pbc: np.ndarray, y_lab: np.ndarray, repeat: int, n_classes: int, weight: float
+) -> np.ndarray:
+    """Training targets of the fine-tune, rows in the order of its training set (the PBC cells, then
+    the lab cells ``repeat`` times): on PBC cells ``weight`` × the parent model's probabilities (its
+    classes first, zero for classes it lacks) + (1 − ``weight``) × the true class; on lab cells the
+    true class. Keeping the parent's answers on the public cells is what stops the fine-tune from
+    forgetting them ("Learning without Forgetting", Li & Hoiem, IEEE TPAMI 40:2935, 2018; Hinton et
+    al., "Distilling the knowledge in a neural network", 2015); the lab's cells, on which the parent
+    is wrong, are taught by their labels only.
+
+    Raises:
+        ValueError: ``weight`` outside 0..1 or more parent columns than classes.
+    """
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"distillation weight {weight} is not in 0..1")
+    if parent_pbc.shape[1] > n_classes:
+        raise ValueError("the parent has more classes than the fine-tuned model")
+    eye = np.eye(n_classes, dtype=np.float32)
+    parent = np.zeros((len(parent_pbc), n_classes), dtype=np.float32)
+    parent[:, : parent_pbc.shape[1]] = parent_pbc
+    pbc = weight * parent + (1.0 - weight) * eye[y_pbc]
+    lab = np.concatenate([eye[y_lab]] * repeat) if repeat else np.zeros((0, n_classes), np.float32)
+    return np.concatenate([pbc, lab]).astype(np.float32)
+
+
+def _interpolate_towards_parent(
+    model: Any,
+    w0: list[np.ndarray],
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    n_pbc_val: int,
+    classes: list[str],
+    base_classes: list[str],
+    parent_threshold: float,
+    parent_val: np.ndarray | None,
+) -> dict[str, Any]:
+    """Set ``model`` to the mix of its parent's weights ``w0`` and its own that keeps the PBC
+    validation figures within the promotion margin with the most lab validation accuracy
+    (:mod:`hemato_model.training.weight_interpolation`); returns the choice and what was tried."""
+    from hemato_model.training.weight_interpolation import choose_alpha, interpolate
+
+    w1 = model.get_weights()
+    sets = {"pbc_val": slice(0, n_pbc_val), "lab_val": slice(n_pbc_val, len(x_val))}
+    sets = {k: v for k, v in sets.items() if v.stop > v.start}
+    truth = {k: [classes[i] for i in y_val[v]] for k, v in sets.items()}
+
+    from hemato_model.training.model_comparison import model_figures
+
+    baseline = None
+    if parent_val is not None and "pbc_val" in sets:
+        v = sets["pbc_val"]
+        baseline = {"pbc_val": model_figures(truth["pbc_val"], parent_val[v], base_classes, parent_threshold)}
+
+    def predict(alpha: float) -> dict[str, np.ndarray]:
+        model.set_weights(interpolate(w0, w1, alpha))
+        proba = _predict(model, x_val)
+        return {k: proba[v] for k, v in sets.items()}
+
+    choice = choose_alpha(
+        predict,
+        truth,
+        classes,
+        [k for k in ("pbc_val",) if k in sets],
+        "lab_val",
+        current_classes=base_classes,
+        threshold=parent_threshold,
+        baseline=baseline,
+    )
+    model.set_weights(interpolate(w0, w1, choice["alpha"]))
+    log.info("weight interpolation towards the parent: alpha %.2f", choice["alpha"])
+    return choice
+
+
 def _predict(model: Any, x: np.ndarray) -> np.ndarray:
     import tensorflow as tf
 
@@ -274,12 +350,24 @@ def fine_tune_from_base(
         target_accuracy=float(base_cfg.get("target_accuracy", 0.99)),
         threshold_floor=float(base_cfg.get("threshold_floor", 0.5)),
     )
+    parent_val = _predict(base_model, x_val) if cfg.epochs > 0 and cfg.interpolate else None
     head_info: dict[str, Any] = {"grown": bool(new_classes)}
     if new_classes:
         head_info.update(fit_head(model, backbone, x_train, y_train, x_val, y_val, tcfg, verbose))
     ft_info: dict[str, Any] = {"epochs": 0}
     if cfg.epochs > 0:
-        ft_info = fine_tune(model, backbone, x_train, y_train, x_val, y_val, tcfg, verbose)
+        soft = None
+        if cfg.distill > 0:
+            soft = distillation_targets(
+                _predict(base_model, x_pbc_tr), y_pbc_tr, y_lab[lab_tr], repeat, len(classes), cfg.distill
+            )
+        w0 = [w.copy() for w in model.get_weights()]
+        ft_info = fine_tune(model, backbone, x_train, y_train, x_val, y_val, tcfg, verbose, soft_targets=soft)
+        ft_info["distill"] = cfg.distill
+        if cfg.interpolate:
+            ft_info["interpolation"] = _interpolate_towards_parent(
+                model, w0, x_val, y_val, len(x_pbc_va), classes, base_classes, float(base_meta["threshold"]), parent_val
+            )
 
     val_proba = _predict(model, x_val)
     threshold = choose_threshold(val_proba, y_val, tcfg.target_accuracy, tcfg.threshold_floor)

@@ -106,6 +106,21 @@ def _threads(threads: int | None) -> None:
 )
 @click.option("--pbc-per-class", type=int, default=None, help="With --base: at most this many PBC cells per class.")
 @click.option(
+    "--distill",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.5,
+    show_default=True,
+    help="With --base: weight of the base model's own answers in the PBC cells' targets "
+    "(learning without forgetting; 0 = the labels only).",
+)
+@click.option(
+    "--interpolate/--no-interpolate",
+    default=True,
+    show_default=True,
+    help="With --base: keep the mix of the base's and the fine-tuned weights that holds the PBC "
+    "validation figures within the promotion margin with the most lab validation accuracy.",
+)
+@click.option(
     "--aug-profile",
     type=click.Choice(["standard", "domain"]),
     default="standard",
@@ -142,6 +157,8 @@ def train_command(
     base_dir: Path | None,
     pbc_dir: Path | None,
     pbc_per_class: int | None,
+    distill: float,
+    interpolate: bool,
     aug_profile: str,
     threads: int,
     quiet: bool,
@@ -154,7 +171,17 @@ def train_command(
     if base_dir is not None:
         given = {
             name
-            for name in ("epochs", "finetune_lr", "unfreeze_from", "seed", "batch_size", "patience", "head_epochs")
+            for name in (
+                "epochs",
+                "finetune_lr",
+                "unfreeze_from",
+                "seed",
+                "batch_size",
+                "patience",
+                "head_epochs",
+                "distill",
+                "interpolate",
+            )
             if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
         }
         _train_from_base(
@@ -305,6 +332,7 @@ def _train_from_base(
                 "val_accuracy_lab": t["val_accuracy_lab"],
                 "n_pbc_train": t["n_pbc_train"],
                 "n_lab_train": t["n_lab_train"],
+                "interpolation_alpha": t["fine_tune"].get("interpolation", {}).get("alpha"),
                 "seconds": t["seconds"],
             }
         )

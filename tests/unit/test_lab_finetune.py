@@ -110,3 +110,20 @@ def test_stain_shifted_lab_gains_without_pbc_loss(tmp_path: Path) -> None:
     # shared development machine runs ~15 processes on 2 cores), so the check is on this process's
     # CPU seconds: at most 2 cores x 300 s.
     assert train_cpu_s < 600
+
+
+def test_distillation_targets_keep_the_parent_on_pbc_and_the_labels_on_lab_cells() -> None:
+    from hemato_model.training.lab_finetune import distillation_targets
+
+    parent = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], dtype=np.float32)  # 3 parent classes
+    y_pbc = np.array([0, 1])  # the second PBC cell: the parent is wrong (says class 2)
+    y_lab = np.array([3, 1])  # class 3 is new (the head grew)
+    t = distillation_targets(parent, y_pbc, y_lab, repeat=2, n_classes=4, weight=0.5)
+    assert t.shape == (2 + 2 * 2, 4)
+    np.testing.assert_allclose(t.sum(axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(t[0], [0.85, 0.1, 0.05, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(t[1], [0.05, 0.55, 0.4, 0.0], rtol=1e-6)  # the label still leads
+    np.testing.assert_array_equal(t[2:], np.eye(4)[[3, 1, 3, 1]])  # lab cells: their labels, repeated
+    np.testing.assert_array_equal(distillation_targets(parent, y_pbc, y_lab, 1, 4, 0.0)[:2], np.eye(4)[[0, 1]])
+    with pytest.raises(ValueError):
+        distillation_targets(parent, y_pbc, y_lab, 1, 4, 1.5)
