@@ -12,6 +12,14 @@ cells as the field is read, while its pixels are in memory, and keeps:
 - **single cells only**: a detection wider than ``max_diameter_um`` is two or more overlapping cells
   the watershed could not split (or a cell under a white cell's rim); it is counted
   (``cells_overlapping``), not classified.
+- **whole cells, judged at their own centre**: with the detector's segment shape
+  (:class:`hemato_model.detection.red_cells.RedCellShape`), a segment cut by the field border or by
+  the zone cleared around a white cell (``cells_cut``), or a piece the watershed cut out of a clump
+  along a boundary longer than ``max_contact`` of its own diameter (``cells_split``: one cell split
+  in two, or a cell under another — the halves of a split normal cell would otherwise be read as
+  fragments, i.e. schistocytes) is left out; a cell that only touches its neighbours, and a real
+  fragment lying apart, are kept: the rule is the shared boundary against the segment's own size,
+  not size alone. A kept cell is cropped around its segment's centroid, not its box centre.
 - **a uniform sample** of at most ``target`` of the remaining cells over all fields read (reservoir
   sampling, Vitter's algorithm R, seeded), so the cost is bounded on a slide of 10⁵ red cells and the
   sample is not biased to the first fields. A crop is cut only for a cell entering the sample.
@@ -40,12 +48,15 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from hemato_model.preprocessing import crop_cell
 from hematovision.core.results import CellResult
+
+if TYPE_CHECKING:
+    from hemato_model.detection import Detection
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +66,9 @@ DEFAULT_TARGET_CELLS = 1500
 THICK_COVERAGE = 0.70
 #: A red-cell detection wider than this (µm) is taken as overlapping cells, not one cell.
 MAX_DIAMETER_UM = 12.5
+#: A clump piece sharing a boundary longer than this fraction of its equivalent diameter with other
+#: red-cell segments is a piece of a split or overlapped cell, not a whole cell.
+MAX_CONTACT = 1.0
 
 
 class _RbcClassifier(Protocol):
@@ -84,6 +98,7 @@ class RedCellSampler:
     target: int = DEFAULT_TARGET_CELLS
     thick_coverage: float = THICK_COVERAGE
     max_diameter_um: float = MAX_DIAMETER_UM
+    max_contact: float = MAX_CONTACT
     seed: int = 0
     batch_size: int = 64
     seen: int = 0
@@ -91,17 +106,29 @@ class RedCellSampler:
     fields_thick: int = 0
     fields_empty: int = 0
     cells_overlapping: int = 0
+    cells_cut: int = 0
+    cells_split: int = 0
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
     _sample: list[tuple[CellResult, np.ndarray]] = field(default_factory=list)
     _rng: np.random.Generator | None = None
 
-    def offer(self, region: np.ndarray, origin: tuple[int, int], cells: list[CellResult], area_px: float) -> None:
+    def offer(
+        self,
+        region: np.ndarray,
+        origin: tuple[int, int],
+        cells: list[CellResult],
+        area_px: float,
+        detections: list[Detection] | None = None,
+    ) -> None:
         """One field's red cells (level-0 boxes) and its pixels (``region`` at level 0 from ``origin``).
 
         Args:
             area_px: the field's area these cells were found in (a tile's core), level-0 pixels².
+            detections: the detector's red cells behind ``cells`` (same order, boxes in ``region``
+                pixels), with their segment shape; without them every cell is judged at its box centre.
         """
-        t = time.perf_counter()
+        t, tc = time.perf_counter(), time.process_time()
         if self._rng is None:
             self._rng = np.random.default_rng(self.seed)
         self.fields_read += 1
@@ -111,13 +138,23 @@ class RedCellSampler:
         cover = sum(math.pi / 4.0 * (c.bbox[2] - c.bbox[0]) * (c.bbox[3] - c.bbox[1]) for c in cells)
         if area_px > 0 and cover / area_px > self.thick_coverage:
             self.fields_thick += 1
+            self.seconds += time.perf_counter() - t
+            self.cpu_seconds += time.process_time() - tc
             return
         ox, oy = origin
         gain = self._glass_gain(region)
-        for c in cells:
+        for i, c in enumerate(cells):
             if box_diameter_um(c.bbox, self.mpp) > self.max_diameter_um:
                 self.cells_overlapping += 1
                 continue
+            det = detections[i] if detections is not None else None
+            if det is not None and det.shape is not None:
+                if det.shape.cut:
+                    self.cells_cut += 1
+                    continue
+                if det.shape.in_clump and det.shape.contact > self.max_contact:
+                    self.cells_split += 1
+                    continue
             self.seen += 1
             if len(self._sample) < self.target:
                 slot = len(self._sample)
@@ -126,12 +163,16 @@ class RedCellSampler:
                 slot = int(self._rng.integers(self.seen))
                 if slot >= self.target:
                     continue
-            cx, cy = c.center
-            crop = crop_cell(region, (cx - ox, cy - oy), self.mpp, self.classifier.crop_um, self.classifier.input_px)
+            if det is not None and det.centroid is not None:
+                rx, ry = det.centroid
+            else:
+                rx, ry = c.center[0] - ox, c.center[1] - oy
+            crop = crop_cell(region, (rx, ry), self.mpp, self.classifier.crop_um, self.classifier.input_px)
             if gain is not None:
                 crop = np.clip(crop.astype(np.float32) * gain + 0.5, 0, 255).astype(np.uint8)
             self._sample[slot] = (c, crop)
         self.seconds += time.perf_counter() - t
+        self.cpu_seconds += time.process_time() - tc
 
     def _glass_gain(self, region: np.ndarray) -> np.ndarray | None:
         """Per-channel gain mapping this field's glass colour (95th percentile) to the model's
@@ -150,7 +191,7 @@ class RedCellSampler:
 
     def finish(self) -> dict[str, Any]:
         """Classify the sample (labels set on its cells) and return the slide's red-cell context."""
-        t = time.perf_counter()
+        t, tc = time.perf_counter(), time.process_time()
         cells = [c for c, _ in self._sample]
         if cells:
             crops = np.stack([crop for _, crop in self._sample])
@@ -161,6 +202,7 @@ class RedCellSampler:
                 c.label, c.probability = label, float(p)
         self._sample = []
         self.seconds += time.perf_counter() - t
+        self.cpu_seconds += time.process_time() - tc
         scale_known = self.mpp_source != "default"
         reason = None
         if not cells:
@@ -195,11 +237,18 @@ class RedCellSampler:
             },
             "single_cells_seen": self.seen,
             "cells_overlapping": self.cells_overlapping,
+            "cells_cut": self.cells_cut,
+            "cells_split": self.cells_split,
             "cells_classified": len(cells),
             "sampling": (
-                f"uniform sample of at most {self.target} single red cells in evaluable fields (seed {self.seed})"
+                f"uniform sample of at most {self.target} single whole red cells in evaluable fields (seed "
+                f"{self.seed}), each cropped at its segment's centroid; left out: cells cut by the field border or "
+                f"a white cell, pieces sharing a boundary over {self.max_contact:g} of their diameter with "
+                "neighbours (split cells)"
             ),
             "seconds": round(self.seconds, 3),
+            # CPU seconds of the process (every thread) in this stage: what load does not stretch
+            "cpu_seconds": round(self.cpu_seconds, 3),
         }
 
 
