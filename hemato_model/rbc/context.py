@@ -11,8 +11,9 @@ module takes that cue away and adds the contexts the pipeline meets, in transmit
    percentile per channel, as the pipeline measures it; :func:`field_glass`).
 2. **The cell's own outline** (:func:`centre_cell_masks`): the stained region at the crop centre
    (optical density above a fraction of the crop's, holes filled), cut from touching neighbours at
-   their necks (opening by reconstruction with a disc of 12 % of the radius) and to a disc of
-   ``MAX_RADIUS_UM``; softened by one pixel.
+   narrow necks (eroded by a disc of 12 % of the search radius, the centre's component grown back;
+   a neighbour touching along a broad contact keeps its part) and to a disc of ``MAX_RADIUS_UM``;
+   softened by one pixel.
 3. In training, per crop (:func:`make_context_augmenter`): with ``p_isolate`` the cell alone on
    clear glass (its neighbours removed, as a pasted cell), with ``p_clutter`` a neighbour (another
    crop's isolated cell) multiplied in at 0.7-1.0 cell diameters from the centre, so it touches or

@@ -25,8 +25,10 @@ cells as the field is read, while its pixels are in memory, and keeps:
   sample is not biased to the first fields. A crop is cut only for a cell entering the sample.
 
 :meth:`RedCellSampler.finish` classifies the sample in batches with the red-cell model (a
-:class:`hemato_model.classifier.Classifier` of ``hemato_model/models/rbc-effnetlite0-v1``; cells
-under its threshold are ``unidentified``), labels those :class:`CellResult` objects, and returns the
+:class:`hemato_model.classifier.Classifier` of the red-cell model directory; cells under its
+threshold are ``unidentified``, and so are cells whose top class has a stricter cut-off of its own
+in ``model.json``'s ``class_thresholds``: schistocytes, whose false calls raise a critical flag),
+labels those :class:`CellResult` objects, and returns the
 context the report needs (``SlideAnalysis.rbc``). The percentages, grades and flags are computed in
 the core (:mod:`hematovision.core.rbc_grading`) from the cells' labels, so a reviewer's
 reclassification recomputes them the same way.
@@ -53,7 +55,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from hemato_model.preprocessing import crop_cell
-from hematovision.core.results import CellResult
+from hematovision.core.results import UNIDENTIFIED, CellResult
 
 if TYPE_CHECKING:
     from hemato_model.detection import Detection
@@ -198,7 +200,10 @@ class RedCellSampler:
             labels: list[tuple[str, float]] = []
             for i in range(0, len(crops), self.batch_size):
                 labels.extend(self.classifier.classify(crops[i : i + self.batch_size]))
+            strict = class_thresholds(self.classifier)
             for c, (label, p) in zip(cells, labels, strict=True):
+                if label in strict and p < strict[label]:
+                    label = UNIDENTIFIED
                 c.label, c.probability = label, float(p)
         self._sample = []
         self.seconds += time.perf_counter() - t
@@ -225,6 +230,7 @@ class RedCellSampler:
                 "version": self.classifier.version,
                 "classes": list(self.classifier.classes),
                 "threshold": float(self.classifier.threshold),
+                "class_thresholds": class_thresholds(self.classifier),
                 "crop_um": float(self.classifier.crop_um),
             },
             "mpp_source": self.mpp_source,
@@ -250,6 +256,13 @@ class RedCellSampler:
             # CPU seconds of the process (every thread) in this stage: what load does not stretch
             "cpu_seconds": round(self.cpu_seconds, 3),
         }
+
+
+def class_thresholds(classifier: Any) -> dict[str, float]:
+    """Per-class top-probability cut-offs stricter than the model's threshold (``model.json``'s
+    ``class_thresholds``; empty when it has none)."""
+    meta = getattr(classifier, "meta", None) or {}
+    return {str(k): float(v) for k, v in (meta.get("class_thresholds") or {}).items()}
 
 
 def load_red_cell_model(model_dir: str | Path | None) -> tuple[Any | None, str | None]:
