@@ -124,8 +124,9 @@ class PipelineParams:
     max_candidate_factor: float = 5.0
     #: Red-cell morphology (with a red-cell model): cells to classify per slide, and the most
     #: sampled fields a whole slide reads (beyond ``rbc_fields``) while fewer single red cells are
-    #: in hand (:mod:`hemato_model.rbc.morphology`).
-    rbc_cells: int = 1500
+    #: in hand (:mod:`hemato_model.rbc.morphology`). 1,000: the ICSH minimum classified; 1,500 cost
+    #: 23-26 % of the 200-cell slide's CPU time (target ≤ 20 %; docs/validation.md).
+    rbc_cells: int = 1000
     rbc_max_fields: int = 48
 
     @property

@@ -161,7 +161,7 @@ def train_rbc_command(
     "model_dir",
     type=click.Path(path_type=Path),
     default=None,
-    help="Red-cell model directory [default: the shipped rbc-effnetlite0-v1].",
+    help="Red-cell model directory [default: the shipped rbc-effnetlite0-v1.1].",
 )
 @click.option(
     "--split",
