@@ -2,7 +2,7 @@
 normalisation, at several confidence thresholds (docs/validation.md, "Red-cell morphology in the
 pipeline").
 
-    python benchmarks/rbc_glass_check.py val test
+    python benchmarks/rbc_glass_check.py val test [MODEL_DIR]
 
 Per split (fields of the model's split.json) and threshold: cells named, accuracy of the named,
 the share of normal cells called schistocytes, schistocyte recall, and the true vs reported
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -23,8 +24,9 @@ from hematovision.core.settings import RBC_MODEL_DIR, load_settings
 
 
 def main(parts: list[str]) -> None:
-    clf = load_classifier(RBC_MODEL_DIR)
-    split = json.loads((RBC_MODEL_DIR / "split.json").read_text())
+    model_dir = Path(parts.pop()) if parts and Path(parts[-1]).is_dir() else RBC_MODEL_DIR
+    clf = load_classifier(model_dir)
+    split = json.loads((model_dir / "split.json").read_text())
     glass = np.array(clf.meta["preprocessing"]["glass_rgb"], np.float32)
     mpp = float(clf.meta["preprocessing"]["scale"]["mpp"])
     fields = {f.name: f for f in list_fields(load_settings().data_root / "data" / "chula_rbc")}

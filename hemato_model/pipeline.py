@@ -124,8 +124,9 @@ class PipelineParams:
     max_candidate_factor: float = 5.0
     #: Red-cell morphology (with a red-cell model): cells to classify per slide, and the most
     #: sampled fields a whole slide reads (beyond ``rbc_fields``) while fewer single red cells are
-    #: in hand (:mod:`hemato_model.rbc.morphology`).
-    rbc_cells: int = 1500
+    #: in hand (:mod:`hemato_model.rbc.morphology`). 1,000: the ICSH minimum classified; 1,500 cost
+    #: 23-26 % of the 200-cell slide's CPU time (target ≤ 20 %; docs/validation.md).
+    rbc_cells: int = 1000
     rbc_max_fields: int = 48
 
     @property
@@ -358,6 +359,7 @@ def _full_resolution(
         t_detect += time.perf_counter() - t
         result.fields_analysed += 1
         red: list[CellResult] = []
+        red_dets: list[Detection] = []
         for d in dets:
             cx, cy = _centre(d)
             gx, gy = x0 + cx, y0 + cy
@@ -372,8 +374,9 @@ def _full_resolution(
                 result.cells.append(cell)
                 if d.kind == RBC:
                     red.append(cell)
+                    red_dets.append(d)
         if rbc is not None:
-            rbc.offer(region, (x0, y0), red, float((core[2] - core[0]) * (core[3] - core[1])))
+            rbc.offer(region, (x0, y0), red, float((core[2] - core[0]) * (core[3] - core[1])), red_dets)
         if sink.pending >= params.batch_size:
             sink.flush()
         progress(0.05 + 0.9 * (i + 1) / len(tiles), f"tile {i + 1}/{len(tiles)}")
@@ -587,14 +590,16 @@ def _count_fields(
         y0 = min(max(0, gy - field_px // 2), max(0, result.height - field_px))
         region = slide.read_region((x0, y0), 0, (field_px, field_px))
         red: list[CellResult] = []
+        red_dets: list[Detection] = []
         for d in detect_cells(region, mpp, kinds=("rbc", "platelet")):
             bx0, by0, bx1, by1 = d.bbox
             cell = CellResult(d.kind, (x0 + bx0, y0 + by0, x0 + bx1, y0 + by1), float(d.score))
             result.cells.append(cell)
             if d.kind == RBC:
                 red.append(cell)
+                red_dets.append(d)
         if rbc is not None:
-            rbc.offer(region, (x0, y0), red, float(region.shape[0] * region.shape[1]))
+            rbc.offer(region, (x0, y0), red, float(region.shape[0] * region.shape[1]), red_dets)
     # what the platelet estimate is over (hematovision.core.estimates): the fields actually read
     result.sampling["count_fields"] = {"fields": n_read, "area_mm2": round(n_read * (field_px * mpp / 1e3) ** 2, 4)}
     result.timings_s["fields"] = time.perf_counter() - t

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hemato_model.detection.platelets import find_platelets
-from hemato_model.detection.red_cells import find_red_cells
+from hemato_model.detection.red_cells import RedCellShape, find_red_cells
 from hemato_model.detection.stain import check_image, stain_field
 from hemato_model.detection.white_cells import NucleusRule, find_white_cells
 
@@ -48,6 +48,11 @@ class Detection:
     kind: str
     bbox: tuple[int, int, int, int]
     score: float
+    #: red cells: the segment's centroid in pixels of the image passed in (None for other kinds)
+    centroid: tuple[float, float] | None = None
+    #: red cells: the segment against its neighbours (:class:`~hemato_model.detection.red_cells.RedCellShape`,
+    #: its centroid in work pixels; ``centroid`` above is the same point in image pixels)
+    shape: RedCellShape | None = None
 
     @property
     def center(self) -> tuple[float, float]:
@@ -106,8 +111,14 @@ def detect_cells(image: np.ndarray, mpp: float, kinds: Iterable[str] = KINDS) ->
         ]
     if "rbc" in wanted:
         out += [
-            Detection("rbc", to_input(b, field.scale, width, height), s)
-            for b, s in find_red_cells(field, wbc_boxes, nuclei)
+            Detection(
+                "rbc",
+                to_input(b, field.scale, width, height),
+                s,
+                ((shape.centroid[0] + 0.5) * field.scale - 0.5, (shape.centroid[1] + 0.5) * field.scale - 0.5),
+                shape,
+            )
+            for b, s, shape in find_red_cells(field, wbc_boxes, nuclei)
         ]
     return out
 

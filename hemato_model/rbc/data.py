@@ -243,6 +243,8 @@ class RbcCrops:
     y: np.ndarray
     field_index: np.ndarray
     scale: Scale
+    #: the glass colour (95th percentile per channel) of each field, float32 (len(fields), 3)
+    glass: np.ndarray | None = None
 
     def subset(self, names: Sequence[str]) -> RbcCrops:
         """The crops of the named fields only."""
@@ -257,7 +259,14 @@ class RbcCrops:
             self.y[sel],
             remap[self.field_index[sel]],
             self.scale,
+            None if self.glass is None else self.glass[keep_fields],
         )
+
+    def crop_glass(self) -> np.ndarray:
+        """The glass colour of each crop's field, float32 (N, 3)."""
+        if self.glass is None:
+            raise ValueError("crops were loaded without their fields' glass colours")
+        return self.glass[self.field_index]
 
 
 def load_crops(
@@ -279,7 +288,10 @@ def load_crops(
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)
+    from hemato_model.rbc.context import field_glass
+
     scale = resolve_scale(fields, images, mpp, scale_mode)
+    glass = np.stack([field_glass(images[f.name]) for f in fields]).astype(np.float32)
     xs: list[np.ndarray] = []
     ys: list[int] = []
     idx: list[int] = []
@@ -288,7 +300,7 @@ def load_crops(
         ys.extend(c for _, _, c in f.cells)
         idx.extend([i] * len(f.cells))
     log.info("cut %d crops of %d fields at %s µm/px (%s)", len(ys), len(fields), f"{scale.mpp:.4f}", scale.source)
-    return RbcCrops(list(fields), np.concatenate(xs), np.asarray(ys, dtype=np.int64), np.asarray(idx), scale)
+    return RbcCrops(list(fields), np.concatenate(xs), np.asarray(ys, dtype=np.int64), np.asarray(idx), scale, glass)
 
 
 def split_fields(

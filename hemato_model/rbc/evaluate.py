@@ -9,6 +9,10 @@ low-confidence share under the model's threshold (``unidentified_rate``).
 Fields: by default the held-out **test** fields of the model's ``split.json`` (split by field, so no
 cell of those fields was seen in training); ``split=None`` scores every labelled field of the folder.
 
+Glass: a model trained with the background/context augmentation (``preprocessing.relight_to_glass``
+in its ``model.json``) sees every crop relit from its field's glass colour to ``glass_rgb``, as in
+the pipeline (:func:`hemato_model.rbc.context.normalise_glass`); older models see the crops as cut.
+
 Scale: ``mpp`` when given (source ``given``), else estimated from the red cells of the evaluated
 fields themselves (the median of ``estimate_mpp`` over them; see :mod:`hemato_model.rbc.data`), never
 taken from the training run.
@@ -72,7 +76,14 @@ def evaluate_rbc(
         if not fields:
             raise RbcDataError(f"none of the model's {split} fields is in {data_dir} (another data set?)")
     crops = load_crops(fields, clf.crop_um, clf.input_px, mpp, scale_mode, progress)
-    proba = clf.predict_proba(crops.x)
+    prep = (getattr(clf, "meta", None) or {}).get("preprocessing") or {}
+    relight = bool(prep.get("relight_to_glass")) and prep.get("glass_rgb") is not None
+    x = crops.x
+    if relight:
+        from hemato_model.rbc.context import normalise_glass
+
+        x = normalise_glass(crops.x, crops.crop_glass(), prep["glass_rgb"])
+    proba = clf.predict_proba(x)
     y_true = [RBC_CLASSES[i] for i in crops.y]
     y_pred = [RBC_CLASSES[i] for i in proba.argmax(axis=1)]
     metrics = classification_metrics(y_true, y_pred, RBC_CLASSES)
@@ -87,6 +98,7 @@ def evaluate_rbc(
         "scale": crops.scale.summary(),
         "crop_um": clf.crop_um,
         "input_px": clf.input_px,
+        "glass_normalised": relight,
         **metrics,
         "unidentified_rate": round(float(unidentified.mean()), 4) if len(unidentified) else 0.0,
         "accuracy_identified": round(

@@ -89,6 +89,13 @@ class RbcTrainConfig:
     threshold_floor: float = 0.4
     version: str = "1.0.0"
     name: str = RBC_MODEL_NAME
+    #: background/context augmentation (:mod:`hemato_model.rbc.context`); off = the 1.0 recipe
+    context: bool = False
+    p_isolate: float = 0.5
+    p_clutter: float = 0.4
+    p_jpeg: float = 0.3
+    #: start from this model directory's weights (trained on the same split) instead of ImageNet + head
+    init_model: str | None = None
 
 
 def rbc_class_weights(y: np.ndarray, n_classes: int, power: float) -> dict[int, float]:
@@ -114,6 +121,17 @@ def build_rbc_model(cfg: RbcTrainConfig, n_classes: int, cache_dir: Path | None 
     x = keras.layers.Dropout(cfg.dropout, name="head_dropout")(x)
     outputs = keras.layers.Dense(n_classes, activation="softmax", name="head")(x)
     return keras.Model(inputs, outputs, name="rbc_classifier"), trunk
+
+
+def load_rbc_model_for_training(model_dir: Path) -> tuple[Any, Any]:
+    """(classifier, its cut backbone) of a saved red-cell model, to train further."""
+    import keras
+
+    model = keras.models.load_model(model_dir / "model.keras", compile=False)
+    trunks = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    if len(trunks) != 1:
+        raise RbcDataError(f"{model_dir}: not a red-cell model of this trainer (no single backbone)")
+    return model, trunks[0]
 
 
 def _predict(model: Any, x: np.ndarray, batch: int = 256) -> np.ndarray:
@@ -178,9 +196,17 @@ class _TimeBudget:
 
 
 def fine_tune(
-    model: Any, trunk: Any, data: dict[str, tuple[np.ndarray, np.ndarray]], cfg: RbcTrainConfig, verbose: int
+    model: Any,
+    trunk: Any,
+    data: dict[str, tuple[np.ndarray, np.ndarray]],
+    cfg: RbcTrainConfig,
+    verbose: int,
+    context: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """Stage 2: every convolution of the trunk trainable (BatchNorm frozen), augmented crops."""
+    """Stage 2: every convolution of the trunk trainable (BatchNorm frozen), augmented crops.
+
+    ``context``: (glass colour (N, 3), centre-cell mask (N, H, W)) of each training crop, for the
+    background/context augmentation (:mod:`hemato_model.rbc.context`) before the usual one."""
     import keras
     import tensorflow as tf
 
@@ -192,13 +218,26 @@ def fine_tune(
             layer.trainable = False
     (x_tr, y_tr), (x_va, y_va) = data["train"], data["val"]
     augment = make_augmenter(cfg.seed, cfg.aug_strength, zoom=cfg.zoom, shift=cfg.shift)
-    train_ds = (
-        tf.data.Dataset.from_tensor_slices((x_tr, y_tr))
-        .shuffle(len(x_tr), seed=cfg.seed, reshuffle_each_iteration=True)
-        .batch(cfg.batch_size)
-        .map(lambda x, y: (augment(tf.cast(x, tf.float32)), y), num_parallel_calls=1)
-        .prefetch(2)
-    )
+    if context is None:
+        train_ds = (
+            tf.data.Dataset.from_tensor_slices((x_tr, y_tr))
+            .shuffle(len(x_tr), seed=cfg.seed, reshuffle_each_iteration=True)
+            .batch(cfg.batch_size)
+            .map(lambda x, y: (augment(tf.cast(x, tf.float32)), y), num_parallel_calls=1)
+            .prefetch(2)
+        )
+    else:
+        from hemato_model.rbc.context import make_context_augmenter
+
+        relight = make_context_augmenter(cfg.seed, cfg.p_isolate, cfg.p_clutter, p_jpeg=cfg.p_jpeg)
+        glass_tr, mask_tr = context
+        train_ds = (
+            tf.data.Dataset.from_tensor_slices((x_tr, glass_tr, mask_tr, y_tr))
+            .shuffle(len(x_tr), seed=cfg.seed, reshuffle_each_iteration=True)
+            .batch(cfg.batch_size)
+            .map(lambda x, g, m, y: (augment(relight(x, g, m)), y), num_parallel_calls=1)
+            .prefetch(2)
+        )
     val_ds = tf.data.Dataset.from_tensor_slices((x_va, y_va)).batch(256).map(lambda x, y: (tf.cast(x, tf.float32), y))
     compile_for_fine_tuning(model, len(x_tr), cfg.batch_size, cfg.epochs, cfg.warmup_epochs, cfg.finetune_lr)
     budget = _TimeBudget.make(cfg.max_minutes * 60.0)
@@ -268,11 +307,26 @@ def train_rbc(
     }
     (out_dir / "split.json").write_text(json.dumps(split_doc, indent=1) + "\n")
 
-    model, trunk = build_rbc_model(cfg, len(RBC_CLASSES), cache_dir)
-    head_info = fit_head(model, trunk, data, cfg, verbose)
+    context = None
+    glass_rgb = None
+    if cfg.context:
+        from hemato_model.rbc.context import CANONICAL_GLASS_RGB, centre_cell_masks, normalise_glass
+
+        tr = crops.subset(split["train"])
+        context = (tr.crop_glass(), centre_cell_masks(tr.x, tr.crop_glass(), cfg.crop_um))
+        glass_rgb = list(CANONICAL_GLASS_RGB)
+        # validation (early stopping, threshold) as the pipeline sees crops: relit to the canonical glass
+        va = crops.subset(split["val"])
+        data["val"] = (normalise_glass(va.x, va.crop_glass(), CANONICAL_GLASS_RGB), va.y)
+    if cfg.init_model:
+        model, trunk = load_rbc_model_for_training(Path(cfg.init_model))
+        head_info: dict[str, Any] = {"init_model": str(cfg.init_model)}
+    else:
+        model, trunk = build_rbc_model(cfg, len(RBC_CLASSES), cache_dir)
+        head_info = fit_head(model, trunk, data, cfg, verbose)
     ft_info: dict[str, Any] = {"epochs": 0}
     if cfg.epochs > 0:
-        ft_info = fine_tune(model, trunk, data, cfg, verbose)
+        ft_info = fine_tune(model, trunk, data, cfg, verbose, context)
 
     x_va, y_va = data["val"]
     val_proba = _predict(model, x_va)
@@ -295,9 +349,27 @@ def train_rbc(
             "(hemato_model.preprocessing.crop_cell); green scale-bar overlay painted out first",
             "input": "uint8 RGB crops; the model casts to float 0..255 and normalises (x-127)/128 inside",
             "scale": crops.scale.summary(),
-            "augmentation": f"flips, free rotation, zoom ±{cfg.zoom:.0%}, shift ±{cfg.shift:.0%}, HED stain "
+            "augmentation": (
+                f"background/context (hemato_model.rbc.context): cell isolated p={cfg.p_isolate}, a neighbour "
+                f"cell multiplied in p={cfg.p_clutter}, relit by a random glass colour (canonical p=0.3), JPEG "
+                f"p={cfg.p_jpeg}; then "
+                if cfg.context
+                else ""
+            )
+            + f"flips, free rotation, zoom ±{cfg.zoom:.0%}, shift ±{cfg.shift:.0%}, HED stain "
             f"jitter, channel gain/offset, brightness/contrast/saturation/hue (strength {cfg.aug_strength}), "
             "random resolution loss",
+            **(
+                {
+                    "glass_rgb": glass_rgb,
+                    "relight_to_glass": True,
+                    "glass_normalisation": "each crop is relit per channel by glass_rgb / its field's glass colour "
+                    "(95th percentile of the field) before the model, in the pipeline, in evaluate-rbc and for "
+                    "the validation crops; training relit crops to random glass colours",
+                }
+                if glass_rgb is not None
+                else {}
+            ),
         },
         "split": f"by field (image), stratified, seed {cfg.seed}: split.json",
         "training": {

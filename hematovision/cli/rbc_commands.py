@@ -51,6 +51,20 @@ def _check_inputs(data_dir: Path, mpp: float | None) -> None:
 @click.option("--crop-um", default=12.0, show_default=True, help="Physical side of each crop in µm.")
 @click.option("--lr", "finetune_lr", default=1e-3, show_default=True, help="Fine-tuning peak learning rate.")
 @click.option("--version", "model_version", default="1.0.0", show_default=True)
+@click.option(
+    "--context/--no-context",
+    default=False,
+    show_default=True,
+    help="Background/context augmentation: random glass colour, isolated cells, neighbours, JPEG "
+    "(crops relit to one glass colour for validation and use).",
+)
+@click.option(
+    "--init-model",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Start from this red-cell model directory (trained on the same split) instead of ImageNet.",
+)
+@click.option("--shift", default=0.04, show_default=True, help="Translation jitter, fraction of the crop side.")
 @click.option("--threads", default=2, show_default=True, help="CPU threads for TensorFlow (0 = all).")
 @click.option("--quiet", is_flag=True, help="No progress bars or epoch lines.")
 def train_rbc_command(
@@ -66,6 +80,9 @@ def train_rbc_command(
     crop_um: float,
     finetune_lr: float,
     model_version: str,
+    context: bool,
+    init_model: Path | None,
+    shift: float,
     threads: int,
     quiet: bool,
 ) -> None:
@@ -75,6 +92,10 @@ def train_rbc_command(
         raise click.UsageError("--input-px must be at least 32")
     if not crop_um > 0 or epochs < 0 or not max_minutes > 0:
         raise click.UsageError("--crop-um and --max-minutes must be positive, --epochs not negative")
+    if init_model is not None and not (init_model / "model.keras").is_file():
+        raise click.UsageError(f"--init-model {init_model}: no model.keras there")
+    if not 0 <= shift < 0.5:
+        raise click.UsageError("--shift must lie in 0..0.5")
     from hemato_model.rbc.data import RbcDataError, list_fields
     from hemato_model.rbc.train import RbcTrainConfig, train_rbc
 
@@ -96,6 +117,9 @@ def train_rbc_command(
         max_minutes=max_minutes,
         finetune_lr=finetune_lr,
         version=model_version,
+        context=context,
+        init_model=None if init_model is None else str(init_model),
+        shift=shift,
     )
     try:
         meta = train_rbc(
@@ -137,7 +161,7 @@ def train_rbc_command(
     "model_dir",
     type=click.Path(path_type=Path),
     default=None,
-    help="Red-cell model directory [default: the shipped rbc-effnetlite0-v1].",
+    help="Red-cell model directory [default: the shipped rbc-effnetlite0-v1.1].",
 )
 @click.option(
     "--split",

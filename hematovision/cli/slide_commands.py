@@ -104,6 +104,13 @@ class _LazyBar:
     "is then a real labelled Chula RBC-12 cell from the red-cell model's test fields (needs data/chula_rbc).",
 )
 @click.option(
+    "--rbc-split",
+    type=click.Choice(["test", "val"]),
+    default="test",
+    show_default=True,
+    help="With --rbc-mix: the red-cell model's held-out test fields (measuring) or its validation fields (tuning).",
+)
+@click.option(
     "--data-root",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
@@ -128,6 +135,7 @@ def make_slide_command(
     source: str,
     mix_text: str | None,
     rbc_mix_text: str | None,
+    rbc_split: str,
     data_root: Path | None,
     tile_px: str,
 ) -> None:
@@ -175,6 +183,7 @@ def make_slide_command(
             wbc_mix=mix,
             source=source,
             rbc_mix=rbc_mix,
+            rbc_split=rbc_split,
             tile_px=int(tile_px),
             progress=bar.update,
         )

@@ -28,7 +28,7 @@ SHIPPED_MODEL_DIR = MODELS_DIR / "wbc-effnetlite0-v1"
 BLAST_MODEL_DIR = MODELS_DIR / "wbc-blast-effnetlite0-v2"
 #: The red-cell morphology classifier (13 Chula RBC-12 classes, MIT; used by the pipeline's prepare
 #: stage for the report's ``rbc_morphology`` when HEMATOVISION_RBC_MORPHOLOGY=true).
-RBC_MODEL_DIR = MODELS_DIR / "rbc-effnetlite0-v1"
+RBC_MODEL_DIR = MODELS_DIR / "rbc-effnetlite0-v1.1"
 #: The learned white-cell detector (centre heat map; CBC/BCCD + TXL-PBC boxes, MIT), used where
 #: ``wbc_detector = "learned"``; see its model card and docs/validation.md.
 WBC_DETECTOR_DIR = MODELS_DIR / "wbc-detector-v1"

@@ -141,8 +141,10 @@ def load_rbc_bank(
     model_dir: Path,
     seed: int = 0,
     per_class: int = PER_CLASS_MAX,
+    split: str = "test",
 ) -> RbcBank:
-    """Sprites of up to ``per_class`` labelled cells of each class, from the model's test fields.
+    """Sprites of up to ``per_class`` labelled cells of each class, from the model's test fields
+    (``split="val"``: its validation fields, for tuning without touching the test cells).
 
     Raises:
         ValueError: the set or the split is missing, or a class has no cell in the test fields.
@@ -156,7 +158,9 @@ def load_rbc_bank(
     split_path, meta_path = model_dir / "split.json", model_dir / "model.json"
     if not split_path.is_file():
         raise ValueError(f"{model_dir}: no split.json to choose held-out fields from")
-    fields = [str(f) for f in json.loads(split_path.read_text())["test"]]
+    if split not in ("test", "val"):
+        raise ValueError(f"red cells come from the model's test or val fields, not {split!r}")
+    fields = [str(f) for f in json.loads(split_path.read_text())[split]]
     set_mpp = float(json.loads(meta_path.read_text())["preprocessing"]["scale"]["mpp"])
     wanted = {RBC_CLASSES.index(c): c for c in classes}
     found: dict[str, list[tuple[str, float, float]]] = {c: [] for c in classes}
@@ -190,5 +194,5 @@ def load_rbc_bank(
             sprites[c].append(_resample(s, factor))
             sources[c].append(f"chula_rbc/images/{name}.jpg@{x:g},{y:g}")
         if not sprites[c]:
-            raise ValueError(f"no {c} cell could be cut from the test fields of {root}")
-    return RbcBank(sprites, sources, set_mpp, "test", root)
+            raise ValueError(f"no {c} cell could be cut from the {split} fields of {root}")
+    return RbcBank(sprites, sources, set_mpp, split, root)

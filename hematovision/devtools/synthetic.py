@@ -162,6 +162,7 @@ class SmearPlan:
     rbc_sprite_class: list[str] | None = None
     rbc_sprite_source: list[str] | None = None
     rbc_mix: dict[str, float] | None = None
+    rbc_split: str = "test"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -421,6 +422,7 @@ def plan_smear(
         rbc_sprite_class=sprite_class,
         rbc_sprite_source=sprite_source,
         rbc_mix=dict(rbc_mix) if sprite_class is not None and rbc_mix is not None else None,
+        rbc_split=str(getattr(real_rbc, "split", "test")),
     )
 
 
@@ -619,7 +621,7 @@ def _rbc_mix_head(plan: SmearPlan) -> dict[str, Any]:
             "requested_pct": plan.rbc_mix,
             "placed": dict(sorted(placed.items(), key=lambda kv: (-kv[1], kv[0]))),
             "placed_pct": {c: round(100.0 * k / n, 2) for c, k in sorted(placed.items())},
-            "source": "Chula RBC-12 (MIT), labelled cells of the red-cell model's test fields only",
+            "source": f"Chula RBC-12 (MIT), labelled cells of the red-cell model's {plan.rbc_split} fields only",
         }
     }
 
@@ -701,6 +703,7 @@ def make_slide(
     *,
     rbc_mix: dict[str, float] | None = None,
     rbc_model_dir: Path | None = None,
+    rbc_split: str = "test",
     tile_px: int = 512,
     quality: int = 85,
     progress: Callable[[int], None] | None = None,
@@ -726,6 +729,9 @@ def make_slide(
         rbc_mix: Red-cell morphologies in percent (the rest ``normal``), e.g. ``{"schistocyte": 5}``:
             every red cell is then a real labelled cell of the Chula RBC-12 set, from the test
             fields of the red-cell model in ``rbc_model_dir`` (:mod:`hematovision.devtools.rbc_cells`).
+        rbc_split: which part of that model's ``split.json`` the red cells come from: ``"test"``
+            (held out: for measuring) or ``"val"`` (for tuning a pipeline setting without touching
+            the test cells).
         tile_px, quality: TIFF tile size and JPEG quality.
         progress: Called with the number of level-0 tiles written since the last call.
 
@@ -751,7 +757,9 @@ def make_slide(
 
         if root is None:
             raise ValueError("a red-cell mix needs the shared data (data/chula_rbc)")
-        bank = load_rbc_bank(root, list(rbc_mix), mpp, model_dir=rbc_model_dir or RBC_MODEL_DIR, seed=seed)
+        bank = load_rbc_bank(
+            root, list(rbc_mix), mpp, model_dir=rbc_model_dir or RBC_MODEL_DIR, seed=seed, split=rbc_split
+        )
     plan = plan_smear(
         width,
         height,

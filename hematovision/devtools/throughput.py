@@ -159,6 +159,8 @@ def run_benchmark(
         "target_wbc": target_wbc,
         "rbc_morphology": rbc is not None,
         "rbc_classified": sum(1 for c in analysis.cells if c.kind == "rbc" and c.label is not None),
+        # the red-cell stage's own CPU seconds (sampling, crops, classification), part of the slide's
+        "rbc_cpu_seconds": (analysis.rbc or {}).get("cpu_seconds"),
         "slides_per_hour": round(3600.0 / ours_s, 1),
         "seconds_per_slide": round(ours_s, 2),
         "cells_per_s": round(wbc / ours_s, 1),

@@ -176,6 +176,27 @@ def test_touching_red_cells_are_split():
     assert not [d for d in detect_cells(image, mpp) if d.kind == "wbc"]
 
 
+def test_red_cell_shape_tells_whole_cells_from_cut_ones_and_gives_the_centroid():
+    mpp = 0.1
+    # a lone cell, a pair that just touch (overlap 4 px), a pair overlapping by half a cell, one cut by the border
+    centres = [(60, 60), (150, 60), (221, 60), (90, 150), (125, 150), (283, 150)]
+    image = _disc_field(centres, radius=37.5, size=(200, 320))
+    rbc = sorted(
+        (d for d in detect_cells(image, mpp) if d.kind == "rbc"), key=lambda d: (d.center[1] > 105, d.center[0])
+    )
+    assert all(d.shape is not None and d.centroid is not None for d in rbc)
+    lone, t1, t2 = rbc[:3]
+    assert not lone.shape.in_clump and lone.shape.contact == 0.0 and not lone.shape.cut
+    assert abs(lone.centroid[0] - 60) < 2.5 and abs(lone.centroid[1] - 60) < 2.5
+    # touching: the shared boundary (~2.4 µm chord, widened at the detector's 0.4 µm/px) is short
+    assert t1.shape.in_clump and t2.shape.in_clump and max(t1.shape.contact, t2.shape.contact) < 0.75
+    border = [d for d in rbc if d.center[0] > 260]
+    assert len(border) == 1 and border[0].shape.cut and not border[0].shape.in_clump
+    # overlapping by half: the watershed's cut is about as long as each piece is wide
+    overlapping = [d for d in rbc if d.center[1] > 105 and d.center[0] < 200]
+    assert len(overlapping) == 2 and all(d.shape.in_clump and d.shape.contact > 0.9 for d in overlapping)
+
+
 def test_single_red_cell_is_one():
     image = _disc_field([(150, 100)], radius=37.5)
     assert sum(d.kind == "rbc" for d in detect_cells(image, 0.1)) == 1

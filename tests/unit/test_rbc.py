@@ -108,7 +108,8 @@ def test_split_is_by_field_stratified_and_reproducible() -> None:
 
 
 @pytest.mark.parametrize(
-    "command,options", [("train-rbc", ["--data", "--out"]), ("evaluate-rbc", ["--data", "--json", "--mpp"])]
+    "command,options",
+    [("train-rbc", ["--data", "--out", "--context", "--init-model"]), ("evaluate-rbc", ["--data", "--json", "--mpp"])],
 )
 def test_cli_help_lists_the_contract_options(command: str, options: list[str]) -> None:
     result = CliRunner().invoke(main, [command, "--help"])
@@ -126,6 +127,16 @@ def test_cli_bad_folder_or_labels_is_a_one_line_error(command: str, tmp_path: Pa
     extra = extra or ["--split", "all"]
     result = CliRunner().invoke(main, [command, "--data", str(root), *extra])
     assert result.exit_code == 2 and "1.txt line 2" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "m").exists()
+
+
+def test_train_rbc_refuses_a_missing_init_model_and_a_bad_shift(tmp_path: Path) -> None:
+    root = _folder(tmp_path / "d", {"1": "10 10 0\n"})
+    base = ["train-rbc", "--data", str(root), "--out", str(tmp_path / "m"), "--context"]
+    result = CliRunner().invoke(main, [*base, "--init-model", str(tmp_path)])
+    assert result.exit_code == 2 and "no model.keras there" in result.output
+    result = CliRunner().invoke(main, [*base, "--shift", "0.7"])
+    assert result.exit_code == 2 and "--shift" in result.output
     assert not (tmp_path / "m").exists()
 
 

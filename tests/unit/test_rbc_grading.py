@@ -188,6 +188,31 @@ def test_sampler_skips_thick_fields_and_overlapping_cells_and_bounds_the_sample(
     assert ctx["scale_known"] is False
 
 
+def test_sampler_leaves_out_cut_cells_and_split_pieces_and_crops_at_the_centroid() -> None:
+    from hemato_model.detection import Detection
+    from hemato_model.detection.red_cells import RedCellShape
+    from hemato_model.rbc.morphology import MAX_CONTACT
+
+    spec = read_model_spec(RBC_MODEL_DIR)
+    s = RedCellSampler(spec, mpp=0.25, mpp_source="slide", target=50)  # type: ignore[arg-type]
+    region = np.full((400, 400, 3), 230, np.uint8)
+    region[200:204, 200:204] = (10, 20, 30)  # a dark mark at the lone cell's centroid, off its box centre
+    box = (180, 180, 212, 212)  # box centre (196, 196)
+    shapes = {
+        "lone": RedCellShape((0, 0), 0.0, False, False),
+        "touching": RedCellShape((0, 0), 0.4 * MAX_CONTACT, False, True),
+        "cut": RedCellShape((0, 0), 0.0, True, False),
+        "split": RedCellShape((0, 0), 1.4 * MAX_CONTACT, False, True),
+    }
+    dets = [Detection("rbc", box, 0.9, (202.0, 202.0), shape) for shape in shapes.values()]
+    cells = [CellResult(RBC, box, 0.9) for _ in dets]
+    s.offer(region, (0, 0), cells, float(400 * 400), dets)
+    assert s.seen == 2 and s.cells_cut == 1 and s.cells_split == 1
+    crop = s._sample[0][1]
+    mid = crop.shape[0] // 2
+    assert crop[mid - 1 : mid + 1, mid - 1 : mid + 1].max() < 100  # the mark is at the crop's centre
+
+
 def test_a_finding_the_rules_do_not_grade_is_shown_and_listed_as_not_evaluated() -> None:
     section, flags, not_run = _summary(_labels(normal=500, elliptocyte=500))
     assert section["findings"]["elliptocyte"]["percent"] == 50.0 and section["findings"]["elliptocyte"]["grade"] is None
