@@ -35,10 +35,14 @@ power"):
    sampled fields. ``full_count`` instead tiles the whole smear at level 0 (every kind, every
    tile: ~10x slower than a census on a 40,000² slide, docs/validation.md "Whole-smear census").
    Crops go to the sink a batch at a time, so a census holds at most ``batch_size`` crops.
+   The chunks are screened (candidates, level-0 windows, their white cells and crops) on
+   ``screen_threads`` threads a bounded number ahead (:mod:`hemato_model.chunk_search`) while the
+   cells are taken here in chunk order, so the cells never depend on the threads; the quality gate
+   and the count fields are read on a side thread meanwhile.
 4. Every white cell is cut at the model's physical crop size (µm) and handed to a *crop sink*: on one
-   machine the sink classifies a batch at a time (:func:`analyze_slide`); in the staged service the
-   ``prepare`` stage's sink writes the crops to disk for the GPU ``classify`` stage
-   (:mod:`hemato_model.handoff`). Finding cells never depends on their labels, so both give the
+   machine the sink classifies a batch at a time on a thread of its own (:func:`analyze_slide`); in
+   the staged service the ``prepare`` stage's sink writes the crops to disk for the GPU ``classify``
+   stage (:mod:`hemato_model.handoff`). Finding cells never depends on their labels, so both give the
    same cells.
 """
 
