@@ -345,6 +345,8 @@ def prepare_slide(
         _find_cells(slide, result, spec, sink, mask, down, params, progress, should_stop, mono, rbc_classifier, side)
         result.quality, result.timings_s["gate"] = gate.result()
     sink.flush()
+    if isinstance(sink, ClassifyingSink):
+        sink.close()  # every crop labelled before the analysis is returned
     result.cells.extend(sink.cells)
     result.timings_s["total"] = time.perf_counter() - t0
     progress(1.0, "done")
