@@ -8,6 +8,7 @@ process) is the census's own, not the slide generator's:
 
 - ``one_process``: ``analyze_slide`` with the shipped classifier (``hematovision process --census``):
   crops are classified a batch at a time and dropped;
+- ``differential``: the same process for the 200-cell differential (spread sampling, no census);
 - ``staged_prepare``: the ``prepare`` stage's ``prepare_slide`` with the on-disk ``CropSpool``
   (crops written a batch at a time), then the ``classify`` stage reading them back a chunk at a time.
 
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 
-def _one_process(slide_path: str, model_dir: str) -> dict[str, Any]:
+def _one_process(slide_path: str, model_dir: str, census: bool = True) -> dict[str, Any]:
     from hemato_model.classifier import load_classifier
     from hemato_model.pipeline import PipelineParams, analyze_slide
     from hematovision.core.slides import open_slide
@@ -36,7 +37,7 @@ def _one_process(slide_path: str, model_dir: str) -> dict[str, Any]:
     classifier = load_classifier(Path(model_dir))
     t = time.perf_counter()
     with open_slide(slide_path) as slide:
-        analysis = analyze_slide(slide, classifier, PipelineParams(census=True))
+        analysis = analyze_slide(slide, classifier, PipelineParams(census=census))
     wbc = [c for c in analysis.cells if c.kind == "wbc"]
     return {
         "seconds": round(time.perf_counter() - t, 1),
@@ -84,7 +85,11 @@ def _staged_prepare(slide_path: str, model_dir: str) -> dict[str, Any]:
     }
 
 
-MODES = {"one_process": _one_process, "staged_prepare": _staged_prepare}
+def _differential(slide_path: str, model_dir: str) -> dict[str, Any]:
+    return _one_process(slide_path, model_dir, census=False)
+
+
+MODES = {"one_process": _one_process, "staged_prepare": _staged_prepare, "differential": _differential}
 
 
 def _child(mode: str, slide_path: str, model_dir: str) -> None:
@@ -100,7 +105,7 @@ def main() -> None:
     ap.add_argument("--mpp", type=float, default=0.25)
     ap.add_argument("--wbc", type=int, default=4800, help="white cells placed (the bench's density: 1,200 per 40,000²)")
     ap.add_argument("--work-dir", type=Path, default=Path("var/bench"))
-    ap.add_argument("--modes", default="one_process,staged_prepare")
+    ap.add_argument("--modes", default="one_process,staged_prepare,differential")
     ap.add_argument("--child", nargs=3, metavar=("MODE", "SLIDE", "MODEL_DIR"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:

@@ -35,10 +35,14 @@ power"):
    sampled fields. ``full_count`` instead tiles the whole smear at level 0 (every kind, every
    tile: ~10x slower than a census on a 40,000² slide, docs/validation.md "Whole-smear census").
    Crops go to the sink a batch at a time, so a census holds at most ``batch_size`` crops.
+   The chunks are screened (candidates, level-0 windows, their white cells and crops) on
+   ``screen_threads`` threads a bounded number ahead (:mod:`hemato_model.chunk_search`) while the
+   cells are taken here in chunk order, so the cells never depend on the threads; the quality gate
+   and the count fields are read on a side thread meanwhile.
 4. Every white cell is cut at the model's physical crop size (µm) and handed to a *crop sink*: on one
-   machine the sink classifies a batch at a time (:func:`analyze_slide`); in the staged service the
-   ``prepare`` stage's sink writes the crops to disk for the GPU ``classify`` stage
-   (:mod:`hemato_model.handoff`). Finding cells never depends on their labels, so both give the
+   machine the sink classifies a batch at a time on a thread of its own (:func:`analyze_slide`); in
+   the staged service the ``prepare`` stage's sink writes the crops to disk for the GPU ``classify``
+   stage (:mod:`hemato_model.handoff`). Finding cells never depends on their labels, so both give the
    same cells.
 """
 
@@ -48,12 +52,15 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 
-from hemato_model.detection import Detection, detect_cells, wbc_candidates
+from hemato_model.chunk_search import ChunkGeometry, screen_ahead, screen_chunk
+from hemato_model.detection import Detection, detect_cells
 from hemato_model.preprocessing import crop_cell
 from hemato_model.quality import measure_quality, ood_summary
 from hemato_model.sampling import (
@@ -75,8 +82,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[float, str], None]
+_T = TypeVar("_T")
 StopCheck = Callable[[], None]
-_Item = TypeVar("_Item")
 
 
 class AnalysisCancelled(Exception):
@@ -116,6 +123,9 @@ class PipelineParams:
     #: Side of the square chunks the candidate level is read in, µm (as 1,024 px of a 2 µm/px
     #: level were), so the order the smear is read in does not depend on the level's resolution.
     chunk_um: float = 2048.0
+    #: Threads screening candidate chunks ahead of the refinement (:mod:`hemato_model.chunk_search`);
+    #: the cells taken do not depend on it.
+    screen_threads: int = 2
     rbc_fields: int = 12
     field_um: float = 150.0
     batch_size: int = 64
@@ -143,11 +153,15 @@ class PipelineParams:
 def smear_mask(thumb: np.ndarray) -> np.ndarray:
     """Boolean mask of the stained smear on a thumbnail (True = evaluable area)."""
     from scipy import ndimage as ndi
-    from skimage.color import rgb2hsv
 
-    hsv = rgb2hsv(thumb)
+    # HSV saturation, (max - min) / max, computed as skimage's rgb2hsv does (the same bits) without
+    # its hue and value planes: on an 80,000² slide's thumbnail those were ~0.5 GB of float64
+    top = np.multiply(thumb.max(axis=2), 1.0 / 255, dtype=np.float64)
+    spread = top - np.multiply(thumb.min(axis=2), 1.0 / 255, dtype=np.float64)
+    saturation = np.divide(spread, top, out=np.zeros_like(top), where=spread != 0.0)
+    del top, spread
     gray = thumb.mean(axis=2)
-    stained = (hsv[..., 1] > 0.08) | (gray < 200)
+    stained = (saturation > 0.08) | (gray < 200)
     stained = ndi.binary_closing(stained, iterations=3)
     stained = ndi.binary_fill_holes(stained)
     return ndi.binary_opening(stained, iterations=1)
@@ -181,13 +195,20 @@ class _Classifier(CropSpec, Protocol):  # the part of hemato_model.classifier.Cl
 
 
 class ClassifyingSink:
-    """Classifies white-cell crops a batch at a time (crops are dropped after)."""
+    """Classifies white-cell crops a batch at a time (crops are dropped after).
+
+    A flushed batch is classified on a thread of its own while the caller goes on finding cells
+    (TensorFlow releases the GIL); at most one batch is being classified while the next is
+    gathered, so memory stays bounded. Labels of flushed crops are set once :meth:`wait` returns
+    (``classified`` waits)."""
 
     def __init__(self, classifier: _Classifier, batch_size: int) -> None:
         self.classifier = classifier
         self.batch_size = batch_size
         self.cells: list[CellResult] = []
         self._pending: list[tuple[CellResult, np.ndarray]] = []
+        self._pool: ThreadPoolExecutor | None = None
+        self._running: Future[None] | None = None
         self.seconds = 0.0
 
     def add(self, cell: CellResult, crop: np.ndarray) -> None:
@@ -201,18 +222,42 @@ class ClassifyingSink:
     @property
     def classified(self) -> int:
         """White cells named so far (pending crops are not counted until flushed)."""
+        self.wait()
         return sum(1 for c in self.cells if is_classified_wbc(c.label))
 
     def flush(self) -> None:
+        if not self._pending:
+            return
+        part, self._pending = self._pending, []
+        self.wait()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="classify")
+        self._running = self._pool.submit(self._classify, part)
+
+    def wait(self) -> None:
+        """Return once every flushed crop is labelled (re-raising the classifier's error, if any)."""
+        running, self._running = self._running, None
+        if running is not None:
+            running.result()
+
+    def close(self) -> None:
+        """Wait for the batch in flight and stop the thread."""
+        try:
+            self.wait()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+
+    def _classify(self, part: list[tuple[CellResult, np.ndarray]]) -> None:
         t = time.perf_counter()
         scored = getattr(self.classifier, "classify_scored", None)
-        for i in range(0, len(self._pending), self.batch_size):
-            part = self._pending[i : i + self.batch_size]
-            batch = np.stack([crop for _, crop in part])
-            labels, energies = scored(batch) if scored else (self.classifier.classify(batch), [None] * len(part))
-            for (cell, _), (label, prob), energy in zip(part, labels, energies, strict=True):
+        for i in range(0, len(part), self.batch_size):
+            chunk = part[i : i + self.batch_size]
+            batch = np.stack([crop for _, crop in chunk])
+            labels, energies = scored(batch) if scored else (self.classifier.classify(batch), [None] * len(chunk))
+            for (cell, _), (label, prob), energy in zip(chunk, labels, energies, strict=True):
                 cell.label, cell.probability, cell.energy = label, float(prob), energy
-        self._pending = []
         self.seconds += time.perf_counter() - t
 
 
@@ -242,7 +287,10 @@ def analyze_slide(
     of the red ones with ``rbc_classifier``, see :func:`prepare_slide`)."""
     params = params or PipelineParams()
     sink = ClassifyingSink(classifier, params.batch_size)
-    result = prepare_slide(slide, classifier, sink, params, progress, should_stop, rbc_classifier=rbc_classifier)
+    try:
+        result = prepare_slide(slide, classifier, sink, params, progress, should_stop, rbc_classifier=rbc_classifier)
+    finally:
+        sink.close()  # every crop labelled (or the classifier's error raised)
     result.timings_s["classify"] = sink.seconds
     ood = ood_summary([c.energy for c in sink.cells], getattr(classifier, "ood_stats", None))
     if ood is not None:
@@ -290,10 +338,43 @@ def prepare_slide(
     result.area_mm2 = float(mask.sum()) * (down * mpp / 1000.0) ** 2
     mono = evaluable_monolayer(thumb, mask, down, mpp)  # spread sampling (hemato_model.sampling)
     result.timings_s["smear_area"] = time.perf_counter() - t0
-    t = time.perf_counter()
-    result.quality = measure_quality(slide, mask, down)  # the domain and quality gate's measurements
-    result.timings_s["gate"] = time.perf_counter() - t
     progress(0.02, "smear area found")
+    # The quality gate's fields (and, on whole slides, the red-cell count fields) are read and
+    # measured on a thread beside the white-cell search: neither depends on the other.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gate-fields") as side:
+        gate = side.submit(_timed, measure_quality, slide, mask, down)  # the domain and quality gate
+        _find_cells(slide, result, spec, sink, mask, down, params, progress, should_stop, mono, rbc_classifier, side)
+        result.quality, result.timings_s["gate"] = gate.result()
+    sink.flush()
+    if isinstance(sink, ClassifyingSink):
+        sink.close()  # every crop labelled before the analysis is returned
+    result.cells.extend(sink.cells)
+    result.timings_s["total"] = time.perf_counter() - t0
+    progress(1.0, "done")
+    return result
+
+
+def _timed(fn: Callable[..., _T], *args: Any) -> tuple[_T, float]:
+    t = time.perf_counter()
+    return fn(*args), time.perf_counter() - t
+
+
+def _find_cells(
+    slide: Slide,
+    result: SlideAnalysis,
+    spec: CropSpec,
+    sink: CropSink,
+    mask: np.ndarray,
+    down: float,
+    params: PipelineParams,
+    progress: ProgressFn,
+    should_stop: Callable[[], bool] | None,
+    mono: Monolayer | None,
+    rbc_classifier: Any | None,
+    side: ThreadPoolExecutor,
+) -> None:
+    """Step 2 or 3 of the module docstring, and the red-cell morphology sample."""
+    w, h, mpp = result.width, result.height, result.mpp
 
     def check_stop() -> None:
         if should_stop is not None and should_stop():
@@ -309,22 +390,12 @@ def prepare_slide(
         result.sampling = whole_smear(mono, w, h, "whole smear (read whole)").to_dict()
         result.sampling["count_fields"] = {"fields": result.fields_analysed, "area_mm2": round(result.area_mm2, 4)}
     else:
-        _two_pass(slide, result, spec, sink, mask, down, params, progress, check_stop, mono, rbc)
+        _two_pass(slide, result, spec, sink, mask, down, params, progress, check_stop, side, mono, rbc)
     if rbc is not None:
         result.rbc = rbc.finish()
         result.timings_s["rbc_morphology"] = rbc.seconds
     else:  # a string: why there is no red-cell model
         result.rbc = {"status": "not_evaluated", "reason": rbc_classifier or "no red-cell model is configured"}
-    sink.flush()
-    result.cells.extend(sink.cells)
-    result.timings_s["total"] = time.perf_counter() - t0
-    progress(1.0, "done")
-    return result
-
-
-def _in_mask(mask: np.ndarray, down: float, x: float, y: float) -> bool:
-    my, mx = int(y / down), int(x / down)
-    return 0 <= my < mask.shape[0] and 0 <= mx < mask.shape[1] and bool(mask[my, mx])
 
 
 def _full_resolution(
@@ -415,6 +486,7 @@ def _two_pass(
     params: PipelineParams,
     progress: ProgressFn,
     check_stop: StopCheck,
+    side: ThreadPoolExecutor,
     mono: Monolayer | None = None,
     rbc: RedCellSampler | None = None,
 ) -> None:
@@ -425,11 +497,8 @@ def _two_pass(
     lw, lh = slide.level_dimensions[level]
     ds = w / lw
     level_mpp = mpp * ds
-    crop_px = int(math.ceil(spec.crop_um / mpp))
-    win_px = int(math.ceil(30.0 / mpp))  # 30 µm window to confirm and refine a candidate
     accepted: dict[tuple[int, int], list[tuple[float, float]]] = {}
     grid = DUPLICATE_UM / mpp
-    reach = REFINE_REACH_UM / mpp
 
     def duplicate(x: float, y: float) -> bool:
         gx, gy = int(x // grid), int(y // grid)
@@ -456,56 +525,47 @@ def _two_pass(
     if not spread:  # raster order over the smear: each chunk clipped to the smear mask's extent
         margin = int(math.ceil(SMEAR_MARGIN_UM / level_mpp))
         chunks = [b for c in chunks if (b := _clip_to_mask(c, mask, ds / down, margin)) is not None]
-    reads = _prefetch(chunks, lambda c: slide.read_region((int(c[0] * ds), int(c[1] * ds)), level, (c[2], c[3])))
-    for i, ((cx0, cy0, _cw, _ch), low) in enumerate(zip(chunks, reads, strict=True)):
-        check_stop()
-        t = time.perf_counter()
-        cands = wbc_candidates(low, level_mpp)
-        t_cand += time.perf_counter() - t
-        t = time.perf_counter()
-        for d in cands:
-            lx, ly = _centre(d)
-            gx, gy = (cx0 + lx) * ds, (cy0 + ly) * ds
-            if not _in_mask(mask, down, gx, gy) or duplicate(gx, gy):
-                continue
-            wx0, wy0 = int(gx) - win_px, int(gy) - win_px
-            window = slide.read_region((wx0, wy0), 0, (2 * win_px, 2 * win_px))
-            fine = detect_cells(window, mpp, kinds=("wbc",))
-            dists = [math.hypot(_centre(f)[0] - win_px, _centre(f)[1] - win_px) for f in fine]
-            for k in sorted(range(len(fine)), key=dists.__getitem__):
-                if dists[k] > reach:
-                    break
-                best = fine[k]
-                fx, fy = _centre(best)
-                ax, ay = wx0 + fx, wy0 + fy
-                if duplicate(ax, ay):
+    count_mask = mono.mask if mono is not None and mono.mask.any() else mask
+    counting = side.submit(_count_fields, slide, result, count_mask, down, params, check_stop, rbc)
+    geometry = ChunkGeometry(level, ds, mpp, mask, down, REFINE_REACH_UM / mpp, spec.crop_um, spec.input_px)
+    screened = screen_ahead(chunks, lambda c: screen_chunk(slide, c, geometry), params.screen_threads)
+    with closing(screened):  # an early stop or a failure winds the threads down here
+        for i, chunk in enumerate(screened):
+            check_stop()
+            t_cand += chunk.candidate_s
+            t_refine += chunk.refine_s
+            # Cells are taken in chunk and candidate order, whatever the threads' timing: a cell already
+            # taken (from a neighbouring candidate or an overlapping chunk) is not taken again.
+            for cand in chunk.candidates:
+                if duplicate(*cand.centre):
                     continue
-                accepted.setdefault((int(ax // grid), int(ay // grid)), []).append((ax, ay))
-                bx0, by0, bx1, by1 = best.bbox
-                cell = CellResult(WBC, (wx0 + bx0, wy0 + by0, wx0 + bx1, wy0 + by1), float(best.score))
-                sink.add(cell, _crop_from_slide(slide, ax, ay, crop_px, mpp, spec, window, (wx0, wy0)))
-                n_wbc += 1
-                if sink.pending >= params.batch_size:  # a dense chunk never holds more than a batch
-                    t_flush = time.perf_counter()
-                    sink.flush()
-                    t += time.perf_counter() - t_flush  # classifying is not refining
-        t_refine += time.perf_counter() - t
-        result.fields_analysed += 1
-        if spread:
-            sampling.read(fields[i])
-        read = (i + 1) / len(chunks)
-        done = read if params.full_count or params.census else max(read, n_wbc / max(1, params.wbc_goal))
-        progress(0.05 + 0.8 * min(1.0, done), f"{n_wbc} white cells")
-        if not (params.full_count or params.census) and _enough_white_cells(sink, params):
-            result.stopped_early = True
-            break
+                for fine in cand.cells:
+                    ax, ay = fine.centre
+                    if duplicate(ax, ay):
+                        continue
+                    accepted.setdefault((int(ax // grid), int(ay // grid)), []).append((ax, ay))
+                    sink.add(CellResult(WBC, fine.bbox, fine.score), fine.crop)
+                    n_wbc += 1
+                    if sink.pending >= params.batch_size:  # a dense chunk never holds more than a batch
+                        sink.flush()
+            del chunk
+            result.fields_analysed += 1
+            if spread:
+                sampling.read(fields[i])
+            read = (i + 1) / len(chunks)
+            done = read if params.full_count or params.census else max(read, n_wbc / max(1, params.wbc_goal))
+            progress(0.05 + 0.8 * min(1.0, done), f"{n_wbc} white cells")
+            if not (params.full_count or params.census) and _enough_white_cells(sink, params):
+                result.stopped_early = True
+                break
     result.timings_s["candidates"] = t_cand
     result.timings_s["refine"] = t_refine
+    counted = counting.result()
     if not spread:
         sampling = whole_smear(mono, result.width, result.height, sampling.method)
     result.sampling = sampling.to_dict()
-    count_mask = mono.mask if mono is not None and mono.mask.any() else mask
-    _count_fields(slide, result, count_mask, down, params, check_stop, rbc)
+    if counted is not None:
+        result.sampling["count_fields"] = counted
     progress(0.95, "red cells and platelets counted")
 
 
@@ -542,20 +602,6 @@ def _enough_white_cells(sink: CropSink, params: PipelineParams) -> bool:
     return sink.classified >= params.target_wbc
 
 
-def _prefetch(items: list[_Item], read: Callable[[_Item], np.ndarray], depth: int = 2) -> Iterator[np.ndarray]:
-    """Yield ``read(item)`` in order while the next reads run on a thread (OpenSlide and JPEG
-    decoding release the GIL), so slide reading overlaps detection and classification."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="slide-read") as pool:
-        pending = [pool.submit(read, it) for it in items[:depth]]
-        for k in range(len(items)):
-            result = pending.pop(0).result()
-            if k + depth < len(items):
-                pending.append(pool.submit(read, items[k + depth]))
-            yield result
-
-
 def _count_fields(
     slide: Slide,
     result: SlideAnalysis,
@@ -564,16 +610,17 @@ def _count_fields(
     params: PipelineParams,
     check_stop: StopCheck,
     rbc: RedCellSampler | None = None,
-) -> None:
+) -> dict[str, Any] | None:
     """Red cells and platelets in full-resolution fields spread evenly over the smear area; with
     red-cell morphology, more fields (at most ``rbc_max_fields``) while too few single red cells
-    are in hand."""
+    are in hand. Returns what was read (``SlideAnalysis.sampling["count_fields"]``), None where
+    the mask is empty."""
     t = time.perf_counter()
     mpp = result.mpp
     field_px = int(params.field_um / mpp)
     ys, xs = np.nonzero(mask)
     if len(xs) == 0:
-        return
+        return None
     rng = np.random.default_rng(0)
     picks = sorted(rng.choice(len(xs), size=min(params.rbc_fields, len(xs)), replace=False))
     if rbc is not None:  # further fields, read only while the sampler wants more (first fields unchanged)
@@ -600,6 +647,6 @@ def _count_fields(
                 red_dets.append(d)
         if rbc is not None:
             rbc.offer(region, (x0, y0), red, float(region.shape[0] * region.shape[1]), red_dets)
-    # what the platelet estimate is over (hematovision.core.estimates): the fields actually read
-    result.sampling["count_fields"] = {"fields": n_read, "area_mm2": round(n_read * (field_px * mpp / 1e3) ** 2, 4)}
     result.timings_s["fields"] = time.perf_counter() - t
+    # what the platelet estimate is over (hematovision.core.estimates): the fields actually read
+    return {"fields": n_read, "area_mm2": round(n_read * (field_px * mpp / 1e3) ** 2, 4)}

@@ -156,6 +156,17 @@ def cell_threshold(od: np.ndarray) -> float:
     return max(min(mode + 4.0 * noise, li), CELL_MIN_OD)
 
 
+def _optical_density(channel: np.ndarray, glass: np.ndarray) -> np.ndarray:
+    """``-log10(clip((channel + 1) / (glass + 1), 1e-3, 1))`` in one float32 buffer (the same values
+    as the expression, without its four whole-field temporaries)."""
+    od = channel + 1.0
+    od /= glass + 1.0
+    np.clip(od, 1e-3, 1.0, out=od)
+    np.log10(od, out=od)
+    np.negative(od, out=od)
+    return od
+
+
 def stain_field(
     image: np.ndarray, mpp: float, work_mpp: float, block_px: int | None = None, smooth_px: float | None = None
 ) -> StainField:
@@ -168,12 +179,16 @@ def stain_field(
     rgb = small.astype(np.float32)
     # optical density of green and blue only (red is not used)
     glass = glass_map(rgb, max(8, int(round(GLASS_BLOCK_UM / wmpp))) if block_px is None else block_px, (1, 2))
-    od_g = -np.log10(np.clip((rgb[..., 1] + 1.0) / (glass[..., 0] + 1.0), 1e-3, 1.0))
-    od_b = -np.log10(np.clip((rgb[..., 2] + 1.0) / (glass[..., 1] + 1.0), 1e-3, 1.0))
+    od_g = _optical_density(rgb[..., 1], glass[..., 0])
+    od_b = _optical_density(rgb[..., 2], glass[..., 1])
+    del rgb, glass  # a 2 x 2 mm chunk of a 1 µm/px level: 80 MB that are no longer needed
     sigma = max(0.3, 0.35 / wmpp) if smooth_px is None else smooth_px
     # haemoglobin and nuclear dyes both absorb green most: the green OD finds every cell
     od_mean = ndi.gaussian_filter(od_g, sigma)
-    stain = ndi.gaussian_filter(od_g - od_b, sigma)
+    od_g -= od_b
+    del od_b
+    stain = ndi.gaussian_filter(od_g, sigma)
+    del od_g
     cells = od_mean > cell_threshold(stats_sample(od_mean))
     sampled_cells = stats_sample(cells)
     ref = float(np.median(stats_sample(stain)[sampled_cells])) if sampled_cells.any() else 0.0
@@ -190,3 +205,28 @@ def disk(radius_px: float) -> np.ndarray:
     yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
     disk: np.ndarray = (xx * xx + yy * yy) <= r * r + 0.5
     return disk
+
+
+def dilate_disk(mask: np.ndarray, radius_px: float) -> np.ndarray:
+    """``ndi.binary_dilation(mask, disk(radius_px))``, the same pixels, several times faster on large
+    masks: a disk is a stack of centred row segments, so the mask is dilated along rows once per
+    half-width and the shifted rows are OR-ed together (a few whole-array passes instead of one
+    pass per structuring element)."""
+    se = disk(radius_px)
+    r = se.shape[0] // 2
+    h = mask.shape[0]
+    rows = [mask.astype(bool, copy=False)]  # rows[k]: dilated along rows by k px each side
+    for _ in range(r):
+        prev = rows[-1]
+        nxt = prev.copy()
+        nxt[:, 1:] |= prev[:, :-1]
+        nxt[:, :-1] |= prev[:, 1:]
+        rows.append(nxt)
+    out = np.zeros(mask.shape, bool)
+    for dy in range(-min(r, h - 1), min(r, h - 1) + 1):
+        src = rows[(int(se[dy + r].sum()) - 1) // 2]
+        if dy >= 0:
+            out[dy:] |= src[: h - dy]
+        else:
+            out[: h + dy] |= src[-dy:]
+    return out

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from hemato_model.detection.stain import NUCLEUS_MIN_CHROMA, StainField, disk, nucleus_threshold
+from hemato_model.detection.stain import NUCLEUS_MIN_CHROMA, StainField, dilate_disk, nucleus_threshold
 
 #: Physical size ranges (diameters, µm).
 WBC_DIAMETER_UM = (9.0, 20.0)
@@ -112,7 +112,7 @@ def find_white_cells(
     h, w = nuclear.shape
     if not nuclear.any():
         return [], np.zeros_like(nuclear)
-    grouped = ndi.binary_dilation(nuclear, disk(field.px(WBC_MERGE_UM / 2.0)))
+    grouped = dilate_disk(nuclear, field.px(WBC_MERGE_UM / 2.0))
     labels, n = ndi.label(grouped)
     if n == 0:
         return [], np.zeros_like(nuclear)

@@ -18,6 +18,7 @@ import math
 import os
 import platform
 import resource
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -26,17 +27,19 @@ import numpy as np
 
 
 class _CountingSlide:
-    """Wraps a slide and counts the pixels read (all levels)."""
+    """Wraps a slide and counts the pixels read (all levels; the pipeline reads from several threads)."""
 
     def __init__(self, slide: Any) -> None:
         self._slide = slide
         self.pixels_read = 0
+        self._lock = threading.Lock()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._slide, name)
 
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
-        self.pixels_read += int(size[0]) * int(size[1])
+        with self._lock:
+            self.pixels_read += int(size[0]) * int(size[1])
         return self._slide.read_region(location, level, size)
 
 
@@ -117,9 +120,13 @@ def run_benchmark(
     tile_px: int = 1024,
     census: bool = False,
     rbc_model_dir: Path | None = None,
+    tf_threads: int = 0,
 ) -> dict[str, Any]:
+    """Run the benchmark and return its figures (see the module docstring). ``tf_threads`` caps
+    TensorFlow's intra-op threads (0: its default; ignored where TensorFlow already ran here)."""
     from hemato_model.classifier import load_classifier
     from hemato_model.pipeline import PipelineParams, analyze_slide
+    from hemato_model.runtime import limit_tensorflow_threads
     from hematovision.core.slides import open_slide
 
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -127,6 +134,7 @@ def run_benchmark(
     t = time.perf_counter()
     manifest = ensure_slide(slide_path, data_root, size_px, mpp, n_wbc)
     make_s = time.perf_counter() - t
+    limit_tensorflow_threads(tf_threads)
     classifier = load_classifier(model_dir)
     # Warm the model (graph compilation) so the timed run measures steady state.
     classifier.classify(np.zeros((8, classifier.input_px, classifier.input_px, 3), np.uint8))
@@ -180,6 +188,8 @@ def run_benchmark(
         "naive_cpu_seconds_per_slide": round(naive["cpu_seconds"], 1),
         "speedup_cpu": round(naive["cpu_seconds"] / ours_cpu_s, 1),
         "slides_per_hour_per_free_core": round(3600.0 / ours_cpu_s, 1),
+        "tf_threads": tf_threads,
+        "screen_threads": params.screen_threads,
         "load_avg_1min": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
         "peak_rss_mb": round(rss_mb, 1),
         "machine": {
