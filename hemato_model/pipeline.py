@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import numpy as np
 
 from hemato_model.detection import Detection, detect_cells, wbc_candidates
+from hemato_model.detection.detect import DEFAULT_PLATELET_METHOD
 from hemato_model.preprocessing import crop_cell
 from hemato_model.quality import measure_quality, ood_summary
 from hemato_model.sampling import (
@@ -117,6 +118,8 @@ class PipelineParams:
     #: level were), so the order the smear is read in does not depend on the level's resolution.
     chunk_um: float = 2048.0
     rbc_fields: int = 12
+    #: How the count fields find platelets (``hemato_model.detection.detect.PLATELET_METHODS``).
+    platelet_method: str = DEFAULT_PLATELET_METHOD
     field_um: float = 150.0
     batch_size: int = 64
     thumb_mpp: float = 8.0
@@ -354,7 +357,7 @@ def _full_resolution(
             continue
         t = time.perf_counter()
         region = slide.read_region((x0, y0), 0, (tw, th))
-        dets = detect_cells(region, mpp)
+        dets = detect_cells(region, mpp, platelet_method=params.platelet_method)
         t_detect += time.perf_counter() - t
         result.fields_analysed += 1
         red: list[CellResult] = []
@@ -364,7 +367,7 @@ def _full_resolution(
             if not (core[0] <= gx < core[2] and core[1] <= gy < core[3]):
                 continue
             bx0, by0, bx1, by1 = d.bbox
-            cell = CellResult(d.kind, (x0 + bx0, y0 + by0, x0 + bx1, y0 + by1), float(d.score))
+            cell = CellResult(d.kind, (x0 + bx0, y0 + by0, x0 + bx1, y0 + by1), float(d.score), label=d.label)
             if d.kind == WBC:
                 crop = _crop_from_slide(slide, gx, gy, crop_px, mpp, spec, region, (x0, y0))
                 sink.add(cell, crop)
@@ -587,9 +590,9 @@ def _count_fields(
         y0 = min(max(0, gy - field_px // 2), max(0, result.height - field_px))
         region = slide.read_region((x0, y0), 0, (field_px, field_px))
         red: list[CellResult] = []
-        for d in detect_cells(region, mpp, kinds=("rbc", "platelet")):
+        for d in detect_cells(region, mpp, kinds=("rbc", "platelet"), platelet_method=params.platelet_method):
             bx0, by0, bx1, by1 = d.bbox
-            cell = CellResult(d.kind, (x0 + bx0, y0 + by0, x0 + bx1, y0 + by1), float(d.score))
+            cell = CellResult(d.kind, (x0 + bx0, y0 + by0, x0 + bx1, y0 + by1), float(d.score), label=d.label)
             result.cells.append(cell)
             if d.kind == RBC:
                 red.append(cell)
