@@ -13,6 +13,7 @@ a 200-cell differential with the shipped model, and this prints, per slide:
 Usage::
 
     python benchmarks/smear_estimates.py SLIDE.tiff [SLIDE.tiff ...] [--target-wbc 200] [--out out.json]
+        [--platelet-method classical|learned]
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import numpy as np
 PLACED_WITHIN = 0.88
 
 
-def measure(path: Path, classifier: Any, target_wbc: int) -> dict[str, Any]:
+def measure(path: Path, classifier: Any, target_wbc: int, platelet_method: str = "classical") -> dict[str, Any]:
     from hemato_model.pipeline import PipelineParams, analyze_slide
     from hematovision.core.results import WBC, is_classified_wbc
     from hematovision.core.slides import open_slide
@@ -42,7 +43,9 @@ def measure(path: Path, classifier: Any, target_wbc: int) -> dict[str, Any]:
     counts = doc["counts"]
     del doc
     with open_slide(path) as slide:
-        analysis = analyze_slide(slide, classifier, PipelineParams(target_wbc=target_wbc))
+        analysis = analyze_slide(
+            slide, classifier, PipelineParams(target_wbc=target_wbc, platelet_method=platelet_method)
+        )
     rep = build_report(analysis, slide_id=path.stem)
     counted = np.array([c.center for c in analysis.cells if c.kind == WBC and is_classified_wbc(c.label)])
     thirds = {}
@@ -76,6 +79,8 @@ def measure(path: Path, classifier: Any, target_wbc: int) -> dict[str, Any]:
         else None,
         "rbc_found_in_fields": plt["rbc"],
         "platelets_found_in_fields": plt["platelets"],
+        "platelet_clumps_in_fields": plt["clumps"],
+        "platelet_method": platelet_method,
         "rare_event_detection_limit_pct": rep["rare_event_detection_limit_pct"],
         "seconds": round(analysis.timings_s.get("total", 0.0), 1),
     }
@@ -86,13 +91,14 @@ def main() -> None:
     ap.add_argument("slides", nargs="+", type=Path)
     ap.add_argument("--target-wbc", type=int, default=200)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--platelet-method", choices=("classical", "learned"), default="classical")
     args = ap.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from hemato_model.classifier import load_classifier
     from hematovision.core.settings import load_settings
 
     classifier = load_classifier(load_settings().model_dir)
-    rows = [measure(p, classifier, args.target_wbc) for p in args.slides]
+    rows = [measure(p, classifier, args.target_wbc, args.platelet_method) for p in args.slides]
     text = json.dumps(rows, indent=1)
     if args.out:
         args.out.write_text(text)

@@ -61,6 +61,7 @@ import numpy as np
 
 from hemato_model.chunk_search import ChunkGeometry, screen_ahead, screen_chunk
 from hemato_model.detection import Detection, detect_cells
+from hemato_model.detection.detect import DEFAULT_PLATELET_METHOD
 from hemato_model.preprocessing import crop_cell
 from hemato_model.quality import measure_quality, ood_summary
 from hemato_model.sampling import (
@@ -127,6 +128,8 @@ class PipelineParams:
     #: the cells taken do not depend on it.
     screen_threads: int = 2
     rbc_fields: int = 12
+    #: How the count fields find platelets (``hemato_model.detection.detect.PLATELET_METHODS``).
+    platelet_method: str = DEFAULT_PLATELET_METHOD
     field_um: float = 150.0
     batch_size: int = 64
     thumb_mpp: float = 8.0
@@ -426,7 +429,7 @@ def _full_resolution(
             continue
         t = time.perf_counter()
         region = slide.read_region((x0, y0), 0, (tw, th))
-        dets = detect_cells(region, mpp)
+        dets = detect_cells(region, mpp, platelet_method=params.platelet_method)
         t_detect += time.perf_counter() - t
         result.fields_analysed += 1
         red: list[CellResult] = []
@@ -437,7 +440,7 @@ def _full_resolution(
             if not (core[0] <= gx < core[2] and core[1] <= gy < core[3]):
                 continue
             bx0, by0, bx1, by1 = d.bbox
-            cell = CellResult(d.kind, (x0 + bx0, y0 + by0, x0 + bx1, y0 + by1), float(d.score))
+            cell = CellResult(d.kind, (x0 + bx0, y0 + by0, x0 + bx1, y0 + by1), float(d.score), label=d.label)
             if d.kind == WBC:
                 crop = _crop_from_slide(slide, gx, gy, crop_px, mpp, spec, region, (x0, y0))
                 sink.add(cell, crop)
@@ -638,9 +641,9 @@ def _count_fields(
         region = slide.read_region((x0, y0), 0, (field_px, field_px))
         red: list[CellResult] = []
         red_dets: list[Detection] = []
-        for d in detect_cells(region, mpp, kinds=("rbc", "platelet")):
+        for d in detect_cells(region, mpp, kinds=("rbc", "platelet"), platelet_method=params.platelet_method):
             bx0, by0, bx1, by1 = d.bbox
-            cell = CellResult(d.kind, (x0 + bx0, y0 + by0, x0 + bx1, y0 + by1), float(d.score))
+            cell = CellResult(d.kind, (x0 + bx0, y0 + by0, x0 + bx1, y0 + by1), float(d.score), label=d.label)
             result.cells.append(cell)
             if d.kind == RBC:
                 red.append(cell)

@@ -171,7 +171,10 @@ def run_prepare(settings: Settings, factory: sessionmaker[Session], job_id: str)
         try:
             spool = CropSpool(tmp)
             params = PipelineParams(
-                target_wbc=settings.target_wbc, full_count=settings.full_count, census=ticket.census
+                target_wbc=settings.target_wbc,
+                full_count=settings.full_count,
+                census=ticket.census,
+                platelet_method=settings.platelet_detector,
             )
             with open_slide(ticket.path, mpp=ticket.mpp, default_mpp=settings.default_mpp) as slide:
                 analysis = prepare_slide(

@@ -8,14 +8,28 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hemato_model.detection.platelet_candidates import Candidates, clump_rule, find_candidates, is_clump
 from hemato_model.detection.platelets import find_platelets
 from hemato_model.detection.red_cells import RedCellShape, find_red_cells
-from hemato_model.detection.stain import check_image, stain_field
+from hemato_model.detection.stain import StainField, check_image, stain_field
 from hemato_model.detection.white_cells import NucleusRule, find_white_cells
+from hematovision.core.results import PLATELET_CLUMP
 
 logger = logging.getLogger(__name__)
 
 KINDS: tuple[str, ...] = ("wbc", "rbc", "platelet")
+#: How platelets are found: ``"learned"`` (loose candidates scored by the shipped platelet filter,
+#: :mod:`hemato_model.detection.platelet_filter`; clumps reported as clumps) or ``"classical"``
+#: (the stain rule of :mod:`hemato_model.detection.platelets`).
+PLATELET_METHODS: tuple[str, ...] = ("learned", "classical")
+#: The default stays classical: the learned filter reaches recall 0.96 on CBC Testing but at
+#: precision 0.66 against CBC's boxes, under the 0.7 asked (docs/validation.md, "Spread sampling
+#: and estimates"); opt in with the ``platelet_detector`` setting or ``platelet_method``.
+DEFAULT_PLATELET_METHOD = "classical"
+#: The label a platelet detection carries when it is a clump of platelets.
+CLUMP_LABEL = PLATELET_CLUMP
+#: Platelet boxes are the stained core grown by this margin (µm): ~ the platelet's outline.
+PLATELET_PAD_UM = 0.5
 
 #: Working resolutions, µm/px (all kinds / white cells only).
 WORK_MPP = 0.4
@@ -42,7 +56,8 @@ class Detection:
     Attributes:
         kind: ``"wbc"``, ``"rbc"`` or ``"platelet"``.
         bbox: ``(x0, y0, x1, y1)`` in pixels of the image passed in; ``x1``/``y1`` exclusive.
-        score: heuristic confidence in 0..1.
+        score: heuristic confidence in 0..1 (the platelet filter's score for learned platelets).
+        label: ``"platelet_clump"`` for a platelet detection that is a clump, else ``None``.
     """
 
     kind: str
@@ -53,6 +68,8 @@ class Detection:
     #: red cells: the segment against its neighbours (:class:`~hemato_model.detection.red_cells.RedCellShape`,
     #: its centroid in work pixels; ``centroid`` above is the same point in image pixels)
     shape: RedCellShape | None = None
+    #: platelets: ``platelet_clump`` for a clump (None otherwise)
+    label: str | None = None
 
     @property
     def center(self) -> tuple[float, float]:
@@ -68,7 +85,9 @@ def to_input(box: Sequence[float], scale: float, width: int, height: int) -> tup
     return (x0, y0, x1, y1)
 
 
-def detect_cells(image: np.ndarray, mpp: float, kinds: Iterable[str] = KINDS) -> list[Detection]:
+def detect_cells(
+    image: np.ndarray, mpp: float, kinds: Iterable[str] = KINDS, platelet_method: str = DEFAULT_PLATELET_METHOD
+) -> list[Detection]:
     """Detect white cells, red cells and platelets in one RGB smear field.
 
     Args:
@@ -76,12 +95,13 @@ def detect_cells(image: np.ndarray, mpp: float, kinds: Iterable[str] = KINDS) ->
         mpp: µm per pixel of ``image`` (any level of a pyramid; sizes are physical).
         kinds: which kinds to return. ``("wbc",)`` works at 0.8 µm/px and skips the red-cell
             watershed, for a fast candidate pass.
+        platelet_method: one of ``PLATELET_METHODS``.
 
     Returns:
         Detections, white cells first, then platelets, then red cells; boxes in ``image`` pixels.
 
     Raises:
-        ValueError: on a non-RGB image, a non-positive ``mpp`` or an unknown kind.
+        ValueError: on a non-RGB image, a non-positive ``mpp``, an unknown kind or platelet method.
     """
     arr = check_image(image)
     if not (np.isfinite(mpp) and mpp > 0):
@@ -90,6 +110,8 @@ def detect_cells(image: np.ndarray, mpp: float, kinds: Iterable[str] = KINDS) ->
     unknown = set(wanted) - set(KINDS)
     if unknown:
         raise ValueError(f"unknown cell kind(s) {sorted(unknown)}; expected some of {KINDS}")
+    if platelet_method not in PLATELET_METHODS:
+        raise ValueError(f"unknown platelet method {platelet_method!r}; expected one of {PLATELET_METHODS}")
     work = WORK_MPP_WBC_ONLY if set(wanted) <= {"wbc"} else WORK_MPP
     if mpp > 2 * WORK_MPP and set(wanted) & {"rbc", "platelet"}:
         logger.warning(
@@ -104,11 +126,13 @@ def detect_cells(image: np.ndarray, mpp: float, kinds: Iterable[str] = KINDS) ->
     wbc_boxes = [b for b, _ in wbc]
     if "wbc" in wanted:
         out += [Detection("wbc", to_input(b, field.scale, width, height), s) for b, s in wbc]
-    if "platelet" in wanted:
+    if "platelet" in wanted and platelet_method == "classical":
         out += [
             Detection("platelet", to_input(b, field.scale, width, height), s)
             for b, s in find_platelets(field, wbc_boxes)
         ]
+    elif "platelet" in wanted:
+        out += learned_platelets(field, wbc_boxes, nuclei, width, height)
     if "rbc" in wanted:
         out += [
             Detection(
@@ -121,6 +145,40 @@ def detect_cells(image: np.ndarray, mpp: float, kinds: Iterable[str] = KINDS) ->
             for b, s, shape in find_red_cells(field, wbc_boxes, nuclei)
         ]
     return out
+
+
+def _candidate_boxes(field: StainField, cands: Candidates, width: int, height: int) -> list[tuple[int, int, int, int]]:
+    pad = field.px(PLATELET_PAD_UM)
+    return [to_input([b[0] - pad, b[1] - pad, b[2] + pad, b[3] + pad], field.scale, width, height) for b in cands.boxes]
+
+
+def learned_platelets(
+    field: StainField, wbc_boxes: Sequence[Sequence[float]], nuclei: np.ndarray, width: int, height: int
+) -> list[Detection]:
+    """Platelets and platelet clumps: loose candidates the shipped platelet filter keeps."""
+    from hemato_model.detection.platelet_filter import load_filter
+
+    cands = find_candidates(field, wbc_boxes, nuclei)
+    if not len(cands.boxes):
+        return []
+    model = load_filter()
+    scores = model.scores(cands.features)
+    clump = is_clump(cands.areas_um2, cands.n_peaks)
+    keep = (scores >= model.threshold) | clump_rule(cands)
+    boxes = _candidate_boxes(field, cands, width, height)
+    return [
+        Detection("platelet", boxes[i], float(scores[i]), label=CLUMP_LABEL if clump[i] else None)
+        for i in np.nonzero(keep)[0]
+    ]
+
+
+def platelet_candidates_in(image: np.ndarray, mpp: float) -> tuple[list[tuple[int, int, int, int]], Candidates]:
+    """The platelet candidates of one field, boxes in ``image`` pixels (for training the filter)."""
+    arr = check_image(image)
+    field = stain_field(arr, float(mpp), WORK_MPP)
+    wbc, nuclei = find_white_cells(field)
+    cands = find_candidates(field, [b for b, _ in wbc], nuclei)
+    return _candidate_boxes(field, cands, arr.shape[1], arr.shape[0]), cands
 
 
 def wbc_candidates(image: np.ndarray, mpp: float) -> list[Detection]:

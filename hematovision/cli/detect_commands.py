@@ -38,8 +38,13 @@ def _make_detector(choice: str | None) -> tuple[str, Any]:
 
     settings = load_settings()
     name = choice or settings.wbc_detector
+    platelets = settings.platelet_detector
     if name == "classical":
-        return name, detect_cells
+
+        def run_classical(rgb: Any, mpp: float, kinds: tuple[str, ...] = KIND_CHOICES) -> list[Any]:
+            return detect_cells(rgb, mpp, kinds=kinds, platelet_method=platelets)
+
+        return name, run_classical
     from hemato_model.detection.learned import DetectorModelError, LearnedWbcDetector
 
     try:
@@ -50,7 +55,7 @@ def _make_detector(choice: str | None) -> tuple[str, Any]:
     def run(rgb: Any, mpp: float, kinds: tuple[str, ...] = KIND_CHOICES) -> list[Any]:
         out = learned.detect(rgb, mpp) if "wbc" in kinds else []
         rest = tuple(k for k in kinds if k != "wbc")
-        return out + (detect_cells(rgb, mpp, kinds=rest) if rest else [])
+        return out + (detect_cells(rgb, mpp, kinds=rest, platelet_method=platelets) if rest else [])
 
     return f"learned ({learned.version})", run
 
@@ -104,6 +109,8 @@ def _mpp_for(image: Any, mpp: float | None) -> tuple[float, str]:
 @click.option("--json", "as_json", is_flag=True, help="Print the detections as JSON.")
 def detect(image: Path, mpp: float | None, kinds: str, detector: str | None, as_json: bool) -> None:
     """Detect white cells, red cells and platelets in one field image (JPEG, PNG, TIFF...)."""
+    from hematovision.core.settings import load_settings
+
     wanted = tuple(k.strip() for k in kinds.split(",") if k.strip())
     bad = [k for k in wanted if k not in KIND_CHOICES]
     if bad or not wanted:
@@ -121,6 +128,7 @@ def detect(image: Path, mpp: float | None, kinds: str, detector: str | None, as_
             "mpp": used,
             "mpp_source": source,
             "wbc_detector": detector_name,
+            "platelet_detector": load_settings().platelet_detector,
         }
         click.echo(json.dumps(payload))
         return
@@ -182,6 +190,7 @@ def evaluate_detection(
         read_yolo_split,
     )
     from hemato_model.training.detection_eval import DetectionScores
+    from hematovision.core.settings import load_settings
 
     data_yaml = data_dir if data_dir.suffix.lower() in (".yaml", ".yml") else data_dir / "data.yaml"
     used_split = split
@@ -226,6 +235,7 @@ def evaluate_detection(
             "format": fmt,
             "split": used_split,
             "wbc_detector": detector_name,
+            "platelet_detector": load_settings().platelet_detector,
             "mpp_source": "given" if mpp is not None else "estimated",
             "mpp_median": float(sorted(mpps)[len(mpps) // 2]) if mpps else None,
             "skipped_no_scale": skipped,

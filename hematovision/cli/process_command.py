@@ -87,7 +87,12 @@ def process(
     rules = effective_rules(settings)
     rbc_on = settings.rbc_morphology if rbc is None else rbc
     rbc_model, rbc_off = load_red_cell_model(settings.rbc_model_dir if rbc_on else None)
-    params = PipelineParams(target_wbc=settings.target_wbc, full_count=full_count or settings.full_count, census=census)
+    params = PipelineParams(
+        target_wbc=settings.target_wbc,
+        full_count=full_count or settings.full_count,
+        census=census,
+        platelet_method=settings.platelet_detector,
+    )
     failures = 0
     for p in paths:
         try:

@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from hematovision.core.results import EXCLUDED_LABELS, NON_WBC_LABELS, PLATELET, RBC, WBC, CellResult
+from hematovision.core.results import EXCLUDED_LABELS, NON_WBC_LABELS, PLATELET, PLATELET_CLUMP, RBC, WBC, CellResult
 from hematovision.core.stats import clopper_pearson, poisson_interval
 
 #: Red cells per mm² of a monolayer in which red cells cover ~40 % of the glass (7.5 µm discs).
@@ -81,11 +81,14 @@ def platelet_estimate(
     fields: int,
     field_area_mm2: float,
     rbc_10e12_per_l: float | None = None,
+    n_clumps: int = 0,
 ) -> dict[str, Any]:
     """Platelet estimate from ``n_platelets`` and ``n_rbc`` red cells counted in ``fields`` fields.
 
     Args:
         n_platelets: platelets found in the fields (a clump counts as one object).
+        n_clumps: how many of them are platelet clumps (reported as ``clumps``: a clump holds
+            several platelets, so with clumps the estimate is a lower bound).
         n_rbc: red cells found in the same fields.
         fields: how many fields were counted.
         field_area_mm2: the fields' total area.
@@ -96,6 +99,7 @@ def platelet_estimate(
     out: dict[str, Any] = {
         "method": "platelets per 100 red cells in the counted fields",
         "platelets": n_platelets,
+        "clumps": n_clumps,
         "rbc": n_rbc,
         "fields": fields,
         "area_mm2": round(field_area_mm2, 4),
@@ -181,5 +185,6 @@ def smear_estimates(
         fields=int(count_fields.get("fields") or 0),
         field_area_mm2=float(count_fields.get("area_mm2") or 0.0),
         rbc_10e12_per_l=rbc_10e12_per_l,
+        n_clumps=sum(1 for c in cells if c.kind == PLATELET and c.label == PLATELET_CLUMP),
     )
     return {"wbc": wbc, "platelets": plt}

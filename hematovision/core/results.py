@@ -7,6 +7,8 @@ from typing import Any
 
 WBC, RBC, PLATELET = "wbc", "rbc", "platelet"
 UNIDENTIFIED = "unidentified"
+#: The label of a platelet detection that is a clump of platelets (counted as one object).
+PLATELET_CLUMP = "platelet_clump"
 
 # What a white-cell candidate's label means for the differential (kept simple, and documented in
 # docs/clinical_rules.md): the model's white-cell classes and any label not named below (a reviewer's

@@ -34,6 +34,9 @@ RBC_MODEL_DIR = MODELS_DIR / "rbc-effnetlite0-v1.1"
 WBC_DETECTOR_DIR = MODELS_DIR / "wbc-detector-v1"
 #: The white-cell detectors to choose from (``classical``: colour rules, the default).
 WBC_DETECTORS = ("classical", "learned")
+#: Platelet detectors (``classical``: the stain rule, the default; ``learned``: loose candidates
+#: scored by hemato_model/models/platelet-filter-v1, clumps reported as clumps).
+PLATELET_DETECTORS = ("classical", "learned")
 
 
 def _default_data_root() -> Path:
@@ -59,6 +62,10 @@ class Settings(BaseSettings):
     wbc_detector: str = Field(
         default="classical",
         description="White-cell detector of `detect` / `evaluate-detection`: classical or learned.",
+    )
+    platelet_detector: str = Field(
+        default="classical",
+        description="Platelet detector of the pipeline, `detect` and `evaluate-detection`: classical or learned.",
     )
     wbc_detector_dir: Path = Field(default=WBC_DETECTOR_DIR, description="Learned white-cell detector folder.")
     max_upload_mb: int = Field(default=4096, description="Largest accepted upload, MiB.")
@@ -152,6 +159,14 @@ class Settings(BaseSettings):
         value = value.strip().lower()
         if value not in WBC_DETECTORS:
             raise ValueError(f"wbc_detector must be one of {', '.join(WBC_DETECTORS)}, got {value!r}")
+        return value
+
+    @field_validator("platelet_detector")
+    @classmethod
+    def _known_platelet_detector(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value not in PLATELET_DETECTORS:
+            raise ValueError(f"platelet_detector must be one of {', '.join(PLATELET_DETECTORS)}, got {value!r}")
         return value
 
     @field_validator("cache_dir", "secret_key", mode="before")

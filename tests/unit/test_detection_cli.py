@@ -30,7 +30,8 @@ def test_detect_json_shape(runner):
     result = runner.invoke(main, ["detect", str(SAMPLE), "--json", "--mpp", "0.071"])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
-    assert set(payload) == {"cells", "mpp", "mpp_source", "wbc_detector"}
+    assert set(payload) == {"cells", "mpp", "mpp_source", "wbc_detector", "platelet_detector"}
+    assert payload["platelet_detector"] == "classical"
     assert payload["wbc_detector"] == "classical"
     assert payload["mpp"] == 0.071 and payload["mpp_source"] == "given"
     assert payload["cells"]
@@ -121,3 +122,18 @@ def test_evaluate_detection_json_on_a_small_voc_set(runner, tmp_path):
     wbc = payload["per_kind"]["wbc"]
     assert set(wbc) >= {"precision", "recall", "count_error", "n_pred", "n_true"}
     assert wbc["recall"] == 1.0
+
+
+@needs_bccd
+def test_detect_with_the_learned_platelet_detector(runner, monkeypatch):
+    """``HEMATOVISION_PLATELET_DETECTOR=learned`` reaches `detect` (and its JSON says so)."""
+    monkeypatch.setenv("HEMATOVISION_PLATELET_DETECTOR", "learned")
+    result = runner.invoke(main, ["detect", str(SAMPLE), "--json", "--mpp", "0.071", "--kinds", "platelet"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["platelet_detector"] == "learned"
+
+
+def test_unknown_platelet_detector_setting_is_refused(runner, monkeypatch):
+    monkeypatch.setenv("HEMATOVISION_PLATELET_DETECTOR", "magic")
+    result = runner.invoke(main, ["detect", str(SAMPLE), "--json", "--mpp", "0.071"])
+    assert result.exit_code != 0

@@ -18,7 +18,7 @@ from hemato_model.sampling import (
     stratified_order,
 )
 from hematovision.core.estimates import WBC_FACTOR, platelet_estimate, smear_estimates, wbc_estimate
-from hematovision.core.results import PLATELET, RBC, WBC, CellResult, SlideAnalysis
+from hematovision.core.results import PLATELET, PLATELET_CLUMP, RBC, WBC, CellResult, SlideAnalysis
 from hematovision.core.stats import poisson_interval, rare_event_detection_limit
 from hematovision.service.slide_results import build_report
 
@@ -107,6 +107,15 @@ def test_smear_estimates_count_white_cells_in_interior_fields_only() -> None:
     assert est["wbc"]["cells"] == 21 and est["wbc"]["fields"] == 1
     assert est["wbc"]["per_mm2"] == pytest.approx(21 / full, rel=1e-3)
     assert est["platelets"]["per_100_rbc"] == 5.0 and est["platelets"]["fields"] == 2
+    assert est["platelets"]["clumps"] == 0
+
+
+def test_platelet_estimate_reports_clumps_as_one_object_each() -> None:
+    sampling = {"count_fields": {"fields": 1, "area_mm2": 0.0225}}
+    cells = [CellResult(RBC, (0, 0, 1, 1), 1.0)] * 200 + [CellResult(PLATELET, (0, 0, 1, 1), 1.0)] * 8
+    cells += [CellResult(PLATELET, (5, 5, 30, 30), 0.3, label=PLATELET_CLUMP)] * 2
+    est = smear_estimates(cells, sampling)["platelets"]
+    assert est["platelets"] == 10 and est["clumps"] == 2 and est["per_100_rbc"] == 5.0
 
 
 # --- spread sampling --------------------------------------------------------------------------------
