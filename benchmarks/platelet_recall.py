@@ -22,41 +22,25 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 
 def measure(path: Path, n_fields: int, field_um: float, seed: int) -> dict[str, Any]:
     from hemato_model.detection import detect_cells
     from hemato_model.detection.detect import CLUMP_LABEL, PLATELET_METHODS
     from hemato_model.training.detection_eval import DetectionScores
-    from hematovision.core.slides import open_slide
+    from hemato_model.training.platelet_filter import slide_fields
 
-    doc = json.loads(path.with_name(path.name + ".manifest.json").read_text())
-    mpp = float(doc["mpp"])
-    plt = np.array([c["bbox"] for c in doc["cells"] if c["kind"] == "platelet"], float).reshape(-1, 4)
-    (cx, cy), (ax, ay) = doc["smear_area"]["center"], doc["smear_area"]["semi_axes"]
-    del doc
-    size = int(field_um / mpp)
-    rng = np.random.default_rng(seed)
     scores = {m: DetectionScores() for m in PLATELET_METHODS}
     cpu = dict.fromkeys(PLATELET_METHODS, 0.0)
     clumps = dict.fromkeys(PLATELET_METHODS, 0)
-    with open_slide(path) as slide:
-        for _ in range(n_fields):
-            r, a = 0.7 * np.sqrt(rng.random()), rng.uniform(0, 2 * np.pi)
-            x0 = int(np.clip(cx + r * ax * np.cos(a) - size / 2, 0, slide.dimensions[0] - size))
-            y0 = int(np.clip(cy + r * ay * np.sin(a) - size / 2, 0, slide.dimensions[1] - size))
-            region = slide.read_region((x0, y0), 0, (size, size))
-            ctr = (plt[:, :2] + plt[:, 2:]) / 2
-            inside = (ctr[:, 0] >= x0) & (ctr[:, 0] < x0 + size) & (ctr[:, 1] >= y0) & (ctr[:, 1] < y0 + size)
-            true = [("platelet", tuple(b - [x0, y0, x0, y0])) for b in plt[inside]]
-            for m in PLATELET_METHODS:
-                t = time.process_time()
-                dets = detect_cells(region, mpp, kinds=("rbc", "platelet"), platelet_method=m)
-                cpu[m] += time.process_time() - t
-                pred = [(d.kind, d.bbox) for d in dets if d.kind == "platelet"]
-                clumps[m] += sum(1 for d in dets if d.label == CLUMP_LABEL)
-                scores[m].add_image(pred, true)
+    for _, region, mpp, boxes in slide_fields(path, n_fields, field_um, seed):
+        true = [("platelet", b) for b in boxes]
+        for m in PLATELET_METHODS:
+            t = time.process_time()
+            dets = detect_cells(region, mpp, kinds=("rbc", "platelet"), platelet_method=m)
+            cpu[m] += time.process_time() - t
+            pred = [(d.kind, d.bbox) for d in dets if d.kind == "platelet"]
+            clumps[m] += sum(1 for d in dets if d.label == CLUMP_LABEL)
+            scores[m].add_image(pred, true)
     out: dict[str, Any] = {"slide": path.name, "fields": n_fields, "field_um": field_um}
     for m in PLATELET_METHODS:
         t = scores[m].tallies["platelet"].as_dict()

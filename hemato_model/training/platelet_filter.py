@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,11 +74,12 @@ def collect(items: list[Any]) -> list[ImageCandidates]:
     return out
 
 
-def collect_slide(path: Path, n_fields: int = 12, field_um: float = 150.0, seed: int = 0) -> list[ImageCandidates]:
-    """Candidates of ``n_fields`` random fields inside 0.7 of the smear ellipse of a ``make-slide``
-    slide, labelled by its manifest's platelets (as ``benchmarks/platelet_recall.py`` reads them)."""
-    from hemato_model.detection.detect import platelet_candidates_in
-    from hemato_model.training.detection_eval import match_boxes
+def slide_fields(
+    path: Path, n_fields: int = 12, field_um: float = 150.0, seed: int = 0
+) -> Iterator[tuple[int, np.ndarray, float, list[tuple[float, float, float, float]]]]:
+    """``n_fields`` random fields inside 0.7 of the smear ellipse of a ``make-slide`` slide: (index,
+    the field's RGB pixels, µm/px, the manifest's platelet boxes in field pixels). The one way the
+    platelet filter's training and ``benchmarks/platelet_recall.py`` read a slide's platelets."""
     from hematovision.core.slides import open_slide
 
     doc = json.loads(path.with_name(path.name + ".manifest.json").read_text())
@@ -88,7 +90,6 @@ def collect_slide(path: Path, n_fields: int = 12, field_um: float = 150.0, seed:
     size = int(field_um / mpp)
     rng = np.random.default_rng(seed)
     ctr = (plt[:, :2] + plt[:, 2:]) / 2
-    out = []
     with open_slide(path) as slide:
         width, height = slide.dimensions
         for k in range(n_fields):
@@ -97,12 +98,21 @@ def collect_slide(path: Path, n_fields: int = 12, field_um: float = 150.0, seed:
             y0 = int(np.clip(cy + r * ay * np.sin(a) - size / 2, 0, height - size))
             region = slide.read_region((x0, y0), 0, (size, size))
             inside = (ctr[:, 0] >= x0) & (ctr[:, 0] < x0 + size) & (ctr[:, 1] >= y0) & (ctr[:, 1] < y0 + size)
-            true = [tuple(b - [x0, y0, x0, y0]) for b in plt[inside]]
-            boxes, cands = platelet_candidates_in(region, mpp)
-            pos = np.zeros(len(boxes), bool)
-            for i, _ in match_boxes([tuple(b) for b in boxes], true):
-                pos[i] = True
-            out.append(ImageCandidates(f"{path.stem}-field{k}", cands.features, pos, len(true)))
+            yield k, region, mpp, [tuple(b - [x0, y0, x0, y0]) for b in plt[inside]]
+
+
+def collect_slide(path: Path, n_fields: int = 12, field_um: float = 150.0, seed: int = 0) -> list[ImageCandidates]:
+    """Candidates of the :func:`slide_fields` of a ``make-slide`` slide, labelled by its manifest's platelets."""
+    from hemato_model.detection.detect import platelet_candidates_in
+    from hemato_model.training.detection_eval import match_boxes
+
+    out = []
+    for k, region, mpp, true in slide_fields(path, n_fields, field_um, seed):
+        boxes, cands = platelet_candidates_in(region, mpp)
+        pos = np.zeros(len(boxes), bool)
+        for i, _ in match_boxes([tuple(b) for b in boxes], true):
+            pos[i] = True
+        out.append(ImageCandidates(f"{path.stem}-field{k}", cands.features, pos, len(true)))
     return out
 
 
