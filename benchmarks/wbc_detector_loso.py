@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.info("features of %d canvases, %.0f s", len(cache.index), t_feat)
 
     extractor = wd.feature_extractor()
+    fit_log: dict[tuple[str, ...], dict[str, object]] = {}
 
     def fold(train_sources: tuple[str, ...]) -> tuple[object, float, float]:
         t0 = time.time()
@@ -102,7 +103,16 @@ def main(argv: list[str] | None = None) -> int:
         val = [i for i, s in enumerate(samples) if s.source in train_sources and s.split == "val"]
         found = wd.predict_boxes(model, [samples[i] for i in val], [mpps[i] for i in val], 0.05)
         thr = wd.pick_threshold([samples[i] for i in val], found)
-        logging.info("threshold %.2f from %d val images, %.0f s", thr, len(val), time.time() - t0)
+        losses = head.history.history["loss"]
+        val_scores = wd.score([samples[i] for i in val], found, thr)
+        p, r = val_scores["precision"] or 0.0, val_scores["recall"] or 0.0
+        fit_log[train_sources] = {
+            "train_loss_first_last_epoch": [round(float(losses[0]), 4), round(float(losses[-1]), 4)],
+            "val_f1": round(2 * p * r / (p + r), 4) if p + r else 0.0,
+            "val": val_scores,
+        }
+        secs = time.time() - t0
+        logging.info("threshold %.2f from %d val images, %.0f s: %s", thr, len(val), secs, fit_log[train_sources])
         return model, thr, time.time() - t0
 
     def evaluate(model: object, thr: float, idx: list[int]) -> dict[str, object]:
@@ -132,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             "trained_on": list(others),
             "threshold": thr,
             "train_seconds": round(secs, 1),
+            **fit_log[others],
             "learned_test": evaluate(model, thr, test),
         }
         if args.all_images:
@@ -147,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     model, thr, secs = fold(wd.SOURCES)
-    all_src: dict[str, object] = {"threshold": thr, "train_seconds": round(secs, 1)}
+    all_src: dict[str, object] = {"threshold": thr, "train_seconds": round(secs, 1), **fit_log[wd.SOURCES]}
     for src in wd.SOURCES:
         test = [i for i, s in enumerate(samples) if s.source == src and s.split == "test"]
         all_src[src] = {"learned_test": evaluate(model, thr, test)}
