@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-aug", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--head-seed", type=int, default=None, help="seed of the head's training (default: --seed)")
     ap.add_argument("--limit", type=int, default=0, help="use only N images per source and split (smoke test)")
     ap.add_argument("--no-classical", action="store_true")
     ap.add_argument(
@@ -92,12 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.info("features of %d canvases, %.0f s", len(cache.index), t_feat)
 
     extractor = wd.feature_extractor()
+    head_seed = args.seed if args.head_seed is None else args.head_seed
     fit_log: dict[tuple[str, ...], dict[str, object]] = {}
 
     def fold(train_sources: tuple[str, ...]) -> tuple[object, float, float]:
         t0 = time.time()
         rows = np.nonzero([samples[i].source in train_sources and samples[i].split == "train" for i in cache.index])[0]
-        head = wd.train_head(cache, rows, epochs=args.epochs, seed=args.seed)
+        head = wd.train_head(cache, rows, epochs=args.epochs, seed=head_seed)
         logging.info("head trained on %d canvases, %.0f s", len(rows), time.time() - t0)
         model = wd.full_model(extractor, head)
         val = [i for i, s in enumerate(samples) if s.source in train_sources and s.split == "val"]
@@ -124,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         "work_mpp": wd.WORK_MPP,
         "n_aug": args.n_aug,
         "epochs": args.epochs,
+        "head_seed": head_seed,
         "images": {
             src: {sp: sum(s.source == src and s.split == sp for s in samples) for sp in ("train", "val", "test")}
             for src in wd.SOURCES
