@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-aug", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--head-seed", type=int, default=None, help="seed of the head's training (default: --seed)")
     ap.add_argument("--limit", type=int, default=0, help="use only N images per source and split (smoke test)")
     ap.add_argument("--no-classical", action="store_true")
     ap.add_argument(
@@ -92,17 +93,28 @@ def main(argv: list[str] | None = None) -> int:
     logging.info("features of %d canvases, %.0f s", len(cache.index), t_feat)
 
     extractor = wd.feature_extractor()
+    head_seed = args.seed if args.head_seed is None else args.head_seed
+    fit_log: dict[tuple[str, ...], dict[str, object]] = {}
 
     def fold(train_sources: tuple[str, ...]) -> tuple[object, float, float]:
         t0 = time.time()
         rows = np.nonzero([samples[i].source in train_sources and samples[i].split == "train" for i in cache.index])[0]
-        head = wd.train_head(cache, rows, epochs=args.epochs, seed=args.seed)
+        head = wd.train_head(cache, rows, epochs=args.epochs, seed=head_seed)
         logging.info("head trained on %d canvases, %.0f s", len(rows), time.time() - t0)
         model = wd.full_model(extractor, head)
         val = [i for i, s in enumerate(samples) if s.source in train_sources and s.split == "val"]
         found = wd.predict_boxes(model, [samples[i] for i in val], [mpps[i] for i in val], 0.05)
         thr = wd.pick_threshold([samples[i] for i in val], found)
-        logging.info("threshold %.2f from %d val images, %.0f s", thr, len(val), time.time() - t0)
+        losses = head.history.history["loss"]
+        val_scores = wd.score([samples[i] for i in val], found, thr)
+        p, r = val_scores["precision"] or 0.0, val_scores["recall"] or 0.0
+        fit_log[train_sources] = {
+            "train_loss_first_last_epoch": [round(float(losses[0]), 4), round(float(losses[-1]), 4)],
+            "val_f1": round(2 * p * r / (p + r), 4) if p + r else 0.0,
+            "val": val_scores,
+        }
+        secs = time.time() - t0
+        logging.info("threshold %.2f from %d val images, %.0f s: %s", thr, len(val), secs, fit_log[train_sources])
         return model, thr, time.time() - t0
 
     def evaluate(model: object, thr: float, idx: list[int]) -> dict[str, object]:
@@ -114,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         "work_mpp": wd.WORK_MPP,
         "n_aug": args.n_aug,
         "epochs": args.epochs,
+        "head_seed": head_seed,
         "images": {
             src: {sp: sum(s.source == src and s.split == sp for s in samples) for sp in ("train", "val", "test")}
             for src in wd.SOURCES
@@ -132,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             "trained_on": list(others),
             "threshold": thr,
             "train_seconds": round(secs, 1),
+            **fit_log[others],
             "learned_test": evaluate(model, thr, test),
         }
         if args.all_images:
@@ -147,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     model, thr, secs = fold(wd.SOURCES)
-    all_src: dict[str, object] = {"threshold": thr, "train_seconds": round(secs, 1)}
+    all_src: dict[str, object] = {"threshold": thr, "train_seconds": round(secs, 1), **fit_log[wd.SOURCES]}
     for src in wd.SOURCES:
         test = [i for i, s in enumerate(samples) if s.source == src and s.split == "test"]
         all_src[src] = {"learned_test": evaluate(model, thr, test)}

@@ -222,7 +222,16 @@ def build_head(width: int = 64) -> Any:
     x = layers.ReLU(name="merge_relu")(layers.Add(name="merge")([a, b]))
     for i in range(2):
         x = layers.Conv2D(width, 3, padding="same", activation="relu", name=f"head_conv{i}")(x)
-    heat = layers.Conv2D(1, 1, bias_initializer=keras.initializers.Constant(-2.19), name="heat")(x)
+    # CenterNet's prior: every cell starts at p = 0.1 (bias -2.19), which holds only while the
+    # kernel's share is small; the frozen features are not normalised (std 5-7), so a default
+    # kernel starts the logits at ±10.
+    heat = layers.Conv2D(
+        1,
+        1,
+        kernel_initializer=keras.initializers.RandomNormal(stddev=1e-3),
+        bias_initializer=keras.initializers.Constant(-2.19),
+        name="heat",
+    )(x)
     size = layers.Conv2D(2, 1, bias_initializer=keras.initializers.Constant(2.7), name="size")(x)
     off = layers.Conv2D(2, 1, name="offset")(x)
     out = layers.Concatenate(name="out")([heat, size, off])
@@ -234,11 +243,15 @@ def detection_loss(y_true: Any, y_pred: Any) -> Any:
     from keras import ops
 
     heat_t, valid, centre = y_true[..., 0], y_true[..., 6], y_true[..., 5]
-    p = ops.clip(ops.sigmoid(y_pred[..., 0]), 1e-4, 1 - 1e-4)
+    logit = y_pred[..., 0]
+    p = ops.sigmoid(logit)
     pos = ops.cast(heat_t >= 0.999, "float32") * valid
     neg = (1.0 - pos) * valid
-    pos_loss = ops.log(p) * (1 - p) ** 2 * pos
-    neg_loss = ops.log(1 - p) * p**2 * (1 - heat_t) ** 4 * neg
+    # log p and log(1 - p) from the logit: clipping p (CenterNet clamps it to [1e-4, 1 - 1e-4])
+    # zeroes the gradient of every centre whose logit falls below -9.2, and a head whose heat
+    # logits drift there early never recovers (the two-source leave-one-source-out heads).
+    pos_loss = ops.log_sigmoid(logit) * (1 - p) ** 2 * pos
+    neg_loss = ops.log_sigmoid(-logit) * p**2 * (1 - heat_t) ** 4 * neg
     n_pos = ops.maximum(ops.sum(pos), 1.0)
     focal = -(ops.sum(pos_loss) + ops.sum(neg_loss)) / n_pos
     n_c = ops.maximum(ops.sum(centre), 1.0)
@@ -308,7 +321,7 @@ def train_head(cache: FeatureCache, rows: np.ndarray, epochs: int = 30, seed: in
     steps = max(1, len(rows) // batch) * epochs
     sched = keras.optimizers.schedules.CosineDecay(2e-3, decay_steps=steps, alpha=0.05)
     head.compile(optimizer=keras.optimizers.AdamW(sched, weight_decay=1e-4), loss=detection_loss)
-    head.fit(
+    hist = head.fit(
         [cache.f8[rows].astype(np.float32), cache.f16[rows].astype(np.float32)],
         cache.target[rows],
         batch_size=batch,
@@ -316,6 +329,8 @@ def train_head(cache: FeatureCache, rows: np.ndarray, epochs: int = 30, seed: in
         shuffle=True,
         verbose=0,
     )
+    losses = [round(float(v), 4) for v in hist.history["loss"]]
+    log.info("head: %d canvases, %d steps, loss by epoch %s", len(rows), steps, losses)
     return head
 
 

@@ -163,3 +163,36 @@ def test_detect_cli_with_the_learned_detector(require):
     payload = json.loads(result.stdout)
     assert payload["wbc_detector"].startswith("learned")
     assert [c["kind"] for c in payload["cells"]] == ["wbc"]
+
+
+def test_focal_loss_still_pulls_up_a_centre_whose_logit_is_far_below():
+    """The heat-map loss is computed from the logit: a clipped probability gave a centre whose
+    logit fell below -9.2 no gradient at all, and the two-source heads never recovered."""
+    import tensorflow as tf
+
+    from hemato_model.training import wbc_detector as wd
+
+    y = np.zeros((1, 4, 4, 7), np.float32)
+    y[..., 6] = 1.0  # all valid
+    y[0, 1, 1, 0] = y[0, 1, 1, 5] = 1.0  # one centre
+    pred = tf.Variable(np.full((1, 4, 4, 5), -15.0, np.float32))
+    with tf.GradientTape() as tape:
+        loss = wd.detection_loss(tf.constant(y), pred)
+    grad = tape.gradient(loss, pred).numpy()
+    assert np.isfinite(float(loss)) and float(loss) > 14.0  # -log sigmoid(-15), not a clipped 9.2
+    assert grad[0, 1, 1, 0] < -0.9  # raising the centre's logit lowers the loss
+    assert abs(grad[0, 0, 0, 0]) < 1e-6  # a far-negative non-centre is already right
+
+
+def test_fresh_head_starts_every_cell_at_the_prior():
+    """CenterNet's bias prior (p = 0.1) only holds if the kernel's share starts small; the frozen
+    features are not normalised (std 5-7 on real canvases)."""
+    from scipy.special import expit
+
+    from hemato_model.training import wbc_detector as wd
+
+    rng = np.random.default_rng(0)
+    f8 = rng.normal(0.0, 7.0, (2, 16, 16, 40)).astype(np.float32)
+    f16 = rng.normal(0.0, 5.0, (2, 8, 8, 112)).astype(np.float32)
+    p = expit(np.asarray(wd.build_head()([f8, f16]))[..., 0])
+    assert p.min() > 0.08 and p.max() < 0.12
