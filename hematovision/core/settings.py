@@ -64,7 +64,7 @@ class Settings(BaseSettings):
         description="White-cell detector of `detect` / `evaluate-detection`: classical or learned.",
     )
     platelet_detector: str = Field(
-        default="classical",
+        default="learned",
         description="Platelet detector of the pipeline, `detect` and `evaluate-detection`: classical or learned.",
     )
     wbc_detector_dir: Path = Field(default=WBC_DETECTOR_DIR, description="Learned white-cell detector folder.")

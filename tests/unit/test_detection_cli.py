@@ -31,7 +31,7 @@ def test_detect_json_shape(runner):
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     assert set(payload) == {"cells", "mpp", "mpp_source", "wbc_detector", "platelet_detector"}
-    assert payload["platelet_detector"] == "classical"
+    assert payload["platelet_detector"] == "learned"  # the default since 2026-12-01
     assert payload["wbc_detector"] == "classical"
     assert payload["mpp"] == 0.071 and payload["mpp_source"] == "given"
     assert payload["cells"]
