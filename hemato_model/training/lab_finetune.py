@@ -248,9 +248,8 @@ def _interpolate_towards_parent(
     from hemato_model.training.model_comparison import model_figures
 
     baseline = None
-    if parent_val is not None and "pbc_val" in sets:
-        v = sets["pbc_val"]
-        baseline = {"pbc_val": model_figures(truth["pbc_val"], parent_val[v], base_classes, parent_threshold)}
+    if parent_val is not None and "pbc_val" in sets:  # the parent's answers on the PBC validation cells
+        baseline = {"pbc_val": model_figures(truth["pbc_val"], parent_val, base_classes, parent_threshold)}
 
     def predict(alpha: float) -> dict[str, np.ndarray]:
         model.set_weights(interpolate(w0, w1, alpha))
@@ -350,7 +349,7 @@ def fine_tune_from_base(
         target_accuracy=float(base_cfg.get("target_accuracy", 0.99)),
         threshold_floor=float(base_cfg.get("threshold_floor", 0.5)),
     )
-    parent_val = _predict(base_model, x_val) if cfg.epochs > 0 and cfg.interpolate else None
+    parent_val = _predict(base_model, x_pbc_va) if cfg.epochs > 0 and cfg.interpolate and len(x_pbc_va) else None
     head_info: dict[str, Any] = {"grown": bool(new_classes)}
     if new_classes:
         head_info.update(fit_head(model, backbone, x_train, y_train, x_val, y_val, tcfg, verbose))

@@ -13,7 +13,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: The folder holding the installed packages: the checkout for an editable install, else site-packages.
@@ -153,20 +153,13 @@ class Settings(BaseSettings):
     session_hours: float = Field(default=12.0, gt=0, description="A login session ends after this many hours.")
     secure_cookies: bool = Field(default=False, description="Session cookie only over HTTPS (set behind TLS).")
 
-    @field_validator("wbc_detector")
+    @field_validator("wbc_detector", "platelet_detector")
     @classmethod
-    def _known_detector(cls, value: str) -> str:
+    def _known_detector(cls, value: str, info: ValidationInfo) -> str:
         value = value.strip().lower()
-        if value not in WBC_DETECTORS:
-            raise ValueError(f"wbc_detector must be one of {', '.join(WBC_DETECTORS)}, got {value!r}")
-        return value
-
-    @field_validator("platelet_detector")
-    @classmethod
-    def _known_platelet_detector(cls, value: str) -> str:
-        value = value.strip().lower()
-        if value not in PLATELET_DETECTORS:
-            raise ValueError(f"platelet_detector must be one of {', '.join(PLATELET_DETECTORS)}, got {value!r}")
+        known = {"wbc_detector": WBC_DETECTORS, "platelet_detector": PLATELET_DETECTORS}[str(info.field_name)]
+        if value not in known:
+            raise ValueError(f"{info.field_name} must be one of {', '.join(known)}, got {value!r}")
         return value
 
     @field_validator("cache_dir", "secret_key", mode="before")
