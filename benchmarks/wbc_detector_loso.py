@@ -209,7 +209,18 @@ def main(argv: list[str] | None = None) -> int:
         test = [i for i, s in enumerate(samples) if s.source == held and s.split == "test"]
         every = [i for i, s in enumerate(samples) if s.source == held]
         loso[held] = {"trained_on": list(others), "threshold": thr, "train_seconds": round(secs, 1), **fit_log[others]}
-        if args.val_only:
+        if args.val_only:  # the held-out source's val under each policy's threshold: to choose the policy
+            hv = [i for i, s in enumerate(samples) if s.source == held and s.split == "val"]
+            loso[held]["held_out_val_by_policy"] = {
+                pol: {"threshold": v["threshold"], **evaluate(model, v["threshold"], hv)}
+                for pol, v in fit_log[others]["val_by_policy"].items()  # type: ignore[attr-defined]
+            }
+            hv_s, hv_m = [samples[i] for i in hv], [mpps[i] for i in hv]
+            plain_thr = fit_log[others]["val_no_rule"]["threshold"]  # type: ignore[index]
+            loso[held]["held_out_val_no_rule"] = {
+                "threshold": plain_thr,
+                **wd.score(hv_s, wd.predict_boxes(model, hv_s, hv_m, plain_thr), plain_thr),
+            }
             continue
         loso[held]["learned_test"] = evaluate(model, thr, test)
         loso[held]["learned_test_no_rule"] = {"threshold": thr_old, **evaluate_no_rule(model, thr_old, test)}

@@ -4,6 +4,7 @@ training targets."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -102,3 +103,26 @@ def test_training_target_masks_border_cells_instead_of_teaching_them():
     assert t[0, :, 6].sum() == 0.0 and t[:, 0, 6].sum() == 0.0  # the outer ring too
     assert t[14, 5, 6] == 0.0 and t[5, 12, 6] == 0.0  # last valid row (120 px) and column (100 px)
     assert t[10, 8, 6] == 1.0  # a background cell inside stays
+
+
+def test_evaluate_detection_can_make_border_white_cells_dont_care(tmp_path):
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from hematovision.cli import main
+
+    for sub in ("images/test", "labels/test"):
+        (tmp_path / sub).mkdir(parents=True)
+    Image.fromarray(np.full((48, 64, 3), 230, np.uint8)).save(tmp_path / "images/test/a.jpg")
+    # one white cell cut by the left edge (x from 0 to 12.8 px), one whole; a blank field finds neither
+    (tmp_path / "labels/test/a.txt").write_text("0 0.1 0.5 0.2 0.3\n0 0.5 0.5 0.2 0.3\n")
+    args = ["evaluate-detection", "--data", str(tmp_path), "--format", "yolo", "--split", "test", "--mpp", "0.1"]
+    plain = CliRunner().invoke(main, [*args, "--json"])
+    assert plain.exit_code == 0, plain.output
+    wbc = json.loads(plain.stdout)["per_kind"]["wbc"]
+    assert wbc["n_true"] == 2 and wbc["n_ignored_true"] == 0
+    ruled = CliRunner().invoke(main, [*args, "--border-margin-um", "0.5", "--json"])
+    assert ruled.exit_code == 0, ruled.output
+    payload = json.loads(ruled.stdout)
+    assert payload["per_kind"]["wbc"]["n_true"] == 1 and payload["per_kind"]["wbc"]["n_ignored_true"] == 1
+    assert payload["border_margin_um"] == 0.5
