@@ -10,10 +10,11 @@ estimated from its red cells, as at inference.
 
 Border cells (:mod:`hemato_model.detection.border`, ``--edge-margin-um``): the learned detector
 drops them, annotated ones are don't-care in scoring and in the threshold search, and with
-``--border-training mask`` the heat-map loss is masked around them. Each fold also reports, on
-the training sources' val, the old way (no rule, best F1) and both threshold policies, so the
-policy is chosen on val (``--val-only`` skips the test splits); ``learned_test_no_rule`` is the
-same head scored the old way, for the before/after table.
+``--border-training mask`` (the default, chosen on val) the heat-map loss is masked around them.
+Each fold also reports, on the training sources' val, the old way (no rule, best F1) and both
+threshold policies; ``--val-only`` skips the test splits and scores the held-out source's val
+under each policy instead (how the policy and the training were chosen: docs/validation.md,
+"Border-cut cells"); ``learned_test_no_rule`` is the same head scored the old way.
 
     nice -n 5 python benchmarks/wbc_detector_loso.py --data-root /work/shared/data \\
         --work-dir /tmp/wbcdet --n-aug 3 --epochs 30 --border-training mask \\
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--save-model", type=Path, default=None, help="save the all-sources model here")
     ap.add_argument("--edge-margin-um", type=float, default=EDGE_MARGIN_UM, help="border-cell margin, µm")
     ap.add_argument(
-        "--border-training", choices=("none", "mask"), default="none", help="heat-map loss near border cells"
+        "--border-training", choices=("none", "mask"), default="mask", help="heat-map loss near border cells"
     )
     ap.add_argument("--threshold-policy", choices=wd.THRESHOLD_POLICIES, default="f1")
     ap.add_argument(

@@ -6,13 +6,18 @@ nucleus and cytoplasm). The learned white-cell detector does not report border c
 on a whole slide the overlapping tiles see such a cell whole in a neighbour. Scoring treats an
 annotated border cell as *don't care* (COCO's "ignore" semantics, applied in
 :mod:`hemato_model.training.detection_eval`): a detection matched to it is neither a true nor a
-false positive, and if no detection matches it, it is not a miss. Training masks the heat map
-around annotated border cells (:mod:`hemato_model.training.wbc_detector`).
+false positive, and if no detection matches it, it is not a miss. Training masks the heat-map
+loss around annotated border cells and along the field's edge
+(:func:`hemato_model.training.wbc_detector.make_target`), so the head is taught neither that a
+cut cell is background (most are unannotated in Raabin) nor that it is a cell (many are
+annotated in CBC and BCD).
 
 Why a margin and not "touches": annotators' boxes of cut cells end at 0–2 px from the edge (VOC
-boxes are 1-based) and a detector's regressed box for a cut cell ends a few work pixels short of
-it or beyond it. The margin is in µm (``EDGE_MARGIN_UM``) so one value serves every camera; how it
-was chosen (on val splits only) is in docs/validation.md, "Border-cut cells".
+boxes are 1-based) and a detector's regressed box for a cut cell mostly runs past the edge but
+sometimes stops short of it (on the val splits 22 of 28 beyond, 25 within 0.5 µm). The margin is
+in µm (``EDGE_MARGIN_UM``, 0.5 µm = 5–9 px on these cameras, 1.25 px at the detector's 0.4 µm/px)
+so one value serves every camera; how it was chosen (val splits only): docs/validation.md,
+"Border-cut cells (2026-12-01, third session)".
 
 Sources and the sizes of their fields: CBC/BCCD 640×480, Raabin 575², BCD 416²; in all three a
 field is a close-up, so a fifth to two fifths of CBC and BCD white-cell boxes are border cells.
