@@ -1,7 +1,7 @@
 """The learned white-cell detector: a centre heat-map head (CenterNet-style) on EfficientNet-Lite0
 features, run at a common scale.
 
-The model (``model.keras`` in a model folder, e.g. ``hemato_model/models/wbc-detector-v1``) takes
+The model (``model.keras`` in a model folder, e.g. ``hemato_model/models/wbc-detector-v2``) takes
 an RGB image resampled to ``work_mpp`` µm/px (float 0..255, sides a multiple of 16) and returns, at
 stride ``stride``, five channels: the white-cell centre heat map (logit), the box width and height
 (log µm) and the sub-cell centre offset (in cells). :func:`decode` turns them into boxes.
