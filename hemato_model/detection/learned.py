@@ -1,7 +1,7 @@
 """The learned white-cell detector: a centre heat-map head (CenterNet-style) on EfficientNet-Lite0
 features, run at a common scale.
 
-The model (``model.keras`` in a model folder, e.g. ``hemato_model/models/wbc-detector-v1``) takes
+The model (``model.keras`` in a model folder, e.g. ``hemato_model/models/wbc-detector-v2``) takes
 an RGB image resampled to ``work_mpp`` µm/px (float 0..255, sides a multiple of 16) and returns, at
 stride ``stride``, five channels: the white-cell centre heat map (logit), the box width and height
 (log µm) and the sub-cell centre offset (in cells). :func:`decode` turns them into boxes.
@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from hemato_model.detection.border import EDGE_MARGIN_UM, margin_px, touches_edge
 from hemato_model.detection.detect import Detection
 from hemato_model.detection.stain import check_image
 from hematovision.core.hashing import sha256_file as sha256_of
@@ -61,12 +62,19 @@ def pad_to(arr: np.ndarray, multiple: int) -> np.ndarray:
 
 
 def decode(
-    out: np.ndarray, threshold: float, stride: int, work_mpp: float, valid_hw: tuple[int, int] | None = None
+    out: np.ndarray,
+    threshold: float,
+    stride: int,
+    work_mpp: float,
+    valid_hw: tuple[int, int] | None = None,
+    edge_margin_um: float | None = None,
 ) -> list[tuple[tuple[float, float, float, float], float]]:
     """Peaks of one head output ``(gh, gw, 5)`` as ``(box in work pixels, score)``.
 
     A peak is a cell whose sigmoid score is ≥ ``threshold`` and the largest in its 3×3
-    neighbourhood; the box is centred at the cell centre plus the predicted offset.
+    neighbourhood; the box is centred at the cell centre plus the predicted offset. With
+    ``edge_margin_um`` (and ``valid_hw``, the field's size in work pixels), border cells
+    (:func:`hemato_model.detection.border.touches_edge`) are not returned.
     """
     from scipy.ndimage import maximum_filter
     from scipy.special import expit
@@ -84,6 +92,11 @@ def decode(
         cx = (gx + 0.5 + float(out[gy, gx, 3])) * stride
         cy = (gy + 0.5 + float(out[gy, gx, 4])) * stride
         found.append(((cx - w_px / 2, cy - h_px / 2, cx + w_px / 2, cy + h_px / 2), float(heat[gy, gx])))
+    if edge_margin_um is not None:
+        if valid_hw is None:
+            raise ValueError("edge_margin_um needs valid_hw, the field's size in work pixels")
+        m = margin_px(edge_margin_um, work_mpp)
+        found = [(b, sc) for b, sc in found if not touches_edge(b, valid_hw, m)]
     return found
 
 
@@ -100,6 +113,7 @@ class LearnedWbcDetector:
     stride: int
     threshold: float
     version: str
+    edge_margin_um: float = EDGE_MARGIN_UM
 
     @classmethod
     def load(cls, model_dir: str | Path, verify_sha256: bool = True) -> LearnedWbcDetector:
@@ -128,6 +142,8 @@ class LearnedWbcDetector:
             stride=int(meta["stride"]),
             threshold=float(meta["threshold"]),
             version=str(meta.get("version", model_dir.name)),
+            # models saved before the border rule (v1) get the rule's default margin
+            edge_margin_um=float(meta.get("edge_margin_um", EDGE_MARGIN_UM)),
         )
 
     def heads(self, image: np.ndarray, mpp: float) -> tuple[np.ndarray, float, tuple[int, int]]:
@@ -142,7 +158,9 @@ class LearnedWbcDetector:
         return out, scale, (int(valid[0]), int(valid[1]))
 
     def detect(self, image: np.ndarray, mpp: float, threshold: float | None = None) -> list[Detection]:
-        """White cells of one RGB field at ``mpp`` µm/px; boxes in ``image`` pixels.
+        """White cells of one RGB field at ``mpp`` µm/px; boxes in ``image`` pixels. Border cells
+        (within ``edge_margin_um`` of the field's edge, :mod:`hemato_model.detection.border`) are
+        not reported: a cut cell cannot be classified, and on a slide an overlapping tile sees it whole.
 
         Raises:
             ValueError: on a non-RGB image or a non-positive ``mpp``.
@@ -151,7 +169,7 @@ class LearnedWbcDetector:
         h, w = np.asarray(image).shape[:2]
         thr = self.threshold if threshold is None else threshold
         cells = []
-        for (x0, y0, x1, y1), score in decode(out, thr, self.stride, self.work_mpp, valid):
+        for (x0, y0, x1, y1), score in decode(out, thr, self.stride, self.work_mpp, valid, self.edge_margin_um):
             box = (
                 int(np.clip(np.floor(x0 / scale), 0, w - 1)),
                 int(np.clip(np.floor(y0 / scale), 0, h - 1)),

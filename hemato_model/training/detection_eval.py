@@ -13,6 +13,12 @@ annotated cell *and* whose box contains that cell's centre is the same cell even
 sizes differ. Mutual containment cannot pair two neighbouring red cells (a neighbour's centre is
 outside the box), and one-to-one matching stops one box from being counted for two cells.
 
+Don't-care boxes (``ignore``, COCO's "ignore" semantics): annotated cells that should be neither
+found nor missed — border-cut cells (:mod:`hemato_model.detection.border`). Detections are
+matched to the counted boxes first; a detection left over that matches a don't-care box under the
+same rule is dropped from the tally (neither a true nor a false positive), and a don't-care box is
+never a miss.
+
 Count error per kind is over the whole set: ``|Σpred − Σtrue| / Σtrue`` — the error of a count,
 which is what a CBC-style differential reports, not a per-image average.
 """
@@ -94,6 +100,8 @@ class KindTally:
     true_positives: int = 0
     n_pred: int = 0
     n_true: int = 0
+    n_ignored_true: int = 0
+    n_ignored_pred: int = 0
 
     @property
     def precision(self) -> float | None:
@@ -115,6 +123,8 @@ class KindTally:
             "n_pred": self.n_pred,
             "n_true": self.n_true,
             "true_positives": self.true_positives,
+            "n_ignored_true": self.n_ignored_true,
+            "n_ignored_pred": self.n_ignored_pred,
         }
 
 
@@ -130,17 +140,29 @@ class DetectionScores:
         for k in self.kinds:
             self.tallies.setdefault(k, KindTally())
 
-    def add_image(self, pred: Iterable[tuple[str, BBox]], true: Iterable[tuple[str, BBox]]) -> None:
-        """Add one image: ``pred`` and ``true`` are ``(kind, bbox)`` pairs."""
-        pred, true = list(pred), list(true)
+    def add_image(
+        self,
+        pred: Iterable[tuple[str, BBox]],
+        true: Iterable[tuple[str, BBox]],
+        ignore: Iterable[tuple[str, BBox]] = (),
+    ) -> None:
+        """Add one image: ``pred``, ``true`` and don't-care ``ignore`` are ``(kind, bbox)`` pairs."""
+        pred, true, ignore = list(pred), list(true), list(ignore)
         self.n_images += 1
         for kind in self.kinds:
             pk = [b for k, b in pred if k == kind]
             tk = [b for k, b in true if k == kind]
+            ik = [b for k, b in ignore if k == kind]
+            pairs = match_boxes(pk, tk)
+            matched = {i for i, _ in pairs}
+            rest = [b for i, b in enumerate(pk) if i not in matched]
+            n_ignored = len(match_boxes(rest, ik))
             t = self.tallies[kind]
-            t.n_pred += len(pk)
+            t.n_pred += len(pk) - n_ignored
             t.n_true += len(tk)
-            t.true_positives += len(match_boxes(pk, tk))
+            t.true_positives += len(pairs)
+            t.n_ignored_true += len(ik)
+            t.n_ignored_pred += n_ignored
 
     def as_dict(self) -> dict[str, object]:
         return {

@@ -21,13 +21,14 @@ import csv
 import io
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from hemato_model.detection.border import BBox, margin_px, split_border
 from hemato_model.detection.learned import META_FILE, MODEL_FILE, decode, pad_to, resample, sha256_of
 from hemato_model.training.annotations import read_voc_dir, read_yolo_dir
 
@@ -46,6 +47,8 @@ class Sample:
     source: str
     split: str
     wbc: tuple[tuple[int, int, int, int], ...]
+    #: the image's height and width in pixels (for the border rule)
+    hw: tuple[int, int] = (0, 0)
 
 
 def load_samples(data_root: Path) -> list[Sample]:
@@ -57,7 +60,8 @@ def load_samples(data_root: Path) -> list[Sample]:
     for folder, split in (("Training", "train"), ("Testing", "test")):
         for item in read_voc_dir(cbc / folder / "Annotations", bccd_images):
             s = "val" if split == "train" and item.image_path.stem in val_names else split
-            out.append(Sample(item.image_path, "CBC", s, tuple(b.bbox for b in item.of_kind("wbc"))))
+            wbc = tuple(b.bbox for b in item.of_kind("wbc"))
+            out.append(Sample(item.image_path, "CBC", s, wbc, (item.height, item.width)))
     txl = root / "txl_pbc" / "TXL_PBC"
     with open(root / "txl_pbc" / "source_map.csv", newline="") as fh:
         source_of = {Path(r["image"]).name: r["source"].split()[0] for r in csv.DictReader(fh)}
@@ -66,7 +70,8 @@ def load_samples(data_root: Path) -> list[Sample]:
         for item in read_yolo_dir(txl, split=split):
             src = names.get(source_of.get(item.image_path.name, ""), "")
             if src:
-                out.append(Sample(item.image_path, src, split, tuple(b.bbox for b in item.of_kind("wbc"))))
+                wbc = tuple(b.bbox for b in item.of_kind("wbc"))
+                out.append(Sample(item.image_path, src, split, wbc, (item.height, item.width)))
     return out
 
 
@@ -155,13 +160,32 @@ def to_canvas(
     return canvas, boxes, (vh, vw)
 
 
-def make_target(boxes: np.ndarray, valid_hw: tuple[int, int]) -> np.ndarray:
+def make_target(boxes: np.ndarray, valid_hw: tuple[int, int], edge_margin_um: float | None = None) -> np.ndarray:
     """Training target ``(g, g, 7)``: heat (Gaussian per centre), log w/h µm, dx, dy, centre
-    indicator, valid mask. Boxes in canvas work pixels; a cell counts when its centre is inside."""
+    indicator, valid mask. Boxes in canvas work pixels; a cell counts when its centre is inside.
+
+    With ``edge_margin_um``, border cells are masked, not taught: an annotated box within the margin
+    of the valid region's edge (:func:`hemato_model.detection.border.touches_edge`) is no centre
+    and the grid cells under it leave the loss, and so does the outer ring of grid cells (3.2 µm,
+    less than a white cell's radius: any centre there is a cut cell's, and most cut cells are not
+    annotated in Raabin while many are in CBC and BCD). The head is then taught neither that a
+    partly visible cell is background nor that it is a cell; the detector drops border cells anyway.
+    """
     g = CANVAS // STRIDE
     t = np.zeros((g, g, 7), np.float32)
     vh, vw = (int(np.ceil(v / STRIDE)) for v in valid_hw)
     t[:vh, :vw, 6] = 1.0
+    masked: list[tuple[int, int, int, int]] = []
+    if edge_margin_um is not None:
+        t[[0, vh - 1], :vw, 6] = 0.0
+        t[:vh, [0, vw - 1], 6] = 0.0
+        m = margin_px(edge_margin_um, WORK_MPP)
+        whole, cut = split_border([tuple(b) for b in boxes], valid_hw, m)
+        boxes = np.asarray(whole, float).reshape(-1, 4)
+        for x0, y0, x1, y1 in cut:
+            gx0, gy0 = max(0, int(x0 // STRIDE)), max(0, int(y0 // STRIDE))
+            gx1, gy1 = min(vw, int(np.ceil(x1 / STRIDE))), min(vh, int(np.ceil(y1 / STRIDE)))
+            masked.append((gy0, gy1, gx0, gx1))
     yy, xx = np.mgrid[0:g, 0:g] + 0.5
     for x0, y0, x1, y1 in boxes:
         cx, cy = (x0 + x1) / 2 / STRIDE, (y0 + y1) / 2 / STRIDE
@@ -177,11 +201,18 @@ def make_target(boxes: np.ndarray, valid_hw: tuple[int, int]) -> np.ndarray:
         t[gy, gx, 3] = cx - gx - 0.5
         t[gy, gx, 4] = cy - gy - 0.5
         t[gy, gx, 5] = 1.0
+    for gy0, gy1, gx0, gx1 in masked:
+        t[gy0:gy1, gx0:gx1, 6] = 0.0
+    # a whole cell's centre stays in the loss even where a neighbour's mask covers it
+    t[..., 6] = np.maximum(t[..., 6], t[..., 5])
     return t
 
 
-def prepare(sample: Sample, mpp: float, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
-    """One (optionally augmented) canvas and its target for ``sample`` at estimated ``mpp``."""
+def prepare(
+    sample: Sample, mpp: float, rng: np.random.Generator | None, edge_margin_um: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """One (optionally augmented) canvas and its target for ``sample`` at estimated ``mpp``
+    (``edge_margin_um``: see :func:`make_target`)."""
     rgb = read_rgb(sample.image_path).astype(np.float32)
     boxes = np.asarray(sample.wbc, float).reshape(-1, 4)
     m = mpp * float(np.exp(rng.uniform(-0.3, 0.3))) if rng is not None else mpp
@@ -192,7 +223,7 @@ def prepare(sample: Sample, mpp: float, rng: np.random.Generator | None) -> tupl
     canvas, boxes, valid = to_canvas(work, boxes, rng)
     if rng is not None:
         canvas = augment_colour(canvas, rng)
-    return canvas, make_target(boxes, valid)
+    return canvas, make_target(boxes, valid, edge_margin_um)
 
 
 # ---------------------------------------------------------------- model
@@ -283,11 +314,30 @@ class FeatureCache:
     index: np.ndarray
 
 
+def _canvases(
+    samples: Sequence[Sample], mpps: Sequence[float], n_aug: int, seed: int, edge_margin_um: float | None
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """``(sample index, canvas, target)``: each sample un-augmented once and ``n_aug`` times
+    augmented, in one random sequence (the same canvases for the same seed)."""
+    rng = np.random.default_rng(seed)
+    for i, (s, m) in enumerate(zip(samples, mpps, strict=True)):
+        for k in range(n_aug + 1):
+            x, t = prepare(s, m, rng if k else None, edge_margin_um)
+            yield i, x, t
+        if (i + 1) % 100 == 0:
+            log.info("canvases: %d/%d images", i + 1, len(samples))
+
+
 def build_cache(
-    samples: Sequence[Sample], mpps: Sequence[float], n_aug: int, extractor: Any, seed: int = 0, batch: int = 32
+    samples: Sequence[Sample],
+    mpps: Sequence[float],
+    n_aug: int,
+    extractor: Any,
+    seed: int = 0,
+    batch: int = 32,
+    edge_margin_um: float | None = None,
 ) -> FeatureCache:
     """Features of each sample un-augmented once and ``n_aug`` times augmented."""
-    rng = np.random.default_rng(seed)
     f8s, f16s, targets, index = [], [], [], []
     pending_x: list[np.ndarray] = []
 
@@ -298,18 +348,22 @@ def build_cache(
             f16s.append(b.astype(np.float16))
             pending_x.clear()
 
-    for i, (s, m) in enumerate(zip(samples, mpps, strict=True)):
-        for k in range(n_aug + 1):
-            x, t = prepare(s, m, rng if k else None)
-            pending_x.append(x)
-            targets.append(t)
-            index.append(i)
-            if len(pending_x) >= 4 * batch:
-                flush()
-        if (i + 1) % 100 == 0:
-            log.info("features: %d/%d images", i + 1, len(samples))
+    for i, x, t in _canvases(samples, mpps, n_aug, seed, edge_margin_um):
+        pending_x.append(x)
+        targets.append(t)
+        index.append(i)
+        if len(pending_x) >= 4 * batch:
+            flush()
     flush()
     return FeatureCache(np.concatenate(f8s), np.concatenate(f16s), np.stack(targets), np.asarray(index))
+
+
+def build_targets(
+    samples: Sequence[Sample], mpps: Sequence[float], n_aug: int, seed: int, edge_margin_um: float | None
+) -> np.ndarray:
+    """The targets of :func:`build_cache`'s canvases (same seed, same order) under another
+    border rule, without recomputing features."""
+    return np.stack([t for _, _, t in _canvases(samples, mpps, n_aug, seed, edge_margin_um)])
 
 
 def train_head(cache: FeatureCache, rows: np.ndarray, epochs: int = 30, seed: int = 0, batch: int = 32) -> Any:
@@ -349,41 +403,83 @@ def estimate_mpps(samples: Sequence[Sample], fallback: float = 0.08) -> tuple[li
 
 
 def predict_boxes(
-    model: Any, samples: Sequence[Sample], mpps: Sequence[float], threshold: float
+    model: Any,
+    samples: Sequence[Sample],
+    mpps: Sequence[float],
+    threshold: float,
+    edge_margin_um: float | None = None,
 ) -> list[list[tuple[tuple[float, float, float, float], float]]]:
-    """Boxes (input pixels) and scores for each sample with the full model."""
+    """Boxes (input pixels) and scores for each sample with the full model; with
+    ``edge_margin_um``, border cells are dropped as the detector does (:func:`decode`)."""
     out = []
     for s, m in zip(samples, mpps, strict=True):
         rgb = read_rgb(s.image_path).astype(np.float32)
         work, scale = resample(rgb, m, WORK_MPP)
         valid = work.shape[:2]
         y = np.asarray(model(pad_to(work, 16)[None], training=False))[0]
-        found = decode(y, threshold, STRIDE, WORK_MPP, (int(valid[0]), int(valid[1])))
+        found = decode(y, threshold, STRIDE, WORK_MPP, (int(valid[0]), int(valid[1])), edge_margin_um)
         out.append([((x0 / scale, y0 / scale, x1 / scale, y1 / scale), sc) for (x0, y0, x1, y1), sc in found])
     return out
 
 
+Found = Sequence[Sequence[tuple[tuple[float, ...], float]]]
+
+
+@dataclass(frozen=True)
+class BorderScoring:
+    """Annotated border cells are don't-care (:mod:`hemato_model.detection.border`): the margin
+    in µm and each sample's µm/px (the estimate used at inference)."""
+
+    edge_margin_um: float
+    mpps: Sequence[float]
+
+
 def score(
-    samples: Sequence[Sample], found: Sequence[Sequence[tuple[tuple[float, ...], float]]], threshold: float
+    samples: Sequence[Sample], found: Found, threshold: float, border: BorderScoring | None = None
 ) -> dict[str, Any]:
-    """White-cell recall / precision under evaluate-detection's matching rule at ``threshold``."""
+    """White-cell recall / precision under evaluate-detection's matching rule at ``threshold``;
+    with ``border``, annotated border cells are don't-care (counted in ``n_ignored_true``)."""
     from hemato_model.training.detection_eval import DetectionScores
 
     sc = DetectionScores(kinds=("wbc",))
-    for s, f in zip(samples, found, strict=True):
-        sc.add_image([("wbc", b) for b, p in f if p >= threshold], [("wbc", b) for b in s.wbc])
+    for k, (s, f) in enumerate(zip(samples, found, strict=True)):
+        whole: list[BBox] = list(s.wbc)
+        cut: list[BBox] = []
+        if border is not None:
+            whole, cut = split_border(s.wbc, s.hw, margin_px(border.edge_margin_um, border.mpps[k]))
+        pred = [("wbc", b) for b, p in f if p >= threshold]
+        sc.add_image(pred, [("wbc", b) for b in whole], [("wbc", b) for b in cut])
     return sc.tallies["wbc"].as_dict()
 
 
-def pick_threshold(samples: Sequence[Sample], found: Sequence[Sequence[tuple[tuple[float, ...], float]]]) -> float:
-    """The score threshold with the best F1 on ``samples`` (a validation split), ties to the lower."""
+#: Threshold policies (chosen on val splits, docs/validation.md "Border-cut cells"): the best F1,
+#: or the highest threshold whose val recall is at least ``recall_floor``.
+THRESHOLD_POLICIES = ("f1", "recall-floor")
+
+
+def pick_threshold(
+    samples: Sequence[Sample],
+    found: Found,
+    border: BorderScoring | None = None,
+    policy: str = "f1",
+    recall_floor: float = 0.97,
+) -> float:
+    """The score threshold on ``samples`` (a validation split) by ``policy``: ``f1`` = best F1,
+    ties to the lower; ``recall-floor`` = the highest threshold with recall ≥ ``recall_floor``
+    (the lowest searched when none reaches it)."""
+    if policy not in THRESHOLD_POLICIES:
+        raise ValueError(f"policy must be one of {THRESHOLD_POLICIES}, got {policy!r}")
+    grid = [float(t) for t in np.round(np.arange(0.1, 0.81, 0.05), 2)]
+    if policy == "recall-floor":
+        ok = [t for t in grid if (score(samples, found, t, border)["recall"] or 0.0) >= recall_floor]
+        return max(ok) if ok else grid[0]
     best, best_f1 = 0.3, -1.0
-    for thr in np.round(np.arange(0.1, 0.81, 0.05), 2):
-        m = score(samples, found, float(thr))
+    for thr in grid:
+        m = score(samples, found, thr, border)
         p, r = m["precision"] or 0.0, m["recall"] or 0.0
         f1 = 2 * p * r / (p + r) if p + r else 0.0
         if f1 > best_f1 + 1e-9:
-            best, best_f1 = float(thr), f1
+            best, best_f1 = thr, f1
     return best
 
 

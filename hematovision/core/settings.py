@@ -31,7 +31,7 @@ BLAST_MODEL_DIR = MODELS_DIR / "wbc-blast-effnetlite0-v2"
 RBC_MODEL_DIR = MODELS_DIR / "rbc-effnetlite0-v1.1"
 #: The learned white-cell detector (centre heat map; CBC/BCCD + TXL-PBC boxes, MIT), used where
 #: ``wbc_detector = "learned"``; see its model card and docs/validation.md.
-WBC_DETECTOR_DIR = MODELS_DIR / "wbc-detector-v1"
+WBC_DETECTOR_DIR = MODELS_DIR / "wbc-detector-v2"
 #: The white-cell detectors to choose from (``classical``: colour rules, the default).
 WBC_DETECTORS = ("classical", "learned")
 #: Platelet detectors (``classical``: the stain rule, the default; ``learned``: loose candidates
