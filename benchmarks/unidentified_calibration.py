@@ -83,6 +83,7 @@ def blast_check(
     from hematovision.service.slide_results import differential
 
     doc = json.loads((BLAST_SPLIT_MODEL / "blast_split.json").read_text())
+    doc = {**doc, "input_px": clf.input_px}  # the same crops, cut at the classifier's own input size
     fields = rebuild_field_crops(doc, data_root / ARIA_ALL_DIR.parent, "test", ("Early", "Pre", "Pro"))
     labels = [lab for lab, _ in clf.classify(np.concatenate([c for _, c in fields]))]
     d = differential(labels, list(clf.classes))

@@ -149,6 +149,38 @@ def test_corrupt_or_missing_model_dir_is_refused(tmp_path: Path) -> None:
         Classifier.load(bad)
 
 
+def test_opt_in_160px_model_is_complete_and_shares_v1s_split() -> None:
+    """wbc-effnetlite0-v1.2 (issue 14): 160 px input, card with checksum, its own ood.json, v1's exact
+    file lists, and the metrics its card quotes (PBC test on 656 crops; the blast check that keeps it
+    opt-in)."""
+    v12 = MODELS_DIR / "wbc-effnetlite0-v1.2"
+    meta = json.loads((v12 / "model.json").read_text())
+    v1_meta = json.loads((SHIPPED_MODEL_DIR / "model.json").read_text())
+    assert meta["version"] == "1.2.0" and meta["input_px"] == 160 and meta["classes"] == v1_meta["classes"]
+    assert meta["sha256"] == sha256_file(v12 / "model.keras")
+    assert meta["sha256"] in (v12 / "MODEL_CARD.md").read_text()
+    split, v1_split = (json.loads((d / "split.json").read_text()) for d in (v12, SHIPPED_MODEL_DIR))
+    assert all(split[k] == v1_split[k] for k in ("train", "val", "test"))
+    ood = json.loads((v12 / "ood.json").read_text())
+    assert ood["energy_threshold"] != json.loads((SHIPPED_MODEL_DIR / "ood.json").read_text())["energy_threshold"]
+    metrics = json.loads((v12 / "metrics.json").read_text())
+    assert metrics["sha256"] == meta["sha256"] and metrics["pbc_test"]["n"] == 656
+    card = (v12 / "MODEL_CARD.md").read_text()
+    assert f"{metrics['pbc_test']['accuracy']:.4f}" in card
+    blast = metrics["unidentified_calibration_blast_check"]["held_out_b_all_fields"]
+    assert blast["cells"] == 421 and f"{blast['labels']['platelet']} of them platelets" in card
+
+
+def test_opt_in_160px_model_classifies_at_its_own_input_size() -> None:
+    """The classifier reads its input size from model.json: a 160 px model refuses 128 px crops and
+    gives one probability row per 160 px crop."""
+    clf = Classifier.load(MODELS_DIR / "wbc-effnetlite0-v1.2")
+    with pytest.raises(ValueError, match="160"):
+        clf.predict_proba(np.zeros((1, 128, 128, 3), np.uint8))
+    proba = clf.predict_proba(np.full((2, 160, 160, 3), 200, np.uint8))
+    assert proba.shape == (2, 8) and np.allclose(proba.sum(axis=1), 1.0, atol=1e-4)
+
+
 def test_opt_in_stain_robust_model_is_complete_and_shares_v1s_split() -> None:
     """wbc-effnetlite0-v1.1 (issue 14): card, checksum, its own ood.json, and v1's exact split (so the
     PBC test figures of the two models are on the same held-out files)."""
