@@ -171,6 +171,16 @@ def test_opt_in_160px_model_is_complete_and_shares_v1s_split() -> None:
     assert blast["cells"] == 421 and f"{blast['labels']['platelet']} of them platelets" in card
 
 
+def test_reports_of_the_160px_model_state_its_weaker_blast_net() -> None:
+    """A lab that enables v1.2 gets its limits in every report (the card's Known limits): the weaker
+    blast safety net is among them, not only in the docs."""
+    from hematovision.service.slide_results import model_card_limits
+
+    text = model_card_limits(MODELS_DIR / "wbc-effnetlite0-v1.2")
+    assert "Model limits (wbc-effnetlite0-v1.2)" in text
+    assert "blast safety net weakens" in text and "158 of them platelets" in text
+
+
 def test_opt_in_160px_model_classifies_at_its_own_input_size() -> None:
     """The classifier reads its input size from model.json: a 160 px model refuses 128 px crops and
     gives one probability row per 160 px crop."""
