@@ -34,8 +34,8 @@ RBC_MODEL_DIR = MODELS_DIR / "rbc-effnetlite0-v1.1"
 WBC_DETECTOR_DIR = MODELS_DIR / "wbc-detector-v2"
 #: The white-cell detectors to choose from (``classical``: colour rules, the default).
 WBC_DETECTORS = ("classical", "learned")
-#: Platelet detectors (``classical``: the stain rule, the default; ``learned``: loose candidates
-#: scored by hemato_model/models/platelet-filter-v1, clumps reported as clumps).
+#: Platelet detectors (``learned``, the default: loose candidates scored by
+#: hemato_model/models/platelet-filter-v1, clumps reported as clumps; ``classical``: the stain rule).
 PLATELET_DETECTORS = ("classical", "learned")
 
 
