@@ -8,8 +8,9 @@ or BCCD:
 - ``soup``: weight-space interpolation θ(α) = (1 − α)·v1 + α·v1.1 (v1.1 is v1 continued with the
   domain augmentation, so both share one basin), each α with 1, 2, 4 and 8 dihedral views averaged
   (test-time augmentation; views cost one forward pass each);
-- ``reinhard``: Reinhard colour normalisation (per-image L*a*b* mean/std matched to the PBC training
-  images' average) before cropping;
+- ``reinhard``: Reinhard colour normalisation before cropping, as the blast data are normalised
+  (:func:`hemato_model.training.blast_data.reinhard_normalise` to the L*a*b* statistics of 160 PBC
+  *training* images, :func:`~hemato_model.training.blast_data.pbc_reference`);
 - ``padding``: the crop's out-of-image part filled by reflection (as shipped) or with the image's glass
   colour, on crops cut at 0.75× and 0.6× the true µm/px (a 24 µm crop then needs more than the image).
 
@@ -50,22 +51,6 @@ def dihedral(x: np.ndarray, k: int) -> list[np.ndarray]:
     return [np.ascontiguousarray(v) for v in views[:k]]
 
 
-def _lab_stats(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    from skimage.color import rgb2lab
-
-    lab = rgb2lab(img[::4, ::4]).reshape(-1, 3)
-    return lab.mean(0), lab.std(0)
-
-
-def reinhard(img: np.ndarray, ref_mean: np.ndarray, ref_std: np.ndarray) -> np.ndarray:
-    """Per-image L*a*b* mean/std matched to a reference (Reinhard et al. 2001)."""
-    from skimage.color import lab2rgb, rgb2lab
-
-    mean, std = _lab_stats(img)
-    lab = (rgb2lab(img) - mean) / np.maximum(std, 1e-3) * ref_std + ref_mean
-    return np.clip(lab2rgb(lab) * 255.0, 0, 255).astype(np.uint8)
-
-
 def glass_padded_crop(img: np.ndarray, mpp: float, crop_um: float, out_px: int) -> np.ndarray:
     """The centred crop with the part beyond the image filled by the image's glass colour (median of
     its brightest fifth) instead of reflection."""
@@ -93,6 +78,7 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from hemato_model.classifier import Classifier
     from hemato_model.preprocessing import crop_cell
+    from hemato_model.training.blast_data import pbc_reference, reinhard_normalise
     from hemato_model.training.weight_interpolation import interpolate
     from hematovision.core.datasets import PBC_MPP, pbc_root
     from hematovision.core.settings import load_settings
@@ -129,16 +115,14 @@ def main() -> None:
         print(f"soup alpha {alpha}: clean {row['clean']['views_1']['accuracy']}", file=sys.stderr, flush=True)
     c1._model.set_weights(w1)
 
-    train_stats = [_lab_stats(np.asarray(Image.open(args.data / f).convert("RGB"))) for f in split["train"][::10]]
-    ref_mean = np.mean([m for m, _ in train_stats], axis=0)
-    ref_std = np.mean([s for _, s in train_stats], axis=0)
+    reference = pbc_reference(args.data, split["train"])
     for clf in (c0, c1):
         key = f"{clf.name} {clf.version}"
         result["reinhard"][key] = {
             name: {
                 "raw": _score(clf, truth, clf.predict_proba(crops(imgs))),
                 "reinhard": _score(
-                    clf, truth, clf.predict_proba(crops([reinhard(im, ref_mean, ref_std) for im in imgs]))
+                    clf, truth, clf.predict_proba(crops([reinhard_normalise(im, reference) for im in imgs]))
                 ),
             }
             for name, imgs in shifted.items()
