@@ -7,7 +7,13 @@ cut-off of the gate (``[gate] ood_share_max`` in the rules file) comes from 10,0
 200-crop "slides" of the held-out TEST crops: the 99.9th percentile of their share above the cut-off
 (also written here, under ``slide_share``).
 
-    python benchmarks/fit_ood_stats.py [--model DIR] [--data PBC_DIR]
+``--class-quantile Q`` also writes per-class cut-offs (``class_energy_thresholds``: the Q quantile
+of the energies of each class's correctly classified training crops; see
+:mod:`hemato_model.training.ood_stats`), which the classifier then abstains on. Q is chosen on
+validation crops by ``benchmarks/class_energy_quantile.py``. Without it, the new ``ood.json`` has no
+per-class cut-offs.
+
+    python benchmarks/fit_ood_stats.py [--model DIR] [--data PBC_DIR] [--class-quantile Q]
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from hemato_model.classifier import OOD_FILE, Classifier
     from hemato_model.training.classifier_training import load_crops
+    from hemato_model.training.ood_stats import class_energy_thresholds, energy_statistics
     from hematovision.core.datasets import PBC_MPP, pbc_root
     from hematovision.core.settings import load_settings
 
@@ -33,31 +40,27 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=pbc_root(settings.data_root))
     ap.add_argument("--quantile", type=float, default=0.99)
     ap.add_argument("--slide-cells", type=int, default=200)
+    ap.add_argument("--class-quantile", type=float, default=None)
     args = ap.parse_args()
 
     clf = Classifier.load(args.model)
     split = json.loads((clf.model_dir / "split.json").read_text())
 
-    def energies(part: str) -> np.ndarray:
+    def scores(part: str) -> tuple[np.ndarray, np.ndarray]:
         crops = load_crops([args.data / f for f in split[part]], PBC_MPP, clf.crop_um, clf.input_px)
-        _, e = clf.predict_scored(crops)
+        p, e = clf.predict_scored(crops)
         if e is None:
             raise SystemExit(f"{clf.model_dir}: the model has no 'head' layer, so no energy score")
-        return e
+        return p, e
 
-    train, test = energies("train"), energies("test")
-    thr = float(np.quantile(train, args.quantile))
+    (train_p, train), (_, test) = scores("train"), scores("test")
+    stats = energy_statistics(train, args.quantile)
     rng = np.random.default_rng(0)
-    above = test > thr
+    above = test > stats["energy_threshold"]
     shares = above[rng.integers(0, len(test), size=(10_000, args.slide_cells))].mean(axis=1)
     doc = {
-        "score": "energy = -logsumexp(logits) of the head layer; higher = less like the training crops",
+        **stats,
         "fitted_on": f"{len(train)} training crops of split.json at {PBC_MPP} µm/px",
-        "crop_quantile": args.quantile,
-        "energy_threshold": round(thr, 4),
-        "train_energy_percentiles": {
-            str(q): round(float(np.percentile(train, q)), 4) for q in (1, 5, 25, 50, 75, 95, 99, 99.9)
-        },
         "test_share_above": round(float(above.mean()), 4),
         "slide_share": {
             "cells": args.slide_cells,
@@ -67,6 +70,12 @@ def main() -> None:
             "max": round(float(shares.max()), 4),
         },
     }
+    if args.class_quantile is not None:
+        truth = [f.split("/")[0] for f in split["train"]]
+        doc["class_quantile"] = args.class_quantile
+        doc["class_energy_thresholds"] = class_energy_thresholds(
+            train_p, train, truth, clf.classes, args.class_quantile
+        )
     (clf.model_dir / OOD_FILE).write_text(json.dumps(doc, indent=2) + "\n")
     print(json.dumps(doc))
 

@@ -55,7 +55,7 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from hemato_model.classifier import Classifier
     from hemato_model.training.classifier_training import load_crops
-    from hemato_model.training.evaluation import scored
+    from hemato_model.training.evaluation import classifier_scored
     from hematovision.core.datasets import PBC_MPP, pbc_root
     from hematovision.core.settings import load_settings
 
@@ -82,7 +82,7 @@ def main() -> None:
         }
         out: dict[str, object] = {}
         for name, crops in sets.items():
-            s = scored(truth, clf.predict_proba(crops), clf.classes, clf.threshold, clf.classes)
+            s = classifier_scored(clf, truth, *clf.predict_scored(crops), clf.classes)
             out[name] = {
                 k: s[k] for k in ("n", "accuracy", "macro_recall", "unidentified_rate", "unidentified_rate_per_class")
             }

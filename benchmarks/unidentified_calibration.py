@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-DEFAULT_MODEL = ROOT / "hemato_model" / "models" / "wbc-effnetlite0-v1"
+DEFAULT_MODEL = ROOT / "hemato_model" / "models" / "wbc-effnetlite0-v1.2"  # the default classifier
 #: The model whose blast split names the held-out B-ALL fields (``--blast-check``).
 BLAST_SPLIT_MODEL = ROOT / "hemato_model" / "models" / "wbc-blast-effnetlite0-v2"
 NORMAL_MIX = {"neutrophil": 0.60, "lymphocyte": 0.30, "monocyte": 0.06, "eosinophil": 0.03, "basophil": 0.01}
@@ -95,24 +95,7 @@ def blast_check(
         platelet_candidates=d.platelet_candidates,
         rules=load_rules(),
     )
-    rng = np.random.default_rng(seed)
-    classes = list(NORMAL_MIX)
-    p = np.array([NORMAL_MIX[c] for c in classes])
-    by_fraction: dict[str, dict[str, float]] = {}
-    for pct in (0, 5, 10, 20, 30, 40, 50):
-        hits = {"UNRECOGNIZED_POPULATION": 0, "UNIDENTIFIED_CELLS": 0, "any of the two": 0}
-        for _ in range(reps):
-            n_blast = rng.binomial(200, pct / 100)
-            cells = [labels[i] for i in rng.integers(0, len(labels), n_blast)]
-            for w in rng.choice(len(classes), size=200 - n_blast, p=p / p.sum()):
-                pool = normals[classes[w]]
-                cells.append(pool[rng.integers(0, len(pool))])
-            s = differential(cells, list(clf.classes))
-            found = {f.code for f in evaluate_rules(s.counts(), s.n_classified, unidentified=s.unidentified).flags}
-            for code in ("UNRECOGNIZED_POPULATION", "UNIDENTIFIED_CELLS"):
-                hits[code] += code in found
-            hits["any of the two"] += bool(found & {"UNRECOGNIZED_POPULATION", "UNIDENTIFIED_CELLS"})
-        by_fraction[f"{pct}%"] = {k: round(v / reps, 3) for k, v in hits.items()}
+    by_fraction = blast_fraction_rates(labels, normals, list(clf.classes), seed, reps)
     return {
         "fields": len(fields),
         "cells": len(labels),
@@ -122,6 +105,41 @@ def blast_check(
         "sampled_200_cell_slides_by_blast_fraction": by_fraction,
         "reps_per_fraction": reps,
     }
+
+
+def blast_fraction_rates(
+    blast_labels: list[str],
+    normals: dict[str, list[str]],
+    classes: list[str],
+    seed: int,
+    reps: int = 1000,
+    fractions: tuple[int, ...] = (0, 5, 10, 20, 30, 40, 50),
+) -> dict[str, dict[str, float]]:
+    """Per blast fraction (%), the share of ``reps`` bootstrapped 200-cell slides (blast labels drawn
+    from ``blast_labels``, the rest a normal differential drawn per class from ``normals``) on which the
+    shipped rules raise UNRECOGNIZED_POPULATION, UNIDENTIFIED_CELLS, and either."""
+    from hematovision.core.flags import evaluate_rules
+    from hematovision.service.slide_results import differential
+
+    rng = np.random.default_rng(seed)
+    mix = list(NORMAL_MIX)
+    p = np.array([NORMAL_MIX[c] for c in mix])
+    by_fraction: dict[str, dict[str, float]] = {}
+    for pct in fractions:
+        hits = {"UNRECOGNIZED_POPULATION": 0, "UNIDENTIFIED_CELLS": 0, "any of the two": 0}
+        for _ in range(reps):
+            n_blast = rng.binomial(200, pct / 100)
+            cells = [blast_labels[i] for i in rng.integers(0, len(blast_labels), n_blast)]
+            for w in rng.choice(len(mix), size=200 - n_blast, p=p / p.sum()):
+                pool = normals[mix[w]]
+                cells.append(pool[rng.integers(0, len(pool))])
+            s = differential(cells, classes)
+            found = {f.code for f in evaluate_rules(s.counts(), s.n_classified, unidentified=s.unidentified).flags}
+            for code in ("UNRECOGNIZED_POPULATION", "UNIDENTIFIED_CELLS"):
+                hits[code] += code in found
+            hits["any of the two"] += bool(found & {"UNRECOGNIZED_POPULATION", "UNIDENTIFIED_CELLS"})
+        by_fraction[f"{pct}%"] = {k: round(v / reps, 3) for k, v in hits.items()}
+    return by_fraction
 
 
 def bootstrap(

@@ -14,6 +14,13 @@ forward pass. ``ood.json`` beside the model (optional; written by
 ``benchmarks/fit_ood_stats.py``) holds the energies' distribution on the model's own training
 crops and the per-crop cut-off the domain gate uses (:attr:`Classifier.ood_stats`).
 
+Per-class abstention: when ``ood.json`` also holds ``class_energy_thresholds`` (one energy cut-off
+per class: a quantile of the energies of that class's correctly classified training crops), a crop
+whose energy is above the cut-off of its top class is ``"unidentified"`` too, however confident its
+softmax. A model without a blast class must not call a blast confidently "platelet" or "monocyte":
+such crops look like no class's own training crops, and this rule keeps them out of the
+differential (docs/validation.md, *Per-class energy abstention*).
+
 TensorFlow/Keras are imported only when a model is loaded.
 """
 
@@ -212,24 +219,49 @@ class Classifier(ModelSpec):
         energy = -(top + np.log(np.exp(logits - top[:, None]).sum(axis=1)))
         return proba, energy
 
-    def labels_from_proba(self, proba: np.ndarray) -> list[tuple[str, float]]:
-        """(label, top probability) per row; ``"unidentified"`` under the threshold."""
+    @property
+    def class_energy_max(self) -> np.ndarray | None:
+        """The per-class energy cut-offs of ``ood.json`` (``class_energy_thresholds``) in class
+        order, or None when the model has none (see the module docstring)."""
+        cut = (self.ood_stats or {}).get("class_energy_thresholds")
+        if not cut:
+            return None
+        missing = [c for c in self.classes if c not in cut]
+        if missing:
+            raise ModelError(f"{self.model_dir}/{OOD_FILE}: class_energy_thresholds lacks {missing}")
+        return np.array([float(cut[c]) for c in self.classes])
+
+    def identified(self, proba: np.ndarray, energy: np.ndarray | None = None) -> np.ndarray:
+        """Which rows keep their top class: top probability at or above ``threshold`` and, for a
+        model with per-class energy cut-offs, energy at or under the cut-off of the top class.
+
+        Raises:
+            ValueError: the model has per-class cut-offs and ``energy`` is None.
+        """
+        proba = np.asarray(proba)
+        kept = proba.max(axis=1) >= self.threshold
+        cut = self.class_energy_max
+        if cut is not None:
+            if energy is None:
+                raise ValueError(f"{self.name} {self.version} abstains on energy too: pass the energies")
+            kept &= np.asarray(energy) <= cut[proba.argmax(axis=1)]
+        return kept
+
+    def labels_from_proba(self, proba: np.ndarray, energy: np.ndarray | None = None) -> list[tuple[str, float]]:
+        """(label, top probability) per row; ``"unidentified"`` where :meth:`identified` is False."""
         top = proba.argmax(axis=1)
-        result = []
-        for i, k in enumerate(top):
-            p = float(proba[i, k])
-            result.append((self.classes[k] if p >= self.threshold else UNIDENTIFIED, p))
-        return result
+        kept = self.identified(proba, energy)
+        return [(self.classes[k] if kept[i] else UNIDENTIFIED, float(proba[i, k])) for i, k in enumerate(top)]
 
     def classify(self, crops: np.ndarray) -> list[tuple[str, float]]:
         """Label and top probability of each crop; low-confidence crops are ``"unidentified"``."""
-        return self.labels_from_proba(self.predict_proba(crops))
+        return self.labels_from_proba(*self.predict_scored(crops))
 
     def classify_scored(self, crops: np.ndarray) -> tuple[list[tuple[str, float]], list[float | None]]:
         """:meth:`classify` and each crop's energy score (None without a ``head`` layer)."""
         proba, energy = self.predict_scored(crops)
         energies: list[float | None] = [None] * len(proba) if energy is None else [round(float(e), 5) for e in energy]
-        return self.labels_from_proba(proba), energies
+        return self.labels_from_proba(proba, energy), energies
 
 
 _CACHE: dict[Path, Classifier] = {}

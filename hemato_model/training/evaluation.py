@@ -217,7 +217,7 @@ def evaluate_folder(
     else:
         crops, estimates = _estimated_crops(paths, clf.crop_um, clf.input_px, progress)
         mpp = estimates["median"]
-    proba = clf.predict_proba(crops)
+    metrics = classifier_scored(clf, labels, *clf.predict_scored(crops), clf.classes)
     result = {
         "model": f"{clf.name} {clf.version}",
         "data": str(data_dir),
@@ -225,19 +225,29 @@ def evaluate_folder(
         "mpp": mpp,
         "mpp_source": source,
         "mpp_estimates": estimates,
-        **scored(labels, proba, clf.classes, clf.threshold, clf.classes),
+        **metrics,
         "skipped_folders": skipped,
     }
     return result
 
 
 def scored(
-    truth: Sequence[str], proba: np.ndarray, classes: Sequence[str], threshold: float, score_classes: Sequence[str]
+    truth: Sequence[str],
+    proba: np.ndarray,
+    classes: Sequence[str],
+    threshold: float,
+    score_classes: Sequence[str],
+    kept: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Top-class metrics over ``score_classes`` plus the low-confidence bucket's figures."""
+    """Top-class metrics over ``score_classes`` plus the low-confidence bucket's figures.
+
+    ``kept``: which cells keep their top class (default: top probability ≥ ``threshold``); a
+    classifier's own rule is :meth:`~hemato_model.classifier.Classifier.identified` (see
+    :func:`classifier_scored`)."""
     top = proba.argmax(axis=1)
     forced = [classes[k] for k in top]
-    kept = proba.max(axis=1) >= threshold
+    if kept is None:
+        kept = proba.max(axis=1) >= threshold
     metrics = classification_metrics(truth, forced, score_classes)
     n_kept = int(kept.sum())
     correct = np.array([t == p for t, p in zip(truth, forced, strict=True)])
@@ -253,6 +263,19 @@ def scored(
         "accuracy_unidentified_as_error": round(float((correct & kept).mean()), 4) if len(truth) else 0.0,
         "unidentified_rate_per_class": per_class_unidentified,
     }
+
+
+def classifier_scored(
+    clf: Classifier, truth: Sequence[str], proba: np.ndarray, energy: np.ndarray | None, score_classes: Sequence[str]
+) -> dict[str, Any]:
+    """:func:`scored` of ``clf``'s outputs (:meth:`~hemato_model.classifier.Classifier.predict_scored`)
+    under the classifier's own abstention rule: its threshold and, where it has them, its per-class
+    energy cut-offs (then listed under ``class_energy_thresholds``)."""
+    out = scored(truth, proba, clf.classes, clf.threshold, score_classes, kept=clf.identified(proba, energy))
+    cut = clf.class_energy_max
+    if cut is not None:
+        out["class_energy_thresholds"] = {c: round(float(v), 4) for c, v in zip(clf.classes, cut, strict=True)}
+    return out
 
 
 def plot_confusion(result: dict[str, Any], out_png: str | Path, title: str = "") -> None:
@@ -371,9 +394,9 @@ def evaluate_bccd(clf: Classifier, bccd_root: str | Path, mpp: float | None = No
     for i, (img, (_, centre, _), s) in enumerate(zip(images, cells, scales, strict=True)):
         crops[i] = crop_cell(img, centre, s, clf.crop_um, clf.input_px)
     truth = [c for _, _, c in cells]
-    proba = clf.predict_proba(crops)
-    predicted = [label for label, _ in clf.labels_from_proba(proba)]
-    metrics = scored(truth, proba, clf.classes, clf.threshold, list(BCCD_CLASSES))
+    proba, energy = clf.predict_scored(crops)
+    predicted = [label for label, _ in clf.labels_from_proba(proba, energy)]
+    metrics = classifier_scored(clf, truth, proba, energy, list(BCCD_CLASSES))
     counts = {c: truth.count(c) for c in BCCD_CLASSES}
     majority = max(counts, key=lambda c: counts[c])
     return {

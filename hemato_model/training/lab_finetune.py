@@ -31,6 +31,7 @@ import hashlib
 import io
 import json
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -327,6 +328,17 @@ def fine_tune_from_base(
     y_train = np.concatenate([y_pbc_tr, *([y_lab[lab_tr]] * repeat)])
     x_val = np.concatenate([x_pbc_va, x_lab[lab_va]])
     y_val = np.concatenate([y_pbc_va, y_lab[lab_va]])
+    n_own = len(x_pbc_tr) + len(lab_tr)
+    class_quantile = _parent_class_quantile(base_dir)
+    if class_quantile is not None:
+        from hemato_model.training.ood_stats import MIN_CLASS_CROPS
+
+        thin = [c for k, c in enumerate(classes) if int((y_train[:n_own] == k).sum()) < MIN_CLASS_CROPS]
+        if thin:
+            raise DataError(
+                f"{base_dir} abstains on per-class energy cut-offs, which need >= {MIN_CLASS_CROPS} training "
+                f"cells per class; too few for {thin} (raise --pbc-per-class or add cells)"
+            )
 
     base_model = keras.models.load_model(base_dir / "model.keras", compile=False, safe_mode=True)
     model, backbone = build_grown_model(
@@ -413,7 +425,7 @@ def fine_tune_from_base(
         },
     }
     meta = save_model_dir(model, out_dir, meta)
-    _write_ood(out_dir, x_train[: len(x_pbc_tr) + len(lab_tr)])
+    _write_ood(out_dir, x_train[:n_own], y_train[:n_own], class_quantile)
     (out_dir / "MODEL_CARD.md").write_text(model_card(meta))
     (out_dir / "metrics.json").write_text(json.dumps({"training": meta["training"]}, indent=1) + "\n")
     log.info("fine-tuned %s from %s in %.0f s", out_dir, base_dir, seconds)
@@ -463,25 +475,36 @@ def _write_split(
     (out_dir / "split.json").write_text(json.dumps(doc, indent=1) + "\n")
 
 
-def _write_ood(out_dir: Path, x_train: np.ndarray) -> None:
+def _parent_class_quantile(base_dir: Path) -> float | None:
+    """The parent's per-class energy quantile (its ``ood.json``), or None when it has none."""
+    path = base_dir / "ood.json"
+    q = json.loads(path.read_text()).get("class_quantile") if path.is_file() else None
+    return float(q) if q is not None else None
+
+
+def _write_ood(out_dir: Path, x_train: np.ndarray, y_train: np.ndarray, class_quantile: float | None) -> None:
     """``ood.json`` of the new model: the energy distribution on its own training crops (the domain
-    gate's reference, as ``benchmarks/fit_ood_stats.py`` fits it for the shipped model)."""
+    gate's reference, as ``benchmarks/fit_ood_stats.py`` fits it for the shipped model) and, when the
+    parent abstains on per-class energy cut-offs, the new model's own cut-offs at the parent's quantile."""
     from hemato_model.classifier import OOD_FILE, Classifier
+    from hemato_model.training.ood_stats import class_energy_thresholds, energy_statistics
 
     clf = Classifier.load(out_dir)
-    _, energy = clf.predict_scored(x_train)
+    proba, energy = clf.predict_scored(x_train)
     if energy is None:
         return
-    thr = float(np.quantile(energy, 0.99))
     doc = {
-        "score": "energy = -logsumexp(logits) of the head layer; higher = less like the training crops",
+        **energy_statistics(energy),
         "fitted_on": f"{len(energy)} training crops (PBC train + lab train)",
-        "crop_quantile": 0.99,
-        "energy_threshold": round(thr, 4),
-        "train_energy_percentiles": {
-            str(q): round(float(np.percentile(energy, q)), 4) for q in (1, 5, 25, 50, 75, 95, 99, 99.9)
-        },
     }
+    if class_quantile is not None:
+        truth = [clf.classes[int(k)] for k in y_train]
+        doc["class_quantile"] = class_quantile
+        try:
+            doc["class_energy_thresholds"] = class_energy_thresholds(proba, energy, truth, clf.classes, class_quantile)
+        except ValueError as e:
+            shutil.rmtree(out_dir, ignore_errors=True)  # the folder was new: leave nothing half-written
+            raise DataError(f"no per-class energy cut-offs for the new model, nothing written: {e}") from e
     (out_dir / OOD_FILE).write_text(json.dumps(doc, indent=2) + "\n")
 
 

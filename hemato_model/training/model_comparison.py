@@ -31,14 +31,22 @@ DEFAULT_MARGIN = 0.02
 DEFAULT_MIN_SUPPORT = 20
 
 
-def model_figures(truth: Sequence[str], proba: np.ndarray, classes: Sequence[str], threshold: float) -> dict[str, Any]:
+def model_figures(
+    truth: Sequence[str],
+    proba: np.ndarray,
+    classes: Sequence[str],
+    threshold: float,
+    kept: np.ndarray | None = None,
+) -> dict[str, Any]:
     """One model's figures on one data set: accuracy, per-class recall (over the true classes),
     unidentified rate, and blast sensitivity/specificity when blasts are among the truth.
 
-    A class the model does not have counts as missed (recall 0)."""
+    ``kept``: the cells that keep their top class under the model's own rule (default: top
+    probability ≥ ``threshold``; see :func:`clf_figures`). A class the model does not have counts as
+    missed (recall 0)."""
     truth = list(truth)
     true_classes = sorted(set(truth))
-    s = scored(truth, proba, list(classes), threshold, true_classes)
+    s = scored(truth, proba, list(classes), threshold, true_classes, kept=kept)
     out: dict[str, Any] = {
         "n": s["n"],
         "accuracy": s["accuracy"],
@@ -159,8 +167,7 @@ def held_out_figures(clf: Any, data_dir: Path) -> tuple[dict[str, Any], int]:
     from hemato_model.training.lab_finetune import load_lab_crops
 
     paths, labels = list_image_folder(data_dir)
-    proba = clf.predict_proba(load_lab_crops(paths, clf.crop_um, clf.input_px))
-    return model_figures(labels, proba, clf.classes, clf.threshold), len(paths)
+    return clf_figures(clf, labels, load_lab_crops(paths, clf.crop_um, clf.input_px)), len(paths)
 
 
 def pbc_test_files(model_dir: Path, exclude: Sequence[str] = ()) -> tuple[Path, list[str], float]:
@@ -191,4 +198,11 @@ def pbc_figures(clf: Any, root: Path, files: Sequence[str], mpp: float) -> dict[
     from hemato_model.training.classifier_training import load_crops
 
     crops = load_crops([root / f for f in files], mpp, clf.crop_um, clf.input_px)
-    return model_figures([f.split("/")[0] for f in files], clf.predict_proba(crops), clf.classes, clf.threshold)
+    return clf_figures(clf, [f.split("/")[0] for f in files], crops)
+
+
+def clf_figures(clf: Any, truth: Sequence[str], crops: np.ndarray) -> dict[str, Any]:
+    """``model_figures`` of a classifier on crops under its own abstention rule (threshold and,
+    where it has them, per-class energy cut-offs: :meth:`~hemato_model.classifier.Classifier.identified`)."""
+    proba, energy = clf.predict_scored(crops)
+    return model_figures(truth, proba, clf.classes, clf.threshold, kept=clf.identified(proba, energy))

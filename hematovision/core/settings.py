@@ -21,10 +21,11 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 #: The shipped models are package data of ``hemato_model`` (found by importlib.resources, not by path
 #: arithmetic, so a wheel install finds them too). Looking a resource up imports no model code.
 MODELS_DIR = Path(str(files("hemato_model") / "models"))
-#: The default classifier: 8 PBC classes (v1, PBC CC BY 4.0). The v2 model beside it adds a ``blast``
+#: The default classifier: 8 PBC classes (v1.2: 160 px input, per-class energy abstention; PBC CC BY
+#: 4.0). v1 (128 px, the default until 2026-12-02) and v1.1 stay beside it, opt-in. The blast v2 model adds a ``blast``
 #: class learned from a data set whose licence is unverified: research/evaluation only, opt-in with
 #: HEMATOVISION_MODEL_DIR (see its model card).
-SHIPPED_MODEL_DIR = MODELS_DIR / "wbc-effnetlite0-v1"
+SHIPPED_MODEL_DIR = MODELS_DIR / "wbc-effnetlite0-v1.2"
 BLAST_MODEL_DIR = MODELS_DIR / "wbc-blast-effnetlite0-v2"
 #: The red-cell morphology classifier (13 Chula RBC-12 classes, MIT; used by the pipeline's prepare
 #: stage for the report's ``rbc_morphology`` when HEMATOVISION_RBC_MORPHOLOGY=true).

@@ -164,6 +164,7 @@ def run_benchmark(
             "wbc_placed": manifest["wbc_placed"],
             "generated_in_s": round(make_s, 1),
         },
+        "model": f"{classifier.name} {classifier.version}",
         "target_wbc": target_wbc,
         "rbc_morphology": rbc is not None,
         "rbc_classified": sum(1 for c in analysis.cells if c.kind == "rbc" and c.label is not None),

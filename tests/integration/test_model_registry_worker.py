@@ -2,7 +2,7 @@
 restart, a slide keeps the model it was prepared with when a promotion happens mid-flight, and a
 rollback brings the previous model back.
 
-The second model is a copy of the shipped v1 whose ``model.json`` says version ``1.0.0-lab`` (same
+The second model is a copy of the shipped default whose ``model.json`` says version ``<its version>-lab`` (same
 weights, so the worker shares the network: cached by SHA-256), with a ``validation.json`` saying it
 is promotable. Slides are small (1536 px, 12 white cells): what is checked is which model labelled
 them, not the differential.
@@ -20,7 +20,8 @@ from click.testing import CliRunner
 
 from hematovision.core.settings import SHIPPED_MODEL_DIR
 
-V1, LAB = "1.0.0", "1.0.0-lab"
+V1 = json.loads((SHIPPED_MODEL_DIR / "model.json").read_text())["version"]  # the configured (default) model
+LAB = f"{V1}-lab"
 
 
 def _models(stack: Any, *args: str) -> str:
@@ -63,7 +64,7 @@ def test_promotion_and_rollback_switch_the_running_worker(pg_stack_steady, real_
     assert first["slide"]["model"] == {"name": meta["name"], "version": V1, "sha256": meta["sha256"]}
 
     _models(stack, "register", str(lab), "--by", "director")
-    assert "-> wbc-effnetlite0:1.0.0-lab" in _models(
+    assert f"-> wbc-effnetlite0:{LAB}" in _models(
         stack, "promote", f"{meta['name']}:{LAB}", "--by", "director", "--reason", "lab stain"
     )
     second = _analyse(stack, slides[1], "promoted")  # same worker process, no restart

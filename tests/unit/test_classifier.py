@@ -14,7 +14,9 @@ from hemato_model.preprocessing import crop_cell
 from hematovision.core.datasets import PBC_MPP, pbc_root
 from hematovision.core.settings import MODELS_DIR, load_settings
 
-SHIPPED_MODEL_DIR = MODELS_DIR / "wbc-effnetlite0-v1"  # the 8-class model these tests describe
+SHIPPED_MODEL_DIR = (
+    MODELS_DIR / "wbc-effnetlite0-v1"
+)  # the 8-class 128 px model these tests describe (the default until v1.2)
 
 
 def _disk_image(mpp: float, diameter_um: float, size_um: float = 40.0) -> np.ndarray:
@@ -149,11 +151,12 @@ def test_corrupt_or_missing_model_dir_is_refused(tmp_path: Path) -> None:
         Classifier.load(bad)
 
 
-def test_opt_in_160px_model_is_complete_and_shares_v1s_split() -> None:
-    """wbc-effnetlite0-v1.2 (issue 14): 160 px input, card with checksum, its own ood.json, v1's exact
-    file lists, and the metrics its card quotes (PBC test on 656 crops; the blast check that keeps it
-    opt-in)."""
+def test_default_160px_model_is_complete_and_shares_v1s_split() -> None:
+    """wbc-effnetlite0-v1.2 (issue 14), the default: 160 px input, card with checksum, its own ood.json
+    with per-class cut-offs, v1's exact file lists, and the metrics its card quotes (PBC test on 656
+    crops; the blast check with and without the cut-offs)."""
     v12 = MODELS_DIR / "wbc-effnetlite0-v1.2"
+    assert load_settings().model_dir.resolve() == v12.resolve()
     meta = json.loads((v12 / "model.json").read_text())
     v1_meta = json.loads((SHIPPED_MODEL_DIR / "model.json").read_text())
     assert meta["version"] == "1.2.0" and meta["input_px"] == 160 and meta["classes"] == v1_meta["classes"]
@@ -163,22 +166,27 @@ def test_opt_in_160px_model_is_complete_and_shares_v1s_split() -> None:
     assert all(split[k] == v1_split[k] for k in ("train", "val", "test"))
     ood = json.loads((v12 / "ood.json").read_text())
     assert ood["energy_threshold"] != json.loads((SHIPPED_MODEL_DIR / "ood.json").read_text())["energy_threshold"]
+    assert sorted(ood["class_energy_thresholds"]) == sorted(meta["classes"])
     metrics = json.loads((v12 / "metrics.json").read_text())
     assert metrics["sha256"] == meta["sha256"] and metrics["pbc_test"]["n"] == 656
+    assert metrics["pbc_test"]["class_energy_thresholds"] == ood["class_energy_thresholds"]
     card = (v12 / "MODEL_CARD.md").read_text()
     assert f"{metrics['pbc_test']['accuracy']:.4f}" in card
     blast = metrics["unidentified_calibration_blast_check"]["held_out_b_all_fields"]
-    assert blast["cells"] == 421 and f"{blast['labels']['platelet']} of them platelets" in card
+    before = metrics["without_class_energy_cutoffs"]["unidentified_calibration_blast_check"]["held_out_b_all_fields"]
+    assert blast["cells"] == before["cells"] == 421
+    assert f"{blast['labels']['unidentified']} (94.3 %)" in card and "158 called platelet" in card
+    assert blast["labels"].get("platelet", 0) == 0 and before["labels"]["platelet"] == 158
 
 
-def test_reports_of_the_160px_model_state_its_weaker_blast_net() -> None:
-    """A lab that enables v1.2 gets its limits in every report (the card's Known limits): the weaker
-    blast safety net is among them, not only in the docs."""
+def test_reports_of_the_default_model_state_its_limits() -> None:
+    """Every report carries the default model's Known limits (the card): no blast class, what the
+    blast net catches, and the 20x-slide unidentified rate."""
     from hematovision.service.slide_results import model_card_limits
 
     text = model_card_limits(MODELS_DIR / "wbc-effnetlite0-v1.2")
     assert "Model limits (wbc-effnetlite0-v1.2)" in text
-    assert "blast safety net weakens" in text and "158 of them platelets" in text
+    assert "No blast class" in text and "0.5 µm/px" in text and "Healthy donors" in text
 
 
 def test_opt_in_160px_model_classifies_at_its_own_input_size() -> None:

@@ -41,7 +41,7 @@ def test_the_machine_report_stays_beside_the_reviewed_one(app, client, make_job,
 
 def test_limits_come_from_the_model_card(tmp_path: Path) -> None:
     text = model_card_limits(SHIPPED_MODEL_DIR)
-    assert text != LIMITS and "Model limits (wbc-effnetlite0-v1)" in text and "healthy" in text
+    assert text != LIMITS and "Model limits (wbc-effnetlite0-v1.2)" in text and "Healthy donors" in text
     (tmp_path / "MODEL_CARD.md").write_text("# m\n\n## Limits\n- only tested on one stain\n\n## Other\nx\n")
     assert model_card_limits(tmp_path).endswith("only tested on one stain")
     assert model_card_limits(tmp_path / "missing") == LIMITS

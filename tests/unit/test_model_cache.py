@@ -27,6 +27,6 @@ def test_one_network_per_sha_and_copies_keep_their_identity(tmp_path: Path) -> N
     (copy / "model.json").write_text(json.dumps(meta | {"version": "1.0.0-lab", "threshold": 0.5}))
     lab = classifier_for(copy, sha)
     assert (lab.name, lab.version, lab.threshold, lab.model_dir) == (meta["name"], "1.0.0-lab", 0.5, copy)
-    assert lab._model is v1._model and (v1.version, v1.threshold) == ("1.0.0", meta["threshold"])
+    assert lab._model is v1._model and (v1.version, v1.threshold) == (meta["version"], meta["threshold"])
     with pytest.raises(ModelError, match="registered as"):
         classifier_for(copy, "0" * 64)

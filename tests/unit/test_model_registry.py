@@ -25,6 +25,9 @@ from hematovision.store.db import make_engine, make_session_factory, transaction
 from hematovision.store.migrate import alembic_config, upgrade
 from hematovision.store.models import ModelPromotion, ModelVersion, Slide
 
+#: The configured (default) model as the registry names it.
+SHIPPED_REF = "wbc-effnetlite0:" + json.loads((SHIPPED_MODEL_DIR / "model.json").read_text())["version"]
+
 
 @pytest.fixture
 def sessions(settings: Settings) -> Iterator[sessionmaker[Session]]:
@@ -152,8 +155,9 @@ def test_one_promoted_model_at_most(sessions, model_dir) -> None:  # type: ignor
 def test_a_slide_keeps_the_model_it_was_assigned(sessions, model_dir, make_job) -> None:  # type: ignore[no-untyped-def]
     first, second = make_job(), make_job()
     with transaction(sessions) as s:
-        mv = reg.assign_model(s, s.get(Slide, first.slide_id), SHIPPED_MODEL_DIR)  # first use: v1
-        assert (mv.name, mv.version, mv.status, mv.promoted_by) == ("wbc-effnetlite0", "1.0.0", "promoted", "system")
+        mv = reg.assign_model(s, s.get(Slide, first.slide_id), SHIPPED_MODEL_DIR)  # first use: the default
+        shipped = json.loads((SHIPPED_MODEL_DIR / "model.json").read_text())["version"]
+        assert (mv.name, mv.version, mv.status, mv.promoted_by) == ("wbc-effnetlite0", shipped, "promoted", "system")
         v1 = mv.id
     _register(sessions, model_dir("2.0.0", validation={"promotable": True}))
     with transaction(sessions) as s:
@@ -185,7 +189,7 @@ def test_models_cli(settings: Settings, model_dir, monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("HEMATOVISION_DATABASE_URL", "")
     runner = CliRunner()
     up = runner.invoke(main, ["db", "upgrade"])
-    assert up.exit_code == 0 and "promoted model: wbc-effnetlite0:1.0.0" in up.output, up.output
+    assert up.exit_code == 0 and f"promoted model: {SHIPPED_REF}" in up.output, up.output
     d = model_dir("2.0.0", validation={"promotable": False})
     out = runner.invoke(main, ["models", "register", str(d), "--by", "alice"])
     assert out.exit_code == 0 and out.output.startswith("registered wbc-test:2.0.0"), out.output
@@ -195,16 +199,16 @@ def test_models_cli(settings: Settings, model_dir, monkeypatch: pytest.MonkeyPat
     ok = runner.invoke(
         main, ["models", "promote", "wbc-test:2.0.0", "--by", "alice", "--reason", "r", "--override-reason", "o"]
     )
-    assert ok.exit_code == 0 and "promote: wbc-effnetlite0:1.0.0 -> wbc-test:2.0.0 by alice" in ok.output, ok.output
+    assert ok.exit_code == 0 and f"promote: {SHIPPED_REF} -> wbc-test:2.0.0 by alice" in ok.output, ok.output
     doc = json.loads(runner.invoke(main, ["models", "list", "--json"]).output)
     assert doc["promoted"] == "wbc-test:2.0.0"
     assert {m["ref"]: m["status"] for m in doc["models"]} == {
-        "wbc-effnetlite0:1.0.0": "registered",
+        SHIPPED_REF: "registered",
         "wbc-test:2.0.0": "promoted",
     }
     back = runner.invoke(main, ["models", "rollback", "--by", "alice", "--reason", "flags changed"])
-    assert back.exit_code == 0 and "rollback: wbc-test:2.0.0 -> wbc-effnetlite0:1.0.0" in back.output, back.output
-    assert runner.invoke(main, ["models", "list"]).output.startswith("* wbc-effnetlite0:1.0.0")
+    assert back.exit_code == 0 and f"rollback: wbc-test:2.0.0 -> {SHIPPED_REF}" in back.output, back.output
+    assert runner.invoke(main, ["models", "list"]).output.startswith(f"* {SHIPPED_REF}")
     assert runner.invoke(main, ["models", "promote", "bad", "--by", "a", "--reason", "r"]).exit_code == 1
 
 
@@ -215,11 +219,11 @@ def test_registry_api_and_pages(app, client, make_key, person, make_job) -> None
     got = client.get("/api/v1/models")
     assert got.status_code == 200
     doc = got.get_json()
-    assert doc["promoted"] == "wbc-effnetlite0:1.0.0"
+    assert doc["promoted"] == SHIPPED_REF
     (m,) = doc["models"]
     assert m["sha256"] == json.loads((SHIPPED_MODEL_DIR / "model.json").read_text())["sha256"]
     assert m["validation"]["promotable"] is None and m["promoted_by"] == "system"
-    assert doc["history"][0]["to"] == "wbc-effnetlite0:1.0.0"
+    assert doc["history"][0]["to"] == SHIPPED_REF
     reader = app.test_client()
     reader.environ_base["HTTP_X_API_KEY"] = make_key("read", "reader")
     assert reader.get("/api/v1/models").status_code == 200
@@ -228,9 +232,9 @@ def test_registry_api_and_pages(app, client, make_key, person, make_job) -> None
     page = tech.get("/ui/models")
     assert page.status_code == 200
     html = page.get_data(as_text=True)
-    assert 'data-ref="wbc-effnetlite0:1.0.0"' in html and "system" in html and m["sha256"][:12] in html
+    assert f'data-ref="{SHIPPED_REF}"' in html and "system" in html and m["sha256"][:12] in html
     slide_page = tech.get(f"/ui/slides/{job.slide_id}").get_data(as_text=True)
-    assert 'id="slide-model"' in slide_page and "wbc-effnetlite0 1.0.0" in slide_page
+    assert 'id="slide-model"' in slide_page and SHIPPED_REF.replace(":", " ") in slide_page
 
 
 def test_0011_downgrades_and_upgrades_again(settings: Settings) -> None:
