@@ -26,6 +26,7 @@ own rule. Chosen: the largest quantile (fewest normal cells abstained) whose fal
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -47,14 +48,13 @@ MODELS = ROOT / "hemato_model" / "models"
 QUANTILES = (0.95, 0.96, 0.97, 0.975, 0.98, 0.99, 0.995)
 
 
-def labels_under(clf: Any, proba: np.ndarray, energy: np.ndarray, cut: np.ndarray | None) -> list[str]:
-    """Labels of ``clf``'s outputs with per-class cut-offs ``cut`` (None: threshold only)."""
-    from hemato_model.classifier import UNIDENTIFIED
-
-    kept = proba.max(axis=1) >= clf.threshold
+def labels_under(clf: Any, proba: np.ndarray, energy: np.ndarray, cut: dict[str, float] | None) -> list[str]:
+    """``clf``'s labels of its outputs with the per-class cut-offs ``cut`` (None: threshold only),
+    by the classifier's own rule (:meth:`~hemato_model.classifier.Classifier.labels_from_proba`)."""
+    stats = {k: v for k, v in (clf.ood_stats or {}).items() if k != "class_energy_thresholds"}
     if cut is not None:
-        kept &= energy <= cut[proba.argmax(axis=1)]
-    return [clf.classes[k] if ok else UNIDENTIFIED for k, ok in zip(proba.argmax(axis=1), kept, strict=True)]
+        stats["class_energy_thresholds"] = cut
+    return [lab for lab, _ in dataclasses.replace(clf, ood_stats=stats).labels_from_proba(proba, energy)]
 
 
 def figures(
@@ -142,8 +142,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     cuts: dict[str, dict[str, float]] = {}
     for q in QUANTILES:
-        cuts[str(q)] = class_energy_thresholds(tp, te, train_truth, clf.classes, q)
-        cut = np.array([cuts[str(q)][c] for c in clf.classes])
+        cut = cuts[str(q)] = class_energy_thresholds(tp, te, train_truth, clf.classes, q)
         candidates[str(q)] = figures(
             clf, truth, labels_under(clf, vp, ve, cut), vp, labels_under(clf, bp, be, cut), a.seed, a.reps
         )

@@ -42,7 +42,6 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-DEFAULT_MODEL = ROOT / "hemato_model" / "models" / "wbc-effnetlite0-v1.2"  # the default classifier
 #: The model whose blast split names the held-out B-ALL fields (``--blast-check``).
 BLAST_SPLIT_MODEL = ROOT / "hemato_model" / "models" / "wbc-blast-effnetlite0-v2"
 NORMAL_MIX = {"neutrophil": 0.60, "lymphocyte": 0.30, "monocyte": 0.06, "eosinophil": 0.03, "basophil": 0.01}
@@ -182,7 +181,7 @@ def bootstrap(
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL)
+    ap.add_argument("--model-dir", type=Path, default=None, help="default: the configured classifier")
     ap.add_argument("--data-root", type=Path, default=None, help="Shared folder (default: the settings' data_root).")
     ap.add_argument("--reps", type=int, default=10_000)
     ap.add_argument("--target", type=int, default=200, help="Classified white cells per differential.")
@@ -194,10 +193,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="Also classify the held-out B-ALL fields (shared/data/aria_all) as one slide and list its flags.",
     )
     a = ap.parse_args(argv)
-    if a.data_root is None:
+    if a.data_root is None or a.model_dir is None:
         from hematovision.core.settings import load_settings
 
-        a.data_root = load_settings().data_root
+        a.data_root = a.data_root or load_settings().data_root
+        a.model_dir = a.model_dir or load_settings().model_dir
     from hemato_model.classifier import Classifier
 
     t0 = time.perf_counter()

@@ -114,7 +114,8 @@ class Classifier(ModelSpec):
         """Load a model directory (safe mode: no Lambda or custom layers are deserialised).
 
         Raises:
-            ModelError: missing files, bad ``model.json`` or a checksum mismatch.
+            ModelError: missing files, bad ``model.json``, a checksum mismatch, or per-class energy
+                cut-offs in ``ood.json`` that do not cover every class.
         """
         spec = read_model_spec(model_dir)
         model_dir, meta = spec.model_dir, spec.meta
@@ -131,6 +132,7 @@ class Classifier(ModelSpec):
         ood_path = model_dir / OOD_FILE
         ood = json.loads(ood_path.read_text()) if ood_path.is_file() else None
         clf = cls(**vars(spec), preprocessing=dict(meta.get("preprocessing", {})), ood_stats=ood)
+        _ = clf.class_energy_max  # a bad ood.json fails here, at load, not at the first slide
         clf._model = model
         try:
             head = model.get_layer(HEAD_LAYER)
