@@ -20,7 +20,13 @@ own rule. Chosen: the largest quantile (fewest normal cells abstained) whose fal
 0 % blasts is at most 1 % and whose flag rates at 10 % blasts (review) and at 30 % blasts
 (UNRECOGNIZED_POPULATION, critical) are at least the reference's. No test crop is read.
 
-    python benchmarks/class_energy_quantile.py [--model DIR] [--reference DIR] [--out JSON]
+``--scan-mpp M`` asks the same at a coarser scan: every crop (training, validation, blasts; both
+models) is first re-sampled as a scanner at M µm/px would give it
+(:func:`hemato_model.preprocessing.rescan`), so the cut-offs are fitted, and the rule applied, on
+what a slide at that scale shows. Its cut-offs go to ``ood.json`` as a scale band
+(``benchmarks/fit_ood_stats.py --band-mpp M``).
+
+    python benchmarks/class_energy_quantile.py [--model DIR] [--reference DIR] [--scan-mpp M] [--out JSON]
 """
 
 from __future__ import annotations
@@ -85,6 +91,7 @@ def figures(
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from hemato_model.classifier import Classifier
+    from hemato_model.preprocessing import rescan
     from hemato_model.training.blast_data import rebuild_field_crops
     from hemato_model.training.classifier_training import load_crops
     from hemato_model.training.ood_stats import class_energy_thresholds
@@ -97,8 +104,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--data-root", type=Path, default=None)
     ap.add_argument("--reps", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--scan-mpp", type=float, default=None, help="re-sample every crop as a scan at this µm/px")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args(argv)
+
+    def scanned(clf: Any, crops: np.ndarray) -> np.ndarray:
+        return rescan(crops, clf.crop_um, a.scan_mpp) if a.scan_mpp else crops
+
     data_root = a.data_root or load_settings().data_root
     t0 = time.perf_counter()
     blast_doc = json.loads((uc.BLAST_SPLIT_MODEL / "blast_split.json").read_text())
@@ -107,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         split = json.loads((clf.model_dir / "split.json").read_text())
         pbc = pbc_root(data_root)
         crops = load_crops([pbc / f for f in split[part]], PBC_MPP, clf.crop_um, clf.input_px)
-        proba, energy = clf.predict_scored(crops)
+        proba, energy = clf.predict_scored(scanned(clf, crops))
         if energy is None:
             raise SystemExit(f"{clf.model_dir}: no 'head' layer, so no energy score")
         return [f.split("/")[0] for f in split[part]], proba, energy
@@ -115,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def val_blasts(clf: Any) -> tuple[np.ndarray, np.ndarray]:
         doc = {**blast_doc, "input_px": clf.input_px}
         fields = rebuild_field_crops(doc, data_root / ARIA_ALL_DIR.parent, "val", ("Early", "Pre", "Pro"))
-        proba, energy = clf.predict_scored(np.concatenate([c for _, c in fields]))
+        proba, energy = clf.predict_scored(scanned(clf, np.concatenate([c for _, c in fields])))
         return proba, energy
 
     ref = Classifier.load(a.reference)
@@ -158,6 +170,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = {
         "model": f"{clf.name} {clf.version}",
         "reference": f"{ref.name} {ref.version}",
+        "scan_mpp": a.scan_mpp,
         "reference_figures": ref_fig,
         "rule": "largest quantile with flag rate <= 1 % at 0 % blasts and review/critical rates at 10 % / 30 % "
         "blasts >= the reference's (validation crops only)",

@@ -16,7 +16,7 @@ thousand at most, and no model makes a third of a normal slide unidentified with
 of it. The output is JSON (percentiles, threshold, per-class unidentified rates of the test crops).
 
     python benchmarks/unidentified_calibration.py [--model-dir DIR] [--reps 10000] [--target 200]
-        [--seed 0] [--data-root ../shared] [--out result.json] [--blast-check]
+        [--seed 0] [--data-root ../shared] [--out result.json] [--blast-check] [--scan-mpp M]
 
 ``--blast-check`` also classifies the held-out B-ALL fields (the opt-in blast model's split; ALL
 images under ``shared/data/aria_all``) as one slide and lists the flags the rules raise on it: the
@@ -49,8 +49,9 @@ PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.5, 99.9)
 FLOOR_PCT = 30.0
 
 
-def classify_test_crops(clf: Any, data_root: Path) -> dict[str, list[str]]:
-    """The model's labels of its held-out PBC test crops, per true class of the normal mix."""
+def classify_test_crops(clf: Any, data_root: Path, scan_mpp: float | None = None) -> dict[str, list[str]]:
+    """The model's labels of its held-out PBC test crops, per true class of the normal mix (with
+    ``scan_mpp``: re-sampled as a scan at that µm/px would give them, and labelled as crops of it)."""
     from hemato_model.preprocessing import load_centered_crop
     from hematovision.core.datasets import PBC_MPP, pbc_root
 
@@ -65,12 +66,23 @@ def classify_test_crops(clf: Any, data_root: Path) -> dict[str, list[str]]:
         if not files:
             raise SystemExit(f"split.json of {model_dir} has no test images of {cls}")
         crops = np.stack([load_centered_crop(f, PBC_MPP, clf.crop_um, clf.input_px) for f in files])
-        labels[cls] = [lab for lab, _ in clf.classify(crops)]
+        labels[cls] = [lab for lab, _ in clf.classify(*_scanned(clf, crops, scan_mpp))]
     return labels
 
 
+def _scanned(clf: Any, crops: np.ndarray, scan_mpp: float | None) -> tuple[np.ndarray, float | None]:
+    from hemato_model.preprocessing import rescan
+
+    return (rescan(crops, clf.crop_um, scan_mpp), scan_mpp) if scan_mpp else (crops, None)
+
+
 def blast_check(
-    clf: Any, data_root: Path, normals: dict[str, list[str]], seed: int, reps: int = 1000
+    clf: Any,
+    data_root: Path,
+    normals: dict[str, list[str]],
+    seed: int,
+    reps: int = 1000,
+    scan_mpp: float | None = None,
 ) -> dict[str, Any]:
     """What the rules make of the held-out B-ALL fields (the blast model's ``blast_split.json`` test
     part, Early/Pre/Pro-B): every blast crop of those fields as one slide, classified by ``clf``; and,
@@ -84,7 +96,7 @@ def blast_check(
     doc = json.loads((BLAST_SPLIT_MODEL / "blast_split.json").read_text())
     doc = {**doc, "input_px": clf.input_px}  # the same crops, cut at the classifier's own input size
     fields = rebuild_field_crops(doc, data_root / ARIA_ALL_DIR.parent, "test", ("Early", "Pre", "Pro"))
-    labels = [lab for lab, _ in clf.classify(np.concatenate([c for _, c in fields]))]
+    labels = [lab for lab, _ in clf.classify(*_scanned(clf, np.concatenate([c for _, c in fields]), scan_mpp))]
     d = differential(labels, list(clf.classes))
     outcome = evaluate_rules(
         d.counts(),
@@ -192,6 +204,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         action="store_true",
         help="Also classify the held-out B-ALL fields (shared/data/aria_all) as one slide and list its flags.",
     )
+    ap.add_argument(
+        "--scan-mpp",
+        type=float,
+        default=None,
+        help="Re-sample every crop as a scan at this µm/px would give it (hemato_model.preprocessing.rescan).",
+    )
     a = ap.parse_args(argv)
     if a.data_root is None or a.model_dir is None:
         from hematovision.core.settings import load_settings
@@ -202,7 +220,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     clf = Classifier.load(a.model_dir)
-    labels = classify_test_crops(clf, a.data_root)
+    labels = classify_test_crops(clf, a.data_root, a.scan_mpp)
     model = f"{clf.name} {clf.version}"
     t_classify = time.perf_counter() - t0
     rates, classified, seen = bootstrap(labels, a.reps, a.target, a.seed)
@@ -211,6 +229,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = {
         "model": model,
         "model_dir": str(a.model_dir),
+        "scan_mpp": a.scan_mpp,
         "test_crops": {c: len(v) for c, v in labels.items()},
         "test_unidentified_rate_by_class": {
             c: round(sum(lab == "unidentified" for lab in v) / len(v), 4) for c, v in labels.items()
@@ -226,7 +245,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "threshold_pct": round(threshold, 1),
     }
     if a.blast_check:
-        result["held_out_b_all_fields"] = blast_check(clf, a.data_root, labels, a.seed)
+        result["held_out_b_all_fields"] = blast_check(clf, a.data_root, labels, a.seed, scan_mpp=a.scan_mpp)
     result["seconds"] = {"classify": round(t_classify, 1), "total": round(time.perf_counter() - t0, 1)}
     text = json.dumps(result, indent=2)
     print(text)

@@ -21,6 +21,14 @@ softmax. A model without a blast class must not call a blast confidently "platel
 such crops look like no class's own training crops, and this rule keeps them out of the
 differential (docs/validation.md, *Per-class energy abstention*).
 
+Scale bands: a cell scanned at a coarse µm/px (a 20× slide, 0.5 µm/px) is up-sampled to the
+network's input and its energy rises with the lost detail, so cut-offs fitted on PBC's 0.08 µm/px
+crops would abstain on ordinary cells there. ``class_energy_bands`` in ``ood.json`` (optional) lists
+cut-offs fitted on the same training crops re-sampled as a scan at ``scan_mpp``
+(:func:`hemato_model.preprocessing.rescan`); a band applies to crops cut from an image at
+``from_mpp`` µm/px or coarser (the labelling calls take the image's ``mpp``; without it, the base
+cut-offs apply).
+
 TensorFlow/Keras are imported only when a model is loaded.
 """
 
@@ -29,6 +37,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +52,8 @@ UNIDENTIFIED = "unidentified"
 MODEL_FILE = "model.keras"
 META_FILE = "model.json"
 OOD_FILE = "ood.json"
+#: The scan scale of the crops being labelled: unknown, one for all, or one per crop (µm/px).
+Mpp = float | Sequence[float] | np.ndarray | None
 #: The layer whose input is the penultimate features and whose output is the softmax.
 HEAD_LAYER = "head"
 
@@ -132,7 +143,8 @@ class Classifier(ModelSpec):
         ood_path = model_dir / OOD_FILE
         ood = json.loads(ood_path.read_text()) if ood_path.is_file() else None
         clf = cls(**vars(spec), preprocessing=dict(meta.get("preprocessing", {})), ood_stats=ood)
-        _ = clf.class_energy_max  # a bad ood.json fails here, at load, not at the first slide
+        for band in clf._bands():  # a bad ood.json fails here, at load, not at the first slide
+            clf._cutoffs(band.get("class_energy_thresholds"))
         clf._model = model
         try:
             head = model.get_layer(HEAD_LAYER)
@@ -221,49 +233,93 @@ class Classifier(ModelSpec):
         energy = -(top + np.log(np.exp(logits - top[:, None]).sum(axis=1)))
         return proba, energy
 
-    @property
-    def class_energy_max(self) -> np.ndarray | None:
-        """The per-class energy cut-offs of ``ood.json`` (``class_energy_thresholds``) in class
-        order, or None when the model has none (see the module docstring)."""
-        cut = (self.ood_stats or {}).get("class_energy_thresholds")
+    def _cutoffs(self, cut: dict[str, Any] | None) -> np.ndarray | None:
         if not cut:
             return None
         missing = [c for c in self.classes if c not in cut]
         if missing:
-            raise ModelError(f"{self.model_dir}/{OOD_FILE}: class_energy_thresholds lacks {missing}")
+            raise ModelError(f"{self.model_dir}/{OOD_FILE}: class energy cut-offs lack {missing}")
         return np.array([float(cut[c]) for c in self.classes])
 
-    def identified(self, proba: np.ndarray, energy: np.ndarray | None = None) -> np.ndarray:
+    def _bands(self) -> list[dict[str, Any]]:
+        """The base cut-offs as a band from 0 µm/px, then ``class_energy_bands`` by ``from_mpp``."""
+        ood = self.ood_stats or {}
+        bands = [{"from_mpp": 0.0, "class_energy_thresholds": ood.get("class_energy_thresholds")}]
+        for band in ood.get("class_energy_bands") or []:
+            try:
+                ok = float(band["from_mpp"]) > 0 and bool(band["class_energy_thresholds"])
+            except (KeyError, TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise ModelError(
+                    f"{self.model_dir}/{OOD_FILE}: a class_energy_bands entry needs from_mpp > 0 and cut-offs"
+                )
+            bands.append(band)
+        return sorted(bands, key=lambda b: float(b["from_mpp"]))
+
+    @property
+    def class_energy_max(self) -> np.ndarray | None:
+        """The per-class energy cut-offs of ``ood.json`` (``class_energy_thresholds``) in class
+        order, or None when the model has none (see the module docstring)."""
+        return self.class_energy_cutoffs(None)
+
+    def class_energy_cutoffs(self, mpp: float | None) -> np.ndarray | None:
+        """The per-class cut-offs for crops cut from an image at ``mpp`` µm/px: those of the
+        coarsest band whose ``from_mpp`` is at or under ``mpp`` (the base cut-offs when ``mpp`` is
+        None or finer than every band), in class order; None when the model has none."""
+        chosen = self._bands()[0]
+        if mpp is not None:
+            chosen = [b for b in self._bands() if float(b["from_mpp"]) <= float(mpp)][-1]
+        return self._cutoffs(chosen.get("class_energy_thresholds"))
+
+    def identified(self, proba: np.ndarray, energy: np.ndarray | None = None, mpp: Mpp = None) -> np.ndarray:
         """Which rows keep their top class: top probability at or above ``threshold`` and, for a
-        model with per-class energy cut-offs, energy at or under the cut-off of the top class.
+        model with per-class energy cut-offs, energy at or under the cut-off of the top class (for
+        crops cut at ``mpp`` µm/px, :meth:`class_energy_cutoffs`; ``mpp`` is one scale for every
+        row or one per row).
 
         Raises:
-            ValueError: the model has per-class cut-offs and ``energy`` is None.
+            ValueError: the model has per-class cut-offs and ``energy`` is None, or ``mpp`` is a
+                sequence of the wrong length.
         """
         proba = np.asarray(proba)
+        top = proba.argmax(axis=1)
         kept = proba.max(axis=1) >= self.threshold
-        cut = self.class_energy_max
-        if cut is not None:
-            if energy is None:
-                raise ValueError(f"{self.name} {self.version} abstains on energy too: pass the energies")
-            kept &= np.asarray(energy) <= cut[proba.argmax(axis=1)]
-        return kept
+        if self.class_energy_max is None and not (self.ood_stats or {}).get("class_energy_bands"):
+            return kept
+        if energy is None:
+            raise ValueError(f"{self.name} {self.version} abstains on energy too: pass the energies")
+        given = np.asarray(np.nan if mpp is None else mpp, dtype=float)
+        scales = np.full(len(proba), float(given)) if given.ndim == 0 else given
+        if scales.shape != (len(proba),):
+            raise ValueError(f"mpp: one scale or one per row ({len(proba)}), got shape {given.shape}")
+        cut = np.full(len(proba), np.inf)
+        for s in np.unique(scales):  # NaN (unknown) once: np.unique keeps one NaN
+            rows = np.isnan(scales) if np.isnan(s) else scales == s
+            table = self.class_energy_cutoffs(None if np.isnan(s) else float(s))
+            if table is not None:
+                cut[rows] = table[top[rows]]
+        return kept & (np.asarray(energy, float) <= cut)
 
-    def labels_from_proba(self, proba: np.ndarray, energy: np.ndarray | None = None) -> list[tuple[str, float]]:
+    def labels_from_proba(
+        self, proba: np.ndarray, energy: np.ndarray | None = None, mpp: Mpp = None
+    ) -> list[tuple[str, float]]:
         """(label, top probability) per row; ``"unidentified"`` where :meth:`identified` is False."""
         top = proba.argmax(axis=1)
-        kept = self.identified(proba, energy)
+        kept = self.identified(proba, energy, mpp)
         return [(self.classes[k] if kept[i] else UNIDENTIFIED, float(proba[i, k])) for i, k in enumerate(top)]
 
-    def classify(self, crops: np.ndarray) -> list[tuple[str, float]]:
-        """Label and top probability of each crop; low-confidence crops are ``"unidentified"``."""
-        return self.labels_from_proba(*self.predict_scored(crops))
+    def classify(self, crops: np.ndarray, mpp: Mpp = None) -> list[tuple[str, float]]:
+        """Label and top probability of each crop (cut from an image at ``mpp`` µm/px, when known);
+        low-confidence crops are ``"unidentified"``."""
+        proba, energy = self.predict_scored(crops)
+        return self.labels_from_proba(proba, energy, mpp)
 
-    def classify_scored(self, crops: np.ndarray) -> tuple[list[tuple[str, float]], list[float | None]]:
+    def classify_scored(self, crops: np.ndarray, mpp: Mpp = None) -> tuple[list[tuple[str, float]], list[float | None]]:
         """:meth:`classify` and each crop's energy score (None without a ``head`` layer)."""
         proba, energy = self.predict_scored(crops)
         energies: list[float | None] = [None] * len(proba) if energy is None else [round(float(e), 5) for e in energy]
-        return self.labels_from_proba(proba, energy), energies
+        return self.labels_from_proba(proba, energy, mpp), energies
 
 
 _CACHE: dict[Path, Classifier] = {}

@@ -205,9 +205,10 @@ class ClassifyingSink:
     gathered, so memory stays bounded. Labels of flushed crops are set once :meth:`wait` returns
     (``classified`` waits)."""
 
-    def __init__(self, classifier: _Classifier, batch_size: int) -> None:
+    def __init__(self, classifier: _Classifier, batch_size: int, mpp: float | None = None) -> None:
         self.classifier = classifier
         self.batch_size = batch_size
+        self.mpp = mpp  # the slide's µm/px: the classifier's energy cut-offs depend on the scan's scale
         self.cells: list[CellResult] = []
         self._pending: list[tuple[CellResult, np.ndarray]] = []
         self._pool: ThreadPoolExecutor | None = None
@@ -258,7 +259,9 @@ class ClassifyingSink:
         for i in range(0, len(part), self.batch_size):
             chunk = part[i : i + self.batch_size]
             batch = np.stack([crop for _, crop in chunk])
-            labels, energies = scored(batch) if scored else (self.classifier.classify(batch), [None] * len(chunk))
+            labels, energies = (
+                scored(batch, mpp=self.mpp) if scored else (self.classifier.classify(batch), [None] * len(chunk))
+            )
             for (cell, _), (label, prob), energy in zip(chunk, labels, energies, strict=True):
                 cell.label, cell.probability, cell.energy = label, float(prob), energy
         self.seconds += time.perf_counter() - t
@@ -289,7 +292,7 @@ def analyze_slide(
     """Analyse one slide on this machine: find the cells and classify the white ones (and a sample
     of the red ones with ``rbc_classifier``, see :func:`prepare_slide`)."""
     params = params or PipelineParams()
-    sink = ClassifyingSink(classifier, params.batch_size)
+    sink = ClassifyingSink(classifier, params.batch_size, mpp=float(slide.mpp))
     try:
         result = prepare_slide(slide, classifier, sink, params, progress, should_stop, rbc_classifier=rbc_classifier)
     finally:

@@ -80,6 +80,31 @@ def load_centered_crop(path: str | Path, mpp: float, crop_um: float, out_px: int
     return crop_cell(arr, ((w - 1) / 2.0 + 0.5, (h - 1) / 2.0 + 0.5), mpp, crop_um, out_px)
 
 
+def rescan(crops: np.ndarray, crop_um: float, mpp: float) -> np.ndarray:
+    """Crops as a scanner at ``mpp`` µm/px would have given them: each ``crop_um`` µm crop is
+    down-sampled to the pixels that square has at ``mpp`` (Lanczos, as ``make-slide`` places cells)
+    and back to its own size (bicubic, as :func:`crop_cell` up-samples a coarse slide's pixels).
+    Crops already at or coarser than ``mpp`` are returned unchanged.
+
+    Args:
+        crops: uint8 (N, px, px, 3).
+        crop_um: the crops' side in µm.
+        mpp: the scan's µm per pixel.
+    """
+    crops = np.asarray(crops, dtype=np.uint8)
+    if mpp <= 0 or crop_um <= 0:
+        raise ValueError("mpp and crop_um must be positive")
+    px = crops.shape[1]
+    small = max(1, round(crop_um / mpp))
+    if small >= px:
+        return crops
+    out = np.empty_like(crops)
+    for i, c in enumerate(crops):
+        low = Image.fromarray(c).resize((small, small), Image.Resampling.LANCZOS)
+        out[i] = np.asarray(low.resize((px, px), Image.Resampling.BICUBIC), dtype=np.uint8)
+    return out
+
+
 # Ruifrok & Johnston, "Quantification of histochemical staining by color deconvolution",
 # Anal. Quant. Cytol. Histol. 23:291, 2001: the rows are the optical-density vectors of
 # haematoxylin, eosin and DAB (skimage.color.hed_from_rgb's inverse).

@@ -236,7 +236,7 @@ def run_classify(settings: Settings, factory: sessionmaker[Session], classifier:
                 return _ended("cancelled", settings, job_id)
             t = time.perf_counter()
             if scored is not None:
-                got, energy = scored(chunk)
+                got, energy = scored(chunk, mpp=prepared.analysis.mpp)
             else:
                 got, energy = classifier.classify(chunk), [None] * len(chunk)
             labels.extend(got)

@@ -33,7 +33,7 @@ import numpy as np
 from hemato_model.training.classifier_training import IMAGE_SUFFIXES, DataError, ProgressFactory, load_crops
 
 if TYPE_CHECKING:
-    from hemato_model.classifier import Classifier
+    from hemato_model.classifier import Classifier, Mpp
 
 BCCD_CLASSES = ("neutrophil", "eosinophil", "lymphocyte", "monocyte")
 
@@ -161,8 +161,9 @@ def estimate_scales(images: Sequence[np.ndarray], centred_cell: bool = True) -> 
 
 def _estimated_crops(
     paths: Sequence[Path], crop_um: float, input_px: int, progress: ProgressFactory | None = None
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """Centred crops of single-cell images, each cut at its own estimated µm/px."""
+) -> tuple[np.ndarray, list[float], dict[str, Any]]:
+    """Centred crops of single-cell images, each cut at its own estimated µm/px (the crops, the
+    scales, the estimates' summary)."""
     from PIL import Image
 
     from hemato_model.preprocessing import crop_cell
@@ -183,7 +184,7 @@ def _estimated_crops(
     for i, (img, mpp) in enumerate(zip(images, scales, strict=True)):
         h, w = img.shape[:2]
         crops[i] = crop_cell(img, ((w - 1) / 2.0 + 0.5, (h - 1) / 2.0 + 0.5), mpp, crop_um, input_px)
-    return crops, summary
+    return crops, scales, summary
 
 
 def evaluate_folder(
@@ -212,12 +213,14 @@ def evaluate_folder(
         split_files = split_doc[split]
     paths, labels, skipped = collect_folder(data_dir, clf.classes, split_files)
     estimates: dict[str, Any] | None = None
+    scales: float | list[float]
     if mpp:
         crops = load_crops(paths, mpp, clf.crop_um, clf.input_px, progress, label="Cutting crops")
+        scales = mpp
     else:
-        crops, estimates = _estimated_crops(paths, clf.crop_um, clf.input_px, progress)
+        crops, scales, estimates = _estimated_crops(paths, clf.crop_um, clf.input_px, progress)
         mpp = estimates["median"]
-    metrics = classifier_scored(clf, labels, *clf.predict_scored(crops), clf.classes)
+    metrics = classifier_scored(clf, labels, *clf.predict_scored(crops), clf.classes, mpp=scales)
     result = {
         "model": f"{clf.name} {clf.version}",
         "data": str(data_dir),
@@ -266,12 +269,18 @@ def scored(
 
 
 def classifier_scored(
-    clf: Classifier, truth: Sequence[str], proba: np.ndarray, energy: np.ndarray | None, score_classes: Sequence[str]
+    clf: Classifier,
+    truth: Sequence[str],
+    proba: np.ndarray,
+    energy: np.ndarray | None,
+    score_classes: Sequence[str],
+    mpp: Mpp = None,
 ) -> dict[str, Any]:
     """:func:`scored` of ``clf``'s outputs (:meth:`~hemato_model.classifier.Classifier.predict_scored`)
     under the classifier's own abstention rule: its threshold and, where it has them, its per-class
-    energy cut-offs (then listed under ``class_energy_thresholds``)."""
-    out = scored(truth, proba, clf.classes, clf.threshold, score_classes, kept=clf.identified(proba, energy))
+    energy cut-offs for crops cut at ``mpp`` µm/px (the base ones listed under
+    ``class_energy_thresholds``)."""
+    out = scored(truth, proba, clf.classes, clf.threshold, score_classes, kept=clf.identified(proba, energy, mpp))
     cut = clf.class_energy_max
     if cut is not None:
         out["class_energy_thresholds"] = {c: round(float(v), 4) for c, v in zip(clf.classes, cut, strict=True)}
@@ -395,8 +404,8 @@ def evaluate_bccd(clf: Classifier, bccd_root: str | Path, mpp: float | None = No
         crops[i] = crop_cell(img, centre, s, clf.crop_um, clf.input_px)
     truth = [c for _, _, c in cells]
     proba, energy = clf.predict_scored(crops)
-    predicted = [label for label, _ in clf.labels_from_proba(proba, energy)]
-    metrics = classifier_scored(clf, truth, proba, energy, list(BCCD_CLASSES))
+    predicted = [label for label, _ in clf.labels_from_proba(proba, energy, scales)]
+    metrics = classifier_scored(clf, truth, proba, energy, list(BCCD_CLASSES), mpp=scales)
     counts = {c: truth.count(c) for c in BCCD_CLASSES}
     majority = max(counts, key=lambda c: counts[c])
     return {

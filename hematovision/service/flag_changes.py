@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from hemato_model.classifier import UNIDENTIFIED, Classifier
 from hematovision.core.results import WBC
-from hematovision.service.cell_crops import SlideError, cut_cells
+from hematovision.service.cell_crops import SlideError, cut_cells, slide_mpp
 from hematovision.service.slide_results import summarise_cells
 from hematovision.service.submission import order_of
 from hematovision.store.models import Cell, Slide
@@ -44,10 +44,10 @@ def _classes(clf: Classifier, slide: Slide) -> list[str]:
     return list(dict.fromkeys([*clf.classes, *(k for k in differential if k != UNIDENTIFIED)]))
 
 
-def _labels(clf: Classifier, crops: np.ndarray) -> list[str | None]:
+def _labels(clf: Classifier, crops: np.ndarray, mpp: float | None) -> list[str | None]:
     if len(crops) == 0:
         return []
-    return [None if lab == UNIDENTIFIED else lab for lab, _ in clf.classify(crops)]
+    return [None if lab == UNIDENTIFIED else lab for lab, _ in clf.classify(crops, mpp=mpp)]
 
 
 def slide_flag_changes(
@@ -94,8 +94,8 @@ def slide_flag_changes(
             {
                 "slide": slide.id,
                 "signed": _flags(ctx, [c.label for c in wbc], _classes(current, slide)),
-                "current": _flags(ctx, _labels(current, crops), _classes(current, slide)),
-                "candidate": _flags(ctx, _labels(candidate, crops), _classes(candidate, slide)),
+                "current": _flags(ctx, _labels(current, crops, slide_mpp(slide)), _classes(current, slide)),
+                "candidate": _flags(ctx, _labels(candidate, crops, slide_mpp(slide)), _classes(candidate, slide)),
             }
         )
     return out

@@ -76,6 +76,63 @@ def test_model_without_cut_offs_keeps_the_threshold_rule(tmp_path: Path) -> None
         Classifier.load(bad)
 
 
+def test_scale_band_cut_offs_apply_from_their_mpp_up(tmp_path: Path) -> None:
+    """A coarse scan gets the band's cut-offs; a finer one, or an unknown scale, the base ones; a
+    band without cut-offs or a positive ``from_mpp`` fails at load."""
+    base = Classifier.load(V12)
+    ood = json.loads((V12 / "ood.json").read_text())
+    band = {c: v + 2.0 for c, v in ood["class_energy_thresholds"].items()}
+    m = tmp_path / "m"
+    shutil.copytree(V12, m)
+    (m / "ood.json").write_text(
+        json.dumps(
+            {**ood, "class_energy_bands": [{"from_mpp": 0.35, "scan_mpp": 0.5, "class_energy_thresholds": band}]}
+        )
+    )
+    clf = Classifier.load(m)
+    assert clf.class_energy_max is not None and base.class_energy_max is not None
+    np.testing.assert_allclose(clf.class_energy_cutoffs(None), base.class_energy_max)
+    np.testing.assert_allclose(clf.class_energy_cutoffs(0.25), base.class_energy_max)
+    np.testing.assert_allclose(clf.class_energy_cutoffs(0.35), base.class_energy_max + 2.0)
+    np.testing.assert_allclose(clf.class_energy_cutoffs(0.5), base.class_energy_max + 2.0)
+    k = clf.classes.index("lymphocyte")
+    proba, energy = _one_hot([k], len(clf.classes)), np.array([base.class_energy_max[k] + 1.0])
+    assert clf.labels_from_proba(proba, energy, mpp=0.25)[0][0] == UNIDENTIFIED
+    assert clf.labels_from_proba(proba, energy, mpp=0.5)[0][0] == "lymphocyte"
+    two = np.repeat(proba, 3, axis=0), np.repeat(energy, 3)  # one scale per row: unknown, 20x, 40x
+    assert clf.identified(*two, mpp=[np.nan, 0.5, 0.25]).tolist() == [False, True, False]
+    with pytest.raises(ValueError, match="one per row"):
+        clf.identified(*two, mpp=[0.5, 0.5])
+    for broken in ({"from_mpp": 0, "class_energy_thresholds": band}, {"from_mpp": 0.35}):
+        (m / "ood.json").write_text(json.dumps({**ood, "class_energy_bands": [broken]}))
+        with pytest.raises(ModelError, match="class_energy_bands"):
+            Classifier.load(m)
+    del band["ig"]
+    (m / "ood.json").write_text(
+        json.dumps({**ood, "class_energy_bands": [{"from_mpp": 0.35, "class_energy_thresholds": band}]})
+    )
+    with pytest.raises(ModelError, match="ig"):
+        Classifier.load(m)
+
+
+def test_rescan_loses_detail_as_a_coarse_scanner_would() -> None:
+    """A fine checkerboard (2 px squares of a 160 px crop of 24 µm, 0.3 µm) does not survive a
+    0.5 µm/px scan; a smooth gradient does; a scan finer than the crop's pixels changes nothing."""
+    from hemato_model.preprocessing import rescan
+
+    yy, xx = np.mgrid[0:160, 0:160]
+    board = np.where(((yy // 2) + (xx // 2)) % 2 == 0, 40, 220).astype(np.uint8)
+    ramp = (xx * 255 // 159).astype(np.uint8)
+    crops = np.stack([np.stack([board] * 3, -1), np.stack([ramp] * 3, -1)])
+    out = rescan(crops, 24.0, 0.5)
+    assert out.shape == crops.shape and out.dtype == np.uint8
+    assert crops[0].std() > 80 and out[0].std() < 15  # the 0.3 µm pattern is gone
+    assert np.abs(out[1].astype(int) - crops[1].astype(int)).mean() < 3  # the gradient stays
+    assert np.array_equal(rescan(crops, 24.0, 0.1), crops)  # 240 px at 0.1 µm/px: finer than 160
+    with pytest.raises(ValueError):
+        rescan(crops, 24.0, 0.0)
+
+
 @pytest.mark.needs((ALL_ROOT / "images").is_dir() and PBC_DIR.is_dir(), f"the shared ALL and PBC data under {DATA}")
 @pytest.mark.slow
 def test_v12_abstains_on_held_out_blasts_but_not_on_lymphocytes_and_igs() -> None:
@@ -98,3 +155,39 @@ def test_v12_abstains_on_held_out_blasts_but_not_on_lymphocytes_and_igs() -> Non
         files = [PBC_DIR / f for f in split["test"] if f.startswith(cls + "/")]
         got = [lab for lab, _ in clf.classify(load_crops(files, PBC_MPP, clf.crop_um, clf.input_px))]
         assert len(files) == 82 and got.count(UNIDENTIFIED) / len(got) <= 0.12, (cls, got.count(UNIDENTIFIED))
+
+
+@pytest.mark.needs((ALL_ROOT / "images").is_dir() and PBC_DIR.is_dir(), f"the shared ALL and PBC data under {DATA}")
+@pytest.mark.slow
+def test_v12_on_a_20x_scan_keeps_the_blast_net_without_draining_normal_cells() -> None:
+    """The same held-out crops re-sampled as a 0.5 µm/px scan gives them, labelled with the scale
+    band of ``ood.json``: blasts still go unidentified (381 of 421), PBC test lymphocytes and IGs
+    do not drain (base cut-offs at that scale: many more would)."""
+    from hemato_model.pipeline import ClassifyingSink
+    from hemato_model.preprocessing import rescan
+    from hemato_model.training.blast_data import rebuild_field_crops
+    from hemato_model.training.classifier_training import load_crops
+    from hematovision.core.datasets import PBC_MPP
+    from hematovision.core.results import CellResult
+
+    clf = Classifier.load(V12)
+    doc = json.loads((MODELS_DIR / "wbc-blast-effnetlite0-v2" / "blast_split.json").read_text())
+    fields = rebuild_field_crops({**doc, "input_px": clf.input_px}, ALL_ROOT, "test", ("Early", "Pre", "Pro"))
+    blasts = rescan(np.concatenate([c for _, c in fields]), clf.crop_um, 0.5)
+    labels = [lab for lab, _ in clf.classify(blasts, mpp=0.5)]
+    assert labels.count(UNIDENTIFIED) / len(labels) >= 0.85
+    assert labels.count("platelet") / len(labels) <= 0.02
+    split = json.loads((V12 / "split.json").read_text())
+    for cls, most in (("lymphocyte", 0.06), ("ig", 0.25)):  # measured: 2 and 17 of 82 (base: 6 and 29)
+        files = [PBC_DIR / f for f in split["test"] if f.startswith(cls + "/")]
+        crops = rescan(load_crops(files, PBC_MPP, clf.crop_um, clf.input_px), clf.crop_um, 0.5)
+        labels = [lab for lab, _ in clf.classify(crops, mpp=0.5)]
+        band, base = labels.count(UNIDENTIFIED), [lab for lab, _ in clf.classify(crops)].count(UNIDENTIFIED)
+        assert band / len(crops) <= most and band < base, (cls, band, base)
+        # the slide pipeline labels with the slide's scale: its sink gives the same labels
+        sink = ClassifyingSink(clf, 64, mpp=0.5)
+        for crop in crops:
+            sink.add(CellResult("wbc", (0, 0, 1, 1), 1.0), crop)
+        sink.flush()
+        sink.close()
+        assert [c.label for c in sink.cells] == labels
