@@ -91,7 +91,6 @@ def figures(
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from hemato_model.classifier import Classifier
-    from hemato_model.preprocessing import rescan
     from hemato_model.training.blast_data import rebuild_field_crops
     from hemato_model.training.classifier_training import load_crops
     from hemato_model.training.ood_stats import class_energy_thresholds
@@ -108,9 +107,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args(argv)
 
-    def scanned(clf: Any, crops: np.ndarray) -> np.ndarray:
-        return rescan(crops, clf.crop_um, a.scan_mpp) if a.scan_mpp else crops
-
     data_root = a.data_root or load_settings().data_root
     t0 = time.perf_counter()
     blast_doc = json.loads((uc.BLAST_SPLIT_MODEL / "blast_split.json").read_text())
@@ -119,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         split = json.loads((clf.model_dir / "split.json").read_text())
         pbc = pbc_root(data_root)
         crops = load_crops([pbc / f for f in split[part]], PBC_MPP, clf.crop_um, clf.input_px)
-        proba, energy = clf.predict_scored(scanned(clf, crops))
+        proba, energy = clf.predict_scored(uc.scanned(clf, crops, a.scan_mpp))
         if energy is None:
             raise SystemExit(f"{clf.model_dir}: no 'head' layer, so no energy score")
         return [f.split("/")[0] for f in split[part]], proba, energy
@@ -127,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def val_blasts(clf: Any) -> tuple[np.ndarray, np.ndarray]:
         doc = {**blast_doc, "input_px": clf.input_px}
         fields = rebuild_field_crops(doc, data_root / ARIA_ALL_DIR.parent, "val", ("Early", "Pre", "Pro"))
-        proba, energy = clf.predict_scored(scanned(clf, np.concatenate([c for _, c in fields])))
+        proba, energy = clf.predict_scored(uc.scanned(clf, np.concatenate([c for _, c in fields]), a.scan_mpp))
         return proba, energy
 
     ref = Classifier.load(a.reference)
@@ -136,9 +132,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ref_fig = figures(
         ref,
         truth,
-        labels_under(ref, rp, re_, ref.class_energy_max),
+        labels_under(ref, rp, re_, (ref.ood_stats or {}).get("class_energy_thresholds")),
         rp,
-        labels_under(ref, bp, be, ref.class_energy_max),
+        labels_under(ref, bp, be, (ref.ood_stats or {}).get("class_energy_thresholds")),
         a.seed,
         a.reps,
     )

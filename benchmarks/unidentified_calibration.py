@@ -66,14 +66,15 @@ def classify_test_crops(clf: Any, data_root: Path, scan_mpp: float | None = None
         if not files:
             raise SystemExit(f"split.json of {model_dir} has no test images of {cls}")
         crops = np.stack([load_centered_crop(f, PBC_MPP, clf.crop_um, clf.input_px) for f in files])
-        labels[cls] = [lab for lab, _ in clf.classify(*_scanned(clf, crops, scan_mpp))]
+        labels[cls] = [lab for lab, _ in clf.classify(scanned(clf, crops, scan_mpp), mpp=scan_mpp)]
     return labels
 
 
-def _scanned(clf: Any, crops: np.ndarray, scan_mpp: float | None) -> tuple[np.ndarray, float | None]:
+def scanned(clf: Any, crops: np.ndarray, scan_mpp: float | None) -> np.ndarray:
+    """``crops`` as a scan at ``scan_mpp`` µm/px would give them (unchanged when None)."""
     from hemato_model.preprocessing import rescan
 
-    return (rescan(crops, clf.crop_um, scan_mpp), scan_mpp) if scan_mpp else (crops, None)
+    return rescan(crops, clf.crop_um, scan_mpp) if scan_mpp else crops
 
 
 def blast_check(
@@ -96,7 +97,9 @@ def blast_check(
     doc = json.loads((BLAST_SPLIT_MODEL / "blast_split.json").read_text())
     doc = {**doc, "input_px": clf.input_px}  # the same crops, cut at the classifier's own input size
     fields = rebuild_field_crops(doc, data_root / ARIA_ALL_DIR.parent, "test", ("Early", "Pre", "Pro"))
-    labels = [lab for lab, _ in clf.classify(*_scanned(clf, np.concatenate([c for _, c in fields]), scan_mpp))]
+    labels = [
+        lab for lab, _ in clf.classify(scanned(clf, np.concatenate([c for _, c in fields]), scan_mpp), mpp=scan_mpp)
+    ]
     d = differential(labels, list(clf.classes))
     outcome = evaluate_rules(
         d.counts(),

@@ -39,6 +39,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -143,8 +144,7 @@ class Classifier(ModelSpec):
         ood_path = model_dir / OOD_FILE
         ood = json.loads(ood_path.read_text()) if ood_path.is_file() else None
         clf = cls(**vars(spec), preprocessing=dict(meta.get("preprocessing", {})), ood_stats=ood)
-        for band in clf._bands():  # a bad ood.json fails here, at load, not at the first slide
-            clf._cutoffs(band.get("class_energy_thresholds"))
+        _ = clf._bands  # a bad ood.json fails here, at load, not at the first slide
         clf._model = model
         try:
             head = model.get_layer(HEAD_LAYER)
@@ -241,10 +241,12 @@ class Classifier(ModelSpec):
             raise ModelError(f"{self.model_dir}/{OOD_FILE}: class energy cut-offs lack {missing}")
         return np.array([float(cut[c]) for c in self.classes])
 
-    def _bands(self) -> list[dict[str, Any]]:
-        """The base cut-offs as a band from 0 µm/px, then ``class_energy_bands`` by ``from_mpp``."""
+    @cached_property
+    def _bands(self) -> list[tuple[float, np.ndarray | None]]:
+        """(from µm/px, cut-offs in class order or None), finest first: the base cut-offs from 0, then
+        ``class_energy_bands``; read once per instance (a bad ``ood.json`` raises ModelError)."""
         ood = self.ood_stats or {}
-        bands = [{"from_mpp": 0.0, "class_energy_thresholds": ood.get("class_energy_thresholds")}]
+        bands = [(0.0, self._cutoffs(ood.get("class_energy_thresholds")))]
         for band in ood.get("class_energy_bands") or []:
             try:
                 ok = float(band["from_mpp"]) > 0 and bool(band["class_energy_thresholds"])
@@ -254,8 +256,8 @@ class Classifier(ModelSpec):
                 raise ModelError(
                     f"{self.model_dir}/{OOD_FILE}: a class_energy_bands entry needs from_mpp > 0 and cut-offs"
                 )
-            bands.append(band)
-        return sorted(bands, key=lambda b: float(b["from_mpp"]))
+            bands.append((float(band["from_mpp"]), self._cutoffs(band["class_energy_thresholds"])))
+        return sorted(bands, key=lambda b: b[0])
 
     @property
     def class_energy_max(self) -> np.ndarray | None:
@@ -267,10 +269,9 @@ class Classifier(ModelSpec):
         """The per-class cut-offs for crops cut from an image at ``mpp`` µm/px: those of the
         coarsest band whose ``from_mpp`` is at or under ``mpp`` (the base cut-offs when ``mpp`` is
         None or finer than every band), in class order; None when the model has none."""
-        chosen = self._bands()[0]
-        if mpp is not None:
-            chosen = [b for b in self._bands() if float(b["from_mpp"]) <= float(mpp)][-1]
-        return self._cutoffs(chosen.get("class_energy_thresholds"))
+        if mpp is None:
+            return self._bands[0][1]
+        return [cut for start, cut in self._bands if start <= float(mpp)][-1]
 
     def identified(self, proba: np.ndarray, energy: np.ndarray | None = None, mpp: Mpp = None) -> np.ndarray:
         """Which rows keep their top class: top probability at or above ``threshold`` and, for a
@@ -285,7 +286,7 @@ class Classifier(ModelSpec):
         proba = np.asarray(proba)
         top = proba.argmax(axis=1)
         kept = proba.max(axis=1) >= self.threshold
-        if self.class_energy_max is None and not (self.ood_stats or {}).get("class_energy_bands"):
+        if all(cut is None for _, cut in self._bands):
             return kept
         if energy is None:
             raise ValueError(f"{self.name} {self.version} abstains on energy too: pass the energies")
