@@ -10,7 +10,12 @@ cells, the PBC test split), the differences, and the verdict. A model is **promo
 - blast sensitivity, where the data hold blasts.
 
 The unidentified rate and blast specificity are reported, not protected (a lab may accept more
-cells to review). A refused verdict can be overridden only with a written reason, which the JSON
+cells to review). Both models are scored on the same cells, so each drop also says how many cells
+the candidate lost and gained (right before, wrong now, and the reverse) and the exact one-sided
+McNemar p-value of that split: on a test split of ~80 cells a class, one cell is 1.2 points, and a
+drop of three cells lost and none gained (p = 0.125) is within what chance gives. The verdict is
+still the margin's (a protected figure is protected); the p-value is the evidence a director's
+override reason can cite. A refused verdict can be overridden only with a written reason, which the JSON
 and the PDF record (the lab director signs it). This is the usual non-inferiority framing of a
 method change in laboratory medicine (CLSI EP12/EP15: a new method is accepted when it is no worse
 than the current one by a stated margin), applied figure by figure.
@@ -18,6 +23,7 @@ than the current one by a stated margin), applied figure by figure.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +35,8 @@ from hemato_model.training.evaluation import scored
 BLAST = "blast"
 DEFAULT_MARGIN = 0.02
 DEFAULT_MIN_SUPPORT = 20
+#: A drop whose one-sided exact McNemar p-value is under this is reported as beyond chance.
+CHANCE_ALPHA = 0.05
 
 
 def model_figures(
@@ -39,7 +47,9 @@ def model_figures(
     kept: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """One model's figures on one data set: accuracy, per-class recall (over the true classes),
-    unidentified rate, and blast sensitivity/specificity when blasts are among the truth.
+    unidentified rate, and blast sensitivity/specificity when blasts are among the truth; ``cells``
+    holds each cell's truth and whether its top class was right, in input order (for the paired
+    comparison of :func:`compare_models`).
 
     ``kept``: the cells that keep their top class under the model's own rule (default: top
     probability ≥ ``threshold``; see :func:`clf_figures`). A class the model does not have counts as
@@ -47,6 +57,7 @@ def model_figures(
     truth = list(truth)
     true_classes = sorted(set(truth))
     s = scored(truth, proba, list(classes), threshold, true_classes, kept=kept)
+    top = proba.argmax(axis=1)
     out: dict[str, Any] = {
         "n": s["n"],
         "accuracy": s["accuracy"],
@@ -54,11 +65,11 @@ def model_figures(
         "unidentified_rate": s["unidentified_rate"],
         "per_class_recall": {c: s["per_class"][c]["recall"] for c in true_classes},
         "support": {c: s["per_class"][c]["support"] for c in true_classes},
+        "cells": {"truth": truth, "correct": [int(classes[k] == t) for k, t in zip(top, truth, strict=True)]},
     }
     if BLAST in true_classes:
-        top = proba.argmax(axis=1)
-        kept = proba.max(axis=1) >= threshold
-        called = np.array([classes[k] == BLAST for k in top]) & kept
+        own = proba.max(axis=1) >= threshold if kept is None else kept  # the model's own abstention rule
+        called = np.array([classes[k] == BLAST for k in top]) & own
         is_blast = np.array([t == BLAST for t in truth])
         n_pos, n_neg = int(is_blast.sum()), int((~is_blast).sum())
         out["blast_sensitivity"] = round(float((called & is_blast).sum() / n_pos), 4) if n_pos else None
@@ -77,6 +88,29 @@ def protected_figures(
     if figures.get("blast_sensitivity") is not None:
         out["blast_sensitivity"] = float(figures["blast_sensitivity"])
     return out
+
+
+def paired_counts(current: dict[str, Any], candidate: dict[str, Any], figure: str) -> dict[str, Any] | None:
+    """Cells behind one figure's change, where both models' ``cells`` are at hand: ``lost`` (right
+    with the current model, wrong with the candidate), ``gained`` (the reverse), ``n`` (the cells the
+    figure is over: all of them for ``accuracy``, the class's for ``recall:<class>``) and ``p_value``,
+    the exact one-sided McNemar test that the candidate is worse (P[Binomial(lost + gained, 1/2) ≥
+    lost]). None for a figure not over top-class correctness (blast sensitivity) or without cells."""
+    a, b = current.get("cells"), candidate.get("cells")
+    if not a or not b or a["truth"] != b["truth"] or not (figure == "accuracy" or figure.startswith("recall:")):
+        return None
+    cls = figure.split(":", 1)[1] if figure.startswith("recall:") else None
+    rows = [(x, y) for t, x, y in zip(a["truth"], a["correct"], b["correct"], strict=True) if cls in (None, t)]
+    lost = sum(1 for x, y in rows if x and not y)
+    gained = sum(1 for x, y in rows if y and not x)
+    return {"n": len(rows), "lost": lost, "gained": gained, "p_value": round(mcnemar_one_sided(lost, gained), 4)}
+
+
+def mcnemar_one_sided(lost: int, gained: int) -> float:
+    """P[X ≥ lost] for X ~ Binomial(lost + gained, 1/2): how often chance alone splits the discordant
+    cells at least this much against the candidate (1.0 when none are discordant)."""
+    n = lost + gained
+    return float(sum(math.comb(n, k) for k in range(lost, n + 1)) / 2**n) if n else 1.0
 
 
 def compare_models(
@@ -98,7 +132,9 @@ def compare_models(
 
     Returns:
         ``{"promotable", "refused", "dropped": [...], "changes": {data set: {figure: {current,
-        candidate, change}}}, "margin", "override_reason"}``. ``refused`` is the verdict of the
+        candidate, change[, cells]}}}, "margin", "override_reason"}``; a drop and a change carry
+        :func:`paired_counts` (``lost``, ``gained``, ``p_value``; a drop also ``beyond_chance``) where
+        both figures hold their ``cells``. ``refused`` is the verdict of the
         figures alone; ``promotable`` is true when nothing dropped or an override reason is given.
     """
     if not 0 <= margin < 1:
@@ -113,8 +149,15 @@ def compare_models(
             after = new.get(fig, 0.0)
             change = round(after - before, 4)
             changes[name][fig] = {"current": before, "candidate": after, "change": change}
+            cells = paired_counts(current[name], candidate[name], fig)
+            if cells is not None:
+                changes[name][fig]["cells"] = cells
             if before - after > margin + 1e-9:
-                dropped.append({"data": name, "figure": fig, "current": before, "candidate": after, "drop": -change})
+                drop: dict[str, Any] = {"data": name, "figure": fig, "current": before, "candidate": after}
+                drop["drop"] = -change
+                if cells is not None:
+                    drop |= {**cells, "beyond_chance": cells["p_value"] < CHANCE_ALPHA}
+                dropped.append(drop)
     reason = (override_reason or "").strip() or None
     return {
         "promotable": not dropped or reason is not None,

@@ -2,7 +2,8 @@
 
 Built from the JSON of ``hematovision validate-model``: the two models (name, version, sha256,
 parent, training data manifest hash), the verdict with the protected figures that dropped beyond the
-margin (and an override reason, if any), per data set the figures of both models (accuracy,
+margin (with the cells lost and gained on the same test cells and the McNemar p-value, where the
+figures carry their cells) and an override reason, if any, per data set the figures of both models (accuracy,
 unidentified rate, blast sensitivity/specificity, per-class recall), the flag changes on the last
 signed-off slides, and a signature block for the lab director. Styles and fonts:
 :mod:`hematovision.exports.pdf_style`.
@@ -102,13 +103,31 @@ def validation_report_pdf(doc: dict[str, Any], out: BinaryIO | str | Path, **doc
         ),
     ]
     if verdict["dropped"]:
-        rows = [["Data", "Figure", "Current", "Candidate", "Drop"]] + [
-            [d["data"], d["figure"], _pct(d["current"]), _pct(d["candidate"]), f"{100 * d['drop']:.1f}"]
+        rows = [["Data", "Figure", "Current", "Candidate", "Drop", "Cells lost / gained", "p"]] + [
+            [
+                d["data"],
+                d["figure"],
+                _pct(d["current"]),
+                _pct(d["candidate"]),
+                f"{100 * d['drop']:.1f}",
+                f"{d['lost']} / {d['gained']} of {d['n']}" if "lost" in d else "",
+                f"{d['p_value']:.3f}" if "p_value" in d else "",
+            ]
             for d in verdict["dropped"]
         ]
-        t = Table(rows, colWidths=[40 * mm, 50 * mm, 28 * mm, 28 * mm, 22 * mm], hAlign="LEFT")
+        t = Table(rows, colWidths=[28 * mm, 38 * mm, 20 * mm, 20 * mm, 14 * mm, 38 * mm, 16 * mm], hAlign="LEFT")
         t.setStyle(TableStyle(grid_style("#FFEBEE")))
-        story += [Paragraph("Figures that dropped beyond the margin", st["h2"]), t]
+        story += [
+            Paragraph("Figures that dropped beyond the margin", st["h2"]),
+            t,
+            Paragraph(
+                "Both models were scored on the same cells: lost = right with the current model and wrong "
+                "with the candidate, gained = the reverse; p = exact one-sided McNemar test that the "
+                "candidate is worse. p of 0.05 or more: a drop of this size is within what chance gives "
+                "on this many cells (the margin still refuses it; an override reason may cite it).",
+                st["small"],
+            ),
+        ]
     if verdict.get("override_reason"):
         story.append(Paragraph(f"<b>Override reason:</b> {para_text(verdict['override_reason'])}", st["body"]))
     for name, cur in doc["current_figures"].items():

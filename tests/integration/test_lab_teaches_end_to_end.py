@@ -262,6 +262,8 @@ def test_reviewed_cells_teach_a_validated_promoted_model(pg_stack_steady, tmp_pa
     assert r.exit_code == (1 if refused else 0) and doc["promotable"] is (not refused), r.output
     assert bool(doc["verdict"]["dropped"]) is refused
     assert all(d["data"] == "pbc_test" and d["drop"] > doc["verdict"]["margin"] for d in doc["verdict"]["dropped"])
+    # each drop says how many test cells the candidate lost and gained, and whether chance explains it
+    assert all(d["lost"] > d["gained"] and 0 < d["p_value"] <= 1 for d in doc["verdict"]["dropped"])
     if refused:
         reason = "lab stain: PBC test loss of one class reviewed by the director and accepted"
         r = _cli(stack, *validate, "--override-reason", reason)

@@ -8,7 +8,12 @@ import pytest
 
 from hemato_model.training.classifier_training import DataError
 from hemato_model.training.lab_finetune import grow_head, split_by_group
-from hemato_model.training.model_comparison import compare_models, flag_change_summary, model_figures
+from hemato_model.training.model_comparison import (
+    compare_models,
+    flag_change_summary,
+    mcnemar_one_sided,
+    model_figures,
+)
 
 CLASSES = ["lymphocyte", "neutrophil"]
 
@@ -80,6 +85,44 @@ def test_model_figures_blast_sensitivity_and_specificity() -> None:
     assert g["blast_sensitivity"] == 0.0 and g["per_class_recall"]["blast"] == 0.0
 
 
+def _proba_for(truth: list[str], right: np.ndarray) -> np.ndarray:
+    """One-hot answers over CLASSES: the true class where ``right``, the other one elsewhere."""
+    idx = np.array([CLASSES.index(t) for t in truth])
+    return np.eye(2)[np.where(right, idx, 1 - idx)]
+
+
+def test_a_drop_says_how_many_cells_were_lost_and_whether_chance_explains_it() -> None:
+    truth = ["lymphocyte"] * 82 + ["neutrophil"] * 82
+    right = np.ones(len(truth), bool)
+    right[[0, 90]] = False  # the current model: one error a class
+    few = right.copy()
+    few[[1, 2, 3]] = False  # the candidate loses 3 lymphocytes, gains none: 4.9 points, p = 1/8
+    many = right.copy()
+    many[1:13] = False  # loses 12 lymphocytes ...
+    many[0] = True  # ... and gains 1: p = 14/8192
+    cur = {"pbc": model_figures(truth, _proba_for(truth, right), CLASSES, 0.5)}
+    for cand, lost, gained, p, beyond in ((few, 3, 0, 0.125, False), (many, 12, 1, 0.0017, True)):
+        v = compare_models(cur, {"pbc": model_figures(truth, _proba_for(truth, cand), CLASSES, 0.5)}, CLASSES)
+        assert v["refused"]  # the margin decides; the paired figures are evidence beside it
+        d = next(d for d in v["dropped"] if d["figure"] == "recall:lymphocyte")
+        assert (d["n"], d["lost"], d["gained"], d["p_value"], d["beyond_chance"]) == (82, lost, gained, p, beyond)
+        assert v["changes"]["pbc"]["recall:neutrophil"]["cells"] == {"n": 82, "lost": 0, "gained": 0, "p_value": 1.0}
+    assert mcnemar_one_sided(0, 5) == 1.0 and mcnemar_one_sided(5, 0) == pytest.approx(1 / 32)
+    # figures without per-cell records (older validation files) compare as before, without the counts
+    old = {"pbc": _figs(0.96, 0.97, 0.95)}
+    assert "lost" not in compare_models(old, {"pbc": _figs(0.9, 0.9, 0.9)}, CLASSES)["dropped"][0]
+
+
+def test_blast_sensitivity_follows_the_models_own_abstention_rule() -> None:
+    classes = ["blast", "lymphocyte"]
+    truth = ["blast", "blast", "lymphocyte"]
+    proba = np.array([[0.95, 0.05], [0.9, 0.1], [0.02, 0.98]])
+    assert model_figures(truth, proba, classes, threshold=0.8)["blast_sensitivity"] == 1.0
+    # an energy cut-off leaves the second blast unidentified: it is not a blast call
+    kept = np.array([True, False, True])
+    assert model_figures(truth, proba, classes, threshold=0.8, kept=kept)["blast_sensitivity"] == 0.5
+
+
 def test_flag_change_summary() -> None:
     s = flag_change_summary(
         [
@@ -142,6 +185,34 @@ def test_validation_report_pdf(tmp_path) -> None:  # type: ignore[no-untyped-def
     validation_report_pdf(doc, out, invariant=1)
     data = out.read_bytes()
     assert data.startswith(b"%PDF") and len(data) > 2000
+
+
+def test_validation_report_pdf_shows_the_cells_behind_a_drop(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import io
+
+    from pypdf import PdfReader
+
+    from hematovision.exports.validation_pdf import validation_report_pdf
+
+    truth = ["lymphocyte"] * 82 + ["neutrophil"] * 82
+    right = np.ones(len(truth), bool)
+    cand = right.copy()
+    cand[[1, 2, 3]] = False
+    cur = {"pbc_test": model_figures(truth, _proba_for(truth, right), CLASSES, 0.5)}
+    new = {"pbc_test": model_figures(truth, _proba_for(truth, cand), CLASSES, 0.5)}
+    model = {"name": "wbc-x", "version": "1", "sha256": "ab" * 32}
+    doc = {
+        "candidate": model,
+        "current": model,
+        "current_figures": cur,
+        "candidate_figures": new,
+        "verdict": compare_models(cur, new, CLASSES),
+    }
+    buf = io.BytesIO()
+    validation_report_pdf(doc, buf, invariant=1)
+    text = " ".join(" ".join(pg.extract_text() for pg in PdfReader(io.BytesIO(buf.getvalue())).pages).split())
+    assert "NOT PROMOTABLE" in text and "recall:lymphocyte" in text
+    assert "3 / 0 of 82" in text and "0.125" in text and "McNemar" in text
 
 
 def test_cli_bad_input_is_a_message_and_exit_2(tmp_path) -> None:  # type: ignore[no-untyped-def]
