@@ -1,0 +1,93 @@
+"""White-cell classifiers on the PBC VALIDATION split, at PBC's scale and as coarser scans see it.
+
+For choosing between models (never the test split): every crop of the first model's ``split.json``
+``val`` part, cut at PBC's 0.08 µm/px, is scored as it is and re-sampled as a scan at each
+``--scan-mpp`` would give it (:func:`hemato_model.preprocessing.rescan`). Per model and scale: top-class
+accuracy, and per true class the recall of the top class and the share left ``unidentified`` under the
+model's own rule (:meth:`~hemato_model.classifier.Classifier.identified`, with its energy cut-offs for
+that scale where it has them, else its threshold alone).
+
+    python benchmarks/classifier_scan_scale_val.py --model DIR [--model DIR2 ...] [--scan-mpp 0.5] [--out JSON]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def scale_figures(clf: Any, crops: np.ndarray, truth: np.ndarray, mpp: float | None) -> dict[str, Any]:
+    """Accuracy, unidentified rate and per-class (recall, unidentified) of ``clf`` on ``crops`` as a
+    scan at ``mpp`` (None: unchanged) gives them."""
+    from hemato_model.preprocessing import rescan
+
+    x = rescan(crops, clf.crop_um, mpp) if mpp else crops
+    proba, energy = clf.predict_scored(x)
+    top = np.asarray(clf.classes)[proba.argmax(axis=1)]
+    kept = clf.identified(proba, energy, mpp)
+    return {
+        "scan_mpp": mpp,
+        "accuracy": round(float((top == truth).mean()), 4),
+        "unidentified_rate": round(float((~kept).mean()), 4),
+        "per_class": {
+            str(c): {
+                "recall": round(float((top[truth == c] == c).mean()), 3),
+                "unidentified": round(float((~kept[truth == c]).mean()), 3),
+            }
+            for c in sorted(set(truth))
+        },
+        "energy_cutoffs": clf.class_energy_cutoffs(mpp) is not None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", action="append", required=True, type=Path, help="model directory (repeatable)")
+    ap.add_argument("--scan-mpp", action="append", type=float, default=None, help="coarser scan µm/px [0.5]")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from hemato_model.classifier import Classifier
+    from hemato_model.training.classifier_training import load_crops
+    from hemato_model.training.model_comparison import pbc_test_files
+    from hematovision.core.datasets import pbc_root
+    from hematovision.core.settings import load_settings
+
+    first = Classifier.load(args.model[0])
+    split = json.loads((first.model_dir / "split.json").read_text())
+    root, _, mpp = pbc_test_files(first.model_dir)  # the folder and scale; the files are the val part
+    if not root.is_dir():
+        root = pbc_root(load_settings().data_root)
+    files = list(split["val"])
+    truth = np.asarray([f.split("/")[0] for f in files])
+    t0 = time.time()
+    out: dict[str, Any] = {"data": str(root), "split": "val", "n": len(files), "models": {}}
+    for d in args.model:
+        clf = Classifier.load(d)
+        crops = load_crops([root / f for f in files], mpp, clf.crop_um, clf.input_px)
+        rows = [scale_figures(clf, crops, truth, m) for m in (None, *(args.scan_mpp or [0.5]))]
+        out["models"][f"{clf.name} {clf.version} ({d})"] = rows
+        for r in rows:
+            print(d, r["scan_mpp"], "accuracy", r["accuracy"], "unidentified", r["unidentified_rate"], flush=True)
+    out["seconds"] = round(time.time() - t0, 1)
+    text = json.dumps(out, indent=2)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
