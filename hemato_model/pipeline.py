@@ -74,6 +74,7 @@ from hemato_model.sampling import (
     spread_fields,
     whole_smear,
 )
+from hemato_model.taken_cells import TakenCells
 from hematovision.core.results import RBC, WBC, CellResult, SlideAnalysis, is_classified_wbc
 
 if TYPE_CHECKING:
@@ -503,18 +504,7 @@ def _two_pass(
     lw, lh = slide.level_dimensions[level]
     ds = w / lw
     level_mpp = mpp * ds
-    accepted: dict[tuple[int, int], list[tuple[float, float]]] = {}
-    grid = DUPLICATE_UM / mpp
-
-    def duplicate(x: float, y: float) -> bool:
-        gx, gy = int(x // grid), int(y // grid)
-        for dx in (-1, 0, 1):
-            for dy in (-1, 0, 1):
-                for px, py in accepted.get((gx + dx, gy + dy), []):
-                    if (px - x) ** 2 + (py - y) ** 2 < grid**2:
-                        return True
-        return False
-
+    taken = TakenCells(DUPLICATE_UM / mpp)
     chunk_px = max(64, int(round(params.chunk_um / level_mpp)))
     chunks = list(_tiles(lw, lh, chunk_px, int(math.ceil(20.0 / level_mpp))))
     spread = mono is not None and not (params.full_count or params.census)
@@ -543,13 +533,12 @@ def _two_pass(
             # Cells are taken in chunk and candidate order, whatever the threads' timing: a cell already
             # taken (from a neighbouring candidate or an overlapping chunk) is not taken again.
             for cand in chunk.candidates:
-                if duplicate(*cand.centre):
+                if taken.near(*cand.centre):
                     continue
                 for fine in cand.cells:
-                    ax, ay = fine.centre
-                    if duplicate(ax, ay):
+                    if taken.near(*fine.centre):
                         continue
-                    accepted.setdefault((int(ax // grid), int(ay // grid)), []).append((ax, ay))
+                    taken.add(*fine.centre)
                     sink.add(CellResult(WBC, fine.bbox, fine.score), fine.crop)
                     n_wbc += 1
                     if sink.pending >= params.batch_size:  # a dense chunk never holds more than a batch

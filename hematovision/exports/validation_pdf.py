@@ -1,10 +1,10 @@
 """The model validation report (PDF) that a lab director signs before a model is promotable.
 
 Built from the JSON of ``hematovision validate-model``: the two models (name, version, sha256,
-parent, training data manifest hash), the verdict with the protected figures that dropped beyond the
-margin (with the cells lost and gained on the same test cells and the McNemar p-value, where the
-figures carry their cells) and an override reason, if any, per data set the figures of both models (accuracy,
-unidentified rate, blast sensitivity/specificity, per-class recall), the flag changes on the last
+parent, training data manifest hash); the verdict with the protected figures that dropped beyond the
+margin, each with the test cells the candidate lost and gained and the McNemar p-value where the
+figures carry their cells, and an override reason, if any; per data set the figures of both models
+(accuracy, unidentified rate, blast sensitivity/specificity, per-class recall), the flag changes on the last
 signed-off slides, and a signature block for the lab director. Styles and fonts:
 :mod:`hematovision.exports.pdf_style`.
 """
