@@ -27,25 +27,22 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
-def scale_figures(clf: Any, crops: np.ndarray, truth: np.ndarray, mpp: float | None) -> dict[str, Any]:
+def scale_figures(clf: Any, crops: np.ndarray, truth: list[str], mpp: float | None) -> dict[str, Any]:
     """Accuracy, unidentified rate and per-class (recall, unidentified) of ``clf`` on ``crops`` as a
-    scan at ``mpp`` (None: unchanged) gives them."""
+    scan at ``mpp`` (None: unchanged) gives them, by the evaluation's own scoring
+    (:func:`hemato_model.training.evaluation.classifier_scored`)."""
     from hemato_model.preprocessing import rescan
+    from hemato_model.training.evaluation import classifier_scored
 
-    x = rescan(crops, clf.crop_um, mpp) if mpp else crops
-    proba, energy = clf.predict_scored(x)
-    top = np.asarray(clf.classes)[proba.argmax(axis=1)]
-    kept = clf.identified(proba, energy, mpp)
+    proba, energy = clf.predict_scored(rescan(crops, clf.crop_um, mpp) if mpp else crops)
+    s = classifier_scored(clf, truth, proba, energy, sorted(set(truth)), mpp)
     return {
         "scan_mpp": mpp,
-        "accuracy": round(float((top == truth).mean()), 4),
-        "unidentified_rate": round(float((~kept).mean()), 4),
+        "accuracy": s["accuracy"],
+        "unidentified_rate": s["unidentified_rate"],
         "per_class": {
-            str(c): {
-                "recall": round(float((top[truth == c] == c).mean()), 3),
-                "unidentified": round(float((~kept[truth == c]).mean()), 3),
-            }
-            for c in sorted(set(truth))
+            c: {"recall": s["per_class"][c]["recall"], "unidentified": u}
+            for c, u in s["unidentified_rate_per_class"].items()
         },
         "energy_cutoffs": clf.class_energy_cutoffs(mpp) is not None,
     }
@@ -60,22 +57,17 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from hemato_model.classifier import Classifier
     from hemato_model.training.classifier_training import load_crops
-    from hemato_model.training.model_comparison import pbc_test_files
-    from hematovision.core.datasets import pbc_root
+    from hematovision.core.datasets import PBC_MPP, pbc_root
     from hematovision.core.settings import load_settings
 
-    first = Classifier.load(args.model[0])
-    split = json.loads((first.model_dir / "split.json").read_text())
-    root, _, mpp = pbc_test_files(first.model_dir)  # the folder and scale; the files are the val part
-    if not root.is_dir():
-        root = pbc_root(load_settings().data_root)
-    files = list(split["val"])
-    truth = np.asarray([f.split("/")[0] for f in files])
+    root = pbc_root(load_settings().data_root)
+    files = json.loads((args.model[0] / "split.json").read_text())["val"]
+    truth = [f.split("/")[0] for f in files]
     t0 = time.time()
     out: dict[str, Any] = {"data": str(root), "split": "val", "n": len(files), "models": {}}
     for d in args.model:
         clf = Classifier.load(d)
-        crops = load_crops([root / f for f in files], mpp, clf.crop_um, clf.input_px)
+        crops = load_crops([root / f for f in files], PBC_MPP, clf.crop_um, clf.input_px)
         rows = [scale_figures(clf, crops, truth, m) for m in (None, *(args.scan_mpp or [0.5]))]
         out["models"][f"{clf.name} {clf.version} ({d})"] = rows
         for r in rows:
