@@ -31,7 +31,8 @@ from typing import Any
 
 def _one_process(slide_path: str, model_dir: str, census: bool = True) -> dict[str, Any]:
     from hemato_model.classifier import load_classifier
-    from hemato_model.pipeline import PipelineParams, analyze_slide
+    from hemato_model.pipeline import analyze_slide
+    from hemato_model.pipeline_params import PipelineParams
     from hematovision.core.slides import open_slide
 
     classifier = load_classifier(Path(model_dir))
@@ -53,7 +54,8 @@ def _staged_prepare(slide_path: str, model_dir: str) -> dict[str, Any]:
 
     from hemato_model.classifier import load_classifier, read_model_spec
     from hemato_model.handoff import CropSpool, read_prepared, write_prepared
-    from hemato_model.pipeline import PipelineParams, prepare_slide
+    from hemato_model.pipeline import prepare_slide
+    from hemato_model.pipeline_params import PipelineParams
     from hematovision.core.slides import open_slide
 
     spec = read_model_spec(Path(model_dir))

@@ -43,8 +43,9 @@ MIXES: dict[str, dict[str, float] | None] = {
 
 def slide_quality(path: Path, mpp: float | None) -> dict[str, Any]:
     """The gate's measurements of a slide file, as the pipeline takes them."""
-    from hemato_model.pipeline import PipelineParams, smear_mask
+    from hemato_model.pipeline_params import PipelineParams
     from hemato_model.quality import measure_quality
+    from hemato_model.smear_area import smear_mask
     from hematovision.core.slides import open_slide
 
     params = PipelineParams()

@@ -31,7 +31,8 @@ PLACED_WITHIN = 0.88
 
 
 def measure(path: Path, classifier: Any, target_wbc: int, platelet_method: str = "classical") -> dict[str, Any]:
-    from hemato_model.pipeline import PipelineParams, analyze_slide
+    from hemato_model.pipeline import analyze_slide
+    from hemato_model.pipeline_params import PipelineParams
     from hematovision.core.results import WBC, is_classified_wbc
     from hematovision.core.slides import open_slide
     from hematovision.service.slide_results import build_report

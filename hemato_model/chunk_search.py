@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hemato_model.detection import Detection, detect_cells, wbc_candidates
-from hemato_model.preprocessing import crop_cell
+from hemato_model.crop_sink import crop_from_slide
+from hemato_model.detection import detect_cells, wbc_candidates
 
 if TYPE_CHECKING:
     from hematovision.core.slides import Slide
@@ -86,25 +86,6 @@ class ScreenedChunk:
     refine_s: float = 0.0  # seconds reading level-0 windows, finding and cropping their cells
 
 
-def _centre(d: Detection) -> tuple[float, float]:
-    x0, y0, x1, y1 = d.bbox
-    return ((x0 + x1) / 2.0, (y0 + y1) / 2.0)
-
-
-def _crop(
-    window: np.ndarray, origin: tuple[int, int], slide: Slide, g: ChunkGeometry, x: float, y: float
-) -> np.ndarray:
-    """The classifier's input for the cell centred at level-0 (x, y): from the window when the crop
-    lies inside it, else from a read of its own."""
-    half = int(math.ceil(g.crop_um / g.mpp)) // 2 + 2
-    rx, ry = x - origin[0], y - origin[1]
-    if half <= rx < window.shape[1] - half and half <= ry < window.shape[0] - half:
-        return crop_cell(window, (rx, ry), g.mpp, g.crop_um, g.input_px)
-    x0, y0 = int(x) - half, int(y) - half
-    own = slide.read_region((x0, y0), 0, (2 * half, 2 * half))
-    return crop_cell(own, (x - x0, y - y0), g.mpp, g.crop_um, g.input_px)
-
-
 def screen_chunk(slide: Slide, chunk: tuple[int, int, int, int], g: ChunkGeometry) -> ScreenedChunk:
     """Candidates of one chunk (x, y, w, h on the candidate level) and their level-0 white cells."""
     out = ScreenedChunk()
@@ -117,22 +98,22 @@ def screen_chunk(slide: Slide, chunk: tuple[int, int, int, int], g: ChunkGeometr
     t = time.perf_counter()
     win_px = int(math.ceil(WINDOW_HALF_UM / g.mpp))
     for d in cands:
-        lx, ly = _centre(d)
+        lx, ly = d.center
         gx, gy = (cx0 + lx) * g.ds, (cy0 + ly) * g.ds
         if not g.in_mask(gx, gy):
             continue
         wx0, wy0 = int(gx) - win_px, int(gy) - win_px
         window = slide.read_region((wx0, wy0), 0, (2 * win_px, 2 * win_px))
         fine = detect_cells(window, g.mpp, kinds=("wbc",))
-        dists = [math.hypot(_centre(f)[0] - win_px, _centre(f)[1] - win_px) for f in fine]
+        dists = [math.hypot(f.center[0] - win_px, f.center[1] - win_px) for f in fine]
         cells = []
         for k in sorted(range(len(fine)), key=dists.__getitem__):
             if dists[k] > g.reach_px:
                 break
-            fx, fy = _centre(fine[k])
+            fx, fy = fine[k].center
             ax, ay = wx0 + fx, wy0 + fy
             bx0, by0, bx1, by1 = fine[k].bbox
-            crop = _crop(window, (wx0, wy0), slide, g, ax, ay)
+            crop = crop_from_slide(slide, ax, ay, g.mpp, g.crop_um, g.input_px, window, (wx0, wy0))
             cells.append(FineCell((ax, ay), (wx0 + bx0, wy0 + by0, wx0 + bx1, wy0 + by1), float(fine[k].score), crop))
         out.candidates.append(Candidate((gx, gy), cells))
     out.refine_s = time.perf_counter() - t

@@ -127,7 +127,7 @@ def evaluable_monolayer(thumb: np.ndarray, smear: np.ndarray, down: float, mpp: 
 
     Args:
         thumb: (h, w, 3) uint8 thumbnail.
-        smear: the stained smear on it (:func:`hemato_model.pipeline.smear_mask`).
+        smear: the stained smear on it (:func:`hemato_model.smear_area.smear_mask`).
         down: level-0 pixels per thumbnail pixel.
         mpp: µm per level-0 pixel.
     """

@@ -2,7 +2,7 @@
 
 A cell is seen again from a neighbouring candidate or an overlapping chunk (its level-0 box found
 again within a µm or two of where it was), so the two-pass path takes a cell only when no cell already
-taken lies within a radius (``hemato_model.pipeline.DUPLICATE_UM``). Centres are kept in a grid of
+taken lies within a radius (``hemato_model.two_pass.DUPLICATE_UM``). Centres are kept in a grid of
 cells one radius wide, so a lookup reads the 3 × 3 grid cells around a point, whatever the number
 of cells taken (a census of a large smear takes tens of thousands).
 """

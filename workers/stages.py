@@ -143,7 +143,8 @@ def run_prepare(settings: Settings, factory: sessionmaker[Session], job_id: str)
     """Find the slide's cells and write the white-cell crops for the classify stage."""
     from hemato_model.classifier import read_model_spec
     from hemato_model.handoff import CropSpool, write_prepared
-    from hemato_model.pipeline import AnalysisCancelled, PipelineParams, prepare_slide
+    from hemato_model.pipeline import AnalysisCancelled, prepare_slide
+    from hemato_model.pipeline_params import PipelineParams
     from hemato_model.rbc.morphology import load_red_cell_model
     from hematovision.core.slides import open_slide
 

@@ -68,7 +68,8 @@ def process(
 ) -> None:
     """Analyse slides locally (no server) and write one report JSON per slide."""
     from hemato_model.classifier import load_classifier
-    from hemato_model.pipeline import PipelineParams, analyze_slide
+    from hemato_model.pipeline import analyze_slide
+    from hemato_model.pipeline_params import PipelineParams
     from hemato_model.rbc.morphology import load_red_cell_model
     from hematovision.cli.client_commands import read_manifest
     from hematovision.core.flags import effective_rules, not_evaluated_lines

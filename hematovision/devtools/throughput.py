@@ -7,7 +7,7 @@ whole slide (its per-tile cost does not depend on which tiles are read); ``--nai
 them all.
 
 With ``census`` the timed run is a whole-smear census (every white cell through the two-pass path,
-:attr:`hemato_model.pipeline.PipelineParams.census`); after the timing, its white cells are matched
+:attr:`hemato_model.pipeline_params.PipelineParams.census`); after the timing, its white cells are matched
 to the slide's manifest (:func:`hematovision.devtools.wholeslide_recall.match_cells`), so
 ``wbc_classified`` counts placed white cells that were found and labelled, not detections.
 """
@@ -125,7 +125,8 @@ def run_benchmark(
     """Run the benchmark and return its figures (see the module docstring). ``tf_threads`` caps
     TensorFlow's intra-op threads (0: its default; ignored where TensorFlow already ran here)."""
     from hemato_model.classifier import load_classifier
-    from hemato_model.pipeline import PipelineParams, analyze_slide
+    from hemato_model.pipeline import analyze_slide
+    from hemato_model.pipeline_params import PipelineParams
     from hemato_model.runtime import limit_tensorflow_threads
     from hematovision.core.slides import open_slide
 

@@ -44,7 +44,7 @@ PATHS = ("two_pass", "full_resolution")
 
 def pipeline_params(path: str, n_placed: int) -> Any:
     """``PipelineParams`` that force ``path`` and never stop reading before the smear is covered."""
-    from hemato_model.pipeline import PipelineParams
+    from hemato_model.pipeline_params import PipelineParams
 
     if path == "two_pass":
         return PipelineParams(target_wbc=10 * (n_placed + 1), full_res_max_mpix=0.0)

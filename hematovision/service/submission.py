@@ -60,7 +60,7 @@ def set_order(slide: Slide, order: OrderInfo) -> None:
 
 #: Analysis options of a job, kept in the record of its first stage (``Job.stages["prepare"]``,
 #: which claims and re-queues merge into, never replace), so no column is needed: ``census``
-#: (bool) asks for a whole-smear census (:attr:`hemato_model.pipeline.PipelineParams.census`).
+#: (bool) asks for a whole-smear census (:attr:`hemato_model.pipeline_params.PipelineParams.census`).
 JOB_OPTIONS = ("census",)
 
 

@@ -33,7 +33,8 @@ def _run(slide_path: Path, folder: Path, *, census: bool) -> tuple[object, objec
     """``prepare_slide`` down the two-pass path with a small white-cell target, crops spooled to
     ``folder`` (the staged service's sink) 16 at a time."""
     from hemato_model.handoff import CropSpool
-    from hemato_model.pipeline import PipelineParams, prepare_slide
+    from hemato_model.pipeline import prepare_slide
+    from hemato_model.pipeline_params import PipelineParams
     from hematovision.core.slides import open_slide
     from hematovision.devtools.wholeslide_recall import _Spec
 

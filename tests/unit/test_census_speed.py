@@ -31,7 +31,7 @@ def test_dilate_disk_is_scipys_binary_dilation(radius: float) -> None:
 def test_smear_mask_saturation_is_skimages() -> None:
     from skimage.color import rgb2hsv
 
-    from hemato_model.pipeline import smear_mask
+    from hemato_model.smear_area import smear_mask
 
     # every (max, min) pair of 8-bit values, where (max - min) / max == 0.08 exactly included
     v = np.arange(256, dtype=np.uint8)
@@ -73,7 +73,9 @@ def test_screen_ahead_yields_in_order_bounded_and_stops_cleanly() -> None:
 @pytest.mark.slow
 def test_cells_do_not_depend_on_the_screening_threads(real_cells: Path, tmp_path: Path, settings) -> None:  # type: ignore[no-untyped-def]
     from hemato_model.classifier import Classifier
-    from hemato_model.pipeline import DUPLICATE_UM, PipelineParams, analyze_slide
+    from hemato_model.pipeline import analyze_slide
+    from hemato_model.pipeline_params import PipelineParams
+    from hemato_model.two_pass import DUPLICATE_UM
     from hematovision.core.slides import open_slide
     from hematovision.devtools.synthetic import make_slide
 

@@ -163,7 +163,7 @@ def test_v12_on_a_20x_scan_keeps_the_blast_net_without_draining_normal_cells() -
     """The same held-out crops re-sampled as a 0.5 µm/px scan gives them, labelled with the scale
     band of ``ood.json``: blasts still go unidentified (381 of 421), PBC test lymphocytes and IGs
     do not drain (base cut-offs at that scale: many more would)."""
-    from hemato_model.pipeline import ClassifyingSink
+    from hemato_model.crop_sink import ClassifyingSink
     from hemato_model.preprocessing import rescan
     from hemato_model.training.blast_data import rebuild_field_crops
     from hemato_model.training.classifier_training import load_crops

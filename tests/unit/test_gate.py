@@ -15,8 +15,10 @@ from PIL import Image
 from scipy import ndimage as ndi
 
 from hemato_model.handoff import CropSpool
-from hemato_model.pipeline import PipelineParams, prepare_slide, smear_mask
+from hemato_model.pipeline import prepare_slide
+from hemato_model.pipeline_params import PipelineParams
 from hemato_model.quality import measure_quality, ood_summary
+from hemato_model.smear_area import smear_mask
 from hematovision.core.datasets import BCCD_DIR, BCCD_MPP, PBC_MPP, have_pbc, pbc_root
 from hematovision.core.flags import evaluate_gate, load_rules
 from hematovision.core.slides import SlideError, open_slide, validate_slide
@@ -89,7 +91,7 @@ def test_gate_trips_on_a_slide_stated_at_the_wrong_scale(smear, stated: float) -
 
 
 def test_gate_flags_make_the_differential_not_valid(smear) -> None:  # type: ignore[no-untyped-def]
-    from hemato_model.pipeline import ClassifyingSink
+    from hemato_model.crop_sink import ClassifyingSink
 
     class Named:
         name, version, classes, input_px, crop_um = "n", "1", ["neutrophil"], 32, 24.0

@@ -12,7 +12,8 @@ import pytest
 
 from hemato_model.classifier import Classifier
 from hemato_model.handoff import CropSpool
-from hemato_model.pipeline import PipelineParams, analyze_slide, prepare_slide
+from hemato_model.pipeline import analyze_slide, prepare_slide
+from hemato_model.pipeline_params import PipelineParams
 from hematovision.core.results import WBC, is_classified_wbc
 from hematovision.core.slides import open_slide
 

@@ -112,7 +112,8 @@ def test_slide_from_the_sample_alone_is_analysed_with_few_unidentified(
     real cells, and the shipped model calls them as it calls the full data's (the demo's figure with
     the full data: 10-17 % unidentified)."""
     from hemato_model.classifier import load_classifier
-    from hemato_model.pipeline import PipelineParams, analyze_slide
+    from hemato_model.pipeline import analyze_slide
+    from hemato_model.pipeline_params import PipelineParams
     from hematovision.core.settings import load_settings
     from hematovision.core.slides import open_slide
     from hematovision.devtools.synthetic import make_slide

@@ -13,7 +13,8 @@ from PIL import Image
 from pypdf import PdfReader
 
 from hemato_model.handoff import CropSpool
-from hemato_model.pipeline import PipelineParams, prepare_slide
+from hemato_model.pipeline import prepare_slide
+from hemato_model.pipeline_params import PipelineParams
 from hematovision.core.results import WBC
 from hematovision.core.slides import open_slide
 from hematovision.devtools.synthetic import make_slide

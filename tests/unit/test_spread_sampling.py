@@ -31,7 +31,8 @@ PLACED_WITHIN = 0.88
 @pytest.fixture(scope="module")
 def analysed(real_cells: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from hemato_model.classifier import load_classifier
-    from hemato_model.pipeline import PipelineParams, analyze_slide
+    from hemato_model.pipeline import analyze_slide
+    from hemato_model.pipeline_params import PipelineParams
     from hematovision.core.settings import load_settings
     from hematovision.core.slides import open_slide
     from hematovision.devtools.synthetic import make_slide

@@ -12,7 +12,8 @@ from sqlalchemy import func, select
 
 from hemato_model.classifier import load_classifier
 from hemato_model.handoff import HandoffError, read_prepared
-from hemato_model.pipeline import PipelineParams, analyze_slide
+from hemato_model.pipeline import analyze_slide
+from hemato_model.pipeline_params import PipelineParams
 from hematovision.core.slides import open_slide
 from hematovision.service.queueing import CLASSIFY, REPORT
 from hematovision.store.models import Cell, Job
