@@ -55,11 +55,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import numpy as np
-
 from hemato_model.crop_sink import ClassifyingSink, CropClassifier, CropSink, CropSpec
 from hemato_model.full_resolution import read_full_resolution
-from hemato_model.pipeline_params import PipelineParams, ProgressFn, SlideReading
+from hemato_model.pipeline_params import PipelineParams, ProgressFn, SlideReading, StopCheck
 from hemato_model.quality import measure_quality, ood_summary
 from hemato_model.sampling import Monolayer, evaluable_monolayer, whole_smear
 from hemato_model.smear_area import smear_mask
@@ -67,6 +65,7 @@ from hemato_model.two_pass import read_two_pass
 from hematovision.core.results import SlideAnalysis
 
 if TYPE_CHECKING:
+    from hemato_model.rbc.morphology import RedCellSampler
     from hematovision.core.slides import Slide
 
 log = logging.getLogger(__name__)
@@ -146,8 +145,15 @@ def prepare_slide(
     # measured on a thread beside the white-cell search: neither depends on the other.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gate-fields") as side:
         gate = side.submit(_timed, measure_quality, slide, mask, down)  # the domain and quality gate
-        _find_cells(slide, result, spec, sink, mask, down, params, progress, should_stop, mono, rbc_classifier, side)
+        rbc = _red_cell_sampler(slide, rbc_classifier, params)
+        reading = SlideReading(slide, result, spec, sink, mask, down, params, progress, _stop_check(should_stop), rbc)
+        _find_cells(reading, mono, side)
         result.quality, result.timings_s["gate"] = gate.result()
+    if rbc is not None:
+        result.rbc = rbc.finish()
+        result.timings_s["rbc_morphology"] = rbc.seconds
+    else:  # a string: why there is no red-cell model
+        result.rbc = {"status": "not_evaluated", "reason": rbc_classifier or "no red-cell model is configured"}
     sink.flush()
     if isinstance(sink, ClassifyingSink):
         sink.close()  # every crop labelled before the analysis is returned
@@ -162,41 +168,30 @@ def _timed(fn: Callable[..., _T], *args: Any) -> tuple[_T, float]:
     return fn(*args), time.perf_counter() - t
 
 
-def _find_cells(
-    slide: Slide,
-    result: SlideAnalysis,
-    spec: CropSpec,
-    sink: CropSink,
-    mask: np.ndarray,
-    down: float,
-    params: PipelineParams,
-    progress: ProgressFn,
-    should_stop: Callable[[], bool] | None,
-    mono: Monolayer | None,
-    rbc_classifier: Any | None,
-    side: ThreadPoolExecutor,
-) -> None:
-    """Step 2 or 3 of the module docstring, and the red-cell morphology sample."""
-    w, h, mpp = result.width, result.height, result.mpp
-
+def _stop_check(should_stop: Callable[[], bool] | None) -> StopCheck:
     def check_stop() -> None:
         if should_stop is not None and should_stop():
             raise AnalysisCancelled("cancelled")
 
-    rbc = None
-    if rbc_classifier is not None and not isinstance(rbc_classifier, str):
-        from hemato_model.rbc.morphology import RedCellSampler
+    return check_stop
 
-        rbc = RedCellSampler(rbc_classifier, mpp, getattr(slide, "mpp_source", None), target=params.rbc_cells)
-    reading = SlideReading(slide, result, spec, sink, mask, down, params, progress, check_stop, rbc)
+
+def _red_cell_sampler(slide: Slide, rbc_classifier: Any | None, params: PipelineParams) -> RedCellSampler | None:
+    """The red-cell morphology sample where a red-cell model is given (a string says why there is none)."""
+    if rbc_classifier is None or isinstance(rbc_classifier, str):
+        return None
+    from hemato_model.rbc.morphology import RedCellSampler
+
+    return RedCellSampler(rbc_classifier, float(slide.mpp), getattr(slide, "mpp_source", None), target=params.rbc_cells)
+
+
+def _find_cells(r: SlideReading, mono: Monolayer | None, side: ThreadPoolExecutor) -> None:
+    """Step 2 or 3 of the module docstring."""
+    result, params = r.result, r.params
+    w, h = result.width, result.height
     if w * h / 1e6 <= params.full_res_max_mpix or (params.full_count and not params.census):
-        read_full_resolution(reading)
+        read_full_resolution(r)
         result.sampling = whole_smear(mono, w, h, "whole smear (read whole)").to_dict()
         result.sampling["count_fields"] = {"fields": result.fields_analysed, "area_mm2": round(result.area_mm2, 4)}
     else:
-        read_two_pass(reading, side, mono)
-    if rbc is not None:
-        result.rbc = rbc.finish()
-        result.timings_s["rbc_morphology"] = rbc.seconds
-    else:  # a string: why there is no red-cell model
-        result.rbc = {"status": "not_evaluated", "reason": rbc_classifier or "no red-cell model is configured"}
+        read_two_pass(r, side, mono)
