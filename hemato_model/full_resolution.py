@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING
 
 from hemato_model.crop_sink import crop_from_slide
 from hemato_model.detection import Detection, detect_cells
 from hemato_model.pipeline_params import SlideReading
 from hemato_model.tiling import overlapping_tiles
 from hematovision.core.results import RBC, WBC, CellResult
-
-if TYPE_CHECKING:
-    pass
 
 
 def read_full_resolution(r: SlideReading) -> None:
