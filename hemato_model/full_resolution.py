@@ -13,7 +13,7 @@ import time
 from hemato_model.crop_sink import crop_from_slide
 from hemato_model.detection import Detection, detect_cells
 from hemato_model.pipeline_params import SlideReading
-from hemato_model.tiling import overlapping_tiles
+from hemato_model.tiling import cored_tiles
 from hematovision.core.results import RBC, WBC, CellResult
 
 
@@ -22,14 +22,13 @@ def read_full_resolution(r: SlideReading) -> None:
     slide, result, spec, sink, mask, down, params = r.slide, r.result, r.spec, r.sink, r.mask, r.down, r.params
     w, h, mpp = result.width, result.height, result.mpp
     overlap = int(math.ceil(params.overlap_um / mpp))
-    tiles = list(overlapping_tiles(w, h, params.tile_px, overlap))
+    tiles = list(cored_tiles(w, h, params.tile_px, overlap))
     t_detect = 0.0
-    for i, (x0, y0, tw, th) in enumerate(tiles):
+    for i, ((x0, y0, tw, th), core) in enumerate(tiles):
         r.check_stop()
-        cx0, cy0 = x0 + (overlap if x0 > 0 else 0), y0 + (overlap if y0 > 0 else 0)
-        core = (cx0, cy0, min(w, cx0 + params.tile_px), min(h, cy0 + params.tile_px))
         if not mask[
-            int(cy0 / down) : int(math.ceil(core[3] / down)) + 1, int(cx0 / down) : int(math.ceil(core[2] / down)) + 1
+            int(core[1] / down) : int(math.ceil(core[3] / down)) + 1,
+            int(core[0] / down) : int(math.ceil(core[2] / down)) + 1,
         ].any():
             continue
         t = time.perf_counter()
