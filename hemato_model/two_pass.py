@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -31,36 +32,60 @@ DUPLICATE_UM = 5.0
 SMEAR_MARGIN_UM = 30.0
 
 
+@dataclass
+class ChunkPlan:
+    """Where the two-pass path reads, in order: chunks ``(x, y, w, h)`` of the candidate level."""
+
+    chunks: list[tuple[int, int, int, int]]
+    #: spread sampling: the level-0 field each chunk stands for (empty where the smear is read in
+    #: raster order)
+    fields: list[tuple[int, int, int, int]]
+    #: the report's record of what was read; spread sampling adds each field as it is read
+    sampling: Sampling
+
+
+def plan_chunks(r: SlideReading, mono: Monolayer | None, level_size: tuple[int, int], ds: float) -> ChunkPlan:
+    """Spread-sampling fields over the monolayer (:mod:`hemato_model.sampling`) unless a full count
+    or census is asked for or the smear has no field of monolayer; else the level's chunks in raster
+    order, each clipped to the smear mask's extent within it."""
+    result, params = r.result, r.params
+    lw, lh = level_size
+    level_mpp = result.mpp * ds
+    overlap = int(math.ceil(20.0 / level_mpp))
+    if mono is not None and not (params.full_count or params.census):
+        fields = spread_fields(mono, result.width, result.height, min(params.chunk_um, FIELD_UM))
+        if fields:
+            return ChunkPlan(level_chunks(fields, ds, overlap, lw, lh), fields, Sampling(METHOD, mono))
+    # raster order (a full count, a census, or a smear too small or odd for spread fields)
+    chunk_px = max(64, int(round(params.chunk_um / level_mpp)))
+    margin = int(math.ceil(SMEAR_MARGIN_UM / level_mpp))
+    to_mask = ds / r.down
+    chunks = [
+        b
+        for c in overlapping_tiles(lw, lh, chunk_px, overlap)
+        if (b := clip_to_mask(c, r.mask, to_mask, margin)) is not None
+    ]
+    return ChunkPlan(chunks, [], whole_smear(mono, result.width, result.height, "whole smear (full count)"))
+
+
 def read_two_pass(r: SlideReading, side: ThreadPoolExecutor, mono: Monolayer | None = None) -> None:
-    """Low-resolution white-cell candidates, full resolution only around them; unless a full count
-    is asked for, in spread-sampling fields over the monolayer (:mod:`hemato_model.sampling`)."""
+    """Low-resolution white-cell candidates, full resolution only around them, chunk by chunk as
+    :func:`plan_chunks` orders them, until enough white cells are in hand (unless a full count or
+    census is asked for); the count fields are read on ``side`` meanwhile."""
     slide, result, spec, sink, mask, down, params = r.slide, r.result, r.spec, r.sink, r.mask, r.down, r.params
-    w, mpp = result.width, result.mpp
+    mpp = result.mpp
     level = slide.get_best_level_for_downsample(params.candidate_mpp / mpp)
     lw, lh = slide.level_dimensions[level]
-    ds = w / lw
-    level_mpp = mpp * ds
+    ds = result.width / lw
+    plan = plan_chunks(r, mono, (lw, lh), ds)
+    whole = params.full_count or params.census
     taken = TakenCells(DUPLICATE_UM / mpp)
-    chunk_px = max(64, int(round(params.chunk_um / level_mpp)))
-    chunks = list(overlapping_tiles(lw, lh, chunk_px, int(math.ceil(20.0 / level_mpp))))
-    spread = mono is not None and not (params.full_count or params.census)
-    sampling = Sampling("whole smear (full count)", mono)
-    fields: list[tuple[int, int, int, int]] = []
-    if spread and mono is not None:
-        fields = spread_fields(mono, result.width, result.height, min(params.chunk_um, FIELD_UM))
-        spread = bool(fields)  # no field of monolayer (a smear too small or odd): read it in raster order
-    if spread and mono is not None:
-        chunks = level_chunks(fields, ds, int(math.ceil(20.0 / level_mpp)), lw, lh)
-        sampling = Sampling(METHOD, mono)
     t_cand = t_refine = 0.0
     n_wbc = 0
-    if not spread:  # raster order over the smear: each chunk clipped to the smear mask's extent
-        margin = int(math.ceil(SMEAR_MARGIN_UM / level_mpp))
-        chunks = [b for c in chunks if (b := clip_to_mask(c, mask, ds / down, margin)) is not None]
     count_mask = mono.mask if mono is not None and mono.mask.any() else mask
     counting = side.submit(count_fields, r, count_mask)
     geometry = ChunkGeometry(level, ds, mpp, mask, down, REFINE_REACH_UM / mpp, spec.crop_um, spec.input_px)
-    screened = screen_ahead(chunks, lambda c: screen_chunk(slide, c, geometry), params.screen_threads)
+    screened = screen_ahead(plan.chunks, lambda c: screen_chunk(slide, c, geometry), params.screen_threads)
     with closing(screened):  # an early stop or a failure winds the threads down here
         for i, chunk in enumerate(screened):
             r.check_stop()
@@ -81,20 +106,18 @@ def read_two_pass(r: SlideReading, side: ThreadPoolExecutor, mono: Monolayer | N
                         sink.flush()
             del chunk
             result.fields_analysed += 1
-            if spread:
-                sampling.read(fields[i])
-            read = (i + 1) / len(chunks)
-            done = read if params.full_count or params.census else max(read, n_wbc / max(1, params.wbc_goal))
+            if plan.fields:
+                plan.sampling.read(plan.fields[i])
+            read = (i + 1) / len(plan.chunks)
+            done = read if whole else max(read, n_wbc / max(1, params.wbc_goal))
             r.progress(0.05 + 0.8 * min(1.0, done), f"{n_wbc} white cells")
-            if not (params.full_count or params.census) and enough_white_cells(sink, params):
+            if not whole and enough_white_cells(sink, params):
                 result.stopped_early = True
                 break
     result.timings_s["candidates"] = t_cand
     result.timings_s["refine"] = t_refine
     counted = counting.result()
-    if not spread:
-        sampling = whole_smear(mono, result.width, result.height, sampling.method)
-    result.sampling = sampling.to_dict()
+    result.sampling = plan.sampling.to_dict()
     if counted is not None:
         result.sampling["count_fields"] = counted
     r.progress(0.95, "red cells and platelets counted")
