@@ -2,12 +2,15 @@
 
 For choosing between models (never the test split): every crop of the first model's ``split.json``
 ``val`` part, cut at PBC's 0.08 µm/px, is scored as it is and re-sampled as a scan at each
-``--scan-mpp`` would give it (:func:`hemato_model.preprocessing.rescan`). Per model and scale: top-class
+``--scan-mpp`` would give it (:func:`hemato_model.preprocessing.rescan`), and with ``--jpeg-quality Q``
+also as that scan stored as JPEG at quality Q with 4:2:0 chroma, as slides store their tiles. Per
+model, scale and storage: top-class
 accuracy, and per true class the recall of the top class and the share left ``unidentified`` under the
 model's own rule (:meth:`~hemato_model.classifier.Classifier.identified`, with its energy cut-offs for
 that scale where it has them, else its threshold alone).
 
-    python benchmarks/classifier_scan_scale_val.py --model DIR [--model DIR2 ...] [--scan-mpp 0.5] [--out JSON]
+    python benchmarks/classifier_scan_scale_val.py --model DIR [--model DIR2 ...] [--scan-mpp 0.5]
+        [--jpeg-quality 85] [--out JSON]
 """
 
 from __future__ import annotations
@@ -27,17 +30,20 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
-def scale_figures(clf: Any, crops: np.ndarray, truth: list[str], mpp: float | None) -> dict[str, Any]:
+def scale_figures(
+    clf: Any, crops: np.ndarray, truth: list[str], mpp: float | None, jpeg_quality: int | None = None
+) -> dict[str, Any]:
     """Accuracy, unidentified rate and per-class (recall, unidentified) of ``clf`` on ``crops`` as a
-    scan at ``mpp`` (None: unchanged) gives them, by the evaluation's own scoring
-    (:func:`hemato_model.training.evaluation.classifier_scored`)."""
+    scan at ``mpp`` (None: unchanged) gives them, stored as JPEG at ``jpeg_quality`` where given, by
+    the evaluation's own scoring (:func:`hemato_model.training.evaluation.classifier_scored`)."""
     from hemato_model.preprocessing import rescan
     from hemato_model.training.evaluation import classifier_scored
 
-    proba, energy = clf.predict_scored(rescan(crops, clf.crop_um, mpp) if mpp else crops)
+    proba, energy = clf.predict_scored(rescan(crops, clf.crop_um, mpp, jpeg_quality) if mpp else crops)
     s = classifier_scored(clf, truth, proba, energy, sorted(set(truth)), mpp)
     return {
         "scan_mpp": mpp,
+        "jpeg_quality": jpeg_quality if mpp else None,
         "accuracy": s["accuracy"],
         "unidentified_rate": s["unidentified_rate"],
         "per_class": {
@@ -52,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", action="append", required=True, type=Path, help="model directory (repeatable)")
     ap.add_argument("--scan-mpp", action="append", type=float, default=None, help="coarser scan µm/px [0.5]")
+    ap.add_argument(
+        "--jpeg-quality", action="append", type=int, default=None, help="also each scan stored as JPEG (repeatable)"
+    )
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -68,10 +77,20 @@ def main(argv: list[str] | None = None) -> int:
     for d in args.model:
         clf = Classifier.load(d)
         crops = load_crops([root / f for f in files], PBC_MPP, clf.crop_um, clf.input_px)
-        rows = [scale_figures(clf, crops, truth, m) for m in (None, *(args.scan_mpp or [0.5]))]
+        scans = [(m, q) for m in args.scan_mpp or [0.5] for q in (None, *(args.jpeg_quality or []))]
+        rows = [scale_figures(clf, crops, truth, None)] + [scale_figures(clf, crops, truth, m, q) for m, q in scans]
         out["models"][f"{clf.name} {clf.version} ({d})"] = rows
         for r in rows:
-            print(d, r["scan_mpp"], "accuracy", r["accuracy"], "unidentified", r["unidentified_rate"], flush=True)
+            print(
+                d,
+                r["scan_mpp"],
+                r["jpeg_quality"],
+                "accuracy",
+                r["accuracy"],
+                "unidentified",
+                r["unidentified_rate"],
+                flush=True,
+            )
     out["seconds"] = round(time.time() - t0, 1)
     text = json.dumps(out, indent=2)
     if args.out:

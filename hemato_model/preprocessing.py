@@ -15,6 +15,7 @@ plain inference layers.
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -80,29 +81,48 @@ def load_centered_crop(path: str | Path, mpp: float, crop_um: float, out_px: int
     return crop_cell(arr, ((w - 1) / 2.0 + 0.5, (h - 1) / 2.0 + 0.5), mpp, crop_um, out_px)
 
 
-def rescan(crops: np.ndarray, crop_um: float, mpp: float) -> np.ndarray:
+def rescan(crops: np.ndarray, crop_um: float, mpp: float, jpeg_quality: int | None = None) -> np.ndarray:
     """Crops as a scanner at ``mpp`` µm/px would have given them: each ``crop_um`` µm crop is
     down-sampled to the pixels that square has at ``mpp`` (Lanczos, as ``make-slide`` places cells)
     and back to its own size (bicubic, as :func:`crop_cell` up-samples a coarse slide's pixels).
-    Crops already at or coarser than ``mpp`` are returned unchanged.
+    With ``jpeg_quality`` the scan's pixels are first stored as JPEG at that quality with 4:2:0
+    chroma, as whole-slide scanners and ``make-slide`` store their tiles (the chroma is then kept at
+    half the scan's resolution). Crops already at or coarser than ``mpp`` are returned unchanged
+    (only JPEG-stored, where asked).
 
     Args:
         crops: uint8 (N, px, px, 3).
         crop_um: the crops' side in µm.
         mpp: the scan's µm per pixel.
+        jpeg_quality: 1-100, or None for no compression.
     """
     crops = np.asarray(crops, dtype=np.uint8)
     if mpp <= 0 or crop_um <= 0:
         raise ValueError("mpp and crop_um must be positive")
+    if jpeg_quality is not None and not 1 <= jpeg_quality <= 100:
+        raise ValueError(f"jpeg_quality must be 1-100, not {jpeg_quality}")
     px = crops.shape[1]
     small = max(1, round(crop_um / mpp))
-    if small >= px:
+    if small >= px and jpeg_quality is None:
         return crops
     out = np.empty_like(crops)
     for i, c in enumerate(crops):
-        low = Image.fromarray(c).resize((small, small), Image.Resampling.LANCZOS)
-        out[i] = np.asarray(low.resize((px, px), Image.Resampling.BICUBIC), dtype=np.uint8)
+        low = Image.fromarray(c)
+        if small < px:
+            low = low.resize((small, small), Image.Resampling.LANCZOS)
+        if jpeg_quality is not None:
+            low = _jpeg_stored(low, jpeg_quality)
+        out[i] = np.asarray(low.resize((px, px), Image.Resampling.BICUBIC) if small < px else low, dtype=np.uint8)
     return out
+
+
+def _jpeg_stored(image: Image.Image, quality: int) -> Image.Image:
+    """``image`` after a round trip through JPEG at ``quality`` with 4:2:0 chroma subsampling."""
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=quality, subsampling=2)
+    buf.seek(0)
+    with Image.open(buf) as decoded:
+        return decoded.convert("RGB")
 
 
 # Ruifrok & Johnston, "Quantification of histochemical staining by color deconvolution",

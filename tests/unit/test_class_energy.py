@@ -133,6 +133,33 @@ def test_rescan_loses_detail_as_a_coarse_scanner_would() -> None:
         rescan(crops, 24.0, 0.0)
 
 
+def test_rescan_can_store_the_scan_as_slides_do() -> None:
+    """With a JPEG quality the scan's pixels lose their fine chroma (4:2:0: colour is kept at half
+    the resolution) while their luma survives far better; without one nothing is compressed."""
+    from hemato_model.preprocessing import rescan
+
+    _, xx = np.mgrid[0:160, 0:160]
+    # one-pixel stripes at 0.15 µm/px (24 µm = 160 px: the scan keeps every pixel) of about equal
+    # luma but opposite colour (purple / green), beside stripes of luma alone
+    purple, green = np.array([150, 80, 170]), np.array([96, 118, 86])
+    chroma = np.where((xx % 2 == 0)[..., None], purple, green).astype(np.uint8)
+    luma = np.stack([np.where(xx % 2 == 0, 60, 200).astype(np.uint8)] * 3, -1)
+    crops = np.stack([chroma, luma])
+    plain = rescan(crops, 24.0, 0.15)
+    stored = rescan(crops, 24.0, 0.15, jpeg_quality=90)
+    assert np.array_equal(plain, crops)  # no coarser scan, no compression: unchanged
+
+    def contrast(img: np.ndarray) -> float:  # green channel, each stripe against its neighbour
+        g = img[:, :, 1].astype(float)
+        return float(np.abs(g[:, 0::2] - g[:, 1::2]).mean())
+
+    assert contrast(crops[0]) > 30 and contrast(stored[0]) < 0.2 * contrast(crops[0])  # measured 38 -> 3
+    assert contrast(stored[1]) > 0.9 * contrast(crops[1])  # measured 140 -> 139
+    assert np.array_equal(stored, rescan(crops, 24.0, 0.15, jpeg_quality=90))  # deterministic
+    with pytest.raises(ValueError, match="jpeg_quality"):
+        rescan(crops, 24.0, 0.5, jpeg_quality=0)
+
+
 @pytest.mark.needs((ALL_ROOT / "images").is_dir() and PBC_DIR.is_dir(), f"the shared ALL and PBC data under {DATA}")
 @pytest.mark.slow
 def test_v12_abstains_on_held_out_blasts_but_not_on_lymphocytes_and_igs() -> None:

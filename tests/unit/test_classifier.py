@@ -181,12 +181,14 @@ def test_default_160px_model_is_complete_and_shares_v1s_split() -> None:
 
 def test_reports_of_the_default_model_state_its_limits() -> None:
     """Every report carries the default model's Known limits (the card): no blast class, what the
-    blast net catches, and the 20x-slide unidentified rate."""
+    blast net catches, the 20x-slide unidentified rate, and that slides' JPEG storage was not
+    validated."""
     from hematovision.service.slide_results import model_card_limits
 
     text = model_card_limits(MODELS_DIR / "wbc-effnetlite0-v1.2")
     assert "Model limits (wbc-effnetlite0-v1.2)" in text
     assert "No blast class" in text and "0.5 µm/px" in text and "Healthy donors" in text
+    assert "JPEG 4:2:0" in text and "0.8567" in text
 
 
 def test_opt_in_160px_model_classifies_at_its_own_input_size() -> None:
