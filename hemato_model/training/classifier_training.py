@@ -79,6 +79,9 @@ class TrainConfig:
     extra_data: str | None = None
     min_resolution: float | None = None
     aug_profile: str = "standard"
+    #: Scan-storage augmentation (:mod:`hemato_model.training.scan_storage`): half of each batch as a
+    #: scan at up to this many µm/px stored as JPEG; None: off.
+    scan_storage_mpp: float | None = None
 
 
 def list_image_folder(data_dir: str | Path) -> tuple[list[Path], list[str]]:
@@ -437,6 +440,9 @@ def fine_tune(
             pick = tf.cast(gen.uniform((tf.shape(x)[0], 1, 1, 1)) < 0.5, tf.float32)
             return base_augment(tf.clip_by_value(pick * blurred + (1.0 - pick) * x, 0.0, 255.0))
 
+    if cfg.scan_storage_mpp:
+        augment, x_val, y_val = _with_scan_storage(augment, x_val, y_val, cfg)
+
     weights = class_weights(y_train, n_classes)
     if soft_targets is None:
         targets: np.ndarray = y_train
@@ -477,6 +483,32 @@ def fine_tune(
         "val_loss": [round(float(a), 4) for a in hist.history["val_loss"]],
         "seconds": round(time.time() - t0, 1),
     }
+
+
+def _with_scan_storage(
+    augment: Callable[[Any], Any], x_val: np.ndarray, y_val: np.ndarray, cfg: TrainConfig
+) -> tuple[Callable[[Any], Any], np.ndarray, np.ndarray]:
+    """``augment`` preceded by the scan-storage augmentation, and the validation crops plus a stored
+    copy of them (fixed seed), so that early stopping does not keep the least-changed epoch."""
+    import tensorflow as tf
+
+    from hemato_model.training.scan_storage import stored_scans
+
+    assert cfg.scan_storage_mpp is not None
+    max_mpp, crop_um = float(cfg.scan_storage_mpp), float(cfg.crop_um)
+    rng = np.random.default_rng(cfg.seed + 23)
+
+    def store(x: np.ndarray) -> np.ndarray:
+        crops = np.clip(np.rint(x), 0, 255).astype(np.uint8)
+        return stored_scans(crops, crop_um, max_mpp, rng).astype(np.float32)
+
+    def with_storage(x: Any) -> Any:
+        y = tf.numpy_function(store, [x], tf.float32)
+        y.set_shape(x.shape)
+        return augment(y)
+
+    val_copy = stored_scans(x_val, crop_um, max_mpp, np.random.default_rng(cfg.seed + 1023), share=1.0)
+    return with_storage, np.concatenate([x_val, val_copy]), np.concatenate([y_val, y_val])
 
 
 def save_model_dir(model: Any, out_dir: Path, meta: dict[str, Any]) -> dict[str, Any]:
@@ -602,6 +634,12 @@ def train(
             "augmentation": "flips, rotation, zoom ±15%, shift ±6%, HED stain jitter, channel gain/offset, "
             "brightness/contrast/saturation/hue, random resolution loss"
             + (f" (extra: down to {cfg.min_resolution:g} of the side)" if cfg.min_resolution else "")
+            + (
+                f"; scan storage (hemato_model.training.scan_storage): half of each batch as a scan at "
+                f"0.2-{cfg.scan_storage_mpp:g} um/px stored as JPEG 60-95 (4:2:0)"
+                if cfg.scan_storage_mpp
+                else ""
+            )
             + (
                 "; domain profile (hemato_model.training.stain_augmentation): zoom ±25%, RGB optical-density "
                 "gain 0.6-1.5 / offset ±0.1, per-channel gamma 0.7-1.4, hue ±0.12, 10% grayscale, "

@@ -89,6 +89,14 @@ def _threads(threads: int | None) -> None:
     "fraction of its side (random, up to 1) and back [default: none].",
 )
 @click.option(
+    "--scan-storage",
+    "scan_storage_mpp",
+    default=None,
+    type=click.FloatRange(0.2, 2.0),
+    help="Scan-storage augmentation: half of each batch re-sampled as a slide scan at 0.2 up to this "
+    "many µm/px and stored as JPEG 60-95 with 4:2:0 chroma, as scanners store tiles [default: none].",
+)
+@click.option(
     "--base",
     "base_dir",
     type=click.Path(path_type=Path),
@@ -154,6 +162,7 @@ def train_command(
     model_name: str | None,
     extra_data: Path | None,
     min_resolution: float | None,
+    scan_storage_mpp: float | None,
     base_dir: Path | None,
     pbc_dir: Path | None,
     pbc_per_class: int | None,
@@ -229,6 +238,7 @@ def train_command(
         extra_data=str(extra_data) if extra_data else None,
         min_resolution=min_resolution,
         aug_profile=aug_profile,
+        scan_storage_mpp=scan_storage_mpp,
     )
     try:
         meta = train(
