@@ -24,9 +24,11 @@ own rule. Chosen: the largest quantile (fewest normal cells abstained) whose fal
 models) is first re-sampled as a scanner at M µm/px would give it
 (:func:`hemato_model.preprocessing.rescan`), so the cut-offs are fitted, and the rule applied, on
 what a slide at that scale shows. Its cut-offs go to ``ood.json`` as a scale band
-(``benchmarks/fit_ood_stats.py --band-mpp M``).
+(``benchmarks/fit_ood_stats.py --band-mpp M``). ``--scan-jpeg Q`` stores each such scan as JPEG at
+quality Q (4:2:0), as slides store their tiles.
 
-    python benchmarks/class_energy_quantile.py [--model DIR] [--reference DIR] [--scan-mpp M] [--out JSON]
+    python benchmarks/class_energy_quantile.py [--model DIR] [--reference DIR] [--scan-mpp M [--scan-jpeg Q]]
+        [--out JSON]
 """
 
 from __future__ import annotations
@@ -104,6 +106,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--reps", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scan-mpp", type=float, default=None, help="re-sample every crop as a scan at this µm/px")
+    ap.add_argument(
+        "--scan-jpeg", type=int, default=None, help="with --scan-mpp: the scan stored as JPEG at this quality"
+    )
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args(argv)
 
@@ -115,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         split = json.loads((clf.model_dir / "split.json").read_text())
         pbc = pbc_root(data_root)
         crops = load_crops([pbc / f for f in split[part]], PBC_MPP, clf.crop_um, clf.input_px)
-        proba, energy = clf.predict_scored(uc.scanned(clf, crops, a.scan_mpp))
+        proba, energy = clf.predict_scored(uc.scanned(clf, crops, a.scan_mpp, a.scan_jpeg))
         if energy is None:
             raise SystemExit(f"{clf.model_dir}: no 'head' layer, so no energy score")
         return [f.split("/")[0] for f in split[part]], proba, energy
@@ -123,7 +128,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def val_blasts(clf: Any) -> tuple[np.ndarray, np.ndarray]:
         doc = {**blast_doc, "input_px": clf.input_px}
         fields = rebuild_field_crops(doc, data_root / ARIA_ALL_DIR.parent, "val", ("Early", "Pre", "Pro"))
-        proba, energy = clf.predict_scored(uc.scanned(clf, np.concatenate([c for _, c in fields]), a.scan_mpp))
+        proba, energy = clf.predict_scored(
+            uc.scanned(clf, np.concatenate([c for _, c in fields]), a.scan_mpp, a.scan_jpeg)
+        )
         return proba, energy
 
     ref = Classifier.load(a.reference)
@@ -167,6 +174,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "model": f"{clf.name} {clf.version}",
         "reference": f"{ref.name} {ref.version}",
         "scan_mpp": a.scan_mpp,
+        "scan_jpeg": a.scan_jpeg,
         "reference_figures": ref_fig,
         "rule": "largest quantile with flag rate <= 1 % at 0 % blasts and review/critical rates at 10 % / 30 % "
         "blasts >= the reference's (validation crops only)",

@@ -15,9 +15,10 @@ per-class cut-offs.
 
 ``--band-mpp M --class-quantile Q`` instead adds (or replaces) one scale band in the existing
 ``ood.json``: per-class cut-offs fitted the same way on the training crops re-sampled as a scan at
-M µm/px (:func:`hemato_model.preprocessing.rescan`), applied to slides at ``--band-from-mpp`` µm/px or
-coarser (:meth:`hemato_model.classifier.Classifier.class_energy_cutoffs`); Q for the band is chosen
-by ``benchmarks/class_energy_quantile.py --scan-mpp M``. Nothing else in ``ood.json`` changes.
+M µm/px (:func:`hemato_model.preprocessing.rescan`; with ``--band-jpeg Q`` that scan stored as JPEG),
+applied to slides at ``--band-from-mpp`` µm/px or coarser
+(:meth:`hemato_model.classifier.Classifier.class_energy_cutoffs`); Q for the band is chosen by
+``benchmarks/class_energy_quantile.py --scan-mpp M``. Nothing else in ``ood.json`` changes.
 
     python benchmarks/fit_ood_stats.py [--model DIR] [--data PBC_DIR] [--class-quantile Q]
     python benchmarks/fit_ood_stats.py --band-mpp 0.5 --band-from-mpp 0.35 --class-quantile Q
@@ -51,6 +52,7 @@ def main() -> None:
     ap.add_argument("--class-quantile", type=float, default=None)
     ap.add_argument("--band-mpp", type=float, default=None, help="fit a scale band on crops re-sampled to this µm/px")
     ap.add_argument("--band-from-mpp", type=float, default=None, help="the band applies from this µm/px up")
+    ap.add_argument("--band-jpeg", type=int, default=None, help="the band's scan stored as JPEG at this quality")
     args = ap.parse_args()
     if args.band_mpp is not None and (args.class_quantile is None or args.band_from_mpp is None):
         ap.error("--band-mpp needs --band-from-mpp and --class-quantile")
@@ -60,7 +62,7 @@ def main() -> None:
 
     def scores(part: str, scan_mpp: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         crops = load_crops([args.data / f for f in split[part]], PBC_MPP, clf.crop_um, clf.input_px)
-        p, e = clf.predict_scored(rescan(crops, clf.crop_um, scan_mpp) if scan_mpp else crops)
+        p, e = clf.predict_scored(rescan(crops, clf.crop_um, scan_mpp, args.band_jpeg) if scan_mpp else crops)
         if e is None:
             raise SystemExit(f"{clf.model_dir}: the model has no 'head' layer, so no energy score")
         return p, e
@@ -74,8 +76,10 @@ def main() -> None:
         band = {
             "from_mpp": args.band_from_mpp,
             "scan_mpp": args.band_mpp,
+            **({"scan_jpeg": args.band_jpeg} if args.band_jpeg else {}),
             "class_quantile": args.class_quantile,
-            "fitted_on": f"{len(train)} training crops of split.json re-sampled as a scan at {args.band_mpp} µm/px",
+            "fitted_on": f"{len(train)} training crops of split.json re-sampled as a scan at {args.band_mpp} µm/px"
+            + (f" stored as JPEG {args.band_jpeg}" if args.band_jpeg else ""),
             "class_energy_thresholds": class_energy_thresholds(
                 train_p, train, [f.split("/")[0] for f in split["train"]], clf.classes, args.class_quantile
             ),

@@ -16,7 +16,7 @@ thousand at most, and no model makes a third of a normal slide unidentified with
 of it. The output is JSON (percentiles, threshold, per-class unidentified rates of the test crops).
 
     python benchmarks/unidentified_calibration.py [--model-dir DIR] [--reps 10000] [--target 200]
-        [--seed 0] [--data-root ../shared] [--out result.json] [--blast-check] [--scan-mpp M]
+        [--seed 0] [--data-root ../shared] [--out result.json] [--blast-check] [--scan-mpp M [--scan-jpeg Q]]
 
 ``--blast-check`` also classifies the held-out B-ALL fields (the opt-in blast model's split; ALL
 images under ``shared/data/aria_all``) as one slide and lists the flags the rules raise on it: the
@@ -49,9 +49,12 @@ PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.5, 99.9)
 FLOOR_PCT = 30.0
 
 
-def classify_test_crops(clf: Any, data_root: Path, scan_mpp: float | None = None) -> dict[str, list[str]]:
+def classify_test_crops(
+    clf: Any, data_root: Path, scan_mpp: float | None = None, scan_jpeg: int | None = None
+) -> dict[str, list[str]]:
     """The model's labels of its held-out PBC test crops, per true class of the normal mix (with
-    ``scan_mpp``: re-sampled as a scan at that µm/px would give them, and labelled as crops of it)."""
+    ``scan_mpp``: re-sampled as a scan at that µm/px would give them, stored as JPEG at ``scan_jpeg``
+    where given, and labelled as crops of it)."""
     from hemato_model.preprocessing import load_centered_crop
     from hematovision.core.datasets import PBC_MPP, pbc_root
 
@@ -66,15 +69,16 @@ def classify_test_crops(clf: Any, data_root: Path, scan_mpp: float | None = None
         if not files:
             raise SystemExit(f"split.json of {model_dir} has no test images of {cls}")
         crops = np.stack([load_centered_crop(f, PBC_MPP, clf.crop_um, clf.input_px) for f in files])
-        labels[cls] = [lab for lab, _ in clf.classify(scanned(clf, crops, scan_mpp), mpp=scan_mpp)]
+        labels[cls] = [lab for lab, _ in clf.classify(scanned(clf, crops, scan_mpp, scan_jpeg), mpp=scan_mpp)]
     return labels
 
 
-def scanned(clf: Any, crops: np.ndarray, scan_mpp: float | None) -> np.ndarray:
-    """``crops`` as a scan at ``scan_mpp`` µm/px would give them (unchanged when None)."""
+def scanned(clf: Any, crops: np.ndarray, scan_mpp: float | None, scan_jpeg: int | None = None) -> np.ndarray:
+    """``crops`` as a scan at ``scan_mpp`` µm/px would give them, stored as JPEG at ``scan_jpeg`` where
+    given (unchanged when ``scan_mpp`` is None)."""
     from hemato_model.preprocessing import rescan
 
-    return rescan(crops, clf.crop_um, scan_mpp) if scan_mpp else crops
+    return rescan(crops, clf.crop_um, scan_mpp, scan_jpeg) if scan_mpp else crops
 
 
 def blast_check(
@@ -84,6 +88,7 @@ def blast_check(
     seed: int,
     reps: int = 1000,
     scan_mpp: float | None = None,
+    scan_jpeg: int | None = None,
 ) -> dict[str, Any]:
     """What the rules make of the held-out B-ALL fields (the blast model's ``blast_split.json`` test
     part, Early/Pre/Pro-B): every blast crop of those fields as one slide, classified by ``clf``; and,
@@ -98,7 +103,10 @@ def blast_check(
     doc = {**doc, "input_px": clf.input_px}  # the same crops, cut at the classifier's own input size
     fields = rebuild_field_crops(doc, data_root / ARIA_ALL_DIR.parent, "test", ("Early", "Pre", "Pro"))
     labels = [
-        lab for lab, _ in clf.classify(scanned(clf, np.concatenate([c for _, c in fields]), scan_mpp), mpp=scan_mpp)
+        lab
+        for lab, _ in clf.classify(
+            scanned(clf, np.concatenate([c for _, c in fields]), scan_mpp, scan_jpeg), mpp=scan_mpp
+        )
     ]
     d = differential(labels, list(clf.classes))
     outcome = evaluate_rules(
@@ -213,6 +221,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=None,
         help="Re-sample every crop as a scan at this µm/px would give it (hemato_model.preprocessing.rescan).",
     )
+    ap.add_argument(
+        "--scan-jpeg", type=int, default=None, help="With --scan-mpp: the scan stored as JPEG at this quality."
+    )
     a = ap.parse_args(argv)
     if a.data_root is None or a.model_dir is None:
         from hematovision.core.settings import load_settings
@@ -223,7 +234,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     clf = Classifier.load(a.model_dir)
-    labels = classify_test_crops(clf, a.data_root, a.scan_mpp)
+    labels = classify_test_crops(clf, a.data_root, a.scan_mpp, a.scan_jpeg)
     model = f"{clf.name} {clf.version}"
     t_classify = time.perf_counter() - t0
     rates, classified, seen = bootstrap(labels, a.reps, a.target, a.seed)
@@ -233,6 +244,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "model": model,
         "model_dir": str(a.model_dir),
         "scan_mpp": a.scan_mpp,
+        "scan_jpeg": a.scan_jpeg,
         "test_crops": {c: len(v) for c, v in labels.items()},
         "test_unidentified_rate_by_class": {
             c: round(sum(lab == "unidentified" for lab in v) / len(v), 4) for c, v in labels.items()
@@ -248,7 +260,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "threshold_pct": round(threshold, 1),
     }
     if a.blast_check:
-        result["held_out_b_all_fields"] = blast_check(clf, a.data_root, labels, a.seed, scan_mpp=a.scan_mpp)
+        result["held_out_b_all_fields"] = blast_check(
+            clf, a.data_root, labels, a.seed, scan_mpp=a.scan_mpp, scan_jpeg=a.scan_jpeg
+        )
     result["seconds"] = {"classify": round(t_classify, 1), "total": round(time.perf_counter() - t0, 1)}
     text = json.dumps(result, indent=2)
     print(text)
