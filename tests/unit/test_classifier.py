@@ -179,6 +179,33 @@ def test_default_160px_model_is_complete_and_shares_v1s_split() -> None:
     assert blast["labels"].get("platelet", 0) == 0 and before["labels"]["platelet"] == 158
 
 
+def test_opt_in_scan_storage_model_is_complete_and_shares_v1s_split() -> None:
+    """wbc-effnetlite0-v1.4 (opt-in): v1.2 continued with the scan-storage augmentation; card with
+    checksum, v1's exact file lists, per-class cut-offs and a 20x band, and the held-out figures its
+    card quotes (PBC test 643 of 656)."""
+    v14 = MODELS_DIR / "wbc-effnetlite0-v1.4"
+    v12 = MODELS_DIR / "wbc-effnetlite0-v1.2"
+    meta = json.loads((v14 / "model.json").read_text())
+    assert meta["version"] == "1.4.0" and meta["input_px"] == 160
+    assert meta["training"]["config"]["scan_storage_mpp"] == 0.55
+    assert meta["training"]["config"]["init_from"] == "hemato_model/models/wbc-effnetlite0-v1.2"
+    assert meta["sha256"] == sha256_file(v14 / "model.keras") != json.loads((v12 / "model.json").read_text())["sha256"]
+    assert meta["sha256"] in (v14 / "MODEL_CARD.md").read_text()
+    split, v12_split = (json.loads((d / "split.json").read_text()) for d in (v14, v12))
+    assert all(split[k] == v12_split[k] for k in ("train", "val", "test"))
+    ood = json.loads((v14 / "ood.json").read_text())
+    assert sorted(ood["class_energy_thresholds"]) == sorted(meta["classes"]) and ood["class_quantile"] == 0.98
+    (band,) = ood["class_energy_bands"]
+    assert band["from_mpp"] == 0.35 and band["scan_mpp"] == 0.5 and band["class_quantile"] == 0.995
+    metrics = json.loads((v14 / "metrics.json").read_text())
+    assert metrics["sha256"] == meta["sha256"] and metrics["pbc_test"]["n"] == 656
+    assert metrics["pbc_test"]["class_energy_thresholds"] == ood["class_energy_thresholds"]
+    card = (v14 / "MODEL_CARD.md").read_text()
+    assert f"{metrics['pbc_test']['accuracy']:.4f}" in card and metrics["pbc_test"]["accuracy"] >= 0.98
+    clf = Classifier.load(v14)
+    assert not np.array_equal(clf.class_energy_cutoffs(0.5), clf.class_energy_cutoffs(0.25))  # band from 0.35
+
+
 def test_reports_of_the_default_model_state_its_limits() -> None:
     """Every report carries the default model's Known limits (the card): no blast class, what the
     blast net catches, the 20x-slide unidentified rate, and that slides' JPEG storage was not
