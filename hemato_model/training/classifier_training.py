@@ -441,7 +441,7 @@ def fine_tune(
             return base_augment(tf.clip_by_value(pick * blurred + (1.0 - pick) * x, 0.0, 255.0))
 
     if cfg.scan_storage_mpp:
-        augment, x_val, y_val = _with_scan_storage(augment, x_val, y_val, cfg)
+        augment, x_val, y_val = _with_scan_storage(augment, x_val, y_val, cfg.scan_storage_mpp, cfg.crop_um, cfg.seed)
 
     weights = class_weights(y_train, n_classes)
     if soft_targets is None:
@@ -486,17 +486,16 @@ def fine_tune(
 
 
 def _with_scan_storage(
-    augment: Callable[[Any], Any], x_val: np.ndarray, y_val: np.ndarray, cfg: TrainConfig
+    augment: Callable[[Any], Any], x_val: np.ndarray, y_val: np.ndarray, max_mpp: float, crop_um: float, seed: int
 ) -> tuple[Callable[[Any], Any], np.ndarray, np.ndarray]:
-    """``augment`` preceded by the scan-storage augmentation, and the validation crops plus a stored
-    copy of them (fixed seed), so that early stopping does not keep the least-changed epoch."""
+    """``augment`` preceded by the scan-storage augmentation (scans up to ``max_mpp`` µm/px), and the
+    validation crops plus a stored copy of them (fixed seed), so that early stopping does not keep
+    the least-changed epoch."""
     import tensorflow as tf
 
     from hemato_model.training.scan_storage import stored_scans
 
-    assert cfg.scan_storage_mpp is not None
-    max_mpp, crop_um = float(cfg.scan_storage_mpp), float(cfg.crop_um)
-    rng = np.random.default_rng(cfg.seed + 23)
+    rng = np.random.default_rng(seed + 23)
 
     def store(x: np.ndarray) -> np.ndarray:
         crops = np.clip(np.rint(x), 0, 255).astype(np.uint8)
@@ -507,8 +506,18 @@ def _with_scan_storage(
         y.set_shape(x.shape)
         return augment(y)
 
-    val_copy = stored_scans(x_val, crop_um, max_mpp, np.random.default_rng(cfg.seed + 1023), share=1.0)
+    val_copy = stored_scans(x_val, crop_um, max_mpp, np.random.default_rng(seed + 1023), share=1.0)
     return with_storage, np.concatenate([x_val, val_copy]), np.concatenate([y_val, y_val])
+
+
+def _scan_storage_text(max_mpp: float) -> str:
+    """The scan-storage augmentation as ``model.json`` records it."""
+    from hemato_model.training.scan_storage import JPEG_QUALITY, SCAN_MPP_MIN
+
+    return (
+        f"; scan storage (hemato_model.training.scan_storage): half of each batch as a scan at "
+        f"{SCAN_MPP_MIN:g}-{max_mpp:g} um/px stored as JPEG {JPEG_QUALITY[0]}-{JPEG_QUALITY[1]} (4:2:0)"
+    )
 
 
 def save_model_dir(model: Any, out_dir: Path, meta: dict[str, Any]) -> dict[str, Any]:
@@ -634,12 +643,7 @@ def train(
             "augmentation": "flips, rotation, zoom ±15%, shift ±6%, HED stain jitter, channel gain/offset, "
             "brightness/contrast/saturation/hue, random resolution loss"
             + (f" (extra: down to {cfg.min_resolution:g} of the side)" if cfg.min_resolution else "")
-            + (
-                f"; scan storage (hemato_model.training.scan_storage): half of each batch as a scan at "
-                f"0.2-{cfg.scan_storage_mpp:g} um/px stored as JPEG 60-95 (4:2:0)"
-                if cfg.scan_storage_mpp
-                else ""
-            )
+            + (_scan_storage_text(cfg.scan_storage_mpp) if cfg.scan_storage_mpp else "")
             + (
                 "; domain profile (hemato_model.training.stain_augmentation): zoom ±25%, RGB optical-density "
                 "gain 0.6-1.5 / offset ±0.1, per-channel gamma 0.7-1.4, hue ±0.12, 10% grayscale, "

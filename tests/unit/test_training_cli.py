@@ -228,3 +228,21 @@ def test_train_with_the_domain_profile_records_it(tmp_path: Path) -> None:
     assert "JPEG" in meta["preprocessing"]["augmentation"]
     bad = CliRunner().invoke(main, [*args[:-2], "--aug-profile", "stainy", "--quiet"])
     assert bad.exit_code != 0 and "Traceback" not in bad.output
+
+
+@pytest.mark.slow
+def test_train_with_scan_storage_records_it_and_refuses_a_finer_scan(tmp_path: Path) -> None:
+    """``--scan-storage`` runs through the real tf.data pipeline (a numpy step inside the graph) and
+    is recorded; a scan finer than the simulated range is refused with a message, not a traceback."""
+    data = _make_folder(tmp_path / "data", per_class=5)
+    out = tmp_path / "model"
+    args = ["train", "--data", str(data), "--out", str(out), "--epochs", "1", "--head-epochs", "3"]
+    args += ["--input-px", "32", "--crop-um", "6", "--mpp", "0.1", "--quiet"]
+    result = CliRunner().invoke(main, [*args, "--scan-storage", "0.5"])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["training"]["config"]["scan_storage_mpp"] == 0.5
+    assert "0.2-0.5 um/px stored as JPEG 60-95" in meta["preprocessing"]["augmentation"]
+    assert meta["training"]["fine_tune"]["epochs"] == 1
+    bad = CliRunner().invoke(main, [*args, "--scan-storage", "0.1"])
+    assert bad.exit_code != 0 and "Traceback" not in bad.output and "0.1" in bad.output
