@@ -180,16 +180,14 @@ def apply_labels(prepared: Prepared, labels: dict[str, Any]) -> SlideAnalysis:
     rows = labels["labels"]
     if len(rows) != len(prepared.crop_cells):
         raise HandoffError(f"{prepared.folder}: {len(rows)} labels for {len(prepared.crop_cells)} crops")
-    from hemato_model.quality import ood_summary
+    from hemato_model.quality import add_model_evidence
 
     analysis = prepared.analysis
     energies = labels.get("energies") or [None] * len(rows)
     for i, (label, prob), energy in zip(prepared.crop_cells, rows, energies, strict=True):
         cell = analysis.cells[i]
         cell.label, cell.probability, cell.energy = label, float(prob), energy
-    ood = ood_summary(energies, labels["model"].get("ood"))
-    if ood is not None:
-        analysis.quality["ood"] = ood
+    add_model_evidence(analysis.quality, energies, labels["model"])
     analysis.model_name = labels["model"]["name"]
     analysis.model_version = labels["model"]["version"]
     analysis.classes = list(labels["model"]["classes"])

@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from hemato_model.crop_sink import ClassifyingSink, CropClassifier, CropSink, CropSpec
 from hemato_model.full_resolution import read_full_resolution
 from hemato_model.pipeline_params import PipelineParams, ProgressFn, SlideReading, StopCheck
-from hemato_model.quality import measure_quality, ood_summary
+from hemato_model.quality import add_model_evidence, measure_quality, model_evidence
 from hemato_model.sampling import Monolayer, evaluable_monolayer, whole_smear
 from hemato_model.smear_area import smear_mask
 from hemato_model.two_pass import read_two_pass
@@ -94,9 +94,7 @@ def analyze_slide(
     finally:
         sink.close()  # every crop labelled (or the classifier's error raised)
     result.timings_s["classify"] = sink.seconds
-    ood = ood_summary([c.energy for c in sink.cells], getattr(classifier, "ood_stats", None))
-    if ood is not None:
-        result.quality["ood"] = ood
+    add_model_evidence(result.quality, [c.energy for c in sink.cells], model_evidence(classifier))
     return result
 
 

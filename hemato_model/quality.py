@@ -17,6 +17,8 @@ area (fixed seed: the staged and the one-process path read the same fields) and 
   (:func:`hemato_model.detection.scale.estimate_image_mpp`); the slide's is the median over fields,
   compared with the stated µm/px.
 - **Cells**: the share of field pixels that are cells; a field without cells is not measured.
+- **Storage**: how the file stores its full-resolution pixels (compression and JPEG quality, measured
+  from the file's quantisation tables: :func:`hematovision.core.slide_storage.read_storage`).
 
 The classifier's own out-of-distribution score (the energy of each white-cell crop) comes later, from
 the classify stage (:meth:`hemato_model.classifier.Classifier.classify_scored`). The flags are
@@ -32,6 +34,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from hemato_model.detection.stain import check_image, nucleus_threshold, resample, stain_field
+from hematovision.core.slide_storage import read_storage
 
 if TYPE_CHECKING:
     from hematovision.core.slides import Slide
@@ -177,7 +180,34 @@ def measure_quality(slide: Slide, mask: np.ndarray, down: float, n_fields: int =
             fields.append(measure_field(region, mpp))
         except ValueError:
             fields.append(None)
-    return summarise_fields(fields, mpp)
+    return summarise_fields(fields, mpp) | {"storage": read_storage(slide.path)}
+
+
+def model_evidence(classifier: Any) -> dict[str, Any]:
+    """What the gate takes from a classifier (see :func:`add_model_evidence`): its ``ood.json`` and
+    its ``model.json``'s ``validated_storage``, either None when it has none."""
+    return {
+        "ood": getattr(classifier, "ood_stats", None),
+        "validated_storage": (getattr(classifier, "meta", None) or {}).get("validated_storage"),
+    }
+
+
+def add_model_evidence(quality: dict[str, Any], energies: list[float | None], model: dict[str, Any] | None) -> None:
+    """Add what the gate needs from the classifier to a slide's measurements, in place: the
+    out-of-distribution score of its crops (``quality["ood"]``, from the model's ``ood.json``) and
+    the storage the model was validated on beside the slide's measured storage
+    (``quality["storage"]["validated"]``, the model's ``validated_storage``; None when it records none).
+
+    Args:
+        model: ``{"ood": ood.json or None, "validated_storage": ... or None}`` of the classifier that
+            labelled the crops (None: neither is known).
+    """
+    model = model or {}
+    ood = ood_summary(energies, model.get("ood"))
+    if ood is not None:
+        quality["ood"] = ood
+    if isinstance(quality.get("storage"), dict):
+        quality["storage"]["validated"] = model.get("validated_storage")
 
 
 def ood_summary(energies: list[float | None], stats: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -209,6 +209,7 @@ def run_prepare(settings: Settings, factory: sessionmaker[Session], job_id: str)
 def run_classify(settings: Settings, factory: sessionmaker[Session], classifier: Any, job_id: str) -> Outcome:
     """Label the prepared crops (``classifier``: a loaded :class:`hemato_model.classifier.Classifier`)."""
     from hemato_model.handoff import read_labels, read_prepared, write_labels
+    from hemato_model.quality import model_evidence
     from hematovision.service.metrics import CELLS_CLASSIFIED, CLASSIFY_SECONDS
 
     ticket = claim_stage(factory, job_id, CLASSIFY)
@@ -252,7 +253,7 @@ def run_classify(settings: Settings, factory: sessionmaker[Session], classifier:
                 "version": classifier.version,
                 "classes": list(classifier.classes),
                 "sha256": getattr(classifier, "meta", {}).get("sha256"),
-                "ood": getattr(classifier, "ood_stats", None),
+                **model_evidence(classifier),
             },
             energies,
         )

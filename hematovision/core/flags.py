@@ -15,10 +15,10 @@ How the rules read a differential:
 - Under the minimum count the differential is insufficient (INSUFFICIENT_WBC) and no negative
   statement is made, but every positive finding and borderline is kept.
 - The domain and quality gate (:func:`evaluate_gate`, ``[gate]`` in the rules file) compares a
-  slide's stain, focus, scale and the classifier's out-of-distribution score with the validated
-  ranges; outside them a critical flag (STAIN_OUT_OF_RANGE, FOCUS_POOR, SCALE_MISMATCH,
-  DOMAIN_UNVALIDATED, IMAGE_UNUSABLE) carries the measured value and the range, and the
-  differential is not valid for release until reviewed.
+  slide's stain, focus, scale, storage (JPEG quality) and the classifier's out-of-distribution
+  score with the validated ranges; outside them a critical flag (STAIN_OUT_OF_RANGE, FOCUS_POOR,
+  SCALE_MISMATCH, DOMAIN_UNVALIDATED, STORAGE_UNVALIDATED, IMAGE_UNUSABLE) carries the measured
+  value and the range, and the differential is not valid for release until reviewed.
 - A rule that cannot run says so: the outcome's ``not_evaluated`` lists each rule with the reason (a
   model without a blast class, no WBC count for absolute counts, no age so adult intervals were
   used, …), and a model that cannot recognise blasts raises BLAST_DETECTION_UNAVAILABLE (info), so
@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from hematovision.core.patient import DAYS_PER_YEAR, PatientContext
 from hematovision.core.results import NON_WBC_LABELS
 from hematovision.core.stats import clopper_pearson
+from hematovision.core.storage_rule import STORAGE_CODE, StorageVerdict, judge_storage
 from hematovision.core.vocabulary import load_vocabulary_file
 
 if TYPE_CHECKING:
@@ -443,7 +444,14 @@ def not_evaluated_lines(entries: list[dict[str, str]] | None) -> list[str]:
     return [f"{', '.join(rules)}: {reason}" for reason, rules in by_reason.items()]
 
 
-GATE_CODES = ("IMAGE_UNUSABLE", "STAIN_OUT_OF_RANGE", "FOCUS_POOR", "SCALE_MISMATCH", "DOMAIN_UNVALIDATED")
+GATE_CODES = (
+    "IMAGE_UNUSABLE",
+    "STAIN_OUT_OF_RANGE",
+    "FOCUS_POOR",
+    "SCALE_MISMATCH",
+    "DOMAIN_UNVALIDATED",
+    STORAGE_CODE,
+)
 
 
 def _outside(value: float, bounds: list[float]) -> bool:
@@ -557,4 +565,30 @@ def evaluate_gate(quality: dict[str, Any] | None, rules: dict[str, Any]) -> list
                 },
             )
         )
+    storage = _storage_verdict(quality, g)
+    if storage.outside:
+        flags.append(Flag(STORAGE_CODE, "critical", storage.message, storage.evidence))
     return flags
+
+
+def _storage_verdict(quality: dict[str, Any], gate: dict[str, Any]) -> StorageVerdict:
+    if not gate.get("storage_check", True):
+        return StorageVerdict(not_judged="the storage check is switched off in the lab's rules")
+    scale = quality.get("scale") or {}
+    storage = quality.get("storage")
+    validated = (storage or {}).get("validated")
+    return judge_storage(storage, validated, scale.get("stated_mpp"))
+
+
+def gate_not_evaluated(quality: dict[str, Any] | None, rules: dict[str, Any]) -> list[dict[str, str]]:
+    """The gate's checks that could not run on this slide (``{"rule", "reason"}``, as the other rules'
+    ``not_evaluated``): today the storage check, when the slide's storage or the model's validated
+    storage is unknown."""
+    if (
+        not quality
+        or "gate" not in rules
+        or int(quality.get("fields_measured") or 0) < int(rules["gate"]["min_fields_measured"])
+    ):
+        return []
+    reason = _storage_verdict(quality, rules["gate"]).not_judged
+    return [{"rule": STORAGE_CODE, "reason": reason}] if reason else []

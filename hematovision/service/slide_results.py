@@ -25,6 +25,7 @@ from hematovision.core.flags import (
     Flag,
     evaluate_gate,
     evaluate_rules,
+    gate_not_evaluated,
     load_rules,
     max_severity,
     rules_sha256,
@@ -268,7 +269,7 @@ def summarise_cells(
         ),
         "flags": [f.to_dict() for f in flags],
         "max_severity": max_severity(flags),
-        "rules_not_evaluated": [*outcome.not_evaluated, *rbc_not_run],
+        "rules_not_evaluated": [*gate_not_evaluated(quality, rules), *outcome.not_evaluated, *rbc_not_run],
         "rules_version": rules.get("version"),
         "rules_sha256": rules_sha256(rules),
     } | ({"rbc_morphology": rbc_section} if rbc_section is not None else {})

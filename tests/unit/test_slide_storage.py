@@ -1,0 +1,160 @@
+"""Slide storage measured, never assumed: the compression and JPEG quality read from a slide file's
+own quantisation tables, and the gate's STORAGE_UNVALIDATED against the storage the real classifier
+was validated on (its model.json), through the one-process and the staged path."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from hematovision.core.flags import evaluate_gate, gate_not_evaluated, load_rules
+from hematovision.core.slide_storage import dqt_tables, jpeg_quality, read_storage
+from hematovision.core.storage_rule import judge_storage
+
+MODELS = Path(__file__).resolve().parents[2] / "hemato_model/models"
+DEFAULT = MODELS / "wbc-effnetlite0-v1.2"
+
+
+def _validated(model_dir: Path = DEFAULT) -> dict:  # type: ignore[type-arg]
+    return json.loads((model_dir / "model.json").read_text())["validated_storage"]
+
+
+@pytest.fixture(scope="module")
+def slides(real_cells: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, float, int], Path]:
+    """make-slide slides: (format, µm/px, JPEG quality) -> path."""
+    from hematovision.devtools.synthetic import make_slide
+
+    out = tmp_path_factory.mktemp("storage")
+    made = {}
+    for fmt, mpp, q in (("tiff", 0.25, 85), ("tiff", 0.5, 85), ("svs", 0.5, 70), ("tiff", 0.25, 95)):
+        p = out / f"s_{mpp}_{q}.{fmt}"
+        make_slide(p, real_cells, 1536, 1536, mpp=mpp, n_wbc=6, seed=7, fmt=fmt, quality=q)
+        made[(fmt, mpp, q)] = p
+    return made
+
+
+def test_make_slide_slides_give_their_jpeg_quality_back_exactly(slides) -> None:  # type: ignore[no-untyped-def]
+    for (fmt, _mpp, q), path in slides.items():
+        got = read_storage(path)
+        assert got["compression"] == "jpeg", (fmt, got)
+        assert got["jpeg_quality"] == q and got["quality_exact"] is True, (fmt, q, got)
+
+
+@pytest.mark.parametrize("q", [30, 75, 93])
+def test_jpeg_fields_and_tifffile_tiles(tmp_path: Path, q: int) -> None:
+    rgb = (np.random.default_rng(q).random((96, 96, 3)) * 255).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "f.jpg", quality=q)
+    assert read_storage(tmp_path / "f.jpg")["jpeg_quality"] == q
+    tifffile.imwrite(tmp_path / "t.tif", rgb, tile=(32, 32), compression="jpeg", compressionargs={"level": q})
+    got = read_storage(tmp_path / "t.tif")
+    assert got["compression"] == "jpeg" and got["jpeg_quality"] == q
+
+
+def test_lossless_jpeg2000_and_unknown_files(tmp_path: Path) -> None:
+    rgb = np.zeros((64, 64, 3), np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "f.png")
+    tifffile.imwrite(tmp_path / "z.tif", rgb, tile=(32, 32), compression="zlib")
+    tifffile.imwrite(tmp_path / "j.tif", rgb, tile=(32, 32), compression="jpeg2000")
+    (tmp_path / "x.mrxs").write_bytes(b"not a format this reads")
+    (tmp_path / "bad.tif").write_bytes(b"II*\x00" + b"\xff" * 40)
+    assert read_storage(tmp_path / "f.png")["compression"] == "lossless"
+    assert read_storage(tmp_path / "z.tif")["compression"] == "lossless"
+    assert read_storage(tmp_path / "j.tif")["compression"] == "jpeg2000"
+    assert read_storage(tmp_path / "x.mrxs")["compression"] == "unknown"
+    bad = read_storage(tmp_path / "bad.tif")  # never raises: the report says it could not be read
+    assert bad["compression"] == "unknown" and bad["source"].startswith("unreadable")
+
+
+def test_tables_only_block_and_a_non_ijg_table() -> None:
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 100, 50)).save(buf, format="JPEG", quality=60)
+    data = buf.getvalue()
+    tables_only = data[: data.index(b"\xff\xda")] + b"\xff\xd9"  # what a TIFF's JPEGTables holds
+    assert jpeg_quality(dqt_tables(tables_only)) == (60, True)
+    flat = io.BytesIO()
+    Image.new("L", (16, 16), 128).save(flat, format="JPEG", qtables=[[7] * 64])  # not an IJG scaling
+    q, exact = jpeg_quality(dqt_tables(flat.getvalue()))  # type: ignore[misc]
+    assert not exact and 92 <= q <= 95  # IJG 94's steps sum to 441, these to 448
+
+
+def test_storage_rule_on_the_default_models_record() -> None:
+    v = _validated()
+    jpeg = {"compression": "jpeg", "jpeg_quality": 85, "quality_exact": True, "source": "TIFF tile"}
+    assert not judge_storage(jpeg, v, 0.25).outside
+    assert not judge_storage(jpeg, v, 0.12).outside  # finer than 40x: the 0.25 row holds
+    low = judge_storage(jpeg | {"jpeg_quality": 80}, v, 0.25)
+    assert low.outside and low.evidence["validated_min_quality"] == 85 and "quality 80" in low.message
+    at20x = judge_storage(jpeg | {"jpeg_quality": 95}, v, 0.5)
+    assert at20x.outside and "no JPEG quality was validated" in at20x.message
+    assert judge_storage(jpeg, v, 1.0).outside  # beyond the last row no JPEG is validated
+    assert not judge_storage({"compression": "lossless"}, v, 0.5).outside
+    assert judge_storage({"compression": "jpeg2000"}, v, 0.25).outside
+    assert judge_storage(jpeg, None, 0.25).not_judged  # the model records nothing: said, not silent
+    assert judge_storage({"compression": "unknown", "source": "x"}, v, 0.25).not_judged
+    assert judge_storage(jpeg | {"jpeg_quality": None}, v, 0.25).not_judged
+    # the opt-in v1.4 was validated on JPEG 85 at 20x
+    assert not judge_storage(jpeg, _validated(MODELS / "wbc-effnetlite0-v1.4"), 0.5).outside
+
+
+def test_storage_check_is_the_labs_choice_and_said_when_off() -> None:
+    rules = load_rules()
+    quality = {
+        "fields_measured": 6,
+        "stain": {},
+        "scale": {"stated_mpp": 0.5},
+        "storage": {"compression": "jpeg", "jpeg_quality": 85, "validated": _validated()},
+    }
+    assert "STORAGE_UNVALIDATED" in [f.code for f in evaluate_gate(quality, rules)]
+    assert gate_not_evaluated(quality, rules) == []
+    off = rules | {"gate": rules["gate"] | {"storage_check": False}}
+    assert "STORAGE_UNVALIDATED" not in [f.code for f in evaluate_gate(quality, off)]
+    assert gate_not_evaluated(quality, off)[0]["rule"] == "STORAGE_UNVALIDATED"
+
+
+@pytest.mark.slow
+def test_real_model_on_20x_jpeg_slides_flags_storage_both_paths(slides, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The default classifier on make-slide slides: a 20x slide stored as JPEG 85 gets
+    STORAGE_UNVALIDATED (critical, differential not valid) in the one-process and the staged path;
+    the same storage at 0.25 µm/px passes."""
+    from hemato_model.classifier import Classifier
+    from hemato_model.handoff import CropSpool, apply_labels, read_prepared, write_labels, write_prepared
+    from hemato_model.pipeline import analyze_slide, prepare_slide
+    from hemato_model.pipeline_params import PipelineParams
+    from hemato_model.quality import model_evidence
+    from hematovision.core.slides import open_slide
+    from hematovision.service.slide_results import build_report
+
+    clf = Classifier.load(DEFAULT)
+    rules = load_rules()
+    reports = {}
+    for key in (("tiff", 0.25, 85), ("tiff", 0.5, 85)):
+        with open_slide(slides[key]) as slide:
+            analysis = analyze_slide(slide, clf, PipelineParams())
+        reports[key] = build_report(analysis, slide_id="s", rules=rules)
+    ok, bad = reports[("tiff", 0.25, 85)], reports[("tiff", 0.5, 85)]
+    assert ok["quality"]["storage"]["jpeg_quality"] == 85 and ok["quality"]["storage"]["validated"] is not None
+    assert "STORAGE_UNVALIDATED" not in [f["code"] for f in ok["flags"]]
+    storage = [f for f in bad["flags"] if f["code"] == "STORAGE_UNVALIDATED"]
+    assert storage and storage[0]["severity"] == "critical" and storage[0]["evidence"]["jpeg_quality"] == 85
+    assert bad["differential_valid"] is False and "STORAGE_UNVALIDATED" in bad["differential_invalid_reason"]
+
+    folder = tmp_path / "staged"
+    folder.mkdir()
+    spool = CropSpool(folder)
+    with open_slide(slides[("tiff", 0.5, 85)]) as slide:
+        prepared = prepare_slide(slide, clf, spool, PipelineParams())
+    write_prepared(folder, prepared, spool.cells, clf)
+    staged = read_prepared(folder)
+    crops = np.concatenate(list(staged.crop_chunks()))
+    labels, energies = clf.classify_scored(crops, mpp=0.5)
+    model = {"name": clf.name, "version": clf.version, "classes": list(clf.classes), **model_evidence(clf)}
+    write_labels(folder, labels, model, energies)
+    analysis = apply_labels(read_prepared(folder), json.loads((folder / "labels.json").read_text()))
+    report = build_report(analysis, slide_id="s", rules=rules)
+    assert "STORAGE_UNVALIDATED" in [f["code"] for f in report["flags"]]
