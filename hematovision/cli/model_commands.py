@@ -18,6 +18,7 @@ from typing import Any
 
 import click
 
+from hemato_model.training.scan_storage import JPEG_QUALITY, SCAN_MPP_MIN
 from hematovision.cli.options import settings_or_exit
 
 
@@ -92,9 +93,10 @@ def _threads(threads: int | None) -> None:
     "--scan-storage",
     "scan_storage_mpp",
     default=None,
-    type=click.FloatRange(0.2, 2.0),
-    help="Scan-storage augmentation: half of each batch re-sampled as a slide scan at 0.2 up to this "
-    "many µm/px and stored as JPEG 60-95 with 4:2:0 chroma, as scanners store tiles [default: none].",
+    type=click.FloatRange(SCAN_MPP_MIN, 2.0),
+    help=f"Scan-storage augmentation: half of each batch re-sampled as a slide scan at {SCAN_MPP_MIN} up to "
+    f"this many µm/px and stored as JPEG {JPEG_QUALITY[0]}-{JPEG_QUALITY[1]} with 4:2:0 chroma, as scanners "
+    "store tiles [default: none].",
 )
 @click.option(
     "--base",
