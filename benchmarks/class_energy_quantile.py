@@ -16,7 +16,8 @@ training crops. This script fits the cut-offs on the candidate's TRAINING crops 
   (``unidentified_calibration.blast_fraction_rates``).
 
 The same is measured for the reference model (``--reference``, the default model today) under its
-own rule. Chosen: the largest quantile (fewest normal cells abstained) whose false-alarm rate at
+own rule (with ``--scan-mpp``, its cut-offs for that scale: its scale band where it has one).
+Chosen: the largest quantile (fewest normal cells abstained) whose false-alarm rate at
 0 % blasts is at most 1 % and whose flag rates at 10 % blasts (review) and at 30 % blasts
 (UNRECOGNIZED_POPULATION, critical) are at least the reference's. No test crop is read.
 
@@ -136,12 +137,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ref = Classifier.load(a.reference)
     truth, rp, re_ = outputs(ref, "val")
     bp, be = val_blasts(ref)
+    # the reference under its own rule at this scale: its scale band where it has one for scan_mpp
     ref_fig = figures(
         ref,
         truth,
-        labels_under(ref, rp, re_, (ref.ood_stats or {}).get("class_energy_thresholds")),
+        [lab for lab, _ in ref.labels_from_proba(rp, re_, a.scan_mpp)],
         rp,
-        labels_under(ref, bp, be, (ref.ood_stats or {}).get("class_energy_thresholds")),
+        [lab for lab, _ in ref.labels_from_proba(bp, be, a.scan_mpp)],
         a.seed,
         a.reps,
     )

@@ -238,3 +238,21 @@ def test_evaluate_without_mpp_measures_the_scale(data_root: Path, require, tmp_p
     assert abs(doc["mpp"] / PBC_MPP - 1) <= 0.3
     res = CliRunner().invoke(cli, ["evaluate", "--data", str(tmp_path), "--mpp", "0.08", "--quiet"])
     assert json.loads(res.output.strip().splitlines()[-1])["mpp_source"] == "given"
+
+
+def test_slide_scale_rests_on_fields_with_isolated_red_cells() -> None:
+    """The packed-cell stand-in reads up to a third low at 20x: where at least two fields have
+    isolated red cells, the slide's scale is theirs; with fewer, every field counts."""
+    from hemato_model.quality import summarise_fields
+
+    def field(mpp: float, source: str) -> dict[str, Any]:
+        keys = ("rbc_od_chroma", "nucleus_od_chroma", "rbc_od", "glass_brightness", "focus")
+        return dict.fromkeys(keys) | {"measured_mpp": mpp, "mpp_source": source}
+
+    isolated, packed = field(0.37, "red_cells"), field(0.25, "red_cells_packed")
+    scale = summarise_fields([isolated, isolated, packed, packed, packed], 0.5)["scale"]
+    assert scale["measured_mpp"] == 0.37 and scale["fields_isolated_cells"] == 2
+    assert "SCALE_MISMATCH" not in _codes({"fields_measured": 5, "scale": scale})
+    fallback = summarise_fields([isolated, packed, packed, packed], 0.5)["scale"]
+    assert fallback["measured_mpp"] == 0.25 and fallback["ratio"] == 0.5
+    assert "SCALE_MISMATCH" in _codes({"fields_measured": 4, "scale": fallback})

@@ -1,0 +1,103 @@
+"""The gate's slide scale, two rules on the same fields: the median over every measured field (before
+2026-12-02) and the median over fields measured on isolated red cells when enough have them
+(:func:`hemato_model.quality.summarise_fields`). On fresh ``make-slide`` slides (seeds from
+``--seed``, none used to calibrate the gate) at 0.25 and 0.5 µm/px, each slide is measured as stated
+truly and as stated wrongly (a 40× slide stated 0.5 and 0.125, a 20× slide stated 0.25); per case the
+count of slides whose ratio lies outside the rules' ``scale_ratio`` (SCALE_MISMATCH) under each rule.
+
+    python benchmarks/gate_scale_rule_check.py [--slides 40] [--seed 9000] \\
+        [--out benchmarks/results/gate_scale_rule_check.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.gate_calibration import MIXES  # noqa: E402
+
+CASES = ((0.25, (0.5, 0.125)), (0.5, (0.25,)))
+
+
+def ratios(path: Path, stated: float) -> tuple[float, float]:
+    """(old rule, new rule) measured / stated µm/px of the slide at ``path`` opened at ``stated``."""
+    from hemato_model.pipeline_params import PipelineParams
+    from hemato_model.quality import GATE_FIELD_UM, GATE_FIELDS, field_origins, measure_field, summarise_fields
+    from hemato_model.smear_area import smear_mask
+    from hematovision.core.slides import open_slide
+
+    with open_slide(path, mpp=stated) as slide:
+        w, h = slide.dimensions
+        mpp = float(slide.mpp)
+        level = slide.get_best_level_for_downsample(max(1.0, PipelineParams().thumb_mpp / mpp))
+        lw, lh = slide.level_dimensions[level]
+        mask = smear_mask(slide.read_region((0, 0), level, (lw, lh)))
+        fp = min(int(round(GATE_FIELD_UM / mpp)), w, h)
+        fields: list[dict[str, Any] | None] = []
+        for x0, y0 in field_origins(mask, w / lw, w, h, fp, GATE_FIELDS):
+            try:
+                fields.append(measure_field(slide.read_region((x0, y0), 0, (min(fp, w - x0), min(fp, h - y0))), mpp))
+            except ValueError:
+                fields.append(None)
+    measured = [f["measured_mpp"] for f in fields if f and f["measured_mpp"]]
+    old = round(float(np.median(measured)) / stated, 4)
+    return old, float(summarise_fields(fields, stated)["scale"]["ratio"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--slides", type=int, default=40, help="slides per scan scale")
+    ap.add_argument("--seed", type=int, default=9000)
+    ap.add_argument("--out", type=Path, default=None)
+    a = ap.parse_args(argv)
+    from hematovision.core.flags import load_rules
+    from hematovision.core.settings import load_settings
+    from hematovision.devtools.synthetic import make_slide
+
+    settings = load_settings()
+    lo, hi = load_rules()["gate"]["scale_ratio"]
+    names = list(MIXES)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "in.tiff"
+        for mpp, wrong in CASES:
+            for k in range(a.slides):
+                seed = a.seed + k
+                mix = MIXES[names[k % len(names)]]
+                make_slide(path, settings.data_root, 2048, 2048, mpp=mpp, n_wbc=60, seed=seed, wbc_mix=mix)
+                row: dict[str, Any] = {"mpp": mpp, "seed": seed, "true": ratios(path, mpp)}
+                for w in wrong:
+                    row[f"stated_{w}"] = ratios(path, w)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    summary: dict[str, Any] = {}
+    for mpp, _ in CASES:
+        at = [r for r in rows if r["mpp"] == mpp]
+        for key in [k for k in at[0] if k not in ("mpp", "seed")]:
+            for i, rule in enumerate(("old", "new")):
+                vals = [r[key][i] for r in at]
+                summary[f"{mpp} {key} {rule}"] = {
+                    "tripped": sum(1 for v in vals if not lo <= v <= hi),
+                    "of": len(vals),
+                    "min": min(vals),
+                    "max": max(vals),
+                }
+    doc = {"range": [lo, hi], "summary": summary, "rows": rows}
+    if a.out:
+        a.out.write_text(json.dumps(doc, indent=1) + "\n")
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
