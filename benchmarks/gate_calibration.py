@@ -41,10 +41,9 @@ MIXES: dict[str, dict[str, float] | None] = {
 }
 
 
-def slide_quality(path: Path, mpp: float | None) -> dict[str, Any]:
-    """The gate's measurements of a slide file, as the pipeline takes them."""
+def _on_smear(path: Path, mpp: float | None, measure: Any) -> Any:
+    """``measure(slide, mask, down)`` on a slide file opened at ``mpp``, with the pipeline's smear mask."""
     from hemato_model.pipeline_params import PipelineParams
-    from hemato_model.quality import measure_quality
     from hemato_model.smear_area import smear_mask
     from hematovision.core.slides import open_slide
 
@@ -54,7 +53,21 @@ def slide_quality(path: Path, mpp: float | None) -> dict[str, Any]:
         level = slide.get_best_level_for_downsample(max(1.0, params.thumb_mpp / float(slide.mpp)))
         lw, lh = slide.level_dimensions[level]
         mask = smear_mask(slide.read_region((0, 0), level, (lw, lh)))
-        return measure_quality(slide, mask, w / lw)
+        return measure(slide, mask, w / lw)
+
+
+def slide_quality(path: Path, mpp: float | None) -> dict[str, Any]:
+    """The gate's measurements of a slide file, as the pipeline takes them."""
+    from hemato_model.quality import measure_quality
+
+    return dict(_on_smear(path, mpp, measure_quality))
+
+
+def slide_fields(path: Path, mpp: float | None) -> list[dict[str, Any] | None]:
+    """The gate's per-field measurements of a slide file (before they are summarised)."""
+    from hemato_model.quality import measure_fields
+
+    return list(_on_smear(path, mpp, measure_fields))
 
 
 def stain_shift(rgb: np.ndarray) -> np.ndarray:

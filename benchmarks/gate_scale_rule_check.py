@@ -24,31 +24,16 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.gate_calibration import MIXES  # noqa: E402
+from benchmarks.gate_calibration import MIXES, slide_fields  # noqa: E402
 
 CASES = ((0.25, (0.5, 0.125)), (0.5, (0.25,)))
 
 
 def ratios(path: Path, stated: float) -> tuple[float, float]:
     """(old rule, new rule) measured / stated µm/px of the slide at ``path`` opened at ``stated``."""
-    from hemato_model.pipeline_params import PipelineParams
-    from hemato_model.quality import GATE_FIELD_UM, GATE_FIELDS, field_origins, measure_field, summarise_fields
-    from hemato_model.smear_area import smear_mask
-    from hematovision.core.slides import open_slide
+    from hemato_model.quality import summarise_fields
 
-    with open_slide(path, mpp=stated) as slide:
-        w, h = slide.dimensions
-        mpp = float(slide.mpp)
-        level = slide.get_best_level_for_downsample(max(1.0, PipelineParams().thumb_mpp / mpp))
-        lw, lh = slide.level_dimensions[level]
-        mask = smear_mask(slide.read_region((0, 0), level, (lw, lh)))
-        fp = min(int(round(GATE_FIELD_UM / mpp)), w, h)
-        fields: list[dict[str, Any] | None] = []
-        for x0, y0 in field_origins(mask, w / lw, w, h, fp, GATE_FIELDS):
-            try:
-                fields.append(measure_field(slide.read_region((x0, y0), 0, (min(fp, w - x0), min(fp, h - y0))), mpp))
-            except ValueError:
-                fields.append(None)
+    fields = slide_fields(path, stated)
     measured = [f["measured_mpp"] for f in fields if f and f["measured_mpp"]]
     old = round(float(np.median(measured)) / stated, 4)
     return old, float(summarise_fields(fields, stated)["scale"]["ratio"])

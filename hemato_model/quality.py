@@ -175,8 +175,10 @@ def field_origins(
     return out
 
 
-def measure_quality(slide: Slide, mask: np.ndarray, down: float, n_fields: int = GATE_FIELDS) -> dict[str, Any]:
-    """The gate's measurements of a slide (see the module docstring)."""
+def measure_fields(
+    slide: Slide, mask: np.ndarray, down: float, n_fields: int = GATE_FIELDS
+) -> list[dict[str, Any] | None]:
+    """:func:`measure_field` on each of the slide's gate fields (None where one holds too few cells)."""
     mpp = float(slide.mpp)
     w, h = slide.dimensions
     field_px = min(int(round(GATE_FIELD_UM / mpp)), w, h)
@@ -187,7 +189,13 @@ def measure_quality(slide: Slide, mask: np.ndarray, down: float, n_fields: int =
             fields.append(measure_field(region, mpp))
         except ValueError:
             fields.append(None)
-    return summarise_fields(fields, mpp) | {"storage": read_storage(slide.path)}
+    return fields
+
+
+def measure_quality(slide: Slide, mask: np.ndarray, down: float, n_fields: int = GATE_FIELDS) -> dict[str, Any]:
+    """The gate's measurements of a slide (see the module docstring)."""
+    fields = measure_fields(slide, mask, down, n_fields)
+    return summarise_fields(fields, float(slide.mpp)) | {"storage": read_storage(slide.path)}
 
 
 def model_evidence(classifier: Any) -> dict[str, Any]:

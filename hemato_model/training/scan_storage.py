@@ -10,9 +10,10 @@ a random µm/px in ``[SCAN_MPP_MIN, max_mpp]`` stored at a random JPEG quality i
 
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING
 
-from hemato_model.preprocessing import rescan
+if TYPE_CHECKING:  # numpy and the resampler load on use: the CLI imports this module for its ranges
+    import numpy as np
 
 #: The finest scan simulated (a 40x scanner is ~0.25 µm/px; some give 0.2).
 SCAN_MPP_MIN = 0.2
@@ -25,6 +26,10 @@ def stored_scans(
 ) -> np.ndarray:
     """A copy of ``crops`` (uint8, N x px x px x 3, ``crop_um`` µm square) in which each crop, with
     probability ``share``, is replaced by itself as a scan at a random µm/px stored as JPEG."""
+    import numpy as np
+
+    from hemato_model.preprocessing import rescan
+
     if max_mpp < SCAN_MPP_MIN:
         raise ValueError(f"max_mpp must be at least {SCAN_MPP_MIN} µm/px, not {max_mpp}")
     out = np.array(crops, dtype=np.uint8, copy=True)

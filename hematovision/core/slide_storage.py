@@ -23,13 +23,14 @@ for it); ``jpeg_quality`` 1-100 for JPEG when the tables were found, else None.
 from __future__ import annotations
 
 import io
-import logging
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from hematovision.core.slides import TIFF_MAGIC, quiet_tifffile
 
 #: TIFF Compression tag values by kind (TIFF 6.0, Adobe, Aperio).
 _TIFF_LOSSLESS = {1, 5, 8, 32773, 32946, 34925, 50000}  # none, LZW, deflate, PackBits, zstd ...
@@ -110,11 +111,8 @@ def _jpeg_result(tables: dict[int, list[int]], source: str) -> dict[str, Any]:
 def _tiff_storage(path: Path) -> dict[str, Any]:
     import tifffile
 
-    tiff_log = logging.getLogger("tifffile")
-    level = tiff_log.level
-    tiff_log.setLevel(logging.CRITICAL)  # a damaged file is reported in the result, not in its log
     try:
-        with tifffile.TiffFile(path) as tif:
+        with quiet_tifffile(), tifffile.TiffFile(path) as tif:
             page: Any = tif.series[0].levels[0].pages[0] if tif.series else tif.pages[0]
             if page is None:
                 raise ValueError("the TIFF has no image page")
@@ -136,8 +134,6 @@ def _tiff_storage(path: Path) -> dict[str, Any]:
             return _jpeg_result(tables, "TIFF JPEG tables" if page.jpegtables else "TIFF tile")
     except tifffile.TiffFileError as exc:
         raise ValueError(str(exc)) from exc
-    finally:
-        tiff_log.setLevel(level)
 
 
 def read_storage(path: str | Path) -> dict[str, Any]:
@@ -150,7 +146,7 @@ def read_storage(path: str | Path) -> dict[str, Any]:
             head = fh.read(_HEAD_BYTES)
         if head.startswith(_JPEG_SOI):
             return _jpeg_result(dqt_tables(head), "JPEG file")
-        if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        if head.startswith(TIFF_MAGIC):
             return _tiff_storage(path)
         if head.startswith(b"\x89PNG") or head.startswith(b"BM"):
             return {"compression": "lossless", "jpeg_quality": None, "quality_exact": None, "source": "PNG/BMP"}

@@ -28,6 +28,8 @@ import logging
 import math
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -54,7 +56,8 @@ _SUPPORTED = (
     "field image"
 )
 _NO_MPP_HINT = "give mpp with the submission or set HEMATOVISION_DEFAULT_MPP"
-_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+#: The first four bytes of a TIFF or BigTIFF file, either byte order.
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
 class SlideError(ValueError):
@@ -404,7 +407,7 @@ def _open_openslide(path: Path, head: bytes) -> Slide | None:
     except openslide.OpenSlideError as exc:
         raise SlideError(f"{name} could not be read ({_why(exc)}); the file is probably corrupt") from exc
     if vendor is None:
-        if head.startswith(_TIFF_MAGIC):
+        if head.startswith(TIFF_MAGIC):
             _check_tiff_readable(path)
         return None
     try:
@@ -424,11 +427,8 @@ def _check_tiff_readable(path: Path) -> None:
     import tifffile
 
     name = path.name
-    tiff_log = logging.getLogger("tifffile")
-    level = tiff_log.level
-    tiff_log.setLevel(logging.CRITICAL)  # damaged files are reported by our message, not its log
     try:
-        with tifffile.TiffFile(path) as tif:
+        with quiet_tifffile(), tifffile.TiffFile(path) as tif:
             pages = list(tif.pages)
             size = path.stat().st_size
             for page in pages:
@@ -441,6 +441,16 @@ def _check_tiff_readable(path: Path) -> None:
         raise
     except Exception as exc:  # tifffile raises many kinds on garbage
         raise SlideError(f"{name} is a damaged TIFF file ({_why(exc)}); it is probably truncated or corrupt") from exc
+
+
+@contextmanager
+def quiet_tifffile() -> Iterator[None]:
+    """tifffile's own log silenced: a damaged file is reported by our message, not its log."""
+    tiff_log = logging.getLogger("tifffile")
+    level = tiff_log.level
+    tiff_log.setLevel(logging.CRITICAL)
+    try:
+        yield
     finally:
         tiff_log.setLevel(level)
 
@@ -448,7 +458,7 @@ def _check_tiff_readable(path: Path) -> None:
 def _check_tiff_extent(path: Path) -> None:
     """Raise if a TIFF-based slide lists tiles beyond the end of the file (a truncated upload)."""
     with path.open("rb") as fh:
-        if not fh.read(4).startswith(_TIFF_MAGIC):
+        if not fh.read(4).startswith(TIFF_MAGIC):
             return
     _check_tiff_readable(path)
 
