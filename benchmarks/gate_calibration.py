@@ -63,11 +63,13 @@ def slide_quality(path: Path, mpp: float | None) -> dict[str, Any]:
     return dict(_on_smear(path, mpp, measure_quality))
 
 
-def slide_fields(path: Path, mpp: float | None) -> list[dict[str, Any] | None]:
-    """The gate's per-field measurements of a slide file (before they are summarised)."""
-    from hemato_model.quality import measure_fields
+def slide_fields(path: Path, mpp: float | None, scale_side_px: int | None = None) -> list[dict[str, Any] | None]:
+    """The gate's per-field measurements of a slide file (before they are summarised);
+    ``scale_side_px`` overrides :data:`hemato_model.quality.GATE_SCALE_SIDE_PX`."""
+    from hemato_model.quality import GATE_SCALE_SIDE_PX, measure_fields
 
-    return list(_on_smear(path, mpp, measure_fields))
+    side = GATE_SCALE_SIDE_PX if scale_side_px is None else scale_side_px
+    return list(_on_smear(path, mpp, lambda slide, mask, down: measure_fields(slide, mask, down, scale_side_px=side)))
 
 
 def stain_shift(rgb: np.ndarray) -> np.ndarray:

@@ -89,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
                         "other_flags": [c for c in codes if c not in GATE_CODES],
                         "ood_share_above": (q.get("ood") or {}).get("share_above"),
                         "jpeg_quality": (q.get("storage") or {}).get("jpeg_quality"),
+                        "scale_ratio": (q.get("scale") or {}).get("ratio"),
+                        "fields_isolated_cells": (q.get("scale") or {}).get("fields_isolated_cells"),
                     }
                 )
                 print(json.dumps(slides[-1]), flush=True)
@@ -103,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
                 "by_code": dict(Counter(c for s in slides for c in s["gate_flags"])),
                 "other_flags": dict(Counter(c for s in slides for c in s["other_flags"])),
                 "ood_share_max": max((s["ood_share_above"] or 0.0) for s in slides),
+                "scale_ratio_range": [
+                    min((s["scale_ratio"] for s in slides if s["scale_ratio"] is not None), default=None),
+                    max((s["scale_ratio"] for s in slides if s["scale_ratio"] is not None), default=None),
+                ],
                 "per_slide": slides,
             }
     out["seconds"] = round(time.time() - t0, 1)

@@ -1,9 +1,12 @@
-"""The gate's slide scale, two rules on the same fields: the median over every measured field (before
-2026-12-02) and the median over fields measured on isolated red cells when enough have them
-(:func:`hemato_model.quality.summarise_fields`). On fresh ``make-slide`` slides (seeds from
-``--seed``, none used to calibrate the gate) at 0.25 and 0.5 µm/px, each slide is measured as stated
-truly and as stated wrongly (a 40× slide stated 0.5 and 0.125, a 20× slide stated 0.25); per case the
-count of slides whose ratio lies outside the rules' ``scale_ratio`` (SCALE_MISMATCH) under each rule.
+"""The gate's slide scale under three rules on the same slides: ``all_fields``, the median over every
+measured field (before 2026-12-02); ``isolated``, the median over fields measured on isolated red
+cells when enough have them (:func:`hemato_model.quality.summarise_fields`), fields measured as read;
+``isolated_400``, the same with each field's red cells measured on the field enlarged to
+:data:`hemato_model.quality.GATE_SCALE_SIDE_PX` (the gate since the fifth session of 2026-12-02).
+On fresh ``make-slide`` slides (seeds from ``--seed``, none used to calibrate the gate) at 0.25 and
+0.5 µm/px, each slide is measured as stated truly and as stated wrongly (a 40× slide stated 0.5 and
+0.125, a 20× slide stated 0.25); per case the count of slides whose ratio lies outside the rules'
+``scale_ratio`` (SCALE_MISMATCH) under each rule.
 
     python benchmarks/gate_scale_rule_check.py [--slides 40] [--seed 9000] \\
         [--out benchmarks/results/gate_scale_rule_check.json]
@@ -15,6 +18,7 @@ import argparse
 import json
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +33,22 @@ from benchmarks.gate_calibration import MIXES, slide_fields  # noqa: E402
 CASES = ((0.25, (0.5, 0.125)), (0.5, (0.25,)))
 
 
-def ratios(path: Path, stated: float) -> tuple[float, float]:
-    """(old rule, new rule) measured / stated µm/px of the slide at ``path`` opened at ``stated``."""
-    from hemato_model.quality import summarise_fields
+RULES = ("all_fields", "isolated", "isolated_400")
 
-    fields = slide_fields(path, stated)
-    measured = [f["measured_mpp"] for f in fields if f and f["measured_mpp"]]
-    old = round(float(np.median(measured)) / stated, 4)
-    return old, float(summarise_fields(fields, stated)["scale"]["ratio"])
+
+def ratios(path: Path, stated: float) -> tuple[list[float], list[int]]:
+    """Measured / stated µm/px of the slide at ``path`` opened at ``stated``, per rule in RULES, and
+    its fields measured on isolated red cells as read and enlarged."""
+    from hemato_model.quality import GATE_SCALE_SIDE_PX, summarise_fields
+
+    as_read = slide_fields(path, stated, 0)
+    measured = [f["measured_mpp"] for f in as_read if f and f["measured_mpp"]]
+    enlarged = slide_fields(path, stated, GATE_SCALE_SIDE_PX)
+    old, new = summarise_fields(as_read, stated)["scale"], summarise_fields(enlarged, stated)["scale"]
+    return (
+        [round(float(np.median(measured)) / stated, 4), float(old["ratio"]), float(new["ratio"])],
+        [int(old["fields_isolated_cells"]), int(new["fields_isolated_cells"])],
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,16 +72,17 @@ def main(argv: list[str] | None = None) -> int:
                 seed = a.seed + k
                 mix = MIXES[names[k % len(names)]]
                 make_slide(path, settings.data_root, 2048, 2048, mpp=mpp, n_wbc=60, seed=seed, wbc_mix=mix)
-                row: dict[str, Any] = {"mpp": mpp, "seed": seed, "true": ratios(path, mpp)}
+                row: dict[str, Any] = {"mpp": mpp, "seed": seed}
+                row["true"], row["fields_isolated_cells"] = ratios(path, mpp)
                 for w in wrong:
-                    row[f"stated_{w}"] = ratios(path, w)
+                    row[f"stated_{w}"] = ratios(path, w)[0]
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     summary: dict[str, Any] = {}
     for mpp, _ in CASES:
         at = [r for r in rows if r["mpp"] == mpp]
-        for key in [k for k in at[0] if k not in ("mpp", "seed")]:
-            for i, rule in enumerate(("old", "new")):
+        for key in [k for k in at[0] if k not in ("mpp", "seed", "fields_isolated_cells")]:
+            for i, rule in enumerate(RULES):
                 vals = [r[key][i] for r in at]
                 summary[f"{mpp} {key} {rule}"] = {
                     "tripped": sum(1 for v in vals if not lo <= v <= hi),
@@ -77,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
                     "min": min(vals),
                     "max": max(vals),
                 }
+        counts = [r["fields_isolated_cells"] for r in at]
+        summary[f"{mpp} fields_isolated_cells"] = {
+            "as_read": dict(sorted(Counter(c[0] for c in counts).items())),
+            "enlarged": dict(sorted(Counter(c[1] for c in counts).items())),
+        }
     doc = {"range": [lo, hi], "summary": summary, "rows": rows}
     if a.out:
         a.out.write_text(json.dumps(doc, indent=1) + "\n")

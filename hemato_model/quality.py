@@ -14,8 +14,10 @@ area (fixed seed: the staged and the one-process path read the same fields) and 
   fine band first, so the ratio falls whatever the stain's strength (variance of the Laplacian,
   Pech-Pacheco et al. 2000, normalised by the coarser band).
 - **Scale**: µm/px measured from the field's red cells
-  (:func:`hemato_model.detection.scale.estimate_image_mpp`); the slide's is the median over fields,
-  compared with the stated µm/px.
+  (:func:`hemato_model.detection.scale.estimate_image_mpp`, on the field enlarged to
+  ``GATE_SCALE_SIDE_PX`` when smaller, as at 20×); the slide's is the median over fields measured on
+  isolated red cells (over every field when fewer than ``SCALE_MIN_ISOLATED_FIELDS`` are), compared
+  with the stated µm/px.
 - **Cells**: the share of field pixels that are cells; a field without cells is not measured.
 - **Storage**: how the file stores its full-resolution pixels (compression and JPEG quality, measured
   from the file's quantisation tables: :func:`hematovision.core.slide_storage.read_storage`).
@@ -51,6 +53,9 @@ STAIN_MPP = 0.4
 MIN_CELL_FRACTION = 0.02
 #: Fields measured on isolated red cells that make the slide's scale without the packed-cell ones.
 SCALE_MIN_ISOLATED_FIELDS = 2
+#: Least longest side, px, a field's red cells are measured at (a 100 µm field of a 20× scan is
+#: 200 px and is enlarged; see :func:`hemato_model.detection.scale.estimate_image_mpp`).
+GATE_SCALE_SIDE_PX = 400
 
 
 def _od(rgb: np.ndarray) -> np.ndarray:
@@ -86,8 +91,9 @@ def focus_measure(image: np.ndarray, mpp: float) -> float | None:
     return float(fine[cells].std()) / coarse
 
 
-def measure_field(image: np.ndarray, mpp: float) -> dict[str, Any] | None:
-    """Stain, focus and scale of one field; None when it holds too few cells to measure."""
+def measure_field(image: np.ndarray, mpp: float, scale_side_px: int = GATE_SCALE_SIDE_PX) -> dict[str, Any] | None:
+    """Stain, focus and scale of one field; None when it holds too few cells to measure.
+    ``scale_side_px``: see :data:`GATE_SCALE_SIDE_PX` (0: the field as read)."""
     from hemato_model.detection.scale import estimate_image_mpp
 
     arr = check_image(image)
@@ -102,7 +108,7 @@ def measure_field(image: np.ndarray, mpp: float) -> dict[str, Any] | None:
     nuclear = (field.stain > nucleus_threshold(field)) & field.cells
     rbc = field.cells & ~ndi.binary_dilation(nuclear, iterations=2)
     try:
-        scale = estimate_image_mpp(arr, centred_cell=False)
+        scale = estimate_image_mpp(arr, centred_cell=False, min_side_px=scale_side_px)
         measured, source = round(scale.mpp, 5), scale.source
     except ValueError:
         measured, source = None, None
@@ -176,7 +182,7 @@ def field_origins(
 
 
 def measure_fields(
-    slide: Slide, mask: np.ndarray, down: float, n_fields: int = GATE_FIELDS
+    slide: Slide, mask: np.ndarray, down: float, n_fields: int = GATE_FIELDS, scale_side_px: int = GATE_SCALE_SIDE_PX
 ) -> list[dict[str, Any] | None]:
     """:func:`measure_field` on each of the slide's gate fields (None where one holds too few cells)."""
     mpp = float(slide.mpp)
@@ -186,7 +192,7 @@ def measure_fields(
     for x0, y0 in field_origins(mask, down, w, h, field_px, n_fields):
         region = slide.read_region((x0, y0), 0, (min(field_px, w - x0), min(field_px, h - y0)))
         try:
-            fields.append(measure_field(region, mpp))
+            fields.append(measure_field(region, mpp, scale_side_px))
         except ValueError:
             fields.append(None)
     return fields

@@ -17,7 +17,7 @@ from scipy import ndimage as ndi
 from hemato_model.handoff import CropSpool
 from hemato_model.pipeline import prepare_slide
 from hemato_model.pipeline_params import PipelineParams
-from hemato_model.quality import measure_quality, ood_summary
+from hemato_model.quality import GATE_SCALE_SIDE_PX, measure_fields, measure_quality, ood_summary
 from hemato_model.smear_area import smear_mask
 from hematovision.core.datasets import BCCD_DIR, BCCD_MPP, PBC_MPP, have_pbc, pbc_root
 from hematovision.core.flags import evaluate_gate, load_rules
@@ -256,3 +256,32 @@ def test_slide_scale_rests_on_fields_with_isolated_red_cells() -> None:
     fallback = summarise_fields([isolated, packed, packed, packed], 0.5)["scale"]
     assert fallback["measured_mpp"] == 0.25 and fallback["ratio"] == 0.5
     assert "SCALE_MISMATCH" in _codes({"fields_measured": 4, "scale": fallback})
+
+
+def test_fields_of_a_20x_slide_are_measured_on_isolated_red_cells(real_cells: Path, tmp_path: Path) -> None:
+    """A 100 µm gate field of a 0.5 µm/px slide is 200 px: its 15 px red cells are measured on the
+    field enlarged to GATE_SCALE_SIDE_PX, every field on isolated cells and all within 10 % of each
+    other, in the field's own pixels (the same field as read falls back to packed cells somewhere)."""
+    from hemato_model.detection.scale import _red_cell_diameter_px
+    from hematovision.devtools.synthetic import make_slide
+
+    p = tmp_path / "20x.tiff"
+    make_slide(p, real_cells, 1536, 1536, mpp=0.5, n_wbc=12, seed=9300, fmt="tiff")
+    with open_slide(p) as slide:
+        w, _ = slide.dimensions
+        level = slide.get_best_level_for_downsample(8.0 / 0.5)
+        lw, lh = slide.level_dimensions[level]
+        mask = smear_mask(slide.read_region((0, 0), level, (lw, lh)))
+        enlarged = [f for f in measure_fields(slide, mask, w / lw) if f]
+        as_read = [f for f in measure_fields(slide, mask, w / lw, scale_side_px=0) if f]
+        field = slide.read_region((400, 400), 0, (200, 200))
+    assert len(enlarged) >= 4
+    assert {f["mpp_source"] for f in enlarged} == {"red_cells"}
+    mpps = [f["measured_mpp"] for f in enlarged]
+    assert max(mpps) / min(mpps) < 1.10
+    assert 0.62 <= float(np.median(mpps)) / 0.5 <= 1.25
+    assert "red_cells_packed" in {f["mpp_source"] for f in as_read}
+    d_small, n_small = _red_cell_diameter_px(field, GATE_SCALE_SIDE_PX)
+    big = np.asarray(Image.fromarray(field).resize((400, 400), Image.Resampling.BILINEAR))
+    d_big, _ = _red_cell_diameter_px(big)
+    assert n_small >= 3 and abs(2 * d_small / d_big - 1) < 0.02
