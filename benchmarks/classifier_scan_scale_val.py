@@ -3,14 +3,16 @@
 For choosing between models (never the test split): every crop of the first model's ``split.json``
 ``val`` part, cut at PBC's 0.08 µm/px, is scored as it is and re-sampled as a scan at each
 ``--scan-mpp`` would give it (:func:`hemato_model.preprocessing.rescan`), and with ``--jpeg-quality Q``
-also as that scan stored as JPEG at quality Q with 4:2:0 chroma, as slides store their tiles. Per
+also as that scan stored as JPEG at quality Q with 4:2:0 chroma, as slides store their tiles, and with
+``--jpeg2000-bpp B`` as lossy JPEG 2000 at B bits per pixel in 240 px tiles packed with crops
+(:func:`hemato_model.preprocessing.jpeg2000_stored`; Aperio's other storage). Per
 model, scale and storage: top-class
 accuracy, and per true class the recall of the top class and the share left ``unidentified`` under the
 model's own rule (:meth:`~hemato_model.classifier.Classifier.identified`, with its energy cut-offs for
 that scale where it has them, else its threshold alone).
 
     python benchmarks/classifier_scan_scale_val.py --model DIR [--model DIR2 ...] [--scan-mpp 0.5]
-        [--jpeg-quality 85] [--out JSON]
+        [--jpeg-quality 85] [--jpeg2000-bpp 1.0] [--out JSON]
 """
 
 from __future__ import annotations
@@ -31,19 +33,27 @@ if str(ROOT) not in sys.path:
 
 
 def scale_figures(
-    clf: Any, crops: np.ndarray, truth: list[str], mpp: float | None, jpeg_quality: int | None = None
+    clf: Any,
+    crops: np.ndarray,
+    truth: list[str],
+    mpp: float | None,
+    jpeg_quality: int | None = None,
+    jpeg2000_bpp: float | None = None,
 ) -> dict[str, Any]:
     """Accuracy, unidentified rate and per-class (recall, unidentified) of ``clf`` on ``crops`` as a
-    scan at ``mpp`` (None: unchanged) gives them, stored as JPEG at ``jpeg_quality`` where given, by
-    the evaluation's own scoring (:func:`hemato_model.training.evaluation.classifier_scored`)."""
+    scan at ``mpp`` (None: unchanged) gives them, stored as JPEG at ``jpeg_quality`` or as JPEG 2000
+    at ``jpeg2000_bpp`` where given, by the evaluation's own scoring
+    (:func:`hemato_model.training.evaluation.classifier_scored`)."""
     from hemato_model.preprocessing import rescan
     from hemato_model.training.evaluation import classifier_scored
 
-    proba, energy = clf.predict_scored(rescan(crops, clf.crop_um, mpp, jpeg_quality) if mpp else crops)
+    scans = rescan(crops, clf.crop_um, mpp, jpeg_quality, jpeg2000_bpp) if mpp else crops
+    proba, energy = clf.predict_scored(scans)
     s = classifier_scored(clf, truth, proba, energy, sorted(set(truth)), mpp)
     return {
         "scan_mpp": mpp,
         "jpeg_quality": jpeg_quality if mpp else None,
+        "jpeg2000_bpp": jpeg2000_bpp if mpp else None,
         "accuracy": s["accuracy"],
         "unidentified_rate": s["unidentified_rate"],
         "per_class": {
@@ -61,6 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--jpeg-quality", action="append", type=int, default=None, help="also each scan stored as JPEG (repeatable)"
     )
+    ap.add_argument(
+        "--jpeg2000-bpp",
+        action="append",
+        type=float,
+        default=None,
+        help="also each scan stored as lossy JPEG 2000 at this many bits per pixel (repeatable)",
+    )
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -77,14 +94,18 @@ def main(argv: list[str] | None = None) -> int:
     for d in args.model:
         clf = Classifier.load(d)
         crops = load_crops([root / f for f in files], PBC_MPP, clf.crop_um, clf.input_px)
-        scans = [(m, q) for m in args.scan_mpp or [0.5] for q in (None, *(args.jpeg_quality or []))]
-        rows = [scale_figures(clf, crops, truth, None)] + [scale_figures(clf, crops, truth, m, q) for m, q in scans]
+        stored: list[tuple[int | None, float | None]] = [(None, None)]
+        stored += [(q, None) for q in args.jpeg_quality or []] + [(None, b) for b in args.jpeg2000_bpp or []]
+        scans = [(m, q, b) for m in args.scan_mpp or [0.5] for q, b in stored]
+        rows = [scale_figures(clf, crops, truth, None)]
+        rows += [scale_figures(clf, crops, truth, m, q, b) for m, q, b in scans]
         out["models"][f"{clf.name} {clf.version} ({d})"] = rows
         for r in rows:
             print(
                 d,
                 r["scan_mpp"],
                 r["jpeg_quality"],
+                r["jpeg2000_bpp"],
                 "accuracy",
                 r["accuracy"],
                 "unidentified",

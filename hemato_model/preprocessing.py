@@ -81,37 +81,51 @@ def load_centered_crop(path: str | Path, mpp: float, crop_um: float, out_px: int
     return crop_cell(arr, ((w - 1) / 2.0 + 0.5, (h - 1) / 2.0 + 0.5), mpp, crop_um, out_px)
 
 
-def rescan(crops: np.ndarray, crop_um: float, mpp: float, jpeg_quality: int | None = None) -> np.ndarray:
+def rescan(
+    crops: np.ndarray,
+    crop_um: float,
+    mpp: float,
+    jpeg_quality: int | None = None,
+    jpeg2000_bpp: float | None = None,
+) -> np.ndarray:
     """Crops as a scanner at ``mpp`` µm/px would have given them: each ``crop_um`` µm crop is
     down-sampled to the pixels that square has at ``mpp`` (Lanczos, as ``make-slide`` places cells)
     and back to its own size (bicubic, as :func:`crop_cell` up-samples a coarse slide's pixels).
     With ``jpeg_quality`` the scan's pixels are first stored as JPEG at that quality with 4:2:0
     chroma, as whole-slide scanners and ``make-slide`` store their tiles (the chroma is then kept at
-    half the scan's resolution). Crops already at or coarser than ``mpp`` are returned unchanged
-    (only JPEG-stored, where asked).
+    half the scan's resolution). With ``jpeg2000_bpp`` they are stored as lossy JPEG 2000 at that
+    many bits per pixel instead (:func:`jpeg2000_stored`). Crops already at or coarser than ``mpp``
+    are returned unchanged (only stored, where asked).
 
     Args:
         crops: uint8 (N, px, px, 3).
         crop_um: the crops' side in µm.
         mpp: the scan's µm per pixel.
-        jpeg_quality: 1-100, or None for no compression.
+        jpeg_quality: 1-100, or None for no JPEG.
+        jpeg2000_bpp: bits per pixel (all three channels, > 0 and < 24), or None for no JPEG 2000.
     """
     crops = np.asarray(crops, dtype=np.uint8)
     if mpp <= 0 or crop_um <= 0:
         raise ValueError("mpp and crop_um must be positive")
     if jpeg_quality is not None and not 1 <= jpeg_quality <= 100:
         raise ValueError(f"jpeg_quality must be 1-100, not {jpeg_quality}")
+    if jpeg_quality is not None and jpeg2000_bpp is not None:
+        raise ValueError("a scan is stored as JPEG or as JPEG 2000, not both")
+    if jpeg2000_bpp is not None and not 0 < jpeg2000_bpp < 24:
+        raise ValueError(f"jpeg2000_bpp must be above 0 and below 24, not {jpeg2000_bpp}")
     px = crops.shape[1]
     small = max(1, round(crop_um / mpp))
-    if small >= px and jpeg_quality is None:
+    if small >= px and jpeg_quality is None and jpeg2000_bpp is None:
         return crops
+    lows = [Image.fromarray(c) for c in crops]
+    if small < px:
+        lows = [low.resize((small, small), Image.Resampling.LANCZOS) for low in lows]
+    if jpeg_quality is not None:
+        lows = [_jpeg_stored(low, jpeg_quality) for low in lows]
+    if jpeg2000_bpp is not None:
+        lows = jpeg2000_stored(lows, jpeg2000_bpp)
     out = np.empty_like(crops)
-    for i, c in enumerate(crops):
-        low = Image.fromarray(c)
-        if small < px:
-            low = low.resize((small, small), Image.Resampling.LANCZOS)
-        if jpeg_quality is not None:
-            low = _jpeg_stored(low, jpeg_quality)
+    for i, low in enumerate(lows):
         out[i] = np.asarray(low.resize((px, px), Image.Resampling.BICUBIC) if small < px else low, dtype=np.uint8)
     return out
 
@@ -123,6 +137,45 @@ def _jpeg_stored(image: Image.Image, quality: int) -> Image.Image:
     buf.seek(0)
     with Image.open(buf) as decoded:
         return decoded.convert("RGB")
+
+
+#: Side of the tiles JPEG 2000 slides are stored in (Aperio's 240 px).
+JPEG2000_TILE_PX = 240
+
+
+def jpeg2000_stored(images: list[Image.Image], bpp: float, tile_px: int = JPEG2000_TILE_PX) -> list[Image.Image]:
+    """Equal-sized square ``images`` after a round trip through lossy JPEG 2000 at ``bpp`` bits per
+    pixel, as a scanner stores its tiles (irreversible 9/7 wavelet, colour transform on; Aperio's
+    SVS compression 33005).
+
+    JPEG 2000 spends a tile's bits where its content needs them, so the loss at a rate depends on
+    what else the tile holds: each image is stored inside a tile of about ``tile_px`` pixels packed
+    with the others (k × k images per tile, in order; a last tile short of images repeats them), and
+    ``bpp`` is the whole tile's rate. A tile full of cells gets fewer bits per cell than a slide's
+    tile that is partly glass at the same rate, so this errs towards a larger loss.
+    """
+    if not images:
+        return []
+    side = images[0].size[0]
+    if any(im.size != (side, side) for im in images):
+        raise ValueError("jpeg2000_stored needs equal-sized square images")
+    k = max(1, tile_px // side)
+    out: list[Image.Image] = []
+    for start in range(0, len(images), k * k):
+        group = images[start : start + k * k]
+        tile = Image.new("RGB", (k * side, k * side))
+        for j in range(k * k):
+            tile.paste(group[j % len(group)], ((j % k) * side, (j // k) * side))
+        buf = io.BytesIO()
+        tile.save(buf, format="JPEG2000", irreversible=True, mct=1, quality_mode="rates", quality_layers=[24.0 / bpp])
+        buf.seek(0)
+        with Image.open(buf) as decoded:
+            stored = decoded.convert("RGB")
+        out += [
+            stored.crop(((j % k) * side, (j // k) * side, (j % k + 1) * side, (j // k + 1) * side))
+            for j in range(len(group))
+        ]
+    return out
 
 
 # Ruifrok & Johnston, "Quantification of histochemical staining by color deconvolution",

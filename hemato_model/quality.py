@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from hemato_model.detection.scale import MEASURE_SIDE_PX
 from hemato_model.detection.stain import check_image, nucleus_threshold, resample, stain_field
 from hematovision.core.slide_storage import read_storage
 
@@ -54,8 +55,8 @@ MIN_CELL_FRACTION = 0.02
 #: Fields measured on isolated red cells that make the slide's scale without the packed-cell ones.
 SCALE_MIN_ISOLATED_FIELDS = 2
 #: Least longest side, px, a field's red cells are measured at (a 100 µm field of a 20× scan is
-#: 200 px and is enlarged; see :func:`hemato_model.detection.scale.estimate_image_mpp`).
-GATE_SCALE_SIDE_PX = 400
+#: 200 px and is enlarged; see :data:`hemato_model.detection.scale.MEASURE_SIDE_PX`).
+GATE_SCALE_SIDE_PX = MEASURE_SIDE_PX
 
 
 def _od(rgb: np.ndarray) -> np.ndarray:

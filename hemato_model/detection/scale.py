@@ -169,6 +169,13 @@ def estimate_wbc_mpp(image: np.ndarray) -> float:
     return WBC_DIAMETER_UM / d_px
 
 
+#: Least longest side, px, at which red cells are measured like a 40× field's: the segmentation's
+#: closing, opening and peak spacing are a few pixels wide, so a smaller image (a 100 µm field of a
+#: 20× scan is 200 px; another lab's 120 px crop) is enlarged to it first (docs/validation.md,
+#: *20× gate fields measured enlarged* and *Small crops measured enlarged*).
+MEASURE_SIDE_PX = 400
+
+
 def estimate_image_mpp(image: np.ndarray, centred_cell: bool = True, min_side_px: int = 0) -> ScaleEstimate:
     """µm/px of one image from its own content: isolated red cells when it holds at least
     ``MIN_WHOLE_RBC`` of them, else (for a single-cell crop, ``centred_cell``) its centred white
@@ -178,7 +185,7 @@ def estimate_image_mpp(image: np.ndarray, centred_cell: bool = True, min_side_px
     The segmentation's closing and opening are a few pixels wide: on a 200 px field of a 20× scan
     (0.5 µm/px) they merge 15 px red cells, so few count as isolated and the packed-cell stand-in
     reads ~1.5× too large; enlarged to 400 px the same field is measured like a 40× one (the
-    slide gate passes :data:`hemato_model.quality.GATE_SCALE_SIDE_PX`; docs/validation.md).
+    slide gate and ``evaluate`` pass :data:`MEASURE_SIDE_PX`; docs/validation.md).
 
     Raises:
         ValueError: when nothing can be measured (a blank, black or one-colour image).

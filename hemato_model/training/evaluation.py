@@ -9,7 +9,8 @@ they measure the classifier itself. The low-confidence bucket is reported beside
 Scale: with ``mpp`` given, each image's crop is ``crop_um`` µm around the image centre at that
 scale (``mpp_source: "given"``). Without it the scale is measured, never assumed: every image's
 µm/px is estimated from its own content (:func:`hemato_model.detection.scale.estimate_image_mpp`:
-isolated red cells, else the centred white cell) and the crop is cut at that estimate
+isolated red cells, measured on the image enlarged to ``MEASURE_SIDE_PX`` when smaller, else the
+centred white cell) and the crop is cut at that estimate
 (``mpp_source: "estimated"``, with the median and spread of the estimates and how many images
 could not be measured; those are cut at the median of the others). The model's own ``split.json``
 states the scale of an ``--extra-data`` folder it was trained with (``mpp_source: "split"``).
@@ -129,13 +130,13 @@ def estimate_scales(images: Sequence[np.ndarray], centred_cell: bool = True) -> 
     Raises:
         DataError: when no image can be measured.
     """
-    from hemato_model.detection.scale import estimate_image_mpp
+    from hemato_model.detection.scale import MEASURE_SIDE_PX, estimate_image_mpp
 
     values: list[float | None] = []
     sources: dict[str, int] = {}
     for img in images:
         try:
-            est = estimate_image_mpp(img, centred_cell)
+            est = estimate_image_mpp(img, centred_cell, MEASURE_SIDE_PX)
         except ValueError:
             values.append(None)
             continue

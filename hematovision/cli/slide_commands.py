@@ -124,6 +124,13 @@ class _LazyBar:
     type=click.Choice(["256", "512"]),
     help="TIFF tile size in pixels.",
 )
+@click.option(
+    "--jpeg2000-bpp",
+    default=None,
+    type=click.FloatRange(0, 24, min_open=True, max_open=True),
+    help="SVS only: store the tiles as lossy JPEG 2000 at this many bits per pixel (Aperio's other "
+    "storage) instead of JPEG quality 85.",
+)
 def make_slide_command(
     out: Path,
     width: int,
@@ -138,6 +145,7 @@ def make_slide_command(
     rbc_split: str,
     data_root: Path | None,
     tile_px: str,
+    jpeg2000_bpp: float | None,
 ) -> None:
     """Write a synthetic blood-smear slide OUT and its manifest OUT.manifest.json.
 
@@ -156,6 +164,10 @@ def make_slide_command(
         fmt = "svs" if out.suffix.lower() == ".svs" else "tiff"
     if not out.parent.exists():
         raise click.ClickException(f"the folder {out.parent} does not exist")
+    if jpeg2000_bpp is not None and fmt != "svs":
+        raise click.BadParameter(
+            "JPEG 2000 tiles are written only in an SVS (--format svs)", param_hint="--jpeg2000-bpp"
+        )
     mix = _parse_mix(mix_text)
     rbc_mix = None
     if rbc_mix_text is not None:
@@ -186,6 +198,7 @@ def make_slide_command(
             rbc_split=rbc_split,
             tile_px=int(tile_px),
             progress=bar.update,
+            jpeg2000_bpp=jpeg2000_bpp,
         )
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None

@@ -14,10 +14,17 @@ tifffile) scale one standard table by the quality setting, so the luminance tabl
 back exactly; a table that no IJG quality reproduces gets the quality whose table is as coarse overall
 (the same sum of quantisation steps), marked not exact.
 
+JPEG 2000 has no quality table: its loss is set by how many bits the encoder keeps. That rate is
+measured from the file too, as the bytes each level-0 tile takes (bits per pixel over the tile's
+pixels); a slide's figure is the 75th percentile over its tiles (:data:`JPEG2000_TILE_QUANTILE`),
+the tiles that hold the smear: glass-only tiles compress to a few hundred bytes and would pull a
+mean down.
+
 :func:`read_storage` returns ``{"compression", "jpeg_quality", "quality_exact", "source"}``:
 ``compression`` one of ``"jpeg"``, ``"jpeg2000"``, ``"lossless"`` (no compression, LZW, deflate,
 PNG, BMP ...), ``"other"`` (a lossy or unknown scheme) or ``"unknown"`` (the file could not be read
-for it); ``jpeg_quality`` 1-100 for JPEG when the tables were found, else None.
+for it); ``jpeg_quality`` 1-100 for JPEG when the tables were found, else None; for JPEG 2000 also
+``jpeg2000_bpp``, the level-0 tiles' bits per pixel as above (None when the tiles' sizes are unknown).
 """
 
 from __future__ import annotations
@@ -39,6 +46,8 @@ _TIFF_JPEG2000 = {33003, 33004, 33005, 34712}
 _JPEG_SOI = b"\xff\xd8"
 #: Bytes of a JPEG file read for its tables (they precede the scan data).
 _HEAD_BYTES = 1 << 16
+#: Which of a JPEG 2000 slide's level-0 tile rates stands for the slide (see the module docstring).
+JPEG2000_TILE_QUANTILE = 0.75
 
 
 def dqt_tables(data: bytes) -> dict[int, list[int]]:
@@ -120,7 +129,13 @@ def _tiff_storage(path: Path) -> dict[str, Any]:
             if code in _TIFF_LOSSLESS:
                 return {"compression": "lossless", "jpeg_quality": None, "quality_exact": None, "source": "TIFF"}
             if code in _TIFF_JPEG2000:
-                return {"compression": "jpeg2000", "jpeg_quality": None, "quality_exact": None, "source": "TIFF"}
+                return {
+                    "compression": "jpeg2000",
+                    "jpeg_quality": None,
+                    "quality_exact": None,
+                    "jpeg2000_bpp": jpeg2000_bpp(page),
+                    "source": "TIFF tile sizes",
+                }
             if code not in _TIFF_JPEG:
                 source = f"TIFF compression {code}"
                 return {"compression": "other", "jpeg_quality": None, "quality_exact": None, "source": source}
@@ -134,6 +149,23 @@ def _tiff_storage(path: Path) -> dict[str, Any]:
             return _jpeg_result(tables, "TIFF JPEG tables" if page.jpegtables else "TIFF tile")
     except tifffile.TiffFileError as exc:
         raise ValueError(str(exc)) from exc
+
+
+def jpeg2000_bpp(page: Any) -> float | None:
+    """Bits per pixel of a JPEG 2000 TIFF page's tiles (or strips): the
+    :data:`JPEG2000_TILE_QUANTILE` quantile over its non-empty segments, each segment's bytes over the
+    pixels it covers (a tile's full size, edge tiles included, as TIFF stores them). None when the page
+    records no segment sizes."""
+    counts = np.asarray([int(n) for n in page.databytecounts or () if n], dtype=np.float64)
+    if not len(counts):
+        return None
+    if page.is_tiled:
+        px = int(page.tilewidth) * int(page.tilelength)
+    else:
+        px = int(page.imagewidth) * min(int(page.rowsperstrip or page.imagelength), int(page.imagelength))
+    if px <= 0:
+        return None
+    return round(float(np.quantile(8.0 * counts / px, JPEG2000_TILE_QUANTILE)), 4)
 
 
 def read_storage(path: str | Path) -> dict[str, Any]:

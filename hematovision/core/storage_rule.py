@@ -9,8 +9,11 @@ the quality from its own tables); what the model was validated on is its ``model
 
 A row holds for slides whose µm/px is at most ``up_to_mpp`` (the first such row); its ``quality`` is
 the lowest JPEG quality validated at that scale, ``null`` none. Beyond the last row no JPEG is
-validated. Lossless storage is what the model was trained and validated on (crops of PBC's lossless
-images) and always passes; JPEG 2000 and other lossy schemes were never measured and do not.
+validated. JPEG 2000 is judged the same way on its measured rate: ``jpeg2000_bpp_min`` rows carry
+``bpp``, the fewest bits per pixel validated at that scale (the slide's rate is read from its tile
+sizes); a model without such rows was never measured on JPEG 2000, and such a slide does not pass.
+Lossless storage is what the model was trained and validated on (crops of PBC's lossless images) and
+always passes; other lossy schemes were never measured and do not.
 
 :func:`judge_storage` returns a :class:`StorageVerdict`: ``outside`` with a message and evidence, or
 ``not_judged`` with the reason when the storage or the model's record is missing, so the report says
@@ -36,13 +39,24 @@ class StorageVerdict:
     not_judged: str | None = None
 
 
+def _floor(rows: list[dict[str, Any]] | None, key: str, mpp: float) -> float | None:
+    """The ``key`` of the first of ``rows`` that holds at ``mpp`` µm/px (None: nothing validated)."""
+    for row in rows or []:
+        if mpp <= float(row["up_to_mpp"]):
+            value = row.get(key)
+            return None if value is None else float(value)
+    return None
+
+
 def jpeg_floor(validated: dict[str, Any], mpp: float) -> int | None:
     """The lowest JPEG quality the model was validated on at ``mpp`` µm/px (None: no JPEG)."""
-    for row in validated.get("jpeg_quality_min") or []:
-        if mpp <= float(row["up_to_mpp"]):
-            q = row.get("quality")
-            return None if q is None else int(q)
-    return None
+    q = _floor(validated.get("jpeg_quality_min"), "quality", mpp)
+    return None if q is None else int(q)
+
+
+def jpeg2000_floor(validated: dict[str, Any], mpp: float) -> float | None:
+    """The fewest JPEG 2000 bits per pixel the model was validated on at ``mpp`` µm/px (None: none)."""
+    return _floor(validated.get("jpeg2000_bpp_min"), "bpp", mpp)
 
 
 def judge_storage(
@@ -66,6 +80,8 @@ def judge_storage(
     if validated is None:
         return StorageVerdict(not_judged=f"the classifier records no validated slide storage; this slide is {kind}")
     evidence: dict[str, Any] = {"compression": kind, "mpp": mpp}
+    if kind == "jpeg2000" and validated.get("jpeg2000_bpp_min") is not None:
+        return _judge_jpeg2000(storage, validated, mpp, evidence)
     if kind != "jpeg":
         return StorageVerdict(
             True,
@@ -86,5 +102,26 @@ def judge_storage(
         True,
         f"The slide is stored as JPEG quality {quality} {at}; {limit} {at} (the classifier loses accuracy on "
         "compressed scans, most for immature granulocytes): the differential is not valid until reviewed.",
+        evidence,
+    )
+
+
+def _judge_jpeg2000(
+    storage: dict[str, Any], validated: dict[str, Any], mpp: float | None, evidence: dict[str, Any]
+) -> StorageVerdict:
+    """The JPEG 2000 rule for a model measured on JPEG 2000 (its ``jpeg2000_bpp_min`` rows)."""
+    bpp = storage.get("jpeg2000_bpp")
+    if bpp is None or mpp is None:
+        return StorageVerdict(not_judged="the slide is stored as JPEG 2000 but its rate could not be measured")
+    floor = jpeg2000_floor(validated, float(mpp))
+    evidence |= {"jpeg2000_bpp": bpp, "validated_min_bpp": floor}
+    if floor is not None and float(bpp) >= floor:
+        return StorageVerdict()
+    at = f"at {float(mpp):g} µm/px"
+    limit = f"validated from {floor:g} bits per pixel" if floor is not None else "no JPEG 2000 rate was validated"
+    return StorageVerdict(
+        True,
+        f"The slide is stored as JPEG 2000 at {float(bpp):.2f} bits per pixel {at}; {limit} {at} (the "
+        "classifier loses accuracy on compressed scans): the differential is not valid until reviewed.",
         evidence,
     )

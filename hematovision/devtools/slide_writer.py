@@ -22,11 +22,15 @@ Layout (what OpenSlide expects):
     thumbnail (OpenSlide's aperio reader treats the second, untiled directory as the thumbnail).
 
 JPEG tiles use YCbCr with 2×2 chroma subsampling (as Aperio and libvips write them); the tags are
-the ones tifffile itself writes for ``compression="jpeg"``, ``photometric="rgb"``.
+the ones tifffile itself writes for ``compression="jpeg"``, ``photometric="rgb"``. An SVS may instead
+store its tiles as lossy JPEG 2000 at a given rate (``jpeg2000_bpp``): Aperio's compression 33005
+(RGB, irreversible 9/7 wavelet with the colour transform, one J2K codestream per tile), which
+OpenSlide's aperio reader decodes.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
@@ -100,22 +104,42 @@ def _encode(tile: np.ndarray, tile_px: int, quality: int) -> bytes:
     )
 
 
+#: TIFF compression code of Aperio's RGB JPEG 2000 tiles.
+APERIO_JP2000_RGB = 33005
+
+
+def _encode_jpeg2000(tile: np.ndarray, tile_px: int, bpp: float) -> bytes:
+    """One tile as a lossy JPEG 2000 codestream at ``bpp`` bits per pixel (edge tiles padded white)."""
+    from PIL import Image
+
+    h, w = tile.shape[:2]
+    if h != tile_px or w != tile_px:
+        full = np.full((tile_px, tile_px, 3), 255, np.uint8)
+        full[:h, :w] = tile
+        tile = full
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(tile)).save(
+        buf, format="JPEG2000", no_jp2=True, irreversible=True, mct=1, quality_mode="rates", quality_layers=[24.0 / bpp]
+    )
+    return buf.getvalue()
+
+
 def _aperio_description(
     width: int,
     height: int,
     level_w: int,
     level_h: int,
     tile_px: int,
-    quality: int,
+    storage: str,
     mpp: float,
     filename: str,
 ) -> str:
     app_mag = max(1, round(10.0 / mpp))
     now = datetime.now(UTC)
     if (level_w, level_h) == (width, height):
-        head = f"{width}x{height} [0,0 {width}x{height}] ({tile_px}x{tile_px}) JPEG/RGB Q={quality}"
+        head = f"{width}x{height} [0,0 {width}x{height}] ({tile_px}x{tile_px}) {storage}"
     else:
-        head = f"{width}x{height} -> {level_w}x{level_h} - ({tile_px}x{tile_px}) JPEG/RGB Q={quality}"
+        head = f"{width}x{height} -> {level_w}x{level_h} - ({tile_px}x{tile_px}) {storage}"
     return (
         f"Aperio Image Library v12.0.15 \r\n{head}|AppMag = {app_mag}|MPP = {mpp:.6g}"
         f"|Filename = {filename}|Date = {now:%m/%d/%y}|Time = {now:%H:%M:%S}"
@@ -135,6 +159,7 @@ def write_pyramid(
     quality: int = 85,
     min_level_px: int = 1024,
     progress: Callable[[int], None] | None = None,
+    jpeg2000_bpp: float | None = None,
 ) -> dict[str, Any]:
     """Write a pyramidal tiled JPEG TIFF (``fmt="tiff"``) or Aperio-style SVS (``fmt="svs"``).
 
@@ -149,6 +174,8 @@ def write_pyramid(
         quality: JPEG quality 1–100.
         min_level_px: Stop halving once the larger side of a level is at most this.
         progress: Called with the number of level-0 tiles just written (for a progress bar).
+        jpeg2000_bpp: SVS only: store every level's tiles as lossy JPEG 2000 at this many bits per
+            pixel (Aperio compression 33005) instead of JPEG at ``quality``.
 
     Returns:
         ``{"path", "format", "levels": [(w, h), ...], "bytes"}``.
@@ -161,6 +188,19 @@ def write_pyramid(
         raise ValueError(f"microns per pixel must be a positive number, got {mpp}")
     if tile_px % 16 or tile_px < 16:
         raise ValueError(f"tile size must be a positive multiple of 16, got {tile_px}")
+    if jpeg2000_bpp is not None:
+        if fmt != "svs":
+            raise ValueError("JPEG 2000 tiles are written only in SVS (OpenSlide reads them there)")
+        if not 0 < jpeg2000_bpp < 24:
+            raise ValueError(f"JPEG 2000 bits per pixel must be above 0 and below 24, got {jpeg2000_bpp}")
+
+    storage = f"JPEG/RGB Q={quality}" if jpeg2000_bpp is None else f"J2K/RGB {jpeg2000_bpp:g} bpp"
+
+    def encode(tile: np.ndarray) -> bytes:
+        if jpeg2000_bpp is not None:
+            return _encode_jpeg2000(tile, tile_px, jpeg2000_bpp)
+        return _encode(tile, tile_px, quality)
+
     path = Path(path)
     dims = level_dimensions(width, height, min_level_px)
     raw_bytes = width * height * 3
@@ -191,7 +231,7 @@ def write_pyramid(
                 return
             band = lev.band[: lev.band_rows]
             for x0 in range(0, lev.width, tile_px):
-                data = _encode(band[:, x0 : x0 + tile_px], tile_px, quality)
+                data = encode(band[:, x0 : x0 + tile_px])
                 lev.tiles.append((spool.tell(), len(data)))
                 spool.write(data)
             if lev.keep is not None:
@@ -221,7 +261,7 @@ def write_pyramid(
                     if half is not None:
                         small = _downsample2(tile)
                         half[:, x0 // 2 : x0 // 2 + small.shape[1]] = small
-                    encoded.append(_encode(tile, tile_px, quality))
+                    encoded.append(encode(tile))
                 # cascade before yielding: tifffile stops pulling after the last tile, so work placed
                 # after the final ``yield`` would never run
                 if half is not None:
@@ -234,8 +274,8 @@ def write_pyramid(
         common: dict[str, Any] = {
             "dtype": np.uint8,
             "tile": (tile_px, tile_px),
-            "compression": "jpeg",
-            "compressionargs": {"level": quality},
+            "compression": "jpeg" if jpeg2000_bpp is None else APERIO_JP2000_RGB,
+            "compressionargs": {"level": quality} if jpeg2000_bpp is None else None,
             "photometric": "rgb",
             "metadata": None,
             "resolutionunit": "CENTIMETER",
@@ -245,7 +285,7 @@ def write_pyramid(
         try:
             with tifffile.TiffWriter(tmp_path, bigtiff=bigtiff) as tw:
                 desc0 = (
-                    _aperio_description(width, height, width, height, tile_px, quality, mpp, path.name)
+                    _aperio_description(width, height, width, height, tile_px, storage, mpp, path.name)
                     if fmt == "svs"
                     else None
                 )
@@ -284,7 +324,7 @@ def write_pyramid(
                             yield spool.read(length)
 
                     desc = (
-                        _aperio_description(width, height, lev.width, lev.height, tile_px, quality, mpp, path.name)
+                        _aperio_description(width, height, lev.width, lev.height, tile_px, storage, mpp, path.name)
                         if fmt == "svs"
                         else None
                     )

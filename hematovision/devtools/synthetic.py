@@ -707,6 +707,7 @@ def make_slide(
     tile_px: int = 512,
     quality: int = 85,
     progress: Callable[[int], None] | None = None,
+    jpeg2000_bpp: float | None = None,
 ) -> dict[str, Any]:
     """Compose a synthetic smear, write it as a pyramidal slide, and write its manifest beside it.
 
@@ -734,6 +735,8 @@ def make_slide(
             the test cells).
         tile_px, quality: TIFF tile size and JPEG quality.
         progress: Called with the number of level-0 tiles written since the last call.
+        jpeg2000_bpp: SVS only: tiles stored as lossy JPEG 2000 at this many bits per pixel (Aperio
+            compression 33005) instead of JPEG.
 
     Returns:
         The manifest dict (as written to ``<out_path>.manifest.json``; above ``INLINE_CELLS_MAX``
@@ -777,7 +780,16 @@ def make_slide(
         logger.warning("%s", note)
     renderer = SmearRenderer(plan)
     info = write_pyramid(
-        out, width, height, renderer, mpp, fmt=fmt, tile_px=tile_px, quality=quality, progress=progress
+        out,
+        width,
+        height,
+        renderer,
+        mpp,
+        fmt=fmt,
+        tile_px=tile_px,
+        quality=quality,
+        progress=progress,
+        jpeg2000_bpp=jpeg2000_bpp,
     )
     mpath = write_manifest(plan, fmt, out)
     manifest = _manifest_head(plan, fmt, out)

@@ -71,6 +71,50 @@ def test_lossless_jpeg2000_and_unknown_files(tmp_path: Path) -> None:
     assert bad["compression"] == "unknown" and bad["source"].startswith("unreadable")
 
 
+def test_jpeg2000_rate_is_read_from_the_tiles(tmp_path: Path) -> None:
+    """The bits per pixel of a JPEG 2000 slide come from its level-0 tile sizes: make-slide's Aperio
+    JPEG 2000 SVS gives its rate back; glass-only tiles do not pull the figure down."""
+    from hematovision.devtools.slide_writer import write_pyramid
+
+    rng = np.random.default_rng(3)
+
+    def tile_fn(x0: int, y0: int, w: int, h: int) -> np.ndarray:
+        if x0 == 0:  # the left column of tiles is glass
+            return np.full((h, w, 3), 235, np.uint8)
+        return (rng.random((h, w, 3)) * 200).astype(np.uint8)
+
+    path = tmp_path / "j.svs"
+    write_pyramid(path, 1024, 1024, tile_fn, 0.25, fmt="svs", tile_px=256, jpeg2000_bpp=1.5, min_level_px=512)
+    got = read_storage(path)
+    assert got["compression"] == "jpeg2000" and got["source"] == "TIFF tile sizes"
+    assert got["jpeg2000_bpp"] == pytest.approx(1.5, rel=0.03)
+    with tifffile.TiffFile(path) as tif:  # what was written: Aperio's RGB JPEG 2000, glass tiles far smaller
+        page = tif.pages[0]
+        assert int(page.compression) == 33005
+        sizes = 8.0 * np.asarray(page.databytecounts) / (256 * 256)
+    assert sizes.min() < 0.5 * got["jpeg2000_bpp"]
+    with pytest.raises(ValueError, match="only in SVS"):
+        write_pyramid(tmp_path / "j.tiff", 256, 256, tile_fn, 0.25, fmt="tiff", jpeg2000_bpp=1.0)
+
+
+def test_crops_stored_as_jpeg2000_at_a_rate() -> None:
+    from hemato_model.preprocessing import jpeg2000_stored, rescan
+
+    rng = np.random.default_rng(0)
+    crops = (rng.random((7, 160, 160, 3)) * 255).astype(np.uint8)
+    fine = rescan(crops, 24.0, 0.25, jpeg2000_bpp=4.0)
+    coarse = rescan(crops, 24.0, 0.25, jpeg2000_bpp=0.5)
+    plain = rescan(crops, 24.0, 0.25)
+    assert fine.shape == crops.shape
+    assert np.abs(coarse.astype(int) - plain).mean() > np.abs(fine.astype(int) - plain).mean() > 0
+    images = [Image.fromarray(c) for c in crops[:, :96, :96]]
+    assert [im.size for im in jpeg2000_stored(images, 1.0)] == [(96, 96)] * 7
+    with pytest.raises(ValueError, match="JPEG or as JPEG 2000"):
+        rescan(crops, 24.0, 0.25, jpeg_quality=85, jpeg2000_bpp=1.0)
+    with pytest.raises(ValueError, match="above 0"):
+        rescan(crops, 24.0, 0.25, jpeg2000_bpp=0.0)
+
+
 def test_tables_only_block_and_a_non_ijg_table() -> None:
     buf = io.BytesIO()
     Image.new("RGB", (16, 16), (200, 100, 50)).save(buf, format="JPEG", quality=60)
@@ -94,7 +138,14 @@ def test_storage_rule_on_the_default_models_record() -> None:
     assert at20x.outside and "no JPEG quality was validated" in at20x.message
     assert judge_storage(jpeg, v, 1.0).outside  # beyond the last row no JPEG is validated
     assert not judge_storage({"compression": "lossless"}, v, 0.5).outside
-    assert judge_storage({"compression": "jpeg2000"}, v, 0.25).outside
+    j2k = {"compression": "jpeg2000", "jpeg2000_bpp": 2.0, "source": "TIFF tile sizes"}
+    assert not judge_storage(j2k, v, 0.25).outside  # v1.2 was validated from 1.5 bits per pixel at 40x
+    coarse = judge_storage(j2k | {"jpeg2000_bpp": 1.0}, v, 0.25)
+    assert coarse.outside and coarse.evidence["validated_min_bpp"] == 1.5 and "1.00 bits per pixel" in coarse.message
+    assert "no JPEG 2000 rate was validated" in judge_storage(j2k, v, 0.5).message  # none at 20x
+    assert judge_storage(j2k | {"jpeg2000_bpp": None}, v, 0.25).not_judged
+    # a model never measured on JPEG 2000 (v1.4 records JPEG only): such a slide does not pass
+    assert judge_storage(j2k, _validated(MODELS / "wbc-effnetlite0-v1.4"), 0.25).outside
     assert judge_storage(jpeg, None, 0.25).not_judged  # the model records nothing: said, not silent
     assert judge_storage({"compression": "unknown", "source": "x"}, v, 0.25).not_judged
     assert judge_storage(jpeg | {"jpeg_quality": None}, v, 0.25).not_judged
@@ -158,3 +209,34 @@ def test_real_model_on_20x_jpeg_slides_flags_storage_both_paths(slides, tmp_path
     analysis = apply_labels(read_prepared(folder), json.loads((folder / "labels.json").read_text()))
     report = build_report(analysis, slide_id="s", rules=rules)
     assert "STORAGE_UNVALIDATED" in [f["code"] for f in report["flags"]]
+
+
+@pytest.mark.slow
+def test_real_model_on_jpeg2000_slides_judged_by_their_rate(real_cells: Path, tmp_path: Path) -> None:
+    """The default classifier on make-slide Aperio JPEG 2000 slides at 0.25 µm/px: stored at 2 bits
+    per pixel (inside v1.2's validated 1.5) no storage flag; at 1 bit per pixel STORAGE_UNVALIDATED,
+    critical, with the measured rate as evidence."""
+    from hemato_model.classifier import Classifier
+    from hemato_model.pipeline import analyze_slide
+    from hemato_model.pipeline_params import PipelineParams
+    from hematovision.core.slides import open_slide
+    from hematovision.devtools.synthetic import make_slide
+    from hematovision.service.slide_results import build_report
+
+    clf = Classifier.load(DEFAULT)
+    rules = load_rules()
+    reports = {}
+    for bpp in (2.0, 1.0):
+        path = tmp_path / f"j{bpp:g}.svs"
+        make_slide(path, real_cells, 1536, 1536, mpp=0.25, n_wbc=6, seed=7, fmt="svs", jpeg2000_bpp=bpp)
+        with open_slide(path) as slide:
+            reports[bpp] = build_report(analyze_slide(slide, clf, PipelineParams()), slide_id="s", rules=rules)
+    ok, bad = reports[2.0], reports[1.0]
+    assert ok["quality"]["storage"]["compression"] == "jpeg2000"
+    assert ok["quality"]["storage"]["jpeg2000_bpp"] >= 1.5
+    assert ok["counts"]["wbc_seen"] >= 5  # the cells are found on the JPEG 2000 tiles
+    assert "STORAGE_UNVALIDATED" not in [f["code"] for f in ok["flags"]]
+    storage = [f for f in bad["flags"] if f["code"] == "STORAGE_UNVALIDATED"]
+    assert storage and storage[0]["severity"] == "critical"
+    assert storage[0]["evidence"]["jpeg2000_bpp"] < 1.5 and storage[0]["evidence"]["validated_min_bpp"] == 1.5
+    assert bad["differential_valid"] is False
