@@ -143,6 +143,17 @@ def _jpeg_stored(image: Image.Image, quality: int) -> Image.Image:
 JPEG2000_TILE_PX = 240
 
 
+def jpeg2000_encode(image: Image.Image, bpp: float) -> bytes:
+    """``image`` as one lossy JPEG 2000 codestream at ``bpp`` bits per pixel, as scanners store a tile:
+    irreversible 9/7 wavelet with the colour transform (Aperio's SVS compression 33005), OpenJPEG's
+    rate control, no JP2 wrapper. The one place the project's JPEG 2000 storage is defined."""
+    buf = io.BytesIO()
+    image.convert("RGB").save(
+        buf, format="JPEG2000", no_jp2=True, irreversible=True, mct=1, quality_mode="rates", quality_layers=[24.0 / bpp]
+    )
+    return buf.getvalue()
+
+
 def jpeg2000_stored(images: list[Image.Image], bpp: float, tile_px: int = JPEG2000_TILE_PX) -> list[Image.Image]:
     """Equal-sized square ``images`` after a round trip through lossy JPEG 2000 at ``bpp`` bits per
     pixel, as a scanner stores its tiles (irreversible 9/7 wavelet, colour transform on; Aperio's
@@ -166,10 +177,7 @@ def jpeg2000_stored(images: list[Image.Image], bpp: float, tile_px: int = JPEG20
         tile = Image.new("RGB", (k * side, k * side))
         for j in range(k * k):
             tile.paste(group[j % len(group)], ((j % k) * side, (j // k) * side))
-        buf = io.BytesIO()
-        tile.save(buf, format="JPEG2000", irreversible=True, mct=1, quality_mode="rates", quality_layers=[24.0 / bpp])
-        buf.seek(0)
-        with Image.open(buf) as decoded:
+        with Image.open(io.BytesIO(jpeg2000_encode(tile, bpp))) as decoded:
             stored = decoded.convert("RGB")
         out += [
             stored.crop(((j % k) * side, (j // k) * side, (j % k + 1) * side, (j // k + 1) * side))

@@ -39,24 +39,53 @@ class StorageVerdict:
     not_judged: str | None = None
 
 
-def _floor(rows: list[dict[str, Any]] | None, key: str, mpp: float) -> float | None:
-    """The ``key`` of the first of ``rows`` that holds at ``mpp`` µm/px (None: nothing validated)."""
-    for row in rows or []:
+@dataclass(frozen=True)
+class _Measure:
+    """How one lossy storage is measured and judged: the slide's measured value (``field`` of the
+    storage record), the model's floor rows (``rows``, each with ``row_key``) and the words."""
+
+    name: str
+    field: str
+    rows: str
+    row_key: str
+    evidence_key: str
+    what: str  # what could not be measured
+    as_int: bool
+
+    def stored(self, value: float) -> str:
+        return f"JPEG quality {int(value)}" if self.as_int else f"JPEG 2000 at {float(value):.2f} bits per pixel"
+
+    def limit(self, floor: float | None) -> str:
+        if floor is None:
+            return "no JPEG quality was validated" if self.as_int else "no JPEG 2000 rate was validated"
+        return f"validated from quality {int(floor)}" if self.as_int else f"validated from {floor:g} bits per pixel"
+
+
+_MEASURES = {
+    "jpeg": _Measure("JPEG", "jpeg_quality", "jpeg_quality_min", "quality", "validated_min_quality", "quality", True),
+    "jpeg2000": _Measure("JPEG 2000", "jpeg2000_bpp", "jpeg2000_bpp_min", "bpp", "validated_min_bpp", "rate", False),
+}
+
+
+def _floor(measure: _Measure, validated: dict[str, Any], mpp: float) -> float | None:
+    """The floor of ``measure`` in the first of the model's rows that holds at ``mpp`` µm/px (None:
+    nothing of that storage validated there)."""
+    for row in validated.get(measure.rows) or []:
         if mpp <= float(row["up_to_mpp"]):
-            value = row.get(key)
+            value = row.get(measure.row_key)
             return None if value is None else float(value)
     return None
 
 
 def jpeg_floor(validated: dict[str, Any], mpp: float) -> int | None:
     """The lowest JPEG quality the model was validated on at ``mpp`` µm/px (None: no JPEG)."""
-    q = _floor(validated.get("jpeg_quality_min"), "quality", mpp)
+    q = _floor(_MEASURES["jpeg"], validated, mpp)
     return None if q is None else int(q)
 
 
 def jpeg2000_floor(validated: dict[str, Any], mpp: float) -> float | None:
     """The fewest JPEG 2000 bits per pixel the model was validated on at ``mpp`` µm/px (None: none)."""
-    return _floor(validated.get("jpeg2000_bpp_min"), "bpp", mpp)
+    return _floor(_MEASURES["jpeg2000"], validated, mpp)
 
 
 def judge_storage(
@@ -80,48 +109,30 @@ def judge_storage(
     if validated is None:
         return StorageVerdict(not_judged=f"the classifier records no validated slide storage; this slide is {kind}")
     evidence: dict[str, Any] = {"compression": kind, "mpp": mpp}
-    if kind == "jpeg2000" and validated.get("jpeg2000_bpp_min") is not None:
-        return _judge_jpeg2000(storage, validated, mpp, evidence)
-    if kind != "jpeg":
+    measure = _MEASURES.get(kind)
+    if measure is None or validated.get(measure.rows) is None:  # never measured on this storage
         return StorageVerdict(
             True,
             f"The slide is stored as {kind.upper()}, a lossy compression the classifier was not validated on: "
             "the differential is not valid until reviewed.",
             evidence,
         )
-    quality = storage.get("jpeg_quality")
-    if quality is None or mpp is None:
-        return StorageVerdict(not_judged="the slide is stored as JPEG but its quality could not be measured")
-    floor = jpeg_floor(validated, float(mpp))
-    evidence |= {"jpeg_quality": quality, "validated_min_quality": floor}
-    if floor is not None and quality >= floor:
+    value = storage.get(measure.field)
+    if value is None or mpp is None:
+        return StorageVerdict(
+            not_judged=f"the slide is stored as {measure.name} but its {measure.what} could not be measured"
+        )
+    floor = _floor(measure, validated, float(mpp))
+    evidence |= {
+        measure.field: value,
+        measure.evidence_key: None if floor is None else (int(floor) if measure.as_int else floor),
+    }
+    if floor is not None and float(value) >= floor:
         return StorageVerdict()
     at = f"at {float(mpp):g} µm/px"
-    limit = f"validated from quality {floor}" if floor is not None else "no JPEG quality was validated"
     return StorageVerdict(
         True,
-        f"The slide is stored as JPEG quality {quality} {at}; {limit} {at} (the classifier loses accuracy on "
-        "compressed scans, most for immature granulocytes): the differential is not valid until reviewed.",
-        evidence,
-    )
-
-
-def _judge_jpeg2000(
-    storage: dict[str, Any], validated: dict[str, Any], mpp: float | None, evidence: dict[str, Any]
-) -> StorageVerdict:
-    """The JPEG 2000 rule for a model measured on JPEG 2000 (its ``jpeg2000_bpp_min`` rows)."""
-    bpp = storage.get("jpeg2000_bpp")
-    if bpp is None or mpp is None:
-        return StorageVerdict(not_judged="the slide is stored as JPEG 2000 but its rate could not be measured")
-    floor = jpeg2000_floor(validated, float(mpp))
-    evidence |= {"jpeg2000_bpp": bpp, "validated_min_bpp": floor}
-    if floor is not None and float(bpp) >= floor:
-        return StorageVerdict()
-    at = f"at {float(mpp):g} µm/px"
-    limit = f"validated from {floor:g} bits per pixel" if floor is not None else "no JPEG 2000 rate was validated"
-    return StorageVerdict(
-        True,
-        f"The slide is stored as JPEG 2000 at {float(bpp):.2f} bits per pixel {at}; {limit} {at} (the "
-        "classifier loses accuracy on compressed scans): the differential is not valid until reviewed.",
+        f"The slide is stored as {measure.stored(value)} {at}; {measure.limit(floor)} {at} (the classifier loses "
+        "accuracy on compressed scans, most for immature granulocytes): the differential is not valid until reviewed.",
         evidence,
     )

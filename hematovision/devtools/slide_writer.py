@@ -30,7 +30,6 @@ OpenSlide's aperio reader decodes.
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import os
@@ -86,16 +85,21 @@ def _downsample2(band: np.ndarray) -> np.ndarray:
     return np.asarray(Image.fromarray(np.ascontiguousarray(band)).reduce(2))
 
 
-def _encode(tile: np.ndarray, tile_px: int, quality: int) -> bytes:
-    """JPEG-encode one tile, padding edge tiles to the full tile size with white."""
+def _full_tile(tile: np.ndarray, tile_px: int) -> np.ndarray:
+    """An edge tile padded to the full tile size with white (TIFF stores every tile whole)."""
     h, w = tile.shape[:2]
     if h != tile_px or w != tile_px:
         full = np.full((tile_px, tile_px, 3), 255, np.uint8)
         full[:h, :w] = tile
         tile = full
+    return np.ascontiguousarray(tile)
+
+
+def _encode(tile: np.ndarray, tile_px: int, quality: int) -> bytes:
+    """JPEG-encode one tile, padding edge tiles to the full tile size with white."""
     return bytes(
         imagecodecs.jpeg_encode(
-            np.ascontiguousarray(tile),
+            _full_tile(tile, tile_px),
             level=quality,
             colorspace="RGB",
             outcolorspace="YCBCR",
@@ -109,19 +113,13 @@ APERIO_JP2000_RGB = 33005
 
 
 def _encode_jpeg2000(tile: np.ndarray, tile_px: int, bpp: float) -> bytes:
-    """One tile as a lossy JPEG 2000 codestream at ``bpp`` bits per pixel (edge tiles padded white)."""
+    """One tile as a lossy JPEG 2000 codestream at ``bpp`` bits per pixel (edge tiles padded white;
+    :func:`hemato_model.preprocessing.jpeg2000_encode`, the storage the classifier was measured on)."""
     from PIL import Image
 
-    h, w = tile.shape[:2]
-    if h != tile_px or w != tile_px:
-        full = np.full((tile_px, tile_px, 3), 255, np.uint8)
-        full[:h, :w] = tile
-        tile = full
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(tile)).save(
-        buf, format="JPEG2000", no_jp2=True, irreversible=True, mct=1, quality_mode="rates", quality_layers=[24.0 / bpp]
-    )
-    return buf.getvalue()
+    from hemato_model.preprocessing import jpeg2000_encode
+
+    return jpeg2000_encode(Image.fromarray(_full_tile(tile, tile_px)), bpp)
 
 
 def _aperio_description(

@@ -144,8 +144,13 @@ def test_storage_rule_on_the_default_models_record() -> None:
     assert coarse.outside and coarse.evidence["validated_min_bpp"] == 1.5 and "1.00 bits per pixel" in coarse.message
     assert "no JPEG 2000 rate was validated" in judge_storage(j2k, v, 0.5).message  # none at 20x
     assert judge_storage(j2k | {"jpeg2000_bpp": None}, v, 0.25).not_judged
-    # a model never measured on JPEG 2000 (v1.4 records JPEG only): such a slide does not pass
-    assert judge_storage(j2k, _validated(MODELS / "wbc-effnetlite0-v1.4"), 0.25).outside
+    # a model never measured on JPEG 2000 (its record has JPEG rows only): such a slide does not pass
+    v14 = _validated(MODELS / "wbc-effnetlite0-v1.4")
+    jpeg_only = {k: val for k, val in v14.items() if not k.startswith("jpeg2000")}
+    never = judge_storage(j2k, jpeg_only, 0.25)
+    assert never.outside and "not validated on" in never.message
+    # the opt-in v1.4 was measured on JPEG 2000 too: from 4 bits per pixel at 20x
+    assert judge_storage(j2k, v14, 0.5).outside and not judge_storage(j2k | {"jpeg2000_bpp": 4.2}, v14, 0.5).outside
     assert judge_storage(jpeg, None, 0.25).not_judged  # the model records nothing: said, not silent
     assert judge_storage({"compression": "unknown", "source": "x"}, v, 0.25).not_judged
     assert judge_storage(jpeg | {"jpeg_quality": None}, v, 0.25).not_judged
