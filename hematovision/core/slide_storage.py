@@ -16,9 +16,9 @@ back exactly; a table that no IJG quality reproduces gets the quality whose tabl
 
 JPEG 2000 has no quality table: its loss is set by how many bits the encoder keeps. That rate is
 measured from the file too, as the bytes each level-0 tile takes (bits per pixel over the tile's
-pixels); a slide's figure is the 75th percentile over its tiles (:data:`JPEG2000_TILE_QUANTILE`),
-the tiles that hold the smear: glass-only tiles compress to a few hundred bytes and would pull a
-mean down.
+pixels). A slide's figure is the median over the tiles that hold the smear, those at least
+:data:`SMEAR_TILE_FRACTION` of the 95th-percentile tile's rate: glass-only tiles compress to a few
+hundred bytes, and a scan whose area is mostly glass would otherwise read as coarsely stored.
 
 :func:`read_storage` returns ``{"compression", "jpeg_quality", "quality_exact", "source"}``:
 ``compression`` one of ``"jpeg"``, ``"jpeg2000"``, ``"lossless"`` (no compression, LZW, deflate,
@@ -46,8 +46,9 @@ _TIFF_JPEG2000 = {33003, 33004, 33005, 34712}
 _JPEG_SOI = b"\xff\xd8"
 #: Bytes of a JPEG file read for its tables (they precede the scan data).
 _HEAD_BYTES = 1 << 16
-#: Which of a JPEG 2000 slide's level-0 tile rates stands for the slide (see the module docstring).
-JPEG2000_TILE_QUANTILE = 0.75
+#: A JPEG 2000 tile holds the smear when its rate is at least this share of the 95th-percentile
+#: tile's (see the module docstring).
+SMEAR_TILE_FRACTION = 0.25
 
 
 def dqt_tables(data: bytes) -> dict[int, list[int]]:
@@ -152,10 +153,10 @@ def _tiff_storage(path: Path) -> dict[str, Any]:
 
 
 def jpeg2000_bpp(page: Any) -> float | None:
-    """Bits per pixel of a JPEG 2000 TIFF page's tiles (or strips): the
-    :data:`JPEG2000_TILE_QUANTILE` quantile over its non-empty segments, each segment's bytes over the
-    pixels it covers (a tile's full size, edge tiles included, as TIFF stores them). None when the page
-    records no segment sizes."""
+    """Bits per pixel of a JPEG 2000 TIFF page's tiles (or strips): each segment's bytes over the
+    pixels it covers (a tile's full size, edge tiles included, as TIFF stores them), the median over
+    the segments that hold the smear (at least :data:`SMEAR_TILE_FRACTION` of the 95th-percentile
+    rate). None when the page records no segment sizes."""
     counts = np.asarray([int(n) for n in page.databytecounts or () if n], dtype=np.float64)
     if not len(counts):
         return None
@@ -165,7 +166,9 @@ def jpeg2000_bpp(page: Any) -> float | None:
         px = int(page.imagewidth) * min(int(page.rowsperstrip or page.imagelength), int(page.imagelength))
     if px <= 0:
         return None
-    return round(float(np.quantile(8.0 * counts / px, JPEG2000_TILE_QUANTILE)), 4)
+    rates = 8.0 * counts / px
+    smear = rates[rates >= SMEAR_TILE_FRACTION * np.quantile(rates, 0.95)]
+    return round(float(np.median(smear)), 4)
 
 
 def read_storage(path: str | Path) -> dict[str, Any]:
