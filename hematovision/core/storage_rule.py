@@ -41,8 +41,8 @@ class StorageVerdict:
 
 @dataclass(frozen=True)
 class _Measure:
-    """How one lossy storage is measured and judged: the slide's measured value (``field`` of the
-    storage record), the model's floor rows (``rows``, each with ``row_key``) and the words."""
+    """How one lossy storage is judged: the slide's measured value (``field`` of the storage record),
+    the model's floor rows (``rows``, each with ``row_key``), the evidence key and the words."""
 
     name: str
     field: str
@@ -50,42 +50,47 @@ class _Measure:
     row_key: str
     evidence_key: str
     what: str  # what could not be measured
-    as_int: bool
-
-    def stored(self, value: float) -> str:
-        return f"JPEG quality {int(value)}" if self.as_int else f"JPEG 2000 at {float(value):.2f} bits per pixel"
-
-    def limit(self, floor: float | None) -> str:
-        if floor is None:
-            return "no JPEG quality was validated" if self.as_int else "no JPEG 2000 rate was validated"
-        return f"validated from quality {int(floor)}" if self.as_int else f"validated from {floor:g} bits per pixel"
+    stored: str  # the slide's storage, formatted with its value
+    validated_from: str  # the floor, formatted with its value
+    none_validated: str
+    cast: type = float
 
 
 _MEASURES = {
-    "jpeg": _Measure("JPEG", "jpeg_quality", "jpeg_quality_min", "quality", "validated_min_quality", "quality", True),
-    "jpeg2000": _Measure("JPEG 2000", "jpeg2000_bpp", "jpeg2000_bpp_min", "bpp", "validated_min_bpp", "rate", False),
+    "jpeg": _Measure(
+        "JPEG",
+        "jpeg_quality",
+        "jpeg_quality_min",
+        "quality",
+        "validated_min_quality",
+        "quality",
+        "JPEG quality {:d}",
+        "validated from quality {:d}",
+        "no JPEG quality was validated",
+        int,
+    ),
+    "jpeg2000": _Measure(
+        "JPEG 2000",
+        "jpeg2000_bpp",
+        "jpeg2000_bpp_min",
+        "bpp",
+        "validated_min_bpp",
+        "rate",
+        "JPEG 2000 at {:.2f} bits per pixel",
+        "validated from {:g} bits per pixel",
+        "no JPEG 2000 rate was validated",
+    ),
 }
 
 
-def _floor(measure: _Measure, validated: dict[str, Any], mpp: float) -> float | None:
+def _floor(measure: _Measure, validated: dict[str, Any], mpp: float) -> Any:
     """The floor of ``measure`` in the first of the model's rows that holds at ``mpp`` µm/px (None:
     nothing of that storage validated there)."""
     for row in validated.get(measure.rows) or []:
         if mpp <= float(row["up_to_mpp"]):
             value = row.get(measure.row_key)
-            return None if value is None else float(value)
+            return None if value is None else measure.cast(value)
     return None
-
-
-def jpeg_floor(validated: dict[str, Any], mpp: float) -> int | None:
-    """The lowest JPEG quality the model was validated on at ``mpp`` µm/px (None: no JPEG)."""
-    q = _floor(_MEASURES["jpeg"], validated, mpp)
-    return None if q is None else int(q)
-
-
-def jpeg2000_floor(validated: dict[str, Any], mpp: float) -> float | None:
-    """The fewest JPEG 2000 bits per pixel the model was validated on at ``mpp`` µm/px (None: none)."""
-    return _floor(_MEASURES["jpeg2000"], validated, mpp)
 
 
 def judge_storage(
@@ -123,16 +128,14 @@ def judge_storage(
             not_judged=f"the slide is stored as {measure.name} but its {measure.what} could not be measured"
         )
     floor = _floor(measure, validated, float(mpp))
-    evidence |= {
-        measure.field: value,
-        measure.evidence_key: None if floor is None else (int(floor) if measure.as_int else floor),
-    }
+    evidence |= {measure.field: value, measure.evidence_key: floor}
     if floor is not None and float(value) >= floor:
         return StorageVerdict()
     at = f"at {float(mpp):g} µm/px"
+    limit = measure.none_validated if floor is None else measure.validated_from.format(floor)
     return StorageVerdict(
         True,
-        f"The slide is stored as {measure.stored(value)} {at}; {measure.limit(floor)} {at} (the classifier loses "
+        f"The slide is stored as {measure.stored.format(measure.cast(value))} {at}; {limit} {at} (the classifier loses "
         "accuracy on compressed scans, most for immature granulocytes): the differential is not valid until reviewed.",
         evidence,
     )
