@@ -647,6 +647,27 @@ def openapi_document() -> dict[str, Any]:
                             "down and they are queued when it returns)",
                         },
                         "duplicate": {"type": "boolean", "description": "200 only: the Idempotency-Key's batch"},
+                        "notices": {
+                            "type": "array",
+                            "description": "202 only: slides the model new slides get now was not validated on as "
+                            "the file stores them (outcome outside: the report will carry the code and be held for "
+                            "review) or that the storage check could not judge (outcome not_judged, with why); the "
+                            "slides are analysed all the same",
+                            "items": {
+                                "type": "object",
+                                "required": ["slide", "check", "outcome", "message"],
+                                "properties": {
+                                    "slide": {"type": "string"},
+                                    "check": {"type": "string", "enum": ["storage"]},
+                                    "model": {"type": "string", "nullable": True},
+                                    "outcome": {"type": "string", "enum": ["outside", "not_judged"]},
+                                    "code": {"type": "string"},
+                                    "severity": {"type": "string"},
+                                    "message": {"type": "string"},
+                                    "evidence": {"type": "object"},
+                                },
+                            },
+                        },
                     },
                 },
                 "Report": {

@@ -65,6 +65,9 @@ def submit(
     click.echo(f"batch {batch['id']}: {len(batch['job_ids'])} job(s)")
     for j in batch.get("jobs", []):
         click.echo(f"  job {j['id']}  slide {j['slide_id']}  {j['filename']}")
+    for n in batch.get("notices", []):
+        label = n.get("code") or "storage not checked"
+        click.echo(f"  notice: {n['slide']}: {label}: {n['message']}", err=True)
     if wait:
         _wait(client, batch["id"])
 

@@ -572,12 +572,20 @@ def evaluate_gate(quality: dict[str, Any] | None, rules: dict[str, Any]) -> list
 
 
 def _storage_verdict(quality: dict[str, Any], gate: dict[str, Any]) -> StorageVerdict:
-    if not gate.get("storage_check", True):
-        return StorageVerdict(not_judged="the storage check is switched off in the lab's rules")
     scale = quality.get("scale") or {}
     storage = quality.get("storage")
-    validated = (storage or {}).get("validated")
-    return judge_storage(storage, validated, scale.get("stated_mpp"))
+    return storage_verdict(storage, (storage or {}).get("validated"), scale.get("stated_mpp"), gate)
+
+
+def storage_verdict(
+    storage: dict[str, Any] | None, validated: dict[str, Any] | None, mpp: float | None, gate: dict[str, Any]
+) -> StorageVerdict:
+    """The storage check as the lab's rules apply it (``gate``: the rules' ``[gate]`` table): the
+    rule of :func:`~hematovision.core.storage_rule.judge_storage`, unless the lab switched it off.
+    The gate uses it after analysis; the intake (``hematovision.service.storage_notice``) before."""
+    if not gate.get("storage_check", True):
+        return StorageVerdict(not_judged="the storage check is switched off in the lab's rules")
+    return judge_storage(storage, validated, mpp)
 
 
 def gate_not_evaluated(quality: dict[str, Any] | None, rules: dict[str, Any]) -> list[dict[str, str]]:

@@ -321,6 +321,21 @@ def assign_model(session: Session, slide: Slide, fallback_dir: str | Path) -> Mo
     return mv
 
 
+def next_model_meta(session: Session, fallback_dir: str | Path) -> tuple[str, dict[str, Any]]:
+    """The model a slide submitted now would be assigned and its ``model.json``, read without
+    registering or promoting anything: the promoted version, or (none promoted yet) the configured
+    directory, which the first prepare will promote (:func:`ensure_promoted`).
+
+    Raises:
+        RegistryError: the model's directory or its ``model.json`` is not readable here.
+    """
+    mv = promoted(session)
+    if mv is not None:
+        return ref_of(mv), _read_json(model_dir_of(mv, fallback_dir) / META_FILE)
+    meta = _read_json(Path(fallback_dir) / META_FILE)
+    return f"{meta.get('name')}:{meta.get('version')}", meta
+
+
 def model_dir_of(mv: ModelVersion, fallback_dir: str | Path) -> Path:
     """Where this worker finds a version's directory: its registered path, else the configured
     directory when that holds the same weights (an installation moved to another path).

@@ -43,6 +43,7 @@ def test_generated_slide_over_http_matches_ground_truth(stack, real_cells: Path,
     client = stack.client()
     batch = client.submit([slide], name="integration")
     assert len(batch["job_ids"]) == 1
+    assert batch["notices"] == []  # JPEG 85 at 0.25 µm/px: storage the default model was validated on
     final = client.wait_for_batch(batch["id"], timeout_s=900, poll_s=0.5)
     assert final["states"] == {"succeeded": 1}, (final, stack.log("worker"))
     job = final["jobs"][0]
@@ -69,6 +70,27 @@ def test_generated_slide_over_http_matches_ground_truth(stack, real_cells: Path,
     assert report["differential_sufficient"] is False
     flagged = client.flags(batch=batch["id"])
     assert flagged["count"] == 1 and flagged["slides"][0]["slide_id"] == job["slide_id"]
+
+
+def test_the_intake_notice_is_the_flag_the_report_then_carries(stack, real_cells: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A 20x slide stored as JPEG 85 (no JPEG validated there for the default model): the 202 says so
+    at submission, the slide is analysed all the same, and its report carries STORAGE_UNVALIDATED with
+    the same evidence."""
+    from hematovision.devtools.synthetic import make_slide
+
+    slide = tmp_path / "x20.tiff"
+    make_slide(slide, real_cells, 1536, 1536, mpp=0.5, n_wbc=6, seed=11, fmt="tiff", quality=85)
+    client = stack.client()
+    batch = client.submit([slide], name="storage notice")
+    (notice,) = batch["notices"]
+    assert notice["slide"] == "x20.tiff" and notice["outcome"] == "outside" and notice["code"] == "STORAGE_UNVALIDATED"
+    final = client.wait_for_batch(batch["id"], timeout_s=900, poll_s=0.5)
+    assert final["states"] == {"succeeded": 1}, (final, stack.log("worker"))
+    report = client.report(final["jobs"][0]["slide_id"])
+    (flag,) = [f for f in report["flags"] if f["code"] == "STORAGE_UNVALIDATED"]
+    assert flag["severity"] == "critical" and report["differential_valid"] is False
+    assert flag["evidence"] == notice["evidence"]
+    assert report["model"]["version"] in notice["model"]
 
 
 def test_garbage_is_rejected_with_a_clear_message(stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
