@@ -547,8 +547,7 @@ def evaluate_gate(quality: dict[str, Any] | None, rules: dict[str, Any]) -> list
             )
         )
     ood = quality.get("ood")
-    enough_crops = ood is not None and int(ood.get("crops") or 0) >= int(g["ood_min_crops"])
-    if ood and enough_crops and float(ood["share_above"]) > float(g["ood_share_max"]):
+    if ood and _ood_not_judged(ood, g) is None and float(ood["share_above"]) > float(g["ood_share_max"]):
         flags.append(
             Flag(
                 "DOMAIN_UNVALIDATED",
@@ -588,15 +587,36 @@ def storage_verdict(
     return judge_storage(storage, validated, mpp)
 
 
+def _ood_not_judged(ood: dict[str, Any] | None, gate: dict[str, Any]) -> str | None:
+    """Why the classifier's out-of-distribution share (DOMAIN_UNVALIDATED) cannot be judged on this
+    slide, or None when it can: no crop was scored, or too few for a share to mean anything."""
+    if ood is None:
+        return (
+            "no white-cell crop was scored for the out-of-distribution share "
+            "(none classified, or the classifier has no ood.json)"
+        )
+    if int(ood.get("crops") or 0) < int(gate["ood_min_crops"]):
+        return (
+            f"only {int(ood.get('crops') or 0)} white-cell crops were scored; the out-of-distribution share "
+            f"is judged from {int(gate['ood_min_crops'])}"
+        )
+    return None
+
+
 def gate_not_evaluated(quality: dict[str, Any] | None, rules: dict[str, Any]) -> list[dict[str, str]]:
     """The gate's checks that could not run on this slide (``{"rule", "reason"}``, as the other rules'
-    ``not_evaluated``): today the storage check, when the slide's storage or the model's validated
-    storage is unknown."""
+    ``not_evaluated``): the classifier's out-of-distribution share when too few crops were scored
+    (or none: another lab's slide with a handful of white cells must not read as "in domain"), and
+    the storage check when the slide's storage or the model's validated storage is unknown."""
     if (
         not quality
         or "gate" not in rules
         or int(quality.get("fields_measured") or 0) < int(rules["gate"]["min_fields_measured"])
     ):
         return []
+    out = []
+    ood_reason = _ood_not_judged(quality.get("ood"), rules["gate"])
+    if ood_reason:
+        out.append({"rule": "DOMAIN_UNVALIDATED", "reason": ood_reason})
     reason = _storage_verdict(quality, rules["gate"]).not_judged
-    return [{"rule": STORAGE_CODE, "reason": reason}] if reason else []
+    return out + ([{"rule": STORAGE_CODE, "reason": reason}] if reason else [])

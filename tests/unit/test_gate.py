@@ -20,7 +20,7 @@ from hemato_model.pipeline_params import PipelineParams
 from hemato_model.quality import GATE_SCALE_SIDE_PX, measure_fields, measure_quality, ood_summary
 from hemato_model.smear_area import smear_mask
 from hematovision.core.datasets import BCCD_DIR, BCCD_MPP, PBC_MPP, have_pbc, pbc_root
-from hematovision.core.flags import evaluate_gate, load_rules
+from hematovision.core.flags import evaluate_gate, gate_not_evaluated, load_rules
 from hematovision.core.slides import SlideError, open_slide, validate_slide
 from hematovision.service.slide_results import build_report
 
@@ -122,6 +122,25 @@ def test_domain_unvalidated_from_the_classifier_energy() -> None:
     assert "DOMAIN_UNVALIDATED" not in _codes_with(base, inside, rules)
     assert "DOMAIN_UNVALIDATED" in _codes_with(base, outside, rules)
     assert ood_summary([None, None], stats) is None and ood_summary([-1.0], None) is None
+
+
+def test_a_share_too_small_to_judge_is_said_not_evaluated_never_passed() -> None:
+    """Another lab's slide with a handful of white cells, all far outside the training crops: the
+    share is not judged from so few crops, and the report lists DOMAIN_UNVALIDATED as not evaluated
+    (with how many crops) instead of staying silent; so does a slide where no crop was scored."""
+    rules = load_rules()
+    base = {"fields_sampled": 6, "fields_measured": 6, "stain": {}, "focus": None, "scale": {}}
+    stats = {"energy_threshold": -5.0}
+    few = ood_summary([-1.0] * 4, stats)
+    assert few is not None and few["share_above"] == 1.0
+    assert "DOMAIN_UNVALIDATED" not in _codes_with(base, few, rules)
+    (entry,) = [e for e in gate_not_evaluated({**base, "ood": few}, rules) if e["rule"] == "DOMAIN_UNVALIDATED"]
+    assert "only 4 white-cell crops" in entry["reason"] and str(rules["gate"]["ood_min_crops"]) in entry["reason"]
+    unscored = gate_not_evaluated(base, rules)
+    assert [e["rule"] for e in unscored] == ["DOMAIN_UNVALIDATED"] and "no white-cell crop" in unscored[0]["reason"]
+    enough = ood_summary([-1.0] * 40, stats)
+    assert not [e for e in gate_not_evaluated({**base, "ood": enough}, rules) if e["rule"] == "DOMAIN_UNVALIDATED"]
+    assert enough is not None and "DOMAIN_UNVALIDATED" in _codes_with(base, enough, rules)
 
 
 def _codes_with(base: dict[str, Any], ood: dict[str, Any], rules: dict[str, Any]) -> list[str]:

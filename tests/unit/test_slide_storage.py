@@ -167,10 +167,10 @@ def test_storage_check_is_the_labs_choice_and_said_when_off() -> None:
         "storage": {"compression": "jpeg", "jpeg_quality": 85, "validated": _validated()},
     }
     assert "STORAGE_UNVALIDATED" in [f.code for f in evaluate_gate(quality, rules)]
-    assert gate_not_evaluated(quality, rules) == []
+    assert "STORAGE_UNVALIDATED" not in [e["rule"] for e in gate_not_evaluated(quality, rules)]
     off = rules | {"gate": rules["gate"] | {"storage_check": False}}
     assert "STORAGE_UNVALIDATED" not in [f.code for f in evaluate_gate(quality, off)]
-    assert gate_not_evaluated(quality, off)[0]["rule"] == "STORAGE_UNVALIDATED"
+    assert "STORAGE_UNVALIDATED" in [e["rule"] for e in gate_not_evaluated(quality, off)]
 
 
 @pytest.mark.slow
