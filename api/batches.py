@@ -11,8 +11,8 @@ in ONE transaction (:func:`api.audit.commit_audited`): once it is committed the 
 the slides WILL be analysed, whether the broker is up now (the messages are published at once) or
 only later (the outbox dispatcher publishes them when it returns). A rejected submission leaves no
 rows and no files. The 202 answer lists ``notices``: slides the classifier they will be analysed with
-was not validated on as they are stored (:mod:`hematovision.service.storage_notice`); they are
-analysed all the same, and their reports flagged.
+was not validated on as they are stored or scanned (:mod:`hematovision.service.intake_notice`); they
+are analysed all the same, and their reports flagged.
 
 An upload keeps the name the client gave (Unicode included) as its display name
 (``hematovision.core.filenames.display_name``: ``slides.filename``) and is stored under a safe
@@ -53,7 +53,7 @@ from api.serializers import batch_json
 from api.uploads import make_staging, staged_path
 from hematovision.core.filenames import FileNameError, display_name, redact_paths, storage_name
 from hematovision.core.patient import OrderError, OrderInfo, match_order, parse_order, parse_worklist, wbc_10e9_per_l
-from hematovision.service.storage_notice import storage_notices
+from hematovision.service.intake_notice import intake_notices
 from hematovision.service.submission import NewSlide, add_batch, outbox_ids
 from hematovision.store.models import Batch, new_id
 
@@ -354,7 +354,7 @@ def submit_batch() -> ResponseReturnValue:
         entries = _validated(staged, paths, fields["mpp"])
         notices = [
             n | {"message": redact_paths(n["message"])}
-            for n in storage_notices(db(), [(name, path, info.get("mpp")) for name, path, info in entries], cfg)
+            for n in intake_notices(db(), [(name, path, info.get("mpp")) for name, path, info in entries], cfg)
         ]
         slide_orders = _slide_orders(orders, [(n,) for n, _ in staged] + [(p, os.path.basename(p)) for p in paths])
         if legacy_wbc is not None:

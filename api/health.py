@@ -650,15 +650,15 @@ def openapi_document() -> dict[str, Any]:
                         "notices": {
                             "type": "array",
                             "description": "202 only: slides the model new slides get now was not validated on as "
-                            "the file stores them (outcome outside: the report will carry the code and be held for "
-                            "review) or that the storage check could not judge (outcome not_judged, with why); the "
-                            "slides are analysed all the same",
+                            "the file stores them or at their scale (outcome outside: the report will carry the code "
+                            "and be held for review) or that a check could not judge (outcome not_judged, with why); "
+                            "the slides are analysed all the same",
                             "items": {
                                 "type": "object",
                                 "required": ["slide", "check", "outcome", "message"],
                                 "properties": {
                                     "slide": {"type": "string"},
-                                    "check": {"type": "string", "enum": ["storage"]},
+                                    "check": {"type": "string", "enum": ["storage", "scale"]},
                                     "model": {"type": "string", "nullable": True},
                                     "outcome": {"type": "string", "enum": ["outside", "not_judged"]},
                                     "code": {"type": "string"},

@@ -66,7 +66,7 @@ def submit(
     for j in batch.get("jobs", []):
         click.echo(f"  job {j['id']}  slide {j['slide_id']}  {j['filename']}")
     for n in batch.get("notices", []):
-        label = n.get("code") or "storage not checked"
+        label = n.get("code") or f"{n.get('check', 'storage')} not checked"
         click.echo(f"  notice: {n['slide']}: {label}: {n['message']}", err=True)
     if wait:
         _wait(client, batch["id"])

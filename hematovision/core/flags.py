@@ -17,7 +17,7 @@ How the rules read a differential:
 - The domain and quality gate (:func:`evaluate_gate`, ``[gate]`` in the rules file) compares a
   slide's stain, focus, scale, storage (JPEG quality) and the classifier's out-of-distribution
   score with the validated ranges; outside them a critical flag (STAIN_OUT_OF_RANGE, FOCUS_POOR,
-  SCALE_MISMATCH, DOMAIN_UNVALIDATED, STORAGE_UNVALIDATED, IMAGE_UNUSABLE) carries the measured
+  SCALE_MISMATCH, DOMAIN_UNVALIDATED, STORAGE_UNVALIDATED, SCALE_UNVALIDATED, IMAGE_UNUSABLE) carries the measured
   value and the range, and the differential is not valid for release until reviewed.
 - A rule that cannot run says so: the outcome's ``not_evaluated`` lists each rule with the reason (a
   model without a blast class, no WBC count for absolute counts, no age so adult intervals were
@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from hematovision.core.patient import DAYS_PER_YEAR, PatientContext
 from hematovision.core.results import NON_WBC_LABELS
 from hematovision.core.stats import clopper_pearson
-from hematovision.core.storage_rule import STORAGE_CODE, StorageVerdict, judge_storage
+from hematovision.core.storage_rule import SCALE_CODE, STORAGE_CODE, StorageVerdict, judge_scale, judge_storage
 from hematovision.core.vocabulary import load_vocabulary_file
 
 if TYPE_CHECKING:
@@ -451,6 +451,7 @@ GATE_CODES = (
     "SCALE_MISMATCH",
     "DOMAIN_UNVALIDATED",
     STORAGE_CODE,
+    SCALE_CODE,
 )
 
 
@@ -567,7 +568,19 @@ def evaluate_gate(quality: dict[str, Any] | None, rules: dict[str, Any]) -> list
     storage = _storage_verdict(quality, g)
     if storage.outside:
         flags.append(Flag(STORAGE_CODE, "critical", storage.message, storage.evidence))
+    scanned = _scale_verdict(quality)
+    if scanned.outside:
+        flags.append(Flag(SCALE_CODE, "critical", scanned.message, scanned.evidence))
     return flags
+
+
+def _scale_verdict(quality: dict[str, Any]) -> StorageVerdict:
+    """The scale the slide was analysed at against the model's record (carried with its storage;
+    an analysis made before storage was measured is not judged, as for storage)."""
+    storage = quality.get("storage")
+    if storage is None:
+        return StorageVerdict()
+    return judge_scale(storage.get("validated"), (quality.get("scale") or {}).get("stated_mpp"))
 
 
 def _storage_verdict(quality: dict[str, Any], gate: dict[str, Any]) -> StorageVerdict:
@@ -581,7 +594,7 @@ def storage_verdict(
 ) -> StorageVerdict:
     """The storage check as the lab's rules apply it (``gate``: the rules' ``[gate]`` table): the
     rule of :func:`~hematovision.core.storage_rule.judge_storage`, unless the lab switched it off.
-    The gate uses it after analysis; the intake (``hematovision.service.storage_notice``) before."""
+    The gate uses it after analysis; the intake (``hematovision.service.intake_notice``) before."""
     if not gate.get("storage_check", True):
         return StorageVerdict(not_judged="the storage check is switched off in the lab's rules")
     return judge_storage(storage, validated, mpp)
@@ -618,5 +631,10 @@ def gate_not_evaluated(quality: dict[str, Any] | None, rules: dict[str, Any]) ->
     ood_reason = _ood_not_judged(quality.get("ood"), rules["gate"])
     if ood_reason:
         out.append({"rule": "DOMAIN_UNVALIDATED", "reason": ood_reason})
-    reason = _storage_verdict(quality, rules["gate"]).not_judged
-    return out + ([{"rule": STORAGE_CODE, "reason": reason}] if reason else [])
+    for code, verdict in (
+        (STORAGE_CODE, _storage_verdict(quality, rules["gate"])),
+        (SCALE_CODE, _scale_verdict(quality)),
+    ):
+        if verdict.not_judged:
+            out.append({"rule": code, "reason": verdict.not_judged})
+    return out

@@ -1,4 +1,5 @@
-"""Is a slide stored as its classifier was validated? The rule behind STORAGE_UNVALIDATED.
+"""Is a slide stored, and scanned, as its classifier was validated? The rules behind
+STORAGE_UNVALIDATED and SCALE_UNVALIDATED.
 
 The slide's storage is measured (:mod:`hematovision.core.slide_storage`: compression and, for JPEG,
 the quality from its own tables); what the model was validated on is its ``model.json``'s
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 STORAGE_CODE = "STORAGE_UNVALIDATED"
+SCALE_CODE = "SCALE_UNVALIDATED"
 
 
 @dataclass(frozen=True)
@@ -138,4 +140,33 @@ def judge_storage(
         f"The slide is stored as {measure.stored.format(measure.cast(value))} {at}; {limit} {at} (the classifier loses "
         "accuracy on compressed scans, most for immature granulocytes): the differential is not valid until reviewed.",
         evidence,
+    )
+
+
+def validated_max_mpp(validated: dict[str, Any] | None) -> float | None:
+    """The coarsest scan scale the model's record covers: the largest ``up_to_mpp`` of its rows (each
+    row was measured on crops rescanned at its ``scan_mpp``, uncompressed as well as stored, and holds
+    up to 1.1 times it); None when the model records none."""
+    rows = [row for m in _MEASURES.values() for row in (validated or {}).get(m.rows) or []]
+    return max((float(row["up_to_mpp"]) for row in rows), default=None)
+
+
+def judge_scale(validated: dict[str, Any] | None, mpp: float | None) -> StorageVerdict:
+    """Is the slide's scale one the classifier was validated at? A scan coarser than the model's
+    record (:func:`validated_max_mpp`) is ``outside`` whatever its storage: each white cell is drawn
+    in fewer pixels than the classifier was ever measured on. Lossless storage passes the storage
+    rule; this rule is what keeps a lossless 10x scan from passing silently."""
+    limit = validated_max_mpp(validated)
+    if limit is None:
+        return StorageVerdict(not_judged="the classifier records no validated scan scales")
+    if mpp is None:
+        return StorageVerdict(not_judged="the slide's µm/px is unknown")
+    if float(mpp) <= limit:
+        return StorageVerdict()
+    return StorageVerdict(
+        True,
+        f"The slide is at {float(mpp):g} µm/px; the classifier was validated on scans up to {limit:g} µm/px "
+        "(a coarser scan draws each white cell in fewer pixels than it was ever measured on): the differential "
+        "is not valid until reviewed.",
+        {"stated_mpp": float(mpp), "validated_max_mpp": limit},
     )

@@ -37,7 +37,7 @@ def _summary(labels: list[str | None], context: dict | None = CTX, diameters: li
 
 def test_rules_file_has_the_icsh_bands_with_their_source() -> None:
     rules = load_rules()
-    assert rules["version"] == "2026.12-7"
+    assert rules["version"] == "2026.12-8"
     r = rules["rbc"]
     assert "Palmer" in r["source"] and "2015;37:287-303" in r["source"] and r["min_cells"] == 1000
     assert r["schistocytes"]["critical_pct"] == 1.0

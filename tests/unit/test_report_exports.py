@@ -158,7 +158,7 @@ def test_a_v1_report_says_it_cannot_see_blasts_in_every_format(app, client, make
     body = client.get(url).json
     assert [(f["code"], f["severity"]) for f in body["flags"]] == [("BLAST_DETECTION_UNAVAILABLE", "info")]
     assert {"BLASTS", "SUSPECTED_ACUTE_LEUKEMIA", "NEUTROPENIA"} <= {e["rule"] for e in body["rules_not_evaluated"]}
-    assert body["rules_version"] == "2026.12-7" and len(body["rules_sha256"]) == 64
+    assert body["rules_version"] == "2026.12-8" and len(body["rules_sha256"]) == 64
     text = client.get(url + "?format=csv").data.decode("utf-8")
     assert "BLAST_DETECTION_UNAVAILABLE,info" in text and "cannot recognise blasts" in text
     assert "rule_not_evaluated,reason" in text and "SUSPECTED_ACUTE_LEUKEMIA," in text

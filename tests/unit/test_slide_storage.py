@@ -245,3 +245,60 @@ def test_real_model_on_jpeg2000_slides_judged_by_their_rate(real_cells: Path, tm
     assert storage and storage[0]["severity"] == "critical"
     assert storage[0]["evidence"]["jpeg2000_bpp"] < 1.5 and storage[0]["evidence"]["validated_min_bpp"] == 1.5
     assert bad["differential_valid"] is False
+
+
+def test_scans_coarser_than_the_models_record_are_flagged_whatever_their_storage() -> None:
+    """SCALE_UNVALIDATED: the default model's record reaches 0.55 µm/px (20x); a lossless scan at
+    0.7 µm/px passes the storage rule and would otherwise pass silently."""
+    from hematovision.core.storage_rule import judge_scale, validated_max_mpp
+
+    v = _validated()
+    assert validated_max_mpp(v) == 0.55 and validated_max_mpp(None) is None
+    assert not judge_scale(v, 0.5).outside and not judge_scale(v, 0.55).outside
+    far = judge_scale(v, 0.7)
+    assert far.outside and far.evidence == {"stated_mpp": 0.7, "validated_max_mpp": 0.55} and "0.7 µm/px" in far.message
+    assert judge_scale(None, 0.25).not_judged and judge_scale(v, None).not_judged
+    rules = load_rules()
+    lossless = {"compression": "lossless", "validated": v}
+    base = {"fields_measured": 6, "stain": {}, "ood": {"crops": 40, "share_above": 0.0, "energy_threshold": 0.0}}
+    quality = base | {"scale": {"stated_mpp": 0.7}, "storage": lossless}
+    assert "SCALE_UNVALIDATED" in [f.code for f in evaluate_gate(quality, rules)]
+    inside = base | {"scale": {"stated_mpp": 0.5}, "storage": lossless}
+    assert "SCALE_UNVALIDATED" not in [f.code for f in evaluate_gate(inside, rules)]
+    no_record = base | {"scale": {"stated_mpp": 0.7}, "storage": {"compression": "lossless", "validated": None}}
+    assert "SCALE_UNVALIDATED" in [e["rule"] for e in gate_not_evaluated(no_record, rules)]
+    before_storage = base | {"scale": {"stated_mpp": 0.7}}  # an analysis made before storage was measured
+    assert "SCALE_UNVALIDATED" not in [f.code for f in evaluate_gate(before_storage, rules)]
+    assert "SCALE_UNVALIDATED" not in [e["rule"] for e in gate_not_evaluated(before_storage, rules)]
+
+
+@pytest.mark.slow
+def test_real_model_on_a_lossless_slide_scanned_coarser_than_validated(real_cells: Path, tmp_path: Path) -> None:
+    """A make-slide smear rescanned to 0.7 µm/px and stored lossless (PNG): the default classifier
+    names its cells and nothing else objects, so only SCALE_UNVALIDATED keeps the differential from
+    reading as valid; the same smear at 0.5 µm/px gets no such flag."""
+    from hemato_model.classifier import Classifier
+    from hemato_model.pipeline import analyze_slide
+    from hemato_model.pipeline_params import PipelineParams
+    from hematovision.core.slides import open_slide
+    from hematovision.devtools.synthetic import make_slide
+    from hematovision.service.slide_results import build_report
+
+    base = tmp_path / "b.tiff"
+    make_slide(base, real_cells, 3072, 3072, mpp=0.25, n_wbc=60, seed=21, fmt="tiff")
+    with open_slide(base) as slide:
+        w, h = slide.dimensions
+        pixels = Image.fromarray(slide.read_region((0, 0), 0, (w, h)))
+    clf = Classifier.load(DEFAULT)
+    reports = {}
+    for mpp in (0.5, 0.7):
+        path = tmp_path / f"s{mpp}.png"
+        f = 0.25 / mpp
+        pixels.resize((round(w * f), round(h * f)), Image.Resampling.LANCZOS).save(path)
+        with open_slide(path, mpp=mpp) as slide:
+            reports[mpp] = build_report(analyze_slide(slide, clf, PipelineParams()), slide_id="s", rules=load_rules())
+    assert "SCALE_UNVALIDATED" not in [f["code"] for f in reports[0.5]["flags"]]
+    coarse = reports[0.7]
+    (flag,) = [f for f in coarse["flags"] if f["code"] == "SCALE_UNVALIDATED"]
+    assert flag["severity"] == "critical" and flag["evidence"]["validated_max_mpp"] == 0.55
+    assert coarse["differential_valid"] is False and coarse["counts"]["wbc_seen"] >= 30

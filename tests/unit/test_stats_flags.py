@@ -314,7 +314,7 @@ def test_absolute_counts_carry_exact_intervals_for_every_class() -> None:
 
 def test_rules_file_is_versioned_and_every_rule_is_documented() -> None:
     rules = load_rules()
-    assert rules["version"] == "2026.12-7"
+    assert rules["version"] == "2026.12-8"
     assert rules["insufficient"]["min_wbc"] == 200
     doc = (ROOT / "docs" / "clinical_rules.md").read_text()
     fixed = [

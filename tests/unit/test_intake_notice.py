@@ -1,6 +1,7 @@
 """At submission, the intake says which slides the model they will be analysed with was not
-validated on as stored (the gate's STORAGE_UNVALIDATED rule, before analysis): make-slide slides
-through ``POST /api/v1/batches`` on embedded defaults, the shipped default model's ``model.json``."""
+validated on as stored or as scanned (the gate's STORAGE_UNVALIDATED and SCALE_UNVALIDATED rules,
+before analysis): make-slide slides through ``POST /api/v1/batches`` on embedded defaults, the
+shipped default model's ``model.json``."""
 
 from __future__ import annotations
 
@@ -72,9 +73,12 @@ def test_a_model_without_a_storage_record_or_a_check_switched_off_says_it_was_no
     settings.model_dir = MODELS / "wbc-effnetlite0-v1"  # nothing promoted: the configured one, no record
     status, body = _submit(settings, made, make_key, ["x40_q85.tiff"])
     assert status == 202
-    (notice,) = body["notices"]
-    assert notice["outcome"] == "not_judged" and "code" not in notice
-    assert notice["model"] == "wbc-effnetlite0:1.0.0" and "records no validated slide storage" in notice["message"]
+    by_check = {n["check"]: n for n in body["notices"]}
+    assert set(by_check) == {"storage", "scale"}
+    assert all(n["outcome"] == "not_judged" and "code" not in n for n in body["notices"])
+    assert by_check["storage"]["model"] == "wbc-effnetlite0:1.0.0"
+    assert "records no validated slide storage" in by_check["storage"]["message"]
+    assert "records no validated scan scales" in by_check["scale"]["message"]
 
     rules = tmp_path / "rules.toml"
     rules.write_text(DEFAULT_RULES.read_text().replace("storage_check = true", "storage_check = false"))
@@ -85,6 +89,11 @@ def test_a_model_without_a_storage_record_or_a_check_switched_off_says_it_was_no
     assert notice["outcome"] == "not_judged" and "switched off" in notice["message"]
 
 
-def test_a_lossless_upload_gets_no_notice(client, png_bytes, upload) -> None:  # type: ignore[no-untyped-def]
+def test_a_lossless_upload_gets_no_notice_unless_scanned_coarser_than_validated(client, png_bytes, upload) -> None:  # type: ignore[no-untyped-def]
     r = upload(client, ("a.png", png_bytes()), mpp=0.25)
     assert r.status_code == 202 and r.json["notices"] == []
+    r = upload(client, ("b.png", png_bytes()), mpp=0.7)  # lossless, but a 0.7 µm/px scan: never validated
+    assert r.status_code == 202
+    (notice,) = r.json["notices"]
+    assert notice["check"] == "scale" and notice["code"] == "SCALE_UNVALIDATED" and notice["outcome"] == "outside"
+    assert notice["evidence"] == {"stated_mpp": 0.7, "validated_max_mpp": 0.55}
