@@ -13,8 +13,8 @@ Kinds (mosaics of ``--grid`` × ``--grid`` fields, consecutive in sorted order, 
 
 - ``bccd``: BCCD fields (640×480), stated at BCCD_MPP;
 - ``raabin``, ``bcd``: the TXL-PBC fields of the Raabin-WBC (575²) and BCD (416²) sources
-  (``source_map.csv``), stated at the scale measured on their own red cells (so the scale check
-  cannot help: stain and the classifier's score must);
+  (``source_map.csv``), stated at the scale their own fields' red cells give (:func:`own_scale`; so
+  the scale check can hardly help: stain and the classifier's score must);
 - ``all_blasts``, ``all_benign``: fields of the ALL set (224², research use only: licence not
   verified) of B-ALL lymphoblasts (Early, Pre, Pro; interleaved) and of hematogones, at their own
   measured scale — another lab's leukaemic slide must not pass silently.
@@ -75,6 +75,23 @@ def inputs(data_root: Path, per_kind: int, grid: int) -> dict[str, list[tuple[li
     }
 
 
+def own_scale(files: list[Path]) -> tuple[float, str]:
+    """The mosaic's µm/px as its own fields measure it: the median over its fields of the red-cell
+    estimate of each (a field, not a crop: no white-cell fallback; enlarged to ``MEASURE_SIDE_PX`` as
+    the gate measures small fields). 0.1 when no field can be measured (said in the source)."""
+    from hemato_model.detection.scale import MEASURE_SIDE_PX, estimate_image_mpp
+
+    got = []
+    for f in files:
+        try:
+            got.append(estimate_image_mpp(np.asarray(Image.open(f).convert("RGB")), False, MEASURE_SIDE_PX).mpp)
+        except ValueError:
+            continue
+    if not got:
+        return 0.1, "no field measurable: 0.1 assumed"
+    return float(np.median(got)), f"median of {len(got)} fields' red cells"
+
+
 def analyse(path: Path, mpp: float, clf: Any, rules: dict[str, Any]) -> dict[str, Any]:
     from hemato_model.pipeline import analyze_slide
     from hemato_model.pipeline_params import PipelineParams
@@ -104,7 +121,6 @@ def analyse(path: Path, mpp: float, clf: Any, rules: dict[str, Any]) -> dict[str
 def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from hemato_model.classifier import Classifier
-    from hemato_model.detection.scale import estimate_image_mpp
     from hematovision.core.flags import load_rules
     from hematovision.core.settings import load_settings
 
@@ -112,6 +128,7 @@ def main() -> None:
     ap.add_argument("--per-kind", type=int, default=12)
     ap.add_argument("--grid", type=int, default=4)
     ap.add_argument("--model", type=Path, default=None, help="Classifier directory (default: the settings').")
+    ap.add_argument("--kinds", default=None, help="Comma-separated kinds to run (default: all).")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
     settings = load_settings()
@@ -127,18 +144,16 @@ def main() -> None:
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         for kind, groups in inputs(settings.data_root, a.per_kind, a.grid).items():
+            if a.kinds and kind not in a.kinds.split(","):
+                continue
             rows = []
             for i, (files, stated) in enumerate(groups):
                 img = mosaic(files, a.grid)
                 path = Path(tmp) / f"{kind}{i}.png"
                 Image.fromarray(img).save(path)
-                mpp = stated
-                if mpp is None:
-                    try:
-                        mpp = estimate_image_mpp(img).mpp
-                    except ValueError:
-                        mpp = 0.1
-                rows.append({"input": f"{kind}{i}", "fields": [f.name for f in files], "mpp": round(mpp, 4)})
+                mpp, source = (stated, "stated") if stated is not None else own_scale(files)
+                row = {"input": f"{kind}{i}", "fields": [f.name for f in files], "mpp": round(mpp, 4)}
+                rows.append(row | {"mpp_source": source})
                 rows[-1] |= analyse(path, mpp, clf, rules)
             by_code: dict[str, int] = {}
             for r in rows:
