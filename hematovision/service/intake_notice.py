@@ -51,8 +51,9 @@ def intake_notices(
     except RegistryError as exc:  # the message names server paths: logged, not returned
         log.warning("intake checks not made: %s", exc.code)
         return [
-            _notice(name, "storage", None, NOT_JUDGED, "the classifier's record could not be read")
+            _notice(name, check, None, NOT_JUDGED, "the classifier's record could not be read")
             for name, _, _ in slides
+            for check in ("storage", "scale")
         ]
     validated = meta.get("validated_storage")
     notices = []

@@ -97,3 +97,14 @@ def test_a_lossless_upload_gets_no_notice_unless_scanned_coarser_than_validated(
     (notice,) = r.json["notices"]
     assert notice["check"] == "scale" and notice["code"] == "SCALE_UNVALIDATED" and notice["outcome"] == "outside"
     assert notice["evidence"] == {"stated_mpp": 0.7, "validated_max_mpp": 0.55}
+
+
+def test_an_unreadable_model_record_is_said_for_both_checks_without_its_path(
+    settings, made, make_key, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    settings.model_dir = tmp_path / "no-model-here"  # nothing promoted, and the configured directory is not a model
+    status, body = _submit(settings, made, make_key, ["x20_q85.tiff"])
+    assert status == 202  # the intake still accepts the slide and says why it cannot check
+    assert sorted(n["check"] for n in body["notices"]) == ["scale", "storage"]
+    assert all(n["outcome"] == "not_judged" and "could not be read" in n["message"] for n in body["notices"])
+    assert "no-model-here" not in json.dumps(body)
