@@ -619,8 +619,9 @@ def _ood_not_judged(ood: dict[str, Any] | None, gate: dict[str, Any]) -> str | N
 def gate_not_evaluated(quality: dict[str, Any] | None, rules: dict[str, Any]) -> list[dict[str, str]]:
     """The gate's checks that could not run on this slide (``{"rule", "reason"}``, as the other rules'
     ``not_evaluated``): the classifier's out-of-distribution share when too few crops were scored
-    (or none: another lab's slide with a handful of white cells must not read as "in domain"), and
-    the storage check when the slide's storage or the model's validated storage is unknown."""
+    (or none: another lab's slide with a handful of white cells must not read as "in domain"), the
+    storage check when the slide's storage or the model's validated storage is unknown, and the scale
+    check (SCALE_UNVALIDATED) when the model records no validated scan scales."""
     if (
         not quality
         or "gate" not in rules
