@@ -77,19 +77,17 @@ def inputs(data_root: Path, per_kind: int, grid: int) -> dict[str, list[tuple[li
 
 def own_scale(files: list[Path]) -> tuple[float, str]:
     """The mosaic's µm/px as its own fields measure it: the median over its fields of the red-cell
-    estimate of each (a field, not a crop: no white-cell fallback; enlarged to ``MEASURE_SIDE_PX`` as
-    the gate measures small fields). 0.1 when no field can be measured (said in the source)."""
-    from hemato_model.detection.scale import MEASURE_SIDE_PX, estimate_image_mpp
+    estimate of each, as ``evaluate`` measures fields (:func:`~hemato_model.training.evaluation.estimate_scales`:
+    no white-cell fallback, small fields enlarged as the gate measures them). 0.1 when no field can be
+    measured (said in the source)."""
+    from hemato_model.training.classifier_training import DataError
+    from hemato_model.training.evaluation import estimate_scales
 
-    got = []
-    for f in files:
-        try:
-            got.append(estimate_image_mpp(np.asarray(Image.open(f).convert("RGB")), False, MEASURE_SIDE_PX).mpp)
-        except ValueError:
-            continue
-    if not got:
+    try:
+        scales, summary = estimate_scales([np.asarray(Image.open(f).convert("RGB")) for f in files], centred_cell=False)
+    except DataError:
         return 0.1, "no field measurable: 0.1 assumed"
-    return float(np.median(got)), f"median of {len(got)} fields' red cells"
+    return float(np.median(scales)), f"median of {summary['n_measured']} fields' red cells"
 
 
 def analyse(path: Path, mpp: float, clf: Any, rules: dict[str, Any]) -> dict[str, Any]:
