@@ -119,22 +119,18 @@ class BnMapper:
 
 
 def score(clf: Any, truth: list[str], crops: np.ndarray, classes: list[str], mpp: Any) -> dict[str, Any]:
-    from hemato_model.training.evaluation import classification_metrics
+    """``evaluate``'s figures (:func:`~hemato_model.training.evaluation.classifier_scored`: top class,
+    and the model's own abstention rule) under this script's names."""
+    from hemato_model.training.evaluation import classifier_scored
 
-    proba, energy = clf.predict_scored(crops)
-    top = [clf.classes[k] for k in proba.argmax(1)]
-    kept = clf.identified(proba, energy, mpp)
-    t = np.asarray(truth)
-    met = classification_metrics(truth, top, classes)
-    correct = np.array([a == b for a, b in zip(truth, top, strict=True)])
-    present = [c for c in classes if (t == c).any()]
+    out = classifier_scored(clf, truth, *clf.predict_scored(crops), classes, mpp=mpp)
     return {
-        "accuracy_top": met["accuracy"],
-        "macro_recall_top": round(float(np.mean([met["per_class"][c]["recall"] for c in present])), 4),
-        "accuracy_unidentified_as_error": round(float((correct & kept).mean()), 4),
-        "unidentified_rate": round(float(1 - kept.mean()), 4),
-        "recall_top_per_class": {c: met["per_class"][c]["recall"] for c in present},
-        "unidentified_rate_per_class": {c: round(float((~kept)[t == c].mean()), 3) for c in present},
+        "accuracy_top": out["accuracy"],
+        "macro_recall_top": out["macro_recall"],
+        "accuracy_unidentified_as_error": out["accuracy_unidentified_as_error"],
+        "unidentified_rate": out["unidentified_rate"],
+        "recall_top_per_class": {c: out["per_class"][c]["recall"] for c in classes},
+        "unidentified_rate_per_class": out["unidentified_rate_per_class"],
     }
 
 
